@@ -1,0 +1,64 @@
+"""The wire and storage contract every inference-fleet service shares.
+
+Envelopes (msgpack, versioned), tensors, model signatures and registry records, topic and Redis key
+names, error codes, and the shared Kafka/Redis settings.
+"""
+
+from .constants import ENVELOPE_VERSION
+from .envelopes import (
+    DeadLetter,
+    ErrorInfo,
+    InferenceRequest,
+    InferenceResponse,
+    ParameterValue,
+    ReplyAddress,
+    ReplyKind,
+    now_ms,
+)
+from .errors import HTTP_STATUS, ErrorCode, FleetError, SchemaError, UnsupportedEnvelopeError
+from .names import Names, check_model_name, check_version
+from .registry import BackendUnavailableError, Framework, ModelRecord, ModelRegistry, RegistryError, sha256_file
+from .settings import FleetSettings, KafkaSettings, RedisSettings, SettingsError, describe, doc, load
+from .signature import BatchingConfig, TensorSpec, check_inputs, parse_spec
+from .tensors import DATATYPES, NUMPY_DTYPES, Tensor, datatype_of
+
+__all__ = [
+    "DATATYPES",
+    "ENVELOPE_VERSION",
+    "HTTP_STATUS",
+    "NUMPY_DTYPES",
+    "BackendUnavailableError",
+    "BatchingConfig",
+    "DeadLetter",
+    "ErrorCode",
+    "ErrorInfo",
+    "FleetError",
+    "FleetSettings",
+    "Framework",
+    "InferenceRequest",
+    "InferenceResponse",
+    "KafkaSettings",
+    "ModelRecord",
+    "ModelRegistry",
+    "Names",
+    "ParameterValue",
+    "RedisSettings",
+    "RegistryError",
+    "ReplyAddress",
+    "ReplyKind",
+    "SchemaError",
+    "SettingsError",
+    "Tensor",
+    "TensorSpec",
+    "UnsupportedEnvelopeError",
+    "check_inputs",
+    "check_model_name",
+    "check_version",
+    "datatype_of",
+    "describe",
+    "doc",
+    "load",
+    "now_ms",
+    "parse_spec",
+    "sha256_file",
+]

@@ -1,0 +1,38 @@
+"""Constants of the wire contract: envelope version, Kafka header names, defaults and decode limits.
+
+Everything that two services must agree on and that is not a message field lives here.
+"""
+
+from __future__ import annotations
+
+#: Version of the msgpack envelopes. A reader rejects a higher version with UNSUPPORTED_ENVELOPE.
+ENVELOPE_VERSION = 1
+
+#: Default namespace for topic names and Redis keys (tests use a unique one each).
+DEFAULT_NAMESPACE = "fleet"
+
+#: Kafka headers set on every request record (strings, utf-8 encoded on the wire).
+HEADER_REQUEST_ID = "fleet-request-id"
+HEADER_ENVELOPE_VERSION = "fleet-v"
+HEADER_CONTENT_TYPE = "content-type"
+CONTENT_TYPE_MSGPACK = "application/x-msgpack"
+
+#: Decode limits applied to every msgpack payload read from the wire.
+MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
+MAX_DECODE_STR_LEN = 1024 * 1024
+MAX_DECODE_ARRAY_LEN = 100_000
+MAX_DECODE_MAP_LEN = 10_000
+
+#: Upper bounds that keep a single tensor sane regardless of the model.
+MAX_TENSOR_RANK = 16
+MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
+
+#: Replies kept in a gateway's reply stream; older entries are trimmed (approximate MAXLEN).
+REPLY_STREAM_MAXLEN = 100_000
+#: Seconds a reply stream of a gateway that went away lingers before Redis expires it.
+REPLY_STREAM_TTL_S = 600
+#: Seconds the first-result marker of a request is kept (deduplicates redelivered work).
+RESULT_TTL_S = 3600
+
+#: Default partitions of a model's request topic (caps the number of useful workers per model).
+DEFAULT_PARTITIONS = 8

@@ -1,0 +1,254 @@
+"""The msgpack envelopes that travel between services: requests, responses and dead letters."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .codec import field as read
+from .codec import pack, unpack_envelope
+from .constants import ENVELOPE_VERSION
+from .errors import ErrorCode, SchemaError
+from .tensors import Tensor
+
+ParameterValue = str | int | float | bool
+_PARAMETER_TYPES = (str, int, float, bool)
+
+
+def now_ms() -> float:
+    """Wall-clock time in epoch milliseconds (the unit of every timestamp in the envelopes)."""
+    return time.time() * 1000.0
+
+
+class ReplyKind(StrEnum):
+    """Where a worker delivers a response."""
+
+    STREAM = "stream"  # XADD to a Redis stream (a gateway's reply stream); target = stream key
+    RESULT = "result"  # only store it under the request's result key (polled later)
+    NONE = "none"  # fire and forget: nobody waits
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAddress:
+    """Reply routing of a request: a kind and its target."""
+
+    kind: ReplyKind = ReplyKind.NONE
+    target: str = ""
+
+    def to_wire(self) -> list[str]:
+        return [self.kind.value, self.target]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> ReplyAddress:
+        if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw)):
+            raise SchemaError("reply address must be [kind, target]")
+        try:
+            kind = ReplyKind(raw[0])
+        except ValueError:
+            raise SchemaError(f"unknown reply kind {raw[0]!r}") from None
+        return cls(kind, raw[1])
+
+
+def _tensors(raw: Any, key: str) -> tuple[Tensor, ...]:
+    if not isinstance(raw, list):
+        raise SchemaError(f"field {key!r} must be a list of tensors")
+    return tuple(Tensor.from_wire(t) for t in raw)
+
+
+def _parameters(raw: Any) -> dict[str, ParameterValue]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, _PARAMETER_TYPES) for k, v in raw.items()
+    ):
+        raise SchemaError("parameters must map strings to str/int/float/bool")
+    return dict(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    """One inference request on a model's request topic."""
+
+    id: str
+    model: str
+    version: str
+    inputs: tuple[Tensor, ...]
+    reply: ReplyAddress = ReplyAddress()
+    outputs: tuple[str, ...] = ()  # requested outputs; empty means all
+    parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    deadline_ms: float | None = None  # absolute epoch ms after which the work is pointless
+    created_ms: float = field(default_factory=now_ms)
+    v: int = ENVELOPE_VERSION
+
+    def expired(self, at_ms: float | None = None) -> bool:
+        """True when the deadline has passed."""
+        return self.deadline_ms is not None and (now_ms() if at_ms is None else at_ms) >= self.deadline_ms
+
+    def to_bytes(self) -> bytes:
+        return pack(
+            {
+                "v": self.v,
+                "id": self.id,
+                "model": self.model,
+                "version": self.version,
+                "inputs": [t.to_wire() for t in self.inputs],
+                "outputs": list(self.outputs),
+                "parameters": self.parameters,
+                "reply": self.reply.to_wire(),
+                "deadline_ms": self.deadline_ms,
+                "created_ms": self.created_ms,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InferenceRequest:
+        """Decode a request; raises SchemaError (or UnsupportedEnvelopeError) on any fault."""
+        obj = unpack_envelope(data, "request")
+        outputs = obj.get("outputs") or []
+        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+            raise SchemaError("field 'outputs' must be a list of strings")
+        return cls(
+            id=read(obj, "id", str),
+            model=read(obj, "model", str),
+            version=read(obj, "version", str),
+            inputs=_tensors(obj.get("inputs"), "inputs"),
+            reply=ReplyAddress.from_wire(obj.get("reply", ["none", ""])),
+            outputs=tuple(outputs),
+            parameters=_parameters(obj.get("parameters")),
+            deadline_ms=read(obj, "deadline_ms", float, optional=True),
+            created_ms=read(obj, "created_ms", float),
+            v=obj["v"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why a request failed: a stable code and a human message."""
+
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResponse:
+    """The answer to one request: outputs, or an error. Timings let clients see queue vs compute."""
+
+    id: str
+    model: str
+    version: str
+    outputs: tuple[Tensor, ...] = ()
+    error: ErrorInfo | None = None
+    worker: str = ""
+    batch_size: int = 0
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    v: int = ENVELOPE_VERSION
+
+    @classmethod
+    def failure(cls, request: InferenceRequest, code: ErrorCode, message: str, worker: str = "") -> InferenceResponse:
+        """Error response to ``request``."""
+        return cls(request.id, request.model, request.version, error=ErrorInfo(code, message), worker=worker)
+
+    def to_bytes(self) -> bytes:
+        return pack(
+            {
+                "v": self.v,
+                "id": self.id,
+                "model": self.model,
+                "version": self.version,
+                "outputs": [t.to_wire() for t in self.outputs],
+                "error": None if self.error is None else [self.error.code.value, self.error.message],
+                "worker": self.worker,
+                "batch_size": self.batch_size,
+                "queue_ms": self.queue_ms,
+                "compute_ms": self.compute_ms,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InferenceResponse:
+        obj = unpack_envelope(data, "response")
+        raw_error = obj.get("error")
+        error: ErrorInfo | None = None
+        if raw_error is not None:
+            if not (isinstance(raw_error, list) and len(raw_error) == 2 and all(isinstance(x, str) for x in raw_error)):
+                raise SchemaError("field 'error' must be [code, message]")
+            try:
+                code = ErrorCode(raw_error[0])
+            except ValueError:
+                code = ErrorCode.INTERNAL
+            error = ErrorInfo(code, raw_error[1])
+        return cls(
+            id=read(obj, "id", str),
+            model=read(obj, "model", str),
+            version=read(obj, "version", str),
+            outputs=_tensors(obj.get("outputs", []), "outputs"),
+            error=error,
+            worker=read(obj, "worker", str, optional=True) or "",
+            batch_size=read(obj, "batch_size", int, optional=True) or 0,
+            queue_ms=read(obj, "queue_ms", float, optional=True) or 0.0,
+            compute_ms=read(obj, "compute_ms", float, optional=True) or 0.0,
+            v=obj["v"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record a worker could not process, with the reason, kept on the model's dead-letter topic."""
+
+    code: ErrorCode
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    worker: str = ""
+    at_ms: float = field(default_factory=now_ms)
+    v: int = ENVELOPE_VERSION
+
+    def to_bytes(self) -> bytes:
+        return pack(
+            {
+                "v": self.v,
+                "code": self.code.value,
+                "reason": self.reason,
+                "topic": self.topic,
+                "partition": self.partition,
+                "offset": self.offset,
+                "value": self.value,
+                "key": self.key,
+                "headers": [[k, v] for k, v in self.headers],
+                "worker": self.worker,
+                "at_ms": self.at_ms,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DeadLetter:
+        obj = unpack_envelope(data, "dead letter")
+        headers = obj.get("headers") or []
+        if not isinstance(headers, list) or not all(
+            isinstance(h, list) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], bytes) for h in headers
+        ):
+            raise SchemaError("field 'headers' must be a list of [str, bytes]")
+        try:
+            code = ErrorCode(read(obj, "code", str))
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        return cls(
+            code=code,
+            reason=read(obj, "reason", str),
+            topic=read(obj, "topic", str),
+            partition=read(obj, "partition", int),
+            offset=read(obj, "offset", int),
+            value=read(obj, "value", bytes),
+            key=read(obj, "key", bytes, optional=True),
+            headers=tuple((h[0], h[1]) for h in headers),
+            worker=read(obj, "worker", str, optional=True) or "",
+            at_ms=read(obj, "at_ms", float),
+            v=obj["v"],
+        )

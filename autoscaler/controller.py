@@ -1,0 +1,205 @@
+"""The control loop: collect load -> read worker stats -> decide -> log and export -> tell the backend.
+
+Everything it talks to is a protocol, so tests inject in-memory fakes and deployments plug in a local
+process backend or a Kubernetes one. One round is `Autoscaler.step()`; `start()` runs it every
+``interval_s`` in a background task owned by the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Protocol
+
+from .errors import AutoscalerError, BackendError
+from .metrics import AutoscalerMetrics
+from .policy import Decision, Direction, ScalingPolicy
+from .settings import AutoscalerSettings
+from .signals import ModelLoad, ServiceStats
+
+log = logging.getLogger("fleet.autoscaler")
+
+
+class Backend(Protocol):
+    """Runs workers: reports and changes how many serve each model."""
+
+    async def replicas(self, model: str) -> int:
+        """Workers of ``model`` running or starting now."""
+        ...
+
+    async def scale(self, model: str, replicas: int) -> None:
+        """Make ``model`` have ``replicas`` workers (stopping ones drain before exiting)."""
+        ...
+
+
+class LoadSource(Protocol):
+    """Measures Kafka load (`LagCollector` is one)."""
+
+    async def collect(self, models: Sequence[str]) -> dict[str, ModelLoad]:
+        """The load of each model."""
+        ...
+
+
+class StatsSource(Protocol):
+    """Worker service stats per model (`ServiceStatsReader` is one)."""
+
+    async def read(self, model: str) -> ServiceStats:
+        """Aggregated stats of ``model``."""
+        ...
+
+
+class PinSource(Protocol):
+    """Runtime manual overrides (`PinStore` is one)."""
+
+    async def pins(self) -> dict[str, int]:
+        """{model: pinned replicas}."""
+        ...
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class Autoscaler:
+    """Scales the workers of each model with `ScalingPolicy`; ``async with`` runs the loop."""
+
+    def __init__(
+        self,
+        settings: AutoscalerSettings,
+        backend: Backend,
+        collector: LoadSource,
+        stats: StatsSource,
+        *,
+        models: Callable[[], Awaitable[Sequence[str]]] | None = None,
+        pins: PinSource | None = None,
+        metrics: AutoscalerMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.policy = ScalingPolicy(settings)
+        self.metrics = metrics or AutoscalerMetrics()
+        self._collector = collector
+        self._stats = stats
+        self._models = models or self._configured_models
+        self._pins = pins
+        self._clock = clock
+        self._state = _State.NEW
+        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._crash: BaseException | None = None
+        #: The latest decision of each model.
+        self.decisions: dict[str, Decision] = {}
+
+    async def _configured_models(self) -> Sequence[str]:
+        return self.settings.models
+
+    async def step(self) -> list[Decision]:
+        """One round over every model; failures of one model or source are logged, not raised."""
+        models = list(await self._models())
+        if not models:
+            return []
+        try:
+            loads = await self._collector.collect(models)
+        except AutoscalerError as exc:
+            log.warning("autoscaler round skipped: %s", exc)
+            self.metrics.errors.labels("*", exc.code).inc()
+            return []
+        pins = await self._read_pins()
+        decisions: list[Decision] = []
+        for model in models:
+            try:
+                decision = await self._scale_model(model, loads[model], pins.get(model))
+            except AutoscalerError as exc:
+                log.warning("autoscaling %s failed this round: %s", model, exc)
+                self.metrics.errors.labels(model, exc.code).inc()
+                continue
+            decisions.append(decision)
+        return decisions
+
+    async def _read_pins(self) -> Mapping[str, int]:
+        pins = self.settings.pins()
+        if self._pins is not None:
+            try:
+                pins.update(await self._pins.pins())
+            except AutoscalerError as exc:
+                log.warning("runtime pins unreadable, using static ones: %s", exc)
+        return pins
+
+    async def _scale_model(self, model: str, load: ModelLoad, pinned: int | None) -> Decision:
+        try:
+            stats = await self._stats.read(model)
+        except AutoscalerError as exc:
+            log.warning("service stats of %s unavailable, assuming defaults: %s", model, exc)
+            stats = ServiceStats()
+        try:
+            current = await self.backend.replicas(model)
+        except AutoscalerError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"replicas({model!r}) failed: {exc!r}") from exc
+        decision = self.policy.decide(model, load, stats, current, self._clock(), pinned=pinned)
+        self.decisions[model] = decision
+        self.metrics.observe(load, stats, decision)
+        if decision.direction is Direction.NONE:
+            log.debug("%s", decision.why())
+            return decision
+        log.info("scale %s", decision.why())
+        try:
+            await self.backend.scale(model, decision.desired)
+        except AutoscalerError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"scale({model!r}, {decision.desired}) failed: {exc!r}") from exc
+        return decision
+
+    async def start(self) -> None:
+        """Start the control loop in the background."""
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"Autoscaler cannot start from state {self._state.value}")
+        self._state = _State.RUNNING
+        self._task = asyncio.create_task(self._control_routine(), name="autoscaler-control")
+
+    async def stop(self) -> None:
+        """Stop the loop after the round in progress; idempotent. Raises if the loop had crashed."""
+        self._state = _State.STOPPED
+        self._closing.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+        self.check_errors()
+
+    def check_errors(self) -> None:
+        """Raise the error that ended the control loop, if any."""
+        if self._crash is not None:
+            raise AutoscalerError(f"autoscaler loop crashed: {self._crash!r}") from self._crash
+
+    async def __aenter__(self) -> Autoscaler:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _control_routine(self) -> None:
+        try:
+            while not self._closing.is_set():
+                started = self._clock()
+                await self.step()
+                pause = max(0.0, self.settings.interval_s - (self._clock() - started))
+                # Wait on the closing event rather than sleeping, so stop() is not delayed by the interval.
+                try:
+                    await asyncio.wait_for(self._closing.wait(), pause)
+                except TimeoutError:
+                    pass
+        except Exception as exc:  # surfaced by stop()/check_errors(), never swallowed
+            log.exception("autoscaler loop crashed")
+            self._crash = exc

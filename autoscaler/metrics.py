@@ -1,0 +1,76 @@
+"""Prometheus metrics of the autoscaler, in its own CollectorRegistry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from .policy import Decision
+from .signals import ModelLoad, ServiceStats
+
+
+class AutoscalerMetrics:
+    """Measured load, desired and actual workers, and decision counts, per model."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.lag = Gauge(
+            "fleet_autoscaler_lag", "Records not yet completed (log end - committed).", ["model"], registry=r
+        )
+        self.arrival_rate = Gauge(
+            "fleet_autoscaler_arrival_rate",
+            "Records/s produced to the model's topic (smoothed).",
+            ["model"],
+            registry=r,
+        )
+        self.completion_rate = Gauge(
+            "fleet_autoscaler_completion_rate",
+            "Records/s committed by the model's workers (smoothed).",
+            ["model"],
+            registry=r,
+        )
+        self.per_replica_throughput = Gauge(
+            "fleet_autoscaler_per_replica_throughput",
+            "Requests/s one worker completes (as used by the policy).",
+            ["model"],
+            registry=r,
+        )
+        self.partitions = Gauge(
+            "fleet_autoscaler_partitions", "Partitions of the model's topic.", ["model"], registry=r
+        )
+        self.desired = Gauge("fleet_autoscaler_replicas_desired", "Workers the policy wants.", ["model"], registry=r)
+        self.actual = Gauge("fleet_autoscaler_replicas_actual", "Workers the backend reports.", ["model"], registry=r)
+        self.capped = Gauge(
+            "fleet_autoscaler_partition_cap_binding",
+            "1 when the partition count limits the desired workers.",
+            ["model"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "fleet_autoscaler_decisions",
+            "Scaling decisions by direction (up, down, none).",
+            ["model", "direction"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "fleet_autoscaler_errors", "Rounds that failed, by error code.", ["model", "code"], registry=r
+        )
+
+    def observe(self, load: ModelLoad, stats: ServiceStats, decision: Decision) -> None:
+        """Record one round of one model."""
+        model = decision.model
+        self.lag.labels(model).set(load.lag)
+        self.arrival_rate.labels(model).set(load.arrival_rate)
+        self.completion_rate.labels(model).set(load.completion_rate)
+        throughput = decision.inputs.get("per_replica_throughput")
+        if isinstance(throughput, int | float):
+            self.per_replica_throughput.labels(model).set(throughput)
+        self.partitions.labels(model).set(load.partition_count)
+        self.desired.labels(model).set(decision.desired)
+        self.actual.labels(model).set(decision.current)
+        self.capped.labels(model).set(1 if decision.capped_by_partitions else 0)
+        self.decisions.labels(model, decision.direction.value).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

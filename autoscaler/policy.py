@@ -1,0 +1,243 @@
+"""The scaling policy: desired workers per model from measured load. Pure and deterministic.
+
+No I/O and no clock of its own: every call gets the measurements and ``now`` (monotonic seconds), so a
+table of inputs always yields the same decisions. The only state is per model: the recent
+recommendations (stabilization windows, as in the Kubernetes HPA) and when the model last saw work.
+
+Rules, in order:
+
+1. A pinned model (manual override) gets exactly its pinned count; nothing else applies.
+2. Base recommendation, in workers::
+
+       ceil(lag / (throughput x target_drain_s) + arrival_rate / throughput)
+
+   where ``throughput`` is the measured per-worker completion rate, or the configured default until
+   workers publish one. The first term drains the backlog within the target time; the second keeps up
+   with new arrivals.
+3. Extra triggers can only raise it: p95 latency over its target and GPU utilization over its target
+   (both proportional, like the HPA: ``ceil(current x measured / target)``), and requests buffered in
+   workers over the per-worker queue-depth target.
+4. Zero: a model at zero wakes (0 -> >=1) as soon as lag reaches ``activation_lag``; below it, it stays
+   at zero. A running model goes to zero only after ``idle_to_zero_s`` without arrivals and without lag;
+   until then it keeps at least one worker.
+5. ``min_replicas``/``max_replicas``, then the topic's partition count caps the result (a worker beyond
+   it would own no partition); the reason says when the cap binds.
+6. Scale up at once (or to the lowest recommendation of ``scale_up_stabilization_s``); scale down only
+   to the highest recommendation of the last ``scale_down_stabilization_s`` seconds. Scale to zero after
+   the idle period is not delayed further.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .settings import AutoscalerSettings
+from .signals import ModelLoad, ServiceStats
+
+#: Slack for ``ceil`` so that 2.0000000001 (float noise) does not become 3.
+_EPSILON = 1e-9
+
+InputValue = float | int | str | bool | None
+
+
+class Direction(StrEnum):
+    """Which way a decision moves a model."""
+
+    UP = "up"
+    DOWN = "down"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Desired workers for one model, with the reason and the inputs that led to it."""
+
+    model: str
+    current: int
+    desired: int
+    reason: str
+    inputs: dict[str, InputValue]
+    capped_by_partitions: bool = False
+    pinned: bool = False
+
+    @property
+    def direction(self) -> Direction:
+        """Up, down or none, comparing desired with current."""
+        if self.desired > self.current:
+            return Direction.UP
+        if self.desired < self.current:
+            return Direction.DOWN
+        return Direction.NONE
+
+    def why(self) -> str:
+        """One log line: the change, the reason and every input."""
+        inputs = " ".join(f"{k}={_fmt(v)}" for k, v in self.inputs.items())
+        return f"{self.model}: {self.current} -> {self.desired} ({self.direction}): {self.reason} [{inputs}]"
+
+
+def _fmt(value: InputValue) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class _ModelState:
+    recommendations: deque[tuple[float, int]] = field(default_factory=deque)
+    last_active: float | None = None
+    last_log_end: int | None = None
+
+
+class ScalingPolicy:
+    """Turns measurements into decisions; keeps only the per-model windows it needs."""
+
+    def __init__(self, settings: AutoscalerSettings) -> None:
+        self.settings = settings
+        self._states: dict[str, _ModelState] = {}
+
+    def forget(self, model: str) -> None:
+        """Drop a model's windows (it was removed from the fleet)."""
+        self._states.pop(model, None)
+
+    def decide(
+        self,
+        model: str,
+        load: ModelLoad,
+        stats: ServiceStats,
+        current: int,
+        now: float,
+        *,
+        partitions: int | None = None,
+        pinned: int | None = None,
+    ) -> Decision:
+        """Desired workers for ``model`` now; ``partitions`` defaults to the load's partition count."""
+        s = self.settings
+        state = self._states.get(model)
+        if state is None:
+            # A fresh policy (autoscaler restart) treats the running count as recommended just now, so it
+            # does not scale down before a full stabilization window of its own measurements.
+            state = self._states[model] = _ModelState()
+            state.recommendations.append((now, current))
+        partitions = load.partition_count if partitions is None else partitions
+        lag, arrival = load.lag, load.arrival_rate
+        active = lag > 0 or (state.last_log_end is not None and load.log_end != state.last_log_end)
+        if active or state.last_active is None:
+            state.last_active = now
+        state.last_log_end = load.log_end
+        idle_for = now - state.last_active
+        throughput = stats.per_replica_throughput if stats.per_replica_throughput > 0 else s.default_replica_throughput
+        inputs: dict[str, InputValue] = {
+            "lag": lag,
+            "arrival_rate": arrival,
+            "completion_rate": load.completion_rate,
+            "per_replica_throughput": throughput,
+            "throughput_measured": stats.per_replica_throughput > 0,
+            "p95_latency_ms": stats.p95_latency_ms,
+            "gpu_utilization": stats.gpu_utilization,
+            "queue_depth": stats.queue_depth,
+            "partitions": partitions,
+            "current": current,
+            "idle_for_s": round(idle_for, 3),
+        }
+        if pinned is not None:
+            reason = f"pinned to {pinned} by operator override; autoscaling is off for this model"
+            if 0 < partitions < pinned:
+                reason += f" (exceeds {partitions} partitions: {pinned - partitions} worker(s) will sit idle)"
+            state.recommendations.clear()
+            return Decision(model, current, pinned, reason, inputs, pinned=True)
+
+        raw = lag / (throughput * s.target_drain_s) + arrival / throughput
+        desired = max(0, math.ceil(raw - _EPSILON))
+        inputs["raw_replicas"] = round(raw, 4)
+        reasons = [
+            f"lag {lag} / ({throughput:.3g}/s x {s.target_drain_s:g}s) + arrival {arrival:.3g}/s / "
+            f"{throughput:.3g}/s = {raw:.2f} -> {desired}"
+        ]
+        desired = self._triggers(desired, current, stats, reasons)
+        desired, to_zero = self._zero(desired, current, lag, idle_for, reasons)
+        desired, capped = self._limits(desired, partitions, reasons)
+        final = desired if to_zero and desired == 0 else self._stabilize(state, desired, current, now, reasons)
+        return Decision(model, current, final, "; ".join(reasons), inputs, capped_by_partitions=capped)
+
+    def _triggers(self, desired: int, current: int, stats: ServiceStats, reasons: list[str]) -> int:
+        s = self.settings
+        if s.latency_p95_target_ms > 0 and current > 0 and stats.p95_latency_ms > s.latency_p95_target_ms:
+            wanted = math.ceil(current * stats.p95_latency_ms / s.latency_p95_target_ms - _EPSILON)
+            if wanted > desired:
+                desired = wanted
+                reasons.append(f"p95 {stats.p95_latency_ms:.0f}ms > target {s.latency_p95_target_ms:g}ms -> {wanted}")
+        util = stats.gpu_utilization
+        if s.gpu_util_target > 0 and current > 0 and util is not None and util > s.gpu_util_target:
+            wanted = math.ceil(current * util / s.gpu_util_target - _EPSILON)
+            if wanted > desired:
+                desired = wanted
+                reasons.append(f"GPU utilization {util:.0f}% > target {s.gpu_util_target:g}% -> {wanted}")
+        if s.queue_depth_target > 0 and stats.queue_depth > 0:
+            wanted = math.ceil(stats.queue_depth / s.queue_depth_target - _EPSILON)
+            if wanted > desired:
+                desired = wanted
+                reasons.append(f"{stats.queue_depth} requests queued in workers / {s.queue_depth_target} -> {wanted}")
+        return desired
+
+    def _zero(self, desired: int, current: int, lag: int, idle_for: float, reasons: list[str]) -> tuple[int, bool]:
+        """Activation from zero and idling to zero; returns (desired, goes straight to zero)."""
+        s = self.settings
+        if current == 0:
+            if lag >= s.activation_lag:
+                if desired < 1:
+                    desired = 1
+                reasons.append(f"activation: lag {lag} >= activation_lag {s.activation_lag}")
+            elif desired > 0:
+                reasons.append(f"stays at zero: lag {lag} < activation_lag {s.activation_lag}")
+                desired = 0
+            return desired, False
+        if lag == 0 and idle_for >= s.idle_to_zero_s:
+            reasons.append(f"idle for {idle_for:.1f}s >= idle_to_zero_s {s.idle_to_zero_s:g}s -> 0")
+            return 0, True
+        if desired < 1:
+            reasons.append(f"idle for {idle_for:.1f}s < idle_to_zero_s {s.idle_to_zero_s:g}s: keep 1")
+            desired = 1
+        return desired, False
+
+    def _limits(self, desired: int, partitions: int, reasons: list[str]) -> tuple[int, bool]:
+        s = self.settings
+        if desired < s.min_replicas:
+            reasons.append(f"raised to min_replicas {s.min_replicas}")
+            desired = s.min_replicas
+        if desired > s.max_replicas:
+            reasons.append(f"limited to max_replicas {s.max_replicas}")
+            desired = s.max_replicas
+        if 0 < partitions < desired:
+            reasons.append(
+                f"capped at the topic's {partitions} partitions (wanted {desired}; more workers would sit idle)"
+            )
+            return partitions, True
+        return desired, False
+
+    def _stabilize(self, state: _ModelState, desired: int, current: int, now: float, reasons: list[str]) -> int:
+        s = self.settings
+        window = state.recommendations
+        window.append((now, desired))
+        horizon = max(s.scale_up_stabilization_s, s.scale_down_stabilization_s)
+        while window and window[0][0] < now - horizon:
+            window.popleft()
+        if desired > current:
+            if current == 0 or s.scale_up_stabilization_s <= 0:
+                return desired
+            lowest = min(r for t, r in window if t >= now - s.scale_up_stabilization_s)
+            final = max(current, lowest)
+            if final < desired:
+                reasons.append(
+                    f"scale-up held at {final}: lowest recommendation of the last {s.scale_up_stabilization_s:g}s"
+                )
+            return final
+        if desired < current:
+            highest = max(r for t, r in window if t >= now - s.scale_down_stabilization_s)
+            final = min(current, highest)
+            if final > desired:
+                reasons.append(
+                    f"scale-down held at {final}: highest recommendation of the last {s.scale_down_stabilization_s:g}s"
+                )
+            return final
+        return desired

@@ -43,7 +43,9 @@ def onnx_signature(path: str | Path) -> tuple[tuple[TensorSpec, ...], tuple[Tens
     def spec(arg: Any) -> TensorSpec:
         datatype = _ORT_TYPES.get(arg.type)
         if datatype is None:
-            raise SchemaError(f"ONNX tensor {arg.name!r} has unsupported type {arg.type}", code=ErrorCode.INVALID_REQUEST)
+            raise SchemaError(
+                f"ONNX tensor {arg.name!r} has unsupported type {arg.type}", code=ErrorCode.INVALID_REQUEST
+            )
         shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
         return TensorSpec(arg.name, datatype, shape)
 
@@ -68,13 +70,16 @@ def build_record(
     if not path.is_file():
         raise SchemaError(f"artifact {str(path)!r} does not exist", code=ErrorCode.INVALID_REQUEST)
     if framework is None:
-        framework = Framework.ONNX if path.suffix == ".onnx" else (Framework.TORCH if factory else Framework.TORCHSCRIPT)
+        framework = (
+            Framework.ONNX if path.suffix == ".onnx" else (Framework.TORCH if factory else Framework.TORCHSCRIPT)
+        )
     if framework is Framework.ONNX and not (inputs and outputs):
         found_in, found_out = onnx_signature(path)
         inputs, outputs = inputs or found_in, outputs or found_out
     if not (inputs and outputs):
         raise SchemaError(
-            f"{framework.value} models need --input and --output specs (name:DATATYPE:dims)", code=ErrorCode.INVALID_REQUEST
+            f"{framework.value} models need --input and --output specs (name:DATATYPE:dims)",
+            code=ErrorCode.INVALID_REQUEST,
         )
     return ModelRecord(
         name=name,

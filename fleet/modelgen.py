@@ -28,7 +28,10 @@ def mlp_onnx(
     initializers = []
     current = input_name
     for i, (w, b) in enumerate(weights):
-        initializers += [numpy_helper.from_array(w.astype(np.float32), f"W{i}"), numpy_helper.from_array(b.astype(np.float32), f"B{i}")]
+        initializers += [
+            numpy_helper.from_array(w.astype(np.float32), f"W{i}"),
+            numpy_helper.from_array(b.astype(np.float32), f"B{i}"),
+        ]
         out = f"h{i}"
         nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"B{i}"], [out]))
         current = out

@@ -1,0 +1,122 @@
+"""The ``fleet`` command line: argument parsing, dispatch and the single place errors become exit codes.
+
+Every command that talks to the fleet finds it the same way (flag, then environment, then the
+running local stack's ``stack.json``, then defaults); see :func:`fleet.connection.resolve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import aiohttp
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from schemas import FleetError, describe
+
+from . import demo, models_cli, stack_cli
+from .connection import resolve
+
+#: ``fleet config SERVICE`` -> (module, settings class, env prefix).
+SERVICES = {
+    "gateway": ("gateway.settings", "GatewaySettings", "FLEET_GATEWAY_"),
+    "worker": ("workers.settings", "WorkerSettings", "FLEET_WORKER_"),
+}
+
+#: Failures reported as one line and exit status 1 (anything else is a bug and keeps its traceback).
+EXPECTED_ERRORS = (
+    FleetError,
+    ValueError,
+    OSError,
+    TimeoutError,
+    RuntimeError,
+    RedisError,
+    KafkaError,
+    aiohttp.ClientError,
+)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Connection options accepted before or after any subcommand (SUPPRESS keeps the first one given)."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("where the fleet is (default: env, then the running local stack)")
+    group.add_argument("--url", default=argparse.SUPPRESS, help="gateway URL (env FLEET_URL)")
+    group.add_argument("--kafka", default=argparse.SUPPRESS, help="bootstrap servers (env FLEET_KAFKA_BOOTSTRAP)")
+    group.add_argument("--redis", default=argparse.SUPPRESS, help="Redis URL (env FLEET_REDIS_URL)")
+    group.add_argument("--namespace", default=argparse.SUPPRESS, help="namespace (env FLEET_NAMESPACE)")
+    group.add_argument("--home", default=argparse.SUPPRESS, help="state directory (env FLEET_HOME, default ./.fleet)")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="fleet", parents=[common], description="Run, feed and inspect an inference fleet."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stack_cli.add_parsers(commands, common)
+    models_cli.add_parser(commands, common)
+    demo.add_parser(commands, common)
+    config = commands.add_parser("config", parents=[common], help="print every setting: variable, default, doc")
+    config.add_argument("service", nargs="?", choices=sorted(SERVICES), help="default: all")
+    config.set_defaults(handler=None)
+    return parser
+
+
+def show_config(service: str | None) -> int:
+    """``fleet config``: the documented settings of the gateway and/or the worker."""
+    for name in [service] if service else sorted(SERVICES):
+        module_name, class_name, prefix = SERVICES[name]
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as exc:
+            print(f"# {name}: settings not available ({exc})")
+            continue
+        rows = describe(cls, prefix)
+        rows = [(var, default or '""', text) for var, default, text in rows]
+        width = max(len(var) for var, _, _ in rows)
+        shown_width = max(len(default) for _, default, _ in rows)
+        print(f"# {name} ({module_name}.{class_name})")
+        for var, default, text in rows:
+            print(f"{var:<{width}}  {default:<{shown_width}}  {text}".rstrip())
+        print()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fleet`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.handler is None:
+            return show_config(args.service)
+        target = resolve(
+            os.environ,
+            home=getattr(args, "home", None),
+            url=getattr(args, "url", None),
+            kafka=getattr(args, "kafka", None),
+            redis=getattr(args, "redis", None),
+            namespace=getattr(args, "namespace", None),
+        )
+        return int(asyncio.run(args.handler(target, args)))
+    except KeyboardInterrupt:
+        return 130
+    except EXPECTED_ERRORS as exc:
+        message = str(exc) or type(exc).__name__
+        print(f"fleet: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Errors of the fleet tools: the HTTP client's and the local stack's.
+
+Hierarchy::
+
+    schemas.FleetError
+     ├── ClientError              the gateway could not be asked (unreachable, timed out)
+     │    └── FleetHTTPError      the gateway answered with a non-2xx status
+     └── StackError               the local stack could not start, or a child died
+"""
+
+from __future__ import annotations
+
+from schemas import ErrorCode, FleetError
+
+_CODES_BY_STATUS = {
+    400: ErrorCode.INVALID_REQUEST,
+    404: ErrorCode.MODEL_NOT_FOUND,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    503: ErrorCode.BACKEND_UNAVAILABLE,
+    504: ErrorCode.DEADLINE_EXCEEDED,
+}
+
+
+class ClientError(FleetError):
+    """The gateway could not be reached or did not answer in time."""
+
+    code = ErrorCode.BACKEND_UNAVAILABLE
+    retriable = True
+
+
+class FleetHTTPError(ClientError):
+    """A non-2xx answer; ``message`` is the gateway's ``{"error": ...}`` text."""
+
+    def __init__(self, status: int, message: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}", code=code or _CODES_BY_STATUS.get(status, ErrorCode.INTERNAL))
+        self.status = status
+        self.message = message
+        self.retriable = status in (429, 502, 503, 504)
+
+
+class StackError(FleetError):
+    """A local stack process failed to start, to become ready, or died."""
+
+    code = ErrorCode.INTERNAL

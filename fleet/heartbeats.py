@@ -1,0 +1,73 @@
+"""Reading the workers' heartbeat hashes (``names.worker_key``) for ``fleet status`` and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from schemas import FleetSettings, Names, now_ms
+
+from .errors import StackError
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """What a worker last said about itself."""
+
+    id: str
+    state: str
+    models: tuple[str, ...]
+    pid: str
+    device: str
+    age_s: float  # seconds since its last heartbeat
+
+    def line(self) -> str:
+        return (
+            f"{self.id}  {self.state:<8}  models={','.join(self.models) or '-'}  device={self.device or '-'}  "
+            f"pid={self.pid or '-'}  heartbeat {self.age_s:.1f}s ago"
+        )
+
+
+async def read_workers(redis: Any, names: Names) -> list[WorkerView]:
+    """Every worker with a live heartbeat hash, by id."""
+    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await redis.zrange(names.workers_key, 0, -1)]
+    views = []
+    now = now_ms()
+    for worker_id in sorted(ids):
+        raw = await redis.hgetall(names.worker_key(worker_id))
+        if not raw:
+            continue  # the hash expired: the worker is gone
+        fields = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+        try:
+            age = max(0.0, (now - float(fields.get("ts_ms", "0"))) / 1000)
+        except ValueError:
+            age = float("nan")
+        models = tuple(m for m in fields.get("models", "").split(",") if m)
+        views.append(
+            WorkerView(
+                worker_id, fields.get("state", "?"), models, fields.get("pid", ""), fields.get("device", ""), age
+            )
+        )
+    return views
+
+
+async def wait_for_model_worker(settings: FleetSettings, model: str, timeout_s: float = 30.0) -> WorkerView:
+    """The first ready worker that serves ``model``; StackError after ``timeout_s``."""
+    redis = settings.redis.client()
+    names = Names(settings.namespace)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            for view in await read_workers(redis, names):
+                if view.state == "ready" and model in view.models:
+                    return view
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"no ready worker serves {model!r} after {timeout_s:.0f}s; start one with "
+                    f"FLEET_WORKER_MODELS={model} python -m workers"
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()

@@ -1,0 +1,204 @@
+"""``fleet models ...``: register, list, show, set-default, remove and verify registry records."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas import BatchingConfig, Framework, ModelRecord, ModelRegistry, SchemaError, Tensor, TensorSpec, parse_spec
+from schemas.topics import ensure_model_topics
+
+from .artifacts import build_record
+from .client import FleetClient
+from .connection import Target, open_registry
+from .verify import verify
+
+
+def tensor_spec_arg(text: str) -> TensorSpec:
+    """argparse type of ``--input``/``--output``: ``name:DATATYPE:d0,d1``."""
+    try:
+        return parse_spec(text)
+    except SchemaError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def label_arg(text: str) -> tuple[str, str]:
+    """argparse type of ``--label``: ``key=value``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"label {text!r} must look like key=value")
+    return key.strip(), value.strip()
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``models`` and its subcommands to the top-level subparsers."""
+    models = commands.add_parser("models", help="manage the model registry", parents=[common])
+    sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    reg = sub.add_parser("register", parents=[common], help="register a model version (immutable)")
+    reg.add_argument("name")
+    reg.add_argument("--artifact", required=True, type=Path, help="model file (.onnx, TorchScript or checkpoint)")
+    reg.add_argument("--version", help="version label (default: the next integer)")
+    reg.add_argument("--framework", choices=[f.value for f in Framework], help="default: from the file suffix")
+    reg.add_argument("--factory", help="module:function that builds the nn.Module (framework torch)")
+    reg.add_argument("--input", action="append", type=tensor_spec_arg, default=[], metavar="NAME:TYPE:DIMS")
+    reg.add_argument("--output", action="append", type=tensor_spec_arg, default=[], metavar="NAME:TYPE:DIMS")
+    batching = BatchingConfig()
+    reg.add_argument("--max-batch-size", type=int, default=batching.max_batch_size, help="rows per batch (1: none)")
+    reg.add_argument("--max-queue-delay-ms", type=float, default=batching.max_queue_delay_ms)
+    reg.add_argument("--label", action="append", type=label_arg, default=[], metavar="KEY=VALUE")
+    reg.add_argument("--example", type=Path, help=".npz of example inputs (by input name) kept for verify")
+    reg.add_argument("--default", action="store_true", help="make this version the default")
+    reg.add_argument("--partitions", type=int, help="partitions of a new request topic")
+    reg.set_defaults(handler=register)
+
+    sub.add_parser("list", parents=[common], help="list models and versions").set_defaults(handler=list_models)
+
+    show = sub.add_parser("show", parents=[common], help="print a version's record as JSON")
+    show.add_argument("name")
+    show.add_argument("--version")
+    show.set_defaults(handler=show_model)
+
+    default = sub.add_parser("set-default", parents=[common], help="serve VERSION when none is asked for")
+    default.add_argument("name")
+    default.add_argument("version")
+    default.set_defaults(handler=set_default)
+
+    remove = sub.add_parser("remove", parents=[common], help="remove a version, or the whole model")
+    remove.add_argument("name")
+    remove.add_argument("--version")
+    remove.set_defaults(handler=remove_model)
+
+    check = sub.add_parser("verify", parents=[common], help="infer the example input over HTTP and check outputs")
+    check.add_argument("name")
+    check.add_argument("--version")
+    check.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    check.set_defaults(handler=verify_model)
+
+
+async def next_version(registry: ModelRegistry, model: str) -> str:
+    """One more than the highest integer version of ``model`` ("1" for a new model)."""
+    numbers = [int(v) for v in await registry.versions(model) if v.isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def _load_example(path: Path) -> tuple[Tensor, ...]:
+    with np.load(path, allow_pickle=False) as arrays:
+        return tuple(Tensor.from_numpy(name, arrays[name]) for name in arrays.files)
+
+
+async def register(target: Target, args: argparse.Namespace) -> int:
+    """``fleet models register``."""
+    async with open_registry(target.settings) as registry:
+        version = args.version or await next_version(registry, args.name)
+        record = build_record(
+            args.name,
+            version,
+            args.artifact,
+            framework=Framework(args.framework) if args.framework else None,
+            inputs=tuple(args.input),
+            outputs=tuple(args.output),
+            factory=args.factory,
+            batching=BatchingConfig(args.max_batch_size, args.max_queue_delay_ms),
+            labels=dict(args.label),
+            example=_load_example(args.example) if args.example else (),
+        )
+        await ensure_model_topics(target.settings.kafka, target.names, args.name, args.partitions)
+        created = await registry.register(record, make_default=args.default)
+        default = await registry.default_version(args.name)
+    what = "registered" if created else "already registered (identical)"
+    print(f"{what}: {record.name} version {record.version} ({record.framework.value}, default {default})")
+    print(f"  inputs  {', '.join(s.describe() for s in record.inputs)}")
+    print(f"  outputs {', '.join(s.describe() for s in record.outputs)}")
+    if target.stack is not None and record.name not in target.stack.models:
+        print("  the local stack's workers do not serve it yet: run `fleet reload`")
+    return 0
+
+
+async def list_models(target: Target, args: argparse.Namespace) -> int:
+    """``fleet models list``."""
+    rows = [("MODEL", "DEFAULT", "VERSIONS", "FRAMEWORK", "INPUTS", "OUTPUTS")]
+    async with open_registry(target.settings) as registry:
+        for name in await registry.models():
+            record = await registry.get(name)
+            versions = ",".join(await registry.versions(name))
+            rows.append(
+                (
+                    name,
+                    record.version,
+                    versions,
+                    record.framework.value,
+                    " ".join(s.describe() for s in record.inputs),
+                    " ".join(s.describe() for s in record.outputs),
+                )
+            )
+    if len(rows) == 1:
+        print(f"no models registered in namespace {target.settings.namespace!r}")
+        return 0
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def record_json(record: ModelRecord, default: str | None) -> dict[str, Any]:
+    """JSON view of a record (example tensors summarised, not dumped)."""
+    return {
+        "name": record.name,
+        "version": record.version,
+        "default": record.version == default,
+        "framework": record.framework.value,
+        "artifact": record.artifact,
+        "sha256": record.sha256,
+        "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in record.inputs],
+        "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in record.outputs],
+        "batching": {
+            "max_batch_size": record.batching.max_batch_size,
+            "max_queue_delay_ms": record.batching.max_queue_delay_ms,
+        },
+        "factory": record.factory,
+        "labels": record.labels,
+        "size_bytes": record.size_bytes,
+        "size_measured": record.size_measured,
+        "example": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in record.example],
+        "created_ms": record.created_ms,
+    }
+
+
+async def show_model(target: Target, args: argparse.Namespace) -> int:
+    """``fleet models show``."""
+    async with open_registry(target.settings) as registry:
+        record = await registry.get(args.name, args.version)
+        default = await registry.default_version(args.name)
+    print(json.dumps(record_json(record, default), indent=2))
+    return 0
+
+
+async def set_default(target: Target, args: argparse.Namespace) -> int:
+    """``fleet models set-default``."""
+    async with open_registry(target.settings) as registry:
+        await registry.set_default(args.name, args.version)
+    print(f"{args.name}: default version is now {args.version}")
+    return 0
+
+
+async def remove_model(target: Target, args: argparse.Namespace) -> int:
+    """``fleet models remove`` (registry entries only; topics stay)."""
+    async with open_registry(target.settings) as registry:
+        removed = await registry.remove(args.name, args.version)
+    print(f"removed {args.name} version(s) {', '.join(removed)}")
+    return 0
+
+
+async def verify_model(target: Target, args: argparse.Namespace) -> int:
+    """``fleet models verify``: exit 0 on PASS, 1 on FAIL."""
+    async with open_registry(target.settings) as registry:
+        record = await registry.get(args.name, args.version)
+    async with FleetClient(target.url, timeout_s=args.timeout) as client:
+        report = await verify(client, record)
+    print(report.line())
+    return 0 if report.ok else 1

@@ -1,0 +1,276 @@
+"""``LocalStack``: broker, Redis, gateway and workers as local processes, started and stopped in order.
+
+Start: LocalBroker + LocalRedis (unless external addresses are given) → gateway → workers, each
+waited on by its readiness signal (``/v2/health/ready``; the worker's heartbeat hash ``state=ready``).
+Stop: SIGTERM the gateway → SIGTERM the workers and wait while they drain → stop Redis and the broker.
+Workers serve a fixed model list (``FLEET_WORKER_MODELS``); :meth:`LocalStack.restart_workers` replaces
+them when models are registered later (``fleet reload`` asks a running ``fleet up`` to do it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSettings, now_ms
+from schemas.constants import DEFAULT_NAMESPACE
+
+from .client import FleetClient
+from .errors import StackError
+from .localservers import LocalBroker, LocalRedis, LocalServer, free_port
+from .procs import ServiceProcess
+from .stackfile import ProcessInfo, StackInfo
+
+log = logging.getLogger("fleet.stack")
+
+#: Consumer-group timings that suit the embedded broker (each join waits max(1 s, session/2)).
+LOCAL_BROKER_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """What :class:`LocalStack` starts."""
+
+    home: Path
+    namespace: str = DEFAULT_NAMESPACE
+    kafka: str | None = None  # external bootstrap servers; None starts the embedded broker
+    redis: str | None = None  # external Redis URL; None starts the embedded Valkey
+    gateway: bool = True
+    host: str = "127.0.0.1"
+    port: int | None = None  # None picks a free port
+    workers: int = 1
+    models: tuple[str, ...] | None = None  # None: every model registered when the workers start
+    device: str | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    ready_timeout_s: float = 60.0
+    drain_timeout_s: float = 30.0
+
+
+class _State(Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class LocalStack:
+    """The whole fleet on this machine: ``async with LocalStack(config) as stack: stack.url``."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.logs = config.home / "logs"
+        self._state = _State.NEW
+        self._servers: list[LocalServer] = []
+        self._gateway: ServiceProcess | None = None
+        self._workers: list[ServiceProcess] = []
+        self._models: list[str] = []
+        self._generation = 0
+        self._started_ms = now_ms()
+        self.kafka_bootstrap = config.kafka or ""
+        self.redis_url = config.redis or ""
+        self.port = config.port or free_port()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the gateway."""
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def settings(self) -> FleetSettings:
+        """Connection settings of this stack (for clients and the registry)."""
+        return FleetSettings(
+            namespace=self.config.namespace,
+            kafka=KafkaSettings(bootstrap=self.kafka_bootstrap),
+            redis=RedisSettings(url=self.redis_url),
+        )
+
+    @property
+    def models(self) -> list[str]:
+        """Models the current workers serve."""
+        return list(self._models)
+
+    async def start(self) -> None:
+        """Start everything and wait until it is ready; on failure stop what started and raise StackError."""
+        if self._state is not _State.NEW:
+            raise StackError(f"this stack is {self._state.value}; create a new LocalStack")
+        self._state = _State.RUNNING
+        try:
+            await self._start_servers()
+            if self.config.gateway:
+                self._gateway = self._spawn("gateway", ["gateway"], self._gateway_env())
+                await self._wait(self._gateway, self._gateway_ready())
+            await self._start_workers(self.config.models)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def restart_workers(self, models: Sequence[str] | None = None) -> list[str]:
+        """Drain and stop the workers, then start new ones for ``models`` (None: the configured or registered ones)."""
+        if self._state is not _State.RUNNING:
+            raise StackError("the stack is not running")
+        await self._stop_workers()
+        chosen = tuple(models) if models is not None else self.config.models
+        await self._start_workers(chosen)
+        return self.models
+
+    def dead(self) -> list[ServiceProcess]:
+        """Children that exited while the stack runs (for the ``fleet up`` watchdog)."""
+        procs = [p for p in (self._gateway, *self._workers) if p is not None]
+        return [p for p in procs if not p.running]
+
+    def servers_alive(self) -> bool:
+        """True while the embedded broker and Redis run."""
+        return all(server.running for server in self._servers)
+
+    async def stop(self) -> None:
+        """Gateway, then workers (drained), then Redis and broker; idempotent."""
+        if self._state is _State.STOPPED:
+            return
+        self._state = _State.STOPPED
+        try:
+            if self._gateway is not None:
+                await self._gateway.stop(10.0)
+            await self._stop_workers()
+        finally:
+            for server in reversed(self._servers):
+                await asyncio.to_thread(server.stop)
+            info = StackInfo.read(self.config.home)
+            if info is not None and info.pid == os.getpid():
+                StackInfo.remove(self.config.home)
+
+    async def __aenter__(self) -> LocalStack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def info(self) -> StackInfo:
+        """What ``stack.json`` says about this stack."""
+        procs = [ProcessInfo(s.name, s.name, s.pid or -1, str(s.log_path)) for s in self._servers if s.pid is not None]
+        if self._gateway is not None:
+            procs.append(ProcessInfo("gateway", "gateway", self._gateway.pid, str(self._gateway.log_path)))
+        procs += [ProcessInfo(w.name, "worker", w.pid, str(w.log_path), list(self._models)) for w in self._workers]
+        return StackInfo(
+            pid=os.getpid(),
+            namespace=self.config.namespace,
+            gateway_url=self.url if self.config.gateway else "",
+            kafka_bootstrap=self.kafka_bootstrap,
+            redis_url=self.redis_url,
+            home=str(self.config.home),
+            started_ms=self._started_ms,
+            generation=self._generation,
+            models=list(self._models),
+            processes=procs,
+        )
+
+    # internals ---------------------------------------------------------------
+    async def _start_servers(self) -> None:
+        if not self.config.kafka:
+            broker = LocalBroker(log_dir=self.logs)
+            self._servers.append(broker)
+            await asyncio.to_thread(broker.start)
+            self.kafka_bootstrap = broker.bootstrap
+        if not self.config.redis:
+            redis = LocalRedis(log_dir=self.logs)
+            self._servers.append(redis)
+            await asyncio.to_thread(redis.start)
+            self.redis_url = redis.url
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(self.config.env)
+        if not self.config.kafka:
+            for key, value in LOCAL_BROKER_ENV.items():
+                env.setdefault(key, value)
+        env.update(
+            FLEET_NAMESPACE=self.config.namespace,
+            FLEET_KAFKA_BOOTSTRAP=self.kafka_bootstrap,
+            FLEET_REDIS_URL=self.redis_url,
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def _gateway_env(self) -> dict[str, str]:
+        return {**self._base_env(), "FLEET_GATEWAY_HOST": self.config.host, "FLEET_GATEWAY_PORT": str(self.port)}
+
+    def _spawn(self, name: str, module: list[str], env: dict[str, str]) -> ServiceProcess:
+        proc = ServiceProcess(name, [sys.executable, "-m", *module], env, self.logs / f"{name}.log")
+        proc.start()
+        log.info("started %s (pid %d), log %s", name, proc.pid, proc.log_path)
+        return proc
+
+    async def _start_workers(self, models: Sequence[str] | None) -> None:
+        if models is None:
+            models = await self._registered_models()
+        self._models = sorted(set(models))
+        self._generation += 1
+        if self._models and self.config.workers > 0:
+            tag = secrets.token_hex(3)
+            for i in range(1, self.config.workers + 1):
+                worker_id = f"local-{tag}-w{i}"
+                env = {**self._base_env(), "FLEET_WORKER_MODELS": ",".join(self._models), "FLEET_WORKER_ID": worker_id}
+                if self.config.device:
+                    env["FLEET_WORKER_DEVICE"] = self.config.device
+                self._workers.append(self._spawn(worker_id, ["workers"], env))
+            await asyncio.gather(*(self._wait(w, self._worker_ready(w)) for w in self._workers))
+        self.info().write(self.config.home)
+
+    async def _stop_workers(self) -> None:
+        workers, self._workers = self._workers, []
+        # SIGTERM all at once so they drain in parallel.
+        await asyncio.gather(*(w.stop(self.config.drain_timeout_s) for w in workers))
+
+    async def _registered_models(self) -> list[str]:
+        client = self.settings.redis.client()
+        try:
+            return await ModelRegistry(client, Names(self.config.namespace)).models()
+        finally:
+            await client.aclose()
+
+    async def _wait(self, proc: ServiceProcess, probe: AsyncGenerator[bool, None]) -> None:
+        """Poll ``probe`` (an async iterator of bools) until True, failing fast if ``proc`` exits."""
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        async with contextlib.aclosing(probe) as readiness:
+            async for ready in readiness:
+                if ready:
+                    return
+                if not proc.running:
+                    raise StackError(
+                        f"{proc.name} exited with status {proc.returncode} before it was ready; "
+                        f"log {proc.log_path}:\n{proc.log_tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"{proc.name} not ready after {self.config.ready_timeout_s:.0f}s; log {proc.log_path}:\n"
+                        f"{proc.log_tail()}"
+                    )
+                await asyncio.sleep(0.05)
+
+    async def _gateway_ready(self) -> AsyncGenerator[bool, None]:
+        async with FleetClient(self.url, timeout_s=2.0) as client:
+            while True:
+                yield await client.ready()
+
+    async def _worker_ready(self, proc: ServiceProcess) -> AsyncGenerator[bool, None]:
+        client = self.settings.redis.client()
+        key = Names(self.config.namespace).worker_key(proc.name)
+        pid = str(proc.pid).encode()
+        try:
+            while True:
+                fields: dict[bytes, bytes] = {}
+                with contextlib.suppress(RedisError):
+                    fields = await client.hgetall(key)
+                # The pid check ignores a stale hash left by an earlier worker with the same id.
+                yield fields.get(b"state") == b"ready" and fields.get(b"pid", pid) == pid
+        finally:
+            await client.aclose()

@@ -1,0 +1,294 @@
+"""``fleet up | down | status | reload``: the local stack in the foreground, and commands that talk to it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from schemas import Names
+from schemas.constants import DEFAULT_NAMESPACE
+
+from .client import FleetClient
+from .connection import Target, env_first, open_registry
+from .errors import StackError
+from .heartbeats import read_workers
+from .stack import LocalStack, StackConfig
+from .stackfile import StackInfo, pid_alive, pid_cmdline
+
+UP_HELP = """\
+Start the fleet on this machine: the embedded Kafka-protocol broker and Redis (unless --kafka/--redis
+or FLEET_KAFKA_BOOTSTRAP/FLEET_REDIS_URL name external ones), the gateway and N workers, each with a
+log under $FLEET_HOME/logs (default ./.fleet). Stays in the foreground; Ctrl-C or `fleet down` stops it.
+
+Workers serve a fixed model list: --models, or every model registered when they start. After
+registering a model, run `fleet reload`: the workers drain and restart serving the registered models.
+"""
+
+
+def csv_arg(text: str) -> tuple[str, ...]:
+    """argparse type of a comma list."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``up``, ``down``, ``status`` and ``reload``."""
+    up = commands.add_parser(
+        "up", parents=[common], help="start the local stack (foreground)", description=UP_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    add_stack_options(up, default_port=8000)
+    up.add_argument("--models", type=csv_arg, help="models the workers serve (default: all registered)")
+    up.add_argument("--demo", action="store_true", help="run the demo on the new stack, then keep serving")
+    up.set_defaults(handler=run_up)
+    down = commands.add_parser("down", parents=[common], help="stop the stack that `fleet up` started")
+    down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to stop")
+    down.set_defaults(handler=run_down)
+    status = commands.add_parser("status", parents=[common], help="stack.json and live health")
+    status.set_defaults(handler=show_status)
+    reload = commands.add_parser("reload", parents=[common], help="restart the workers to serve registered models")
+    reload.add_argument("--timeout", type=float, default=60.0)
+    reload.set_defaults(handler=reload_stack)
+
+
+def add_stack_options(parser: argparse.ArgumentParser, default_port: int | None) -> None:
+    """Options shared by ``up`` and ``demo``."""
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--port", type=int, default=default_port, help="gateway port")
+    parser.add_argument("--host", default="127.0.0.1", help="gateway listen address")
+    parser.add_argument("--device", help="FLEET_WORKER_DEVICE of the workers (e.g. cpu, cuda:0)")
+
+
+def stack_config(target: Target, args: argparse.Namespace, models: tuple[str, ...] | None) -> StackConfig:
+    """The LocalStack a command starts: external servers only when flags or env name them (not stack.json)."""
+    home, env = target.home, target.env
+    existing = StackInfo.read(home)
+    if existing is not None and existing.owner_alive():
+        raise StackError(f"a stack already runs from {home} (pid {existing.pid}, {existing.gateway_url}); `fleet down`")
+    return StackConfig(
+        home=home,
+        namespace=getattr(args, "namespace", None)
+        or env_first(env, "FLEET_NAMESPACE", "FLEET_NS")
+        or DEFAULT_NAMESPACE,
+        kafka=getattr(args, "kafka", None) or env_first(env, "FLEET_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP"),
+        redis=getattr(args, "redis", None) or env_first(env, "FLEET_REDIS_URL", "REDIS_URL"),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        models=models,
+        device=args.device,
+        env=dict(env),
+    )
+
+
+class Signals:
+    """SIGINT/SIGTERM ask to stop, SIGHUP to reload the workers; installed only by the foreground commands."""
+
+    def __init__(self) -> None:
+        self.stop_requested = False
+        self.reload_requested = False
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def __enter__(self) -> Signals:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._request, "stop")
+        loop.add_signal_handler(signal.SIGTERM, self._request, "stop")
+        loop.add_signal_handler(signal.SIGHUP, self._request, "reload")
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def _request(self, what: str) -> None:
+        if what == "stop":
+            self.stop_requested = True
+            self._stop.set()
+        else:
+            self.reload_requested = True
+        self._wake.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return when a signal arrives or after ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        self._wake.clear()
+
+    async def run(self, coro: Awaitable[Any]) -> bool:
+        """Run ``coro`` unless a stop signal comes first (then cancel it); True when it completed."""
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+        task.result()
+        return True
+
+
+def print_stack(stack: LocalStack, *, workers: bool = True) -> None:
+    """The addresses a user needs (and what the workers serve)."""
+    print(f"gateway   {stack.url}" if stack.config.gateway else "gateway   (none)")
+    print(f"kafka     {stack.kafka_bootstrap}")
+    print(f"redis     {stack.redis_url}")
+    print(f"namespace {stack.config.namespace}")
+    print(f"logs      {stack.logs}")
+    if workers:
+        served = ",".join(stack.models) or "(no models: register, then `fleet reload`)"
+        print(f"workers   {stack.config.workers} serving {served}")
+
+
+async def foreground(stack: LocalStack, signals: Signals) -> int:
+    """Serve until a stop signal; reload the workers on SIGHUP; exit 1 if a vital process dies."""
+    reported: set[str] = set()
+    while not signals.stop_requested:
+        if signals.reload_requested:
+            signals.reload_requested = False
+            models = await stack.restart_workers(None)
+            print(f"workers restarted, serving {','.join(models) or '(no models)'}", flush=True)
+        for proc in stack.dead():
+            if proc.name == "gateway":
+                print(f"fleet: error: the gateway exited ({proc.returncode}); log {proc.log_path}", flush=True)
+                return 1
+            if proc.name not in reported:
+                reported.add(proc.name)
+                print(f"fleet: warning: {proc.name} exited ({proc.returncode}); log {proc.log_path}", flush=True)
+        if not stack.servers_alive():
+            print("fleet: error: the embedded broker or Redis exited", flush=True)
+            return 1
+        await signals.wait(1.0)
+    return 0
+
+
+async def run_up(target: Target, args: argparse.Namespace) -> int:
+    """``fleet up``: start, print the addresses, serve in the foreground, stop cleanly."""
+    if args.demo:
+        from .demo import run_demo  # demo builds on this module
+
+        args.keep, args.trainer, args.concurrency = True, "auto", 8
+        return await run_demo(target, args)
+    stack = LocalStack(stack_config(target, args, args.models))
+    with Signals() as signals:
+        try:
+            if not await signals.run(stack.start()):
+                return 130
+            print_stack(stack)
+            print("ready; Ctrl-C or `fleet down` stops the stack", flush=True)
+            return await foreground(stack, signals)
+        finally:
+            await stack.stop()
+            print("stack stopped", flush=True)
+
+
+async def run_down(target: Target, args: argparse.Namespace) -> int:
+    """``fleet down``: SIGTERM the owner of stack.json and wait until it is gone."""
+    home = target.home
+    info = StackInfo.read(home)
+    if info is None:
+        print(f"no local stack in {home}")
+        return 0
+    if info.owner_alive():
+        os.kill(info.pid, signal.SIGTERM)
+        if not await _wait_gone([info.pid], args.timeout):
+            raise StackError(f"the stack (pid {info.pid}) is still running after {args.timeout:.0f}s")
+        print(f"stack stopped (pid {info.pid})")
+        return 0
+    # The owner died without cleaning up (SIGKILL): stop what it left, in the usual order.
+    order = {"gateway": 0, "worker": 1, "redis": 2, "broker": 2}
+    # A pid may have been reused since: only signal processes that still look like ours.
+    markers = {
+        "gateway": ("-m gateway",),
+        "worker": ("-m workers",),
+        "redis": ("valkey", "redis"),
+        "broker": ("broker",),
+    }
+    left = [p for p in sorted(info.processes, key=lambda p: order.get(p.role, 3)) if pid_alive(p.pid)]
+    left = [p for p in left if any(m in pid_cmdline(p.pid) for m in markers.get(p.role, ()))]
+    for proc in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        await _wait_gone([proc.pid], 30.0)
+    StackInfo.remove(home)
+    print(f"the stack's owner (pid {info.pid}) was gone; stopped {len(left)} leftover process(es)")
+    return 0
+
+
+async def _wait_gone(pids: list[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while any(pid_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def request_reload(info: StackInfo, home: Path, timeout_s: float = 60.0) -> StackInfo:
+    """SIGHUP the running ``fleet up`` and wait until it has restarted its workers."""
+    os.kill(info.pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        current = StackInfo.read(home)
+        if current is not None and current.generation > info.generation:
+            return current
+        if not info.owner_alive() or time.monotonic() > deadline:
+            raise StackError(f"the stack (pid {info.pid}) did not restart its workers; see its logs in {home}/logs")
+        await asyncio.sleep(0.1)
+
+
+async def reload_stack(target: Target, args: argparse.Namespace) -> int:
+    """``fleet reload``."""
+    if target.stack is None:
+        raise StackError(f"no running local stack in {target.home}; start one with `fleet up`")
+    info = await request_reload(target.stack, target.home, args.timeout)
+    print(f"workers restarted, serving {','.join(info.models) or '(no models)'}")
+    return 0
+
+
+async def show_status(target: Target, args: argparse.Namespace) -> int:
+    """``fleet status``: exit 0 when the gateway is ready."""
+    info = target.stack or StackInfo.read(target.home)
+    if info is None:
+        print(f"local stack: none in {target.home}")
+    else:
+        alive = "running" if info.owner_alive() else "NOT RUNNING (stale stack.json; `fleet down` cleans up)"
+        age = time.time() - info.started_ms / 1000
+        print(f"local stack: {alive}, pid {info.pid}, up {age:.0f}s, logs {info.home}/logs")
+    async with FleetClient(target.url, timeout_s=2.0) as client:
+        ready = await client.ready()
+    settings = target.settings
+    print(f"gateway   {target.url}  {'ready' if ready else 'NOT READY'}")
+    print(f"kafka     {settings.kafka.bootstrap}")
+    print(f"redis     {settings.redis.url}")
+    print(f"namespace {settings.namespace}")
+    try:
+        redis = settings.redis.client()
+        try:
+            workers = await read_workers(redis, Names(settings.namespace))
+        finally:
+            await redis.aclose()
+        async with open_registry(settings) as registry:
+            models = {m: await registry.default_version(m) for m in await registry.models()}
+    except RedisError as exc:
+        print(f"redis unreachable: {exc}")
+        return 1
+    print(f"workers   {len(workers)}")
+    for view in workers:
+        print(f"  {view.line()}")
+    print("models    " + (", ".join(f"{m} (default {v})" for m, v in models.items()) or "(none)"))
+    return 0 if ready else 1

@@ -1,0 +1,55 @@
+"""``python -m workers``: settings from the environment, signal handling, drain, exit status.
+
+Exit status: 0 after a graceful drain, 1 when the worker failed, 2 for bad settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from schemas import FleetError, SettingsError
+
+from .settings import WorkerSettings
+from .worker import Worker
+
+log = logging.getLogger("fleet.workers")
+
+
+async def serve(settings: WorkerSettings) -> int:
+    """Run a worker until SIGTERM/SIGINT, then drain; returns the exit status."""
+    worker = Worker(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    try:
+        await worker.start()
+        await worker.run_until_stopped()
+    except FleetError as exc:
+        log.error("worker failed: %s", exc.message)
+        return 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def main() -> int:
+    """Entry point of ``python -m workers``."""
+    logging.basicConfig(
+        level=os.environ.get("FLEET_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        settings = WorkerSettings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"workers: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

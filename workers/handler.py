@@ -1,0 +1,220 @@
+"""One round of a model's records: decode, answer what cannot run, validate, batch, run, build responses.
+
+The handler owns no I/O of its own besides registry lookups and the model thread: it returns the
+replies and dead letters of the round, and the consumer delivers them before committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import (
+    DeadLetter,
+    ErrorCode,
+    FleetError,
+    InferenceRequest,
+    InferenceResponse,
+    ModelRecord,
+    RegistryError,
+    ReplyAddress,
+    ReplyKind,
+    SchemaError,
+    Tensor,
+    check_inputs,
+    now_ms,
+)
+
+from .batching import Batch, merge_inputs, plan_batches, split_outputs
+from .deadletter import dead_letter
+from .errors import ModelExecutionError, ModelLoadError
+from .metrics import WorkerMetrics
+from .models import ModelCache
+from .runtimes import Runtime
+
+log = logging.getLogger("fleet.workers")
+
+Reply = tuple[ReplyAddress, InferenceResponse]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A Kafka record and what decoding it gave: a request, or the reason it is not one."""
+
+    record: Any  # aiokafka ConsumerRecord
+    request: InferenceRequest | None
+    error: SchemaError | None = None
+
+
+def decode(record: Any) -> Fetched:
+    """Decode one record's value as an InferenceRequest (never raises)."""
+    try:
+        return Fetched(record, InferenceRequest.from_bytes(record.value))
+    except SchemaError as exc:
+        return Fetched(record, None, exc)
+
+
+@dataclass
+class RoundOutcome:
+    """What a round produced: replies to deliver and records to dead-letter."""
+
+    replies: list[Reply] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Executed:
+    started_ms: float  # wall clock at the start of compute
+    compute_s: float
+    outputs: list[tuple[Tensor, ...]]
+
+
+def validate(record: ModelRecord, request: InferenceRequest) -> None:
+    """Raise SchemaError(INVALID_INPUT) unless ``request`` fits ``record``'s signature."""
+    check_inputs(record.inputs, request.inputs, batched=record.batched)
+    known = [spec.name for spec in record.outputs]
+    unknown = sorted(set(request.outputs) - set(known))
+    if unknown:
+        raise SchemaError(f"unknown output(s) {unknown}; the model has {known}", code=ErrorCode.INVALID_INPUT)
+
+
+def _execute(runtime: Runtime, requests: Sequence[InferenceRequest], batch: Batch) -> _Executed:
+    """Merge, run and split one batch (runs on the model thread, never on the event loop)."""
+    record = runtime.record
+    try:
+        inputs = merge_inputs(requests)
+        started_ms = now_ms()
+        began = time.perf_counter()
+        outputs = runtime.predict(inputs)
+        compute_s = time.perf_counter() - began
+        parts = split_outputs(outputs, batch.rows, batched=record.batched)
+        wanted = [request.outputs or tuple(spec.name for spec in record.outputs) for request in requests]
+        tensors = [
+            tuple(Tensor.from_numpy(name, part[name]) for name in names)
+            for names, part in zip(wanted, parts, strict=True)
+        ]
+    except ModelExecutionError:
+        raise
+    except Exception as exc:  # anything the model or the conversion raised fails this batch only
+        raise ModelExecutionError(f"{type(exc).__name__}: {exc}") from exc
+    return _Executed(started_ms, compute_s, tensors)
+
+
+class RequestHandler:
+    """Turns the records of one round into replies and dead letters for one served model."""
+
+    def __init__(
+        self, model: str, cache: ModelCache, executor: Executor, worker_id: str, metrics: WorkerMetrics
+    ) -> None:
+        self._model = model
+        self._cache = cache
+        self._executor = executor
+        self._worker_id = worker_id
+        self._metrics = metrics
+
+    async def handle(self, fetched: Sequence[Fetched]) -> RoundOutcome:
+        """Answer every record of the round. Raises BackendUnavailableError (registry down): retry the round."""
+        outcome = RoundOutcome()
+        by_version: dict[str, list[Fetched]] = {}
+        now = now_ms()
+        for item in fetched:
+            request = item.request
+            if request is None:
+                error = item.error or SchemaError("undecodable record")
+                self._metrics.failure.labels(self._model, "", error.code.value).inc()
+                outcome.dead_letters.append(dead_letter(item.record, error.code, error.message, self._worker_id))
+            elif request.model != self._model:
+                message = f"request for model {request.model!r} on the topic of {self._model!r}"
+                self._refuse(outcome, item, ErrorCode.MODEL_NOT_FOUND, message)
+            elif request.expired(now):
+                message = f"deadline passed {now - (request.deadline_ms or now):.0f} ms before the worker got to it"
+                self._fail(outcome, request, ErrorCode.DEADLINE_EXCEEDED, message)
+            else:
+                by_version.setdefault(request.version, []).append(item)
+        for version, items in by_version.items():
+            await self._handle_version(outcome, version, items)
+        return outcome
+
+    async def _handle_version(self, outcome: RoundOutcome, version: str, items: list[Fetched]) -> None:
+        try:
+            record = await self._cache.record(version)
+        except RegistryError as exc:
+            for item in items:
+                self._refuse(outcome, item, exc.code, exc.message)
+            return
+        except SchemaError as exc:  # a registry entry that does not decode
+            for item in items:
+                self._fail(outcome, _request(item), ErrorCode.MODEL_LOAD_FAILED, exc.message)
+            return
+        valid: list[InferenceRequest] = []
+        for item in items:
+            try:
+                validate(record, _request(item))
+            except SchemaError as exc:
+                self._fail(outcome, _request(item), ErrorCode.INVALID_INPUT, exc.message)
+            else:
+                valid.append(_request(item))
+        if not valid:
+            return
+        try:
+            runtime = await self._cache.runtime(record)
+        except ModelLoadError as exc:
+            for request in valid:
+                self._fail(outcome, request, exc.code, exc.message)
+            return
+        for batch in plan_batches(valid, record.batching.max_batch_size, batched=record.batched):
+            await self._run(outcome, runtime, [valid[i] for i in batch.indices], batch)
+
+    async def _run(
+        self, outcome: RoundOutcome, runtime: Runtime, requests: list[InferenceRequest], batch: Batch
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            done = await loop.run_in_executor(self._executor, _execute, runtime, requests, batch)
+        except ModelExecutionError as exc:
+            log.warning(
+                "model %s:%s failed on a batch of %d: %s", self._model, runtime.record.version, len(requests), exc
+            )
+            for request in requests:
+                self._fail(outcome, request, ErrorCode.MODEL_ERROR, exc.message)
+            return
+        version = runtime.record.version
+        queue_ms = [max(0.0, done.started_ms - r.created_ms) for r in requests]
+        self._metrics.observe_batch(self._model, version, len(requests), done.compute_s, [q / 1000 for q in queue_ms])
+        self._metrics.success.labels(self._model, version).inc(len(requests))
+        for request, outputs, queued in zip(requests, done.outputs, queue_ms, strict=True):
+            response = InferenceResponse(
+                request.id,
+                request.model,
+                request.version,
+                outputs=outputs,
+                worker=self._worker_id,
+                batch_size=len(requests),
+                queue_ms=queued,
+                compute_ms=done.compute_s * 1000,
+            )
+            outcome.replies.append((request.reply, response))
+
+    def _fail(self, outcome: RoundOutcome, request: InferenceRequest, code: ErrorCode, message: str) -> None:
+        self._metrics.failure.labels(self._model, request.version, code.value).inc()
+        outcome.replies.append((request.reply, InferenceResponse.failure(request, code, message, self._worker_id)))
+
+    def _refuse(self, outcome: RoundOutcome, item: Fetched, code: ErrorCode, message: str) -> None:
+        """An error reply when someone waits for one, else a dead letter."""
+        request = _request(item)
+        if request.reply.kind is ReplyKind.NONE:
+            self._metrics.failure.labels(self._model, request.version, code.value).inc()
+            outcome.dead_letters.append(dead_letter(item.record, code, message, self._worker_id))
+        else:
+            self._fail(outcome, request, code, message)
+
+
+def _request(item: Fetched) -> InferenceRequest:
+    if item.request is None:  # pragma: no cover - callers pass decoded items only
+        raise FleetError("record was not decoded")
+    return item.request

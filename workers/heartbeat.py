@@ -1,0 +1,108 @@
+"""The worker heartbeat: ``HSET names.worker_key(id)`` (state, models, partitions, device, pid, host,
+ts_ms), ``EXPIRE`` 3x the interval, ``ZADD names.workers_key ts_ms id`` (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from schemas import Names, now_ms
+
+log = logging.getLogger("fleet.workers")
+
+
+class WorkerState(StrEnum):
+    """Lifecycle state published in the heartbeat."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Heartbeat:
+    """Publishes the worker's state every ``interval_s`` and on every state change."""
+
+    def __init__(
+        self,
+        redis: Any,
+        names: Names,
+        worker_id: str,
+        models: Sequence[str],
+        interval_s: float,
+        partitions: Callable[[], Sequence[str]],
+        device: Callable[[], str],
+    ) -> None:
+        self._redis = redis
+        self._names = names
+        self._worker_id = worker_id
+        self._models = ",".join(models)
+        self._interval_s = interval_s
+        self._partitions = partitions
+        self._device = device
+        self._state = WorkerState.STARTING
+        self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+
+    @property
+    def state(self) -> WorkerState:
+        """The state last set."""
+        return self._state
+
+    async def start(self) -> None:
+        """Publish ``starting`` and begin the periodic routine."""
+        await self.beat()
+        self._task = asyncio.create_task(self._beat_routine(), name=f"heartbeat-{self._worker_id}")
+
+    async def set_state(self, state: WorkerState) -> None:
+        """Change the state and publish it now."""
+        self._state = state
+        await self.beat()
+
+    async def beat(self) -> bool:
+        """Publish one heartbeat; False (and a warning) when Redis is unreachable."""
+        ts = int(now_ms())
+        fields = {
+            "state": self._state.value,
+            "models": self._models,
+            "partitions": ",".join(sorted(self._partitions())),
+            "device": self._device(),
+            "pid": str(os.getpid()),
+            "host": socket.gethostname(),
+            "ts_ms": str(ts),
+        }
+        key = self._names.worker_key(self._worker_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.pexpire(key, max(1000, int(3000 * self._interval_s)))
+                pipe.zadd(self._names.workers_key, {self._worker_id: ts})
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("heartbeat not written: %s", exc)
+            return False
+        return True
+
+    async def _beat_routine(self) -> None:
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self._interval_s)
+            if not self._closing.is_set():
+                await self.beat()
+
+    async def stop(self) -> None:
+        """Publish ``stopped`` and end the routine (idempotent)."""
+        self._closing.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+        self._state = WorkerState.STOPPED
+        await self.beat()

@@ -1,0 +1,93 @@
+"""Prometheus metrics of a worker, in Triton's vocabulary, in a registry of its own.
+
+``fleet_worker_inference_count_total / fleet_worker_execution_count_total`` is the mean batch size
+(requests per model execution). The HTTP endpoint runs only when ``metrics_port > 0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+log = logging.getLogger("fleet.workers")
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class WorkerMetrics:
+    """Counters and histograms of one worker."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("model", "version")
+        self.success = Counter(
+            "fleet_worker_request_success", "Requests answered with outputs.", labels, registry=self.registry
+        )
+        self.failure = Counter(
+            "fleet_worker_request_failure",
+            "Requests answered with an error (or dead-lettered), by code.",
+            (*labels, "code"),
+            registry=self.registry,
+        )
+        self.inference_count = Counter(
+            "fleet_worker_inference_count", "Requests run through a model.", labels, registry=self.registry
+        )
+        self.execution_count = Counter(
+            "fleet_worker_execution_count", "Model executions (batches).", labels, registry=self.registry
+        )
+        self.queue_seconds = Histogram(
+            "fleet_worker_queue_seconds",
+            "Request creation to start of compute.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute_seconds = Histogram(
+            "fleet_worker_compute_seconds",
+            "Model execution time of one batch.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "fleet_worker_batch_size",
+            "Requests per model execution.",
+            labels,
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def observe_batch(self, model: str, version: str, requests: int, compute_s: float, queue_s: list[float]) -> None:
+        """Record one model execution of ``requests`` requests."""
+        self.inference_count.labels(model, version).inc(requests)
+        self.execution_count.labels(model, version).inc()
+        self.batch_size.labels(model, version).observe(requests)
+        self.compute_seconds.labels(model, version).observe(compute_s)
+        queue = self.queue_seconds.labels(model, version)
+        for value in queue_s:
+            queue.observe(max(0.0, value))
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Start the /metrics HTTP endpoint on ``port``."""
+        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", addr, port)
+
+    @property
+    def port(self) -> int | None:
+        """The bound port of the endpoint, None when it is not running."""
+        return None if self._server is None else int(self._server.server_address[1])
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint (idempotent)."""
+        server, thread, self._server, self._thread = self._server, self._thread, None, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(5)

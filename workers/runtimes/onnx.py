@@ -1,0 +1,72 @@
+"""ONNX Runtime backend: CUDA when asked for and present (verified), else the CPU provider."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy.typing as npt
+
+from ..errors import ModelExecutionError, ModelLoadError
+from .base import Arrays, Runtime, cast_outputs, choose_device
+
+log = logging.getLogger("fleet.workers")
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+class OnnxRuntime(Runtime):
+    """A model version run by an ``onnxruntime.InferenceSession``."""
+
+    _session: Any = None
+    _input_names: tuple[str, ...] = ()
+    _output_names: tuple[str, ...] = ()
+
+    def load(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelLoadError(self.record.name, self.record.version, "onnxruntime is not installed") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        device = choose_device(self.requested_device, _CUDA in ort.get_available_providers(), "ONNX Runtime")
+        providers: list[Any] = [_CPU]
+        if device.startswith("cuda"):
+            index = int(device.partition(":")[2] or 0)
+            providers = [(_CUDA, {"device_id": index}), _CPU]
+        try:
+            session = ort.InferenceSession(self.record.artifact, options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own unrelated exception types
+            raise ModelLoadError(self.record.name, self.record.version, f"{type(exc).__name__}: {exc}") from exc
+        active = tuple(session.get_providers())
+        if device.startswith("cuda") and (not active or active[0] != _CUDA):
+            log.warning(
+                "model %s:%s: ONNX Runtime could not use %s (providers %s); falling back to CPU",
+                self.record.name,
+                self.record.version,
+                device,
+                list(active),
+            )
+            device = "cpu"
+        self._session = session
+        self._input_names = tuple(i.name for i in session.get_inputs())
+        self._output_names = tuple(o.name for o in session.get_outputs())
+        self.device = device
+        self.providers = active
+
+    def predict(self, inputs: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+        if self._session is None:
+            raise ModelExecutionError(f"model {self.record.name}:{self.record.version} is not loaded")
+        feed = {name: inputs[name] for name in self._input_names if name in inputs}
+        try:
+            values = self._session.run(None, feed)
+        except Exception as exc:  # onnxruntime raises its own unrelated exception types
+            raise ModelExecutionError(f"ONNX Runtime failed: {type(exc).__name__}: {exc}") from exc
+        return cast_outputs(self.record, dict(zip(self._output_names, values, strict=True)))
+
+    def unload(self) -> None:
+        self._session = None

@@ -1,0 +1,81 @@
+"""Settings of the worker process, read from ``FLEET_WORKER_*`` (plus the shared fleet settings)."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schemas import FleetSettings, SchemaError, SettingsError, check_model_name, doc, load
+
+_WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+PREFIX = "FLEET_WORKER_"
+
+
+def default_worker_id() -> str:
+    """``host-pid-random``: unique per process, so each worker has its own heartbeat hash."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:60].strip("-.") or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker needs: the models it serves, its device, its limits and the fleet's backends."""
+
+    models: tuple[str, ...] = doc("Comma list of the models this worker serves (required).")
+    worker_id: str = doc(
+        "Identity of this process; names its heartbeat hash (default host-pid-random).",
+        default_factory=default_worker_id,
+        env="FLEET_WORKER_ID",
+    )
+    device: str = doc("cpu, cuda, cuda:N or auto (CUDA when available, else CPU).", "auto")
+    intra_op_threads: int = doc("Threads a model may use for one batch (ONNX Runtime / torch intra-op).", 1)
+    drain_timeout_s: float = doc("On stop, how long the batch in hand may take to finish and be delivered.", 30.0)
+    heartbeat_interval_s: float = doc("Seconds between two heartbeats (the hash expires after three).", 2.0)
+    max_fetch_records: int = doc("Most records taken from Kafka for one round of batches.", 512)
+    idle_fetch_wait_ms: int = doc(
+        "Fetch wait after 1 s without records (brokers that do not wake a waiting fetch cost CPU when idle); "
+        "0 keeps FLEET_KAFKA_FETCH_MAX_WAIT_MS.",
+        50,
+    )
+    metrics_port: int = doc("TCP port of the Prometheus /metrics endpoint (0 = off).", 0)
+    preload: bool = doc("Load each model's default version at start instead of on its first request.", True)
+    fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise SettingsError(f"{PREFIX}MODELS is required: a comma list of the models to serve")
+        for model in self.models:
+            try:
+                check_model_name(model)
+            except SchemaError as exc:
+                raise SettingsError(f"{PREFIX}MODELS: {exc.message}") from None
+        if len(set(self.models)) != len(self.models):
+            raise SettingsError(f"{PREFIX}MODELS lists a model twice: {','.join(self.models)}")
+        if not _WORKER_ID.match(self.worker_id):
+            raise SettingsError(f"worker id {self.worker_id!r} must be 1-128 of [A-Za-z0-9_.-]")
+        if not _DEVICE.match(self.device):
+            raise SettingsError(f"device {self.device!r} must be cpu, cuda, cuda:N or auto")
+        if self.intra_op_threads < 1:
+            raise SettingsError("intra_op_threads must be >= 1")
+        if self.max_fetch_records < 1:
+            raise SettingsError("max_fetch_records must be >= 1")
+        if self.idle_fetch_wait_ms < 0:
+            raise SettingsError("idle_fetch_wait_ms must be >= 0")
+        if self.drain_timeout_s < 0:
+            raise SettingsError("drain_timeout_s must be >= 0")
+        if self.heartbeat_interval_s <= 0:
+            raise SettingsError("heartbeat_interval_s must be > 0")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics_port {self.metrics_port} is not in 0..65535")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
+        """Settings from ``FLEET_WORKER_*``, ``FLEET_NAMESPACE``, ``FLEET_KAFKA_*`` and ``FLEET_REDIS_*``."""
+        if not env.get(f"{PREFIX}MODELS", "").strip():
+            raise SettingsError(f"{PREFIX}MODELS is required: a comma list of the models to serve")
+        return load(cls, env, PREFIX)

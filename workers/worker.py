@@ -1,0 +1,212 @@
+"""The worker: one consumer per served model, a heartbeat, a dead-letter producer and metrics.
+
+Lifecycle: ``start()`` connects to Redis and Kafka, loads the models (``preload``), joins the groups
+and starts the routines; ``stop()`` drains (stop fetching, finish the round in hand, deliver, commit,
+leave the groups) within ``drain_timeout_s`` and closes everything. ``run_until_stopped()`` waits for
+``request_stop()`` (the signal handlers of ``python -m workers`` call it) or for a routine to crash,
+which it re-raises as a WorkerError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from enum import Enum
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from schemas import FleetError, Names
+from schemas.topics import ensure_model_topics
+
+from .consumer import ModelConsumer
+from .errors import BackendDownError, WorkerError
+from .heartbeat import Heartbeat, WorkerState
+from .metrics import WorkerMetrics
+from .settings import WorkerSettings
+
+log = logging.getLogger("fleet.workers")
+
+
+class _Lifecycle(Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Worker:
+    """Serves ``settings.models`` until stopped. Use ``async with Worker(settings) as w: await w.wait_ready()``."""
+
+    def __init__(self, settings: WorkerSettings, *, names: Names | None = None) -> None:
+        self.settings = settings
+        self.names = names or Names(settings.fleet.namespace)
+        self.metrics = WorkerMetrics()
+        self._lifecycle = _Lifecycle.NEW
+        self._redis: Any = None
+        self._producer: AIOKafkaProducer | None = None
+        self._consumers: list[ModelConsumer] = []
+        self._heartbeat: Heartbeat | None = None
+        self._ready_task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stop_task: asyncio.Task[None] | None = None
+        self._failure: WorkerError | None = None
+
+    @property
+    def id(self) -> str:
+        """The worker id (names its heartbeat hash)."""
+        return self.settings.worker_id
+
+    @property
+    def consumers(self) -> list[ModelConsumer]:
+        """One consumer per served model."""
+        return list(self._consumers)
+
+    # lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, load, join the groups and start serving; raises WorkerError (or a FleetError)."""
+        if self._lifecycle is not _Lifecycle.NEW:
+            raise WorkerError(f"a Worker cannot be started when it is {self._lifecycle.value}")
+        self._lifecycle = _Lifecycle.RUNNING
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings, fleet = self.settings, self.settings.fleet
+        self._redis = fleet.redis.client()
+        self._heartbeat = Heartbeat(
+            self._redis,
+            self.names,
+            self.id,
+            settings.models,
+            settings.heartbeat_interval_s,
+            self._partitions,
+            self._device,
+        )
+        await self._heartbeat.start()
+        for model in settings.models:
+            try:
+                await ensure_model_topics(fleet.kafka, self.names, model)
+            except FleetError as exc:
+                log.warning("could not check the topics of %s: %s", model, exc.message)
+        producer = AIOKafkaProducer(**fleet.kafka.producer_kwargs())
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise BackendDownError(f"Kafka unavailable at {fleet.kafka.bootstrap}: {exc}") from exc
+        self._producer = producer
+        self._consumers = [
+            ModelConsumer(model, settings, self.names, self._redis, producer, self.metrics) for model in settings.models
+        ]
+        if settings.preload:
+            await asyncio.gather(*(c.preload() for c in self._consumers))
+        for consumer in self._consumers:
+            await consumer.start()
+            if consumer.task is not None:
+                consumer.task.add_done_callback(self._routine_done)
+        self._ready_task = asyncio.create_task(self._ready_routine(), name=f"ready-{self.id}")
+        if settings.metrics_port > 0:
+            self.metrics.serve(settings.metrics_port)
+        log.info("worker %s serving %s", self.id, ",".join(settings.models))
+
+    async def _ready_routine(self) -> None:
+        await asyncio.gather(*(c.assigned.wait() for c in self._consumers))
+        if self._heartbeat is not None and not self._stop_requested.is_set():
+            await self._heartbeat.set_state(WorkerState.READY)
+        self._ready.set()
+        log.info("worker %s ready", self.id)
+
+    def _routine_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stop_requested.is_set() and task.exception() is None:
+            return
+        exc = task.exception()
+        self._failure = WorkerError(f"{task.get_name()} crashed: {exc!r}")
+        log.error("%s crashed; stopping the worker", task.get_name(), exc_info=exc)
+        self._stop_requested.set()
+
+    def request_stop(self) -> None:
+        """Ask for a graceful stop (safe from a signal handler); ``run_until_stopped`` then drains."""
+        self._stop_requested.set()
+
+    async def run_until_stopped(self) -> None:
+        """Serve until ``request_stop()`` or a crash, then drain; re-raises a routine crash as WorkerError."""
+        await self._stop_requested.wait()
+        await self.stop()
+        if self._failure is not None:
+            raise self._failure
+
+    # The contract (docs/ARCHITECTURE.md) spells it wait_ready(timeout); asyncio.timeout would not read better.
+    async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until every consumer has joined its group and received an assignment."""
+        ready = asyncio.ensure_future(self._ready.wait())
+        stopped = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            done, _ = await asyncio.wait({ready, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            stopped.cancel()
+        if self._ready.is_set():
+            return
+        if self._failure is not None:
+            raise self._failure
+        if not done:
+            raise TimeoutError(f"worker {self.id} not ready after {timeout}s")
+        raise WorkerError(f"worker {self.id} stopped before it was ready")
+
+    async def stop(self) -> None:
+        """Drain and close (idempotent; concurrent callers wait for the same drain)."""
+        if self._lifecycle is _Lifecycle.NEW:
+            self._lifecycle = _Lifecycle.STOPPED
+            return
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._shutdown(), name=f"stop-{self.id}")
+        await asyncio.shield(self._stop_task)
+
+    async def _shutdown(self) -> None:
+        self._lifecycle = _Lifecycle.STOPPING
+        self._stop_requested.set()
+        heartbeat = self._heartbeat
+        if heartbeat is not None:
+            await heartbeat.set_state(WorkerState.DRAINING)
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+            await asyncio.gather(self._ready_task, return_exceptions=True)
+        for consumer in self._consumers:
+            consumer.request_stop()
+        await asyncio.gather(*(c.stop(self.settings.drain_timeout_s) for c in self._consumers))
+        if self._producer is not None:
+            try:
+                await self._producer.stop()
+            except KafkaError as exc:
+                log.warning("closing the dead-letter producer failed: %s", exc)
+        if heartbeat is not None:
+            await heartbeat.stop()
+        if self._redis is not None:
+            await self._redis.aclose()
+        self.metrics.close()
+        self._lifecycle = _Lifecycle.STOPPED
+        log.info("worker %s stopped", self.id)
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # heartbeat sources --------------------------------------------------------
+    def _partitions(self) -> list[str]:
+        return [p for consumer in self._consumers for p in consumer.partitions]
+
+    def _device(self) -> str:
+        devices = sorted({d for consumer in self._consumers for d in consumer.cache.devices})
+        return ",".join(devices) or self.settings.device

@@ -111,7 +111,12 @@ def describe(cls: Any, prefix: str) -> list[tuple[str, str, str]]:
             rows.extend(describe(kind, f.metadata.get("prefix", f"{prefix}{f.name.upper()}_")))
             continue
         var = f.metadata.get("env", f"{prefix}{f.name.upper()}")
-        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = "(generated)"
+        else:
+            default = "(required)"
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
         alias = f" (alias `{ALIASES[var]}`)" if var in ALIASES else ""

@@ -1,0 +1,52 @@
+"""``python -m gateway``: run one gateway process until SIGTERM or SIGINT, then stop gracefully.
+
+Settings come from the environment (``FLEET_GATEWAY_*``, ``FLEET_NAMESPACE``, ``FLEET_KAFKA_*``,
+``FLEET_REDIS_*``); ``FLEET_LOG_LEVEL`` sets the log level (default INFO).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from schemas import SettingsError
+
+from .app import Gateway
+from .logs import configure
+from .settings import GatewaySettings
+
+log = logging.getLogger("fleet.gateway")
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run a gateway until SIGTERM/SIGINT (only this entry point installs signal handlers)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        async with Gateway(settings):
+            await stopping.wait()
+            log.info("signal received, stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def main() -> int:
+    """Entry point; returns the process exit code."""
+    configure(os.environ.get("FLEET_LOG_LEVEL", "INFO"))
+    try:
+        settings = GatewaySettings.from_env(os.environ)
+    except (SettingsError, ValueError) as exc:
+        log.error("invalid settings", extra={"error": str(exc)})
+        return 2
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

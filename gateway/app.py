@@ -1,0 +1,165 @@
+"""The gateway process: an aiohttp server speaking OIP v2 in front of Kafka (requests) and Redis (replies).
+
+Lifecycle: ``start()`` binds the HTTP server and starts the backends in the background (so liveness
+answers even while Kafka or Redis are down); ``stop()`` stops accepting connections, lets in-flight
+requests finish within ``shutdown_grace_s``, then closes the reply listener, the producer and Redis.
+The backends are tied to the aiohttp app's lifetime through ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.metadata
+import itertools
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from aiohttp import web
+
+from schemas import ModelRegistry, Names
+
+from .errors import REQUEST_ID_HEADER, WIRE_ID_KEY, Handler, error_middleware
+from .metrics import GatewayMetrics
+from .publisher import RequestPublisher
+from .registry_cache import RegistryCache
+from .replies import ReplyListener
+from .routes import SERVER_NAME, Backends, Routes
+from .settings import GatewaySettings
+
+log = logging.getLogger("fleet.gateway")
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version(SERVER_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class Gateway:
+    """One gateway: ``async with Gateway(settings) as gw: ... gw.url``. Single use."""
+
+    def __init__(self, settings: GatewaySettings, *, names: Names | None = None) -> None:
+        self.settings = settings
+        self.names = names or Names(settings.fleet.namespace)
+        self.metrics = GatewayMetrics()
+        self._state = _State.NEW
+        self._runner: web.AppRunner | None = None
+        self._routes: Routes | None = None
+        self._backends: Backends | None = None
+        self._port = settings.port
+        # Wire ids: a random per-process prefix plus a counter, unique across gateways and restarts
+        # (a reused id would hit a previous request's first-result marker) and cheap to make.
+        self._id_prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running server (with the real port when ``port`` was 0)."""
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self._port}"
+
+    async def start(self) -> None:
+        """Bind the HTTP server and start connecting to Kafka and Redis."""
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"a gateway cannot be started when {self._state.value}")
+        self._state = _State.STARTED
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes,
+            middlewares=[self._request_middleware, error_middleware],
+        )
+        self._backends = self._make_backends()
+        self._routes = Routes(self._backends)
+        self._routes.add_to(app)
+        app.cleanup_ctx.append(self._backends_ctx)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.shutdown_grace_s
+        )
+        self._runner = runner
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, self.settings.host, self.settings.port)
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+        addresses = runner.addresses
+        if addresses:
+            self._port = int(addresses[0][1])
+        log.info(
+            "gateway started",
+            extra={"url": self.url, "gateway_id": self.settings.gateway_id, "namespace": self.names.namespace},
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight requests (up to the grace period), close the backends."""
+        if self._state is _State.STOPPED:
+            return
+        self._state = _State.STOPPED
+        if self._routes is not None:
+            self._routes.draining = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            # Stops the sites, waits for running handlers up to shutdown_timeout, then runs the
+            # cleanup_ctx teardown (listener, producer, Redis) after the last handler is done.
+            await runner.cleanup()
+        log.info("gateway stopped", extra={"gateway_id": self.settings.gateway_id})
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def _make_backends(self) -> Backends:
+        settings = self.settings
+        redis = settings.fleet.redis.client()  # connects lazily
+        return Backends(
+            settings=settings,
+            names=self.names,
+            redis=redis,
+            cache=RegistryCache(
+                ModelRegistry(redis, self.names), settings.registry_cache_ttl_s, settings.backend_timeout_s
+            ),
+            publisher=RequestPublisher(settings.fleet.kafka, settings.backend_timeout_s),
+            listener=ReplyListener(settings.fleet.redis, self.names.reply_stream(settings.gateway_id)),
+            metrics=self.metrics,
+            version=_package_version(),
+        )
+
+    async def _backends_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """Start the backends with the app and close them after the last request handler finished."""
+        backends = self._backends
+        assert backends is not None
+        try:
+            await backends.listener.start()
+            await backends.publisher.start()
+            yield
+        finally:
+            await backends.listener.stop()
+            await backends.publisher.stop()
+            await backends.cache.close()
+            await backends.redis.aclose()
+
+    @web.middleware
+    async def _request_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        wire_id = f"{self._id_prefix}-{next(self._counter)}"
+        request[WIRE_ID_KEY] = wire_id
+        response = await handler(request)
+        response.headers[REQUEST_ID_HEADER] = request.headers.get(REQUEST_ID_HEADER) or wire_id
+        return response

@@ -1,0 +1,144 @@
+"""Errors of the gateway and the single middleware that turns every error into an HTTP answer.
+
+Hierarchy::
+
+    schemas.FleetError                 (code, http_status, retriable)
+     └── GatewayError
+          ├── InvalidRequestError      400  malformed body, headers or parameters
+          ├── InvalidInputError        400  a tensor that does not fit the model's signature
+          ├── ModelNotFoundError       404
+          ├── VersionNotFoundError     404
+          ├── PayloadTooLargeError     413  body or Kafka record over its limit
+          ├── DeadlineExceededError    504  no reply before the request's deadline
+          ├── BackendDownError         503  Kafka or Redis unreachable (or the gateway is stopping)
+          └── WorkerReplyError         HTTP_STATUS[code] of a worker's error reply
+
+Errors raised by ``schemas`` (``SchemaError``, ``RegistryError``, ...) are FleetErrors too and map
+the same way. Anything else becomes a 500 with a fixed message; the traceback only goes to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from schemas import HTTP_STATUS, ErrorCode, FleetError
+
+log = logging.getLogger("fleet.gateway")
+
+#: Header carrying the request id back to the client.
+REQUEST_ID_HEADER = "X-Request-Id"
+#: The internal (wire) request id, stored on each aiohttp request by the app's request middleware.
+WIRE_ID_KEY = web.RequestKey("fleet_wire_id", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class GatewayError(FleetError):
+    """Base of the gateway's own errors."""
+
+
+class InvalidRequestError(GatewayError):
+    """A body, header or parameter the gateway cannot understand."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"invalid request: {problem}")
+
+
+class InvalidInputError(GatewayError):
+    """A tensor whose data does not agree with its own declaration or the model's signature."""
+
+    code = ErrorCode.INVALID_INPUT
+
+    def __init__(self, tensor: str, problem: str) -> None:
+        super().__init__(f"input {tensor!r}: {problem}")
+
+
+class ModelNotFoundError(GatewayError):
+    """The model is not registered."""
+
+    code = ErrorCode.MODEL_NOT_FOUND
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"unknown model {model!r}")
+
+
+class VersionNotFoundError(GatewayError):
+    """The model exists but not this version."""
+
+    code = ErrorCode.VERSION_NOT_FOUND
+
+    def __init__(self, model: str, version: str) -> None:
+        super().__init__(f"model {model!r} has no version {version!r}")
+
+
+class PayloadTooLargeError(GatewayError):
+    """A body or a Kafka record over its size limit."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+    def __init__(self, what: str, size: int | None, limit: int) -> None:
+        size_text = "" if size is None else f" of {size} bytes"
+        super().__init__(f"{what}{size_text} exceeds the limit of {limit} bytes")
+
+
+class DeadlineExceededError(GatewayError):
+    """No reply arrived before the request's deadline."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
+    retriable = True
+
+    def __init__(self, model: str, timeout_ms: float) -> None:
+        super().__init__(f"no reply from model {model!r} within {timeout_ms:g} ms")
+
+
+class BackendDownError(GatewayError):
+    """Kafka or Redis could not be used in time (or the gateway is shutting down)."""
+
+    code = ErrorCode.BACKEND_UNAVAILABLE
+    retriable = True
+
+    def __init__(self, backend: str, reason: str) -> None:
+        super().__init__(f"{backend} unavailable: {reason}")
+        self.backend = backend
+
+
+class WorkerReplyError(GatewayError):
+    """A worker answered the request with an error."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """The JSON error body every failure uses: ``{"error": message}``."""
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every FleetError to ``{"error": message}`` + ``HTTP_STATUS[code]``; hide anything else."""
+    try:
+        return await handler(request)
+    except FleetError as exc:
+        status = HTTP_STATUS.get(exc.code, 500)
+        level = logging.WARNING if status >= 500 else logging.INFO
+        log.log(level, "request failed", extra=_extra(request, code=exc.code.value, status=status, error=exc.message))
+        return error_response(status, exc.message)
+    except web.HTTPException as exc:
+        # aiohttp's own answers (no route, wrong method, body over client_max_size) keep their status
+        # but get the same JSON error body.
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason.lower())
+    except Exception:
+        log.exception("unexpected error", extra=_extra(request))
+        return error_response(500, "internal error")
+
+
+def _extra(request: web.Request, **fields: object) -> dict[str, object]:
+    return {"request_id": request.get(WIRE_ID_KEY, ""), "path": request.path, **fields}

@@ -1,0 +1,59 @@
+"""Prometheus metrics of one gateway, in its own CollectorRegistry (several gateways may share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Content type of the ``/metrics`` answer.
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class GatewayMetrics:
+    """Request counters, a latency histogram per model and the number of requests in flight."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.success = Counter(
+            "fleet_gateway_request_success",
+            "Infer requests answered with outputs.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.failure = Counter(
+            "fleet_gateway_request_failure",
+            "Infer requests answered with an error, by error code.",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "fleet_gateway_request_duration_seconds",
+            "Time from receiving an infer request to answering it.",
+            ["model"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "fleet_gateway_requests_in_flight",
+            "Infer requests being handled right now.",
+            registry=self.registry,
+        )
+
+        # Children per model, so the hot path skips prometheus_client's locked label lookup.
+        self._per_model: dict[str, tuple[Counter, Histogram]] = {}
+
+    def observe(self, model: str, seconds: float, code: str | None) -> None:
+        """Record one finished infer request; ``code`` is None on success."""
+        children = self._per_model.get(model)
+        if children is None:
+            children = self._per_model[model] = (self.success.labels(model), self.duration.labels(model))
+        if code is None:
+            children[0].inc()
+        else:
+            self.failure.labels(model, code).inc()
+        children[1].observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

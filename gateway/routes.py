@@ -1,0 +1,277 @@
+"""The HTTP routes of the Open Inference Protocol v2 (plus ``/metrics``) and the infer request path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from schemas import (
+    ErrorCode,
+    FleetError,
+    Framework,
+    InferenceRequest,
+    InferenceResponse,
+    ModelRecord,
+    Names,
+    ReplyAddress,
+    ReplyKind,
+    SchemaError,
+    TensorSpec,
+    check_inputs,
+    check_model_name,
+    check_version,
+    now_ms,
+)
+
+from .errors import (
+    WIRE_ID_KEY,
+    BackendDownError,
+    DeadlineExceededError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    VersionNotFoundError,
+    WorkerReplyError,
+)
+from .metrics import METRICS_CONTENT_TYPE, GatewayMetrics
+from .protocol import (
+    HEADER_LENGTH,
+    TIMEOUT_HEADER,
+    InferBody,
+    check_outputs,
+    parse_infer,
+    parse_timeout_ms,
+    render_infer,
+)
+from .publisher import RequestPublisher
+from .registry_cache import RegistryCache
+from .replies import ReplyListener
+from .settings import GatewaySettings
+
+log = logging.getLogger("fleet.gateway")
+
+SERVER_NAME = "inference-fleet"
+#: OIP extensions this server implements.
+EXTENSIONS = ("binary_tensor_data", "parameters")
+PLATFORMS = {
+    Framework.ONNX: "onnxruntime_onnx",
+    Framework.TORCHSCRIPT: "pytorch_torchscript",
+    Framework.TORCH: "pytorch",
+}
+_UNKNOWN_MODEL = "_unknown"  # metrics label of requests for models that do not resolve
+
+
+@dataclass(frozen=True)
+class Backends:
+    """What the routes use; created and closed by the Gateway."""
+
+    settings: GatewaySettings
+    names: Names
+    redis: aioredis.Redis  # the registry's and the readiness check's connection pool
+    cache: RegistryCache
+    publisher: RequestPublisher
+    listener: ReplyListener
+    metrics: GatewayMetrics
+    version: str
+
+
+class Routes:
+    """Request handlers; ``add_to(app)`` registers them."""
+
+    def __init__(self, backends: Backends) -> None:
+        self._b = backends
+        self._reply = ReplyAddress(ReplyKind.STREAM, backends.listener.stream)
+        self.draining = False
+        self._in_flight = 0
+
+    def add_to(self, app: web.Application) -> None:
+        """Register every route on ``app``."""
+        model = "/v2/models/{model}"
+        versioned = "/v2/models/{model}/versions/{version}"
+        app.router.add_get("/v2", self.server_metadata)
+        app.router.add_get("/v2/health/live", self.live)
+        app.router.add_get("/v2/health/ready", self.ready)
+        app.router.add_get("/metrics", self.metrics)
+        for prefix in (model, versioned):
+            app.router.add_get(prefix, self.model_metadata)
+            app.router.add_get(prefix + "/ready", self.model_ready)
+            app.router.add_post(prefix + "/infer", self.infer)
+
+    # server ------------------------------------------------------------------------------------
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        """``GET /v2``: name, version and extensions."""
+        return web.json_response({"name": SERVER_NAME, "version": self._b.version, "extensions": list(EXTENSIONS)})
+
+    async def live(self, request: web.Request) -> web.Response:
+        """``GET /v2/health/live``: the process answers (no backend needed)."""
+        return web.json_response({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """``GET /v2/health/ready``: 200 only when Redis and Kafka are reachable and replies flow."""
+        redis_problem, kafka_problem = await asyncio.gather(self._redis_problem(), self._b.publisher.check())
+        problems = [
+            f"{name}: {problem}" for name, problem in (("redis", redis_problem), ("kafka", kafka_problem)) if problem
+        ]
+        if self.draining:
+            problems.insert(0, "the gateway is stopping")
+        elif not self._b.listener.healthy and not redis_problem:
+            problems.append(f"replies: {self._b.listener.last_error}")
+        if problems:
+            return web.json_response({"error": "not ready: " + "; ".join(problems)}, status=503)
+        return web.json_response({"ready": True})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """``GET /metrics``: Prometheus text format."""
+        return web.Response(body=self._b.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def _redis_problem(self) -> str | None:
+        timeout = self._b.settings.backend_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await self._b.redis.ping()
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except (RedisError, OSError) as exc:
+            return str(exc) or type(exc).__name__
+        return None
+
+    # models ------------------------------------------------------------------------------------
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        """``GET /v2/models/{m}[/versions/{v}]``: name, versions, platform, inputs and outputs."""
+        version = request.match_info.get("version")
+        record = await self._record(request.match_info["model"], version)
+        if version is None:
+            versions = await self._versions(record.name)
+        else:
+            versions = [record.version]
+        return web.json_response(
+            {
+                "name": record.name,
+                "versions": versions,
+                "platform": PLATFORMS.get(record.framework, record.framework.value),
+                "inputs": [_spec(s) for s in record.inputs],
+                "outputs": [_spec(s) for s in record.outputs],
+            }
+        )
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        """``GET .../ready``: 200 when the model (version) is registered and requests can be queued."""
+        record = await self._record(request.match_info["model"], request.match_info.get("version"))
+        if not (self._b.publisher.connected and self._b.listener.healthy):
+            raise BackendDownError("kafka/redis", "requests cannot be queued right now")
+        return web.json_response({"name": record.name, "version": record.version, "ready": True})
+
+    async def _record(self, model: str, version: str | None) -> ModelRecord:
+        try:
+            check_model_name(model)
+        except SchemaError:
+            raise ModelNotFoundError(model) from None
+        if version is not None:
+            try:
+                check_version(version)
+            except SchemaError:
+                raise VersionNotFoundError(model, version) from None
+        return await self._b.cache.get(model, version)
+
+    async def _versions(self, model: str) -> list[str]:
+        try:
+            async with asyncio.timeout(self._b.settings.backend_timeout_s):
+                return await self._b.cache.registry.versions(model)
+        except TimeoutError:
+            raise BackendDownError("redis", "listing versions took too long") from None
+        except FleetError as exc:
+            raise BackendDownError("redis", exc.message) from None
+
+    # inference ---------------------------------------------------------------------------------
+    async def infer(self, request: web.Request) -> web.Response:
+        """``POST .../infer``: validate, publish to the model's topic, wait for the worker's reply."""
+        loop = asyncio.get_running_loop()
+        started, started_ms = loop.time(), now_ms()
+        label = _UNKNOWN_MODEL
+        code: str | None = ErrorCode.INTERNAL.value  # stays so when something unexpected is raised
+        metrics = self._b.metrics
+        metrics.in_flight.inc()
+        self._in_flight += 1
+        try:
+            if self._in_flight > self._b.settings.max_in_flight:
+                raise BackendDownError("gateway", f"more than {self._b.settings.max_in_flight} requests in flight")
+            raw = await self._read_body(request)
+            record = await self._record(request.match_info["model"], request.match_info.get("version"))
+            label = record.name
+            body = parse_infer(raw, request.headers.get(HEADER_LENGTH))
+            settings = self._b.settings
+            timeout_ms = parse_timeout_ms(
+                body.timeout_ms, request.headers.get(TIMEOUT_HEADER), settings.default_timeout_s, settings.max_timeout_s
+            )
+            check_inputs(record.inputs, body.inputs, batched=record.batched)
+            check_outputs((s.name for s in record.outputs), body)
+            response = await self._round_trip(request[WIRE_ID_KEY], record, body, started, started_ms, timeout_ms)
+            if response.error is not None:
+                raise WorkerReplyError(response.error.code, response.error.message)
+            rendered = render_infer(response, body, body.id or request[WIRE_ID_KEY])
+            code = None
+        except FleetError as exc:
+            code = exc.code.value
+            raise
+        finally:
+            self._in_flight -= 1
+            metrics.in_flight.dec()
+            metrics.observe(label, loop.time() - started, code)
+        headers = {"Content-Type": rendered.content_type}
+        if rendered.header_length is not None:
+            headers[HEADER_LENGTH] = str(rendered.header_length)
+        return web.Response(body=rendered.body, headers=headers)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._b.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLargeError("request body", request.content_length, limit)
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLargeError("request body", None, limit) from None
+
+    async def _round_trip(
+        self,
+        wire_id: str,
+        record: ModelRecord,
+        body: InferBody,
+        started: float,
+        started_ms: float,
+        timeout_ms: float,
+    ) -> InferenceResponse:
+        listener = self._b.listener
+        if self.draining:
+            raise BackendDownError("gateway", "the gateway is stopping")
+        if not listener.healthy:
+            raise BackendDownError("redis", listener.last_error)
+        message = InferenceRequest(
+            id=wire_id,
+            model=record.name,
+            version=record.version,
+            inputs=body.inputs,
+            reply=self._reply,
+            outputs=tuple(o.name for o in body.outputs),
+            parameters=body.parameters,
+            deadline_ms=started_ms + timeout_ms,
+            created_ms=started_ms,
+        )
+        # Register before publishing: a fast worker may answer before publish() returns.
+        future = listener.expect(wire_id)
+        try:
+            async with asyncio.timeout_at(started + timeout_ms / 1000.0):
+                await self._b.publisher.publish(self._b.names.request_topic(record.name), message)
+                return await future
+        except TimeoutError:
+            raise DeadlineExceededError(record.name, timeout_ms) from None
+        finally:
+            listener.discard(wire_id)
+
+
+def _spec(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}

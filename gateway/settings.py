@@ -1,0 +1,61 @@
+"""Settings of the gateway process, read from ``FLEET_GATEWAY_*`` (plus the shared fleet settings)."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schemas import FleetSettings, SettingsError, doc, load
+
+_GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def default_gateway_id() -> str:
+    """``host-pid-random``: unique per process, so each gateway reads its own reply stream."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:60].strip("-.") or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway needs: where to listen, limits, timeouts and the fleet's backends."""
+
+    host: str = doc("Address the HTTP server binds to.", "127.0.0.1")
+    port: int = doc("TCP port of the HTTP server (0 picks a free port).", 8000)
+    gateway_id: str = doc(
+        "Identity of this process; names its Redis reply stream (default host-pid-random).",
+        default_factory=default_gateway_id,
+        env="FLEET_GATEWAY_ID",
+    )
+    max_body_bytes: int = doc("Largest request body accepted; bigger ones get 413.", 32 << 20)
+    default_timeout_s: float = doc("Request timeout when the client sets none.", 30.0)
+    max_timeout_s: float = doc("Cap on a client-requested timeout.", 300.0)
+    registry_cache_ttl_s: float = doc("Seconds a registry lookup is cached (only default pointers move).", 1.0)
+    backend_timeout_s: float = doc("Longest a Kafka publish or Redis call may take before the answer is 503.", 1.0)
+    max_in_flight: int = doc("Infer requests handled at once; beyond it the answer is 503 (backpressure).", 10_000)
+    shutdown_grace_s: float = doc("On stop, how long in-flight requests may take to finish.", 10.0)
+    fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port {self.port} is not in 0..65535")
+        if not _GATEWAY_ID.match(self.gateway_id):
+            raise SettingsError(f"gateway id {self.gateway_id!r} must be 1-128 of [A-Za-z0-9_.-]")
+        if self.max_body_bytes < 1 or self.max_in_flight < 1:
+            raise SettingsError("max_body_bytes and max_in_flight must be >= 1")
+        for name in ("default_timeout_s", "max_timeout_s", "registry_cache_ttl_s", "backend_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        if self.shutdown_grace_s < 0:
+            raise SettingsError("shutdown_grace_s must be >= 0")
+        if self.default_timeout_s > self.max_timeout_s:
+            raise SettingsError("default_timeout_s must not exceed max_timeout_s")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
+        """Settings from ``FLEET_GATEWAY_*``, ``FLEET_NAMESPACE``, ``FLEET_KAFKA_*`` and ``FLEET_REDIS_*``."""
+        return load(cls, env, "FLEET_GATEWAY_")

@@ -1,0 +1,75 @@
+"""GatewaySettings: defaults, environment loading, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+import gateway
+from gateway import GatewaySettings
+from schemas import SettingsError
+
+
+def test_defaults() -> None:
+    settings = GatewaySettings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.max_body_bytes == 32 << 20
+    assert (settings.default_timeout_s, settings.max_timeout_s) == (30.0, 300.0)
+    assert (settings.registry_cache_ttl_s, settings.backend_timeout_s) == (1.0, 1.0)
+    assert settings.gateway_id != GatewaySettings().gateway_id  # host-pid-random: unique per instance
+
+
+def test_from_env_reads_gateway_and_fleet_variables() -> None:
+    settings = GatewaySettings.from_env(
+        {
+            "FLEET_GATEWAY_HOST": "0.0.0.0",
+            "FLEET_GATEWAY_PORT": "0",
+            "FLEET_GATEWAY_ID": "gw-a",
+            "FLEET_GATEWAY_MAX_BODY_BYTES": "1024",
+            "FLEET_GATEWAY_DEFAULT_TIMEOUT_S": "2.5",
+            "FLEET_GATEWAY_BACKEND_TIMEOUT_S": "0.5",
+            "FLEET_NAMESPACE": "prod",
+            "FLEET_KAFKA_BOOTSTRAP": "k1:9092,k2:9092",
+            "REDIS_URL": "redis://r:6379/1",
+            "UNRELATED": "x",
+        }
+    )
+    assert (settings.host, settings.port, settings.gateway_id) == ("0.0.0.0", 0, "gw-a")
+    assert (settings.max_body_bytes, settings.default_timeout_s, settings.backend_timeout_s) == (1024, 2.5, 0.5)
+    assert settings.fleet.namespace == "prod"
+    assert settings.fleet.kafka.bootstrap == "k1:9092,k2:9092"
+    assert settings.fleet.redis.url == "redis://r:6379/1"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FLEET_GATEWAY_PROT": "1"}, "unknown setting"),
+        ({"FLEET_GATEWAY_PORT": "http"}, "not a valid int"),
+        ({"FLEET_GATEWAY_PORT": "70000"}, "port"),
+        ({"FLEET_GATEWAY_ID": "a b"}, "gateway id"),
+        ({"FLEET_GATEWAY_BACKEND_TIMEOUT_S": "0"}, "backend_timeout_s"),
+        ({"FLEET_GATEWAY_DEFAULT_TIMEOUT_S": "500"}, "must not exceed"),
+        ({"FLEET_GATEWAY_MAX_BODY_BYTES": "0"}, "max_body_bytes"),
+    ],
+)
+def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        GatewaySettings.from_env(env)
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(gateway.__all__) == [
+        "BackendDownError",
+        "DeadlineExceededError",
+        "Gateway",
+        "GatewayError",
+        "GatewaySettings",
+        "InvalidInputError",
+        "InvalidRequestError",
+        "ModelNotFoundError",
+        "PayloadTooLargeError",
+        "VersionNotFoundError",
+        "WorkerReplyError",
+    ]
+    for name in gateway.__all__:
+        assert getattr(gateway, name).__doc__

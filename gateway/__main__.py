@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from schemas import SettingsError
+from schemas import SettingsError, eventloop
 
 from .app import Gateway
 from .logs import configure
@@ -44,7 +44,7 @@ def main() -> int:
     except (SettingsError, ValueError) as exc:
         log.error("invalid settings", extra={"error": str(exc)})
         return 2
-    asyncio.run(serve(settings))
+    eventloop.run(serve(settings))
     return 0
 
 

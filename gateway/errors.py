@@ -114,9 +114,12 @@ class WorkerReplyError(GatewayError):
         super().__init__(message, code=code)
 
 
-def error_response(status: int, message: str) -> web.Response:
-    """The JSON error body every failure uses: ``{"error": message}``."""
-    return web.json_response({"error": message}, status=status)
+def error_response(status: int, message: str, code: ErrorCode | None = None) -> web.Response:
+    """The JSON error body every failure uses: ``{"error": message, "code": CODE}`` (OIP v2 plus our code)."""
+    body = {"error": message}
+    if code is not None:
+        body["code"] = code.value
+    return web.json_response(body, status=status)
 
 
 @web.middleware
@@ -128,7 +131,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = HTTP_STATUS.get(exc.code, 500)
         level = logging.WARNING if status >= 500 else logging.INFO
         log.log(level, "request failed", extra=_extra(request, code=exc.code.value, status=status, error=exc.message))
-        return error_response(status, exc.message)
+        return error_response(status, exc.message, exc.code)
     except web.HTTPException as exc:
         # aiohttp's own answers (no route, wrong method, body over client_max_size) keep their status
         # but get the same JSON error body.
@@ -137,7 +140,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, exc.reason.lower())
     except Exception:
         log.exception("unexpected error", extra=_extra(request))
-        return error_response(500, "internal error")
+        return error_response(500, "internal error", ErrorCode.INTERNAL)
 
 
 def _extra(request: web.Request, **fields: object) -> dict[str, object]:

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from schemas import FleetError, SettingsError
+from schemas import FleetError, SettingsError, eventloop
 
 from .settings import WorkerSettings
 from .worker import Worker
@@ -48,7 +48,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"workers: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(settings))
+    return eventloop.run(serve(settings))
 
 
 if __name__ == "__main__":

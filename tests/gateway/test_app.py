@@ -241,7 +241,7 @@ async def test_worker_error_reply_maps_to_status(
     await serve_one(requests_topic, redis_client, names, fail)
     async with await call as resp:
         assert resp.status == status
-        assert await resp.json() == {"error": "Gemm exploded"}
+        assert await resp.json() == {"error": "Gemm exploded", "code": code.value}
 
 
 async def test_duplicate_reply_is_ignored(

@@ -1,0 +1,124 @@
+"""Sync HTTP benchmark (issue 2): closed-loop load at several concurrencies through the whole path.
+
+Starts the embedded stack (local broker + Redis + 1 gateway + 1 worker), registers a tiny MLP and a
+compute-heavy MLP, then for each model and concurrency prints req/s, p50/p90/p99 latency, errors and
+the mean batch size the worker formed; also the model's in-process ONNX Runtime throughput (the
+ceiling) and the worker's CPU use at idle. Writes everything as JSON.
+
+    .venv/bin/python -m bench.sync_http [--duration 10] [--concurrency 1,16,64] [--json bench/results/sync_http.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import closed_loop, cpu_seconds, ort_ceiling
+from fleet.artifacts import build_record
+from fleet.modelgen import heavy_mlp, tiny_mlp
+from fleet.stack import LocalStack, StackConfig
+from schemas import BatchingConfig, ModelRegistry, Names
+from schemas.topics import ensure_model_topics
+
+MODELS = {
+    # name: (builder, input features, max batch size, max queue delay ms)
+    "tiny": (tiny_mlp, 16, 64, 2.0),
+    "heavy": (heavy_mlp, 256, 32, 2.0),
+}
+
+
+async def _register(stack: LocalStack, directory: Path) -> dict[str, str]:
+    paths: dict[str, str] = {}
+    redis = stack.settings.redis.client()
+    try:
+        registry = ModelRegistry(redis, Names(stack.config.namespace))
+        for name, (builder, _, max_batch, delay) in MODELS.items():
+            path = builder(directory / f"{name}.onnx")
+            paths[name] = str(path)
+            record = build_record(name, "1", path, batching=BatchingConfig(max_batch, delay))
+            await registry.register(record)
+            await ensure_model_topics(stack.settings.kafka, Names(stack.config.namespace), name)
+    finally:
+        await redis.aclose()
+    return paths
+
+
+def _worker_pid(stack: LocalStack) -> int:
+    return next(p.pid for p in stack.info().processes if p.role == "worker")
+
+
+async def _idle_cpu(pid: int, seconds: float) -> float:
+    before = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return 100.0 * (cpu_seconds(pid) - before) / seconds
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+async def run(duration_s: float, concurrencies: list[int], idle_s: float) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    env = dict(os.environ)
+    env.setdefault("FLEET_WORKER_INTRA_OP_THREADS", "1")
+    report: dict[str, Any] = {
+        "benchmark": "sync_http",
+        "commit": _commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "duration_s": duration_s,
+        "runs": [],
+        "ceiling_rows_per_s": {},
+    }
+    config = StackConfig(home=home, workers=1, models=(), env=env)
+    async with LocalStack(config) as stack:
+        paths = await _register(stack, home)
+        for model, (_, features, max_batch, _) in MODELS.items():
+            await stack.restart_workers([model])
+            if model == "tiny":
+                await asyncio.sleep(2.0)  # let start-up settle before measuring idle CPU
+                report["worker_idle_cpu_percent"] = round(await _idle_cpu(_worker_pid(stack), idle_s), 2)
+                print(f"worker idle CPU: {report['worker_idle_cpu_percent']:.2f} % of one core over {idle_s:.0f} s")
+            for concurrency in concurrencies:
+                pids = {p.role: p.pid for p in stack.info().processes} | {"loadgen": os.getpid()}
+                before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+                result = await closed_loop(stack.url, model, "x", features, concurrency, duration_s)
+                used = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
+                cpu = {role: round(100 * seconds / result.seconds) for role, seconds in used.items()}
+                report["runs"].append(result.as_dict() | {"cpu_percent": cpu})
+                print(result.line(), flush=True)
+                print(f"{'':>13}CPU % of one core: " + ", ".join(f"{k} {v}" for k, v in cpu.items()), flush=True)
+            ceiling = await asyncio.to_thread(ort_ceiling, paths[model], "x", features, max_batch)
+            report["ceiling_rows_per_s"][model] = round(ceiling)
+            print(f"{model:>8} in-process ONNX Runtime, batch {max_batch}, 1 thread: {ceiling:,.0f} rows/s", flush=True)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per concurrency level")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds over which idle worker CPU is measured")
+    parser.add_argument("--json", default="bench/results/sync_http.json", help="where to write the figures")
+    args = parser.parse_args()
+    began = time.perf_counter()
+    report = asyncio.run(run(args.duration, [int(c) for c in args.concurrency.split(",")], args.idle))
+    report["wall_s"] = round(time.perf_counter() - began, 1)
+    target = Path(args.json)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2))
+    print(f"figures written to {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,16 +1,21 @@
 """The autoscaler: scales each model's workers on measured Kafka lag, arrival and service rates.
 
 `LagCollector` measures (correctly on Apache Kafka and on the local broker), `ServiceStatsReader` reads
-what workers publish, `ScalingPolicy` decides (pure), `Autoscaler` runs the loop against a `Backend`.
+what workers publish, `ScalingPolicy` decides (pure), `Autoscaler` runs the loop against a `Backend`
+(`LocalProcessBackend` or `KubernetesBackend`), `InventoryPublisher` reports the GPUs, and
+`AutoscalerService` wires it all together (``python -m autoscaler``).
 """
 
+from .backends import KubernetesBackend, LocalProcessBackend, LocalWorker, WorkerExit, WorkerPhase
 from .collector import LagCollector
 from .controller import Autoscaler, Backend, LoadSource, PinSource, StatsSource
 from .errors import AutoscalerError, BackendError, CollectorError, StatsError
-from .keys import pins_key, stats_index_key, stats_key
+from .inventory import GpuInfo, GpuInventory, InventoryPublisher, publish_inventory, read_gpus, read_inventory
+from .keys import inventory_index_key, inventory_key, pins_key, stats_index_key, stats_key
 from .metrics import AutoscalerMetrics
 from .overrides import PinStore
 from .policy import Decision, Direction, ScalingPolicy
+from .service import AutoscalerService, make_backend
 from .settings import AutoscalerSettings
 from .signals import ModelLoad, PartitionLoad, ServiceStats, ewma
 from .stats import ServiceStatsReader, WorkerReport, aggregate_service_stats, publish_service_stats
@@ -19,14 +24,21 @@ __all__ = [
     "Autoscaler",
     "AutoscalerError",
     "AutoscalerMetrics",
+    "AutoscalerService",
     "AutoscalerSettings",
     "Backend",
     "BackendError",
     "CollectorError",
     "Decision",
     "Direction",
+    "GpuInfo",
+    "GpuInventory",
+    "InventoryPublisher",
+    "KubernetesBackend",
     "LagCollector",
     "LoadSource",
+    "LocalProcessBackend",
+    "LocalWorker",
     "ModelLoad",
     "PartitionLoad",
     "PinSource",
@@ -36,11 +48,19 @@ __all__ = [
     "ServiceStatsReader",
     "StatsError",
     "StatsSource",
+    "WorkerExit",
+    "WorkerPhase",
     "WorkerReport",
     "aggregate_service_stats",
     "ewma",
+    "inventory_index_key",
+    "inventory_key",
+    "make_backend",
     "pins_key",
+    "publish_inventory",
     "publish_service_stats",
+    "read_gpus",
+    "read_inventory",
     "stats_index_key",
     "stats_key",
 ]

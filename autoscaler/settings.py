@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -9,6 +10,11 @@ from schemas import FleetSettings, SettingsError, doc, load
 
 #: Prefix of every autoscaler variable.
 ENV_PREFIX = "FLEET_AUTOSCALER_"
+
+#: Worker backends `python -m autoscaler` can drive.
+BACKENDS = ("local", "kubernetes")
+
+_K8S_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -33,9 +39,24 @@ class AutoscalerSettings:
     smoothing_half_life_s: float = doc("Half-life of the EWMA that smooths arrival and completion rates.", 5.0)
     stats_max_age_s: float = doc("Worker service stats older than this are ignored (worker gone).", 15.0)
     pinned: tuple[str, ...] = doc("Static overrides as model=replicas (comma list); a pinned model is not scaled.", ())
+    backend: str = doc("Who runs the workers: local (processes on this machine) or kubernetes (Deployments).", "local")
+    k8s_namespace: str = doc("Kubernetes namespace of the worker Deployments (kubernetes backend).", "default")
+    k8s_deployment_template: str = doc(
+        "Name of a model's worker Deployment; {model} is replaced by the model name (kubernetes backend).",
+        "fleet-worker-{model}",
+    )
+    drain_timeout_s: float = doc(
+        "Local backend: seconds a stopping worker may drain after SIGTERM before it is killed.", 60.0
+    )
+    ready_timeout_s: float = doc("Local backend: seconds a new worker may take to report ready (then logged).", 120.0)
+    log_dir: str = doc("Local backend: folder of the worker log files (empty: a folder in the temp dir).", "")
+    gpus: int = doc("GPUs the local backend hands out (-1: count them with NVML; 0: none).", -1)
+    inventory_interval_s: float = doc("Seconds between two GPU inventory reports to Redis.", 5.0)
+    metrics_port: int = doc("TCP port of the Prometheus /metrics endpoint (0 = off).", 0)
     fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
+        self._check_backend_settings()
         for name in ("interval_s", "target_drain_s", "default_replica_throughput", "smoothing_half_life_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
@@ -53,6 +74,21 @@ class AutoscalerSettings:
         if self.activation_lag < 1:
             raise SettingsError("activation_lag must be >= 1")
         self.pins()  # validates the pinned entries
+
+    def _check_backend_settings(self) -> None:
+        if self.backend not in BACKENDS:
+            raise SettingsError(f"backend {self.backend!r} must be one of {', '.join(BACKENDS)}")
+        if not _K8S_NAMESPACE.match(self.k8s_namespace):
+            raise SettingsError(f"k8s_namespace {self.k8s_namespace!r} is not a valid Kubernetes namespace")
+        if "{model}" not in self.k8s_deployment_template:
+            raise SettingsError("k8s_deployment_template must contain {model}")
+        for name in ("drain_timeout_s", "ready_timeout_s", "inventory_interval_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        if self.gpus < -1:
+            raise SettingsError("gpus must be -1 (detect), 0 or a GPU count")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics_port {self.metrics_port} is not in 0..65535")
 
     def pins(self) -> dict[str, int]:
         """The static ``pinned`` entries as {model: replicas}."""

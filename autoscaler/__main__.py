@@ -1,0 +1,69 @@
+"""``python -m autoscaler``: settings from the environment, logging, signal handling, graceful stop.
+
+Exit status: 0 after a graceful stop, 1 when the autoscaler failed, 2 for bad settings.
+``FLEET_WORKER_*`` variables (other than the model list and the id) and ``FLEET_LOG_LEVEL`` are handed on to
+the workers the local backend spawns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+
+from schemas import FleetError, SettingsError
+
+from .errors import AutoscalerError
+from .service import run
+from .settings import AutoscalerSettings
+
+log = logging.getLogger("fleet.autoscaler")
+
+#: Set by the backend for each worker; never inherited.
+_PER_WORKER = ("FLEET_WORKER_MODELS", "FLEET_WORKER_ID")
+
+
+def inherited_worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that local workers get from the autoscaler (pure)."""
+    keep = {k: v for k, v in env.items() if k.startswith("FLEET_WORKER_") and k not in _PER_WORKER}
+    if "FLEET_LOG_LEVEL" in env:
+        keep["FLEET_LOG_LEVEL"] = env["FLEET_LOG_LEVEL"]
+    return keep
+
+
+async def serve(settings: AutoscalerSettings, worker_env: Mapping[str, str]) -> int:
+    """Run until SIGTERM/SIGINT, then stop gracefully; returns the exit status."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run(settings, stop, worker_env=worker_env)
+    except (AutoscalerError, FleetError) as exc:
+        log.error("autoscaler failed: %s", exc)
+        return 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def main() -> int:
+    """Entry point of ``python -m autoscaler``."""
+    logging.basicConfig(
+        level=os.environ.get("FLEET_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        settings = AutoscalerSettings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"autoscaler: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(settings, inherited_worker_env(os.environ)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

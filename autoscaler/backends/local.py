@@ -1,0 +1,364 @@
+"""Local process backend: each worker is a ``python -m workers`` subprocess on this machine.
+
+Scale-up spawns workers (one model each, a unique ``FLEET_WORKER_ID``, the fleet settings in the
+environment, a GPU through ``CUDA_VISIBLE_DEVICES`` when the machine has any, assigned to the least-loaded
+GPU, which is round-robin while nothing stops). Scale-down SIGTERMs the newest workers: a worker then
+drains (stops fetching, finishes its batch, replies, commits, leaves the group) and exits. The backend never
+waits for that inside `scale`: a drain task per worker waits for the exit, SIGKILLs the process group after
+``drain_timeout_s`` (logged) and reaps it. Workers run in their own session, so a Ctrl-C in the terminal
+reaches only the parent, which drives the shutdown; `stop()` drains every worker and reaps it.
+
+Spawn -> ready latency (until the heartbeat hash says ``state=ready``) is measured for every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from schemas import FleetSettings, Names
+
+from ..errors import BackendError
+from ..inventory import detect_gpu_count
+from .env import PARENT_PID_ENV, pick_gpu, worker_argv, worker_env
+
+log = logging.getLogger("fleet.autoscaler")
+
+#: How often readiness and exits are polled.
+_POLL_S = 0.05
+#: Respawn backoff after a worker of a model exits on its own: doubles per crash, up to the cap.
+CRASH_BACKOFF_S = 1.0
+CRASH_BACKOFF_MAX_S = 60.0
+
+
+class WorkerPhase(enum.StrEnum):
+    """Where a local worker process is in its life, as the backend sees it."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True)
+class LocalWorker:
+    """A snapshot of one live worker process."""
+
+    worker_id: str
+    model: str
+    pid: int
+    gpu: int | None
+    phase: WorkerPhase
+    log_path: Path
+    #: Seconds from spawn to the heartbeat saying ready; None while not ready.
+    ready_latency_s: float | None
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """How a worker process ended."""
+
+    worker_id: str
+    model: str
+    returncode: int
+    #: True when the backend had asked it to stop (scale-down or `stop()`).
+    requested: bool
+    #: True when it had to be SIGKILLed after the drain timeout.
+    killed: bool
+    #: Seconds from SIGTERM to exit (0 when it was not asked to stop).
+    drain_s: float
+
+
+@dataclass(eq=False)
+class _Proc:
+    worker_id: str
+    model: str
+    gpu: int | None
+    process: asyncio.subprocess.Process
+    log_path: Path
+    spawned_at: float
+    ready_latency_s: float | None = None
+    stop_requested_at: float | None = None
+    exited: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    @property
+    def phase(self) -> WorkerPhase:
+        if self.stop_requested_at is not None:
+            return WorkerPhase.DRAINING
+        return WorkerPhase.STARTING if self.ready_latency_s is None else WorkerPhase.READY
+
+    def snapshot(self) -> LocalWorker:
+        return LocalWorker(
+            self.worker_id, self.model, self.process.pid, self.gpu, self.phase, self.log_path, self.ready_latency_s
+        )
+
+
+class _State(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class LocalProcessBackend:
+    """`Backend` that runs workers as local processes (the one ``fleet up`` embeds)."""
+
+    def __init__(
+        self,
+        fleet_settings: FleetSettings,
+        *,
+        log_dir: str | Path | None = None,
+        python: str = sys.executable,
+        extra_env: Mapping[str, str] | None = None,
+        gpu_count: int | None = None,
+        base_env: Mapping[str, str] | None = None,
+        drain_timeout_s: float = 60.0,
+        ready_timeout_s: float = 120.0,
+    ) -> None:
+        self.fleet_settings = fleet_settings
+        self.names = Names(fleet_settings.namespace)
+        self.log_dir = Path(log_dir or Path(tempfile.gettempdir()) / f"fleet-{fleet_settings.namespace}" / "workers")
+        self.python = python
+        self.extra_env = dict(extra_env or {})
+        #: GPUs handed out round-robin; counted with NVML when not given (0 without NVML).
+        self.gpu_count = detect_gpu_count() if gpu_count is None else gpu_count
+        self._base_env = base_env
+        self.drain_timeout_s = drain_timeout_s
+        self.ready_timeout_s = ready_timeout_s
+        self._state = _State.RUNNING
+        self._procs: dict[str, _Proc] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._redis: Any = None
+        #: Spawn -> ready seconds of every worker that became ready (newest last).
+        self.ready_latencies: deque[float] = deque(maxlen=10_000)
+        #: How workers ended (newest last).
+        self.exits: deque[WorkerExit] = deque(maxlen=10_000)
+        self._crashes: dict[str, int] = {}
+        self._respawn_at: dict[str, float] = {}
+
+    # Backend protocol -------------------------------------------------------
+    async def replicas(self, model: str) -> int:
+        """Live workers of ``model`` that are starting or ready (draining ones are not counted)."""
+        return len(self._serving(model))
+
+    async def scale(self, model: str, replicas: int) -> None:
+        """Spawn or drain workers so ``model`` has ``replicas``; returns at once (drains finish later)."""
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        if self._state is not _State.RUNNING:
+            raise BackendError(f"the local backend is {self._state.value}: cannot scale {model!r}")
+        serving = self._serving(model)
+        missing = replicas - len(serving)
+        wait_s = self._respawn_at.get(model, 0.0) - time.monotonic()
+        if missing > 0 and wait_s > 0:
+            # Workers of this model keep exiting on their own (bad artifact, no broker): do not fork-bomb.
+            log.warning(
+                "not spawning %d worker(s) of %s for another %.1fs: %d crash(es) in a row",
+                missing,
+                model,
+                wait_s,
+                self._crashes.get(model, 0),
+            )
+            missing = 0
+        for _ in range(missing):
+            await self._spawn(model)
+        # Newest first: they are the likeliest to be still starting, and the old ones keep their partitions.
+        for proc in serving[replicas:][::-1]:
+            self._request_stop(proc, "scale-down")
+
+    # lifecycle --------------------------------------------------------------
+    async def start(self) -> None:
+        """Nothing to connect: the backend works from construction (kept for the start/stop pairing)."""
+        if self._state is not _State.RUNNING:
+            raise RuntimeError(f"LocalProcessBackend cannot start from state {self._state.value}")
+
+    async def stop(self) -> None:
+        """Drain every worker (SIGTERM, SIGKILL after the drain timeout), reap them; idempotent."""
+        if self._state is _State.RUNNING:
+            self._state = _State.STOPPING
+            for proc in list(self._procs.values()):
+                self._request_stop(proc, "backend stop")
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self._state = _State.STOPPED
+        redis, self._redis = self._redis, None
+        if redis is not None:
+            await redis.aclose()
+
+    async def __aenter__(self) -> LocalProcessBackend:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # views ------------------------------------------------------------------
+    def workers(self, model: str | None = None) -> list[LocalWorker]:
+        """Snapshots of the live workers (draining ones included), oldest first."""
+        procs = sorted(self._procs.values(), key=lambda p: p.spawned_at)
+        return [p.snapshot() for p in procs if p.alive and (model is None or p.model == model)]
+
+    def gpu_allocation(self) -> dict[int, list[str]]:
+        """GPU index -> ids of the live workers assigned to it (draining ones still hold their GPU)."""
+        allocation: dict[int, list[str]] = {}
+        for proc in self._procs.values():
+            if proc.gpu is not None and proc.alive:
+                allocation.setdefault(proc.gpu, []).append(proc.worker_id)
+        return allocation
+
+    async def wait_ready(self, model: str, count: int, timeout_s: float = 60.0) -> list[LocalWorker]:
+        """Wait until ``count`` workers of ``model`` are ready; raises BackendError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready = [w for w in self.workers(model) if w.phase is WorkerPhase.READY]
+            if len(ready) >= count:
+                return ready
+            if time.monotonic() > deadline:
+                raise BackendError(f"{len(ready)} of {count} workers of {model!r} ready after {timeout_s}s")
+            await asyncio.sleep(_POLL_S)
+
+    # internals ---------------------------------------------------------------
+    def _serving(self, model: str) -> list[_Proc]:
+        procs = (p for p in self._procs.values() if p.model == model and p.alive and p.stop_requested_at is None)
+        return sorted(procs, key=lambda p: p.spawned_at)
+
+    async def _spawn(self, model: str) -> None:
+        worker_id = f"{model}-{secrets.token_hex(4)}"
+        gpu = pick_gpu((p.gpu for p in self._procs.values() if p.alive), self.gpu_count)
+        base = os.environ if self._base_env is None else self._base_env
+        env = worker_env(self.fleet_settings, model, worker_id, gpu=gpu, base=base, extra=self.extra_env)
+        log_path = self.log_dir / f"{worker_id}.log"
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *worker_argv(self.python),
+                    env={**env, PARENT_PID_ENV: str(os.getpid())},
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: signals reach it only from us
+                )
+            finally:
+                os.close(out)  # the child has its own copy
+        except OSError as exc:
+            raise BackendError(f"spawning a worker of {model!r} failed: {exc}") from exc
+        proc = _Proc(worker_id, model, gpu, process, log_path, time.monotonic())
+        self._procs[worker_id] = proc
+        if self._state is not _State.RUNNING:  # stop() began while this spawn was under way
+            self._request_stop(proc, "backend stop")
+        gpu_text = "" if gpu is None else f" on GPU {gpu}"
+        log.info("spawned worker %s of %s (pid %d)%s, log %s", worker_id, model, process.pid, gpu_text, log_path)
+        self._own(self._lifetime_routine(proc), f"worker-{worker_id}")
+
+    def _own(self, routine: Any, name: str) -> None:
+        task = asyncio.create_task(routine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _request_stop(self, proc: _Proc, why: str) -> None:
+        if proc.stop_requested_at is not None or not proc.alive:
+            return
+        proc.stop_requested_at = time.monotonic()
+        log.info("draining worker %s of %s (pid %d): %s", proc.worker_id, proc.model, proc.process.pid, why)
+        with contextlib.suppress(ProcessLookupError):
+            proc.process.send_signal(signal.SIGTERM)
+        self._own(self._drain_routine(proc), f"drain-{proc.worker_id}")
+
+    async def _drain_routine(self, proc: _Proc) -> None:
+        try:
+            await asyncio.wait_for(proc.exited.wait(), self.drain_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "worker %s of %s (pid %d) still running %.0fs after SIGTERM: killing it (its uncommitted "
+                "records will be redelivered)",
+                proc.worker_id,
+                proc.model,
+                proc.process.pid,
+                self.drain_timeout_s,
+            )
+            _kill_group(proc.process.pid)
+            await proc.exited.wait()
+
+    async def _lifetime_routine(self, proc: _Proc) -> None:
+        try:
+            await self._await_ready(proc)
+            returncode = await proc.process.wait()  # reaps it
+        finally:
+            proc.exited.set()
+            self._procs.pop(proc.worker_id, None)
+        # Anything the worker left in its process group goes with it (no orphans).
+        _kill_group(proc.process.pid)
+        requested = proc.stop_requested_at is not None
+        killed = returncode == -signal.SIGKILL and requested
+        drain_s = time.monotonic() - proc.stop_requested_at if proc.stop_requested_at is not None else 0.0
+        self.exits.append(WorkerExit(proc.worker_id, proc.model, returncode, requested, killed, drain_s))
+        if requested and returncode == 0:
+            log.info("worker %s of %s drained and exited in %.2fs", proc.worker_id, proc.model, drain_s)
+        elif requested:
+            log.warning("worker %s of %s exited with %d after a stop request", proc.worker_id, proc.model, returncode)
+        else:
+            crashes = self._crashes[proc.model] = self._crashes.get(proc.model, 0) + 1
+            backoff = min(CRASH_BACKOFF_MAX_S, CRASH_BACKOFF_S * 2 ** (crashes - 1))
+            self._respawn_at[proc.model] = time.monotonic() + backoff
+            log.warning(
+                "worker %s of %s exited on its own with %d (see %s); respawn in %.0fs at the earliest",
+                proc.worker_id,
+                proc.model,
+                returncode,
+                proc.log_path,
+                backoff,
+            )
+
+    async def _await_ready(self, proc: _Proc) -> None:
+        """Poll the heartbeat until the worker is ready, exits, is asked to stop or times out."""
+        if self._redis is None:
+            self._redis = self.fleet_settings.redis.client()
+        key = self.names.worker_key(proc.worker_id)
+        deadline: float | None = proc.spawned_at + self.ready_timeout_s
+        while proc.alive and proc.stop_requested_at is None:
+            try:
+                state = await self._redis.hget(key, "state")
+            except RedisError as exc:
+                log.debug("heartbeat of %s unreadable: %s", proc.worker_id, exc)
+                state = None
+            if state == b"ready":
+                proc.ready_latency_s = time.monotonic() - proc.spawned_at
+                self.ready_latencies.append(proc.ready_latency_s)
+                self._crashes.pop(proc.model, None)
+                self._respawn_at.pop(proc.model, None)
+                log.info("worker %s of %s ready in %.2fs", proc.worker_id, proc.model, proc.ready_latency_s)
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning("worker %s of %s not ready after %.0fs", proc.worker_id, proc.model, self.ready_timeout_s)
+                deadline = None  # warn once; a late ready is still recorded
+            # An exit shows in `alive` (the child watcher sets returncode); past the timeout, poll gently.
+            await asyncio.sleep(_POLL_S if deadline is not None else 1.0)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

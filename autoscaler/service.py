@@ -1,0 +1,219 @@
+"""The autoscaler service: the control loop wired to Kafka, Redis, a worker backend, the GPU inventory and a
+Prometheus endpoint. ``python -m autoscaler`` runs `run`; ``fleet up`` can embed `AutoscalerService`.
+
+Models: the configured list, or every model of the registry (re-read every round) when it is empty.
+Stop: the control loop ends after its round, then the backend stops (the local backend drains its workers;
+Kubernetes Deployments keep running), then the clients close. Signal handlers are installed only by
+``__main__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from redis.exceptions import RedisError
+
+from schemas import ModelRegistry, Names
+
+from .backends import KubernetesBackend, LocalProcessBackend
+from .collector import LagCollector
+from .controller import Autoscaler, Backend
+from .inventory import InventoryPublisher
+from .overrides import PinStore
+from .settings import AutoscalerSettings
+from .stats import ServiceStatsReader
+
+log = logging.getLogger("fleet.autoscaler")
+
+
+class ServiceBackend(Backend, Protocol):
+    """A `Backend` with a lifetime: the service starts it and stops it last."""
+
+    async def start(self) -> None:
+        """Connect (or check) before the first round."""
+        ...
+
+    async def stop(self) -> None:
+        """Release it; the local backend drains its workers."""
+        ...
+
+
+def make_backend(settings: AutoscalerSettings, *, worker_env: Mapping[str, str] | None = None) -> ServiceBackend:
+    """The backend that ``settings.backend`` names; ``worker_env`` is added to local workers' environment."""
+    if settings.backend == "kubernetes":
+        return KubernetesBackend(settings.k8s_namespace, settings.k8s_deployment_template)
+    log_dir = settings.log_dir or Path(tempfile.gettempdir()) / f"fleet-{settings.fleet.namespace}" / "workers"
+    return LocalProcessBackend(
+        settings.fleet,
+        log_dir=log_dir,
+        extra_env=worker_env,
+        gpu_count=None if settings.gpus < 0 else settings.gpus,
+        drain_timeout_s=settings.drain_timeout_s,
+        ready_timeout_s=settings.ready_timeout_s,
+    )
+
+
+class AutoscalerService:
+    """Everything ``python -m autoscaler`` runs; ``async with AutoscalerService(settings):`` in process."""
+
+    def __init__(
+        self,
+        settings: AutoscalerSettings,
+        *,
+        backend: ServiceBackend | None = None,
+        worker_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.names = Names(settings.fleet.namespace)
+        self.backend = backend or make_backend(settings, worker_env=worker_env)
+        self.autoscaler: Autoscaler | None = None
+        self.inventory: InventoryPublisher | None = None
+        self._redis: Any = None
+        self._collector: LagCollector | None = None
+        self._runner: web.AppRunner | None = None
+        self._known_models: list[str] = []
+        self._started = False
+        #: Port the metrics endpoint listens on (None when off).
+        self.metrics_port: int | None = None
+
+    async def start(self) -> None:
+        """Connect, start the backend, the inventory reports, the metrics endpoint and the control loop."""
+        if self._started:
+            raise RuntimeError("AutoscalerService can start only once")
+        self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._redis = s.fleet.redis.client()
+        await self.backend.start()
+        self._collector = LagCollector(s.fleet, half_life_s=s.smoothing_half_life_s)
+        await self._collector.start()
+        allocation = self.backend.gpu_allocation if isinstance(self.backend, LocalProcessBackend) else dict
+        self.inventory = InventoryPublisher(self._redis, self.names, allocation, interval_s=s.inventory_interval_s)
+        await self.inventory.start()
+        self.autoscaler = Autoscaler(
+            s,
+            self.backend,
+            self._collector,
+            ServiceStatsReader(self._redis, self.names, max_age_s=s.stats_max_age_s),
+            models=self._models,
+            pins=PinStore(self._redis, self.names),
+        )
+        if s.metrics_port:
+            await self._serve_metrics(s.metrics_port)
+        await self.autoscaler.start()
+        log.info(
+            "autoscaler started: backend %s, models %s, namespace %s",
+            s.backend,
+            ",".join(s.models) or "(every registered model)",
+            s.fleet.namespace,
+        )
+
+    async def stop(self) -> None:
+        """Stop the loop, then the backend (draining local workers), then the clients; idempotent."""
+        autoscaler, self.autoscaler = self.autoscaler, None
+        try:
+            if autoscaler is not None:
+                await autoscaler.stop()  # raises if the loop had crashed, after it ended
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        inventory, self.inventory = self.inventory, None
+        if inventory is not None:
+            await inventory.stop()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        await self.backend.stop()
+        collector, self._collector = self._collector, None
+        if collector is not None:
+            await collector.stop()
+        redis, self._redis = self._redis, None
+        if redis is not None:
+            await redis.aclose()
+
+    async def __aenter__(self) -> AutoscalerService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _models(self) -> Sequence[str]:
+        if self.settings.models:
+            return self.settings.models
+        try:
+            models = await ModelRegistry(self._redis, self.names).models()
+        except RedisError as exc:
+            log.warning("model registry unreadable, keeping %s: %s", self._known_models, exc)
+            return self._known_models
+        if models != self._known_models:
+            log.info("autoscaling models: %s", ", ".join(models) or "(none registered)")
+            self._known_models = list(models)
+        return models
+
+    async def _serve_metrics(self, port: int) -> None:
+        registry = CollectorRegistry(auto_describe=True)
+        gpus = Gauge(
+            "fleet_gpus", "GPUs of this host by state (total, allocated, available).", ["state"], registry=registry
+        )
+
+        async def metrics(_: web.Request) -> web.Response:
+            latest = self.inventory.latest if self.inventory is not None else None
+            if latest is not None:
+                for state in ("total", "allocated", "available"):
+                    gpus.labels(state).set(getattr(latest, state))
+            body = (self.autoscaler.metrics.render() if self.autoscaler else b"") + generate_latest(registry)
+            return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "0.0.0.0", port)
+        await site.start()
+        self.metrics_port = port
+        log.info("metrics on :%d/metrics", self.metrics_port)
+
+
+async def run(
+    settings: AutoscalerSettings, stop: asyncio.Event, *, worker_env: Mapping[str, str] | None = None
+) -> None:
+    """Run the autoscaler until ``stop`` is set, then stop it gracefully."""
+    async with AutoscalerService(settings, worker_env=worker_env) as service:
+        assert service.autoscaler is not None
+        crashed = asyncio.create_task(_crash_watch(service.autoscaler), name="autoscaler-crash-watch")
+        stopping = asyncio.create_task(stop.wait(), name="autoscaler-stop-wait")
+        try:
+            await asyncio.wait({crashed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (crashed, stopping):
+                task.cancel()
+            await asyncio.gather(crashed, stopping, return_exceptions=True)
+        log.info("autoscaler stopping")
+
+
+async def _crash_watch(autoscaler: Autoscaler) -> None:
+    """Returns when the control loop has crashed (stop() then raises it)."""
+    while True:
+        try:
+            autoscaler.check_errors()
+        except Exception:
+            return
+        await asyncio.sleep(0.5)

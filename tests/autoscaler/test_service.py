@@ -1,0 +1,92 @@
+"""The autoscaler service in process (registry discovery, metrics, inventory) and as ``python -m autoscaler``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from autoscaler import AutoscalerService, AutoscalerSettings, LocalProcessBackend, read_inventory
+from autoscaler.backends import settings_env
+from fleet.localservers import free_port
+from schemas import FleetSettings, ModelRecord, Names
+
+from .conftest import MODEL, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+async def test_service_discovers_models_and_reports(
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tiny_model: ModelRecord, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = AutoscalerSettings(
+        interval_s=0.1, metrics_port=port, gpus=0, inventory_interval_s=0.2, log_dir=str(tmp_path), fleet=fleet_settings
+    )
+    async with AutoscalerService(settings) as service:
+        assert isinstance(service.backend, LocalProcessBackend) and service.backend.gpu_count == 0
+        assert service.autoscaler is not None
+        # No model configured: the registered one is found and measured (no backlog, so it stays at zero).
+        decision = await wait_until(lambda: service.autoscaler and service.autoscaler.decisions.get(MODEL), 10)
+        assert decision.desired == 0 and decision.inputs["lag"] == 0
+        (inventory,) = await read_inventory(redis_client, names)
+        assert (inventory.total, inventory.allocated, inventory.available) == (0, 0, 0)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+        assert f'fleet_autoscaler_replicas_desired{{model="{MODEL}"}} 0.0' in text
+        assert 'fleet_gpus{state="total"} 0.0' in text
+    assert service.backend.workers() == []
+
+
+def _env(fleet_settings: FleetSettings, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env.update(settings_env(fleet_settings), FLEET_AUTOSCALER_LOG_DIR=str(tmp_path), **extra)
+    return env
+
+
+def _start_autoscaler(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "autoscaler"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def test_python_m_autoscaler_stops_on_sigterm(
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path
+) -> None:
+    env = _env(
+        fleet_settings,
+        tmp_path,
+        FLEET_AUTOSCALER_MODELS=MODEL,
+        FLEET_AUTOSCALER_INTERVAL_S="0.2",
+        FLEET_AUTOSCALER_GPUS="0",
+        FLEET_AUTOSCALER_INVENTORY_INTERVAL_S="0.2",
+    )
+    log_path = tmp_path / "autoscaler.log"
+    process = _start_autoscaler(env, log_path)
+    try:
+        # Ready once its first GPU inventory report is in Redis.
+        await wait_until(lambda: process.poll() is not None or read_inventory(redis_client, names), 30, "a report")
+        assert process.poll() is None, log_path.read_text()
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = log_path.read_text()
+    assert code == 0, output
+    assert "autoscaler started: backend local" in output and "autoscaler stopping" in output
+
+
+def test_python_m_autoscaler_rejects_bad_settings(fleet_settings: FleetSettings, tmp_path: Path) -> None:
+    env = _env(fleet_settings, tmp_path, FLEET_AUTOSCALER_BACKEND="nomad")
+    result = subprocess.run([sys.executable, "-m", "autoscaler"], env=env, capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert b"backend 'nomad' must be one of local, kubernetes" in result.stderr

@@ -5,7 +5,8 @@ compute-heavy MLP, then for each model and concurrency prints req/s, p50/p90/p99
 the mean batch size the worker formed; also the model's in-process ONNX Runtime throughput (the
 ceiling) and the worker's CPU use at idle. Writes everything as JSON.
 
-    .venv/bin/python -m bench.sync_http [--duration 10] [--concurrency 1,16,64] [--json bench/results/sync_http.json]
+    .venv/bin/python -m bench.sync_http [--duration 10] [--concurrency 1,16,64] [--soak 4]
+                                        [--json bench/results/sync_http.json]
 """
 
 from __future__ import annotations
@@ -68,8 +69,23 @@ def _commit() -> str:
         return "unknown"
 
 
-async def run(duration_s: float, concurrencies: list[int], idle_s: float) -> dict[str, Any]:
-    home = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+async def _measure(stack: LocalStack, model: str, concurrency: int, duration_s: float) -> dict[str, Any]:
+    features = MODELS[model][1]
+    pids = {p.role: p.pid for p in stack.info().processes} | {"loadgen": os.getpid()}
+    before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    result = await closed_loop(stack.url, model, "x", features, concurrency, duration_s)
+    used = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
+    cpu = {role: round(100 * seconds / result.seconds) for role, seconds in used.items()}
+    print(result.line(), flush=True)
+    print(f"{'':>13}CPU % of one core: " + ", ".join(f"{k} {v}" for k, v in cpu.items()), flush=True)
+    return result.as_dict() | {"cpu_percent": cpu}
+
+
+async def run(
+    duration_s: float, concurrencies: list[int], idle_s: float, soak_windows: int, models: list[str]
+) -> dict[str, Any]:
+    """Each (model, concurrency) point runs on a fresh stack: the embedded broker keeps its whole log
+    in memory and gets slower as it grows (see ``--soak``), which a real Kafka cluster does not."""
     env = dict(os.environ)
     env.setdefault("FLEET_WORKER_INTRA_OP_THREADS", "1")
     report: dict[str, Any] = {
@@ -78,29 +94,33 @@ async def run(duration_s: float, concurrencies: list[int], idle_s: float) -> dic
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "duration_s": duration_s,
         "runs": [],
+        "soak": [],
         "ceiling_rows_per_s": {},
     }
-    config = StackConfig(home=home, workers=1, models=(), env=env)
-    async with LocalStack(config) as stack:
-        paths = await _register(stack, home)
-        for model, (_, features, max_batch, _) in MODELS.items():
-            await stack.restart_workers([model])
-            if model == "tiny":
-                await asyncio.sleep(2.0)  # let start-up settle before measuring idle CPU
-                report["worker_idle_cpu_percent"] = round(await _idle_cpu(_worker_pid(stack), idle_s), 2)
-                print(f"worker idle CPU: {report['worker_idle_cpu_percent']:.2f} % of one core over {idle_s:.0f} s")
-            for concurrency in concurrencies:
-                pids = {p.role: p.pid for p in stack.info().processes} | {"loadgen": os.getpid()}
-                before = {role: cpu_seconds(pid) for role, pid in pids.items()}
-                result = await closed_loop(stack.url, model, "x", features, concurrency, duration_s)
-                used = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
-                cpu = {role: round(100 * seconds / result.seconds) for role, seconds in used.items()}
-                report["runs"].append(result.as_dict() | {"cpu_percent": cpu})
-                print(result.line(), flush=True)
-                print(f"{'':>13}CPU % of one core: " + ", ".join(f"{k} {v}" for k, v in cpu.items()), flush=True)
-            ceiling = await asyncio.to_thread(ort_ceiling, paths[model], "x", features, max_batch)
-            report["ceiling_rows_per_s"][model] = round(ceiling)
-            print(f"{model:>8} in-process ONNX Runtime, batch {max_batch}, 1 thread: {ceiling:,.0f} rows/s", flush=True)
+    for model in models:
+        _, features, max_batch, _ = MODELS[model]
+        for index, concurrency in enumerate(concurrencies):
+            home = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+            async with LocalStack(StackConfig(home=home, workers=1, models=(), env=env)) as stack:
+                paths = await _register(stack, home)
+                await stack.restart_workers([model])
+                if model == "tiny" and index == 0:
+                    await asyncio.sleep(2.0)  # let start-up settle before measuring idle CPU
+                    idle = round(await _idle_cpu(_worker_pid(stack), idle_s), 2)
+                    report["worker_idle_cpu_percent"] = idle
+                    print(f"worker idle CPU: {idle:.2f} % of one core over {idle_s:.0f} s", flush=True)
+                report["runs"].append(await _measure(stack, model, concurrency, duration_s))
+        ceiling = await asyncio.to_thread(ort_ceiling, paths[model], "x", features, max_batch)
+        report["ceiling_rows_per_s"][model] = round(ceiling)
+        print(f"{model:>8} in-process ONNX Runtime, batch {max_batch}, 1 thread: {ceiling:,.0f} rows/s", flush=True)
+    if soak_windows:
+        print(f"soak: tiny, concurrency {max(concurrencies)}, {soak_windows} windows on one stack", flush=True)
+        home = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+        async with LocalStack(StackConfig(home=home, workers=1, models=(), env=env)) as stack:
+            await _register(stack, home)
+            await stack.restart_workers(["tiny"])
+            for _ in range(soak_windows):
+                report["soak"].append(await _measure(stack, "tiny", max(concurrencies), duration_s))
     return report
 
 
@@ -109,10 +129,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per concurrency level")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds over which idle worker CPU is measured")
+    parser.add_argument("--models", default="tiny,heavy", help=f"comma-separated subset of {sorted(MODELS)}")
+    parser.add_argument("--soak", type=int, default=0, help="extra windows at top concurrency on one stack")
     parser.add_argument("--json", default="bench/results/sync_http.json", help="where to write the figures")
     args = parser.parse_args()
     began = time.perf_counter()
-    report = asyncio.run(run(args.duration, [int(c) for c in args.concurrency.split(",")], args.idle))
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    report = asyncio.run(run(args.duration, concurrencies, args.idle, args.soak, args.models.split(",")))
     report["wall_s"] = round(time.perf_counter() - began, 1)
     target = Path(args.json)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,10 @@ import logging
 import time
 from concurrent.futures import Executor
 
-from schemas import BatchingConfig, ModelRecord, ModelRegistry
+from schemas import BatchingConfig, FleetError, ModelRecord, ModelRegistry
 
 from .errors import ModelLoadError
+from .footprint import measure
 from .runtimes import Runtime, load_runtime
 
 log = logging.getLogger("fleet.workers")
@@ -58,22 +59,35 @@ class ModelCache:
 
     async def runtime(self, record: ModelRecord) -> Runtime:
         """The loaded runtime of ``record``'s version, loading it on the model thread the first time."""
-        runtime = self._runtimes.get(record.version)
-        if runtime is not None:
-            return runtime
+        cached = self._runtimes.get(record.version)
+        if cached is not None:
+            return cached
         failed = self._failures.get(record.version)
         if failed is not None and time.monotonic() - failed[0] < LOAD_RETRY_S:
             raise failed[1]
         loop = asyncio.get_running_loop()
         try:
-            runtime = await loop.run_in_executor(self._executor, load_runtime, record, self._device, self._threads)
+            runtime, footprint = await loop.run_in_executor(self._executor, self._load, record)
         except ModelLoadError as exc:
             log.error("%s", exc.message)
             self._failures[record.version] = (time.monotonic(), exc)
             raise
         self._failures.pop(record.version, None)
         self._runtimes[record.version] = runtime
+        try:
+            await self._registry.record_measured_size(record.name, record.version, footprint)
+        except FleetError as exc:  # the model serves regardless; the size is advisory
+            log.warning("could not record the measured size of %s:%s: %s", record.name, record.version, exc.message)
+        log.info(
+            "loaded %s:%s on %s, measured footprint %d bytes", record.name, record.version, runtime.device, footprint
+        )
         return runtime
+
+    def _load(self, record: ModelRecord) -> tuple[Runtime, int]:
+        """Load on the model thread, measuring the memory the load took (see workers.footprint)."""
+        return measure(
+            lambda: load_runtime(record, self._device, self._threads), lambda rt: rt.device, record.size_bytes
+        )
 
     @property
     def devices(self) -> list[str]:

@@ -1,0 +1,46 @@
+"""Measuring what loading a model really costs: GPU memory on CUDA, resident memory on the CPU.
+
+The registry starts with the artifact's size as a declared estimate; after a load the worker records
+the measured footprint instead (the multi-model placement and LRU residency build on it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from .gpu import gpu_stats
+
+T = TypeVar("T")
+
+
+def resident_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def gpu_used_bytes() -> dict[int, int]:
+    """Memory in use per CUDA device index (empty without NVML or GPUs)."""
+    return {gpu.index: gpu.memory_used for gpu in gpu_stats()}
+
+
+def measure(load: Callable[[], T], device_of: Callable[[T], str], fallback_bytes: int) -> tuple[T, int]:
+    """Run ``load`` and return its result with the memory it took on the device it ended up on.
+
+    The difference of two readings can be zero or negative (allocator reuse, other tenants on the
+    GPU); then ``fallback_bytes`` (the artifact size) is the best honest figure.
+    """
+    rss_before, gpu_before = resident_bytes(), gpu_used_bytes()
+    result = load()
+    device = device_of(result)
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        delta = gpu_used_bytes().get(index, 0) - gpu_before.get(index, 0)
+    else:
+        delta = resident_bytes() - rss_before
+    return result, delta if delta > 0 else fallback_bytes

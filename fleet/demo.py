@@ -1,8 +1,9 @@
 """``fleet demo``: train a small classifier on generated data, serve two versions, send traffic, report.
 
-Where it runs: its own LocalStack (started here, stopped at the end unless ``--keep``), or a stack
-that ``fleet up`` runs (its workers are reloaded to serve the demo model), or any gateway given with
-``--url`` whose fleet already has (or soon gets) a worker for the demo model.
+Where it runs: its own LocalStack (started here, autoscaled unless ``--no-autoscale``, stopped at the end
+unless ``--keep``), or a stack that ``fleet up`` runs (an autoscaled one spawns a worker for the demo model
+by itself; a ``--no-autoscale`` one has its workers reloaded), or any gateway given with ``--url`` whose
+fleet already has (or soon gets) a worker for the demo model.
 """
 
 from __future__ import annotations
@@ -157,18 +158,20 @@ async def run_demo(target: Target, args: argparse.Namespace) -> int:
         stack_info = target.stack
 
         async def serve_external(model: str) -> None:
-            if stack_info is not None and model not in stack_info.models:
+            # An autoscaled stack finds the new model by itself; a fixed one restarts its workers for it.
+            if stack_info is not None and not stack_info.autoscale and model not in stack_info.models:
                 info = await request_reload(stack_info, target.home)
                 if model not in info.models:
                     print(f"the running stack serves only {','.join(info.models)} (started with --models)")
-            await wait_for_model_worker(target.settings, model)
+            await wait_for_model_worker(target.settings, model, timeout_s=60.0)
 
         print(f"using the running fleet at {target.url}")
         ok = await demo_session(
             target.url, target.settings, target.home, data, trained, serve_external, args.concurrency
         )
         return 0 if ok else 1
-    # Workers serve the registered models (none yet in a fresh Redis); they restart once the demo registers.
+    # Fixed workers serve the registered models (none yet in a fresh Redis): they restart once the demo
+    # registers. Autoscaled, restart_workers only waits for the autoscaler's first worker of the new model.
     stack = LocalStack(stack_config(target, args, models=None))
     with Signals() as signals:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +23,23 @@ class WorkerView:
     pid: str
     device: str
     age_s: float  # seconds since its last heartbeat
+    partitions: tuple[str, ...] = ()  # topic:partition of its current assignment
 
     def line(self) -> str:
+        """One line of ``fleet status``."""
         return (
             f"{self.id}  {self.state:<8}  models={','.join(self.models) or '-'}  device={self.device or '-'}  "
-            f"pid={self.pid or '-'}  heartbeat {self.age_s:.1f}s ago"
+            f"pid={self.pid or '-'}  partitions={compact_partitions(self.partitions)}  heartbeat {self.age_s:.1f}s ago"
         )
+
+
+def compact_partitions(partitions: Sequence[str]) -> str:
+    """``t:0,t:1,u:3`` as ``t[0,1] u[3]`` (pure); ``-`` when empty."""
+    by_topic: dict[str, list[str]] = {}
+    for entry in partitions:
+        topic, _, number = entry.rpartition(":")
+        by_topic.setdefault(topic, []).append(number)
+    return " ".join(f"{t}[{','.join(ns)}]" for t, ns in sorted(by_topic.items())) or "-"
 
 
 async def read_workers(redis: Any, names: Names) -> list[WorkerView]:
@@ -45,9 +57,16 @@ async def read_workers(redis: Any, names: Names) -> list[WorkerView]:
         except ValueError:
             age = float("nan")
         models = tuple(m for m in fields.get("models", "").split(",") if m)
+        partitions = tuple(p for p in fields.get("partitions", "").split(",") if p)
         views.append(
             WorkerView(
-                worker_id, fields.get("state", "?"), models, fields.get("pid", ""), fields.get("device", ""), age
+                worker_id,
+                fields.get("state", "?"),
+                models,
+                fields.get("pid", ""),
+                fields.get("device", ""),
+                age,
+                partitions,
             )
         )
     return views

@@ -114,7 +114,9 @@ async def register(target: Target, args: argparse.Namespace) -> int:
     print(f"{what}: {record.name} version {record.version} ({record.framework.value}, default {default})")
     print(f"  inputs  {', '.join(s.describe() for s in record.inputs)}")
     print(f"  outputs {', '.join(s.describe() for s in record.outputs)}")
-    if target.stack is not None and record.name not in target.stack.models:
+    if target.stack is not None and target.stack.autoscale:
+        print("  the local stack's autoscaler starts its workers within a few seconds (`fleet status`)")
+    elif target.stack is not None and record.name not in target.stack.models:
         print("  the local stack's workers do not serve it yet: run `fleet reload`")
     return 0
 

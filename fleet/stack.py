@@ -1,10 +1,20 @@
 """``LocalStack``: broker, Redis, gateway and workers as local processes, started and stopped in order.
 
-Start: LocalBroker + LocalRedis (unless external addresses are given) → gateway → workers, each
-waited on by its readiness signal (``/v2/health/ready``; the worker's heartbeat hash ``state=ready``).
-Stop: SIGTERM the gateway → SIGTERM the workers and wait while they drain → stop Redis and the broker.
-Workers serve a fixed model list (``FLEET_WORKER_MODELS``); :meth:`LocalStack.restart_workers` replaces
-them when models are registered later (``fleet reload`` asks a running ``fleet up`` to do it).
+Two ways to run the workers:
+
+* fixed (``StackConfig.autoscale`` False, the default of this Python API): ``workers`` processes serve a
+  fixed model list (``FLEET_WORKER_MODELS``); :meth:`LocalStack.restart_workers` replaces them when models
+  are registered later (``fleet reload`` asks a running ``fleet up`` to do it);
+* autoscaled (``autoscale`` True, the default of ``fleet up``): one ``python -m autoscaler`` process with the
+  local backend spawns and drains one-model workers on measured lag, between ``workers`` (its
+  ``FLEET_AUTOSCALER_MIN_REPLICAS``) and ``max_workers`` per model, and finds models registered later in the
+  registry by itself (no reload).
+
+Start: LocalBroker + LocalRedis (unless external addresses are given) → gateway → autoscaler or workers,
+each waited on by its readiness signal (``/v2/health/ready``; the autoscaler's first GPU inventory report;
+a worker's heartbeat hash ``state=ready``, in autoscale mode one per model registered at start).
+Stop: SIGTERM the gateway → SIGTERM the autoscaler (it drains its workers) or the workers, and wait while
+they drain → stop Redis and the broker.
 """
 
 from __future__ import annotations
@@ -23,11 +33,14 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
+from autoscaler.errors import StatsError
+from autoscaler.inventory import read_inventory
 from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSettings, now_ms
 from schemas.constants import DEFAULT_NAMESPACE
 
 from .client import FleetClient
 from .errors import StackError
+from .heartbeats import read_workers
 from .localservers import LocalBroker, LocalRedis, LocalServer, free_port
 from .procs import ServiceProcess
 from .stackfile import ProcessInfo, StackInfo
@@ -49,8 +62,10 @@ class StackConfig:
     gateway: bool = True
     host: str = "127.0.0.1"
     port: int | None = None  # None picks a free port
-    workers: int = 1
-    models: tuple[str, ...] | None = None  # None: every model registered when the workers start
+    workers: int = 1  # fixed: worker processes; autoscale: fewest workers per model
+    models: tuple[str, ...] | None = None  # None: every model registered (when the workers start, if fixed)
+    autoscale: bool = False  # run the autoscaler (local backend) instead of fixed workers
+    max_workers: int | None = None  # autoscale: most workers per model (None: the autoscaler's default)
     device: str | None = None
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     ready_timeout_s: float = 60.0
@@ -72,6 +87,7 @@ class LocalStack:
         self._state = _State.NEW
         self._servers: list[LocalServer] = []
         self._gateway: ServiceProcess | None = None
+        self._autoscaler: ServiceProcess | None = None
         self._workers: list[ServiceProcess] = []
         self._models: list[str] = []
         self._generation = 0
@@ -96,8 +112,13 @@ class LocalStack:
 
     @property
     def models(self) -> list[str]:
-        """Models the current workers serve."""
+        """Models the current workers serve (autoscale: the models known when last looked)."""
         return list(self._models)
+
+    @property
+    def autoscaler_log(self) -> Path | None:
+        """Log of the autoscaler process (None in fixed mode)."""
+        return None if self._autoscaler is None else self._autoscaler.log_path
 
     async def start(self) -> None:
         """Start everything and wait until it is ready; on failure stop what started and raise StackError."""
@@ -109,15 +130,24 @@ class LocalStack:
             if self.config.gateway:
                 self._gateway = self._spawn("gateway", ["gateway"], self._gateway_env())
                 await self._wait(self._gateway, self._gateway_ready())
+            if self.config.autoscale:
+                await self._start_autoscaler()
             await self._start_workers(self.config.models)
         except BaseException:
             await self.stop()
             raise
 
     async def restart_workers(self, models: Sequence[str] | None = None) -> list[str]:
-        """Drain and stop the workers, then start new ones for ``models`` (None: the configured or registered ones)."""
+        """Drain and stop the workers, then start new ones for ``models`` (None: the configured or registered ones).
+
+        In autoscale mode nothing restarts (the autoscaler serves registered models by itself): the known
+        models are refreshed and, for those that should have workers, their first ready worker awaited.
+        """
         if self._state is not _State.RUNNING:
             raise StackError("the stack is not running")
+        if self.config.autoscale:
+            await self._start_workers(tuple(models) if models is not None else self.config.models)
+            return self.models
         await self._stop_workers()
         chosen = tuple(models) if models is not None else self.config.models
         await self._start_workers(chosen)
@@ -125,7 +155,7 @@ class LocalStack:
 
     def dead(self) -> list[ServiceProcess]:
         """Children that exited while the stack runs (for the ``fleet up`` watchdog)."""
-        procs = [p for p in (self._gateway, *self._workers) if p is not None]
+        procs = [p for p in (self._gateway, self._autoscaler, *self._workers) if p is not None]
         return [p for p in procs if not p.running]
 
     def servers_alive(self) -> bool:
@@ -140,6 +170,9 @@ class LocalStack:
         try:
             if self._gateway is not None:
                 await self._gateway.stop(10.0)
+            if self._autoscaler is not None:
+                # It drains its workers (each within their drain timeout) before it exits.
+                await self._autoscaler.stop(self.config.drain_timeout_s + 15.0)
             await self._stop_workers()
         finally:
             for server in reversed(self._servers):
@@ -160,6 +193,9 @@ class LocalStack:
         procs = [ProcessInfo(s.name, s.name, s.pid or -1, str(s.log_path)) for s in self._servers if s.pid is not None]
         if self._gateway is not None:
             procs.append(ProcessInfo("gateway", "gateway", self._gateway.pid, str(self._gateway.log_path)))
+        if self._autoscaler is not None:
+            autoscaler = self._autoscaler
+            procs.append(ProcessInfo("autoscaler", "autoscaler", autoscaler.pid, str(autoscaler.log_path)))
         procs += [ProcessInfo(w.name, "worker", w.pid, str(w.log_path), list(self._models)) for w in self._workers]
         return StackInfo(
             pid=os.getpid(),
@@ -171,6 +207,7 @@ class LocalStack:
             started_ms=self._started_ms,
             generation=self._generation,
             models=list(self._models),
+            autoscale=self.config.autoscale,
             processes=procs,
         )
 
@@ -209,12 +246,34 @@ class LocalStack:
         log.info("started %s (pid %d), log %s", name, proc.pid, proc.log_path)
         return proc
 
+    def _autoscaler_env(self) -> dict[str, str]:
+        env = {
+            **self._base_env(),
+            "FLEET_AUTOSCALER_BACKEND": "local",
+            "FLEET_AUTOSCALER_MIN_REPLICAS": str(self.config.workers),
+            "FLEET_AUTOSCALER_LOG_DIR": str(self.logs / "workers"),
+            "FLEET_AUTOSCALER_DRAIN_TIMEOUT_S": str(self.config.drain_timeout_s),
+            "FLEET_AUTOSCALER_MODELS": ",".join(self.config.models or ()),
+        }
+        if self.config.max_workers is not None:
+            env["FLEET_AUTOSCALER_MAX_REPLICAS"] = str(self.config.max_workers)
+        if self.config.device:
+            env["FLEET_WORKER_DEVICE"] = self.config.device  # handed on to the workers it spawns
+        return env
+
+    async def _start_autoscaler(self) -> None:
+        self._autoscaler = self._spawn("autoscaler", ["autoscaler"], self._autoscaler_env())
+        await self._wait(self._autoscaler, self._autoscaler_ready(now_ms()))
+
     async def _start_workers(self, models: Sequence[str] | None) -> None:
         if models is None:
             models = await self._registered_models()
         self._models = sorted(set(models))
         self._generation += 1
-        if self._models and self.config.workers > 0:
+        if self._autoscaler is not None:
+            if self._models and self.config.workers > 0:
+                await self._wait(self._autoscaler, self._autoscaled_ready(self._models))
+        elif self._models and self.config.workers > 0:
             tag = secrets.token_hex(3)
             for i in range(1, self.config.workers + 1):
                 worker_id = f"local-{tag}-w{i}"
@@ -260,6 +319,31 @@ class LocalStack:
         async with FleetClient(self.url, timeout_s=2.0) as client:
             while True:
                 yield await client.ready()
+
+    async def _autoscaler_ready(self, since_ms: float) -> AsyncGenerator[bool, None]:
+        """Ready once it published a GPU inventory (it does so right after connecting, before its loop)."""
+        client = self.settings.redis.client()
+        try:
+            while True:
+                reports = []
+                with contextlib.suppress(StatsError):
+                    reports = await read_inventory(client, Names(self.config.namespace))
+                yield any(r.ts_ms >= since_ms - 1000 for r in reports)
+        finally:
+            await client.aclose()
+
+    async def _autoscaled_ready(self, models: Sequence[str]) -> AsyncGenerator[bool, None]:
+        """Ready once every model has a ready worker (the autoscaler keeps at least ``workers`` of each)."""
+        client = self.settings.redis.client()
+        try:
+            while True:
+                served: set[str] = set()
+                with contextlib.suppress(RedisError):
+                    views = await read_workers(client, Names(self.config.namespace))
+                    served = {m for v in views if v.state == "ready" for m in v.models}
+                yield served.issuperset(models)
+        finally:
+            await client.aclose()
 
     async def _worker_ready(self, proc: ServiceProcess) -> AsyncGenerator[bool, None]:
         client = self.settings.redis.client()

@@ -1,4 +1,4 @@
-"""``fleet up | down | status | reload``: the local stack in the foreground, and commands that talk to it."""
+"""``fleet up | down | reload``: the local stack in the foreground, and commands that talk to it."""
 
 from __future__ import annotations
 
@@ -13,25 +13,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from schemas import Names
 from schemas.constants import DEFAULT_NAMESPACE
 
-from .client import FleetClient
-from .connection import Target, env_first, open_registry
+from .connection import Target, env_first
 from .errors import StackError
-from .heartbeats import read_workers
 from .stack import LocalStack, StackConfig
 from .stackfile import StackInfo, pid_alive, pid_cmdline
 
 UP_HELP = """\
 Start the fleet on this machine: the embedded Kafka-protocol broker and Redis (unless --kafka/--redis
-or FLEET_KAFKA_BOOTSTRAP/FLEET_REDIS_URL name external ones), the gateway and N workers, each with a
-log under $FLEET_HOME/logs (default ./.fleet). Stays in the foreground; Ctrl-C or `fleet down` stops it.
+or FLEET_KAFKA_BOOTSTRAP/FLEET_REDIS_URL name external ones), the gateway and the autoscaler, each with
+a log under $FLEET_HOME/logs (default ./.fleet). Stays in the foreground; Ctrl-C or `fleet down` stops it.
 
-Workers serve a fixed model list: --models, or every model registered when they start. After
-registering a model, run `fleet reload`: the workers drain and restart serving the registered models.
+By default the autoscaler (`python -m autoscaler`, local backend) runs the workers: one-model worker
+processes, between --workers (default 1) and --max-workers per model, scaled on Kafka lag and the
+workers' measured service time. It finds models registered later in the registry by itself: register
+one and send requests, no reload needed. `fleet scale MODEL --replicas N` pins a model, `--auto`
+unpins it; `fleet status` shows desired vs actual workers and why. FLEET_AUTOSCALER_* variables tune it
+(`fleet config autoscaler`).
+
+With --no-autoscale, N fixed workers serve a fixed model list instead: --models, or every model
+registered when they start; after registering a model, `fleet reload` drains and restarts them.
 """
 
 
@@ -41,28 +43,39 @@ def csv_arg(text: str) -> tuple[str, ...]:
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``up``, ``down``, ``status`` and ``reload``."""
+    """Add ``up``, ``down`` and ``reload``."""
     up = commands.add_parser(
         "up", parents=[common], help="start the local stack (foreground)", description=UP_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     add_stack_options(up, default_port=8000)
-    up.add_argument("--models", type=csv_arg, help="models the workers serve (default: all registered)")
+    up.add_argument("--models", type=csv_arg, help="models to serve (default: every registered one)")
     up.add_argument("--demo", action="store_true", help="run the demo on the new stack, then keep serving")
     up.set_defaults(handler=run_up)
     down = commands.add_parser("down", parents=[common], help="stop the stack that `fleet up` started")
     down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to stop")
     down.set_defaults(handler=run_down)
-    status = commands.add_parser("status", parents=[common], help="stack.json and live health")
-    status.set_defaults(handler=show_status)
-    reload = commands.add_parser("reload", parents=[common], help="restart the workers to serve registered models")
+    reload = commands.add_parser(
+        "reload", parents=[common], help="restart fixed workers to serve registered models (--no-autoscale stacks)"
+    )
     reload.add_argument("--timeout", type=float, default=60.0)
     reload.set_defaults(handler=reload_stack)
 
 
 def add_stack_options(parser: argparse.ArgumentParser, default_port: int | None) -> None:
     """Options shared by ``up`` and ``demo``."""
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="fewest workers per model (default 1); --no-autoscale: worker processes"
+    )
+    parser.add_argument(
+        "--max-workers", type=int, help="most workers per model (default FLEET_AUTOSCALER_MAX_REPLICAS or 16)"
+    )
+    parser.add_argument(
+        "--no-autoscale",
+        dest="autoscale",
+        action="store_false",
+        help="run --workers fixed worker processes instead of the autoscaler (`fleet reload` restarts them)",
+    )
     parser.add_argument("--port", type=int, default=default_port, help="gateway port")
     parser.add_argument("--host", default="127.0.0.1", help="gateway listen address")
     parser.add_argument("--device", help="FLEET_WORKER_DEVICE of the workers (e.g. cpu, cuda:0)")
@@ -74,6 +87,10 @@ def stack_config(target: Target, args: argparse.Namespace, models: tuple[str, ..
     existing = StackInfo.read(home)
     if existing is not None and existing.owner_alive():
         raise StackError(f"a stack already runs from {home} (pid {existing.pid}, {existing.gateway_url}); `fleet down`")
+    if args.workers < 0:
+        raise StackError("--workers must be >= 0")
+    if args.autoscale and args.max_workers is not None and args.max_workers < max(1, args.workers):
+        raise StackError(f"--max-workers must be >= max(1, --workers {args.workers})")
     return StackConfig(
         home=home,
         namespace=getattr(args, "namespace", None)
@@ -85,6 +102,8 @@ def stack_config(target: Target, args: argparse.Namespace, models: tuple[str, ..
         port=args.port,
         workers=args.workers,
         models=models,
+        autoscale=args.autoscale,
+        max_workers=args.max_workers if args.autoscale else None,
         device=args.device,
         env=dict(env),
     )
@@ -149,7 +168,12 @@ def print_stack(stack: LocalStack, *, workers: bool = True) -> None:
     print(f"redis     {stack.redis_url}")
     print(f"namespace {stack.config.namespace}")
     print(f"logs      {stack.logs}")
-    if workers:
+    if stack.config.autoscale:
+        most = stack.config.max_workers or "max"
+        which = ",".join(stack.config.models or ()) or "every registered model, found as they are registered"
+        print(f"workers   autoscaled, {stack.config.workers}..{most} per model: {which}")
+        print(f"          autoscaler log {stack.autoscaler_log}; worker logs {stack.logs / 'workers'}")
+    elif workers:
         served = ",".join(stack.models) or "(no models: register, then `fleet reload`)"
         print(f"workers   {stack.config.workers} serving {served}")
 
@@ -161,10 +185,11 @@ async def foreground(stack: LocalStack, signals: Signals) -> int:
         if signals.reload_requested:
             signals.reload_requested = False
             models = await stack.restart_workers(None)
-            print(f"workers restarted, serving {','.join(models) or '(no models)'}", flush=True)
+            what = "autoscaled models" if stack.config.autoscale else "workers restarted, serving"
+            print(f"{what} {','.join(models) or '(no models)'}", flush=True)
         for proc in stack.dead():
-            if proc.name == "gateway":
-                print(f"fleet: error: the gateway exited ({proc.returncode}); log {proc.log_path}", flush=True)
+            if proc.name in ("gateway", "autoscaler"):
+                print(f"fleet: error: the {proc.name} exited ({proc.returncode}); log {proc.log_path}", flush=True)
                 return 1
             if proc.name not in reported:
                 reported.add(proc.name)
@@ -210,10 +235,12 @@ async def run_down(target: Target, args: argparse.Namespace) -> int:
         print(f"stack stopped (pid {info.pid})")
         return 0
     # The owner died without cleaning up (SIGKILL): stop what it left, in the usual order.
-    order = {"gateway": 0, "worker": 1, "redis": 2, "broker": 2}
+    # The autoscaler drains the workers it spawned before it exits (they are not in stack.json).
+    order = {"gateway": 0, "autoscaler": 1, "worker": 1, "redis": 2, "broker": 2}
     # A pid may have been reused since: only signal processes that still look like ours.
     markers = {
         "gateway": ("-m gateway",),
+        "autoscaler": ("-m autoscaler",),
         "worker": ("-m workers",),
         "redis": ("valkey", "redis"),
         "broker": ("broker",),
@@ -255,40 +282,9 @@ async def reload_stack(target: Target, args: argparse.Namespace) -> int:
     """``fleet reload``."""
     if target.stack is None:
         raise StackError(f"no running local stack in {target.home}; start one with `fleet up`")
+    if target.stack.autoscale:
+        print("the stack autoscales: registered models get workers by themselves; nothing to reload")
+        return 0
     info = await request_reload(target.stack, target.home, args.timeout)
     print(f"workers restarted, serving {','.join(info.models) or '(no models)'}")
     return 0
-
-
-async def show_status(target: Target, args: argparse.Namespace) -> int:
-    """``fleet status``: exit 0 when the gateway is ready."""
-    info = target.stack or StackInfo.read(target.home)
-    if info is None:
-        print(f"local stack: none in {target.home}")
-    else:
-        alive = "running" if info.owner_alive() else "NOT RUNNING (stale stack.json; `fleet down` cleans up)"
-        age = time.time() - info.started_ms / 1000
-        print(f"local stack: {alive}, pid {info.pid}, up {age:.0f}s, logs {info.home}/logs")
-    async with FleetClient(target.url, timeout_s=2.0) as client:
-        ready = await client.ready()
-    settings = target.settings
-    print(f"gateway   {target.url}  {'ready' if ready else 'NOT READY'}")
-    print(f"kafka     {settings.kafka.bootstrap}")
-    print(f"redis     {settings.redis.url}")
-    print(f"namespace {settings.namespace}")
-    try:
-        redis = settings.redis.client()
-        try:
-            workers = await read_workers(redis, Names(settings.namespace))
-        finally:
-            await redis.aclose()
-        async with open_registry(settings) as registry:
-            models = {m: await registry.default_version(m) for m in await registry.models()}
-    except RedisError as exc:
-        print(f"redis unreachable: {exc}")
-        return 1
-    print(f"workers   {len(workers)}")
-    for view in workers:
-        print(f"  {view.line()}")
-    print("models    " + (", ".join(f"{m} (default {v})" for m, v in models.items()) or "(none)"))
-    return 0 if ready else 1

@@ -47,7 +47,7 @@ class ProcessInfo:
     """One child of the stack."""
 
     name: str
-    role: str  # gateway | worker | broker | redis
+    role: str  # gateway | autoscaler | worker | broker | redis
     pid: int
     log: str
     models: list[str] = field(default_factory=list)
@@ -66,6 +66,7 @@ class StackInfo:
     started_ms: float
     generation: int = 0  # bumped each time the workers are restarted
     models: list[str] = field(default_factory=list)
+    autoscale: bool = False  # True: an autoscaler runs the workers and finds registered models by itself
     processes: list[ProcessInfo] = field(default_factory=list)
 
     def owner_alive(self) -> bool:

@@ -1,7 +1,7 @@
 """The wire and storage contract every inference-fleet service shares.
 
 Envelopes (msgpack, versioned), tensors, model signatures and registry records, topic and Redis key
-names, error codes, and the shared Kafka/Redis settings.
+names, worker service stats records, error codes, and the shared Kafka/Redis settings.
 """
 
 from .constants import ENVELOPE_VERSION
@@ -20,6 +20,7 @@ from .names import Names, check_model_name, check_version
 from .registry import BackendUnavailableError, Framework, ModelRecord, ModelRegistry, RegistryError, sha256_file
 from .settings import FleetSettings, KafkaSettings, RedisSettings, SettingsError, describe, doc, load
 from .signature import BatchingConfig, TensorSpec, check_inputs, parse_spec
+from .stats import WorkerReport, publish_service_stats, publish_worker_stats, withdraw_service_stats
 from .tensors import DATATYPES, NUMPY_DTYPES, Tensor, datatype_of
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "Tensor",
     "TensorSpec",
     "UnsupportedEnvelopeError",
+    "WorkerReport",
     "check_inputs",
     "check_model_name",
     "check_version",
@@ -60,5 +62,8 @@ __all__ = [
     "load",
     "now_ms",
     "parse_spec",
+    "publish_service_stats",
+    "publish_worker_stats",
     "sha256_file",
+    "withdraw_service_stats",
 ]

@@ -16,6 +16,16 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:result:{request_id}         first result stored for a request (dedups redelivery)
       {ns}:worker:{worker_id}          HASH heartbeat of a worker (state, models, partitions)
       {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
+      {ns}:stats:{m}                   ZSET worker id -> epoch ms of its last service-stats report
+      {ns}:stats:{m}:{worker_id}       HASH one worker's service stats for a model (EXPIRE; fields in
+                                       `schemas.stats`): written by workers, read by the autoscaler
+      {ns}:autoscaler:pins             HASH model -> pinned replicas (manual override; absent = autoscaled)
+      {ns}:autoscaler:decision:{m}     HASH the autoscaler's last decision for a model (EXPIRE): desired,
+                                       actual, reason, inputs (JSON), capped_by_partitions, pinned, ts_ms
+      {ns}:inventory                   ZSET host -> epoch ms of its last GPU inventory report
+      {ns}:inventory:{host}            HASH the GPU inventory of one host (EXPIRE; see `autoscaler.inventory`)
+
+Model names never contain ':', so ``{ns}:stats:{m}`` and ``{ns}:stats:{m}:{worker_id}`` cannot collide.
 """
 
 from __future__ import annotations
@@ -112,3 +122,29 @@ class Names:
     def workers_key(self) -> str:
         """ZSET of worker ids scored by last heartbeat (epoch ms)."""
         return f"{self.namespace}:workers"
+
+    def stats_index_key(self, model: str) -> str:
+        """ZSET of the workers that reported service stats for ``model``, scored by report time (epoch ms)."""
+        return f"{self.namespace}:stats:{model}"
+
+    def stats_key(self, model: str, worker_id: str) -> str:
+        """HASH of one worker's service stats for ``model`` (see `schemas.stats`)."""
+        return f"{self.namespace}:stats:{model}:{worker_id}"
+
+    @property
+    def pins_key(self) -> str:
+        """HASH model -> pinned replica count (manual overrides of the autoscaler)."""
+        return f"{self.namespace}:autoscaler:pins"
+
+    def decision_key(self, model: str) -> str:
+        """HASH of the autoscaler's last decision for ``model``."""
+        return f"{self.namespace}:autoscaler:decision:{model}"
+
+    @property
+    def inventory_index_key(self) -> str:
+        """ZSET of the hosts that reported a GPU inventory, scored by report time (epoch ms)."""
+        return f"{self.namespace}:inventory"
+
+    def inventory_key(self, host: str) -> str:
+        """HASH of one host's GPU inventory."""
+        return f"{self.namespace}:inventory:{host}"

@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas import BackendUnavailableError, FleetError, ModelRegistry, Names, SchemaError
+from schemas import BackendUnavailableError, FleetError, ModelRegistry, Names, SchemaError, now_ms
 
 from .batching import request_rows
 from .deadletter import DeadLetterWriter
@@ -30,6 +30,7 @@ from .metrics import WorkerMetrics
 from .models import ModelCache
 from .replies import ReplyWriter
 from .settings import WorkerSettings
+from .stats import ModelStats
 
 log = logging.getLogger("fleet.workers")
 
@@ -74,7 +75,9 @@ class ModelConsumer:
         self.cache = ModelCache(
             model, ModelRegistry(redis, names), self._executor, settings.device, settings.intra_op_threads
         )
-        self._handler = RequestHandler(model, self.cache, self._executor, settings.worker_id, metrics)
+        #: What the worker publishes for the autoscaler (schemas.stats).
+        self.stats = ModelStats()
+        self._handler = RequestHandler(model, self.cache, self._executor, settings.worker_id, metrics, self.stats)
         self._replies = ReplyWriter(redis, names)
         self._dead_letters = DeadLetterWriter(producer, names)
         self._consumer: AIOKafkaConsumer | None = None
@@ -185,6 +188,7 @@ class ModelConsumer:
             raise WorkerError("consumer not started")
         limit = self._settings.max_fetch_records
         fetched = self._decode(await consumer.getmany(timeout_ms=IDLE_POLL_MS, max_records=limit))
+        self.stats.in_hand = len(fetched)
         first = time.monotonic()
         if not fetched:
             if not self._idle and first - self._last_records > IDLE_AFTER_S:
@@ -205,6 +209,7 @@ class ModelConsumer:
                 break
             more = self._decode(await consumer.getmany(timeout_ms=remaining_ms, max_records=limit - len(fetched)))
             fetched.extend(more)
+            self.stats.in_hand = len(fetched)
             rows += sum(request_rows(f.request) for f in more if f.request is not None)
         return fetched
 
@@ -229,9 +234,14 @@ class ModelConsumer:
         return [decode(record) for records in data.values() for record in records]
 
     async def _run_round(self, fetched: Sequence[Fetched]) -> None:
+        began = time.perf_counter()
         outcome = await self._retrying("handle", lambda: self._handler.handle(fetched))
         await self._retrying("deliver", lambda: self._deliver(outcome))
+        delivered_ms = now_ms()
+        self.stats.in_hand = 0
         await self._commit(fetched)
+        latencies = [delivered_ms - f.request.created_ms for f in fetched if f.request is not None]
+        self.stats.observe_round(len(fetched), time.perf_counter() - began, latencies)
 
     async def _deliver(self, outcome: RoundOutcome) -> None:
         await self._dead_letters.send(self.model, outcome.dead_letters)

@@ -36,6 +36,7 @@ from .errors import ModelExecutionError, ModelLoadError
 from .metrics import WorkerMetrics
 from .models import ModelCache
 from .runtimes import Runtime
+from .stats import ModelStats
 
 log = logging.getLogger("fleet.workers")
 
@@ -109,9 +110,16 @@ class RequestHandler:
     """Turns the records of one round into replies and dead letters for one served model."""
 
     def __init__(
-        self, model: str, cache: ModelCache, executor: Executor, worker_id: str, metrics: WorkerMetrics
+        self,
+        model: str,
+        cache: ModelCache,
+        executor: Executor,
+        worker_id: str,
+        metrics: WorkerMetrics,
+        stats: ModelStats | None = None,
     ) -> None:
         self._model = model
+        self._stats = stats
         self._cache = cache
         self._executor = executor
         self._worker_id = worker_id
@@ -187,6 +195,8 @@ class RequestHandler:
         queue_ms = [max(0.0, done.started_ms - r.created_ms) for r in requests]
         self._metrics.observe_batch(self._model, version, len(requests), done.compute_s, [q / 1000 for q in queue_ms])
         self._metrics.success.labels(self._model, version).inc(len(requests))
+        if self._stats is not None:
+            self._stats.observe_batch(len(requests))
         for request, outputs, queued in zip(requests, done.outputs, queue_ms, strict=True):
             response = InferenceResponse(
                 request.id,

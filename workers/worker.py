@@ -1,4 +1,4 @@
-"""The worker: one consumer per served model, a heartbeat, a dead-letter producer and metrics.
+"""The worker: one consumer per served model, a heartbeat, service stats, a dead-letter producer and metrics.
 
 Lifecycle: ``start()`` connects to Redis and Kafka, loads the models (``preload``), joins the groups
 and starts the routines; ``stop()`` drains (stop fetching, finish the round in hand, deliver, commit,
@@ -26,6 +26,7 @@ from .errors import BackendDownError, WorkerError
 from .heartbeat import Heartbeat, WorkerState
 from .metrics import WorkerMetrics
 from .settings import WorkerSettings
+from .stats import StatsPublisher
 
 log = logging.getLogger("fleet.workers")
 
@@ -49,6 +50,7 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self._consumers: list[ModelConsumer] = []
         self._heartbeat: Heartbeat | None = None
+        self._stats: StatsPublisher | None = None
         self._ready_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._stop_requested = asyncio.Event()
@@ -111,6 +113,15 @@ class Worker:
             await consumer.start()
             if consumer.task is not None:
                 consumer.task.add_done_callback(self._routine_done)
+        self._stats = StatsPublisher(
+            self._redis,
+            self.names,
+            self.id,
+            lambda: {c.model: c.stats for c in self._consumers},
+            lambda: sorted({d for c in self._consumers for d in c.cache.devices}),
+            settings.heartbeat_interval_s,
+        )
+        await self._stats.start()
         self._ready_task = asyncio.create_task(self._ready_routine(), name=f"ready-{self.id}")
         if settings.metrics_port > 0:
             self.metrics.serve(settings.metrics_port)
@@ -181,6 +192,8 @@ class Worker:
         for consumer in self._consumers:
             consumer.request_stop()
         await asyncio.gather(*(c.stop(self.settings.drain_timeout_s) for c in self._consumers))
+        if self._stats is not None:
+            await self._stats.stop()
         if self._producer is not None:
             try:
                 await self._producer.stop()

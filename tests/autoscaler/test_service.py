@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from autoscaler import AutoscalerService, AutoscalerSettings, LocalProcessBackend, read_inventory
+from autoscaler import AutoscalerService, AutoscalerSettings, DecisionStore, LocalProcessBackend, read_inventory
 from autoscaler.backends import settings_env
 from fleet.localservers import free_port
 from schemas import FleetSettings, ModelRecord, Names
@@ -36,6 +36,9 @@ async def test_service_discovers_models_and_reports(
         # No model configured: the registered one is found and measured (no backlog, so it stays at zero).
         decision = await wait_until(lambda: service.autoscaler and service.autoscaler.decisions.get(MODEL), 10)
         assert decision.desired == 0 and decision.inputs["lag"] == 0
+        # ... and recorded for `fleet status`
+        stored = await wait_until(lambda: DecisionStore(redis_client, names).read([MODEL]), 10, "a stored decision")
+        assert stored[MODEL].desired == 0 and stored[MODEL].reason == decision.reason
         (inventory,) = await read_inventory(redis_client, names)
         assert (inventory.total, inventory.allocated, inventory.available) == (0, 0, 0)
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:

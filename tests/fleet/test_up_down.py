@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fleet.client import infer_sync
+from fleet.modelgen import tiny_mlp
 from fleet.stackfile import StackInfo, pid_alive
 
-from .procs_util import clean_env, processes_with_env, wait_until
+from .procs_util import clean_env, processes_with_env, wait_until, workers_available
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +36,8 @@ def test_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
         info = StackInfo.read(tmp_path)
         assert info is not None, up.communicate()[0]
         assert info.pid == up.pid
-        assert {p.role for p in info.processes} == {"broker", "redis", "gateway"}
+        assert {p.role for p in info.processes} == {"broker", "redis", "gateway", "autoscaler"}
+        assert info.autoscale
 
         status = run(env, "status")
         assert status.returncode == 0, status.stdout + status.stderr
@@ -65,5 +70,48 @@ def test_down_cleans_up_after_a_killed_owner(tmp_path: Path) -> None:
     children = [p.pid for p in info.processes]
     assert all(pid_alive(pid) for pid in children)  # own sessions: they outlive their parent
     down = run(env, "down")
-    assert down.returncode == 0 and "stopped 3 leftover process(es)" in down.stdout
+    assert down.returncode == 0 and "stopped 4 leftover process(es)" in down.stdout
     assert not [pid for pid in children if pid_alive(pid)]
+
+
+@pytest.mark.skipif(not workers_available(), reason="workers/ is not there yet")
+def test_autoscaled_up_serves_a_model_registered_later(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    up = subprocess.Popen(
+        [*FLEET, "up", "--port", "0", "--max-workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: StackInfo.read(tmp_path) is not None or up.poll() is not None, 60, "stack.json")
+        info = StackInfo.read(tmp_path)
+        assert info is not None and info.autoscale, up.communicate()[0]
+        path = tiny_mlp(tmp_path / "tiny.onnx")
+        register = run(env, "models", "register", "tiny", "--artifact", str(path), "--partitions", "2")
+        assert register.returncode == 0, register.stdout + register.stderr
+        assert "autoscaler starts its workers" in register.stdout
+        # No reload: the autoscaler finds the model in the registry and spawns a worker; the request waits
+        # in Kafka meanwhile (generous timeout: a worker start takes a few seconds on a small machine).
+        x = np.ones((2, 16), np.float32)
+        assert infer_sync(info.gateway_url, "tiny", {"x": x}, timeout_s=60)["y"].shape == (2, 4)
+
+        status = run(env, "status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        report = json.loads(status.stdout)
+        (model,) = report["models"]
+        assert model["model"] == "tiny" and model["desired"] >= 1 and model["actual"] >= 1 and model["reason"]
+        assert model["partitions"] == 2 and model["pinned"] is None
+        assert any(w["models"] == ["tiny"] and w["state"] == "ready" for w in report["workers"])
+        assert report["stack"]["autoscale"] and report["gpus"][0]["total"] == 0
+        assert run(env, "reload").stdout.startswith("the stack autoscales")
+
+        assert run(env, "down").returncode == 0
+        out, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 0, out
+    assert processes_with_env(f"FLEET_HOME={tmp_path}") == []

@@ -1,0 +1,245 @@
+"""``fleet status``: the stack's processes, the workers' heartbeats, per-model load and scaling, and the GPUs.
+
+Sources: ``stack.json`` (processes), the gateway's readiness probe, the worker heartbeat hashes, the model
+registry, a live `LagCollector` snapshot (lag per model), the autoscaler's last decision per model
+(desired vs actual, the smoothed arrival and completion rates, the reason), the runtime pins and the GPU
+inventory. Plain aligned text, or ``--json`` for machines. Exit status 0 when the gateway is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from autoscaler import AutoscalerError, DecisionStore, GpuInventory, LagCollector, PinStore, read_inventory
+from autoscaler.signals import ModelLoad
+from schemas import FleetSettings, ModelRegistry, Names, now_ms
+
+from .client import FleetClient
+from .connection import Target
+from .heartbeats import WorkerView, read_workers
+from .stackfile import StackInfo, pid_alive
+
+#: Longest the live lag snapshot may take (an unreachable broker must not hang the command).
+LAG_TIMEOUT_S = 5.0
+
+
+@dataclass
+class ModelStatus:
+    """One model's row: registry, live lag, the autoscaler's last decision and pin."""
+
+    model: str
+    default_version: str | None
+    partitions: int | None = None
+    lag: int | None = None
+    arrival_rate: float | None = None
+    completion_rate: float | None = None
+    desired: int | None = None
+    actual: int | None = None
+    pinned: int | None = None
+    capped_by_partitions: bool = False
+    reason: str = ""
+    decided_s_ago: float | None = None
+
+
+@dataclass
+class StatusReport:
+    """Everything ``fleet status`` shows."""
+
+    gateway_url: str
+    gateway_ready: bool
+    kafka: str
+    redis: str
+    namespace: str
+    stack: dict[str, Any] | None = None
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    models: list[ModelStatus] = field(default_factory=list)
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``status``."""
+    status = commands.add_parser(
+        "status", parents=[common], help="processes, workers, per-model lag and scaling, GPUs (exit 0: gateway ready)"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    status.set_defaults(handler=show_status)
+
+
+async def show_status(target: Target, args: argparse.Namespace) -> int:
+    """``fleet status``."""
+    report = await gather_status(target)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2, sort_keys=True))
+    else:
+        print(render(report))
+    return 0 if report.gateway_ready and not any(p.startswith("redis") for p in report.problems) else 1
+
+
+def _stack_dict(info: StackInfo) -> dict[str, Any]:
+    return {
+        "pid": info.pid,
+        "running": info.owner_alive(),
+        "up_s": round(time.time() - info.started_ms / 1000, 1),
+        "home": info.home,
+        "autoscale": info.autoscale,
+        "processes": [
+            {"name": p.name, "role": p.role, "pid": p.pid, "alive": pid_alive(p.pid), "log": p.log}
+            for p in info.processes
+        ],
+    }
+
+
+async def gather_status(target: Target) -> StatusReport:
+    """Collect the report; unreachable parts become ``problems``, never exceptions."""
+    settings = target.settings
+    async with FleetClient(target.url, timeout_s=2.0) as client:
+        ready = await client.ready()
+    info = target.stack or StackInfo.read(target.home)
+    report = StatusReport(
+        target.url,
+        ready,
+        settings.kafka.bootstrap,
+        settings.redis.url,
+        settings.namespace,
+        _stack_dict(info) if info is not None else None,
+    )
+    names = Names(settings.namespace)
+    redis = settings.redis.client()
+    try:
+        workers = await read_workers(redis, names)
+        registry = ModelRegistry(redis, names)
+        models = [ModelStatus(m, await registry.default_version(m)) for m in await registry.models()]
+        await _add_scaling(redis, names, models, report)
+        inventory = await read_inventory(redis, names)
+    except (RedisError, AutoscalerError) as exc:
+        report.problems.append(f"redis unreachable: {exc}")
+        return report
+    finally:
+        await redis.aclose()
+    report.workers = [dataclasses.asdict(w) for w in workers]
+    report.gpus = [_gpu_dict(inv) for inv in inventory]
+    await _add_lag(settings, models, report)
+    report.models = models
+    return report
+
+
+async def _add_scaling(redis: Any, names: Names, models: list[ModelStatus], report: StatusReport) -> None:
+    pins = await PinStore(redis, names).pins()
+    decisions = await DecisionStore(redis, names).read([m.model for m in models])
+    now = now_ms()
+    for row in models:
+        row.pinned = pins.get(row.model)
+        decision = decisions.get(row.model)
+        if decision is None:
+            continue
+        row.desired, row.actual, row.reason = decision.desired, decision.actual, decision.reason
+        row.capped_by_partitions = decision.capped_by_partitions
+        row.decided_s_ago = round(max(0.0, (now - decision.ts_ms) / 1000), 1)
+        if decision.pinned and row.pinned is None:
+            row.pinned = decision.desired  # a static pin (FLEET_AUTOSCALER_PINNED)
+        for name in ("arrival_rate", "completion_rate"):
+            value = decision.inputs.get(name)
+            if isinstance(value, int | float):
+                setattr(row, name, float(value))
+
+
+async def _add_lag(settings: FleetSettings, models: list[ModelStatus], report: StatusReport) -> None:
+    if not models:
+        return
+    try:
+        loads = await asyncio.wait_for(_snapshot(settings, [m.model for m in models]), LAG_TIMEOUT_S)
+    except (AutoscalerError, KafkaError, OSError, TimeoutError) as exc:
+        report.problems.append(f"kafka: no lag snapshot ({type(exc).__name__}: {exc})")
+        return
+    for row in models:
+        load = loads.get(row.model)
+        if load is not None and load.topic_exists:
+            row.lag, row.partitions = load.lag, load.partition_count
+
+
+async def _snapshot(settings: FleetSettings, models: Sequence[str]) -> dict[str, ModelLoad]:
+    async with LagCollector(settings) as collector:
+        return await collector.collect(models)
+
+
+def _gpu_dict(inventory: GpuInventory) -> dict[str, Any]:
+    return {
+        "host": inventory.host,
+        "total": inventory.total,
+        "allocated": inventory.allocated,
+        "available": inventory.available,
+        "gpus": [g.to_json() for g in inventory.gpus],
+    }
+
+
+def table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    """Rows as left-aligned columns (pure)."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def _num(value: float | int | None, fmt: str = "{:.1f}") -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else fmt.format(value)
+
+
+def render(report: StatusReport) -> str:
+    """The text form of ``report``."""
+    lines: list[str] = []
+    stack = report.stack
+    if stack is None:
+        lines.append("local stack: none")
+    else:
+        alive = "running" if stack["running"] else "NOT RUNNING (stale stack.json; `fleet down` cleans up)"
+        mode = "autoscaled" if stack["autoscale"] else "fixed workers"
+        up = f"up {stack['up_s']:.0f}s"
+        lines.append(f"local stack: {alive}, pid {stack['pid']}, {up}, {mode}, logs {stack['home']}/logs")
+        procs = [["NAME", "ROLE", "PID", "STATE"]]
+        for p in stack["processes"]:
+            procs.append([p["name"], p["role"], str(p["pid"]), "running" if p["alive"] else "gone"])
+        lines += table(procs)
+    lines.append(f"gateway   {report.gateway_url}  {'ready' if report.gateway_ready else 'NOT READY'}")
+    lines.append(f"kafka     {report.kafka}")
+    lines.append(f"redis     {report.redis}")
+    lines.append(f"namespace {report.namespace}")
+    lines.append(f"workers   {len(report.workers)}")
+    lines += [f"  {WorkerView(**w).line()}" for w in report.workers]
+    lines.append(f"models    {len(report.models) or '(none)'}")
+    rows = [["MODEL", "DEFAULT", "PARTS", "LAG", "ARRIVAL/s", "DONE/s", "DESIRED", "ACTUAL", "PINNED", "DECIDED"]]
+    for m in report.models:
+        capped = "*" if m.capped_by_partitions else ""
+        decided = "-" if m.decided_s_ago is None else f"{m.decided_s_ago:.0f}s ago"
+        rows.append(
+            [m.model, m.default_version or "-", _num(m.partitions), _num(m.lag), _num(m.arrival_rate),
+             _num(m.completion_rate), _num(m.desired) + capped, _num(m.actual), _num(m.pinned), decided]
+        )  # fmt: skip
+    if report.models:
+        lines += table(rows)
+        lines += [f"  why {m.model}: {m.reason}" for m in report.models if m.reason]
+        if any(m.capped_by_partitions for m in report.models):
+            lines.append("  * capped by the topic's partition count")
+    if not report.gpus:
+        lines.append("gpus      (no inventory reported: no autoscaler running)")
+    for inv in report.gpus:
+        counts = f"{inv['total']} total, {inv['allocated']} allocated, {inv['available']} available"
+        lines.append(f"gpus      {inv['host']}: {counts}")
+        for g in inv["gpus"]:
+            memory = f"mem {g['mem_used'] / 2**30:.1f}/{g['mem_total'] / 2**30:.1f} GiB"
+            workers = ",".join(g["workers"]) or "-"
+            lines.append(f"  gpu {g['index']}  {g['name']}  util {g['util']:.0f}%  {memory}  workers={workers}")
+    lines += [f"problem   {p}" for p in report.problems]
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""Worker service stats: the Redis records workers write and the autoscaler reads (keys in `schemas.names`).
+
+Each worker overwrites one hash per served model, ``names.stats_key(model, worker_id)``, with an EXPIRE (a
+dead worker's stats vanish), and refreshes its score in the model's index ZSET ``names.stats_index_key(model)``.
+Hash fields (all text)::
+
+    service_s   mean per-request service time of the worker's busy rounds (busy seconds / requests), s
+    batch       mean batch size (requests per model execution)
+    completed   requests answered since the worker started
+    p95_ms      p95 end-to-end latency (request created -> reply delivered) over a recent window, ms; 0 = unknown
+    gpu_util    GPU utilization in percent; -1 = no GPU
+    queue       requests fetched but not answered yet
+    ts_ms       epoch ms of the report
+
+Readers ignore fields they do not know, so fields can be added without a version bump.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .names import Names
+
+#: Default lifetime of a worker's stats hash (a few report intervals).
+DEFAULT_STATS_TTL_S = 30
+#: Lifetime of a model's index ZSET (refreshed by every report; stale members are pruned by readers).
+_INDEX_TTL_S = 3600
+
+
+def _wall_ms() -> float:
+    return time.time() * 1000.0
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """One worker's service stats for one model."""
+
+    worker_id: str
+    per_request_service_s: float
+    mean_batch_size: float
+    completed: int
+    p95_latency_ms: float
+    gpu_utilization: float | None
+    queue_depth: int
+    ts_ms: float
+
+    def to_fields(self) -> dict[str, str]:
+        """The hash fields (see the module docstring)."""
+        return {
+            "service_s": repr(float(self.per_request_service_s)),
+            "batch": repr(float(self.mean_batch_size)),
+            "completed": str(int(self.completed)),
+            "p95_ms": repr(float(self.p95_latency_ms)),
+            "gpu_util": repr(-1.0 if self.gpu_utilization is None else float(self.gpu_utilization)),
+            "queue": str(int(self.queue_depth)),
+            "ts_ms": str(int(self.ts_ms)),
+        }
+
+    @classmethod
+    def from_hash(cls, worker_id: str, raw: Mapping[bytes, bytes]) -> WorkerReport | None:
+        """Parse a stats hash; None when it is empty or malformed (it is then ignored)."""
+        try:
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            gpu = float(fields.get("gpu_util", "-1"))
+            report = cls(
+                worker_id=worker_id,
+                per_request_service_s=float(fields["service_s"]),
+                mean_batch_size=float(fields.get("batch", "0")),
+                completed=int(fields.get("completed", "0")),
+                p95_latency_ms=float(fields.get("p95_ms", "0")),
+                gpu_utilization=None if gpu < 0 else gpu,
+                queue_depth=int(fields.get("queue", "0")),
+                ts_ms=float(fields["ts_ms"]),
+            )
+        except (KeyError, ValueError, UnicodeDecodeError):
+            return None
+        numbers = (report.per_request_service_s, report.mean_batch_size, report.p95_latency_ms)
+        return report if all(math.isfinite(x) for x in numbers) else None
+
+
+async def publish_worker_stats(
+    redis: Any, names: Names, reports: Mapping[str, WorkerReport], *, ttl_s: int = DEFAULT_STATS_TTL_S
+) -> None:
+    """Write a worker's reports, ``{model: report}``, in one pipelined round trip. Raises RedisError."""
+    if not reports:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for model, report in reports.items():
+            key = names.stats_key(model, report.worker_id)
+            index = names.stats_index_key(model)
+            pipe.hset(key, mapping=report.to_fields())
+            pipe.expire(key, ttl_s)
+            pipe.zadd(index, {report.worker_id: int(report.ts_ms)})
+            pipe.expire(index, max(ttl_s, _INDEX_TTL_S))
+        await pipe.execute()
+
+
+async def publish_service_stats(
+    redis: Any,
+    names: Names,
+    model: str,
+    worker_id: str,
+    per_request_service_s: float,
+    mean_batch_size: float,
+    completed: int,
+    *,
+    p95_latency_ms: float = 0.0,
+    gpu_utilization: float | None = None,
+    queue_depth: int = 0,
+    ttl_s: int = DEFAULT_STATS_TTL_S,
+    at_ms: float | None = None,
+) -> None:
+    """Write one worker's stats for one model (one pipelined round trip). Raises RedisError."""
+    report = WorkerReport(
+        worker_id,
+        per_request_service_s,
+        mean_batch_size,
+        completed,
+        p95_latency_ms,
+        gpu_utilization,
+        queue_depth,
+        _wall_ms() if at_ms is None else at_ms,
+    )
+    await publish_worker_stats(redis, names, {model: report}, ttl_s=ttl_s)
+
+
+async def withdraw_service_stats(redis: Any, names: Names, models: Sequence[str], worker_id: str) -> None:
+    """Remove a stopping worker's stats, so readers stop counting it at once. Raises RedisError."""
+    if not models:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for model in models:
+            pipe.delete(names.stats_key(model, worker_id))
+            pipe.zrem(names.stats_index_key(model), worker_id)
+        await pipe.execute()

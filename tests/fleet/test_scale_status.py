@@ -1,0 +1,90 @@
+"""``fleet scale`` and ``fleet status --json`` through ``main`` against the session's broker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoscaler import Decision, DecisionStore, PinStore
+from fleet.artifacts import build_record
+from fleet.cli import main
+from fleet.localservers import free_port
+from fleet.modelgen import tiny_mlp
+from schemas import FleetSettings, ModelRegistry, Names
+from schemas.topics import ensure_model_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fleet_args(fleet_settings: FleetSettings, tmp_path: Path, redis_client: Any) -> list[str]:
+    """Connection flags for the test's namespace (redis_client cleans its keys afterwards)."""
+    return [
+        "--kafka", fleet_settings.kafka.bootstrap, "--redis", fleet_settings.redis.url,
+        "--namespace", fleet_settings.namespace, "--home", str(tmp_path / "home"),
+        "--url", f"http://127.0.0.1:{free_port()}",  # no gateway there
+    ]  # fmt: skip
+
+
+async def fleet(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run ``fleet argv`` in a thread (it runs its own event loop) and capture its output."""
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_scale_pins_and_unpins(
+    fleet_args: list[str], names: Names, redis_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = PinStore(redis_client, names)
+    code, out, _ = await fleet(capsys, "scale", "tiny", "--replicas", "3", *fleet_args)
+    assert code == 0 and "tiny: pinned to 3 replicas" in out
+    assert "not registered" in out
+    assert await store.pins() == {"tiny": 3}
+    code, out, _ = await fleet(capsys, "scale", "tiny", "--auto", *fleet_args)
+    assert code == 0 and "tiny: autoscaled (pin to 3 removed)" in out
+    assert await store.pins() == {}
+    code, _, err = await fleet(capsys, "scale", "tiny", "--replicas", "-1", *fleet_args)
+    assert code == 1 and "--replicas must be >= 0" in err
+
+
+@pytest.mark.parametrize("argv", [["scale", "m"], ["scale", "m", "--auto", "--replicas", "2"]])
+def test_scale_needs_exactly_one_mode(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+
+
+async def test_status_json_shows_decisions_pins_and_lag(
+    fleet_args: list[str],
+    fleet_settings: FleetSettings,
+    names: Names,
+    redis_client: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await ModelRegistry(redis_client, names).register(build_record("tiny", "1", tiny_mlp(tmp_path / "t.onnx")))
+    await ensure_model_topics(fleet_settings.kafka, names, "tiny", partitions=2)
+    inputs = {"lag": 0, "arrival_rate": 2.5, "completion_rate": 2.0}
+    await DecisionStore(redis_client, names).publish([Decision("tiny", 1, 2, "because", inputs)])
+    await PinStore(redis_client, names).pin("tiny", 2)
+
+    code, out, _ = await fleet(capsys, "status", "--json", *fleet_args)
+    assert code == 1  # no gateway answers
+    report = json.loads(out)
+    assert report["gateway_ready"] is False and report["namespace"] == names.namespace and report["problems"] == []
+    (model,) = report["models"]
+    assert model["model"] == "tiny" and model["default_version"] == "1"
+    assert (model["desired"], model["actual"], model["pinned"], model["reason"]) == (2, 1, 2, "because")
+    assert (model["arrival_rate"], model["completion_rate"]) == (2.5, 2.0)
+    assert (model["lag"], model["partitions"]) == (0, 2)  # the live snapshot
+
+    code, out, _ = await fleet(capsys, "status", *fleet_args)
+    assert code == 1
+    assert "NOT READY" in out and "why tiny: because" in out
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("tiny "))
+    assert row == ["tiny", "1", "2", "0", "2.5", "2.0", "2", "1", "2", "0s", "ago"]

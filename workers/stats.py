@@ -1,0 +1,167 @@
+"""Service stats the worker publishes for the autoscaler (record and keys: `schemas.stats`, `schemas.names`).
+
+`ModelStats` measures one served model (pure, fed by the consumer and the handler); `StatsPublisher` writes
+every model's report every heartbeat interval in one pipelined round trip, and withdraws them on stop.
+
+Per-request service time is the worker's *busy* time per request: the wall time of a round (handle, run the
+batches, deliver, commit) divided by the requests it answered, over a recent window. Compute time alone
+would leave out the per-round fixed costs (the Redis round trip, the commit), which dominate for small
+models and would make 1 / service time a large overestimate of what a worker completes per second. The
+last measured value is kept while the worker idles, so an idle worker does not fall back to "unknown".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from schemas import Names, now_ms
+from schemas.stats import DEFAULT_STATS_TTL_S, WorkerReport, publish_worker_stats, withdraw_service_stats
+
+from .gpu import mean_utilization
+
+log = logging.getLogger("fleet.workers")
+
+#: Seconds of history behind the service time, batch size and p95 latency.
+STATS_WINDOW_S = 30.0
+_MAX_SAMPLES = 4096
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` (0..100) percentile of ``values`` by the nearest-rank method; 0 when empty (pure)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+class ModelStats:
+    """Windowed measurements of one model in one worker (no I/O)."""
+
+    def __init__(self, *, window_s: float = STATS_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        #: Requests answered (reply or dead letter) since the worker started.
+        self.completed = 0
+        #: Records fetched but not answered yet.
+        self.in_hand = 0
+        self._rounds: deque[tuple[float, int, float]] = deque(maxlen=_MAX_SAMPLES)  # (at, requests, busy s)
+        self._batches: deque[tuple[float, int]] = deque(maxlen=_MAX_SAMPLES)  # (at, requests in the batch)
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=_MAX_SAMPLES)  # (at, created -> reply ms)
+        self._service_s = 0.0
+        self._batch = 0.0
+
+    def observe_batch(self, requests: int) -> None:
+        """One model execution of ``requests`` requests."""
+        self._batches.append((self._clock(), requests))
+
+    def observe_round(self, requests: int, busy_s: float, latencies_ms: Iterable[float]) -> None:
+        """A finished round: ``requests`` answered in ``busy_s`` seconds, with their end-to-end latencies."""
+        now = self._clock()
+        self.completed += requests
+        if requests > 0:
+            self._rounds.append((now, requests, max(0.0, busy_s)))
+        self._latencies.extend((now, max(0.0, ms)) for ms in latencies_ms)
+
+    def report(self, worker_id: str, gpu_utilization: float | None, ts_ms: float) -> WorkerReport:
+        """The report to publish now."""
+        cutoff = self._clock() - self.window_s
+        for window in (self._rounds, self._batches, self._latencies):
+            while window and window[0][0] < cutoff:
+                window.popleft()
+        requests = sum(r for _, r, _ in self._rounds)
+        if requests:
+            self._service_s = sum(b for _, _, b in self._rounds) / requests
+        if self._batches:
+            self._batch = sum(b for _, b in self._batches) / len(self._batches)
+        return WorkerReport(
+            worker_id=worker_id,
+            per_request_service_s=self._service_s,
+            mean_batch_size=self._batch,
+            completed=self.completed,
+            p95_latency_ms=percentile([ms for _, ms in self._latencies], 95),
+            gpu_utilization=gpu_utilization,
+            queue_depth=self.in_hand,
+            ts_ms=ts_ms,
+        )
+
+
+def _gpu_utilization(devices: Sequence[str]) -> float | None:
+    """Mean utilization of the CUDA devices among ``devices``; None when there are none. Blocking (NVML)."""
+    values = [u for u in (mean_utilization(d) for d in devices if d.startswith("cuda")) if u is not None]
+    return sum(values) / len(values) if values else None
+
+
+class StatsPublisher:
+    """Publishes each model's `ModelStats` every ``interval_s`` (failures are logged, never fatal)."""
+
+    def __init__(
+        self,
+        redis: Any,
+        names: Names,
+        worker_id: str,
+        stats: Callable[[], dict[str, ModelStats]],
+        devices: Callable[[], Sequence[str]],
+        interval_s: float,
+    ) -> None:
+        self._redis = redis
+        self._names = names
+        self._worker_id = worker_id
+        self._stats = stats
+        self._devices = devices
+        self.interval_s = interval_s
+        self._ttl_s = max(DEFAULT_STATS_TTL_S, math.ceil(5 * interval_s))
+        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Begin the periodic routine."""
+        if self._task is not None:
+            raise RuntimeError("StatsPublisher already started")
+        self._task = asyncio.create_task(self._publish_routine(), name=f"stats-{self._worker_id}")
+
+    async def publish_once(self) -> bool:
+        """Publish every model's report now; False (and a warning) when Redis refused."""
+        devices = list(self._devices())
+        # NVML calls block; on the CPU there is nothing to ask.
+        gpu = await asyncio.to_thread(_gpu_utilization, devices) if any(d.startswith("cuda") for d in devices) else None
+        ts = now_ms()
+        reports = {model: s.report(self._worker_id, gpu, ts) for model, s in self._stats().items()}
+        try:
+            await publish_worker_stats(self._redis, self._names, reports, ttl_s=self._ttl_s)
+        except RedisError as exc:
+            log.warning("service stats not published: %s", exc)
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """End the routine and withdraw this worker's stats (idempotent)."""
+        self._closing.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        await task
+        try:
+            await withdraw_service_stats(self._redis, self._names, list(self._stats()), self._worker_id)
+        except RedisError as exc:
+            log.warning("service stats not withdrawn (they expire by themselves): %s", exc)
+
+    async def _publish_routine(self) -> None:
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.interval_s)
+            if self._closing.is_set():
+                return
+            try:
+                await self.publish_once()
+            except Exception:  # a bad round (NVML, a report) must not end the reports
+                log.exception("service stats round failed")

@@ -11,6 +11,8 @@ Hierarchy::
           ├── PayloadTooLargeError     413  body or Kafka record over its limit
           ├── DeadlineExceededError    504  no reply before the request's deadline
           ├── BackendDownError         503  Kafka or Redis unreachable (or the gateway is stopping)
+          ├── JobNotFoundError         404  unknown async job (or its TTL passed)
+          ├── ConflictError            409  cancel of a job that is not pending; reused Idempotency-Key
           └── WorkerReplyError         HTTP_STATUS[code] of a worker's error reply
 
 Errors raised by ``schemas`` (``SchemaError``, ``RegistryError``, ...) are FleetErrors too and map
@@ -105,6 +107,21 @@ class BackendDownError(GatewayError):
     def __init__(self, backend: str, reason: str) -> None:
         super().__init__(f"{backend} unavailable: {reason}")
         self.backend = backend
+
+
+class JobNotFoundError(GatewayError):
+    """No async job with this id (never submitted, or its TTL has passed)."""
+
+    code = ErrorCode.JOB_NOT_FOUND
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"unknown job {job_id!r} (never submitted, or its TTL has passed)")
+
+
+class ConflictError(GatewayError):
+    """The request conflicts with the job's state (or with the job an Idempotency-Key already names)."""
+
+    code = ErrorCode.CONFLICT
 
 
 class WorkerReplyError(GatewayError):

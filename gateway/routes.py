@@ -33,11 +33,21 @@ from .errors import (
     WIRE_ID_KEY,
     BackendDownError,
     DeadlineExceededError,
+    InvalidRequestError,
     ModelNotFoundError,
     PayloadTooLargeError,
     VersionNotFoundError,
     WorkerReplyError,
 )
+from .job_routes import (
+    ASYNC_QUERY,
+    IDEMPOTENCY_HEADER,
+    PREFER_HEADER,
+    JobRoutes,
+    check_idempotency_key,
+    wants_async,
+)
+from .jobs import JobStore
 from .metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from .protocol import (
     HEADER_LENGTH,
@@ -86,6 +96,8 @@ class Routes:
     def __init__(self, backends: Backends) -> None:
         self._b = backends
         self._reply = ReplyAddress(ReplyKind.STREAM, backends.listener.stream)
+        store = JobStore(backends.redis, backends.names, backends.settings.backend_timeout_s)
+        self.jobs = JobRoutes(backends.settings, backends.names, store, backends.publisher)
         self.draining = False
         self._in_flight = 0
 
@@ -101,6 +113,7 @@ class Routes:
             app.router.add_get(prefix, self.model_metadata)
             app.router.add_get(prefix + "/ready", self.model_ready)
             app.router.add_post(prefix + "/infer", self.infer)
+        self.jobs.add_to(app)
 
     # server ------------------------------------------------------------------------------------
     async def server_metadata(self, request: web.Request) -> web.Response:
@@ -189,7 +202,10 @@ class Routes:
 
     # inference ---------------------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:
-        """``POST .../infer``: validate, publish to the model's topic, wait for the worker's reply."""
+        """``POST .../infer``: validate, publish to the model's topic, wait for the worker's reply.
+
+        With ``?async=true`` or ``Prefer: respond-async``: create a job and answer 202 at once (``job_routes``).
+        """
         loop = asyncio.get_running_loop()
         started, started_ms = loop.time(), now_ms()
         label = _UNKNOWN_MODEL
@@ -200,16 +216,32 @@ class Routes:
         try:
             if self._in_flight > self._b.settings.max_in_flight:
                 raise BackendDownError("gateway", f"more than {self._b.settings.max_in_flight} requests in flight")
+            is_async = wants_async(request.query.get(ASYNC_QUERY), request.headers.get(PREFER_HEADER))
+            idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+            if idempotency_key is not None:
+                if not is_async:
+                    raise InvalidRequestError(f"{IDEMPOTENCY_HEADER} applies to async requests only")
+                check_idempotency_key(idempotency_key)
             raw = await self._read_body(request)
             record = await self._record(request.match_info["model"], request.match_info.get("version"))
             label = record.name
             body = parse_infer(raw, request.headers.get(HEADER_LENGTH))
             settings = self._b.settings
-            timeout_ms = parse_timeout_ms(
-                body.timeout_ms, request.headers.get(TIMEOUT_HEADER), settings.default_timeout_s, settings.max_timeout_s
+            # An async job's deadline defaults to (and is capped at) the job TTL.
+            default_s, max_s = (
+                (settings.job_ttl_s, settings.job_ttl_s)
+                if is_async
+                else (settings.default_timeout_s, settings.max_timeout_s)
             )
+            timeout_ms = parse_timeout_ms(body.timeout_ms, request.headers.get(TIMEOUT_HEADER), default_s, max_s)
             check_inputs(record.inputs, body.inputs, batched=record.batched)
             check_outputs((s.name for s in record.outputs), body)
+            if is_async:
+                if self.draining:
+                    raise BackendDownError("gateway", "the gateway is stopping")
+                accepted = await self.jobs.submit(request, record, body, raw, started_ms, timeout_ms)
+                code = None
+                return accepted
             response = await self._round_trip(request[WIRE_ID_KEY], record, body, started, started_ms, timeout_ms)
             if response.error is not None:
                 raise WorkerReplyError(response.error.code, response.error.message)

@@ -38,6 +38,11 @@ class GatewaySettings:
     backend_timeout_s: float = doc("Longest a Kafka publish or Redis call may take before the answer is 503.", 1.0)
     max_in_flight: int = doc("Infer requests handled at once; beyond it the answer is 503 (backpressure).", 10_000)
     shutdown_grace_s: float = doc("On stop, how long in-flight requests may take to finish.", 10.0)
+    job_ttl_s: int = doc(
+        "Seconds an async job (status, result, idempotency key) is kept after submission; also the "
+        "default and the cap of an async job's deadline. Workers keep its result at least this long.",
+        86_400,
+    )
     fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
@@ -50,6 +55,8 @@ class GatewaySettings:
         for name in ("default_timeout_s", "max_timeout_s", "registry_cache_ttl_s", "backend_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
+        if self.job_ttl_s < 1:
+            raise SettingsError("job_ttl_s must be >= 1")
         if self.shutdown_grace_s < 0:
             raise SettingsError("shutdown_grace_s must be >= 0")
         if self.default_timeout_s > self.max_timeout_s:

@@ -16,7 +16,8 @@ from .envelopes import (
     now_ms,
 )
 from .errors import HTTP_STATUS, ErrorCode, FleetError, SchemaError, UnsupportedEnvelopeError
-from .names import Names, check_model_name, check_version
+from .jobs import JobState, JobStatus
+from .names import Names, check_model_name, check_topic_name, check_version
 from .registry import BackendUnavailableError, Framework, ModelRecord, ModelRegistry, RegistryError, sha256_file
 from .settings import FleetSettings, KafkaSettings, RedisSettings, SettingsError, describe, doc, load
 from .signature import BatchingConfig, TensorSpec, check_inputs, parse_spec
@@ -38,6 +39,8 @@ __all__ = [
     "Framework",
     "InferenceRequest",
     "InferenceResponse",
+    "JobState",
+    "JobStatus",
     "KafkaSettings",
     "ModelRecord",
     "ModelRegistry",
@@ -55,6 +58,7 @@ __all__ = [
     "WorkerReport",
     "check_inputs",
     "check_model_name",
+    "check_topic_name",
     "check_version",
     "datatype_of",
     "describe",

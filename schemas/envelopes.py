@@ -11,6 +11,7 @@ from .codec import field as read
 from .codec import pack, unpack_envelope
 from .constants import ENVELOPE_VERSION
 from .errors import ErrorCode, SchemaError
+from .names import check_topic_name
 from .tensors import Tensor
 
 ParameterValue = str | int | float | bool
@@ -26,29 +27,50 @@ class ReplyKind(StrEnum):
     """Where a worker delivers a response."""
 
     STREAM = "stream"  # XADD to a Redis stream (a gateway's reply stream); target = stream key
-    RESULT = "result"  # only store it under the request's result key (polled later)
+    RESULT = "result"  # only store it under the request's result key (polled later: async jobs)
+    TOPIC = "topic"  # also produce it to a Kafka topic; target = topic name (streaming pipelines)
     NONE = "none"  # fire and forget: nobody waits
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyAddress:
-    """Reply routing of a request: a kind and its target."""
+    """Reply routing of a request: a kind, its target and how long the stored result must be kept.
+
+    ``ttl_s`` = 0 means the worker's default (``RESULT_TTL_S``); a larger value keeps the result key
+    (and so an async job's result) at least that long. On the wire: ``[kind, target]``, or
+    ``[kind, target, ttl_s]`` when ``ttl_s`` is set.
+    """
 
     kind: ReplyKind = ReplyKind.NONE
     target: str = ""
+    ttl_s: int = 0
 
-    def to_wire(self) -> list[str]:
+    def __post_init__(self) -> None:
+        if self.kind is ReplyKind.TOPIC:
+            check_topic_name(self.target)
+        if isinstance(self.ttl_s, bool) or not isinstance(self.ttl_s, int) or self.ttl_s < 0:
+            raise SchemaError(f"reply ttl_s must be a non-negative integer, got {self.ttl_s!r}")
+
+    def to_wire(self) -> list[str | int]:
+        if self.ttl_s:
+            return [self.kind.value, self.target, self.ttl_s]
         return [self.kind.value, self.target]
 
     @classmethod
     def from_wire(cls, raw: Any) -> ReplyAddress:
-        if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw)):
-            raise SchemaError("reply address must be [kind, target]")
+        if not (
+            isinstance(raw, list)
+            and len(raw) in (2, 3)
+            and isinstance(raw[0], str)
+            and isinstance(raw[1], str)
+            and (len(raw) == 2 or (isinstance(raw[2], int) and not isinstance(raw[2], bool)))
+        ):
+            raise SchemaError("reply address must be [kind, target] or [kind, target, ttl_s]")
         try:
             kind = ReplyKind(raw[0])
         except ValueError:
             raise SchemaError(f"unknown reply kind {raw[0]!r}") from None
-        return cls(kind, raw[1])
+        return cls(kind, raw[1], raw[2] if len(raw) == 3 else 0)
 
 
 def _tensors(raw: Any, key: str) -> tuple[Tensor, ...]:

@@ -28,6 +28,9 @@ class ErrorCode(StrEnum):
     MODEL_ERROR = "MODEL_ERROR"  # the model raised while running a batch
     UNSUPPORTED_ENVELOPE = "UNSUPPORTED_ENVELOPE"  # envelope version newer than this reader
     UNDECODABLE = "UNDECODABLE"  # bytes that are not a valid envelope
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"  # unknown async job id, or its TTL has passed
+    CONFLICT = "CONFLICT"  # the job is not in a state that allows this (cancel a running job, reused key)
+    CANCELLED = "CANCELLED"  # the job was cancelled before a worker ran it
     INTERNAL = "INTERNAL"
 
 
@@ -44,6 +47,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODEL_ERROR: 500,
     ErrorCode.UNSUPPORTED_ENVELOPE: 400,
     ErrorCode.UNDECODABLE: 400,
+    ErrorCode.JOB_NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.CANCELLED: 409,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -13,7 +13,11 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:model:{m}:v:{v}:measured    footprint measured by a worker after loading (bytes)
       {ns}:model:{m}:default           the version served when none is asked for
       {ns}:replies:{gateway_id}        STREAM of replies for one gateway process
-      {ns}:result:{request_id}         first result stored for a request (dedups redelivery)
+      {ns}:result:{request_id}         first result stored for a request (dedups redelivery; an async
+                                       job's result, or its CANCELLED marker)
+      {ns}:emitted:{request_id}        marker: the request's first result was produced to its reply topic
+      {ns}:job:{job_id}                HASH of an async job (EXPIRE = job TTL; fields in `schemas.jobs`)
+      {ns}:idem:{key}                  STRING idempotency key -> "job_id fingerprint" (EXPIRE = job TTL)
       {ns}:worker:{worker_id}          HASH heartbeat of a worker (state, models, partitions)
       {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
       {ns}:stats:{m}                   ZSET worker id -> epoch ms of its last service-stats report
@@ -40,6 +44,7 @@ from .errors import ErrorCode, SchemaError
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 def check_model_name(name: str) -> str:
@@ -59,6 +64,15 @@ def check_version(version: str) -> str:
             f"invalid model version {version!r}: use 1-64 of [A-Za-z0-9._-]", code=ErrorCode.INVALID_REQUEST
         )
     return version
+
+
+def check_topic_name(topic: str) -> str:
+    """Return ``topic`` if it is a legal Kafka topic name, else raise SchemaError(INVALID_REQUEST)."""
+    if not isinstance(topic, str) or not _TOPIC.match(topic) or topic in (".", ".."):
+        raise SchemaError(
+            f"invalid Kafka topic name {topic!r}: use 1-249 of [A-Za-z0-9._-]", code=ErrorCode.INVALID_REQUEST
+        )
+    return topic
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,18 @@ class Names:
     def result_key(self, request_id: str) -> str:
         """First stored result of a request (later duplicates are dropped)."""
         return f"{self.namespace}:result:{request_id}"
+
+    def emitted_key(self, request_id: str) -> str:
+        """Marker set once a request's first result was produced to its reply topic (reply kind ``topic``)."""
+        return f"{self.namespace}:emitted:{request_id}"
+
+    def job_key(self, job_id: str) -> str:
+        """HASH of an async job (its id is the request id; see `schemas.jobs`)."""
+        return f"{self.namespace}:job:{job_id}"
+
+    def idempotency_key(self, key: str) -> str:
+        """Client idempotency key -> the job it created (``"job_id fingerprint"``)."""
+        return f"{self.namespace}:idem:{key}"
 
     def worker_key(self, worker_id: str) -> str:
         """Heartbeat hash of a worker."""

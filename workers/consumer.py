@@ -26,6 +26,7 @@ from .batching import request_rows
 from .deadletter import DeadLetterWriter
 from .errors import BackendDownError, WorkerError
 from .handler import Fetched, RequestHandler, RoundOutcome, decode
+from .jobs import JobClaims
 from .metrics import WorkerMetrics
 from .models import ModelCache
 from .replies import ReplyWriter
@@ -77,8 +78,11 @@ class ModelConsumer:
         )
         #: What the worker publishes for the autoscaler (schemas.stats).
         self.stats = ModelStats()
-        self._handler = RequestHandler(model, self.cache, self._executor, settings.worker_id, metrics, self.stats)
-        self._replies = ReplyWriter(redis, names)
+        claims = JobClaims(redis, names, settings.worker_id)
+        self._handler = RequestHandler(
+            model, self.cache, self._executor, settings.worker_id, metrics, self.stats, claims
+        )
+        self._replies = ReplyWriter(redis, names, producer)
         self._dead_letters = DeadLetterWriter(producer, names)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None

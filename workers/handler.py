@@ -33,6 +33,7 @@ from schemas import (
 from .batching import Batch, merge_inputs, plan_batches, split_outputs
 from .deadletter import dead_letter
 from .errors import ModelExecutionError, ModelLoadError
+from .jobs import JobClaims
 from .metrics import WorkerMetrics
 from .models import ModelCache
 from .runtimes import Runtime
@@ -117,9 +118,11 @@ class RequestHandler:
         worker_id: str,
         metrics: WorkerMetrics,
         stats: ModelStats | None = None,
+        claims: JobClaims | None = None,
     ) -> None:
         self._model = model
         self._stats = stats
+        self._claims = claims
         self._cache = cache
         self._executor = executor
         self._worker_id = worker_id
@@ -144,6 +147,15 @@ class RequestHandler:
                 self._fail(outcome, request, ErrorCode.DEADLINE_EXCEEDED, message)
             else:
                 by_version.setdefault(request.version, []).append(item)
+        if self._claims is not None and by_version:
+            # Async jobs: mark them running, drop those cancelled (or answered) already.
+            skipped = await self._claims.skipped([_request(i) for items in by_version.values() for i in items])
+            if skipped:
+                by_version = {
+                    version: kept
+                    for version, items in by_version.items()
+                    if (kept := [i for i in items if _request(i).id not in skipped])
+                }
         for version, items in by_version.items():
             await self._handle_version(outcome, version, items)
         return outcome

@@ -6,19 +6,41 @@ to the reply stream (field ``r``) and ``EXPIRE`` it. A redelivered request there
 its client twice. The scripts run as ``EVALSHA`` in one non-transactional pipeline; when the server
 does not know the script yet (``NOSCRIPT``: first use, restart, ``SCRIPT FLUSH``) it is loaded and the
 pipeline is sent again, which the ``NX`` marker makes harmless.
+
+Reply kind ``topic`` (streaming pipelines) goes through the ``deliver_topic`` script instead, in the
+same pipeline: ``SET result NX EX``, returning 1 when that SET won, else the result already stored.
+The script returns 1 when that SET won, 0 when the stored result was already produced (the
+``emitted`` marker exists), else the stored first result. The worker produces **the first stored
+result** (its own when it won) to the named topic, key = request id, waits for the broker's acks, then
+sets the ``emitted`` markers (one more pipelined round trip, only for rounds with topic replies) before
+the round is committed. A failed produce fails the delivery (nothing is committed; the round is retried
+or redelivered, and the stored first result is produced again). So a topic never loses a result and
+never carries two *different* results for one request; a redelivered request is not emitted twice;
+only a crash between the broker's ack and the marker can repeat the same record, which consumers drop
+by key (request id).
+
+The result key is kept ``max(RESULT_TTL_S, reply.ttl_s)`` seconds: async jobs ask for at least their TTL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from schemas import InferenceResponse, Names, ReplyAddress, ReplyKind
-from schemas.constants import REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S, RESULT_TTL_S
+from schemas import ENVELOPE_VERSION, InferenceResponse, Names, ReplyAddress, ReplyKind
+from schemas.constants import (
+    HEADER_ENVELOPE_VERSION,
+    HEADER_REQUEST_ID,
+    REPLY_STREAM_MAXLEN,
+    REPLY_STREAM_TTL_S,
+    RESULT_TTL_S,
+)
 
 from .errors import BackendDownError
 
@@ -37,19 +59,33 @@ end
 return 0
 """
 DELIVER_SHA = hashlib.sha1(DELIVER_SCRIPT.encode()).hexdigest()
+#: KEYS[1] result key, KEYS[2] emitted marker; ARGV[1] response bytes, ARGV[2] result TTL s.
+#: 1 when the SET won, 0 when the stored result was produced already, else the stored first result.
+DELIVER_TOPIC_SCRIPT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return 1
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+return redis.call('GET', KEYS[1])
+"""
+DELIVER_TOPIC_SHA = hashlib.sha1(DELIVER_TOPIC_SCRIPT.encode()).hexdigest()
+_VERSION_HEADER = (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())
 
 
 class ReplyWriter:
-    """Stores responses under their result keys and appends them to the requesters' reply streams."""
+    """Stores responses under their result keys, appends them to reply streams, produces topic replies."""
 
-    def __init__(self, redis: Any, names: Names) -> None:
+    def __init__(self, redis: Any, names: Names, producer: Any = None) -> None:
         self._redis = redis
         self._names = names
+        self._producer = producer  # AIOKafkaProducer for reply kind ``topic`` (None: such replies only log)
 
     async def deliver(self, items: Sequence[tuple[ReplyAddress, InferenceResponse]]) -> int:
-        """Deliver every response in one round trip; returns how many were first results.
+        """Deliver every response in one Redis round trip (then the topic replies); how many were first results.
 
-        Raises BackendDownError when Redis cannot be reached: nothing may be committed then.
+        Raises BackendDownError when Redis or Kafka cannot be reached: nothing may be committed then.
         """
         if not items:
             return 0
@@ -57,22 +93,54 @@ class ReplyWriter:
             results = await self._send(items)
             if any(isinstance(r, NoScriptError) for r in results):
                 await self._redis.script_load(DELIVER_SCRIPT)
+                await self._redis.script_load(DELIVER_TOPIC_SCRIPT)
                 results = await self._send(items)
         except RedisError as exc:
             raise BackendDownError(f"Redis unavailable, replies not delivered: {exc}") from exc
         delivered = 0
+        emits: list[tuple[str, str, bytes]] = []
+        emitting: set[str] = set()
         for (address, response), result in zip(items, results, strict=True):
             if isinstance(result, ResponseError):
                 # A reply target of the wrong type (say) cannot be fixed by retrying: report and move on.
                 log.error("reply to %s for request %s failed: %s", address.target, response.id, result)
-            elif result:
+                continue
+            first = result == 1
+            if address.kind is ReplyKind.TOPIC and (first or isinstance(result, bytes)) and response.id not in emitting:
+                # Emit the first stored result: ours when we won, else the one stored but not yet produced
+                # (once per round, even when the round holds the request twice).
+                emitting.add(response.id)
+                emits.append((address.target, response.id, response.to_bytes() if first else result))
+            if first:
                 delivered += 1
+        if emits:
+            await self._emit(emits)
+            await self._mark_emitted([request_id for _, request_id, _ in emits], items)
         return delivered
+
+    async def _mark_emitted(
+        self, request_ids: Sequence[str], items: Sequence[tuple[ReplyAddress, InferenceResponse]]
+    ) -> None:
+        ttl = {response.id: max(RESULT_TTL_S, address.ttl_s) for address, response in items}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for request_id in request_ids:
+                    pipe.set(self._names.emitted_key(request_id), b"1", ex=ttl[request_id])
+                await pipe.execute()
+        except RedisError as exc:
+            # Not committed: the retry produces the same stored results again (duplicates by key).
+            raise BackendDownError(f"Redis unavailable, topic replies not marked: {exc}") from exc
 
     async def _send(self, items: Sequence[tuple[ReplyAddress, InferenceResponse]]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for address, response in items:
-                keys = [self._names.result_key(response.id)]
+                result_key = self._names.result_key(response.id)
+                ttl = max(RESULT_TTL_S, address.ttl_s)
+                if address.kind is ReplyKind.TOPIC:
+                    emitted = self._names.emitted_key(response.id)
+                    pipe.evalsha(DELIVER_TOPIC_SHA, 2, result_key, emitted, response.to_bytes(), ttl)
+                    continue
+                keys = [result_key]
                 if address.kind is ReplyKind.STREAM and address.target:
                     keys.append(address.target)
                 pipe.evalsha(
@@ -80,8 +148,41 @@ class ReplyWriter:
                     len(keys),
                     *keys,
                     response.to_bytes(),
-                    RESULT_TTL_S,
+                    ttl,
                     REPLY_STREAM_MAXLEN,
                     REPLY_STREAM_TTL_S,
                 )
             return list(await pipe.execute(raise_on_error=False))
+
+    async def _emit(self, emits: Sequence[tuple[str, str, bytes]]) -> None:
+        """Produce topic replies and wait for the acks; BackendDownError when Kafka is unreachable."""
+        if self._producer is None:
+            for topic, request_id, _ in emits:
+                log.error("reply of request %s to topic %s dropped: this writer has no producer", request_id, topic)
+            return
+        sent: list[tuple[str, str, Any]] = []
+        for topic, request_id, value in emits:
+            key = request_id.encode()
+            headers = [(HEADER_REQUEST_ID, key), _VERSION_HEADER]
+            try:
+                sent.append((topic, request_id, await self._producer.send(topic, value, key=key, headers=headers)))
+            except KafkaError as exc:
+                self._check(exc)
+                self._log_lost(topic, request_id, exc)
+        outcomes = await asyncio.gather(*(f for _, _, f in sent), return_exceptions=True)
+        for (topic, request_id, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._check(outcome)
+                self._log_lost(topic, request_id, outcome)
+
+    @staticmethod
+    def _check(exc: BaseException) -> None:
+        """Raise BackendDownError when retrying may help (the broker is unreachable or slow)."""
+        if isinstance(exc, KafkaConnectionError | KafkaTimeoutError) or getattr(exc, "retriable", False):
+            raise BackendDownError(f"Kafka unavailable, topic replies not produced: {exc}") from exc
+
+    @staticmethod
+    def _log_lost(topic: str, request_id: str, exc: BaseException) -> None:
+        # Retrying cannot fix it (unknown topic, not authorized, record too large): the result stays
+        # readable under its result key, and the round goes on.
+        log.error("reply of request %s to topic %s not produced (kept in Redis only): %s", request_id, topic, exc)

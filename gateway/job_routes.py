@@ -1,0 +1,221 @@
+"""Async jobs over HTTP: submit (``202`` + ``Location``), ``GET``/``DELETE /v2/jobs/{id}``.
+
+An infer request is async when it carries ``?async=true`` or ``Prefer: respond-async`` (RFC 7240).
+The gateway stores the job hash (``schemas.jobs``), publishes the request with reply kind ``result``
+(the worker stores the response under the result key, kept at least the job TTL) and answers at once.
+Status is derived on each ``GET`` from the job hash and the stored result.
+
+Idempotency: ``Idempotency-Key: <1-255 visible ASCII>`` maps to the first job submitted with it (for
+the job TTL). A resubmit with the same model, version and body bytes gets that job back (``202``,
+``Idempotent-Replayed: true``) and nothing is published again; a different request with the same key
+is ``409 CONFLICT``. Job ids are random (uuid4), so knowing one job id does not reveal another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from schemas import (
+    ErrorCode,
+    ErrorInfo,
+    InferenceRequest,
+    InferenceResponse,
+    JobState,
+    JobStatus,
+    ModelRecord,
+    Names,
+    ReplyAddress,
+    ReplyKind,
+    now_ms,
+)
+from schemas.constants import RESULT_TTL_S
+from schemas.jobs import F_CLIENT_ID, F_CREATED, F_DEADLINE, F_EXPIRES, F_MODEL, F_VERSION
+
+from .errors import ConflictError, InvalidRequestError, JobNotFoundError
+from .jobs import JobStore
+from .protocol import HEADER_LENGTH, InferBody, render_infer
+from .publisher import RequestPublisher
+from .settings import GatewaySettings
+
+ASYNC_QUERY = "async"
+PREFER_HEADER = "Prefer"
+RESPOND_ASYNC = "respond-async"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+JOBS_PATH = "/v2/jobs"
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def wants_async(query: str | None, prefer: str | None) -> bool:
+    """True when ``?async=`` is true or ``Prefer`` holds ``respond-async``; InvalidRequestError on a bad flag."""
+    if query is not None:
+        flag = query.strip().lower()
+        if flag in _TRUE:
+            return True
+        if flag not in _FALSE:
+            raise InvalidRequestError(f"?{ASYNC_QUERY}={query!r}: use true or false")
+    if prefer is not None:
+        for preference in prefer.split(","):
+            if preference.split(";", 1)[0].strip().lower() == RESPOND_ASYNC:
+                return True
+    return False
+
+
+def check_idempotency_key(key: str) -> str:
+    """Return ``key`` if it is 1-255 visible ASCII characters, else InvalidRequestError."""
+    if not 1 <= len(key) <= 255 or not all("!" <= c <= "~" for c in key):
+        raise InvalidRequestError(f"{IDEMPOTENCY_HEADER} must be 1-255 visible ASCII characters without spaces")
+    return key
+
+
+def fingerprint(model: str, version: str | None, header_length: str | None, raw: bytes) -> str:
+    """What makes two submissions the same request: model, requested version and the exact body."""
+    digest = hashlib.sha256()
+    for part in (model, version or "", header_length or ""):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    digest.update(raw)
+    return digest.hexdigest()[:32]
+
+
+def job_document(state: JobState, now: float) -> dict[str, Any]:
+    """The JSON body of ``GET /v2/jobs/{id}``."""
+    status = state.status(now)
+    doc: dict[str, Any] = {
+        "job_id": state.job_id,
+        "model": state.model,
+        "version": state.version,
+        "status": status.value,
+        "created_ms": state.created_ms,
+        "started_ms": state.started_ms,
+        "deadline_ms": state.deadline_ms,
+        "expires_ms": state.expires_ms,
+    }
+    if status is JobStatus.DONE and state.response is not None:
+        rendered = render_infer(state.response, InferBody(inputs=()), state.client_id or state.job_id)
+        doc["result"] = json.loads(rendered.body)
+    error = state.error(now)
+    if error is not None:
+        doc["error"] = {"code": error.code.value, "message": error.message}
+    return doc
+
+
+class JobRoutes:
+    """The async-job half of the HTTP API."""
+
+    def __init__(self, settings: GatewaySettings, names: Names, store: JobStore, publisher: RequestPublisher) -> None:
+        self._settings = settings
+        self._names = names
+        self._store = store
+        self._publisher = publisher
+
+    @property
+    def result_ttl_s(self) -> int:
+        """How long a job's result is kept: at least the job TTL (``ReplyAddress.ttl_s``)."""
+        return max(RESULT_TTL_S, self._settings.job_ttl_s)
+
+    def add_to(self, app: web.Application) -> None:
+        """Register ``GET``/``DELETE /v2/jobs/{job_id}``."""
+        app.router.add_get(JOBS_PATH + "/{job_id}", self.get_job)
+        app.router.add_delete(JOBS_PATH + "/{job_id}", self.cancel_job)
+
+    async def submit(
+        self,
+        request: web.Request,
+        record: ModelRecord,
+        body: InferBody,
+        raw: bytes,
+        created_ms: float,
+        timeout_ms: float,
+    ) -> web.Response:
+        """Create the job and publish its request; 202 with the job id and ``Location``."""
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        prefer = wants_async(None, request.headers.get(PREFER_HEADER))
+        ttl_s = self._settings.job_ttl_s
+        job_id = uuid.uuid4().hex
+        print_ = fingerprint(record.name, request.match_info.get("version"), request.headers.get(HEADER_LENGTH), raw)
+        fields = {
+            F_MODEL: record.name,
+            F_VERSION: record.version,
+            F_CLIENT_ID: body.id or "",
+            F_CREATED: repr(created_ms),
+            F_DEADLINE: repr(created_ms + timeout_ms),
+            F_EXPIRES: repr(created_ms + ttl_s * 1000.0),
+        }
+        existing = await self._store.create(job_id, fields, ttl_s, None if key is None else (key, f"{job_id} {print_}"))
+        if existing is not None:
+            other_id, _, other_print = existing.partition(" ")
+            if other_print != print_:
+                raise ConflictError(
+                    f"{IDEMPOTENCY_HEADER} {key!r} was used for a different request (job {other_id}); "
+                    "use a new key for a new request"
+                )
+            state = await self._store.read(other_id)
+            status = JobStatus.PENDING if state is None else state.status(now_ms())
+            return _accepted(other_id, status, replayed=True, prefer_applied=prefer)
+        message = InferenceRequest(
+            id=job_id,
+            model=record.name,
+            version=record.version,
+            inputs=body.inputs,
+            reply=ReplyAddress(ReplyKind.RESULT, "", ttl_s=self.result_ttl_s),
+            outputs=tuple(o.name for o in body.outputs),
+            parameters=body.parameters,
+            deadline_ms=created_ms + timeout_ms,
+            created_ms=created_ms,
+        )
+        try:
+            await self._publisher.publish(self._names.request_topic(record.name), message)
+        except BaseException:
+            await self._store.forget(job_id, key)
+            raise
+        return _accepted(job_id, JobStatus.PENDING, replayed=False, prefer_applied=prefer)
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        """``GET /v2/jobs/{id}``: status, timestamps, and the result (done) or error (failed, ...)."""
+        job_id = request.match_info["job_id"]
+        state = await self._store.read(_check_job_id(job_id))
+        if state is None:
+            raise JobNotFoundError(job_id)
+        return web.json_response(job_document(state, now_ms()))
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        """``DELETE /v2/jobs/{id}``: cancel a pending job (200 with the job); 409 once running or finished."""
+        job_id = _check_job_id(request.match_info["job_id"])
+        state = await self._store.read(job_id)
+        if state is None:
+            raise JobNotFoundError(job_id)
+        reason = ErrorInfo(ErrorCode.CANCELLED, "cancelled by the client before a worker ran it")
+        cancelled = InferenceResponse(job_id, state.model, state.version, error=reason)
+        outcome = await self._store.cancel(job_id, cancelled.to_bytes(), self.result_ttl_s, now_ms())
+        if outcome == "missing":
+            raise JobNotFoundError(job_id)
+        state = await self._store.read(job_id)
+        if state is None:
+            raise JobNotFoundError(job_id)
+        now = now_ms()
+        status = state.status(now)
+        if outcome == "cancelled" or status is JobStatus.CANCELLED:  # cancelling twice is not an error
+            return web.json_response(job_document(state, now))
+        raise ConflictError(f"job {job_id} is {status.value}; only a pending job can be cancelled")
+
+
+def _check_job_id(job_id: str) -> str:
+    if not 1 <= len(job_id) <= 128 or not all(c.isascii() and (c.isalnum() or c in "_.-") for c in job_id):
+        raise JobNotFoundError(job_id)
+    return job_id
+
+
+def _accepted(job_id: str, status: JobStatus, *, replayed: bool, prefer_applied: bool) -> web.Response:
+    headers = {"Location": f"{JOBS_PATH}/{job_id}"}
+    if replayed:
+        headers[REPLAYED_HEADER] = "true"
+    if prefer_applied:
+        headers["Preference-Applied"] = RESPOND_ASYNC
+    return web.json_response({"job_id": job_id, "status": status.value}, status=202, headers=headers)

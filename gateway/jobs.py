@@ -1,0 +1,91 @@
+"""The gateway's view of async jobs in Redis: create, read and cancel, each one bounded round trip.
+
+Key layout and scripts: ``schemas.jobs``. Every call is bounded by ``backend_timeout_s``; a Redis
+that does not answer in time, or at all, is a ``BackendDownError`` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from schemas import JobState, Names, SchemaError
+from schemas.jobs import CANCEL_SCRIPT, SUBMIT_SCRIPT
+
+from .errors import BackendDownError, GatewayError
+
+T = TypeVar("T")
+
+
+class JobStore:
+    """Job hashes, idempotency keys and stored results of one namespace."""
+
+    def __init__(self, redis: Any, names: Names, timeout_s: float) -> None:
+        self._redis = redis
+        self._names = names
+        self._timeout_s = timeout_s
+        self._submit = redis.register_script(SUBMIT_SCRIPT)
+        self._cancel = redis.register_script(CANCEL_SCRIPT)
+
+    async def create(
+        self, job_id: str, fields: Mapping[str, str], ttl_s: int, idempotency: tuple[str, str] | None
+    ) -> str | None:
+        """Store a new job; with ``idempotency`` = (key, value), only if the key is new.
+
+        Returns None when the job was created, else the value the idempotency key already holds.
+        """
+        keys = [self._names.job_key(job_id)]
+        value = ""
+        if idempotency is not None:
+            keys.append(self._names.idempotency_key(idempotency[0]))
+            value = idempotency[1]
+        args: list[str | int] = [ttl_s, value]
+        for name, field_value in fields.items():
+            args += [name, field_value]
+        existing = await self._bounded(self._submit(keys=keys, args=args))
+        return None if existing is None else bytes(existing).decode()
+
+    async def forget(self, job_id: str, idempotency_key: str | None) -> None:
+        """Remove a job whose request could not be published (best effort: the caller answers 503 anyway)."""
+        keys = [self._names.job_key(job_id)]
+        if idempotency_key is not None:
+            keys.append(self._names.idempotency_key(idempotency_key))
+        try:
+            await self._bounded(self._redis.delete(*keys))
+        except BackendDownError:
+            pass  # the job expires with its TTL and reads as expired once its deadline passes
+
+    async def read(self, job_id: str) -> JobState | None:
+        """The job's hash and stored result in one round trip; None when the job is unknown."""
+
+        async def both() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._names.job_key(job_id))
+                pipe.get(self._names.result_key(job_id))
+                return list(await pipe.execute())
+
+        fields, result = await self._bounded(both())
+        if not fields:
+            return None
+        try:
+            return JobState.from_redis(job_id, fields, result)
+        except SchemaError as exc:
+            raise GatewayError(f"the stored result of job {job_id!r} does not decode: {exc.message}") from None
+
+    async def cancel(self, job_id: str, cancelled: bytes, result_ttl_s: int, now_ms: float) -> str:
+        """Run the cancel script: 'missing', 'finished', 'running', 'expired' or 'cancelled'."""
+        keys = [self._names.job_key(job_id), self._names.result_key(job_id)]
+        outcome = await self._bounded(self._cancel(keys=keys, args=[cancelled, result_ttl_s, int(now_ms)]))
+        return bytes(outcome).decode()
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await call
+        except TimeoutError:
+            raise BackendDownError("redis", f"no answer within {self._timeout_s:g} s") from None
+        except (RedisError, OSError) as exc:
+            raise BackendDownError("redis", str(exc) or type(exc).__name__) from None

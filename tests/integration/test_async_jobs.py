@@ -1,0 +1,221 @@
+"""Async jobs over HTTP with real servers: submit → 202 → poll, idempotency, TTL, cancel, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from gateway import Gateway, GatewaySettings
+from schemas import FleetSettings, InferenceRequest, ModelRecord, Names, ReplyAddress, ReplyKind
+from workers import Worker, WorkerSettings
+from workers.jobs import JobClaims
+
+from .offsets import wait_committed
+
+
+def _reference(record: ModelRecord, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(record.artifact, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]  # type: ignore[no-any-return]
+
+
+def _body(x: np.ndarray, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
+    }
+    body.update(extra)
+    return body
+
+
+async def _submit(
+    session: aiohttp.ClientSession, url: str, x: np.ndarray, headers: dict[str, str] | None = None, **extra: Any
+) -> tuple[int, Any, Any]:
+    async with session.post(f"{url}/v2/models/tiny/infer?async=true", json=_body(x, **extra), headers=headers) as r:
+        return r.status, await r.json(), r.headers
+
+
+async def _job(session: aiohttp.ClientSession, url: str, job_id: str) -> tuple[int, Any]:
+    async with session.get(f"{url}/v2/jobs/{job_id}") as r:
+        return r.status, await r.json()
+
+
+async def _wait_status(
+    session: aiohttp.ClientSession, url: str, job_id: str, wanted: set[str], timeout_s: float = 20.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, doc = await _job(session, url, job_id)
+        assert status == 200, doc
+        if doc["status"] in wanted:
+            return doc  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"job {job_id} still {doc['status']}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def worker(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Worker]:
+    async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as w:
+        await w.wait_ready(30)
+        yield w
+
+
+@pytest.fixture
+async def short_ttl_gateway(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Gateway]:
+    async with Gateway(GatewaySettings(fleet=fleet_settings, port=0, job_ttl_s=1)) as gw:
+        yield gw
+
+
+async def test_submit_poll_done_with_the_right_tensor(
+    gateway: Gateway, worker: Worker, tiny_model: ModelRecord
+) -> None:
+    x = np.random.default_rng(3).standard_normal((2, 16)).astype(np.float32)
+    async with aiohttp.ClientSession() as session:
+        status, accepted, headers = await _submit(session, gateway.url, x, id="client-7")
+        assert status == 202, accepted
+        job_id = accepted["job_id"]
+        assert accepted["status"] == "pending" and headers["Location"] == f"/v2/jobs/{job_id}"
+        doc = await _wait_status(session, gateway.url, job_id, {"done", "failed", "expired"})
+        # Prefer: respond-async is the other way to ask
+        async with session.post(
+            f"{gateway.url}/v2/models/tiny/versions/1/infer", json=_body(x), headers={"Prefer": "respond-async"}
+        ) as r:
+            assert r.status == 202 and r.headers["Preference-Applied"] == "respond-async"
+            other = (await r.json())["job_id"]
+        assert (await _wait_status(session, gateway.url, other, {"done", "failed"}))["status"] == "done"
+    assert doc["status"] == "done", doc
+    assert doc["model"] == "tiny" and doc["version"] == "1" and "error" not in doc
+    assert doc["created_ms"] <= doc["started_ms"] < doc["expires_ms"]
+    result = doc["result"]
+    assert result["id"] == "client-7" and result["model_name"] == "tiny"
+    (out,) = result["outputs"]
+    y = np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+    np.testing.assert_allclose(y, _reference(tiny_model, x), rtol=1e-5, atol=1e-6)
+
+
+async def test_idempotency_key_gives_one_job_and_one_execution(gateway: Gateway, worker: Worker) -> None:
+    x = np.ones((1, 16), dtype=np.float32)
+    key = {"Idempotency-Key": "order-42"}
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(*(_submit(session, gateway.url, x, key) for _ in range(5)))
+        assert {status for status, _, _ in results} == {202}, results
+        job_ids = {accepted["job_id"] for _, accepted, _ in results}
+        assert len(job_ids) == 1, job_ids
+        assert sum(headers.get("Idempotent-Replayed") == "true" for _, _, headers in results) == 4
+        (job_id,) = job_ids
+        doc = await _wait_status(session, gateway.url, job_id, {"done", "failed"})
+        assert doc["status"] == "done", doc
+        # after completion a resubmit still returns the same job, now done
+        status, again, headers = await _submit(session, gateway.url, x, key)
+        assert status == 202 and again == {"job_id": job_id, "status": "done"}
+        # the same key with another body is a conflict
+        status, conflict, _ = await _submit(session, gateway.url, x * 2, key)
+        assert status == 409 and conflict["code"] == "CONFLICT", conflict
+        # the key only makes sense for async requests; bad keys are refused
+        async with session.post(f"{gateway.url}/v2/models/tiny/infer", json=_body(x), headers=key) as r:
+            assert r.status == 400 and "Idempotency-Key" in (await r.json())["error"]
+        status, bad, _ = await _submit(session, gateway.url, x, {"Idempotency-Key": "has space"})
+        assert status == 400 and bad["code"] == "INVALID_REQUEST"
+    executed = worker.metrics.success.labels("tiny", "1")._value.get()
+    assert executed == 1, executed  # five submissions, one execution
+
+
+async def test_job_is_forgotten_after_its_ttl(short_ttl_gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as session:
+        status, accepted, _ = await _submit(session, short_ttl_gateway.url, np.ones((1, 16), dtype=np.float32))
+        assert status == 202
+        status, doc = await _job(session, short_ttl_gateway.url, accepted["job_id"])
+        assert status == 200 and doc["status"] == "pending" and doc["deadline_ms"] <= doc["expires_ms"]
+        await asyncio.sleep(1.3)
+        status, doc = await _job(session, short_ttl_gateway.url, accepted["job_id"])
+    assert status == 404 and doc["code"] == "JOB_NOT_FOUND", doc
+
+
+async def test_unknown_job_is_404(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as session:
+        for job_id in ("0" * 32, "not:valid", "x" * 200):
+            async with session.get(f"{gateway.url}/v2/jobs/{job_id}") as r:
+                assert r.status == 404, job_id
+                assert (await r.json())["code"] == "JOB_NOT_FOUND"
+        async with session.delete(f"{gateway.url}/v2/jobs/{'0' * 32}") as r:
+            assert r.status == 404 and (await r.json())["code"] == "JOB_NOT_FOUND"
+        async with session.post(f"{gateway.url}/v2/models/tiny/infer?async=maybe", json={"inputs": []}) as r:
+            assert r.status == 400 and (await r.json())["code"] == "INVALID_REQUEST"
+
+
+async def test_cancelled_pending_job_is_skipped_by_a_later_worker(
+    gateway: Gateway, fleet_settings: FleetSettings, tiny_model: ModelRecord, names: Names, redis_client: Any
+) -> None:
+    x = np.ones((1, 16), dtype=np.float32)
+    async with aiohttp.ClientSession() as session:
+        _, cancelled_job, _ = await _submit(session, gateway.url, x)
+        job_id = cancelled_job["job_id"]
+        async with session.delete(f"{gateway.url}/v2/jobs/{job_id}") as r:
+            assert r.status == 200
+            doc = await r.json()
+        assert doc["status"] == "cancelled" and doc["error"]["code"] == "CANCELLED", doc
+        async with session.delete(f"{gateway.url}/v2/jobs/{job_id}") as r:
+            assert r.status == 200 and (await r.json())["status"] == "cancelled"  # idempotent
+        _, later, _ = await _submit(session, gateway.url, x)  # queued behind the cancelled one
+        async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as worker:
+            await worker.wait_ready(30)
+            done = await _wait_status(session, gateway.url, later["job_id"], {"done", "failed"})
+            assert done["status"] == "done", done
+            await wait_committed(fleet_settings, names, "tiny", 2)  # the worker went past the cancelled record
+            executed = worker.metrics.success.labels("tiny", "1")._value.get()
+        status, doc = await _job(session, gateway.url, job_id)
+    assert status == 200 and doc["status"] == "cancelled" and doc["started_ms"] is None, doc
+    assert executed == 1  # only the later job ran
+    assert not await redis_client.hexists(names.job_key(job_id), "worker")
+
+
+async def test_cancel_running_or_done_is_409(gateway: Gateway, worker: Worker, names: Names, redis_client: Any) -> None:
+    x = np.ones((1, 16), dtype=np.float32)
+    async with aiohttp.ClientSession() as session:
+        _, accepted, _ = await _submit(session, gateway.url, x)
+        await _wait_status(session, gateway.url, accepted["job_id"], {"done"})
+        async with session.delete(f"{gateway.url}/v2/jobs/{accepted['job_id']}") as r:
+            body = await r.json()
+            assert r.status == 409 and body["code"] == "CONFLICT" and "done" in body["error"], body
+        # A job a worker has claimed (the worker's first step for result-kind requests) is running.
+        fields = {"model": "tiny", "version": "1", "created_ms": "1", "deadline_ms": repr(time.time() * 1000 + 60_000)}
+        job_id = "f" * 32
+        await redis_client.hset(names.job_key(job_id), mapping=fields)
+        request = InferenceRequest(job_id, "tiny", "1", (), reply=ReplyAddress(ReplyKind.RESULT, ""))
+        assert await JobClaims(redis_client, names, "w-test").skipped([request]) == set()
+        status, doc = await _job(session, gateway.url, job_id)
+        assert status == 200 and doc["status"] == "running", doc
+        async with session.delete(f"{gateway.url}/v2/jobs/{job_id}") as r:
+            body = await r.json()
+            assert r.status == 409 and "running" in body["error"], body
+
+
+async def test_expired_deadline_reports_expired(
+    gateway: Gateway, fleet_settings: FleetSettings, tiny_model: ModelRecord, names: Names
+) -> None:
+    x = np.ones((1, 16), dtype=np.float32)
+    async with aiohttp.ClientSession() as session:
+        _, accepted, _ = await _submit(session, gateway.url, x, parameters={"timeout_ms": 150})
+        job_id = accepted["job_id"]
+        await asyncio.sleep(0.3)
+        status, doc = await _job(session, gateway.url, job_id)
+        assert status == 200 and doc["status"] == "expired", doc
+        assert doc["error"]["code"] == "DEADLINE_EXCEEDED"
+        async with session.delete(f"{gateway.url}/v2/jobs/{job_id}") as r:
+            assert r.status == 409 and "expired" in (await r.json())["error"]
+        # the worker that gets to it later answers DEADLINE_EXCEEDED without running the model
+        async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as worker:
+            await worker.wait_ready(30)
+            _, later, _ = await _submit(session, gateway.url, x)
+            await _wait_status(session, gateway.url, later["job_id"], {"done"})
+            await wait_committed(fleet_settings, names, "tiny", 2)
+            executed = worker.metrics.success.labels("tiny", "1")._value.get()
+        status, doc = await _job(session, gateway.url, job_id)
+    assert status == 200 and doc["status"] == "expired" and doc["error"]["code"] == "DEADLINE_EXCEEDED", doc
+    assert "deadline passed" in doc["error"]["message"]  # the worker's stored answer, not the derived one
+    assert executed == 1

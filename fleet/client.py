@@ -3,28 +3,41 @@
 One :class:`FleetClient` holds one ``aiohttp.ClientSession`` (keep-alive connection pool) for its
 lifetime; the benchmark drives it at high concurrency, so the request path stays lean: encode, one
 POST, decode. :func:`infer_sync` is a one-shot wrapper for scripts.
+
+Async jobs: :meth:`FleetClient.submit` (202 → job id; an ``idempotency_key`` makes a retried submit
+return the same job), :meth:`~FleetClient.job` (status document), :meth:`~FleetClient.result`
+(outputs once done), :meth:`~FleetClient.wait` (polls with backoff until the job finishes) and
+:meth:`~FleetClient.cancel`; ``submit_sync``/``wait_sync``/``cancel_sync`` for scripts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
-from schemas import ErrorCode
+from schemas import ErrorCode, JobStatus, SchemaError
 
-from .errors import ClientError, FleetHTTPError
+from .errors import ClientError, FleetHTTPError, JobFailedError
+from .jobs import Job, parse_job
 from .wire import HEADER_LENGTH, Array, decode_response, encode_request
+
+T = TypeVar("T")
 
 #: Request header that tells the gateway our timeout (its deadline for the workers).
 TIMEOUT_HEADER = "X-Fleet-Timeout-Ms"
 #: Extra seconds the client waits beyond the deadline it gave the gateway.
 DEADLINE_GRACE_S = 1.0
+#: Request header that makes a resubmitted async job return the job it first created.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: First and longest pause between two polls of :meth:`FleetClient.wait`.
+POLL_MIN_S = 0.01
+POLL_MAX_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +123,82 @@ class FleetClient:
             parameters=dict(meta.get("parameters") or {}),
         )
 
+    # async jobs ----------------------------------------------------------------------------------
+    async def submit(
+        self,
+        model: str,
+        inputs: Mapping[str, Array],
+        *,
+        version: str | None = None,
+        outputs: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
+        deadline_s: float | None = None,
+        request_id: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Submit an async job and return its id at once (the gateway answers 202).
+
+        ``idempotency_key``: a resubmit with the same key (and the same request) returns the same job
+        and never runs it twice; the same key with another request is FleetHTTPError 409 CONFLICT.
+        ``deadline_s``: the job expires unless a worker takes it within this time (default: the
+        gateway's job TTL). Inputs are always sent as binary tensors; results come back as JSON.
+        """
+        # Binary inputs; a job's result is always rendered as JSON (binary output flags do not apply).
+        body, headers = encode_request(
+            inputs, binary=True, outputs=outputs, request_id=request_id, parameters=parameters
+        )
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
+        if deadline_s is not None:
+            headers[TIMEOUT_HEADER] = str(int(deadline_s * 1000))
+        path = f"/v2/models/{model}/versions/{version}/infer" if version else f"/v2/models/{model}/infer"
+        _, _, raw = await self._request("POST", path + "?async=true", body, headers, None)
+        accepted = _json_object(raw, f"POST {path}")
+        job_id = accepted.get("job_id")
+        if not isinstance(job_id, str):
+            raise ClientError(f"POST {path}: the gateway's 202 carries no job id")
+        return job_id
+
+    async def job(self, job_id: str) -> Job:
+        """The job's status document (FleetHTTPError 404 JOB_NOT_FOUND when unknown or past its TTL)."""
+        _, _, raw = await self._request("GET", f"/v2/jobs/{job_id}", None, {}, None)
+        try:
+            return parse_job(_json_object(raw, f"GET /v2/jobs/{job_id}"))
+        except SchemaError as exc:
+            raise ClientError(f"GET /v2/jobs/{job_id}: {exc.message}") from exc
+
+    async def result(self, job_id: str) -> InferResult | None:
+        """The job's outputs when done, None while pending or running; JobFailedError when it cannot finish."""
+        return _result_of(await self.job(job_id))
+
+    async def wait(self, job_id: str, timeout_s: float | None = None) -> InferResult:
+        """Poll (with backoff) until the job finishes; its outputs, or JobFailedError.
+
+        ClientError(DEADLINE_EXCEEDED) when it has not finished within ``timeout_s`` (default: the
+        client's ``timeout_s``); the job itself goes on.
+        """
+        loop = asyncio.get_running_loop()
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        deadline = loop.time() + limit
+        pause = POLL_MIN_S
+        while True:
+            result = await self.result(job_id)
+            if result is not None:
+                return result
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ClientError(f"job {job_id} not finished within {limit:g} s", code=ErrorCode.DEADLINE_EXCEEDED)
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(POLL_MAX_S, pause * 2)
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a pending job (its document, status cancelled); FleetHTTPError 409 once it runs or finished."""
+        _, _, raw = await self._request("DELETE", f"/v2/jobs/{job_id}", None, {}, None)
+        try:
+            return parse_job(_json_object(raw, f"DELETE /v2/jobs/{job_id}"))
+        except SchemaError as exc:
+            raise ClientError(f"DELETE /v2/jobs/{job_id}: {exc.message}") from exc
+
     async def ready(self) -> bool:
         """True when the gateway answers ``/v2/health/ready`` with 200; False when it is down or not ready."""
         try:
@@ -128,13 +217,7 @@ class FleetClient:
 
     async def _get_json(self, path: str) -> dict[str, Any]:
         _, _, raw = await self._request("GET", path, None, {}, None)
-        try:
-            value = json.loads(raw)
-        except ValueError as exc:
-            raise ClientError(f"GET {path}: the gateway answered something that is not JSON") from exc
-        if not isinstance(value, dict):
-            raise ClientError(f"GET {path}: expected a JSON object")
-        return value
+        return _json_object(raw, f"GET {path}")
 
     async def _request(
         self,
@@ -168,6 +251,31 @@ class FleetClient:
         return status, reply_headers, raw
 
 
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ClientError(f"{what}: the gateway answered something that is not JSON") from exc
+    if not isinstance(value, dict):
+        raise ClientError(f"{what}: expected a JSON object")
+    return value
+
+
+def _result_of(job: Job) -> InferResult | None:
+    if job.status is JobStatus.DONE:
+        meta = job.result or {}
+        return InferResult(
+            model=str(meta.get("model_name", job.model)),
+            model_version=str(meta.get("model_version", job.version)),
+            id=str(meta.get("id", job.id)),
+            outputs=dict(job.outputs or {}),
+            parameters=dict(meta.get("parameters") or {}),
+        )
+    if job.finished:
+        raise JobFailedError(job.id, job.status.value, job.error or "no outputs", code=job.error_code)
+    return None
+
+
 def _error_body(raw: bytes, status: int) -> tuple[str, ErrorCode | None]:
     """The ``error`` text of an error body ``{"error": ..., "code": ...}`` (or the raw text) and its code."""
     try:
@@ -188,3 +296,31 @@ def infer_sync(base_url: str, model: str, inputs: Mapping[str, Array], **kwargs:
             return await client.infer(model, inputs, **kwargs)
 
     return asyncio.run(once())
+
+
+def _run(base_url: str, call: Callable[[FleetClient], Awaitable[T]]) -> T:
+    async def once() -> T:
+        async with FleetClient(base_url) as client:
+            return await call(client)
+
+    return asyncio.run(once())
+
+
+def submit_sync(base_url: str, model: str, inputs: Mapping[str, Array], **kwargs: Any) -> str:
+    """Submit one async job from a script (see :meth:`FleetClient.submit`); returns its id."""
+    return _run(base_url, lambda c: c.submit(model, inputs, **kwargs))
+
+
+def job_sync(base_url: str, job_id: str) -> Job:
+    """The status document of a job, from a script."""
+    return _run(base_url, lambda c: c.job(job_id))
+
+
+def wait_sync(base_url: str, job_id: str, timeout_s: float | None = None) -> InferResult:
+    """Block until the job finishes (see :meth:`FleetClient.wait`)."""
+    return _run(base_url, lambda c: c.wait(job_id, timeout_s))
+
+
+def cancel_sync(base_url: str, job_id: str) -> Job:
+    """Cancel a pending job from a script."""
+    return _run(base_url, lambda c: c.cancel(job_id))

@@ -5,6 +5,7 @@ Hierarchy::
     schemas.FleetError
      ├── ClientError              the gateway could not be asked (unreachable, timed out)
      │    └── FleetHTTPError      the gateway answered with a non-2xx status
+     ├── JobFailedError           an async job ended without outputs (failed, cancelled, expired)
      └── StackError               the local stack could not start, or a child died
 """
 
@@ -36,6 +37,15 @@ class FleetHTTPError(ClientError):
         self.status = status
         self.message = message
         self.retriable = status in (429, 502, 503, 504)
+
+
+class JobFailedError(FleetError):
+    """An async job finished without outputs: ``status`` is failed, cancelled or expired; ``code`` says why."""
+
+    def __init__(self, job_id: str, status: str, message: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(f"job {job_id} {status}: {message}", code=code or ErrorCode.INTERNAL)
+        self.job_id = job_id
+        self.status = status
 
 
 class StackError(FleetError):

@@ -17,7 +17,7 @@ from .envelopes import (
 )
 from .errors import HTTP_STATUS, ErrorCode, FleetError, SchemaError, UnsupportedEnvelopeError
 from .jobs import JobState, JobStatus
-from .names import Names, check_model_name, check_topic_name, check_version
+from .names import Lane, Names, check_model_name, check_topic_name, check_version
 from .registry import BackendUnavailableError, Framework, ModelRecord, ModelRegistry, RegistryError, sha256_file
 from .settings import FleetSettings, KafkaSettings, RedisSettings, SettingsError, describe, doc, load
 from .signature import BatchingConfig, TensorSpec, check_inputs, parse_spec
@@ -42,6 +42,7 @@ __all__ = [
     "JobState",
     "JobStatus",
     "KafkaSettings",
+    "Lane",
     "ModelRecord",
     "ModelRegistry",
     "Names",

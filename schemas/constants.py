@@ -15,6 +15,8 @@ DEFAULT_NAMESPACE = "fleet"
 HEADER_REQUEST_ID = "fleet-request-id"
 HEADER_ENVELOPE_VERSION = "fleet-v"
 HEADER_CONTENT_TYPE = "content-type"
+#: Set on a request re-sent by `fleet dlq replay`: how many times that dead letter has been replayed.
+HEADER_REPLAY = "fleet-replay"
 CONTENT_TYPE_MSGPACK = "application/x-msgpack"
 
 #: Decode limits applied to every msgpack payload read from the wire.

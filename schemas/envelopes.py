@@ -89,6 +89,14 @@ def _parameters(raw: Any) -> dict[str, ParameterValue]:
     return dict(raw)
 
 
+def _attempt(raw: Any) -> int:
+    if raw is None:
+        return 1
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise SchemaError("field 'attempt' must be an integer >= 1")
+    return raw
+
+
 @dataclass(frozen=True, slots=True)
 class InferenceRequest:
     """One inference request on a model's request topic."""
@@ -102,11 +110,18 @@ class InferenceRequest:
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
     deadline_ms: float | None = None  # absolute epoch ms after which the work is pointless
     created_ms: float = field(default_factory=now_ms)
+    # Optional fields added without a version bump: old readers ignore them, old writers omit them.
+    attempt: int = 1  # 1 for the first try; a retry carries the number of the try it is
+    not_before_ms: float | None = None  # a retry waits on its retry topic until this epoch ms
     v: int = ENVELOPE_VERSION
 
     def expired(self, at_ms: float | None = None) -> bool:
         """True when the deadline has passed."""
         return self.deadline_ms is not None and (now_ms() if at_ms is None else at_ms) >= self.deadline_ms
+
+    def due(self, at_ms: float | None = None) -> bool:
+        """True unless the request is a retry whose ``not_before_ms`` is still in the future."""
+        return self.not_before_ms is None or (now_ms() if at_ms is None else at_ms) >= self.not_before_ms
 
     def to_bytes(self) -> bytes:
         return pack(
@@ -121,6 +136,8 @@ class InferenceRequest:
                 "reply": self.reply.to_wire(),
                 "deadline_ms": self.deadline_ms,
                 "created_ms": self.created_ms,
+                **({} if self.attempt == 1 else {"attempt": self.attempt}),
+                **({} if self.not_before_ms is None else {"not_before_ms": self.not_before_ms}),
             }
         )
 
@@ -141,6 +158,8 @@ class InferenceRequest:
             parameters=_parameters(obj.get("parameters")),
             deadline_ms=read(obj, "deadline_ms", float, optional=True),
             created_ms=read(obj, "created_ms", float),
+            attempt=_attempt(obj.get("attempt")),
+            not_before_ms=read(obj, "not_before_ms", float, optional=True),
             v=obj["v"],
         )
 

@@ -3,9 +3,13 @@
 Layout for namespace ``ns`` (default ``fleet``)::
 
     Kafka
-      {ns}.requests.{model}            request topic of a model (all versions)
+      {ns}.requests.{model}            request topic of a model (all versions): the interactive lane
+      {ns}.bulk.{model}                bulk lane of a model (served when the interactive lane is empty)
+      {ns}.retry.{model}               interactive requests waiting for a retry (not_before_ms)
+      {ns}.bulk-retry.{model}          bulk requests waiting for a retry
       {ns}.dlq.{model}                 dead letters of a model
-      {ns}.workers.{model}             consumer group of the model's workers
+      {ns}.workers.{model}             consumer group of the model's workers (interactive lane + its retries)
+      {ns}.bulk-workers.{model}        consumer group of the model's workers on the bulk lane (+ its retries)
     Redis
       {ns}:models                      SET of registered model names
       {ns}:model:{m}:versions          SET of the model's versions
@@ -18,6 +22,7 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:emitted:{request_id}        marker: the request's first result was produced to its reply topic
       {ns}:job:{job_id}                HASH of an async job (EXPIRE = job TTL; fields in `schemas.jobs`)
       {ns}:idem:{key}                  STRING idempotency key -> "job_id fingerprint" (EXPIRE = job TTL)
+      {ns}:dlq:{m}:replays             HASH "partition:offset" of a dead letter -> times `fleet dlq replay` re-sent it
       {ns}:worker:{worker_id}          HASH heartbeat of a worker (state, models, partitions)
       {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
       {ns}:stats:{m}                   ZSET worker id -> epoch ms of its last service-stats report
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 
 from .constants import DEFAULT_NAMESPACE
 from .errors import ErrorCode, SchemaError
@@ -75,6 +81,25 @@ def check_topic_name(topic: str) -> str:
     return topic
 
 
+class Lane(StrEnum):
+    """Priority lane of a request: workers serve ``interactive`` first and fill idle capacity with ``bulk``."""
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+    @classmethod
+    def parse(cls, value: object) -> Lane:
+        """The lane named by ``value`` (case-insensitive); SchemaError(INVALID_REQUEST) otherwise."""
+        if isinstance(value, Lane):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise SchemaError(
+                f"unknown lane {value!r}: use {' or '.join(lane.value for lane in cls)}", code=ErrorCode.INVALID_REQUEST
+            ) from None
+
+
 @dataclass(frozen=True)
 class Names:
     """Every topic, group and Redis key name of one deployment (namespace)."""
@@ -86,16 +111,44 @@ class Names:
             raise ValueError(f"invalid namespace {self.namespace!r}: use 1-64 of [A-Za-z0-9_-]")
 
     # Kafka -----------------------------------------------------------------
-    def request_topic(self, model: str) -> str:
-        """Topic that carries the requests of ``model`` (every version)."""
+    def request_topic(self, model: str, lane: Lane | str = Lane.INTERACTIVE) -> str:
+        """Topic that carries the requests of ``model`` (every version) on ``lane`` (default interactive)."""
+        if Lane.parse(lane) is Lane.BULK:
+            return self.bulk_topic(model)
         return f"{self.namespace}.requests.{check_model_name(model)}"
+
+    def bulk_topic(self, model: str) -> str:
+        """Bulk-lane request topic of ``model``."""
+        return f"{self.namespace}.bulk.{check_model_name(model)}"
+
+    def retry_topic(self, model: str, lane: Lane | str = Lane.INTERACTIVE) -> str:
+        """Topic where failed requests of ``lane`` wait for their next attempt (``not_before_ms``)."""
+        prefix = "bulk-retry" if Lane.parse(lane) is Lane.BULK else "retry"
+        return f"{self.namespace}.{prefix}.{check_model_name(model)}"
+
+    def lane_topics(self, model: str, lane: Lane | str) -> tuple[str, str]:
+        """(request topic, retry topic) of ``model`` on ``lane``: what one lane's consumer subscribes to."""
+        return self.request_topic(model, lane), self.retry_topic(model, lane)
+
+    def lane_of_topic(self, model: str, topic: str) -> Lane | None:
+        """The lane whose request or retry topic is ``topic`` (None when it is no lane topic of ``model``)."""
+        for lane in Lane:
+            if topic in self.lane_topics(model, lane):
+                return lane
+        return None
+
+    def model_topics(self, model: str) -> tuple[str, ...]:
+        """Every topic of ``model``: both lanes, their retry topics and the dead-letter topic."""
+        return (*self.lane_topics(model, Lane.INTERACTIVE), *self.lane_topics(model, Lane.BULK), self.dlq_topic(model))
 
     def dlq_topic(self, model: str) -> str:
         """Dead-letter topic of ``model``."""
         return f"{self.namespace}.dlq.{check_model_name(model)}"
 
-    def worker_group(self, model: str) -> str:
-        """Consumer group shared by the workers of ``model``."""
+    def worker_group(self, model: str, lane: Lane | str = Lane.INTERACTIVE) -> str:
+        """Consumer group shared by the workers of ``model`` on ``lane`` (each lane has its own group)."""
+        if Lane.parse(lane) is Lane.BULK:
+            return f"{self.namespace}.bulk-workers.{check_model_name(model)}"
         return f"{self.namespace}.workers.{check_model_name(model)}"
 
     # Redis -----------------------------------------------------------------
@@ -139,6 +192,10 @@ class Names:
     def idempotency_key(self, key: str) -> str:
         """Client idempotency key -> the job it created (``"job_id fingerprint"``)."""
         return f"{self.namespace}:idem:{key}"
+
+    def dlq_replays_key(self, model: str) -> str:
+        """HASH ``partition:offset`` of a dead letter of ``model`` -> how many times it was replayed."""
+        return f"{self.namespace}:dlq:{model}:replays"
 
     def worker_key(self, worker_id: str) -> str:
         """Heartbeat hash of a worker."""

@@ -15,13 +15,13 @@ log = logging.getLogger("fleet.schemas")
 
 
 async def ensure_model_topics(kafka: KafkaSettings, names: Names, model: str, partitions: int | None = None) -> None:
-    """Create the request and dead-letter topics of ``model`` if they do not exist yet.
+    """Create the topics of ``model`` (both lanes, their retry topics, dead letters) if they do not exist yet.
 
     Producing to a missing topic would auto-create it with the broker's default partition count,
     which silently caps the model's useful workers; so registration creates them explicitly.
     """
     count = partitions or kafka.partitions
-    wanted = [names.request_topic(model), names.dlq_topic(model)]
+    wanted = [*names.model_topics(model)]
     admin = AIOKafkaAdminClient(**kafka.client_kwargs())
     try:
         await admin.start()

@@ -1,11 +1,16 @@
-"""One model's Kafka consumer: fetch with a dynamic-batching window, handle, deliver, then commit.
+"""One model's Kafka consumers: two priority lanes, a dynamic-batching window, handle, deliver, then commit.
 
-Each round: wait (blocking, no busy loop) for the first records; keep fetching until the model's
-``max_batch_size`` rows are in hand or ``max_queue_delay_ms`` has passed since the first record; let
-the handler answer every record; deliver all replies in one Redis round trip and produce the dead
-letters; only then commit the offsets of exactly those records. If Redis or Kafka is down, delivery is
-retried with backoff and nothing is committed until it succeeds (``stop()`` gives up after the drain
-timeout, leaving the records to be redelivered).
+The model has an interactive and a bulk lane (`workers.lanes`), each a consumer in its own group.
+Each round serves one lane: interactive whenever it has records in hand, else at most
+``bulk_max_batch`` bulk records, so an interactive request waits behind at most one small bulk round
+and bulk fills the idle capacity. An interactive round waits (blocking, no busy loop) for the first
+records, then keeps fetching until the model's ``max_batch_size`` rows are in hand or
+``max_queue_delay_ms`` has passed since the first record; a bulk round takes what is there. The
+handler answers every record; all replies go out in one Redis round trip, with the dead letters and
+the retries (re-published to the lane's retry topic); only then are the offsets of exactly those
+records committed. If Redis or Kafka is down, delivery is retried with backoff and nothing is
+committed until it succeeds (``stop()`` gives up after the drain timeout, leaving the records to be
+redelivered).
 """
 
 from __future__ import annotations
@@ -17,19 +22,31 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from schemas import BackendUnavailableError, FleetError, ModelRegistry, Names, SchemaError, now_ms
+from schemas import (
+    BackendUnavailableError,
+    FleetError,
+    InferenceRequest,
+    Lane,
+    ModelRegistry,
+    Names,
+    SchemaError,
+    now_ms,
+)
+from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 
 from .batching import request_rows
 from .deadletter import DeadLetterWriter
-from .errors import BackendDownError, WorkerError
-from .handler import Fetched, RequestHandler, RoundOutcome, decode
+from .errors import BackendDownError
+from .handler import Fetched, RequestHandler, RoundOutcome
 from .jobs import JobClaims
+from .lanes import LaneConsumer
 from .metrics import WorkerMetrics
 from .models import ModelCache
 from .replies import ReplyWriter
+from .retries import RetryPolicy
 from .settings import WorkerSettings
 from .stats import ModelStats
 
@@ -46,14 +63,17 @@ _REVOKE_WAIT_S = 10.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    def __init__(self, owner: ModelConsumer) -> None:
+    def __init__(self, owner: ModelConsumer, lane: LaneConsumer) -> None:
         self._owner = owner
+        self._lane = lane
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self._owner.finish_round(_REVOKE_WAIT_S)
+        self._lane.forget()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._owner.note_assignment(assigned)
+        self._lane.note_assignment(assigned)
+        self._owner.note_assignment()
 
 
 class ModelConsumer:
@@ -79,18 +99,24 @@ class ModelConsumer:
         #: What the worker publishes for the autoscaler (schemas.stats).
         self.stats = ModelStats()
         claims = JobClaims(redis, names, settings.worker_id)
-        self._handler = RequestHandler(
-            model, self.cache, self._executor, settings.worker_id, metrics, self.stats, claims
+        retry = RetryPolicy(
+            settings.retry_attempts, settings.retry_base_ms, settings.retry_max_ms, settings.retry_jitter
         )
+        self._handler = RequestHandler(
+            model, self.cache, self._executor, settings.worker_id, metrics, self.stats, claims, retry
+        )
+        self._producer = producer
         self._replies = ReplyWriter(redis, names, producer)
         self._dead_letters = DeadLetterWriter(producer, names)
-        self._consumer: AIOKafkaConsumer | None = None
+        kafka = settings.fleet.kafka
+        self._interactive = LaneConsumer(model, Lane.INTERACTIVE, names, kafka)
+        self._bulk = LaneConsumer(model, Lane.BULK, names, kafka)
+        self._lanes = (self._interactive, self._bulk)
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._round_lock = asyncio.Lock()
-        #: Set once the group has given this consumer an assignment (possibly empty).
+        #: Set once both lanes' groups have given this consumer an assignment (possibly empty).
         self.assigned = asyncio.Event()
-        self._partitions: list[str] = []
         self._last_records = time.monotonic()
         self._idle = False
 
@@ -104,16 +130,14 @@ class ModelConsumer:
             log.warning("model %s not preloaded: %s", self.model, exc)
 
     async def start(self) -> None:
-        """Join the model's worker group and start the consume routine."""
-        kafka = self._settings.fleet.kafka
-        consumer = AIOKafkaConsumer(**kafka.consumer_kwargs(self._names.worker_group(self.model)))
-        consumer.subscribe([self._names.request_topic(self.model)], listener=_Rebalance(self))
+        """Join the model's worker groups (one per lane) and start the consume routine."""
         try:
-            await consumer.start()
-        except KafkaError as exc:
-            await consumer.stop()
-            raise BackendDownError(f"Kafka unavailable at {kafka.bootstrap}: {exc}") from exc
-        self._consumer = consumer
+            for lane in self._lanes:
+                await lane.start(_Rebalance(self, lane))
+        except BackendDownError:
+            for lane in self._lanes:
+                await lane.stop()
+            raise
         self._task = asyncio.create_task(self._consume_routine(), name=f"consume-{self.model}")
 
     @property
@@ -139,12 +163,8 @@ class ModelConsumer:
                 )
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            try:
-                await consumer.stop()  # leaves the group: partitions move without waiting for a timeout
-            except KafkaError as exc:
-                log.warning("model %s: leaving the group failed: %s", self.model, exc)
+        for lane in self._lanes:
+            await lane.stop()  # leaves the group: partitions move without waiting for a timeout
         await asyncio.get_running_loop().run_in_executor(self._executor, self.cache.unload_all)
         self._executor.shutdown(wait=True)
 
@@ -158,23 +178,28 @@ class ModelConsumer:
             return
         self._round_lock.release()
 
-    def note_assignment(self, assigned: Any) -> None:
-        """Record the partitions the group gave us."""
-        self._partitions = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)
-        log.info("model %s: assigned %s", self.model, ",".join(self._partitions) or "no partitions")
-        self.assigned.set()
+    def note_assignment(self) -> None:
+        """A lane got an assignment; the consumer is assigned once both lanes are."""
+        if all(lane.assigned_once for lane in self._lanes):
+            self.assigned.set()
 
     @property
     def partitions(self) -> list[str]:
-        """``topic:partition`` of the current assignment."""
-        return list(self._partitions)
+        """``topic:partition`` of the current assignment of both lanes."""
+        return [p for lane in self._lanes for p in lane.partitions]
 
     # the routine ---------------------------------------------------------------
     async def _consume_routine(self) -> None:
+        # Serve nothing before both lanes are assigned: a lane that joins first must not get ahead.
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({closing, asyncio.ensure_future(self.assigned.wait())}, return_when="FIRST_COMPLETED")
+        finally:
+            closing.cancel()
         backoff = _BACKOFF_MIN_S
         while not self._closing.is_set():
             try:
-                fetched = await self._collect()
+                fetched, lane = await self._collect()
             except KafkaError as exc:
                 log.warning("model %s: fetch failed (%s); retrying in %.2fs", self.model, exc, backoff)
                 await asyncio.sleep(backoff)
@@ -183,24 +208,77 @@ class ModelConsumer:
             backoff = _BACKOFF_MIN_S
             if fetched:
                 async with self._round_lock:
-                    await self._run_round(fetched)
+                    await self._run_round(fetched, lane)
 
-    async def _collect(self) -> list[Fetched]:
-        """Records of one round: the first fetch, then more until the batch is full or the window closes."""
-        consumer = self._consumer
-        if consumer is None:
-            raise WorkerError("consumer not started")
+    async def _collect(self) -> tuple[list[Fetched], LaneConsumer]:
+        """Records of one round and their lane: interactive first, else a bounded bulk round, else wait."""
+        for lane in self._lanes:
+            lane.release_due()
         limit = self._settings.max_fetch_records
-        fetched = self._decode(await consumer.getmany(timeout_ms=IDLE_POLL_MS, max_records=limit))
-        self.stats.in_hand = len(fetched)
-        first = time.monotonic()
+        bulk_limit = min(limit, self._settings.bulk_max_batch)
+        fetched = await self._interactive.take(0, limit)
+        if fetched:
+            return await self._fill(fetched), self._interactive
+        fetched = await self._bulk.take(0, bulk_limit)
+        if fetched:
+            self._note_records()
+            return fetched, self._bulk
+        fetched, lane = await self._wait_any(limit, bulk_limit)
         if not fetched:
-            if not self._idle and first - self._last_records > IDLE_AFTER_S:
+            if not self._idle and time.monotonic() - self._last_records > IDLE_AFTER_S:
                 self._set_idle(True)
-            return fetched
-        self._last_records = first
+            return fetched, lane
+        if lane is self._interactive:
+            return await self._fill(fetched), lane
+        self._note_records()
+        return fetched, lane
+
+    async def _wait_any(self, limit: int, bulk_limit: int) -> tuple[list[Fetched], LaneConsumer]:
+        """Block until either lane has records (or the poll ends); interactive wins when both do."""
+        poll_ms = IDLE_POLL_MS
+        for lane in self._lanes:
+            release = lane.next_release_s()
+            if release is not None:
+                poll_ms = max(1, min(poll_ms, int(release * 1000) + 1))
+        waits = {
+            asyncio.ensure_future(self._interactive.consumer.getmany(timeout_ms=poll_ms, max_records=limit)): (
+                self._interactive
+            ),
+            asyncio.ensure_future(self._bulk.consumer.getmany(timeout_ms=poll_ms, max_records=bulk_limit)): self._bulk,
+        }
+        try:
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            for future in waits:
+                future.cancel()
+            raise
+        # Cancelling a getmany still waiting loses nothing: aiokafka hands records over only when it returns.
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        results: dict[LaneConsumer, list[Fetched]] = {}
+        for future in done:
+            lane = waits[future]
+            if future.cancelled():
+                continue
+            results[lane] = lane.sort(future.result())  # re-raises a fetch error (KafkaError)
+        interactive, bulk = results.get(self._interactive, []), results.get(self._bulk, [])
+        if interactive:
+            self._bulk.carried.extend(bulk)
+            return interactive, self._interactive
+        return bulk, self._bulk
+
+    def _note_records(self) -> None:
+        self._last_records = time.monotonic()
         if self._idle:
             self._set_idle(False)
+
+    async def _fill(self, fetched: list[Fetched]) -> list[Fetched]:
+        """An interactive round: keep fetching until the batch is full or the batching window closes."""
+        limit = self._settings.max_fetch_records
+        self.stats.in_hand = len(fetched)
+        first = time.monotonic()
+        self._note_records()
         version = next((f.request.version for f in fetched if f.request is not None), None)
         batching = self.cache.batching_hint(version)
         if batching is None or batching.max_batch_size <= 1:
@@ -211,7 +289,7 @@ class ModelConsumer:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 break
-            more = self._decode(await consumer.getmany(timeout_ms=remaining_ms, max_records=limit - len(fetched)))
+            more = await self._interactive.take(remaining_ms, limit - len(fetched))
             fetched.extend(more)
             self.stats.in_hand = len(fetched)
             rows += sum(request_rows(f.request) for f in more if f.request is not None)
@@ -222,34 +300,46 @@ class ModelConsumer:
 
         A broker that does not wake a waiting fetch when data arrives (the local Tansu broker) makes
         the fetch wait the latency floor, so it is kept short under load; idle, the same short wait
-        means a fetch round trip every few milliseconds for nothing. aiokafka reads the wait from its
-        fetcher for every request, and has no public setter: the attribute is only touched when present.
+        means a fetch round trip every few milliseconds for nothing.
         """
         self._idle = idle
         idle_wait = self._settings.idle_fetch_wait_ms
-        fetcher = getattr(self._consumer, "_fetcher", None)
-        if idle_wait <= 0 or fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+        if idle_wait <= 0:
             return
         busy_wait = self._settings.fleet.kafka.fetch_max_wait_ms
-        fetcher._fetch_max_wait_ms = max(busy_wait, idle_wait) if idle else busy_wait
+        for lane in self._lanes:
+            lane.set_fetch_wait(max(busy_wait, idle_wait) if idle else busy_wait)
 
-    @staticmethod
-    def _decode(data: dict[Any, list[Any]]) -> list[Fetched]:
-        return [decode(record) for records in data.values() for record in records]
-
-    async def _run_round(self, fetched: Sequence[Fetched]) -> None:
+    async def _run_round(self, fetched: Sequence[Fetched], lane: LaneConsumer) -> None:
         began = time.perf_counter()
+        self.stats.in_hand = len(fetched)
         outcome = await self._retrying("handle", lambda: self._handler.handle(fetched))
-        await self._retrying("deliver", lambda: self._deliver(outcome))
+        await self._retrying("deliver", lambda: self._deliver(outcome, lane))
         delivered_ms = now_ms()
         self.stats.in_hand = 0
-        await self._commit(fetched)
+        await lane.commit(fetched)
         latencies = [delivered_ms - f.request.created_ms for f in fetched if f.request is not None]
         self.stats.observe_round(len(fetched), time.perf_counter() - began, latencies)
 
-    async def _deliver(self, outcome: RoundOutcome) -> None:
+    async def _deliver(self, outcome: RoundOutcome, lane: LaneConsumer) -> None:
         await self._dead_letters.send(self.model, outcome.dead_letters)
+        await self._send_retries(lane.retry_topic, outcome.retries)
         await self._replies.deliver(outcome.replies)
+
+    async def _send_retries(self, topic: str, retries: Sequence[InferenceRequest]) -> None:
+        """Re-publish requests for their next try; BackendDownError when Kafka does not take them."""
+        if not retries:
+            return
+        try:
+            sent = []
+            for request in retries:
+                key = request.id.encode()
+                headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, b"1")]
+                sent.append(await self._producer.send(topic, request.to_bytes(), key=key, headers=headers))
+            await asyncio.gather(*sent)
+        except KafkaError as exc:
+            raise BackendDownError(f"Kafka unavailable, retries not stored: {exc}") from exc
+        log.info("model %s: %d request(s) to retry on %s", self.model, len(retries), topic)
 
     async def _retrying(self, what: str, step: Any) -> Any:
         """Run ``step`` until it gets past a backend outage (``stop()`` cancels it after the drain timeout)."""
@@ -261,18 +351,3 @@ class ModelConsumer:
                 log.warning("model %s: %s failed (%s); retrying in %.2fs", self.model, what, exc.message, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(_BACKOFF_MAX_S, backoff * 2)
-
-    async def _commit(self, fetched: Sequence[Fetched]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for item in fetched:
-            tp = TopicPartition(item.record.topic, item.record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), item.record.offset + 1)
-        consumer = self._consumer
-        if consumer is None or not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            # A rebalance took the partitions: the new owner gets the records again, and the result
-            # markers stop a second answer reaching the clients.
-            log.warning("model %s: commit failed (%s); the records will be redelivered", self.model, exc)

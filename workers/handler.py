@@ -1,12 +1,17 @@
 """One round of a model's records: decode, answer what cannot run, validate, batch, run, build responses.
 
 The handler owns no I/O of its own besides registry lookups and the model thread: it returns the
-replies and dead letters of the round, and the consumer delivers them before committing.
+replies, dead letters and retries of the round, and the consumer delivers them before committing.
+Expired requests (deadline passed) are answered ``DEADLINE_EXCEEDED`` before they reach the model,
+whatever their lane or try. A batch that fails transiently is retried per request (``retries``) under
+the ``RetryPolicy``; a request out of tries (or of time before its deadline) gets its error reply and
+a dead letter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -36,6 +41,7 @@ from .errors import ModelExecutionError, ModelLoadError
 from .jobs import JobClaims
 from .metrics import WorkerMetrics
 from .models import ModelCache
+from .retries import RetryPolicy, is_retriable
 from .runtimes import Runtime
 from .stats import ModelStats
 
@@ -63,10 +69,12 @@ def decode(record: Any) -> Fetched:
 
 @dataclass
 class RoundOutcome:
-    """What a round produced: replies to deliver and records to dead-letter."""
+    """What a round produced: replies to deliver, records to dead-letter and requests to retry later."""
 
     replies: list[Reply] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: Requests to re-publish to the lane's retry topic (``attempt`` and ``not_before_ms`` already set).
+    retries: list[InferenceRequest] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +127,11 @@ class RequestHandler:
         metrics: WorkerMetrics,
         stats: ModelStats | None = None,
         claims: JobClaims | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._model = model
         self._stats = stats
+        self._retry = retry or RetryPolicy(max_attempts=1)
         self._claims = claims
         self._cache = cache
         self._executor = executor
@@ -171,37 +181,46 @@ class RequestHandler:
             for item in items:
                 self._fail(outcome, _request(item), ErrorCode.MODEL_LOAD_FAILED, exc.message)
             return
-        valid: list[InferenceRequest] = []
+        valid: list[Fetched] = []
         for item in items:
             try:
                 validate(record, _request(item))
             except SchemaError as exc:
                 self._fail(outcome, _request(item), ErrorCode.INVALID_INPUT, exc.message)
             else:
-                valid.append(_request(item))
+                valid.append(item)
         if not valid:
             return
         try:
             runtime = await self._cache.runtime(record)
         except ModelLoadError as exc:
-            for request in valid:
-                self._fail(outcome, request, exc.code, exc.message)
+            for item in valid:
+                self._fail(outcome, _request(item), exc.code, exc.message)
             return
-        for batch in plan_batches(valid, record.batching.max_batch_size, batched=record.batched):
+        requests = [_request(item) for item in valid]
+        for batch in plan_batches(requests, record.batching.max_batch_size, batched=record.batched):
             await self._run(outcome, runtime, [valid[i] for i in batch.indices], batch)
 
-    async def _run(
-        self, outcome: RoundOutcome, runtime: Runtime, requests: list[InferenceRequest], batch: Batch
-    ) -> None:
+    async def _run(self, outcome: RoundOutcome, runtime: Runtime, items: list[Fetched], batch: Batch) -> None:
         loop = asyncio.get_running_loop()
+        requests = [_request(item) for item in items]
         try:
             done = await loop.run_in_executor(self._executor, _execute, runtime, requests, batch)
         except ModelExecutionError as exc:
+            retriable = exc.retriable or (exc.__cause__ is not None and is_retriable(exc.__cause__))
             log.warning(
-                "model %s:%s failed on a batch of %d: %s", self._model, runtime.record.version, len(requests), exc
+                "model %s:%s failed on a batch of %d (%s): %s",
+                self._model,
+                runtime.record.version,
+                len(requests),
+                "transient" if retriable else "permanent",
+                exc,
             )
-            for request in requests:
-                self._fail(outcome, request, ErrorCode.MODEL_ERROR, exc.message)
+            for item in items:
+                if retriable:
+                    self._retry_or_give_up(outcome, item, exc.message)
+                else:
+                    self._fail(outcome, _request(item), ErrorCode.MODEL_ERROR, exc.message)
             return
         version = runtime.record.version
         queue_ms = [max(0.0, done.started_ms - r.created_ms) for r in requests]
@@ -221,6 +240,18 @@ class RequestHandler:
                 compute_ms=done.compute_s * 1000,
             )
             outcome.replies.append((request.reply, response))
+
+    def _retry_or_give_up(self, outcome: RoundOutcome, item: Fetched, message: str) -> None:
+        """A transient failure: schedule the next try, or answer with the error and dead-letter the request."""
+        request = _request(item)
+        decision = self._retry.decide(request, now_ms())
+        if decision.retry:
+            retry = dataclasses.replace(request, attempt=request.attempt + 1, not_before_ms=decision.not_before_ms)
+            outcome.retries.append(retry)
+            return
+        reason = f"{decision.why_not}: {message}"
+        self._fail(outcome, request, ErrorCode.MODEL_ERROR, reason)
+        outcome.dead_letters.append(dead_letter(item.record, ErrorCode.MODEL_ERROR, reason, self._worker_id))
 
     def _fail(self, outcome: RoundOutcome, request: InferenceRequest, code: ErrorCode, message: str) -> None:
         self._metrics.failure.labels(self._model, request.version, code.value).inc()

@@ -42,6 +42,13 @@ class WorkerSettings:
         "0 keeps FLEET_KAFKA_FETCH_MAX_WAIT_MS.",
         50,
     )
+    bulk_max_batch: int = doc(
+        "Most bulk-lane records in one round: an interactive request waits at most one such round.", 32
+    )
+    retry_attempts: int = doc("Tries of a request whose model failed transiently (1 = no retry) before the DLQ.", 3)
+    retry_base_ms: float = doc("Backoff before the second try; doubles for each further try.", 200.0)
+    retry_max_ms: float = doc("Cap of the retry backoff.", 10_000.0)
+    retry_jitter: float = doc("Fraction (0-1) taken at random off each backoff, so retries spread out.", 0.1)
     metrics_port: int = doc("TCP port of the Prometheus /metrics endpoint (0 = off).", 0)
     preload: bool = doc("Load each model's default version at start instead of on its first request.", True)
     fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
@@ -64,6 +71,14 @@ class WorkerSettings:
             raise SettingsError("intra_op_threads must be >= 1")
         if self.max_fetch_records < 1:
             raise SettingsError("max_fetch_records must be >= 1")
+        if self.bulk_max_batch < 1:
+            raise SettingsError("bulk_max_batch must be >= 1")
+        if self.retry_attempts < 1:
+            raise SettingsError("retry_attempts must be >= 1")
+        if not 0 <= self.retry_base_ms <= self.retry_max_ms:
+            raise SettingsError("need 0 <= retry_base_ms <= retry_max_ms")
+        if not 0.0 <= self.retry_jitter <= 1.0:
+            raise SettingsError("retry_jitter must be in [0, 1]")
         if self.idle_fetch_wait_ms < 0:
             raise SettingsError("idle_fetch_wait_ms must be >= 0")
         if self.drain_timeout_s < 0:

@@ -12,8 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from fleet.client import FleetClient, job_sync, submit_sync, wait_sync
+from fleet.errors import ClientError, FleetHTTPError, JobFailedError
 from gateway import Gateway, GatewaySettings
-from schemas import FleetSettings, InferenceRequest, ModelRecord, Names, ReplyAddress, ReplyKind
+from schemas import ErrorCode, FleetSettings, InferenceRequest, JobStatus, ModelRecord, Names, ReplyAddress, ReplyKind
 from workers import Worker, WorkerSettings
 from workers.jobs import JobClaims
 
@@ -219,3 +221,41 @@ async def test_expired_deadline_reports_expired(
     assert status == 200 and doc["status"] == "expired" and doc["error"]["code"] == "DEADLINE_EXCEEDED", doc
     assert "deadline passed" in doc["error"]["message"]  # the worker's stored answer, not the derived one
     assert executed == 1
+
+
+async def test_sdk_submit_wait_cancel(gateway: Gateway, fleet_settings: FleetSettings, tiny_model: ModelRecord) -> None:
+    x = np.random.default_rng(9).standard_normal((3, 16)).astype(np.float32)
+    async with FleetClient(gateway.url, timeout_s=20) as client:
+        # no worker yet: pending, result() is None, wait() times out, cancel() works
+        pending = await client.submit("tiny", {"x": x})
+        assert (await client.job(pending)).status is JobStatus.PENDING
+        assert await client.result(pending) is None
+        with pytest.raises(ClientError) as timed_out:
+            await client.wait(pending, timeout_s=0.1)
+        assert timed_out.value.code is ErrorCode.DEADLINE_EXCEEDED
+        cancelled = await client.cancel(pending)
+        assert cancelled.status is JobStatus.CANCELLED and cancelled.finished
+        with pytest.raises(JobFailedError) as failed:
+            await client.wait(pending)
+        assert failed.value.code is ErrorCode.CANCELLED and failed.value.status == "cancelled"
+        with pytest.raises(FleetHTTPError) as unknown:
+            await client.job("0" * 32)
+        assert unknown.value.status == 404 and unknown.value.code is ErrorCode.JOB_NOT_FOUND
+
+        job_id = await client.submit("tiny", {"x": x}, idempotency_key="sdk-1", outputs=["y"], request_id="mine")
+        assert (
+            await client.submit("tiny", {"x": x}, idempotency_key="sdk-1", outputs=["y"], request_id="mine") == job_id
+        )
+        async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as worker:
+            await worker.wait_ready(30)
+            result = await client.wait(job_id)
+            sync_id = await asyncio.to_thread(submit_sync, gateway.url, "tiny", {"x": x}, version="1")
+            sync_result = await asyncio.to_thread(wait_sync, gateway.url, sync_id, 20.0)
+            with pytest.raises(FleetHTTPError) as conflict:
+                await client.cancel(job_id)
+            assert conflict.value.status == 409 and conflict.value.code is ErrorCode.CONFLICT
+    expected = _reference(tiny_model, x)
+    assert result.id == "mine" and result.model == "tiny" and result.model_version == "1"
+    np.testing.assert_allclose(result["y"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sync_result["y"], expected, rtol=1e-5, atol=1e-6)
+    assert (await asyncio.to_thread(job_sync, gateway.url, job_id)).status is JobStatus.DONE

@@ -98,3 +98,19 @@ def test_malformed_requests_raise_schema_error(payload: bytes, message: str) -> 
 def test_expired() -> None:
     assert _request(deadline_ms=now_ms() - 1).expired()
     assert not _request(deadline_ms=None).expired()
+
+
+def test_retry_fields_round_trip_and_stay_off_the_wire_on_a_first_try() -> None:
+    first = _request()
+    assert {"attempt", "not_before_ms"}.isdisjoint(msgpack.unpackb(first.to_bytes()))
+    retry = _request(attempt=2, not_before_ms=now_ms() + 500)
+    assert InferenceRequest.from_bytes(retry.to_bytes()) == retry
+    assert not retry.due() and retry.due(retry.not_before_ms) and first.due()
+
+
+@pytest.mark.parametrize("attempt", [0, -1, "2", True, 1.5])
+def test_bad_attempt_is_rejected(attempt: object) -> None:
+    raw = msgpack.unpackb(_request().to_bytes())
+    raw["attempt"] = attempt
+    with pytest.raises(SchemaError, match="attempt"):
+        InferenceRequest.from_bytes(msgpack.packb(raw))

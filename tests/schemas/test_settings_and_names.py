@@ -45,6 +45,25 @@ def test_names_are_namespaced() -> None:
         Names("bad ns")
 
 
+def test_lane_names() -> None:
+    from schemas import Lane
+
+    names = Names("ns1")
+    assert names.request_topic("m", Lane.BULK) == names.request_topic("m", "bulk") == names.bulk_topic("m")
+    assert names.bulk_topic("m") == "ns1.bulk.m"
+    assert names.request_topic("m", "INTERACTIVE") == "ns1.requests.m"
+    assert names.retry_topic("m") == "ns1.retry.m" and names.retry_topic("m", Lane.BULK) == "ns1.bulk-retry.m"
+    assert names.worker_group("m", Lane.BULK) == "ns1.bulk-workers.m"
+    assert names.model_topics("m") == ("ns1.requests.m", "ns1.retry.m", "ns1.bulk.m", "ns1.bulk-retry.m", "ns1.dlq.m")
+    assert [names.lane_of_topic("m", t) for t in names.model_topics("m")] == [
+        Lane.INTERACTIVE, Lane.INTERACTIVE, Lane.BULK, Lane.BULK, None,
+    ]  # fmt: skip
+    assert names.lane_of_topic("m", "ns1.requests.other") is None
+    with pytest.raises(SchemaError, match="unknown lane") as info:
+        names.request_topic("m", "urgent")
+    assert info.value.code.value == "INVALID_REQUEST"
+
+
 def test_sasl_ssl_kwargs() -> None:
     from schemas import KafkaSettings
 

@@ -70,7 +70,8 @@ async def test_heartbeat_reports_ready_then_stopped(
         await worker.wait_ready(30)
         fields = await redis_client.hgetall(names.worker_key(worker.id))
         assert fields[b"state"] == b"ready" and fields[b"models"] == b"tiny" and fields[b"device"] == b"cpu"
-        assert fields[b"partitions"].startswith(names.request_topic("tiny").encode() + b":")
+        topics = {p.rsplit(b":", 1)[0] for p in fields[b"partitions"].split(b",")}
+        assert topics == {t.encode() for t in names.model_topics("tiny") if t != names.dlq_topic("tiny")}
         assert await redis_client.zscore(names.workers_key, worker.id) is not None
         assert 0 < await redis_client.pttl(names.worker_key(worker.id)) <= 1500
     finally:

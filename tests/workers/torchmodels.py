@@ -21,3 +21,29 @@ class TwoHeads(torch.nn.Module):
 def two_heads() -> TwoHeads:
     """The factory named in the record."""
     return TwoHeads()
+
+
+class Flaky(torch.nn.Module):
+    """x[-1,4] -> y[-1,3] that raises on its first ``fails`` batches (a buffer: the checkpoint sets it).
+
+    ``permanent`` = 1 raises ValueError (an input-shaped error, never retried) instead of RuntimeError.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.register_buffer("fails", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("permanent", torch.zeros((), dtype=torch.int64))
+        self.calls = 0
+
+    def forward(self, x: Any) -> Any:
+        self.calls += 1
+        if self.calls <= int(self.fails):
+            kind = ValueError if int(self.permanent) else RuntimeError
+            raise kind(f"failure {self.calls} of {int(self.fails)}")
+        return self.linear(x)
+
+
+def flaky() -> Flaky:
+    """The factory named in the record."""
+    return Flaky()

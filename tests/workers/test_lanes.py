@@ -1,0 +1,254 @@
+"""Lanes, retries, dead letters and deadlines against the real broker and Redis (in-process worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from fleet.artifacts import build_record
+from schemas import (
+    BatchingConfig,
+    DeadLetter,
+    ErrorCode,
+    FleetSettings,
+    InferenceRequest,
+    Lane,
+    ModelRecord,
+    ModelRegistry,
+    Names,
+    ReplyAddress,
+    ReplyKind,
+    Tensor,
+    TensorSpec,
+    now_ms,
+)
+from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
+from schemas.topics import ensure_model_topics
+from workers import Worker, WorkerSettings
+
+from .conftest import make_request, read_replies
+
+pytestmark = pytest.mark.integration
+
+
+async def produce_to(producer: AIOKafkaProducer, topic: str, requests: Iterable[InferenceRequest]) -> None:
+    """Send ``requests`` to ``topic`` the way the gateway does, then flush them in one go."""
+    futures = []
+    for request in requests:
+        key = request.id.encode()
+        headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, b"1")]
+        futures.append(await producer.send(topic, request.to_bytes(), key=key, headers=headers))
+    await producer.flush()
+    await asyncio.gather(*futures)
+
+
+async def read_topic(settings: FleetSettings, topic: str, count: int, timeout_s: float = 20.0) -> list[Any]:
+    """The first ``count`` records of ``topic`` (fails after ``timeout_s``)."""
+    consumer = AIOKafkaConsumer(topic, **{**settings.kafka.client_kwargs(), "auto_offset_reset": "earliest"})
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(records) < count:
+                batch = await consumer.getmany(timeout_ms=500)
+                records.extend(r for rs in batch.values() for r in rs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+# lanes ---------------------------------------------------------------------------------------------
+async def test_interactive_is_served_before_a_bulk_backlog(
+    worker_settings: WorkerSettings,
+    tiny_model: ModelRecord,
+    fleet_settings: FleetSettings,
+    names: Names,
+    redis_client: Any,
+    stream: str,
+) -> None:
+    x = np.ones((1, 16), np.float32)
+    bulk = [make_request(stream, x, rid=f"b{i}") for i in range(1000)]
+    interactive = [make_request(stream, x, rid=f"i{i}") for i in range(40)]
+    # linger 1 s: nothing leaves before flush(), so each burst reaches the broker at once.
+    producer = AIOKafkaProducer(**{**fleet_settings.kafka.producer_kwargs(), "linger_ms": 1000})
+    await producer.start()
+    settings = dataclasses.replace(worker_settings, max_fetch_records=2, bulk_max_batch=8)
+    try:
+        await produce_to(producer, names.request_topic("tiny", Lane.BULK), bulk)
+        async with Worker(settings) as worker:
+            await worker.wait_ready(30)
+            await read_replies(redis_client, stream, 1)  # the worker is busy with bulk rounds
+            await produce_to(producer, names.request_topic("tiny"), interactive)
+            replies = await read_replies(redis_client, stream, len(bulk) + len(interactive), timeout_s=60)
+    finally:
+        await producer.stop()
+    order = [r.id for r in replies]
+    assert sorted(order) == sorted(r.id for r in [*bulk, *interactive]) and all(r.error is None for r in replies)
+    first = min(i for i, rid in enumerate(order) if rid.startswith("i"))
+    last = max(i for i, rid in enumerate(order) if rid.startswith("i"))
+    bulk_between = sum(1 for rid in order[first:last] if rid.startswith("b"))
+    # 20 interactive rounds of 2: served one after the other, not taking turns with bulk rounds of 8
+    # (turns would put about 150 bulk replies between the first and the last interactive one).
+    assert bulk_between <= 2 * settings.bulk_max_batch, (bulk_between, order[first : last + 1])
+    assert last < len(order) - 100, "bulk was drained before the interactive burst was served"
+
+
+async def test_bulk_lane_answers_and_skips_expired_requests(
+    worker: Worker, producer: AIOKafkaProducer, names: Names, redis_client: Any, stream: str
+) -> None:
+    x = np.ones((2, 16), np.float32)
+    fresh = make_request(stream, x, rid="fresh")
+    expired = make_request(stream, x, rid="expired", deadline_ms=now_ms() - 1)
+    await produce_to(producer, names.bulk_topic("tiny"), [expired, fresh])
+    replies = {r.id: r for r in await read_replies(redis_client, stream, 2)}
+    assert replies["fresh"].error is None and replies["fresh"].outputs[0].shape == (2, 4)
+    error = replies["expired"].error
+    assert error is not None and error.code is ErrorCode.DEADLINE_EXCEEDED
+    assert replies["expired"].compute_ms == 0.0
+
+
+# retries --------------------------------------------------------------------------------------------
+@pytest.fixture
+async def flaky_model(
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path
+) -> AsyncIterator[Any]:
+    """Registers version N of ``flaky`` whose model fails its first ``fails`` batches; yields the registrar."""
+    torch = pytest.importorskip("torch")
+    from tests.workers.torchmodels import flaky
+
+    await ensure_model_topics(fleet_settings.kafka, names, "flaky")
+
+    async def register(version: str, fails: int, permanent: bool = False) -> ModelRecord:
+        module = flaky()
+        module.fails.fill_(fails)
+        module.permanent.fill_(int(permanent))
+        path = tmp_path / f"flaky-{version}.pt"
+        torch.save(module.state_dict(), str(path))
+        record = build_record(
+            "flaky",
+            version,
+            path,
+            factory="tests.workers.torchmodels:flaky",
+            inputs=(TensorSpec("x", "FP32", (-1, 4)),),
+            outputs=(TensorSpec("y", "FP32", (-1, 3)),),
+            batching=BatchingConfig(max_batch_size=8, max_queue_delay_ms=2),
+        )
+        await ModelRegistry(redis_client, names).register(record)
+        return record
+
+    yield register
+
+
+def _flaky_request(stream: str, rid: str, version: str, **extra: Any) -> InferenceRequest:
+    x = np.ones((1, 4), np.float32)
+    return InferenceRequest(
+        rid, "flaky", version, (Tensor.from_numpy("x", x),), reply=ReplyAddress(ReplyKind.STREAM, stream), **extra
+    )
+
+
+@pytest.fixture
+def retry_settings(worker_settings: WorkerSettings) -> WorkerSettings:
+    return dataclasses.replace(
+        worker_settings, models=("flaky",), retry_attempts=3, retry_base_ms=50, retry_max_ms=200, retry_jitter=0.0
+    )
+
+
+@pytest.mark.parametrize("lane", list(Lane))
+async def test_transient_failure_is_retried_then_answered(
+    flaky_model: Any,
+    retry_settings: WorkerSettings,
+    producer: AIOKafkaProducer,
+    fleet_settings: FleetSettings,
+    names: Names,
+    redis_client: Any,
+    stream: str,
+    lane: Lane,
+) -> None:
+    await flaky_model("1", fails=2)
+    async with Worker(retry_settings) as worker:
+        await worker.wait_ready(30)
+        await produce_to(producer, names.request_topic("flaky", lane), [_flaky_request(stream, "r1", "1")])
+        (reply,) = await read_replies(redis_client, stream, 1)
+    assert reply.id == "r1" and reply.error is None and reply.outputs[0].shape == (1, 3)
+    retries = await read_topic(fleet_settings, names.retry_topic("flaky", lane), 2)
+    tries = [InferenceRequest.from_bytes(r.value) for r in retries]
+    assert [t.attempt for t in tries] == [2, 3] and all(t.id == "r1" and t.not_before_ms for t in tries)
+    assert tries[1].not_before_ms > tries[0].not_before_ms  # type: ignore[operator]
+
+
+async def test_exhausted_retries_answer_the_error_and_dead_letter(
+    flaky_model: Any,
+    retry_settings: WorkerSettings,
+    producer: AIOKafkaProducer,
+    fleet_settings: FleetSettings,
+    names: Names,
+    redis_client: Any,
+    stream: str,
+) -> None:
+    await flaky_model("1", fails=100)
+    async with Worker(retry_settings) as worker:
+        await worker.wait_ready(30)
+        await produce_to(producer, names.request_topic("flaky"), [_flaky_request(stream, "doomed", "1")])
+        (reply,) = await read_replies(redis_client, stream, 1)
+        (record,) = await read_topic(fleet_settings, names.dlq_topic("flaky"), 1)
+    assert reply.error is not None and reply.error.code is ErrorCode.MODEL_ERROR
+    assert "failed on all 3 tries" in reply.error.message and "RuntimeError" in reply.error.message
+    letter = DeadLetter.from_bytes(record.value)
+    assert letter.code is ErrorCode.MODEL_ERROR and letter.reason == reply.error.message
+    assert letter.topic == names.retry_topic("flaky")
+    request = InferenceRequest.from_bytes(letter.value)
+    assert request.id == "doomed" and request.attempt == 3
+
+
+async def test_permanent_failure_and_a_deadline_too_close_are_not_retried(
+    flaky_model: Any,
+    retry_settings: WorkerSettings,
+    producer: AIOKafkaProducer,
+    fleet_settings: FleetSettings,
+    names: Names,
+    redis_client: Any,
+    stream: str,
+) -> None:
+    await flaky_model("1", fails=100, permanent=True)
+    await flaky_model("2", fails=100)
+    settings = dataclasses.replace(retry_settings, retry_base_ms=5000, retry_max_ms=5000)
+    async with Worker(settings) as worker:
+        await worker.wait_ready(30)
+        permanent = _flaky_request(stream, "permanent", "1")
+        hurried = _flaky_request(stream, "hurried", "2", deadline_ms=now_ms() + 3000)
+        await produce_to(producer, names.request_topic("flaky"), [permanent, hurried])
+        replies = {r.id: r for r in await read_replies(redis_client, stream, 2, timeout_s=2.5)}
+        (record,) = await read_topic(fleet_settings, names.dlq_topic("flaky"), 1)
+    assert {rid: r.error.code for rid, r in replies.items() if r.error} == {
+        "permanent": ErrorCode.MODEL_ERROR,
+        "hurried": ErrorCode.MODEL_ERROR,
+    }
+    assert "ValueError" in replies["permanent"].error.message  # type: ignore[union-attr]
+    assert "deadline" in replies["hurried"].error.message  # type: ignore[union-attr]
+    letter = DeadLetter.from_bytes(record.value)  # only the transient failure is kept for a replay
+    assert InferenceRequest.from_bytes(letter.value).id == "hurried" and "deadline" in letter.reason
+
+
+async def test_a_retry_whose_deadline_passes_while_it_waits_is_reported_expired(
+    flaky_model: Any,
+    retry_settings: WorkerSettings,
+    producer: AIOKafkaProducer,
+    names: Names,
+    redis_client: Any,
+    stream: str,
+) -> None:
+    await flaky_model("1", fails=100)
+    async with Worker(retry_settings) as worker:
+        await worker.wait_ready(30)
+        # A retry record written by an earlier worker: due now, but its deadline has passed.
+        stale = _flaky_request(stream, "stale", "1", attempt=2, not_before_ms=now_ms() - 10, deadline_ms=now_ms() - 5)
+        await produce_to(producer, names.retry_topic("flaky", Lane.BULK), [stale])
+        (reply,) = await read_replies(redis_client, stream, 1)
+    assert reply.error is not None and reply.error.code is ErrorCode.DEADLINE_EXCEEDED

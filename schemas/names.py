@@ -17,6 +17,7 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:model:{m}:v:{v}:measured    footprint measured by a worker after loading (bytes)
       {ns}:model:{m}:default           the version served when none is asked for
       {ns}:replies:{gateway_id}        STREAM of replies for one gateway process
+      {ns}:client:{client_id}:replies  STREAM of replies for one direct producer client (`fleet.producer`)
       {ns}:result:{request_id}         first result stored for a request (dedups redelivery; an async
                                        job's result, or its CANCELLED marker)
       {ns}:emitted:{request_id}        marker: the request's first result was produced to its reply topic
@@ -51,6 +52,7 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def check_model_name(name: str) -> str:
@@ -176,6 +178,12 @@ class Names:
     def reply_stream(self, gateway_id: str) -> str:
         """Reply stream read by one gateway process."""
         return f"{self.namespace}:replies:{gateway_id}"
+
+    def client_reply_stream(self, client_id: str) -> str:
+        """Reply stream read by one direct Kafka producer client (``fleet.producer.FleetProducer``)."""
+        if not _CLIENT_ID.match(client_id):
+            raise ValueError(f"invalid client id {client_id!r}: use 1-128 of [A-Za-z0-9_.-]")
+        return f"{self.namespace}:client:{client_id}:replies"
 
     def result_key(self, request_id: str) -> str:
         """First stored result of a request (later duplicates are dropped)."""

@@ -1,0 +1,170 @@
+"""``fleet batch run`` end to end: JSONL and .npy inputs, per-record failures, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from fleet.batch import BatchOptions, BatchRun
+from fleet.batch_outputs import failures_path
+from fleet.batch_state import BatchError, Checkpoint
+from schemas import FleetSettings, ModelRecord
+from workers import Worker, WorkerSettings
+
+
+def _reference(record: ModelRecord, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(record.artifact, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def worker(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Worker]:
+    async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as w:
+        await w.wait_ready(30)
+        yield w
+
+
+def _write_jsonl(path: Path, rows: np.ndarray, broken: dict[int, str]) -> None:
+    with open(path, "w") as fh:
+        for i, row in enumerate(rows):
+            if i in broken:
+                fh.write(broken[i] + "\n")
+            elif i % 2:
+                fh.write(json.dumps({"inputs": {"x": row.tolist()}}) + "\n")  # wrapped form
+            else:
+                fh.write(json.dumps({"x": row.tolist()}) + "\n")  # plain form
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_jsonl_outputs_in_input_order_with_failures(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, tmp_path: Path
+) -> None:
+    rows = np.random.default_rng(5).standard_normal((500, 16)).astype(np.float32)
+    broken = {
+        17: json.dumps({"x": [1.0] * 15}),  # wrong shape: refused at the client
+        250: "{not json",
+        300: json.dumps({"y": [1.0] * 16}),  # missing input
+        301: json.dumps({"x": ["a"] * 16}),  # not numbers
+    }
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_jsonl(source, rows, broken)
+    summary = await BatchRun(fleet_settings, BatchOptions("tiny", source, output, window=64, read_chunk=50)).run()
+
+    assert (summary.done, summary.failed) == (500, 4)
+    lines = _read_jsonl(output)
+    assert [line["index"] for line in lines] == list(range(500))
+    expected = _reference(tiny_model, rows)
+    for i, line in enumerate(lines):
+        if i in broken:
+            assert line["error"]["code"] == "INVALID_INPUT" and line["error"]["message"], line
+            continue
+        # a single row given without its batch dimension comes back without it
+        np.testing.assert_allclose(np.array(line["outputs"]["y"]), expected[i], rtol=1e-5, atol=1e-6)
+    assert "shape" in lines[17]["error"]["message"] and "JSON" in lines[250]["error"]["message"]
+    assert Checkpoint.load(Checkpoint.path_for(output)).complete
+
+    again = await BatchRun(fleet_settings, BatchOptions("tiny", source, output, resume=True)).run()
+    assert again.already_complete and output.read_text().count("\n") == 500
+    with pytest.raises(BatchError, match="--resume"):
+        await BatchRun(fleet_settings, BatchOptions("tiny", source, output)).run()
+
+
+@pytest.mark.parametrize("per_request", [1, 7])
+async def test_npy_outputs_match_the_model(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, tmp_path: Path, per_request: int
+) -> None:
+    rows = np.random.default_rng(6).standard_normal((500, 16)).astype(np.float32)
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(source, rows)
+    options = BatchOptions("tiny", source, output, rows_per_request=per_request, window=128)
+    summary = await BatchRun(fleet_settings, options).run()
+    assert summary.done == -(-500 // per_request) and summary.failed == 0
+    y = np.load(output)
+    assert y.shape == (500, 4) and y.dtype == np.float32
+    np.testing.assert_allclose(y, _reference(tiny_model, rows), rtol=1e-5, atol=1e-6)
+    assert failures_path(output).read_text() == ""
+
+
+async def test_npy_input_of_the_wrong_width_fails_every_record(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, tmp_path: Path
+) -> None:
+    source, output = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(source, np.ones((10, 15), np.float32))
+    summary = await BatchRun(fleet_settings, BatchOptions("tiny", source, output)).run()
+    assert (summary.done, summary.failed) == (10, 10)
+    assert np.isnan(np.load(output)).all()
+    failures = _read_jsonl(failures_path(output))
+    assert [f["index"] for f in failures] == list(range(10))
+    assert {f["code"] for f in failures} == {"INVALID_INPUT"} and failures[3]["rows"] == [3, 4]
+
+
+def _batch_command(settings: FleetSettings, source: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "fleet.cli",
+        "batch",
+        "run",
+        "--model",
+        "tiny",
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--kafka",
+        settings.kafka.bootstrap,
+        "--redis",
+        settings.redis.url,
+        "--namespace",
+        settings.namespace,
+        "--quiet",
+        *extra,
+    ]
+
+
+async def test_resume_after_sigkill_has_no_duplicate_and_no_missing_row(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, tmp_path: Path
+) -> None:
+    count = 8_000
+    rows = np.random.default_rng(8).standard_normal((count, 16)).astype(np.float32)
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_jsonl(source, rows, {})
+    ckpt_path = Checkpoint.path_for(output)
+    command = _batch_command(fleet_settings, source, output, "--checkpoint-interval", "0.2", "--window", "256")
+    first = await asyncio.create_subprocess_exec(*command, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # kill it once a checkpoint with part of the output exists
+        if ckpt_path.exists() and 0 < Checkpoint.load(ckpt_path).records_done < count // 2:
+            break
+        assert first.returncode is None, "the run ended before it could be killed"
+        await asyncio.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    await asyncio.wait_for(first.wait(), 10)
+    killed_at = Checkpoint.load(ckpt_path)
+    assert not killed_at.complete and killed_at.records_done < count
+
+    second = await asyncio.create_subprocess_exec(
+        *_batch_command(fleet_settings, source, output, "--resume"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(second.communicate(), 90)
+    assert second.returncode == 0, err.decode()
+    assert "resumed at" in out.decode()
+
+    lines = _read_jsonl(output)
+    assert [line["index"] for line in lines] == list(range(count))  # no duplicate, no gap, in order
+    got = np.array([line["outputs"]["y"] for line in lines], dtype=np.float32)
+    np.testing.assert_allclose(got, _reference(tiny_model, rows), rtol=1e-5, atol=1e-6)
+    assert Checkpoint.load(ckpt_path).complete

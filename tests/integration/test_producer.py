@@ -1,0 +1,111 @@
+"""The direct Kafka producer client against the real broker, Redis and an in-process worker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from fleet.producer import FleetProducer
+from schemas import ErrorCode, FleetSettings, ModelRecord, Names, RegistryError, ReplyKind, SchemaError
+from workers import Worker, WorkerSettings
+
+
+def _reference(record: ModelRecord, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(record.artifact, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def worker(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Worker]:
+    async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as w:
+        await w.wait_ready(30)
+        yield w
+
+
+async def test_infer_and_submit_round_trip_numpy(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker
+) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    async with FleetProducer(fleet_settings, max_in_flight=64) as producer:
+        outputs = await producer.infer("tiny", {"x": x})
+        np.testing.assert_allclose(outputs["y"], _reference(tiny_model, x), rtol=1e-5, atol=1e-6)
+
+        rows = rng.standard_normal((300, 16)).astype(np.float32)
+        sent = {}
+        for i in range(300):  # more than max_in_flight: submit waits for answers (backpressure)
+            sent[await producer.submit("tiny", {"x": rows[i : i + 1]})] = i
+            assert producer.in_flight <= 64
+        got = {}
+        async for result in producer.results(count=300):
+            got[result.request_id] = result
+    assert set(got) == set(sent)
+    expected = _reference(tiny_model, rows)
+    for request_id, result in got.items():
+        assert result.ok and result.model == "tiny" and result.version == "1"
+        np.testing.assert_allclose(result.outputs["y"], expected[sent[request_id]][None], rtol=1e-5, atol=1e-6)
+    assert max(r.batch_size for r in got.values()) > 1  # the worker batched one-row records
+
+
+@pytest.mark.parametrize(
+    ("inputs", "fragment"),
+    [
+        ({"x": np.ones((1, 15), np.float32)}, "shape"),
+        ({"x": np.ones((1, 16), np.float64)}, "datatype"),
+        ({"z": np.ones((1, 16), np.float32)}, "unexpected input"),
+        ({}, "missing input"),
+    ],
+    ids=["shape", "dtype", "name", "missing"],
+)
+async def test_bad_input_fails_at_the_client(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, inputs: dict[str, Any], fragment: str
+) -> None:
+    async with FleetProducer(fleet_settings) as producer:
+        with pytest.raises(SchemaError) as info:
+            await producer.submit("tiny", inputs)
+        assert info.value.code is ErrorCode.INVALID_INPUT and fragment in info.value.message
+        assert producer.in_flight == 0
+        with pytest.raises(RegistryError) as missing:
+            await producer.submit("nope", {"x": np.ones((1, 16), np.float32)})
+        assert missing.value.code is ErrorCode.MODEL_NOT_FOUND
+        with pytest.raises(RegistryError) as version:
+            await producer.submit("tiny", {"x": np.ones((1, 16), np.float32)}, version="9")
+        assert version.value.code is ErrorCode.VERSION_NOT_FOUND
+
+
+async def test_result_key_delivery_and_stored_results(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, redis_client: Any, names: Names
+) -> None:
+    x = np.full((2, 16), 0.5, np.float32)
+    async with FleetProducer(fleet_settings, reply=ReplyKind.RESULT) as producer:
+        request_id = await producer.submit("tiny", {"x": x}, request_id="job-1")
+        result = await producer.wait_result(request_id, timeout_s=20)
+        np.testing.assert_allclose(result.unwrap()["y"], _reference(tiny_model, x), rtol=1e-5, atol=1e-6)
+        assert await producer.result("never-sent") is None
+    # a result reply never touches a stream
+    assert await redis_client.exists(names.client_reply_stream(producer.client_id)) == 0
+
+
+async def test_unanswered_request_times_out(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> None:
+    """No worker serves the model: the request completes with DEADLINE_EXCEEDED instead of hanging."""
+    async with FleetProducer(fleet_settings, timeout_s=0.3) as producer:
+        await producer.submit("tiny", {"x": np.ones((1, 16), np.float32)})
+        results = [r async for r in producer.results(count=1)]
+    assert results[0].error is not None and results[0].error.code is ErrorCode.DEADLINE_EXCEEDED
+
+
+async def test_a_resent_request_gets_the_first_answer(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker
+) -> None:
+    """The same id sent twice (a resumed batch run): answered once, and the stored answer is found."""
+    x = np.ones((1, 16), np.float32)
+    async with FleetProducer(fleet_settings, client_id="resend-test") as producer:
+        await producer.submit("tiny", {"x": x}, request_id="r-1")
+        first = [r async for r in producer.results(count=1)][0]
+        stored = await producer.stored_results(["r-1", "r-2"])
+    assert set(stored) == {"r-1"}
+    np.testing.assert_array_equal(stored["r-1"].outputs["y"], first.outputs["y"])

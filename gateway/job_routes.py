@@ -27,6 +27,7 @@ from schemas import (
     InferenceResponse,
     JobState,
     JobStatus,
+    Lane,
     ModelRecord,
     Names,
     ReplyAddress,
@@ -171,7 +172,8 @@ class JobRoutes:
             created_ms=created_ms,
         )
         try:
-            await self._publisher.publish(self._names.request_topic(record.name), message)
+            topic = self._names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
+            await self._publisher.publish(topic, message)
         except BaseException:
             await self._store.forget(job_id, key)
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from schemas import (
     Framework,
     InferenceRequest,
     InferenceResponse,
+    Lane,
     ModelRecord,
     Names,
     ReplyAddress,
@@ -51,9 +53,11 @@ from .jobs import JobStore
 from .metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from .protocol import (
     HEADER_LENGTH,
+    LANE_HEADER,
     TIMEOUT_HEADER,
     InferBody,
     check_outputs,
+    choose_lane,
     parse_infer,
     parse_timeout_ms,
     render_infer,
@@ -226,6 +230,7 @@ class Routes:
             record = await self._record(request.match_info["model"], request.match_info.get("version"))
             label = record.name
             body = parse_infer(raw, request.headers.get(HEADER_LENGTH))
+            body = dataclasses.replace(body, lane=choose_lane(body.lane, request.headers.get(LANE_HEADER)))
             settings = self._b.settings
             # An async job's deadline defaults to (and is capped at) the job TTL.
             default_s, max_s = (
@@ -297,7 +302,8 @@ class Routes:
         future = listener.expect(wire_id)
         try:
             async with asyncio.timeout_at(started + timeout_ms / 1000.0):
-                await self._b.publisher.publish(self._b.names.request_topic(record.name), message)
+                topic = self._b.names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
+                await self._b.publisher.publish(topic, message)
                 return await future
         except TimeoutError:
             raise DeadlineExceededError(record.name, timeout_ms) from None

@@ -11,10 +11,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from gateway import Gateway, GatewaySettings
 from schemas import (
     ErrorCode,
+    FleetSettings,
     InferenceRequest,
     InferenceResponse,
     ModelRecord,
@@ -198,6 +200,35 @@ async def test_json_round_trip(
     assert answer["id"] == "client-7" and answer["model_name"] == "tiny" and answer["model_version"] == "1"
     assert answer["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [2, 4], "data": [0.5] * 8}]
     assert resp.headers["X-Request-Id"] == request.id
+
+
+@pytest.mark.parametrize(
+    ("headers", "parameters"), [({"X-Fleet-Lane": "bulk"}, {}), ({}, {"lane": "bulk"})], ids=["header", "parameter"]
+)
+async def test_bulk_lane_goes_to_the_bulk_topic(
+    gateway: Gateway,
+    http: aiohttp.ClientSession,
+    redis_client: Any,
+    names: Names,
+    fleet_settings: FleetSettings,
+    headers: dict[str, str],
+    parameters: dict[str, Any],
+) -> None:
+    consumer = AIOKafkaConsumer(
+        names.bulk_topic("tiny"), bootstrap_servers=fleet_settings.kafka.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        body = {"inputs": [x_input()], "parameters": parameters}
+        call = asyncio.create_task(http.post(gateway.url + INFER, json=body, headers=headers))
+        _, request = await serve_one(consumer, redis_client, names)
+        async with await call as resp:
+            assert resp.status == 200, await resp.text()
+    finally:
+        await consumer.stop()
+    assert request.parameters == {}
+    async with http.post(gateway.url + INFER, json={"inputs": [x_input()]}, headers={"X-Fleet-Lane": "x"}) as resp:
+        assert resp.status == 400 and (await resp.json())["code"] == "INVALID_REQUEST"
 
 
 async def test_binary_round_trip(

@@ -1,5 +1,6 @@
 """Lag collector: per model and partition, the log-end offset, the worker group's committed offset, the lag
-and smoothed arrival and completion rates.
+and smoothed arrival and completion rates, for both lanes (request topic and bulk topic, each with its group;
+retry topics are not counted: their records wait on purpose).
 
 Only standard Kafka requests are used, chosen so the numbers are right on Apache Kafka and on the local
 broker alike (see KAFKA_LOCAL.md):
@@ -31,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from schemas import FleetSettings, Names
+from schemas import FleetSettings, Lane, Names
 
 from .errors import CollectorError
 from .signals import ModelLoad, PartitionLoad, ewma
@@ -132,12 +133,14 @@ class LagCollector:
         if admin is None or probe is None or self._state is not _State.STARTED:
             raise RuntimeError("LagCollector is not started")
         try:
-            partitions = await self._partitions(admin, [self.names.request_topic(m) for m in models])
+            topics = [self.names.request_topic(m, lane) for m in models for lane in Lane]
+            partitions = await self._partitions(admin, topics)
             tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
             log_ends = await self._log_ends(probe, tps)
             starts = await probe.beginning_offsets(tps) if tps else {}
             committed: dict[TopicPartition, int | None] = {}
-            for offsets in await asyncio.gather(*(self._committed(admin, m, partitions) for m in models)):
+            lanes = [(m, lane) for m in models for lane in Lane]
+            for offsets in await asyncio.gather(*(self._committed(admin, m, lane, partitions) for m, lane in lanes)):
                 committed.update(offsets)
         except KafkaError as exc:
             raise CollectorError(f"models {list(models)}", exc) from exc
@@ -145,9 +148,12 @@ class LagCollector:
         loads: dict[str, ModelLoad] = {}
         for model in models:
             topic = self.names.request_topic(model)
-            parts = tuple(
-                self._partition_load(tp, log_ends[tp], committed[tp], starts.get(tp, 0), now)
-                for tp in (TopicPartition(topic, p) for p in partitions.get(topic, ()))
+            parts, bulk = (
+                tuple(
+                    self._partition_load(tp, log_ends[tp], committed[tp], starts.get(tp, 0), now)
+                    for tp in (TopicPartition(lane_topic, p) for p in partitions.get(lane_topic, ()))
+                )
+                for lane_topic in (topic, self.names.bulk_topic(model))
             )
             loads[model] = ModelLoad(
                 model=model,
@@ -155,8 +161,9 @@ class LagCollector:
                 group=self.names.worker_group(model),
                 partitions=parts,
                 at=now,
-                rates_known=all(p.rates_known for p in parts) if parts else False,
+                rates_known=all(p.rates_known for p in parts + bulk) if parts else False,
                 topic_exists=topic in partitions,
+                bulk_partitions=bulk,
             )
         return loads
 
@@ -210,15 +217,15 @@ class LagCollector:
         return ends
 
     async def _committed(
-        self, admin: AIOKafkaAdminClient, model: str, partitions: dict[str, list[int]]
+        self, admin: AIOKafkaAdminClient, model: str, lane: Lane, partitions: dict[str, list[int]]
     ) -> dict[TopicPartition, int | None]:
-        topic = self.names.request_topic(model)
+        topic = self.names.request_topic(model, lane)
         tps = [TopicPartition(topic, p) for p in partitions.get(topic, ())]
         if not tps:
             return {}
         # The explicit partition list matters: without it some brokers drop the connection.
         offsets: dict[TopicPartition, Any] = await admin.list_consumer_group_offsets(
-            self.names.worker_group(model), partitions=tps
+            self.names.worker_group(model, lane), partitions=tps
         )
         result: dict[TopicPartition, int | None] = {}
         for tp in tps:

@@ -47,7 +47,11 @@ class PartitionLoad:
 
 @dataclass(frozen=True)
 class ModelLoad:
-    """The request topic of one model at one instant: per partition and in total."""
+    """The request topics of one model at one instant: per partition and in total.
+
+    ``partitions`` are the interactive lane's (``topic``, ``group``); ``bulk_partitions`` the bulk
+    lane's. Backlog and rates count both lanes: bulk work is work the workers must drain too.
+    """
 
     model: str
     topic: str
@@ -59,41 +63,53 @@ class ModelLoad:
     rates_known: bool = False
     #: False when the topic does not exist (yet): no partitions, no load.
     topic_exists: bool = True
+    #: The bulk lane's partitions (``Names.bulk_topic``, consumed by ``Names.worker_group(model, "bulk")``).
+    bulk_partitions: tuple[PartitionLoad, ...] = ()
 
     @property
     def partition_count(self) -> int:
-        """Partitions of the topic: more workers than this would sit idle."""
-        return len(self.partitions)
+        """Partitions of one lane's topic: more workers than this would sit idle (each joins both lanes)."""
+        return max(len(self.partitions), len(self.bulk_partitions))
+
+    @property
+    def _all(self) -> tuple[PartitionLoad, ...]:
+        return self.partitions + self.bulk_partitions
 
     @property
     def lag(self) -> int:
-        """Total backlog in records."""
-        return sum(p.lag for p in self.partitions)
+        """Total backlog in records, both lanes."""
+        return sum(p.lag for p in self._all)
+
+    @property
+    def bulk_lag(self) -> int:
+        """Backlog of the bulk lane alone."""
+        return sum(p.lag for p in self.bulk_partitions)
 
     @property
     def log_end(self) -> int:
         """Sum of the log-end offsets (grows with every record produced)."""
-        return sum(p.log_end for p in self.partitions)
+        return sum(p.log_end for p in self._all)
 
     @property
     def committed(self) -> int:
         """Sum of the committed offsets (a partition without a commit counts as its log start, 0)."""
-        return sum(p.committed or 0 for p in self.partitions)
+        return sum(p.committed or 0 for p in self._all)
 
     @property
     def arrival_rate(self) -> float:
         """Records/s arriving across all partitions (smoothed)."""
-        return sum(p.arrival_rate for p in self.partitions)
+        return sum(p.arrival_rate for p in self._all)
 
     @property
     def completion_rate(self) -> float:
         """Records/s completed across all partitions (smoothed)."""
-        return sum(p.completion_rate for p in self.partitions)
+        return sum(p.completion_rate for p in self._all)
 
     @property
     def anomalies(self) -> tuple[str, ...]:
         """Anomalies seen on any partition."""
-        return tuple(f"p{p.partition}: {p.anomaly}" for p in self.partitions if p.anomaly)
+        lanes = (("", self.partitions), ("bulk ", self.bulk_partitions))
+        return tuple(f"{lane}p{p.partition}: {p.anomaly}" for lane, parts in lanes for p in parts if p.anomaly)
 
 
 @dataclass(frozen=True)

@@ -157,3 +157,28 @@ async def test_several_models_in_one_round(
     finally:
         await admin.delete_topics([other])
         await admin.close()
+
+
+async def test_bulk_lane_lag_counts_with_its_own_group(
+    fleet_settings: FleetSettings, names: Names, topic: str, producer: AIOKafkaProducer, collector: LagCollector
+) -> None:
+    bulk = names.bulk_topic(MODEL)
+    admin = AIOKafkaAdminClient(**fleet_settings.kafka.client_kwargs())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(bulk, 2, 1)])
+        await produce(producer, topic, {0: 4})
+        await produce(producer, bulk, {0: 10, 1: 6})
+        # The interactive group's commit on the bulk topic must not count: each lane has its own group.
+        await commit(fleet_settings, names.worker_group(MODEL), {TopicPartition(bulk, 0): 10})
+        await commit(fleet_settings, names.worker_group(MODEL, "bulk"), {TopicPartition(bulk, 0): 7})
+        load = await collector.collect_one(MODEL)
+    finally:
+        await admin.delete_topics([bulk])
+        await admin.close()
+    assert [(p.partition, p.log_end, p.committed, p.lag) for p in load.bulk_partitions] == [
+        (0, 10, 7, 3),
+        (1, 6, None, 6),
+    ]
+    assert load.bulk_lag == 9 and load.lag == 4 + 9 and load.log_end == 4 + 16
+    assert load.partition_count == 3  # the interactive topic has 3 partitions, the bulk one 2

@@ -3,7 +3,8 @@
 Lifecycle: ``start()`` binds the HTTP server and starts the backends in the background (so liveness
 answers even while Kafka or Redis are down); ``stop()`` stops accepting connections, lets in-flight
 requests finish within ``shutdown_grace_s``, then closes the reply listener, the producer and Redis.
-The backends are tied to the aiohttp app's lifetime through ``cleanup_ctx``.
+The backends are tied to the aiohttp app's lifetime through ``cleanup_ctx``; so is the webhook
+dispatcher of async jobs (``gateway.webhooks``) when ``webhooks`` is on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .registry_cache import RegistryCache
 from .replies import ReplyListener
 from .routes import SERVER_NAME, Backends, Routes
 from .settings import GatewaySettings
+from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("fleet.gateway")
 
@@ -146,11 +148,18 @@ class Gateway:
         """Start the backends with the app and close them after the last request handler finished."""
         backends = self._backends
         assert backends is not None
+        webhooks = None
+        if self.settings.webhooks:
+            webhooks = WebhookDispatcher(self.settings, self.names, backends.redis, self.settings.gateway_id)
         try:
             await backends.listener.start()
             await backends.publisher.start()
+            if webhooks is not None:
+                await webhooks.start()
             yield
         finally:
+            if webhooks is not None:
+                await webhooks.stop()
             await backends.listener.stop()
             await backends.publisher.stop()
             await backends.cache.close()

@@ -9,6 +9,10 @@ Idempotency: ``Idempotency-Key: <1-255 visible ASCII>`` maps to the first job su
 the job TTL). A resubmit with the same model, version and body bytes gets that job back (``202``,
 ``Idempotent-Replayed: true``) and nothing is published again; a different request with the same key
 is ``409 CONFLICT``. Job ids are random (uuid4), so knowing one job id does not reveal another.
+
+Completion webhook (only with ``FLEET_GATEWAY_WEBHOOKS=true``, else ``400``): ``X-Callback-Url`` or
+``?callback_url=`` names an http(s) URL that receives the job document (``POST``, JSON) once the job
+is done, failed, expired (answered by a worker) or cancelled (``gateway.webhooks``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from schemas import (
     ErrorCode,
@@ -35,7 +40,7 @@ from schemas import (
     now_ms,
 )
 from schemas.constants import RESULT_TTL_S
-from schemas.jobs import F_CLIENT_ID, F_CREATED, F_DEADLINE, F_EXPIRES, F_MODEL, F_VERSION
+from schemas.jobs import F_CALLBACK, F_CLIENT_ID, F_CREATED, F_DEADLINE, F_EXPIRES, F_MODEL, F_VERSION
 
 from .errors import ConflictError, InvalidRequestError, JobNotFoundError
 from .jobs import JobStore
@@ -47,6 +52,8 @@ ASYNC_QUERY = "async"
 PREFER_HEADER = "Prefer"
 RESPOND_ASYNC = "respond-async"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+CALLBACK_HEADER = "X-Callback-Url"
+CALLBACK_QUERY = "callback_url"
 REPLAYED_HEADER = "Idempotent-Replayed"
 JOBS_PATH = "/v2/jobs"
 _TRUE = ("true", "1", "yes")
@@ -83,6 +90,21 @@ def fingerprint(model: str, version: str | None, header_length: str | None, raw:
         digest.update(b"\0")
     digest.update(raw)
     return digest.hexdigest()[:32]
+
+
+def callback_url(value: str | None, allowed: bool) -> str | None:
+    """The job's completion webhook (an absolute http(s) URL), or None; InvalidRequestError when refused."""
+    if value is None:
+        return None
+    if not allowed:
+        raise InvalidRequestError("completion webhooks are off on this gateway (FLEET_GATEWAY_WEBHOOKS)")
+    try:
+        url = URL(value)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host or len(value) > 2048:
+        raise InvalidRequestError(f"{CALLBACK_HEADER} must be an absolute http(s) URL of at most 2048 characters")
+    return value
 
 
 def job_document(state: JobState, now: float) -> dict[str, Any]:
@@ -141,6 +163,9 @@ class JobRoutes:
         ttl_s = self._settings.job_ttl_s
         job_id = uuid.uuid4().hex
         print_ = fingerprint(record.name, request.match_info.get("version"), request.headers.get(HEADER_LENGTH), raw)
+        callback = callback_url(
+            request.headers.get(CALLBACK_HEADER) or request.query.get(CALLBACK_QUERY), self._settings.webhooks
+        )
         fields = {
             F_MODEL: record.name,
             F_VERSION: record.version,
@@ -149,6 +174,8 @@ class JobRoutes:
             F_DEADLINE: repr(created_ms + timeout_ms),
             F_EXPIRES: repr(created_ms + ttl_s * 1000.0),
         }
+        if callback is not None:
+            fields[F_CALLBACK] = callback
         existing = await self._store.create(job_id, fields, ttl_s, None if key is None else (key, f"{job_id} {print_}"))
         if existing is not None:
             other_id, _, other_print = existing.partition(" ")

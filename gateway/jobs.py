@@ -77,8 +77,8 @@ class JobStore:
 
     async def cancel(self, job_id: str, cancelled: bytes, result_ttl_s: int, now_ms: float) -> str:
         """Run the cancel script: 'missing', 'finished', 'running', 'expired' or 'cancelled'."""
-        keys = [self._names.job_key(job_id), self._names.result_key(job_id)]
-        outcome = await self._bounded(self._cancel(keys=keys, args=[cancelled, result_ttl_s, int(now_ms)]))
+        keys = [self._names.job_key(job_id), self._names.result_key(job_id), self._names.callbacks_stream]
+        outcome = await self._bounded(self._cancel(keys=keys, args=[cancelled, result_ttl_s, int(now_ms), job_id]))
         return bytes(outcome).decode()
 
     async def _bounded(self, call: Awaitable[T]) -> T:

@@ -43,6 +43,16 @@ class GatewaySettings:
         "default and the cap of an async job's deadline. Workers keep its result at least this long.",
         86_400,
     )
+    webhooks: bool = doc(
+        "Allow async jobs to name a completion webhook (X-Callback-Url). Off by default: when on, this "
+        "gateway POSTs job documents to URLs chosen by its clients.",
+        False,
+    )
+    webhook_max_attempts: int = doc("Tries of one webhook delivery before it is given up (logged).", 5)
+    webhook_backoff_s: float = doc("Pause after the first failed webhook try; doubles after each one.", 0.5)
+    webhook_backoff_max_s: float = doc("Cap on the pause between two webhook tries.", 30.0)
+    webhook_timeout_s: float = doc("Longest one webhook POST may take.", 5.0)
+    webhook_concurrency: int = doc("Webhook deliveries in progress at once per gateway.", 16)
     fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
@@ -57,6 +67,11 @@ class GatewaySettings:
                 raise SettingsError(f"{name} must be > 0")
         if self.job_ttl_s < 1:
             raise SettingsError("job_ttl_s must be >= 1")
+        if self.webhook_max_attempts < 1 or self.webhook_concurrency < 1:
+            raise SettingsError("webhook_max_attempts and webhook_concurrency must be >= 1")
+        for name in ("webhook_backoff_s", "webhook_backoff_max_s", "webhook_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
         if self.shutdown_grace_s < 0:
             raise SettingsError("shutdown_grace_s must be >= 0")
         if self.default_timeout_s > self.max_timeout_s:

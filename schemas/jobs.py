@@ -8,6 +8,9 @@ A job is a request with reply kind ``result``; its id is the request id. State l
 - ``names.result_key(id)``: the first stored ``InferenceResponse`` (the worker's ``deliver`` script:
   ``SET NX``), kept at least as long as the job (the request's ``ReplyAddress.ttl_s``). A cancel
   stores a ``CANCELLED`` error response there, so a later worker result loses the ``NX`` race.
+- ``names.callbacks_stream``: whoever stores a job's first result (the worker's ``deliver`` script,
+  or the cancel script) appends the job id when the job hash has a ``callback_url``, in the same
+  script; the gateways' webhook dispatcher (group ``webhooks``) POSTs the job document there.
 
 The status is derived, never stored: from the result when there is one (done, failed, cancelled,
 expired = ``DEADLINE_EXCEEDED``), else running when a worker claimed it, else expired when its
@@ -32,6 +35,13 @@ F_EXPIRES = "expires_ms"  # when the job (hash, idempotency key) is forgotten
 F_STARTED = "started_ms"  # set by the worker that took the request
 F_WORKER = "worker"
 F_CANCELLED = "cancelled_ms"
+F_CALLBACK = "callback_url"  # completion webhook (only when the gateway allows webhooks)
+
+#: Consumer group of the gateways on ``names.callbacks_stream``; entries carry the job id in field ``j``.
+CALLBACK_GROUP = "webhooks"
+CALLBACK_FIELD = "j"
+#: Approximate length cap of the callbacks stream.
+CALLBACK_STREAM_MAXLEN = 100_000
 
 
 class JobStatus(StrEnum):
@@ -59,6 +69,7 @@ class JobState:
     started_ms: float | None
     worker: str
     response: InferenceResponse | None
+    callback_url: str = ""
 
     @classmethod
     def from_redis(cls, job_id: str, fields: dict[bytes, bytes], result: bytes | None) -> JobState:
@@ -75,6 +86,7 @@ class JobState:
             started_ms=_number(text.get(F_STARTED)),
             worker=text.get(F_WORKER, ""),
             response=None if result is None else InferenceResponse.from_bytes(result),
+            callback_url=text.get(F_CALLBACK, ""),
         )
 
     def status(self, now_ms: float) -> JobStatus:
@@ -130,9 +142,10 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return false
 """
 
-#: Gateway, on ``DELETE``. KEYS[1] job hash, KEYS[2] result key; ARGV[1] CANCELLED response bytes,
-#: ARGV[2] result TTL s, ARGV[3] now (epoch ms). Returns 'missing', 'finished' (a result is stored),
-#: 'running', 'expired' (deadline passed unclaimed) or 'cancelled'.
+#: Gateway, on ``DELETE``. KEYS[1] job hash, KEYS[2] result key, KEYS[3] callbacks stream;
+#: ARGV[1] CANCELLED response bytes, ARGV[2] result TTL s, ARGV[3] now (epoch ms), ARGV[4] job id.
+#: Returns 'missing', 'finished' (a result is stored), 'running', 'expired' (deadline passed
+#: unclaimed) or 'cancelled'.
 CANCEL_SCRIPT = f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'finished' end
@@ -141,6 +154,9 @@ local deadline = redis.call('HGET', KEYS[1], '{F_DEADLINE}')
 if deadline and tonumber(deadline) <= tonumber(ARGV[3]) then return 'expired' end
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 redis.call('HSET', KEYS[1], '{F_CANCELLED}', ARGV[3])
+if redis.call('HEXISTS', KEYS[1], '{F_CALLBACK}') == 1 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', {CALLBACK_STREAM_MAXLEN}, '*', '{CALLBACK_FIELD}', ARGV[4])
+end
 return 'cancelled'
 """
 

@@ -23,6 +23,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:emitted:{request_id}        marker: the request's first result was produced to its reply topic
       {ns}:job:{job_id}                HASH of an async job (EXPIRE = job TTL; fields in `schemas.jobs`)
       {ns}:idem:{key}                  STRING idempotency key -> "job_id fingerprint" (EXPIRE = job TTL)
+      {ns}:jobs:callbacks              STREAM of finished jobs that have a webhook (field ``j`` = job id);
+                                       consumer group ``webhooks`` of the gateways delivers them
       {ns}:dlq:{m}:replays             HASH "partition:offset" of a dead letter -> times `fleet dlq replay` re-sent it
       {ns}:worker:{worker_id}          HASH heartbeat of a worker (state, models, partitions)
       {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
@@ -200,6 +202,11 @@ class Names:
     def idempotency_key(self, key: str) -> str:
         """Client idempotency key -> the job it created (``"job_id fingerprint"``)."""
         return f"{self.namespace}:idem:{key}"
+
+    @property
+    def callbacks_stream(self) -> str:
+        """STREAM of finished jobs whose completion webhook is to be delivered (field ``j`` = job id)."""
+        return f"{self.namespace}:jobs:callbacks"
 
     def dlq_replays_key(self, model: str) -> str:
         """HASH ``partition:offset`` of a dead letter of ``model`` -> how many times it was replayed."""

@@ -2,7 +2,8 @@
 
 Each response goes through the ``deliver`` script (docs/ARCHITECTURE.md): ``SET result NX EX`` and,
 only when that SET won (the first result of a request) and the reply kind is ``stream``, ``XADD``
-to the reply stream (field ``r``) and ``EXPIRE`` it. A redelivered request therefore never reaches
+to the reply stream (field ``r``) and ``EXPIRE`` it; for kind ``result`` (an async job) whose job
+hash names a webhook, ``XADD`` the job id to the callbacks stream. A redelivered request therefore never reaches
 its client twice. The scripts run as ``EVALSHA`` in one non-transactional pipeline; when the server
 does not know the script yet (``NOSCRIPT``: first use, restart, ``SCRIPT FLUSH``) it is loaded and the
 pipeline is sent again, which the ``NX`` marker makes harmless.
@@ -41,18 +42,23 @@ from schemas.constants import (
     REPLY_STREAM_TTL_S,
     RESULT_TTL_S,
 )
+from schemas.jobs import CALLBACK_FIELD, CALLBACK_STREAM_MAXLEN, F_CALLBACK
 
 from .errors import BackendDownError
 
 log = logging.getLogger("fleet.workers")
 
-#: KEYS[1] result key, KEYS[2] reply stream (absent unless the reply kind is stream);
-#: ARGV[1] response bytes, ARGV[2] result TTL s, ARGV[3] stream MAXLEN, ARGV[4] stream TTL s.
-DELIVER_SCRIPT = """
+#: KEYS[1] result key; kind stream: KEYS[2] reply stream; kind result (async job): KEYS[2] job hash,
+#: KEYS[3] callbacks stream. ARGV[1] response bytes, ARGV[2] result TTL s, ARGV[3] stream MAXLEN,
+#: ARGV[4] stream TTL s, ARGV[5] reply kind, ARGV[6] request id. A first result of a job whose hash
+#: names a webhook is announced on the callbacks stream (``schemas.jobs``).
+DELIVER_SCRIPT = f"""
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  if #KEYS > 1 then
+  if ARGV[5] == 'stream' then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[1])
     redis.call('EXPIRE', KEYS[2], ARGV[4])
+  elseif ARGV[5] == 'result' and redis.call('HEXISTS', KEYS[2], '{F_CALLBACK}') == 1 then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', {CALLBACK_STREAM_MAXLEN}, '*', '{CALLBACK_FIELD}', ARGV[6])
   end
   return 1
 end
@@ -141,8 +147,13 @@ class ReplyWriter:
                     pipe.evalsha(DELIVER_TOPIC_SHA, 2, result_key, emitted, response.to_bytes(), ttl)
                     continue
                 keys = [result_key]
+                kind = address.kind.value
                 if address.kind is ReplyKind.STREAM and address.target:
                     keys.append(address.target)
+                elif address.kind is ReplyKind.RESULT:
+                    keys += [self._names.job_key(response.id), self._names.callbacks_stream]
+                else:
+                    kind = ReplyKind.NONE.value
                 pipe.evalsha(
                     DELIVER_SHA,
                     len(keys),
@@ -151,6 +162,8 @@ class ReplyWriter:
                     ttl,
                     REPLY_STREAM_MAXLEN,
                     REPLY_STREAM_TTL_S,
+                    kind,
+                    response.id,
                 )
             return list(await pipe.execute(raise_on_error=False))
 

@@ -1,0 +1,171 @@
+"""Completion webhooks of async jobs: the gateways POST each finished job's document to its callback URL.
+
+Who sees completion: whoever stores a job's first result (the worker's ``deliver`` script, or the
+cancel script) appends the job id to ``names.callbacks_stream`` in the same script when the job hash
+names a ``callback_url`` — so an announcement exists exactly when a first result does, and nobody polls.
+Every gateway with ``webhooks`` on runs one dispatcher in consumer group ``webhooks`` on that stream:
+it reads new entries (``XREADGROUP``), delivers each in its own task (at most ``webhook_concurrency``
+at once) with retries — ``webhook_backoff_s`` doubling up to ``webhook_backoff_max_s``, at most
+``webhook_max_attempts`` tries, each bounded by ``webhook_timeout_s`` — then ``XACK``s it (a delivery
+given up is logged). Entries left unacknowledged by a gateway that died are taken over with
+``XAUTOCLAIM`` once idle longer than a whole delivery can take. Delivery is at least once: the POST
+carries ``X-Fleet-Job-Id`` (and ``X-Fleet-Delivery-Attempt``) so receivers can drop repeats; any 2xx
+answer counts as delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import aiohttp
+from redis.exceptions import RedisError, ResponseError
+
+from schemas import Names, now_ms
+from schemas.jobs import CALLBACK_FIELD, CALLBACK_GROUP
+
+from .errors import BackendDownError
+from .job_routes import job_document
+from .jobs import JobStore
+from .settings import GatewaySettings
+
+log = logging.getLogger("fleet.gateway")
+
+JOB_ID_HEADER = "X-Fleet-Job-Id"
+ATTEMPT_HEADER = "X-Fleet-Delivery-Attempt"
+_READ_BLOCK_MS = 1000
+_ERROR_PAUSE_S = 1.0
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
+    """Pause after failed try number ``attempt`` (1-based): ``base_s * 2**(attempt-1)``, at most ``cap_s``."""
+    return float(min(cap_s, base_s * 2 ** (attempt - 1)))
+
+
+def delivery_budget_s(settings: GatewaySettings) -> float:
+    """Longest one delivery can take (every try timing out, every pause taken)."""
+    attempts = settings.webhook_max_attempts
+    pauses = sum(backoff_s(n, settings.webhook_backoff_s, settings.webhook_backoff_max_s) for n in range(1, attempts))
+    return attempts * settings.webhook_timeout_s + pauses
+
+
+class WebhookDispatcher:
+    """Reads the callbacks stream and POSTs job documents; ``start()``/``stop()`` with the gateway."""
+
+    def __init__(self, settings: GatewaySettings, names: Names, redis: Any, consumer: str) -> None:
+        self._settings = settings
+        self._names = names
+        self._redis = redis
+        self._consumer = consumer
+        self._store = JobStore(redis, names, settings.backend_timeout_s)
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._group_ready = False
+        self._session: aiohttp.ClientSession | None = None
+        #: Entries idle longer than this belong to a gateway that stopped: take them over.
+        self._reclaim_ms = int((delivery_budget_s(settings) + 10.0) * 1000)
+
+    async def start(self) -> None:
+        """Start the reading routine (the consumer group is created on first use)."""
+        if self._task is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s))
+            self._task = asyncio.create_task(self._routine(), name="fleet-gateway-webhooks")
+
+    async def stop(self) -> None:
+        """Stop reading and cancel deliveries in progress (they stay pending and are taken over later)."""
+        task, self._task = self._task, None
+        tasks = [t for t in (task, *self._deliveries) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _routine(self) -> None:
+        stream = self._names.callbacks_stream
+        while True:
+            try:
+                if not self._group_ready:
+                    await self._ensure_group(stream)
+                    self._group_ready = True
+                await self._reclaim(stream)
+                free = await self._free_slots()
+                reply = await self._redis.xreadgroup(
+                    CALLBACK_GROUP, self._consumer, {stream: ">"}, count=free, block=_READ_BLOCK_MS
+                )
+                for _, entries in reply or []:
+                    self._spawn(entries)
+            except (RedisError, OSError) as exc:
+                log.warning("webhooks: reading %s failed: %s", stream, exc)
+                self._group_ready = False  # the stream (and its group) may be gone: NOGROUP
+                await asyncio.sleep(_ERROR_PAUSE_S)
+
+    async def _ensure_group(self, stream: str) -> None:
+        try:
+            await self._redis.xgroup_create(stream, CALLBACK_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _reclaim(self, stream: str) -> None:
+        reply = await self._redis.xautoclaim(
+            stream,
+            CALLBACK_GROUP,
+            self._consumer,
+            min_idle_time=self._reclaim_ms,
+            start_id="0-0",
+            count=self._settings.webhook_concurrency,
+        )
+        self._spawn(reply[1] if reply else [])
+
+    async def _free_slots(self) -> int:
+        """Wait until fewer than ``webhook_concurrency`` deliveries run; how many more may start."""
+        while len(self._deliveries) >= self._settings.webhook_concurrency:
+            await asyncio.wait(set(self._deliveries), return_when=asyncio.FIRST_COMPLETED)
+        return self._settings.webhook_concurrency - len(self._deliveries)
+
+    def _spawn(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
+        for entry_id, fields in entries:
+            if not fields:  # deleted entry left in the pending list
+                continue
+            task = asyncio.create_task(self._deliver(entry_id, fields.get(CALLBACK_FIELD.encode(), b"").decode()))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, entry_id: Any, job_id: str) -> None:
+        try:
+            state = await self._store.read(job_id) if job_id else None
+        except BackendDownError as exc:
+            log.warning("webhooks: job %s not read (%s); retried after a takeover", job_id, exc.message)
+            return  # stays pending: reclaimed once idle
+        if state is None or not state.callback_url:
+            log.info("webhooks: job %s is gone (TTL); nothing to deliver", job_id)
+        else:
+            await self._post(job_id, state.callback_url, job_document(state, now_ms()))
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.xack(self._names.callbacks_stream, CALLBACK_GROUP, entry_id)
+
+    async def _post(self, job_id: str, url: str, document: dict[str, Any]) -> None:
+        settings = self._settings
+        body = json.dumps(document, separators=(",", ":")).encode()
+        session = self._session
+        assert session is not None
+        for attempt in range(1, settings.webhook_max_attempts + 1):
+            headers = {"Content-Type": "application/json", JOB_ID_HEADER: job_id, ATTEMPT_HEADER: str(attempt)}
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    if 200 <= response.status < 300:
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                problem = str(exc) or type(exc).__name__
+            if attempt == settings.webhook_max_attempts:
+                log.error("webhooks: job %s not delivered to %s after %d tries: %s", job_id, url, attempt, problem)
+                return
+            pause = backoff_s(attempt, settings.webhook_backoff_s, settings.webhook_backoff_max_s)
+            log.info("webhooks: job %s try %d to %s failed (%s); again in %.2fs", job_id, attempt, url, problem, pause)
+            await asyncio.sleep(pause)

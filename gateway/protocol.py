@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import DATATYPES, InferenceResponse, ParameterValue, SchemaError, Tensor
+from schemas import DATATYPES, InferenceResponse, Lane, ParameterValue, SchemaError, Tensor
 
 from .errors import InvalidInputError, InvalidRequestError
 from .tensor_data import json_data, tensor_from_binary, tensor_from_json
@@ -29,6 +29,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 TIMEOUT_HEADER = "X-Fleet-Timeout-Ms"
 #: Request parameters the gateway consumes itself (never forwarded to workers).
 TIMEOUT_PARAMETER = "timeout_ms"
+#: Priority lane: parameter ``lane`` or header ``X-Fleet-Lane`` (``interactive``, the default, or ``bulk``).
+LANE_PARAMETER = "lane"
+LANE_HEADER = "X-Fleet-Lane"
 BINARY_OUTPUT_PARAMETER = "binary_data_output"
 CONTENT_JSON = "application/json"
 CONTENT_BINARY = "application/octet-stream"
@@ -54,6 +57,7 @@ class InferBody:
     parameters: dict[str, ParameterValue] = field(default_factory=dict)  # forwarded to the worker
     binary_output: bool = False  # parameters.binary_data_output
     timeout_ms: float | None = None  # parameters.timeout_ms
+    lane: Lane | None = None  # parameters.lane (None: not in the body; see `choose_lane`)
 
     def binary_for(self, output: str) -> bool:
         """Whether ``output`` is returned as raw binary data (per-output setting wins)."""
@@ -114,6 +118,7 @@ def parse_infer(body: bytes, header_length: str | None = None) -> InferBody:
     timeout = parameters.pop(TIMEOUT_PARAMETER, None)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
         raise InvalidRequestError(f"parameters.{TIMEOUT_PARAMETER} must be a number of milliseconds")
+    lane = parameters.pop(LANE_PARAMETER, None)
     binary_output = parameters.pop(BINARY_OUTPUT_PARAMETER, False)
     if not isinstance(binary_output, bool):
         raise InvalidRequestError(f"parameters.{BINARY_OUTPUT_PARAMETER} must be true or false")
@@ -124,7 +129,26 @@ def parse_infer(body: bytes, header_length: str | None = None) -> InferBody:
         parameters=parameters,
         binary_output=binary_output,
         timeout_ms=None if timeout is None else float(timeout),
+        lane=None if lane is None else _lane(lane, f"parameters.{LANE_PARAMETER}"),
     )
+
+
+def _lane(value: object, where: str) -> Lane:
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{where} must be 'interactive' or 'bulk'")
+    try:
+        return Lane.parse(value)
+    except SchemaError as exc:
+        raise InvalidRequestError(f"{where}: {exc.message}") from None
+
+
+def choose_lane(body_lane: Lane | None, header: str | None) -> Lane:
+    """The request's lane: body parameter, else header, else interactive."""
+    if body_lane is not None:
+        return body_lane
+    if header is None:
+        return Lane.INTERACTIVE
+    return _lane(header, LANE_HEADER)
 
 
 def _parse_header_length(value: str, body_length: int) -> int:

@@ -14,11 +14,12 @@ from gateway.protocol import (
     InferBody,
     OutputRequest,
     check_outputs,
+    choose_lane,
     parse_infer,
     parse_timeout_ms,
     render_infer,
 )
-from schemas import ErrorCode, FleetError, InferenceResponse, Tensor
+from schemas import ErrorCode, FleetError, InferenceResponse, Lane, Tensor
 
 
 def body(*inputs: dict[str, Any], **top: Any) -> bytes:
@@ -244,6 +245,37 @@ def test_timeout(body_ms: float | None, header: str | None, expected: float) -> 
 def test_bad_timeout(body_ms: float | None, header: str | None) -> None:
     with pytest.raises(InvalidRequestError):
         parse_timeout_ms(body_ms, header, default_s=30.0, max_s=300.0)
+
+
+# lanes ---------------------------------------------------------------------------------------------------
+
+
+def _with_parameters(parameters: dict[str, Any]) -> bytes:
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}], "parameters": parameters}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "header", "expected"),
+    [
+        ({}, None, Lane.INTERACTIVE),  # default
+        ({}, "bulk", Lane.BULK),
+        ({}, " BULK ", Lane.BULK),
+        ({"lane": "bulk"}, None, Lane.BULK),
+        ({"lane": "interactive"}, "bulk", Lane.INTERACTIVE),  # the body parameter wins
+    ],
+)
+def test_lane(parameters: dict[str, Any], header: str | None, expected: Lane) -> None:
+    body = parse_infer(_with_parameters(parameters), None)
+    assert "lane" not in body.parameters  # the gateway's own parameter is not forwarded
+    assert choose_lane(body.lane, header) is expected
+
+
+@pytest.mark.parametrize(("parameters", "header"), [({"lane": "urgent"}, None), ({"lane": 1}, None), ({}, "fast")])
+def test_bad_lane_is_invalid_request(parameters: dict[str, Any], header: str | None) -> None:
+    with pytest.raises(InvalidRequestError, match="lane|Lane") as info:
+        choose_lane(parse_infer(_with_parameters(parameters), None).lane, header)
+    assert info.value.code is ErrorCode.INVALID_REQUEST
 
 
 # rendering -----------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def _step_figures(h: Harness, wall_start: float, first_answer: dict[str, float])
         "scale_up": asdict(up),
         "detect_s": round(up.wall - wall_start, 3),
         "threshold_to_first_answer_s": to_consuming,
-        "measured_by": "first reply-stream entry (XADD time) whose worker field is an added worker",
+        "measured_by": "first correct answer at the client whose worker response parameter names an added worker",
         "spawn_to_assigned_median_s": median(spawn_assigned),
         "group_join_pause_median_s": median(join),
         "added_workers": details,

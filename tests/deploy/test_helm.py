@@ -1,0 +1,190 @@
+"""The Helm chart renders offline for the default and the GPU values, every manifest validates against the
+Kubernetes schemas, and what it renders agrees with the code (Deployment names, consumer groups, RBAC)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from autoscaler.backends.kubernetes import deployment_name
+from schemas import Names
+
+from .manifests import CHART, KUBE_VERSIONS, by_kind, container_env, render, values
+
+helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (the `dev` extra) renders the chart")
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (the `dev` extra)")
+
+#: Custom resources: kubernetes-validate ships only the core API schemas, so these are checked by shape below.
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject")}
+
+#: Every optional part switched on: ingress, request-rate HPA, ServiceMonitors, KEDA, an existing Secret.
+ALL_ON: dict[str, Any] = {
+    "secrets": {"existingSecret": "fleet-prod"},
+    "gateway": {
+        "ingress": {"enabled": True, "className": "nginx", "tls": [{"secretName": "t", "hosts": ["a.example.com"]}]},
+        "autoscaling": {"requestRate": {"enabled": True}},
+    },
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "keda": {"enabled": True},
+    "extraVolumes": [{"name": "kafka-ca", "secret": {"secretName": "kafka-ca"}}],
+    "extraVolumeMounts": [{"name": "kafka-ca", "mountPath": "/etc/fleet", "readOnly": True}],
+    "workers": {
+        "pools": [
+            {"models": ["my_model"], "scaler": "fleet"},
+            {"name": "ranking", "models": ["rank-a", "rank-b"], "scaler": "keda", "maxReplicas": 4},
+            {"models": ["fixed"], "scaler": "none", "replicas": 3},
+        ]
+    },
+}
+
+CASES = {
+    "default": values("values.yaml"),
+    "gpu": values("values.yaml", "values-gpu.yaml"),
+    "all-on": values("values.yaml", **ALL_ON),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(CASES[request.param])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_helm_lint_is_clean(name: str) -> None:
+    report = helm_python.lint(CHART, CASES[name], strict=True, kube_version=f"v{KUBE_VERSIONS[-1]}")
+    assert report["errors"] == [], report
+    assert [m for m in report["messages"] if m["severity"] >= 2] == [], report["messages"]
+
+
+def test_every_manifest_validates_against_the_kubernetes_schemas(case: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = case
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "Role"} <= kinds
+    checked = 0
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CRDS:
+            continue  # no schema bundled: see test_custom_resources_have_their_required_fields
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+        checked += 1
+    assert checked >= 8, name
+
+
+def test_strict_validation_catches_a_typo() -> None:
+    """The validator is not a no-op: an unknown field in a rendered Deployment fails it."""
+    (deployment, *_) = by_kind(render(CASES["default"]), "Deployment").values()
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 30
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_custom_resources_have_their_required_fields() -> None:
+    docs = render(CASES["all-on"])
+    monitors = by_kind(docs, "ServiceMonitor")
+    assert sorted(monitors) == ["fleet-inference-fleet-autoscaler", "fleet-inference-fleet-gateway",
+                                "fleet-inference-fleet-worker"]  # fmt: skip
+    services = by_kind(docs, "Service")
+    for monitor in monitors.values():
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        (service,) = [s for s in services.values() if s["metadata"]["labels"].items() >= selector.items()]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    (scaled,) = by_kind(docs, "ScaledObject").values()
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "fleet-worker-ranking"
+    assert scaled["spec"]["maxReplicaCount"] == 4 and scaled["spec"]["minReplicaCount"] == 0
+
+
+def test_keda_triggers_use_the_fleet_topic_and_group_names() -> None:
+    docs = render(CASES["all-on"])
+    names = Names(CASES["all-on"]["fleet"]["namespace"])
+    (scaled,) = by_kind(docs, "ScaledObject").values()
+    pairs = {(t["metadata"]["topic"], t["metadata"]["consumerGroup"]) for t in scaled["spec"]["triggers"]}
+    expected = {(names.request_topic(m), names.worker_group(m)) for m in ("rank-a", "rank-b")} | {
+        (names.bulk_topic(m), names.worker_group(m, "bulk")) for m in ("rank-a", "rank-b")
+    }
+    assert pairs == expected
+    assert all(t["type"] == "kafka" for t in scaled["spec"]["triggers"])
+
+
+def test_autoscaler_finds_the_deployments_of_its_pools_and_only_those() -> None:
+    docs = render(CASES["all-on"])
+    deployments = by_kind(docs, "Deployment")
+    env = container_env(deployments["fleet-inference-fleet-autoscaler"])
+    assert env["FLEET_AUTOSCALER_BACKEND"] == "kubernetes"
+    assert env["FLEET_AUTOSCALER_K8S_NAMESPACE"] == "inference"
+    assert env["FLEET_AUTOSCALER_MODELS"] == "my_model"  # the KEDA and fixed pools are not its business
+    target = deployment_name(env["FLEET_AUTOSCALER_K8S_DEPLOYMENT_TEMPLATE"], "my_model")
+    assert target == "fleet-worker-my-model" and target in deployments
+    # A scaled Deployment leaves replicas to its scaler; a fixed one sets them.
+    assert "replicas" not in deployments["fleet-worker-my-model"]["spec"]
+    assert "replicas" not in deployments["fleet-worker-ranking"]["spec"]
+    assert deployments["fleet-worker-fixed"]["spec"]["replicas"] == 3
+
+
+def test_autoscaler_rbac_allows_the_scale_subresource() -> None:
+    docs = render(CASES["default"])
+    (role,) = by_kind(docs, "Role").values()
+    allowed = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
+    # What autoscaler/backends/kubernetes.py calls: read_/patch_namespaced_deployment_scale.
+    assert {("deployments/scale", "get"), ("deployments/scale", "patch")} <= allowed
+    assert all(res.startswith("deployments") for res, _ in allowed)  # nothing beyond the Deployments
+    (binding,) = by_kind(docs, "RoleBinding").values()
+    (account,) = by_kind(docs, "ServiceAccount")
+    assert binding["subjects"][0]["name"] == account
+    pod = by_kind(docs, "Deployment")["fleet-inference-fleet-autoscaler"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account
+
+
+def test_worker_grace_period_exceeds_the_drain_timeout(case: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = case
+    workers = {n: d for n, d in by_kind(docs, "Deployment").items() if n.startswith("fleet-worker-")}
+    assert workers
+    for deployment in workers.values():
+        drain = float(container_env(deployment)["FLEET_WORKER_DRAIN_TIMEOUT_S"])
+        assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= drain + 10
+    budgets = by_kind(docs, "PodDisruptionBudget")
+    assert set(workers) <= set(budgets)
+
+
+def test_gpu_values_request_gpus_and_land_on_gpu_nodes() -> None:
+    deployments = by_kind(render(CASES["gpu"]), "Deployment")
+    gpu = deployments["fleet-worker-my-model"]["spec"]["template"]["spec"]
+    (container,) = gpu["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["image"].endswith(":0.1.0-cuda")
+    assert container_env(deployments["fleet-worker-my-model"])["FLEET_WORKER_DEVICE"] == "cuda"
+    assert gpu["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert gpu["tolerations"][0]["key"] == "nvidia.com/gpu"
+    cpu = deployments["fleet-worker-small-cpu"]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"].get("limits", {})
+    assert "nodeSelector" not in cpu and "tolerations" not in cpu
+    assert cpu["containers"][0]["image"].endswith(":0.1.0-cpu")
+
+
+def test_pods_run_as_non_root_and_read_the_shared_config(case: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = case
+    configs = by_kind(docs, "ConfigMap")
+    for deployment in by_kind(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        sources = pod["containers"][0]["envFrom"]
+        assert sources[0]["configMapRef"]["name"] in configs
+        assert "secretRef" in sources[1]
+
+
+@pytest.mark.parametrize(
+    ("pools", "keda", "message"),
+    [
+        ([{"models": ["a", "b"], "scaler": "fleet", "name": "ab"}], False, "one model per Deployment"),
+        ([{"models": ["a"], "scaler": "keda"}], False, "needs keda.enabled"),
+        ([{"models": ["a"], "scaler": "hpa"}], False, "scaler must be fleet, keda or none"),
+        ([{"models": ["a"], "name": "other"}], False, "named after its model"),
+        ([{"models": ["a", "b"], "scaler": "none"}], False, "give it a name"),
+    ],
+)
+def test_bad_pools_fail_with_a_clear_message(pools: list[dict[str, Any]], keda: bool, message: str) -> None:
+    vals = values("values.yaml", workers={"pools": pools}, keda={"enabled": keda})
+    with pytest.raises(helm_python.HelmError, match=message):
+        render(vals)

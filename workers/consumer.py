@@ -58,6 +58,8 @@ IDLE_POLL_MS = 200
 IDLE_AFTER_S = 1.0
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
+#: Interactive traffic counts as flowing for this long after its last round (bulk pacing, ``bulk_share``).
+_INTERACTIVE_ACTIVE_S = 1.0
 #: Longest a rebalance waits for the round in hand to be delivered and committed.
 _REVOKE_WAIT_S = 10.0
 
@@ -119,6 +121,8 @@ class ModelConsumer:
         self.assigned = asyncio.Event()
         self._last_records = time.monotonic()
         self._idle = False
+        self._last_interactive = -1e9  # monotonic s of the last interactive round
+        self._bulk_rest_until = 0.0  # monotonic s before which no bulk round starts
 
     # lifecycle -------------------------------------------------------------
     async def preload(self) -> None:
@@ -170,13 +174,18 @@ class ModelConsumer:
 
     # rebalance hooks -----------------------------------------------------------
     async def finish_round(self, timeout_s: float) -> None:
-        """Wait (bounded) for the round in hand, so its commit lands before partitions move."""
+        """Wait (bounded) for the round in hand and the commits in flight, so they land before partitions move."""
         try:
             await asyncio.wait_for(self._round_lock.acquire(), timeout_s)
         except TimeoutError:
             log.warning("model %s: rebalance proceeds with a round still in hand", self.model)
             return
-        self._round_lock.release()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(lane.flush_commits() for lane in self._lanes)), timeout_s)
+        except TimeoutError:
+            log.warning("model %s: rebalance proceeds with a commit still in flight", self.model)
+        finally:
+            self._round_lock.release()
 
     def note_assignment(self) -> None:
         """A lane got an assignment; the consumer is assigned once both lanes are."""
@@ -191,11 +200,12 @@ class ModelConsumer:
     # the routine ---------------------------------------------------------------
     async def _consume_routine(self) -> None:
         # Serve nothing before both lanes are assigned: a lane that joins first must not get ahead.
-        closing = asyncio.ensure_future(self._closing.wait())
+        waits = {asyncio.ensure_future(self._closing.wait()), asyncio.ensure_future(self.assigned.wait())}
         try:
-            await asyncio.wait({closing, asyncio.ensure_future(self.assigned.wait())}, return_when="FIRST_COMPLETED")
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            closing.cancel()
+            for future in waits:
+                future.cancel()
         backoff = _BACKOFF_MIN_S
         while not self._closing.is_set():
             try:
@@ -219,6 +229,12 @@ class ModelConsumer:
         fetched = await self._interactive.take(0, limit)
         if fetched:
             return await self._fill(fetched), self._interactive
+        rest_ms = int((self._bulk_rest_until - time.monotonic()) * 1000)
+        if rest_ms > 0:
+            # Bulk rests (FLEET_WORKER_BULK_SHARE) while interactive traffic flows; interactive ends the rest.
+            fetched = await self._interactive.take(rest_ms, limit)
+            if fetched:
+                return await self._fill(fetched), self._interactive
         fetched = await self._bulk.take(0, bulk_limit)
         if fetched:
             self._note_records()
@@ -275,6 +291,7 @@ class ModelConsumer:
 
     async def _fill(self, fetched: list[Fetched]) -> list[Fetched]:
         """An interactive round: keep fetching until the batch is full or the batching window closes."""
+        self._last_interactive = time.monotonic()
         limit = self._settings.max_fetch_records
         self.stats.in_hand = len(fetched)
         first = time.monotonic()
@@ -317,7 +334,11 @@ class ModelConsumer:
         await self._retrying("deliver", lambda: self._deliver(outcome, lane))
         delivered_ms = now_ms()
         self.stats.in_hand = 0
-        await lane.commit(fetched)
+        await lane.commit_soon(fetched)
+        share = self._settings.bulk_share
+        if lane is self._bulk and share < 1.0 and time.monotonic() - self._last_interactive < _INTERACTIVE_ACTIVE_S:
+            spent = time.perf_counter() - began
+            self._bulk_rest_until = time.monotonic() + spent * (1.0 - share) / share
         latencies = [delivered_ms - f.request.created_ms for f in fetched if f.request is not None]
         self.stats.observe_round(len(fetched), time.perf_counter() - began, latencies)
 

@@ -9,6 +9,7 @@ due (head-of-line: retries on one partition come out in order), so nothing is co
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -41,6 +42,8 @@ class LaneConsumer:
         self.carried: list[Fetched] = []
         self._partitions: list[str] = []
         self.assigned_once = False
+        #: The commit in flight (at most one per lane, so commits land in order).
+        self._commit: asyncio.Task[None] | None = None
 
     async def start(self, listener: ConsumerRebalanceListener) -> None:
         """Join the lane's group; raises BackendDownError when Kafka is unreachable."""
@@ -54,7 +57,8 @@ class LaneConsumer:
         self._consumer = consumer
 
     async def stop(self) -> None:
-        """Leave the group (partitions move without waiting for a session timeout)."""
+        """Wait for the commit in flight, then leave the group (partitions move without a session timeout)."""
+        await self.flush_commits()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
@@ -147,6 +151,22 @@ class LaneConsumer:
         fetcher = getattr(self._consumer, "_fetcher", None)
         if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
             fetcher._fetch_max_wait_ms = wait_ms
+
+    async def commit_soon(self, fetched: Sequence[Fetched]) -> None:
+        """Start committing ``fetched`` without waiting for the broker (the next round overlaps the commit).
+
+        The previous commit of this lane is awaited first, so at most one is in flight and they land in
+        order; ``flush_commits()`` (rebalance, stop) waits for the last one. A commit lost to a crash
+        only means redelivery, which the result markers make harmless.
+        """
+        await self.flush_commits()
+        self._commit = asyncio.create_task(self.commit(fetched), name=f"commit-{self.model}-{self.lane.value}")
+
+    async def flush_commits(self) -> None:
+        """Wait for the commit in flight, if any."""
+        task, self._commit = self._commit, None
+        if task is not None:
+            await task
 
     async def commit(self, fetched: Sequence[Fetched]) -> None:
         """Commit the offsets just past ``fetched`` (records of this lane); a failed commit only logs."""

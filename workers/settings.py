@@ -45,6 +45,11 @@ class WorkerSettings:
     bulk_max_batch: int = doc(
         "Most bulk-lane records in one round: an interactive request waits at most one such round.", 32
     )
+    bulk_share: float = doc(
+        "While interactive requests flow (one in the last second), the most of the worker's time bulk rounds "
+        "take (0-1]; the rest is left idle for the interactive path (on shared CPUs). 1 = all idle capacity.",
+        1.0,
+    )
     retry_attempts: int = doc("Tries of a request whose model failed transiently (1 = no retry) before the DLQ.", 3)
     retry_base_ms: float = doc("Backoff before the second try; doubles for each further try.", 200.0)
     retry_max_ms: float = doc("Cap of the retry backoff.", 10_000.0)
@@ -73,6 +78,8 @@ class WorkerSettings:
             raise SettingsError("max_fetch_records must be >= 1")
         if self.bulk_max_batch < 1:
             raise SettingsError("bulk_max_batch must be >= 1")
+        if not 0.0 < self.bulk_share <= 1.0:
+            raise SettingsError("bulk_share must be in (0, 1]")
         if self.retry_attempts < 1:
             raise SettingsError("retry_attempts must be >= 1")
         if not 0 <= self.retry_base_ms <= self.retry_max_ms:

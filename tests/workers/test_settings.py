@@ -36,6 +36,7 @@ def test_defaults() -> None:
     settings = WorkerSettings.from_env({"FLEET_WORKER_MODELS": "m"})
     assert settings.device == "auto" and settings.intra_op_threads == 1 and settings.metrics_port == 0
     assert settings.preload is True and settings.max_fetch_records == 512
+    assert (settings.bulk_max_batch, settings.bulk_share, settings.retry_attempts) == (32, 1.0, 3)
     assert settings.worker_id != WorkerSettings.from_env({"FLEET_WORKER_MODELS": "m"}).worker_id
 
 
@@ -50,6 +51,12 @@ def test_defaults() -> None:
         ({"FLEET_WORKER_MODELS": "m,m"}, "twice"),
         ({"FLEET_WORKER_MODELS": "m", "FLEET_WORKER_INTRA_OP_THREADS": "many"}, "INTRA_OP_THREADS"),
         ({"FLEET_WORKER_MODELS": "m", "FLEET_WORKER_METRICS_PORT": "70000"}, "metrics_port"),
+        ({"FLEET_WORKER_MODELS": "m", "FLEET_WORKER_BULK_MAX_BATCH": "0"}, "bulk_max_batch"),
+        ({"FLEET_WORKER_MODELS": "m", "FLEET_WORKER_BULK_SHARE": "0"}, "bulk_share"),
+        ({"FLEET_WORKER_MODELS": "m", "FLEET_WORKER_BULK_SHARE": "1.5"}, "bulk_share"),
+        ({"FLEET_WORKER_MODELS": "m", "FLEET_WORKER_RETRY_ATTEMPTS": "0"}, "retry_attempts"),
+        ({"FLEET_WORKER_MODELS": "m", "FLEET_WORKER_RETRY_BASE_MS": "500", "FLEET_WORKER_RETRY_MAX_MS": "1"}, "retry"),
+        ({"FLEET_WORKER_MODELS": "m", "FLEET_WORKER_RETRY_JITTER": "2"}, "retry_jitter"),
     ],
 )
 def test_bad_settings_are_errors(env: dict[str, str], match: str) -> None:

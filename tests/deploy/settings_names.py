@@ -1,0 +1,21 @@
+"""Every environment variable the services read: the documented settings of `fleet config`, plus the few
+read outside the settings objects (log level, the CLI's gateway URL)."""
+
+from __future__ import annotations
+
+import importlib
+
+from fleet.cli import SERVICES
+from schemas import describe
+
+#: Read directly by the entry points (FLEET_LOG_LEVEL) and by the `fleet` CLI (FLEET_URL).
+OUTSIDE_SETTINGS = {"FLEET_LOG_LEVEL", "FLEET_URL"}
+
+
+def known_variables() -> set[str]:
+    """Names of every FLEET_* variable some service or the CLI understands."""
+    names = set(OUTSIDE_SETTINGS)
+    for module_name, class_name, prefix in SERVICES.values():
+        cls = getattr(importlib.import_module(module_name), class_name)
+        names.update(var for var, _, _ in describe(cls, prefix))
+    return names

@@ -55,7 +55,10 @@ def exposed_series(exposition: str) -> set[str]:
     for line in exposition.splitlines():
         if line.startswith("# TYPE "):
             _, _, family, kind = line.split(maxsplit=3)
-            names.update(family + suffix for suffix in SUFFIXES.get(kind.strip(), ("",)))
+            kind = kind.strip()
+            if kind == "counter":  # the 0.0.4 format names the family x_total, OpenMetrics names it x
+                family = family.removesuffix("_total")
+            names.update(family + suffix for suffix in SUFFIXES.get(kind, ("",)))
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
     return names

@@ -16,6 +16,7 @@ Readers are blocking and are called off the event loop (``asyncio.to_thread``) a
 from __future__ import annotations
 
 import json
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,8 @@ class NpySource:
         self.rows_per_request = rows_per_request
         self.total = -(-self.rows // rows_per_request)
         self._index = start
+        self._row_bytes = int(np.prod(self._array.shape[1:], dtype=np.int64)) * self._array.dtype.itemsize
+        self._released = 0
 
     def read(self, count: int) -> list[InputRecord]:
         stop = min(self.total, self._index + count)
@@ -177,7 +180,17 @@ class NpySource:
             rows = np.array(self._array[index * r : (index + 1) * r], dtype=self._dtype)
             records.append(InputRecord(index, {self._spec.name: rows}))
         self._index = stop
+        self._release(min(self.rows, stop * r))
         return records
+
+    def _release(self, rows_read: int) -> None:
+        """Drop the mapped pages already read from this process's RSS (the file is read once, forwards)."""
+        mapped = getattr(self._array, "_mmap", None)
+        end = int(getattr(self._array, "offset", 0)) + rows_read * self._row_bytes
+        end -= end % mmap.PAGESIZE
+        if mapped is not None and end - self._released >= 1 << 22 and hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_DONTNEED, 0, end)
+            self._released = end
 
     def close(self) -> None:
         mapped = getattr(self._array, "_mmap", None)

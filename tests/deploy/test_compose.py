@@ -51,6 +51,7 @@ def test_every_fleet_variable_is_a_real_setting() -> None:
             used.update(k for k in service.get("environment", {}) if k.startswith("FLEET_"))
     texts = [t.read_text() for t in (CHART / "templates").glob("*.yaml")]
     texts += [(CHART / "values.yaml").read_text(), (DEPLOY / "fleet.env.example").read_text()]
+    texts += [(DEPLOY / "README.md").read_text()]
     for text in texts:  # names ending in "_" are prefixes in prose (FLEET_WORKER_*)
         used.update(n for n in re.findall(r"FLEET_[A-Z0-9_]+", text) if not n.endswith("_"))
     assert len(used) > 20

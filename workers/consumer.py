@@ -273,11 +273,20 @@ class ModelConsumer:
             future.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         results: dict[LaneConsumer, list[Fetched]] = {}
+        failure: BaseException | None = None
         for future in done:
             lane = waits[future]
             if future.cancelled():
                 continue
-            results[lane] = lane.sort(future.result())  # re-raises a fetch error (KafkaError)
+            if future.exception() is not None:
+                failure = future.exception()
+                continue
+            results[lane] = lane.sort(future.result())
+        if failure is not None:
+            # Records one lane returned must not be dropped (later commits would skip them): keep them.
+            for lane, taken in results.items():
+                lane.carried.extend(taken)
+            raise failure
         interactive, bulk = results.get(self._interactive, []), results.get(self._bulk, [])
         if interactive:
             self._bulk.carried.extend(bulk)

@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from fleet.artifacts import build_record
+from fleet.dlq import read_entries, replay, with_replays
 from schemas import (
     BatchingConfig,
     DeadLetter,
@@ -252,3 +253,30 @@ async def test_a_retry_whose_deadline_passes_while_it_waits_is_reported_expired(
         await produce_to(producer, names.retry_topic("flaky", Lane.BULK), [stale])
         (reply,) = await read_replies(redis_client, stream, 1)
     assert reply.error is not None and reply.error.code is ErrorCode.DEADLINE_EXCEEDED
+
+
+async def test_out_of_retries_then_replayed_from_the_dlq_is_answered(
+    flaky_model: Any,
+    retry_settings: WorkerSettings,
+    producer: AIOKafkaProducer,
+    fleet_settings: FleetSettings,
+    names: Names,
+    redis_client: Any,
+    stream: str,
+) -> None:
+    await flaky_model("1", fails=3)  # exactly the three tries fail; the fourth run succeeds
+    async with Worker(retry_settings) as worker:
+        await worker.wait_ready(30)
+        await produce_to(producer, names.request_topic("flaky", Lane.BULK), [_flaky_request(stream, "again", "1")])
+        (failed,) = await read_replies(redis_client, stream, 1)
+        assert failed.error is not None and "failed on all 3 tries" in failed.error.message
+        await read_topic(fleet_settings, names.dlq_topic("flaky"), 1)
+        entries = await with_replays(redis_client, names, "flaky", await read_entries(fleet_settings, names, "flaky"))
+        (entry,) = entries
+        assert entry.request is not None and entry.request.attempt == 3 and entry.replays == 0
+        (result,) = await replay(fleet_settings, redis_client, names, "flaky", entries)
+        assert result.sent and result.topic == names.bulk_topic("flaky")
+        replies = await read_replies(redis_client, stream, 2)
+    assert replies[1].id == "again" and replies[1].error is None and replies[1].outputs[0].shape == (1, 3)
+    (entry,) = await with_replays(redis_client, names, "flaky", await read_entries(fleet_settings, names, "flaky"))
+    assert entry.replays == 1

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import ErrorCode, FleetSettings, ModelRecord, SchemaError
+from schemas import ErrorCode, FleetSettings, Lane, ModelRecord, SchemaError
 
 from .batch_inputs import InputRecord, RecordSource, input_format, open_source
 from .batch_outputs import JsonlWriter, NpyWriter, Outcome, OutputWriter, failures_path, output_format, output_spec
@@ -53,6 +53,7 @@ class BatchOptions:
     checkpoint_interval_s: float = 2.0
     checkpoint_every: int = 20_000
     read_chunk: int = 512
+    lane: Lane = Lane.BULK  # batch pipelines ride the bulk lane: interactive traffic is served first
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.rows_per_request < 1 or self.read_chunk < 1 or self.checkpoint_every < 1:
@@ -141,7 +142,11 @@ class BatchRun:
             return self._summary(ckpt, 0.0, already_complete=True)
         run_id = ckpt.run_id if ckpt else secrets.token_hex(6)
         producer = FleetProducer(
-            self.settings, client_id=f"batch-{run_id}", max_in_flight=opts.window, timeout_s=opts.timeout_s
+            self.settings,
+            client_id=f"batch-{run_id}",
+            lane=opts.lane,
+            max_in_flight=opts.window,
+            timeout_s=opts.timeout_s,
         )
         async with producer:
             record = await producer.model_record(opts.model, ckpt.version if ckpt else opts.version)

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from schemas import Lane
+
 from .batch import BatchOptions, BatchProgress, BatchRun
 from .connection import Target
 
@@ -38,6 +40,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     run.add_argument("--overwrite", action="store_true", help="start over even if OUTPUT exists")
     run.add_argument("--rows-per-request", type=int, default=1, help=".npy input: rows sent in one request")
     run.add_argument("--output-name", help=".npy output: the model output to write (default: the only one)")
+    run.add_argument(
+        "--lane",
+        choices=[lane.value for lane in Lane],
+        default=Lane.BULK.value,
+        help="request lane (default bulk: interactive traffic of the same model is served first)",
+    )
     run.add_argument("--window", type=int, default=4096, help="records in flight (bounds memory)")
     run.add_argument("--timeout", type=float, default=300.0, help="seconds a record may wait for its answer")
     run.add_argument("--checkpoint-interval", type=float, default=2.0, help="seconds between two checkpoints")
@@ -87,6 +95,7 @@ async def run_batch(target: Target, args: argparse.Namespace) -> int:
         window=args.window,
         timeout_s=args.timeout,
         checkpoint_interval_s=args.checkpoint_interval,
+        lane=Lane(args.lane),
     )
     run = BatchRun(target.settings, options)
     display = None if args.quiet else asyncio.create_task(_show_progress(run, sys.stderr))

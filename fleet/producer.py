@@ -44,6 +44,7 @@ from schemas import (
     FleetSettings,
     InferenceRequest,
     InferenceResponse,
+    Lane,
     ModelRecord,
     ModelRegistry,
     Names,
@@ -130,6 +131,8 @@ class _Pending:
 class FleetProducer:
     """``async with FleetProducer(settings) as p: y = await p.infer("tiny", {"x": array})``.
 
+    ``lane`` picks the model's request topic: ``interactive`` (served first) or ``bulk`` (batch pipelines,
+    served with the idle capacity); ``submit(lane=...)`` overrides it per request.
     ``client_id`` names the reply stream (default: random); a client that must find its replies again
     after a restart (``fleet batch run --resume``) passes the same id. ``linger_ms`` and ``max_batch_bytes``
     (per partition) let aiokafka fill bigger produce requests: with aiokafka's 16 KiB default a full batch
@@ -143,6 +146,7 @@ class FleetProducer:
         *,
         client_id: str | None = None,
         reply: ReplyKind = ReplyKind.STREAM,
+        lane: Lane | str = Lane.INTERACTIVE,
         max_in_flight: int = 10_000,
         timeout_s: float = 60.0,
         linger_ms: int = 5,
@@ -158,6 +162,7 @@ class FleetProducer:
         self.client_id = client_id or f"p-{secrets.token_hex(6)}"
         self.stream = self._names.client_reply_stream(self.client_id)
         self._reply = ReplyAddress(reply, self.stream if reply is ReplyKind.STREAM else "")
+        self._lane = Lane.parse(lane)
         self._timeout_s = timeout_s
         self._linger_ms = linger_ms
         self._max_batch_bytes = max_batch_bytes
@@ -270,6 +275,7 @@ class FleetProducer:
         request_id: str | None = None,
         outputs: Sequence[str] = (),
         parameters: Mapping[str, ParameterValue] | None = None,
+        lane: Lane | str | None = None,
     ) -> str:
         """Send one request and return its id; its result arrives through :meth:`results`.
 
@@ -277,7 +283,8 @@ class FleetProducer:
         PAYLOAD_TOO_LARGE) for inputs the model would refuse, RegistryError for an unknown model or
         version, BackendUnavailableError when Kafka refuses the record.
         """
-        return await self._send(model, inputs, version, request_id, outputs, parameters, None)
+        chosen = self._lane if lane is None else Lane.parse(lane)
+        return await self._send(model, inputs, version, request_id, outputs, parameters, None, chosen)
 
     async def infer(
         self,
@@ -287,12 +294,14 @@ class FleetProducer:
         version: str | None = None,
         outputs: Sequence[str] = (),
         parameters: Mapping[str, ParameterValue] | None = None,
+        lane: Lane | str | None = None,
     ) -> dict[str, Array]:
         """Send one request and wait for its outputs (RequestFailedError when the fleet answers an error)."""
         if self._reply.kind is not ReplyKind.STREAM:
             raise RuntimeError("infer() needs reply=ReplyKind.STREAM; use submit() and wait_result()")
         future: asyncio.Future[ProducerResult] = asyncio.get_running_loop().create_future()
-        await self._send(model, inputs, version, None, outputs, parameters, future)
+        chosen = self._lane if lane is None else Lane.parse(lane)
+        await self._send(model, inputs, version, None, outputs, parameters, future, chosen)
         return (await future).unwrap()
 
     async def results(self, count: int | None = None) -> AsyncIterator[ProducerResult]:
@@ -353,6 +362,7 @@ class FleetProducer:
         outputs: Sequence[str],
         parameters: Mapping[str, ParameterValue] | None,
         future: asyncio.Future[ProducerResult] | None,
+        lane: Lane,
     ) -> str:
         producer = self._producer
         if producer is None:
@@ -391,7 +401,7 @@ class FleetProducer:
         if stashed is not None:  # answered already (a re-sent request): first result wins, nothing to send
             self._complete(stashed)
             return request_id
-        topic = self._names.request_topic(model)
+        topic = self._names.request_topic(model, lane)
         try:
             partitions = self._partitions.get(topic) or await self._topic_partitions(producer, topic)
             self._turn += 1

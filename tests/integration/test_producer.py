@@ -109,3 +109,12 @@ async def test_a_resent_request_gets_the_first_answer(
         stored = await producer.stored_results(["r-1", "r-2"])
     assert set(stored) == {"r-1"}
     np.testing.assert_array_equal(stored["r-1"].outputs["y"], first.outputs["y"])
+
+
+async def test_bulk_lane_is_served_too(fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker) -> None:
+    x = np.ones((1, 16), np.float32)
+    async with FleetProducer(fleet_settings, lane="bulk") as producer:
+        bulk = await producer.infer("tiny", {"x": x})
+        interactive = await producer.infer("tiny", {"x": x}, lane="interactive")
+    np.testing.assert_allclose(bulk["y"], _reference(tiny_model, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(bulk["y"], interactive["y"])

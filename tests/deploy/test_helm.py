@@ -3,9 +3,11 @@ Kubernetes schemas, and what it renders agrees with the code (Deployment names, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from autoscaler.backends.kubernetes import deployment_name
 from schemas import Names
@@ -37,6 +39,11 @@ ALL_ON: dict[str, Any] = {
         ]
     },
 }
+
+
+def load_all(path: Path) -> list[Any]:
+    return list(yaml.safe_load_all(path.read_text()))
+
 
 CASES = {
     "default": values("values.yaml"),
@@ -188,3 +195,15 @@ def test_bad_pools_fail_with_a_clear_message(pools: list[dict[str, Any]], keda: 
     vals = values("values.yaml", workers={"pools": pools}, keda={"enabled": keda})
     with pytest.raises(helm_python.HelmError, match=message):
         render(vals)
+
+
+def test_plain_manifests_validate_against_the_kubernetes_schemas() -> None:
+    """deploy/kubernetes/ (for clusters without Helm) stays valid too."""
+    docs = [d for path in sorted((CHART.parent.parent / "kubernetes").glob("*.yaml")) for d in load_all(path) if d]
+    assert {d["kind"] for d in docs} == {"Deployment", "ServiceAccount", "Role", "RoleBinding"}
+    for doc in docs:
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > float(container_env(deployment)["FLEET_WORKER_DRAIN_TIMEOUT_S"])

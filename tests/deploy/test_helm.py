@@ -207,3 +207,11 @@ def test_plain_manifests_validate_against_the_kubernetes_schemas() -> None:
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > float(container_env(deployment)["FLEET_WORKER_DRAIN_TIMEOUT_S"])
+
+
+def test_no_autoscaler_without_a_pool_for_it() -> None:
+    """An autoscaler with an empty model list would scale every registered model, KEDA's pools included."""
+    pools = [{"models": ["a"], "scaler": "keda"}, {"models": ["b"], "scaler": "none"}]
+    docs = render(values("values.yaml", workers={"pools": pools}, keda={"enabled": True}, metrics=ALL_ON["metrics"]))
+    assert not [d for d in docs if "autoscaler" in d["metadata"]["name"]]
+    assert set(by_kind(docs, "Deployment")) == {"fleet-inference-fleet-gateway", "fleet-worker-a", "fleet-worker-b"}

@@ -23,7 +23,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     FLEET_GATEWAY_HOST=0.0.0.0 \
     FLEET_GATEWAY_PORT=8000
 COPY --from=build /wheels /wheels
-# hadolint ignore=DL3013
 RUN pip install --no-cache-dir "$(ls /wheels/*.whl)[${EXTRAS}]" && rm -rf /wheels \
     && useradd --system --uid 10001 --create-home --home-dir /home/fleet --shell /usr/sbin/nologin fleet
 USER 10001

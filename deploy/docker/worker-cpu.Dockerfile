@@ -24,7 +24,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     FLEET_WORKER_DEVICE=cpu \
     FLEET_WORKER_METRICS_PORT=9100
 COPY --from=build /wheels /wheels
-# hadolint ignore=DL3013
 RUN pip install --no-cache-dir "$(ls /wheels/*.whl)[${EXTRAS}]" && rm -rf /wheels \
     && useradd --system --uid 10001 --create-home --home-dir /home/fleet --shell /usr/sbin/nologin fleet
 USER 10001

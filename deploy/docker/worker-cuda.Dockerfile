@@ -10,6 +10,7 @@
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS build
+# Ubuntu's python3 of this release; apt package versions change with the base image tag.
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
@@ -25,6 +26,7 @@ RUN python3 -m venv /opt/build && /opt/build/bin/pip install --no-cache-dir "set
 
 FROM ${CUDA_IMAGE}
 ARG EXTRAS=gpu,torch,speed
+# Ubuntu's python3 of this release; apt package versions change with the base image tag.
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/* \
@@ -37,7 +39,6 @@ ENV PATH=/opt/fleet/bin:$PATH \
     FLEET_WORKER_DEVICE=cuda \
     FLEET_WORKER_METRICS_PORT=9100
 COPY --from=build /wheels /wheels
-# hadolint ignore=DL3013
 RUN pip install --no-cache-dir "$(ls /wheels/*.whl)[${EXTRAS}]" && rm -rf /wheels
 USER 10001
 WORKDIR /home/fleet

@@ -26,6 +26,7 @@ from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from schemas import (
+    ENVELOPE_VERSION,
     BackendUnavailableError,
     FleetError,
     InferenceRequest,
@@ -364,7 +365,7 @@ class ModelConsumer:
             sent = []
             for request in retries:
                 key = request.id.encode()
-                headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, b"1")]
+                headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())]
                 sent.append(await self._producer.send(topic, request.to_bytes(), key=key, headers=headers))
             await asyncio.gather(*sent)
         except KafkaError as exc:

@@ -48,7 +48,7 @@ class WorkerSettings:
     bulk_share: float = doc(
         "While interactive requests flow (one in the last second), the most of the worker's time bulk rounds "
         "take (0-1]; the rest is left idle for the interactive path (on shared CPUs). 1 = all idle capacity.",
-        1.0,
+        0.5,
     )
     retry_attempts: int = doc("Tries of a request whose model failed transiently (1 = no retry) before the DLQ.", 3)
     retry_base_ms: float = doc("Backoff before the second try; doubles for each further try.", 200.0)

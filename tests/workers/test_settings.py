@@ -36,7 +36,7 @@ def test_defaults() -> None:
     settings = WorkerSettings.from_env({"FLEET_WORKER_MODELS": "m"})
     assert settings.device == "auto" and settings.intra_op_threads == 1 and settings.metrics_port == 0
     assert settings.preload is True and settings.max_fetch_records == 512
-    assert (settings.bulk_max_batch, settings.bulk_share, settings.retry_attempts) == (32, 1.0, 3)
+    assert (settings.bulk_max_batch, settings.bulk_share, settings.retry_attempts) == (32, 0.5, 3)
     assert settings.worker_id != WorkerSettings.from_env({"FLEET_WORKER_MODELS": "m"}).worker_id
 
 

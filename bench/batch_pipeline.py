@@ -127,14 +127,17 @@ async def batch_run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="fleet-bench-batch-"))
     source, rows = await asyncio.to_thread(_make_input, home, args.records, args.format)
     output = home / f"output.{args.format}"
-    config = StackConfig(home=home, gateway=False, workers=args.workers, models=(), env=stack_env(args.fetch))
+    env = stack_env(args.fetch)
+    if args.bulk_max_batch:
+        env["FLEET_WORKER_BULK_MAX_BATCH"] = str(args.bulk_max_batch)
+    config = StackConfig(home=home, gateway=False, workers=args.workers, models=(), env=env)
     async with LocalStack(config) as stack:
         artifact = await register_tiny(stack.settings, home, args.max_batch, args.delay_ms, args.partitions)
         await stack.restart_workers([MODEL])
         settings = stack.settings
         command = [
             sys.executable, "-m", "fleet.cli", "batch", "run", "--model", MODEL,
-            "--input", str(source), "--output", str(output), "--window", str(args.window),
+            "--input", str(source), "--output", str(output), "--window", str(args.window), "--lane", args.lane,
             "--kafka", settings.kafka.bootstrap, "--redis", settings.redis.url, "--namespace", settings.namespace,
         ]  # fmt: skip
         pids = {p.name: p.pid for p in stack.info().processes}
@@ -173,6 +176,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=256, help="the model's max batch size")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="the model's max queue delay")
     parser.add_argument("--fetch", type=int, default=1024, help="FLEET_WORKER_MAX_FETCH_RECORDS")
+    parser.add_argument("--lane", choices=["bulk", "interactive"], default="bulk", help="lane of the batch run")
+    parser.add_argument("--bulk-max-batch", type=int, help="FLEET_WORKER_BULK_MAX_BATCH (default: the worker's)")
     parser.add_argument("--skip-producer", action="store_true", help="only the batch run")
     parser.add_argument("--json", default="bench/results/batch_pipeline.json", help="where to write the figures")
     args = parser.parse_args()

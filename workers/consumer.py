@@ -109,6 +109,7 @@ class ModelConsumer:
             model, self.cache, self._executor, settings.worker_id, metrics, self.stats, claims, retry
         )
         self._producer = producer
+        self._metrics = metrics
         self._replies = ReplyWriter(redis, names, producer)
         self._dead_letters = DeadLetterWriter(producer, names)
         kafka = settings.fleet.kafka
@@ -340,6 +341,7 @@ class ModelConsumer:
     async def _run_round(self, fetched: Sequence[Fetched], lane: LaneConsumer) -> None:
         began = time.perf_counter()
         self.stats.in_hand = len(fetched)
+        self._metrics.lane_requests.labels(self.model, lane.lane.value).inc(len(fetched))
         outcome = await self._retrying("handle", lambda: self._handler.handle(fetched))
         await self._retrying("deliver", lambda: self._deliver(outcome, lane))
         delivered_ms = now_ms()

@@ -248,6 +248,7 @@ class RequestHandler:
         if decision.retry:
             retry = dataclasses.replace(request, attempt=request.attempt + 1, not_before_ms=decision.not_before_ms)
             outcome.retries.append(retry)
+            self._metrics.retries.labels(self._model, request.version).inc()
             return
         reason = f"{decision.why_not}: {message}"
         self._fail(outcome, request, ErrorCode.MODEL_ERROR, reason)

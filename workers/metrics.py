@@ -33,6 +33,18 @@ class WorkerMetrics:
             (*labels, "code"),
             registry=self.registry,
         )
+        self.retries = Counter(
+            "fleet_worker_request_retries",
+            "Requests re-published for another try after a transient model failure.",
+            labels,
+            registry=self.registry,
+        )
+        self.lane_requests = Counter(
+            "fleet_worker_lane_requests",
+            "Records taken into rounds, by lane (interactive, bulk).",
+            ("model", "lane"),
+            registry=self.registry,
+        )
         self.inference_count = Counter(
             "fleet_worker_inference_count", "Requests run through a model.", labels, registry=self.registry
         )

@@ -99,6 +99,9 @@ async def test_interactive_is_served_before_a_bulk_backlog(
     # (turns would put about 150 bulk replies between the first and the last interactive one).
     assert bulk_between <= 2 * settings.bulk_max_batch, (bulk_between, order[first : last + 1])
     assert last < len(order) - 100, "bulk was drained before the interactive burst was served"
+    sample = worker.metrics.registry.get_sample_value
+    taken = {lane: sample("fleet_worker_lane_requests_total", {"model": "tiny", "lane": lane}) for lane in Lane}
+    assert taken == {"interactive": 40, "bulk": 1000}
 
 
 async def test_bulk_lane_answers_and_skips_expired_requests(
@@ -178,6 +181,8 @@ async def test_transient_failure_is_retried_then_answered(
         await produce_to(producer, names.request_topic("flaky", lane), [_flaky_request(stream, "r1", "1")])
         (reply,) = await read_replies(redis_client, stream, 1)
     assert reply.id == "r1" and reply.error is None and reply.outputs[0].shape == (1, 3)
+    labels = {"model": "flaky", "version": "1"}
+    assert worker.metrics.registry.get_sample_value("fleet_worker_request_retries_total", labels) == 2
     retries = await read_topic(fleet_settings, names.retry_topic("flaky", lane), 2)
     tries = [InferenceRequest.from_bytes(r.value) for r in retries]
     assert [t.attempt for t in tries] == [2, 3] and all(t.id == "r1" and t.not_before_ms for t in tries)

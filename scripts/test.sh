@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "cpu,dev,torch,kubernetes"
+bash scripts/promtool.sh  # promtool for tests/deploy/test_promtool.py (skips there without it)
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"

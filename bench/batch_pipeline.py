@@ -163,6 +163,10 @@ async def batch_run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000, help="records of the batch run")
@@ -184,6 +188,8 @@ def main() -> None:
     report: dict[str, Any] = {
         "benchmark": "batch_pipeline",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "commit": _commit(),
+        "load_average_at_start": list(os.getloadavg()),
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
     }
     if not args.skip_producer:

@@ -234,13 +234,16 @@ class BatchRun:
         self.progress = BatchProgress(source.total, ckpt.records_done, ckpt.failed, ckpt.records_done)
         await self._checkpoint()  # a new run's header and identity are durable before anything is sent
         try:
-            async with asyncio.TaskGroup() as group:
-                collector = group.create_task(self._collect_routine(producer))
-                checkpointer = group.create_task(self._checkpoint_routine())
-                await self._submit_all(producer, record, source, resend_until)
-                await self._all_written.wait()
-                collector.cancel()
-                checkpointer.cancel()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    collector = group.create_task(self._collect_routine(producer))
+                    checkpointer = group.create_task(self._checkpoint_routine())
+                    await self._submit_all(producer, record, source, resend_until)
+                    await self._all_written.wait()
+                    collector.cancel()
+                    checkpointer.cancel()
+            except BaseExceptionGroup as failed:  # the caller sees the cause (e.g. Kafka down), not a group
+                raise _first_cause(failed) from None
             self._ckpt = self._ckpt.advance(complete=True)
         finally:
             with contextlib.suppress(Exception):
@@ -356,3 +359,9 @@ class BatchRun:
         await asyncio.to_thread(ckpt.save, self._ckpt_path)
         self._ckpt = ckpt
         self._advanced.set()  # the submitter may wait on the resend barrier
+
+
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf exception of a task group's failure."""
+    first = group.exceptions[0]
+    return _first_cause(first) if isinstance(first, BaseExceptionGroup) else first

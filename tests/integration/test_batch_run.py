@@ -168,3 +168,19 @@ async def test_resume_after_sigkill_has_no_duplicate_and_no_missing_row(
     got = np.array([line["outputs"]["y"] for line in lines], dtype=np.float32)
     np.testing.assert_allclose(got, _reference(tiny_model, rows), rtol=1e-5, atol=1e-6)
     assert Checkpoint.load(ckpt_path).complete
+
+
+async def test_parquet_input_gives_jsonl_output(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, tmp_path: Path
+) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = np.random.default_rng(9).standard_normal((300, 16)).astype(np.float32)
+    source, output = tmp_path / "in.parquet", tmp_path / "out.jsonl"
+    pq.write_table(pa.table({"x": [row.tolist() for row in rows]}), source, row_group_size=64)
+    summary = await BatchRun(fleet_settings, BatchOptions("tiny", source, output, read_chunk=50)).run()
+    assert (summary.done, summary.failed) == (300, 0)
+    lines = _read_jsonl(output)
+    assert [line["index"] for line in lines] == list(range(300))
+    got = np.array([line["outputs"]["y"] for line in lines], dtype=np.float32)
+    np.testing.assert_allclose(got, _reference(tiny_model, rows), rtol=1e-5, atol=1e-6)

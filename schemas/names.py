@@ -16,6 +16,9 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:model:{m}:v:{v}             msgpack ModelRecord (immutable once written)
       {ns}:model:{m}:v:{v}:measured    footprint measured by a worker after loading (bytes)
       {ns}:model:{m}:default           the version served when none is asked for
+      {ns}:model:{m}:traffic           HASH version -> percent of unversioned requests (a canary / A-B
+                                       split; absent = all to the default; see `schemas.traffic`)
+      {ns}:model:{m}:previous_default  the default before the last change: what `rollback` returns to
       {ns}:replies:{gateway_id}        STREAM of replies for one gateway process
       {ns}:client:{client_id}:replies  STREAM of replies for one direct producer client (`fleet.producer`)
       {ns}:result:{request_id}         first result stored for a request (dedups redelivery; an async
@@ -176,6 +179,14 @@ class Names:
     def default_key(self, model: str) -> str:
         """Default version pointer of a model."""
         return f"{self.namespace}:model:{model}:default"
+
+    def traffic_key(self, model: str) -> str:
+        """HASH version -> percent: the traffic split of a model's unversioned requests."""
+        return f"{self.namespace}:model:{model}:traffic"
+
+    def previous_default_key(self, model: str) -> str:
+        """The default version before the last change of a model's default or split (rollback target)."""
+        return f"{self.namespace}:model:{model}:previous_default"
 
     def reply_stream(self, gateway_id: str) -> str:
         """Reply stream read by one gateway process."""

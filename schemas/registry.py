@@ -23,6 +23,7 @@ from .errors import ErrorCode, FleetError, SchemaError
 from .names import Names, check_model_name, check_version
 from .signature import BatchingConfig, TensorSpec
 from .tensors import Tensor
+from .traffic import ROLLBACK_SCRIPT, SET_DEFAULT_SCRIPT, SET_TRAFFIC_SCRIPT, TrafficSplit, version_order
 
 
 class Framework(StrEnum):
@@ -160,6 +161,9 @@ class ModelRegistry:
     def __init__(self, redis: aioredis.Redis, names: Names) -> None:
         self._redis = redis
         self._names = names
+        self._set_traffic = redis.register_script(SET_TRAFFIC_SCRIPT)
+        self._set_default = redis.register_script(SET_DEFAULT_SCRIPT)
+        self._rollback = redis.register_script(ROLLBACK_SCRIPT)
 
     async def register(self, record: ModelRecord, *, make_default: bool = False) -> bool:
         """Store ``record``; True if it is new. The first version of a model becomes its default."""
@@ -178,7 +182,8 @@ class ModelRegistry:
                 pipe.sadd(n.models_key, record.name)
                 pipe.sadd(n.versions_key(record.name), record.version)
                 if make_default:
-                    pipe.set(n.default_key(record.name), record.version)
+                    default_keys = (n.default_key(record.name), n.previous_default_key(record.name))
+                    pipe.eval(SET_DEFAULT_SCRIPT, 2, *default_keys, record.version)
                 else:
                     pipe.set(n.default_key(record.name), record.version, nx=True)
                 await pipe.execute()
@@ -229,7 +234,7 @@ class ModelRegistry:
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
         values = [x.decode() if isinstance(x, bytes) else x for x in raw]
-        return sorted(values, key=lambda v: (0, int(v), "") if v.isdigit() else (1, 0, v))
+        return sorted(values, key=version_order)
 
     async def default_version(self, model: str) -> str | None:
         """The default version of ``model`` or None."""
@@ -240,12 +245,81 @@ class ModelRegistry:
         return None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
 
     async def set_default(self, model: str, version: str) -> None:
-        """Point the default of ``model`` at an existing ``version``."""
+        """Point the default of ``model`` at an existing ``version`` (the old one becomes the rollback target)."""
         await self.get(model, version)
+        n = self._names
         try:
-            await self._redis.set(self._names.default_key(model), version)
+            await self._set_default(keys=[n.default_key(model), n.previous_default_key(model)], args=[version])
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+
+    async def previous_default(self, model: str) -> str | None:
+        """The default before the last change (what ``rollback`` returns to), or None."""
+        try:
+            raw = await self._redis.get(self._names.previous_default_key(model))
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        return None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+
+    async def traffic(self, model: str) -> TrafficSplit | None:
+        """The traffic split of ``model``'s unversioned requests, or None (all go to the default)."""
+        try:
+            raw = await self._redis.hgetall(self._names.traffic_key(model))
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        return TrafficSplit.from_hash(raw)
+
+    async def set_traffic(self, model: str, split: TrafficSplit) -> None:
+        """Replace the split of ``model``; every version it names must be registered.
+
+        Starting a split (none stored) keeps the current default as the rollback target.
+        """
+        n = self._names
+        keys = [n.traffic_key(model), n.default_key(model), n.previous_default_key(model), n.versions_key(model)]
+        args = [field for pair in split.to_hash().items() for field in pair]
+        try:
+            outcome = await self._set_traffic(keys=keys, args=args)
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        status = _text(outcome[0])
+        if status == "missing":
+            if not await self.exists(model):
+                raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
+            version = _text(outcome[1])
+            raise RegistryError(f"model {model!r} has no version {version!r}", code=ErrorCode.VERSION_NOT_FOUND)
+        if status == "nomodel":
+            raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
+
+    async def clear_traffic(self, model: str) -> bool:
+        """Remove the split of ``model`` (all unversioned traffic to the default); True if there was one."""
+        if not await self.exists(model):
+            raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
+        try:
+            return bool(await self._redis.delete(self._names.traffic_key(model)))
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+
+    async def rollback(self, model: str) -> tuple[str, str]:
+        """In one atomic step: clear the split and point the default back at the previous default.
+
+        Returns (default before, default after); RegistryError when there is nothing to roll back.
+        """
+        n = self._names
+        keys = [n.traffic_key(model), n.default_key(model), n.previous_default_key(model), n.versions_key(model)]
+        try:
+            outcome = await self._rollback(keys=keys, args=[])
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        status = _text(outcome[0])
+        if status == "nomodel":
+            raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
+        if status == "nothing":
+            raise RegistryError(
+                f"nothing to roll back: {model!r} has no traffic split and no previous default "
+                f"(all traffic already goes to version {_text(outcome[1])!r})",
+                code=ErrorCode.INVALID_REQUEST,
+            )
+        return _text(outcome[1]), _text(outcome[2])
 
     async def record_measured_size(self, model: str, version: str, size_bytes: int) -> None:
         """Store the footprint a worker measured after loading (replaces the declared size)."""
@@ -272,6 +346,13 @@ class ModelRegistry:
                     f"version {version!r} is the default of {model!r}; set another default first",
                     code=ErrorCode.INVALID_REQUEST,
                 )
+            split = await self.traffic(model)
+            if split is not None and version in split.versions and len(versions) > 1:
+                raise RegistryError(
+                    f"version {version!r} is in the traffic split of {model!r} ({split.describe()}); "
+                    "change or clear the split first",
+                    code=ErrorCode.INVALID_REQUEST,
+                )
             doomed = [version]
         else:
             doomed = versions
@@ -282,8 +363,15 @@ class ModelRegistry:
                     pipe.srem(n.versions_key(model), v)
                 if len(doomed) == len(versions):
                     pipe.delete(n.default_key(model), n.versions_key(model))
+                    pipe.delete(n.traffic_key(model), n.previous_default_key(model))
+                elif await self.previous_default(model) in doomed:
+                    pipe.delete(n.previous_default_key(model))
                     pipe.srem(n.models_key, model)
                 await pipe.execute()
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
         return doomed
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -184,3 +184,35 @@ async def test_parquet_input_gives_jsonl_output(
     assert [line["index"] for line in lines] == list(range(300))
     got = np.array([line["outputs"]["y"] for line in lines], dtype=np.float32)
     np.testing.assert_allclose(got, _reference(tiny_model, rows), rtol=1e-5, atol=1e-6)
+
+
+async def test_resume_takes_stored_results_instead_of_running_records_again(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, tmp_path: Path
+) -> None:
+    """Records past the checkpoint that were answered before the interruption are not sent again:
+    the resumed run below finishes with no worker running at all."""
+    rows = np.random.default_rng(10).standard_normal((300, 16)).astype(np.float32)
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_jsonl(source, rows, {})
+    async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as w:
+        await w.wait_ready(30)
+        await BatchRun(fleet_settings, BatchOptions("tiny", source, output)).run()
+    complete = output.read_bytes()
+    ckpt_path = Checkpoint.path_for(output)
+    # as if the run had been killed with 120 records checkpointed and more written after that
+    prefix = b"".join(complete.splitlines(keepends=True)[:120])
+    source_prefix = b"".join(source.read_bytes().splitlines(keepends=True)[:120])
+    Checkpoint.load(ckpt_path).advance(
+        complete=False,
+        records_done=120,
+        output_offset=len(prefix),
+        input_offset=len(source_prefix),
+        resend_until=300,
+    ).save(ckpt_path)
+    # a line written after the checkpoint, before the crash: the resumed run cuts it off
+    output.write_bytes(prefix + b'{"index": 120, "outputs": {"y": [0.0]}}\n')
+
+    options = BatchOptions("tiny", source, output, resume=True, timeout_s=5)
+    summary = await asyncio.wait_for(BatchRun(fleet_settings, options).run(), 30)
+    assert (summary.done, summary.failed, summary.resumed_from) == (300, 0, 120)
+    assert output.read_bytes() == complete

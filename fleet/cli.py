@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from schemas import FleetError, describe
 
-from . import batch_cli, demo, dlq_cli, models_cli, scale_cli, stack_cli, status
+from . import batch_cli, demo, dlq_cli, keys_cli, models_cli, scale_cli, stack_cli, status
 from .connection import resolve
 
 #: ``fleet config SERVICE`` -> (module, settings class, env prefix).
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale_cli.add_parser(commands, common)
     models_cli.add_parser(commands, common)
     dlq_cli.add_parser(commands, common)
+    keys_cli.add_parser(commands, common)
     batch_cli.add_parser(commands, common)
     demo.add_parser(commands, common)
     config = commands.add_parser("config", parents=[common], help="print every setting: variable, default, doc")

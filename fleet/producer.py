@@ -8,7 +8,10 @@ raises ``SchemaError(INVALID_INPUT)`` at the call site). Replies come back one o
   (``names.client_reply_stream(client_id)``); one routine reads it with ``XREAD BLOCK`` (no per-request
   polling) and hands results to :meth:`FleetProducer.results` or to the caller of :meth:`FleetProducer.infer`.
 * ``ReplyKind.RESULT``: workers only store the result under ``names.result_key(id)``; the caller fetches
-  it later with :meth:`FleetProducer.result` / :meth:`FleetProducer.wait_result` (submit now, come back later).
+  it later with :meth:`FleetProducer.result` / :meth:`FleetProducer.wait_result` (submit now, come back later;
+  ``result_ttl_s`` keeps it longer than the default hour).
+* ``ReplyKind.TOPIC``: workers store the result and produce it (an ``InferenceResponse``, key = request
+  id) to the Kafka topic ``reply_topic`` that a streaming pipeline consumes.
 
 Sends are pipelined (``await producer.send()`` only enqueues into aiokafka's batches; delivery is
 tracked by a callback), and at most ``max_in_flight`` requests are unanswered at a time: ``submit``
@@ -146,6 +149,8 @@ class FleetProducer:
         *,
         client_id: str | None = None,
         reply: ReplyKind = ReplyKind.STREAM,
+        reply_topic: str | None = None,
+        result_ttl_s: int = 0,
         lane: Lane | str = Lane.INTERACTIVE,
         max_in_flight: int = 10_000,
         timeout_s: float = 60.0,
@@ -153,15 +158,18 @@ class FleetProducer:
         max_batch_bytes: int = 256 * 1024,
         delete_stream: bool = True,
     ) -> None:
-        if reply is ReplyKind.NONE or reply not in (ReplyKind.STREAM, ReplyKind.RESULT):
-            raise ValueError(f"reply must be {ReplyKind.STREAM.value!r} or {ReplyKind.RESULT.value!r}")
+        if reply is ReplyKind.NONE:
+            raise ValueError("reply must be stream, result or topic (somebody has to get the answer)")
+        if (reply is ReplyKind.TOPIC) != bool(reply_topic):
+            raise ValueError("reply_topic names the output topic, and only with reply=ReplyKind.TOPIC")
         if max_in_flight < 1 or timeout_s <= 0:
             raise ValueError("max_in_flight must be >= 1 and timeout_s > 0")
         self._settings = settings
         self._names = Names(settings.namespace)
         self.client_id = client_id or f"p-{secrets.token_hex(6)}"
         self.stream = self._names.client_reply_stream(self.client_id)
-        self._reply = ReplyAddress(reply, self.stream if reply is ReplyKind.STREAM else "")
+        target = self.stream if reply is ReplyKind.STREAM else (reply_topic or "")
+        self._reply = ReplyAddress(reply, target, result_ttl_s)
         self._lane = Lane.parse(lane)
         self._timeout_s = timeout_s
         self._linger_ms = linger_ms
@@ -434,7 +442,7 @@ class FleetProducer:
                     request_id, pending.model, pending.version, ErrorCode.BACKEND_UNAVAILABLE, message
                 )
                 self._complete(failed)
-        elif self._reply.kind is ReplyKind.RESULT:
+        elif self._reply.kind is not ReplyKind.STREAM:
             # Nobody reads a stream: the request's slot frees once Kafka holds it.
             if self._pending.pop(request_id, None) is not None:
                 self._slots.release()

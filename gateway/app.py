@@ -21,6 +21,7 @@ from aiohttp import web
 
 from schemas import ModelRegistry, Names
 
+from .auth import Guard
 from .errors import REQUEST_ID_HEADER, WIRE_ID_KEY, Handler, error_middleware
 from .metrics import GatewayMetrics
 from .publisher import RequestPublisher
@@ -78,16 +79,24 @@ class Gateway:
         if self._state is not _State.NEW:
             raise RuntimeError(f"a gateway cannot be started when {self._state.value}")
         self._state = _State.STARTED
+        self._backends = self._make_backends()
+        guard = Guard(self.settings, self.names, self._backends.redis)
         app = web.Application(
             client_max_size=self.settings.max_body_bytes,
-            middlewares=[self._request_middleware, error_middleware],
+            middlewares=[self._request_middleware, error_middleware, guard.middleware],
         )
-        self._backends = self._make_backends()
         self._routes = Routes(self._backends)
         self._routes.add_to(app)
         app.cleanup_ctx.append(self._backends_ctx)
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.shutdown_grace_s
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.settings.shutdown_grace_s,
+            # aiohttp's request-parser limits: longer lines/values or more headers get 400.
+            max_line_size=self.settings.max_header_line_bytes,
+            max_field_size=self.settings.max_header_field_bytes,
+            max_headers=self.settings.max_headers,
         )
         self._runner = runner
         try:

@@ -50,6 +50,7 @@ from .job_routes import (
     wants_async,
 )
 from .jobs import JobStore
+from .limits import check_tensor_elements
 from .metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from .protocol import (
     HEADER_LENGTH,
@@ -230,6 +231,7 @@ class Routes:
             record = await self._record(request.match_info["model"], request.match_info.get("version"))
             label = record.name
             body = parse_infer(raw, request.headers.get(HEADER_LENGTH))
+            check_tensor_elements(body, self._b.settings.max_tensor_elements)
             body = dataclasses.replace(body, lane=choose_lane(body.lane, request.headers.get(LANE_HEADER)))
             settings = self._b.settings
             # An async job's deadline defaults to (and is capped at) the job TTL.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -9,7 +10,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from schemas import FleetSettings, SettingsError, doc, load
+from schemas import FleetError, FleetSettings, SettingsError, check_model_name, doc, load
 
 _GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -53,6 +54,25 @@ class GatewaySettings:
     webhook_backoff_max_s: float = doc("Cap on the pause between two webhook tries.", 30.0)
     webhook_timeout_s: float = doc("Longest one webhook POST may take.", 5.0)
     webhook_concurrency: int = doc("Webhook deliveries in progress at once per gateway.", 16)
+    auth: bool = doc(
+        "Require an API key (Authorization: Bearer or X-API-Key; `fleet keys create`) on every route but "
+        "/v2/health/*, /v2, /v2/openapi.json and /metrics. Off for the local stack; on in deploy/.",
+        False,
+    )
+    auth_metrics: bool = doc("With auth on, require a key on /metrics too (Prometheus then needs one).", False)
+    auth_cache_ttl_s: float = doc(
+        "Seconds a looked-up API key is cached by this gateway (a revocation takes effect within it).", 5.0
+    )
+    auth_cache_size: int = doc("API keys cached at most (least recently used ones are dropped).", 10_000)
+    model_rate_limits: str = doc(
+        "Per-model rate limits shared by every key and gateway, requests/s: `model=rate,...` (unlisted: none).",
+        "",
+    )
+    rate_burst_s: float = doc("A token bucket holds this many seconds of its rate (at least 1 request).", 1.0)
+    max_tensor_elements: int = doc("Largest element count of one input tensor; more gets 400 INVALID_INPUT.", 16 << 20)
+    max_header_line_bytes: int = doc("Longest HTTP request line or header line; longer gets 400.", 8190)
+    max_header_field_bytes: int = doc("Longest HTTP header value; longer gets 400.", 8190)
+    max_headers: int = doc("Most HTTP request headers; more gets 400.", 128)
     fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
@@ -76,6 +96,32 @@ class GatewaySettings:
             raise SettingsError("shutdown_grace_s must be >= 0")
         if self.default_timeout_s > self.max_timeout_s:
             raise SettingsError("default_timeout_s must not exceed max_timeout_s")
+        for name in ("auth_cache_ttl_s", "rate_burst_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        for name in ("auth_cache_size", "max_tensor_elements", "max_header_line_bytes", "max_header_field_bytes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1")
+        if self.max_headers < 1:
+            raise SettingsError("max_headers must be >= 1")
+        self.model_rates()  # validates the text
+
+    def model_rates(self) -> dict[str, float]:
+        """``model_rate_limits`` parsed: model name -> requests per second."""
+        rates: dict[str, float] = {}
+        for item in self.model_rate_limits.split(","):
+            if not item.strip():
+                continue
+            model, sep, rate_text = item.partition("=")
+            try:
+                rate = float(rate_text)
+                check_model_name(model.strip())
+            except (ValueError, FleetError):
+                rate = -1.0
+            if not sep or not 0 < rate < math.inf:
+                raise SettingsError(f"model_rate_limits item {item.strip()!r}: use model=rate with a rate > 0")
+            rates[model.strip()] = rate
+        return rates
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:

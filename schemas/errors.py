@@ -31,6 +31,9 @@ class ErrorCode(StrEnum):
     JOB_NOT_FOUND = "JOB_NOT_FOUND"  # unknown async job id, or its TTL has passed
     CONFLICT = "CONFLICT"  # the job is not in a state that allows this (cancel a running job, reused key)
     CANCELLED = "CANCELLED"  # the job was cancelled before a worker ran it
+    UNAUTHENTICATED = "UNAUTHENTICATED"  # no API key, or an unknown or revoked one
+    FORBIDDEN = "FORBIDDEN"  # the API key may not use this model
+    RATE_LIMITED = "RATE_LIMITED"  # the key's or the model's token bucket is empty (see Retry-After)
     INTERNAL = "INTERNAL"
 
 
@@ -50,6 +53,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.JOB_NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
     ErrorCode.CANCELLED: 409,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
 }
 

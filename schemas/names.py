@@ -28,6 +28,11 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:idem:{key}                  STRING idempotency key -> "job_id fingerprint" (EXPIRE = job TTL)
       {ns}:jobs:callbacks              STREAM of finished jobs that have a webhook (field ``j`` = job id);
                                        consumer group ``webhooks`` of the gateways delivers them
+      {ns}:apikey:{key_id}             HASH of an API key: sha256 of its secret, name, models, rate, created_ms,
+                                       revoked_ms (`schemas.apikeys`; the secret is never stored)
+      {ns}:apikeys                     SET of every API key id (revoked ones included)
+      {ns}:ratelimit:key:{key_id}      HASH token bucket of a key's rate limit (t tokens, ts ms; PEXPIRE when full)
+      {ns}:ratelimit:model:{m}         HASH token bucket of a model's rate limit (`gateway.ratelimit`)
       {ns}:dlq:{m}:replays             HASH "partition:offset" of a dead letter -> times `fleet dlq replay` re-sent it
       {ns}:worker:{worker_id}          HASH heartbeat of a worker (state, models, partitions)
       {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
@@ -222,6 +227,23 @@ class Names:
     def dlq_replays_key(self, model: str) -> str:
         """HASH ``partition:offset`` of a dead letter of ``model`` -> how many times it was replayed."""
         return f"{self.namespace}:dlq:{model}:replays"
+
+    def apikey_key(self, key_id: str) -> str:
+        """HASH of one API key: sha256 of its secret, name, models, rate, created/revoked (``schemas.apikeys``)."""
+        return f"{self.namespace}:apikey:{key_id}"
+
+    @property
+    def apikeys_key(self) -> str:
+        """SET of every API key id (revoked ones included)."""
+        return f"{self.namespace}:apikeys"
+
+    def key_bucket_key(self, key_id: str) -> str:
+        """HASH token bucket (``t`` tokens, ``ts`` last refill ms) of one API key's rate limit."""
+        return f"{self.namespace}:ratelimit:key:{key_id}"
+
+    def model_bucket_key(self, model: str) -> str:
+        """HASH token bucket of one model's rate limit (shared by every key and gateway)."""
+        return f"{self.namespace}:ratelimit:model:{model}"
 
     def worker_key(self, worker_id: str) -> str:
         """Heartbeat hash of a worker."""

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from fleet.producer import FleetProducer
-from schemas import ErrorCode, FleetSettings, ModelRecord, Names, RegistryError, ReplyKind, SchemaError
+from schemas import (
+    ErrorCode,
+    FleetSettings,
+    InferenceResponse,
+    ModelRecord,
+    Names,
+    RegistryError,
+    ReplyKind,
+    SchemaError,
+)
 from workers import Worker, WorkerSettings
 
 
@@ -118,3 +130,47 @@ async def test_bulk_lane_is_served_too(fleet_settings: FleetSettings, tiny_model
         interactive = await producer.infer("tiny", {"x": x}, lane="interactive")
     np.testing.assert_allclose(bulk["y"], _reference(tiny_model, x), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(bulk["y"], interactive["y"])
+
+
+async def test_output_topic_delivery(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, names: Names
+) -> None:
+    """reply=TOPIC: the answers land on the Kafka topic the pipeline names (and in the result keys)."""
+    topic = f"{names.namespace}.predictions"
+    admin = AIOKafkaAdminClient(**fleet_settings.kafka.client_kwargs())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    x = np.random.default_rng(4).standard_normal((5, 16)).astype(np.float32)
+    async with FleetProducer(fleet_settings, reply=ReplyKind.TOPIC, reply_topic=topic) as producer:
+        ids = [await producer.submit("tiny", {"x": x[i : i + 1]}, request_id=f"p-{i}") for i in range(5)]
+        with pytest.raises(RuntimeError):
+            await producer.infer("tiny", {"x": x[:1]})
+    consumer = AIOKafkaConsumer(**fleet_settings.kafka.client_kwargs(), auto_offset_reset="earliest")
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    await consumer.start()
+    got: dict[str, InferenceResponse] = {}
+    try:
+        deadline = time.monotonic() + 20
+        while len(got) < 5 and time.monotonic() < deadline:
+            for record in (await consumer.getmany(tp, timeout_ms=100)).get(tp, []):
+                response = InferenceResponse.from_bytes(record.value)
+                got[response.id] = response
+    finally:
+        await consumer.stop()
+    assert sorted(got) == sorted(ids)
+    expected = _reference(tiny_model, x)
+    for i in range(5):
+        np.testing.assert_allclose(got[f"p-{i}"].outputs[0].to_numpy(), expected[i : i + 1], rtol=1e-5, atol=1e-6)
+
+
+def test_reply_options_are_checked(fleet_settings: FleetSettings) -> None:
+    with pytest.raises(ValueError):
+        FleetProducer(fleet_settings, reply=ReplyKind.TOPIC)
+    with pytest.raises(ValueError):
+        FleetProducer(fleet_settings, reply_topic="out")
+    with pytest.raises(ValueError):
+        FleetProducer(fleet_settings, reply=ReplyKind.NONE)

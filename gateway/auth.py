@@ -1,0 +1,215 @@
+"""API-key authentication, per-key model allow-lists and rate limits: one aiohttp middleware.
+
+Order per request: open routes (health probes, ``/v2``, ``/v2/openapi.json``, ``/metrics`` unless
+``auth_metrics``) pass untouched. With ``auth`` on, the key comes from ``Authorization: Bearer <key>``
+or ``X-API-Key``; a missing, malformed, unknown or revoked key is ``401 UNAUTHENTICATED`` (with
+``WWW-Authenticate: Bearer``), a model outside the key's allow-list ``403 FORBIDDEN`` (before the
+model is even looked up, so a key cannot probe which models exist). Key records are cached per
+gateway for ``auth_cache_ttl_s`` in a bounded LRU, so a cached key costs no Redis round trip; an
+uncached key with Redis unreachable is ``503 BACKEND_UNAVAILABLE`` (never 401).
+
+Rate limits apply to infer requests (``POST .../infer``, sync and async): the key's rate (from its
+record) and the model's (``model_rate_limits``) are token buckets in Redis (``gateway.ratelimit``),
+checked together in one script call; an empty bucket is ``429 RATE_LIMITED`` with ``Retry-After``
+(whole seconds, rounded up). Without any limit for the request no Redis call is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from schemas import ErrorCode, FleetError, Names
+from schemas.apikeys import ApiKey, ApiKeyStore, parse_secret
+
+from .errors import BackendDownError, GatewayError, Handler, error_response
+from .ratelimit import Bucket, TokenBuckets
+from .settings import GatewaySettings
+
+API_KEY_HEADER = "X-API-Key"
+AUTHORIZATION = "Authorization"
+#: Paths that never need a key: probes, server metadata and the API description.
+OPEN_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready", "/v2/openapi.json"})
+METRICS_PATH = "/metrics"
+#: The request's API key record (absent when auth is off or the route is open).
+API_KEY = web.RequestKey("fleet_api_key", ApiKey)
+
+
+class AuthError(GatewayError):
+    """An error answer that carries extra response headers (WWW-Authenticate, Retry-After)."""
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
+
+
+class UnauthenticatedError(AuthError):
+    """No usable API key: missing, malformed, unknown or revoked."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"unauthenticated: {problem}", {"WWW-Authenticate": 'Bearer realm="inference-fleet"'})
+
+
+class ForbiddenError(AuthError):
+    """The key may not use this model."""
+
+    code = ErrorCode.FORBIDDEN
+
+    def __init__(self, key: ApiKey, model: str) -> None:
+        super().__init__(f"API key {key.key_id!r} ({key.name}) may not use model {model!r}", {})
+
+
+class RateLimitedError(AuthError):
+    """A token bucket is empty."""
+
+    code = ErrorCode.RATE_LIMITED
+    retriable = True
+
+    def __init__(self, what: str, rate: float, retry_after_s: int) -> None:
+        super().__init__(
+            f"rate limit of {what} ({rate:g} requests/s) exceeded; retry in {retry_after_s} s",
+            {"Retry-After": str(retry_after_s)},
+        )
+
+
+class KeyCache:
+    """Bounded LRU of key id -> (record or None for an unknown id, expiry on the monotonic clock)."""
+
+    def __init__(self, ttl_s: float, size: int) -> None:
+        self._ttl_s = ttl_s
+        self._size = size
+        self._entries: OrderedDict[str, tuple[ApiKey | None, float]] = OrderedDict()
+
+    def get(self, key_id: str) -> tuple[bool, ApiKey | None]:
+        """(hit, record); an expired entry is a miss."""
+        entry = self._entries.get(key_id)
+        if entry is None or entry[1] <= time.monotonic():
+            return False, None
+        self._entries.move_to_end(key_id)
+        return True, entry[0]
+
+    def put(self, key_id: str, key: ApiKey | None) -> None:
+        """Remember ``key`` (None: no such key) for the TTL, dropping the least recently used beyond the size."""
+        self._entries[key_id] = (key, time.monotonic() + self._ttl_s)
+        self._entries.move_to_end(key_id)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def presented_secret(request: web.BaseRequest) -> str | None:
+    """The key in ``Authorization: Bearer`` (wins) or ``X-API-Key``; None when neither is there."""
+    header = request.headers.get(AUTHORIZATION)
+    if header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        if request.headers.get(API_KEY_HEADER) is None:
+            raise UnauthenticatedError("the Authorization header must read 'Bearer <key>'")
+    key = request.headers.get(API_KEY_HEADER)
+    return key.strip() if key is not None else None
+
+
+class Guard:
+    """The middleware's state: key store and cache, token buckets, per-model rates."""
+
+    def __init__(self, settings: GatewaySettings, names: Names, redis: Any) -> None:
+        self._settings = settings
+        self._names = names
+        self._store = ApiKeyStore(redis, names)
+        self._buckets = TokenBuckets(redis)
+        self.cache = KeyCache(settings.auth_cache_ttl_s, settings.auth_cache_size)
+        self._model_rates = settings.model_rates()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Authenticate, check the allow-list and the rate limits, then run ``handler``."""
+        try:
+            key = await self._authenticate(request)
+            model = request.match_info.get("model")
+            if key is not None:
+                request[API_KEY] = key
+                if model is not None and not key.allows(model):
+                    raise ForbiddenError(key, model)
+            if model is not None and request.method == "POST" and request.path.endswith("/infer"):
+                await self._limit(key, model)
+        except AuthError as exc:
+            response = error_response(exc.http_status, exc.message, exc.code)
+            response.headers.update(exc.headers)
+            return response
+        return await handler(request)
+
+    async def _authenticate(self, request: web.Request) -> ApiKey | None:
+        path = request.path
+        if not self._settings.auth or path in OPEN_PATHS:
+            return None
+        if path == METRICS_PATH and not self._settings.auth_metrics:
+            return None
+        secret = presented_secret(request)
+        if secret is None:
+            raise UnauthenticatedError(f"an API key is required (Authorization: Bearer <key> or {API_KEY_HEADER})")
+        key_id = parse_secret(secret)
+        if key_id is None:
+            raise UnauthenticatedError("malformed API key")
+        key = await self._lookup(key_id)
+        if key is None or not key.verify(secret):
+            raise UnauthenticatedError("unknown API key")
+        if key.revoked:
+            raise UnauthenticatedError(f"API key {key_id!r} was revoked")
+        return key
+
+    async def _lookup(self, key_id: str) -> ApiKey | None:
+        hit, key = self.cache.get(key_id)
+        if hit:
+            return key
+        timeout = self._settings.backend_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                key = await self._store.get(key_id)
+        except TimeoutError:
+            raise BackendDownError("redis", f"API key lookup took over {timeout:g} s") from None
+        except (RedisError, OSError) as exc:
+            raise BackendDownError("redis", f"API key lookup failed: {exc or type(exc).__name__}") from None
+        except FleetError as exc:  # a damaged record: refuse the key, log via the error middleware
+            raise UnauthenticatedError(exc.message) from None
+        self.cache.put(key_id, key)
+        return key
+
+    def buckets(self, key: ApiKey | None, model: str) -> list[Bucket]:
+        """The token buckets an infer request of ``key`` for ``model`` draws from."""
+        burst = self._settings.rate_burst_s
+        found: list[Bucket] = []
+        if key is not None and key.rate > 0:
+            found.append(Bucket.for_rate(self._names.key_bucket_key(key.key_id), key.rate, burst))
+        model_rate = self._model_rates.get(model)
+        if model_rate is not None:
+            found.append(Bucket.for_rate(self._names.model_bucket_key(model), model_rate, burst))
+        return found
+
+    async def _limit(self, key: ApiKey | None, model: str) -> None:
+        buckets = self.buckets(key, model)
+        if not buckets:
+            return
+        timeout = self._settings.backend_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                verdict = await self._buckets.take(buckets)
+        except TimeoutError:
+            raise BackendDownError("redis", f"rate limit check took over {timeout:g} s") from None
+        except (RedisError, OSError) as exc:
+            raise BackendDownError("redis", f"rate limit check failed: {exc or type(exc).__name__}") from None
+        if verdict.allowed or verdict.limiting is None:
+            return
+        limiting = verdict.limiting
+        is_key = key is not None and limiting.key == self._names.key_bucket_key(key.key_id)
+        what = f"API key {key.key_id!r}" if key is not None and is_key else f"model {model!r}"
+        raise RateLimitedError(what, limiting.rate, verdict.retry_after_s)

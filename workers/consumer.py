@@ -352,6 +352,10 @@ class ModelConsumer:
             spent = time.perf_counter() - began
             self._bulk_rest_until = time.monotonic() + spent * (1.0 - share) / share
         latencies = [delivered_ms - f.request.created_ms for f in fetched if f.request is not None]
+        self._metrics.observe_delivered(
+            self.model,
+            [(f.request.version, (delivered_ms - f.request.created_ms) / 1000) for f in fetched if f.request],
+        )
         self.stats.observe_round(len(fetched), time.perf_counter() - began, latencies)
 
     async def _deliver(self, outcome: RoundOutcome, lane: LaneConsumer) -> None:

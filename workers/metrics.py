@@ -2,26 +2,66 @@
 
 ``fleet_worker_inference_count_total / fleet_worker_execution_count_total`` is the mean batch size
 (requests per model execution). The HTTP endpoint runs only when ``metrics_port > 0``.
+
+GPU utilization and memory come from NVML at scrape time (``workers.gpu``), one series per GPU the
+worker's NVML sees, labelled ``device="cuda:N"``; without NVIDIA GPUs (CPU workers) those families are
+exported with no samples.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .gpu import GpuStats, gpu_stats
 
 log = logging.getLogger("fleet.workers")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class GpuCollector(Collector):
+    """NVML utilization and memory of each visible GPU, read when scraped (nothing on a machine without one)."""
+
+    def __init__(self, source: Callable[[], Sequence[GpuStats]] = gpu_stats) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        return self._families(self._source())
+
+    @staticmethod
+    def _families(stats: Sequence[GpuStats] = ()) -> list[GaugeMetricFamily]:
+        labels = ["device", "name"]
+        util = GaugeMetricFamily(
+            "fleet_worker_gpu_utilization_ratio",
+            "Fraction of the last NVML sample period a kernel ran on the GPU (0-1).",
+            labels=labels,
+        )
+        used = GaugeMetricFamily("fleet_worker_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=labels)
+        total = GaugeMetricFamily("fleet_worker_gpu_memory_total_bytes", "GPU memory in all (NVML).", labels=labels)
+        for stat in stats:
+            values = [f"cuda:{stat.index}", stat.name]
+            util.add_metric(values, stat.utilization / 100.0)
+            used.add_metric(values, float(stat.memory_used))
+            total.add_metric(values, float(stat.memory_total))
+        return [util, used, total]
 
 
 class WorkerMetrics:
     """Counters and histograms of one worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpus: Callable[[], Sequence[GpuStats]] = gpu_stats) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("model", "version")
         self.success = Counter(
@@ -72,6 +112,14 @@ class WorkerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.request_duration = Histogram(
+            "fleet_worker_request_duration_seconds",
+            "Request creation (at the gateway or producer) to its reply delivered by the worker.",
+            labels,
+            buckets=_REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(GpuCollector(gpus))
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -84,6 +132,11 @@ class WorkerMetrics:
         queue = self.queue_seconds.labels(model, version)
         for value in queue_s:
             queue.observe(max(0.0, value))
+
+    def observe_delivered(self, model: str, latencies: Iterable[tuple[str, float]]) -> None:
+        """Record ``(version, seconds)`` from request creation to reply delivery for each answered request."""
+        for version, seconds in latencies:
+            self.request_duration.labels(model, version).observe(max(0.0, seconds))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Start the /metrics HTTP endpoint on ``port``."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 
+from prometheus_client import generate_latest
+
+from workers.gpu import GpuStats
 from workers.metrics import WorkerMetrics
 
 
@@ -36,3 +39,28 @@ async def test_metrics_endpoint() -> None:
         metrics.close()
         metrics.close()
     assert metrics.port is None
+
+
+def test_request_duration_per_model_and_version() -> None:
+    metrics = WorkerMetrics(gpus=list)
+    metrics.observe_delivered("m", [("1", 0.004), ("2", 0.2), ("1", -1.0)])
+    sample = metrics.registry.get_sample_value
+    assert sample("fleet_worker_request_duration_seconds_count", {"model": "m", "version": "1"}) == 2
+    assert sample("fleet_worker_request_duration_seconds_sum", {"model": "m", "version": "1"}) == 0.004
+    assert sample("fleet_worker_request_duration_seconds_bucket", {"model": "m", "version": "2", "le": "0.1"}) == 0
+
+
+def test_gpu_gauges_from_nvml_stats() -> None:
+    stats = [GpuStats(0, "H100", 37.0, 10 * 2**30, 80 * 2**30), GpuStats(1, "H100", 0.0, 0, 80 * 2**30)]
+    metrics = WorkerMetrics(gpus=lambda: stats)
+    sample = metrics.registry.get_sample_value
+    labels = {"device": "cuda:0", "name": "H100"}
+    assert sample("fleet_worker_gpu_utilization_ratio", labels) == 0.37
+    assert sample("fleet_worker_gpu_memory_used_bytes", labels) == 10 * 2**30
+    assert sample("fleet_worker_gpu_memory_total_bytes", {"device": "cuda:1", "name": "H100"}) == 80 * 2**30
+
+
+def test_no_gpu_means_families_without_samples() -> None:
+    body = generate_latest(WorkerMetrics(gpus=list).registry).decode()
+    assert "# TYPE fleet_worker_gpu_utilization_ratio gauge" in body
+    assert "\nfleet_worker_gpu_" not in body

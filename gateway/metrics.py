@@ -11,26 +11,30 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class GatewayMetrics:
-    """Request counters, a latency histogram per model and the number of requests in flight."""
+    """Request counters and a latency histogram per model and version, and the requests in flight.
+
+    ``version`` is the version that answered (the one a traffic split picked for unversioned requests),
+    so a canary can be compared with the version it replaces.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.success = Counter(
             "fleet_gateway_request_success",
             "Infer requests answered with outputs.",
-            ["model"],
+            ["model", "version"],
             registry=self.registry,
         )
         self.failure = Counter(
             "fleet_gateway_request_failure",
             "Infer requests answered with an error, by error code.",
-            ["model", "code"],
+            ["model", "version", "code"],
             registry=self.registry,
         )
         self.duration = Histogram(
             "fleet_gateway_request_duration_seconds",
             "Time from receiving an infer request to answering it.",
-            ["model"],
+            ["model", "version"],
             buckets=_BUCKETS,
             registry=self.registry,
         )
@@ -40,18 +44,19 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-        # Children per model, so the hot path skips prometheus_client's locked label lookup.
-        self._per_model: dict[str, tuple[Counter, Histogram]] = {}
+        # Children per (model, version), so the hot path skips prometheus_client's locked label lookup.
+        self._per_model: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
-    def observe(self, model: str, seconds: float, code: str | None) -> None:
+    def observe(self, model: str, seconds: float, code: str | None, version: str = "_unknown") -> None:
         """Record one finished infer request; ``code`` is None on success."""
-        children = self._per_model.get(model)
+        key = (model, version)
+        children = self._per_model.get(key)
         if children is None:
-            children = self._per_model[model] = (self.success.labels(model), self.duration.labels(model))
+            children = self._per_model[key] = (self.success.labels(*key), self.duration.labels(*key))
         if code is None:
             children[0].inc()
         else:
-            self.failure.labels(model, code).inc()
+            self.failure.labels(model, version, code).inc()
         children[1].observe(seconds)
 
     def render(self) -> bytes:

@@ -1,25 +1,32 @@
 """A small TTL cache in front of the model registry, so a request does not cost a Redis round trip.
 
-Records are immutable once written; only a model's default pointer (and removals) can change, so a
-short TTL bounds how stale an answer may be. Misses for the same key share one lookup, and "not
-found" answers are cached too (an unknown name sent in a loop must not hammer Redis).
+Records are immutable once written; only a model's default pointer, its traffic split (and removals)
+can change, so a short TTL bounds how stale an answer may be: a changed split or default is seen
+within ``ttl_s``. Misses for the same key share one lookup, and "not found" answers are cached too
+(an unknown name sent in a loop must not hammer Redis).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable
 
-from schemas import ErrorCode, FleetError, ModelRecord, ModelRegistry, RegistryError
+from schemas import ErrorCode, FleetError, ModelRecord, ModelRegistry, RegistryError, SchemaError
+from schemas.traffic import TrafficSplit
 
 from .errors import BackendDownError, ModelNotFoundError, VersionNotFoundError
 
 _Key = tuple[str, str | None]
 #: A record, or a factory of the error to raise for it.
 _Outcome = ModelRecord | Callable[[], FleetError]
+#: A split (None: no split), or a factory of the error to raise for it.
+_SplitOutcome = TrafficSplit | None | Callable[[], FleetError]
 _MAX_ENTRIES = 10_000
+
+log = logging.getLogger("fleet.gateway")
 
 
 class RegistryCache:
@@ -38,6 +45,8 @@ class RegistryCache:
         self._clock = clock
         self._entries: dict[_Key, tuple[float, _Outcome]] = {}
         self._pending: dict[_Key, asyncio.Task[_Outcome]] = {}
+        self._splits: dict[str, tuple[float, TrafficSplit | None]] = {}
+        self._split_pending: dict[str, asyncio.Task[_SplitOutcome]] = {}
 
     @property
     def registry(self) -> ModelRegistry:
@@ -61,9 +70,41 @@ class RegistryCache:
             self._pending[key] = lookup
         return _unwrap(await asyncio.shield(lookup))
 
+    async def routed(self, record: ModelRecord, key: str | None) -> ModelRecord:
+        """The record that serves an unversioned request whose default is ``record``: the version the
+        model's traffic split picks for ``key`` (the request id; random when None), or ``record`` itself
+        when the model has no split."""
+        split = await self.split(record.name)
+        if split is None:
+            return record
+        version = split.pick(key)
+        return record if version == record.version else await self.get(record.name, version)
+
+    async def split(self, model: str) -> TrafficSplit | None:
+        """The traffic split of ``model`` (None: all to the default), cached like the records.
+
+        When Redis fails and an expired split is known, that split keeps serving; otherwise 503.
+        """
+        entry = self._splits.get(model)
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        lookup = self._split_pending.get(model)
+        if lookup is None:
+            lookup = asyncio.create_task(self._split_lookup(model))
+            self._split_pending[model] = lookup
+        outcome = await asyncio.shield(lookup)
+        if outcome is None or isinstance(outcome, TrafficSplit):
+            return outcome
+        if entry is not None:
+            return entry[1]
+        raise outcome()
+
     async def close(self) -> None:
         """Cancel the lookups in progress."""
-        pending = list(self._pending.values())
+        pending: list[asyncio.Task[_Outcome] | asyncio.Task[_SplitOutcome]] = [
+            *self._pending.values(),
+            *self._split_pending.values(),
+        ]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -71,6 +112,26 @@ class RegistryCache:
     def invalidate(self) -> None:
         """Forget every cached answer."""
         self._entries.clear()
+        self._splits.clear()
+
+    async def _split_lookup(self, model: str) -> _SplitOutcome:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                split = await self._registry.traffic(model)
+        except TimeoutError:
+            reason = f"traffic split lookup took longer than {self._timeout_s:g} s"
+            return functools.partial(BackendDownError, "redis", reason)
+        except SchemaError as exc:  # a hand-edited hash: serve the default rather than fail every request
+            log.warning("ignoring the traffic split of %s: %s", model, exc.message)
+            split = None
+        except FleetError as exc:
+            return functools.partial(BackendDownError, "redis", exc.message.removeprefix("Redis unavailable: "))
+        finally:
+            del self._split_pending[model]
+        if len(self._splits) >= _MAX_ENTRIES:
+            self._splits.clear()
+        self._splits[model] = (self._clock() + self._ttl_s, split)
+        return split
 
     async def _lookup(self, key: _Key) -> _Outcome:
         try:

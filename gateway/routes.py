@@ -32,6 +32,7 @@ from schemas import (
 )
 
 from .errors import (
+    REQUEST_ID_HEADER,
     WIRE_ID_KEY,
     BackendDownError,
     DeadlineExceededError,
@@ -213,7 +214,7 @@ class Routes:
         """
         loop = asyncio.get_running_loop()
         started, started_ms = loop.time(), now_ms()
-        label = _UNKNOWN_MODEL
+        label = version_label = _UNKNOWN_MODEL
         code: str | None = ErrorCode.INTERNAL.value  # stays so when something unexpected is raised
         metrics = self._b.metrics
         metrics.in_flight.inc()
@@ -233,6 +234,9 @@ class Routes:
             body = parse_infer(raw, request.headers.get(HEADER_LENGTH))
             check_tensor_elements(body, self._b.settings.max_tensor_elements)
             body = dataclasses.replace(body, lane=choose_lane(body.lane, request.headers.get(LANE_HEADER)))
+            if request.match_info.get("version") is None:  # unversioned: the model's traffic split picks
+                record = await self._b.cache.routed(record, request.headers.get(REQUEST_ID_HEADER) or body.id)
+            version_label = record.version
             settings = self._b.settings
             # An async job's deadline defaults to (and is capped at) the job TTL.
             default_s, max_s = (
@@ -260,7 +264,7 @@ class Routes:
         finally:
             self._in_flight -= 1
             metrics.in_flight.dec()
-            metrics.observe(label, loop.time() - started, code)
+            metrics.observe(label, loop.time() - started, code, version_label)
         headers = {"Content-Type": rendered.content_type}
         if rendered.header_length is not None:
             headers[HEADER_LENGTH] = str(rendered.header_length)

@@ -328,9 +328,9 @@ async def test_metrics_count_success_and_failure(
     async with http.get(gateway.url + "/metrics") as resp:
         text = await resp.text()
     assert resp.status == 200 and resp.content_type == "text/plain"
-    assert 'fleet_gateway_request_success_total{model="tiny"} 1.0' in text
-    assert 'fleet_gateway_request_failure_total{code="INVALID_INPUT",model="tiny"} 1.0' in text
-    assert 'fleet_gateway_request_duration_seconds_count{model="tiny"} 2.0' in text
+    assert 'fleet_gateway_request_success_total{model="tiny",version="1"} 1.0' in text
+    assert 'fleet_gateway_request_failure_total{code="INVALID_INPUT",model="tiny",version="1"} 1.0' in text
+    assert 'fleet_gateway_request_duration_seconds_count{model="tiny",version="1"} 2.0' in text
     assert "fleet_gateway_requests_in_flight 0.0" in text
 
 

@@ -1,4 +1,7 @@
-"""``fleet models ...``: register, list, show, set-default, remove and verify registry records."""
+"""``fleet models ...``: register, list, show, set-default, remove and verify registry records.
+
+``traffic`` and ``rollback`` (canary / A-B splits) live in ``fleet.rollout_cli``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from schemas.topics import ensure_model_topics
 from .artifacts import build_record
 from .client import FleetClient
 from .connection import Target, open_registry
+from .rollout_cli import add_actions as add_rollout_actions
 from .verify import verify
 
 
@@ -78,6 +82,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     check.add_argument("--version")
     check.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
     check.set_defaults(handler=verify_model)
+
+    add_rollout_actions(sub, common)
 
 
 async def next_version(registry: ModelRegistry, model: str) -> str:

@@ -36,6 +36,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:dlq:{m}:replays             HASH "partition:offset" of a dead letter -> times `fleet dlq replay` re-sent it
       {ns}:worker:{worker_id}          HASH heartbeat of a worker (state, models, partitions)
       {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
+      {ns}:residency:{worker_id}       STRING (JSON `schemas.residency.WorkerResidency`, EXPIRE 3x heartbeat):
+                                       the worker's memory budget and its resident models (size, last use)
       {ns}:stats:{m}                   ZSET worker id -> epoch ms of its last service-stats report
       {ns}:stats:{m}:{worker_id}       HASH one worker's service stats for a model (EXPIRE; fields in
                                        `schemas.stats`): written by workers, read by the autoscaler
@@ -248,6 +250,10 @@ class Names:
     def worker_key(self, worker_id: str) -> str:
         """Heartbeat hash of a worker."""
         return f"{self.namespace}:worker:{worker_id}"
+
+    def residency_key(self, worker_id: str) -> str:
+        """What a worker holds in memory (``schemas.residency.WorkerResidency`` as JSON)."""
+        return f"{self.namespace}:residency:{worker_id}"
 
     @property
     def workers_key(self) -> str:

@@ -6,6 +6,9 @@ the measured footprint instead (the multi-model placement and LRU residency buil
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -22,6 +25,29 @@ def resident_bytes() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def trim_heap() -> None:
+    """Collect garbage and hand free heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Without it an unloaded model's memory stays in the allocator's free lists: RSS would not go down
+    after an eviction, and the next load would be measured as free (it reuses those pages).
+    """
+    gc.collect()
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def gpu_used_bytes() -> dict[int, int]:

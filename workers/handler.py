@@ -34,6 +34,8 @@ from schemas import (
     check_inputs,
     now_ms,
 )
+from schemas.constants import HEADER_REQUEST_ID
+from schemas.logs import request_context
 
 from .batching import Batch, merge_inputs, plan_batches, split_outputs
 from .deadletter import dead_letter
@@ -147,6 +149,11 @@ class RequestHandler:
             request = item.request
             if request is None:
                 error = item.error or SchemaError("undecodable record")
+                log.debug(
+                    "record dead-lettered: %s",
+                    error.message,
+                    extra={"request_id": header_request_id(item.record), "code": error.code.value},
+                )
                 self._metrics.failure.labels(self._model, "", error.code.value).inc()
                 outcome.dead_letters.append(dead_letter(item.record, error.code, error.message, self._worker_id))
             elif request.model != self._model:
@@ -192,18 +199,32 @@ class RequestHandler:
         if not valid:
             return
         try:
-            runtime = await self._cache.runtime(record)
+            runtime = await self._cache.acquire(record, len(valid))
         except ModelLoadError as exc:
             for item in valid:
                 self._fail(outcome, _request(item), exc.code, exc.message)
             return
-        requests = [_request(item) for item in valid]
-        for batch in plan_batches(requests, record.batching.max_batch_size, batched=record.batched):
-            await self._run(outcome, runtime, [valid[i] for i in batch.indices], batch)
+        try:  # pinned: not evicted while its batches run
+            requests = [_request(item) for item in valid]
+            for batch in plan_batches(requests, record.batching.max_batch_size, batched=record.batched):
+                await self._run(outcome, runtime, [valid[i] for i in batch.indices], batch)
+        finally:
+            self._cache.release(record)
 
     async def _run(self, outcome: RoundOutcome, runtime: Runtime, items: list[Fetched], batch: Batch) -> None:
-        loop = asyncio.get_running_loop()
         requests = [_request(item) for item in items]
+        with request_context(request_ids=[r.id for r in requests]):  # the batch's log lines carry its ids
+            await self._run_batch(outcome, runtime, items, requests, batch)
+
+    async def _run_batch(
+        self,
+        outcome: RoundOutcome,
+        runtime: Runtime,
+        items: list[Fetched],
+        requests: list[InferenceRequest],
+        batch: Batch,
+    ) -> None:
+        loop = asyncio.get_running_loop()
         try:
             done = await loop.run_in_executor(self._executor, _execute, runtime, requests, batch)
         except ModelExecutionError as exc:
@@ -228,6 +249,7 @@ class RequestHandler:
         self._metrics.success.labels(self._model, version).inc(len(requests))
         if self._stats is not None:
             self._stats.observe_batch(len(requests))
+        log.debug("model %s:%s ran a batch of %d in %.3f ms", self._model, version, len(requests), done.compute_s * 1e3)
         for request, outputs, queued in zip(requests, done.outputs, queue_ms, strict=True):
             response = InferenceResponse(
                 request.id,
@@ -255,6 +277,11 @@ class RequestHandler:
         outcome.dead_letters.append(dead_letter(item.record, ErrorCode.MODEL_ERROR, reason, self._worker_id))
 
     def _fail(self, outcome: RoundOutcome, request: InferenceRequest, code: ErrorCode, message: str) -> None:
+        log.info(
+            "request failed: %s",
+            message,
+            extra={"request_id": request.id, "model": self._model, "version": request.version, "code": code.value},
+        )
         self._metrics.failure.labels(self._model, request.version, code.value).inc()
         outcome.replies.append((request.reply, InferenceResponse.failure(request, code, message, self._worker_id)))
 
@@ -266,6 +293,14 @@ class RequestHandler:
             outcome.dead_letters.append(dead_letter(item.record, code, message, self._worker_id))
         else:
             self._fail(outcome, request, code, message)
+
+
+def header_request_id(record: Any) -> str | None:
+    """The ``fleet-request-id`` header of a Kafka record (set by the gateway and producers), if any."""
+    for key, value in record.headers or ():
+        if key == HEADER_REQUEST_ID and value:
+            return bytes(value).decode("utf-8", "replace")
+    return None
 
 
 def _request(item: Fetched) -> InferenceRequest:

@@ -1,22 +1,30 @@
 """Registry records and loaded runtimes of one served model, cached per version.
 
-Records are immutable once registered, so a found record is cached for good. A runtime is loaded
-once per version on the model's own thread; a version that fails to load is retried only after
-``LOAD_RETRY_S`` so a broken artifact does not cost a load attempt per request.
+Records are immutable once registered, so a found record is cached for good. A runtime is loaded on
+the model's own thread from the worker's local artifact cache (`workers.artifact_cache`), under the
+worker's memory budget (`workers.residency_manager`): it may be evicted when another model needs the
+room, and is then reloaded from the disk cache on its next batch. A version that fails to load is
+retried only after ``LOAD_RETRY_S`` so a broken artifact does not cost a load attempt per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import sys
 import time
 from concurrent.futures import Executor
 
 from schemas import BatchingConfig, FleetError, ModelRecord, ModelRegistry
 
+from .artifact_cache import ArtifactCache, CachedArtifact
 from .errors import ModelLoadError
-from .footprint import measure
+from .footprint import measure, trim_heap
+from .residency_manager import ResidencyManager
 from .runtimes import Runtime, load_runtime
+from .settings import WorkerSettings
 
 log = logging.getLogger("fleet.workers")
 
@@ -27,12 +35,26 @@ LOAD_RETRY_S = 5.0
 class ModelCache:
     """Records and runtimes of the versions of ``model`` this worker has seen."""
 
-    def __init__(self, model: str, registry: ModelRegistry, executor: Executor, device: str, threads: int) -> None:
+    def __init__(
+        self,
+        model: str,
+        registry: ModelRegistry,
+        executor: Executor,
+        settings: WorkerSettings,
+        manager: ResidencyManager,
+        artifacts: ArtifactCache,
+    ) -> None:
         self.model = model
+        self._manager = manager
+        self._artifacts = artifacts
+        self._size_factor = settings.size_factor
+        self._measure = settings.measure_footprint
+        self._measured: dict[str, int] = {}
+        self._load_lock = asyncio.Lock()
         self._registry = registry
         self._executor = executor
-        self._device = device
-        self._threads = threads
+        self._device = settings.device
+        self._threads = settings.intra_op_threads
         self._records: dict[str, ModelRecord] = {}
         self._runtimes: dict[str, Runtime] = {}
         self._failures: dict[str, tuple[float, ModelLoadError]] = {}
@@ -57,45 +79,128 @@ class ModelCache:
         record = self._records.get(version or "") or self._records.get(self._default or "")
         return None if record is None else record.batching
 
-    async def runtime(self, record: ModelRecord) -> Runtime:
-        """The loaded runtime of ``record``'s version, loading it on the model thread the first time."""
-        cached = self._runtimes.get(record.version)
-        if cached is not None:
-            return cached
-        failed = self._failures.get(record.version)
-        if failed is not None and time.monotonic() - failed[0] < LOAD_RETRY_S:
-            raise failed[1]
-        loop = asyncio.get_running_loop()
-        try:
-            runtime, footprint = await loop.run_in_executor(self._executor, self._load, record)
-        except ModelLoadError as exc:
-            log.error("%s", exc.message)
-            self._failures[record.version] = (time.monotonic(), exc)
-            raise
-        self._failures.pop(record.version, None)
-        self._runtimes[record.version] = runtime
-        try:
-            await self._registry.record_measured_size(record.name, record.version, footprint)
-        except FleetError as exc:  # the model serves regardless; the size is advisory
-            log.warning("could not record the measured size of %s:%s: %s", record.name, record.version, exc.message)
-        log.info(
-            "loaded %s:%s on %s, measured footprint %d bytes", record.name, record.version, runtime.device, footprint
-        )
-        return runtime
+    def size_of(self, record: ModelRecord) -> int:
+        """Bytes ``record`` takes when loaded: measured here, else measured by the fleet, else artifact x factor."""
+        measured = self._measured.get(record.version)
+        if measured is not None:
+            return measured
+        if record.size_measured:
+            return record.size_bytes
+        return int(record.size_bytes * self._size_factor)
 
-    def _load(self, record: ModelRecord) -> tuple[Runtime, int]:
-        """Load on the model thread, measuring the memory the load took (see workers.footprint)."""
-        return measure(
-            lambda: load_runtime(record, self._device, self._threads), lambda rt: rt.device, record.size_bytes
+    async def acquire(self, record: ModelRecord, requests: int = 1) -> Runtime:
+        """The loaded runtime of ``record``'s version, pinned resident until ``release(record)``.
+
+        Loads it (from the local artifact cache, evicting least recently used models when the budget is
+        full) when it is not resident; raises ModelLoadError, remembered for ``LOAD_RETRY_S``.
+        """
+        key = (self.model, record.version)
+        async with self._load_lock:
+            cached = self._runtimes.get(record.version)
+            if cached is not None and self._manager.pin(key):
+                self._manager.metrics.lookups.labels("hit").inc(requests)
+                return cached
+            self._manager.metrics.lookups.labels("miss").inc(requests)
+            failed = self._failures.get(record.version)
+            if failed is not None and time.monotonic() - failed[0] < LOAD_RETRY_S:
+                raise failed[1]
+            try:
+                runtime: Runtime = await self._manager.load(
+                    key, self.size_of(record), lambda: self._load(record), lambda: self._evict(record.version)
+                )
+            except ModelLoadError as exc:
+                log.error("%s", exc.message)
+                self._failures[record.version] = (time.monotonic(), exc)
+                raise
+            self._failures.pop(record.version, None)
+            return runtime
+
+    def release(self, record: ModelRecord) -> None:
+        """The batches of ``record`` that ``acquire`` pinned are done."""
+        self._manager.unpin((self.model, record.version))
+
+    async def preload(self, record: ModelRecord) -> bool:
+        """Load ``record`` unless it would evict another model; True when it is resident."""
+        if record.version in self._runtimes:
+            return True
+        if not self._manager.fits_now(self.size_of(record)):
+            log.info("%s:%s not preloaded: the memory budget is full", record.name, record.version)
+            return False
+        await self.acquire(record, requests=0)
+        self.release(record)
+        return True
+
+    async def _load(self, record: ModelRecord) -> tuple[Runtime, int]:
+        """Fetch (disk cache) and load on the model thread; stores the runtime, returns it with its footprint."""
+        key = (self.model, record.version)
+        reload = self._manager.was_loaded(key)
+        began = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        runtime, measured, cached = await loop.run_in_executor(self._executor, self._load_blocking, record)
+        footprint = measured if self._measure else self.size_of(record)
+        elapsed = time.perf_counter() - began
+        metrics = self._manager.metrics
+        metrics.cache.labels("hit" if cached.hit else "corrupt" if cached.refetched else "miss").inc()
+        if reload:
+            metrics.reload_seconds.labels(*key).observe(elapsed)
+        self._runtimes[record.version] = runtime
+        if self._measure:
+            self._measured[record.version] = footprint
+            try:
+                await self._registry.record_measured_size(record.name, record.version, footprint)
+            except FleetError as exc:  # the model serves regardless; the size is advisory
+                log.warning("could not record the measured size of %s:%s: %s", record.name, record.version, exc.message)
+        log.info(
+            "%s %s:%s on %s in %.0f ms (artifact cache %s), measured footprint %d bytes",
+            "reloaded" if reload else "loaded",
+            record.name,
+            record.version,
+            runtime.device,
+            elapsed * 1000,
+            "hit" if cached.hit else "miss",
+            footprint,
         )
+        return runtime, footprint
+
+    def _load_blocking(self, record: ModelRecord) -> tuple[Runtime, int, CachedArtifact]:
+        """On the model thread: a verified local copy, then the load, measuring the memory it took.
+
+        The measurement is floored at the artifact size (the weights are in memory at least once).
+        """
+        cached = self._artifacts.fetch(record)
+        local = dataclasses.replace(record, artifact=str(cached.path))
+        trim_heap()
+        runtime, footprint = measure(
+            lambda: load_runtime(local, self._device, self._threads, verified=True),
+            lambda rt: rt.device,
+            os.path.getsize(cached.path),
+        )
+        footprint = max(footprint, os.path.getsize(cached.path))
+        return runtime, footprint, cached
+
+    async def _evict(self, version: str) -> None:
+        """Unload ``version`` on the model thread (after any batch in hand) and give the memory back."""
+        runtime = self._runtimes.pop(version, None)
+        if runtime is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, _release, runtime)
 
     @property
     def devices(self) -> list[str]:
         """Devices of the loaded runtimes."""
         return sorted({runtime.device for runtime in self._runtimes.values()})
 
-    def unload_all(self) -> None:
-        """Unload every runtime (call from the model thread or after it has finished)."""
+    async def close(self) -> None:
+        """Unload every runtime on the model thread (after any batch in hand) and leave the residency."""
         runtimes, self._runtimes = self._runtimes, {}
-        for runtime in runtimes.values():
-            runtime.unload()
+        for version, runtime in runtimes.items():
+            self._manager.forget((self.model, version))
+            await asyncio.get_running_loop().run_in_executor(self._executor, _release, runtime)
+
+
+def _release(runtime: Runtime) -> None:
+    """Unload, collect, and hand cached CUDA blocks back to the driver (so NVML sees the memory free)."""
+    runtime.unload()
+    trim_heap()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

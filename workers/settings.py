@@ -56,6 +56,28 @@ class WorkerSettings:
     retry_jitter: float = doc("Fraction (0-1) taken at random off each backoff, so retries spread out.", 0.1)
     metrics_port: int = doc("TCP port of the Prometheus /metrics endpoint (0 = off).", 0)
     preload: bool = doc("Load each model's default version at start instead of on its first request.", True)
+    memory_budget_mb: float = doc(
+        "Memory for resident models, in MB (0 = the free memory of the worker's GPU via NVML, unlimited on a CPU).",
+        0.0,
+    )
+    overcommit_pct: float = doc(
+        "The served models' sizes may add up to the budget x (1 + this/100); only what fits the budget is resident.",
+        10.0,
+    )
+    size_factor: float = doc(
+        "Size of a model never measured on this fleet = its artifact size x this factor (ONNX Runtime on a CPU "
+        "measured ~3x: weights, prepacked copies, arenas).",
+        3.0,
+    )
+    measure_footprint: bool = doc(
+        "Measure each loaded model's footprint (RSS or NVML delta) and account it; false: use the registry's size "
+        "(measured elsewhere, else artifact x size factor), e.g. on a GPU shared with other processes.",
+        True,
+    )
+    cache_dir: str = doc(
+        "Local disk cache of artifacts, keyed by sha256 (default: $XDG_CACHE_HOME or ~/.cache, inference-fleet).",
+        "",
+    )
     fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
@@ -92,6 +114,12 @@ class WorkerSettings:
             raise SettingsError("drain_timeout_s must be >= 0")
         if self.heartbeat_interval_s <= 0:
             raise SettingsError("heartbeat_interval_s must be > 0")
+        if self.memory_budget_mb < 0:
+            raise SettingsError("memory_budget_mb must be >= 0")
+        if self.overcommit_pct < 0:
+            raise SettingsError("overcommit_pct must be >= 0")
+        if self.size_factor < 1.0:
+            raise SettingsError("size_factor must be >= 1")
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"metrics_port {self.metrics_port} is not in 0..65535")
 

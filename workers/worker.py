@@ -18,13 +18,16 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from schemas import FleetError, Names
+from schemas import FleetError, Names, SchemaError
 from schemas.topics import ensure_model_topics
 
+from .artifact_cache import ArtifactCache, default_cache_dir
 from .consumer import ModelConsumer
 from .errors import BackendDownError, WorkerError
 from .heartbeat import Heartbeat, WorkerState
 from .metrics import WorkerMetrics
+from .residency_manager import ResidencyManager, worker_capacity
+from .residency_metrics import ResidencyMetrics
 from .settings import WorkerSettings
 from .stats import StatsPublisher
 
@@ -45,6 +48,12 @@ class Worker:
         self.settings = settings
         self.names = names or Names(settings.fleet.namespace)
         self.metrics = WorkerMetrics()
+        capacity = worker_capacity(settings.memory_budget_mb, settings.overcommit_pct, settings.device)
+        #: The resident models under the memory budget (shared by every model's cache).
+        self.residency = ResidencyManager(
+            capacity, ResidencyMetrics(self.metrics.registry), self.names, self.id, settings.heartbeat_interval_s
+        )
+        self._artifacts = ArtifactCache(settings.cache_dir or default_cache_dir())
         self._lifecycle = _Lifecycle.NEW
         self._redis: Any = None
         self._producer: AIOKafkaProducer | None = None
@@ -105,10 +114,16 @@ class Worker:
             raise BackendDownError(f"Kafka unavailable at {fleet.kafka.bootstrap}: {exc}") from exc
         self._producer = producer
         self._consumers = [
-            ModelConsumer(model, settings, self.names, self._redis, producer, self.metrics) for model in settings.models
+            ModelConsumer(
+                model, settings, self.names, self._redis, producer, self.metrics, self.residency, self._artifacts
+            )
+            for model in settings.models
         ]
+        await self._check_capacity()
+        await self.residency.start(self._redis)
         if settings.preload:
-            await asyncio.gather(*(c.preload() for c in self._consumers))
+            for consumer in self._consumers:  # in order, while they fit: loads go one at a time anyway
+                await consumer.preload()
         for consumer in self._consumers:
             await consumer.start()
             if consumer.task is not None:
@@ -126,6 +141,34 @@ class Worker:
         if settings.metrics_port > 0:
             self.metrics.serve(settings.metrics_port)
         log.info("worker %s serving %s", self.id, ",".join(settings.models))
+
+    async def _check_capacity(self) -> None:
+        """Refuse to serve models whose sizes add up to more than budget x (1 + overcommit).
+
+        A model that alone exceeds the budget does not count: it can never be resident and its requests
+        get MODEL_LOAD_FAILED replies that say so, while the other models serve.
+        """
+        capacity = self.residency.capacity
+        if capacity.budget_bytes is None:
+            return
+        sizes: dict[str, int] = {}
+        for consumer in self._consumers:
+            try:
+                record = await consumer.cache.default_record()
+            except (FleetError, SchemaError):
+                continue  # not registered yet: its requests will say so
+            size = consumer.cache.size_of(record)
+            too_large = capacity.too_large(size)
+            if too_large is None:
+                sizes[consumer.model] = size
+            else:
+                log.error("model %s can never be resident on worker %s: %s", consumer.model, self.id, too_large)
+        reason = capacity.overcommitted(sizes)
+        if reason is not None:
+            raise WorkerError(
+                f"worker {self.id}: {reason}; serve fewer models or raise FLEET_WORKER_MEMORY_BUDGET_MB or "
+                "FLEET_WORKER_OVERCOMMIT_PCT"
+            )
 
     async def _ready_routine(self) -> None:
         await asyncio.gather(*(c.assigned.wait() for c in self._consumers))
@@ -192,6 +235,7 @@ class Worker:
         for consumer in self._consumers:
             consumer.request_stop()
         await asyncio.gather(*(c.stop(self.settings.drain_timeout_s) for c in self._consumers))
+        await self.residency.stop()
         if self._stats is not None:
             await self._stats.stop()
         if self._producer is not None:

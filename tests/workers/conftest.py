@@ -48,8 +48,14 @@ async def tiny_model(fleet_settings: FleetSettings, names: Names, redis_client: 
 
 
 @pytest.fixture
-def worker_settings(fleet_settings: FleetSettings) -> WorkerSettings:
-    return WorkerSettings(models=("tiny",), fleet=fleet_settings, heartbeat_interval_s=0.5, drain_timeout_s=10)
+def worker_settings(fleet_settings: FleetSettings, tmp_path: Path) -> WorkerSettings:
+    return WorkerSettings(
+        models=("tiny",),
+        fleet=fleet_settings,
+        heartbeat_interval_s=0.5,
+        drain_timeout_s=10,
+        cache_dir=str(tmp_path / "artifact-cache"),
+    )
 
 
 @pytest.fixture

@@ -17,15 +17,16 @@ __all__ = ["OnnxRuntime", "Runtime", "TorchRuntime", "choose_device", "load_runt
 log = logging.getLogger("fleet.workers")
 
 
-def load_runtime(record: ModelRecord, device: str = "auto", threads: int = 1) -> Runtime:
+def load_runtime(record: ModelRecord, device: str = "auto", threads: int = 1, *, verified: bool = False) -> Runtime:
     """Verify the artifact against the record's sha256, then load it on ``device``; raises ModelLoadError.
 
+    ``verified``: the caller has just checked the sha256 (the worker's artifact cache does), skip it.
     Blocking (hashing and loading can take seconds): call it from a worker thread.
     """
     if not os.path.isfile(record.artifact):
         raise ModelLoadError(record.name, record.version, f"artifact {record.artifact!r} does not exist")
     try:
-        digest = sha256_file(record.artifact)
+        digest = record.sha256 if verified else sha256_file(record.artifact)
     except OSError as exc:
         raise ModelLoadError(record.name, record.version, f"cannot read artifact: {exc}") from exc
     if digest != record.sha256:

@@ -1,0 +1,87 @@
+"""The worker's local disk cache of model artifacts, keyed by sha256.
+
+An artifact is copied once from its registered location into ``{dir}/{sha[:2]}/{sha}{suffix}`` (the
+suffix keeps runtimes that look at it happy) and verified: a copy whose sha256 differs from the
+record's is refused. Every read from the cache verifies the file again (hashing ~10 MB takes a few
+milliseconds), so a corrupted or tampered entry is detected, dropped and fetched again rather than
+loaded. Blocking (file I/O, hashing): call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas import ModelRecord, sha256_file
+
+from .errors import ModelLoadError
+
+log = logging.getLogger("fleet.workers")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/inference-fleet/artifacts`` (``~/.cache`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "inference-fleet" / "artifacts"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedArtifact:
+    """A verified local copy of an artifact and how it was obtained."""
+
+    path: Path
+    hit: bool  # True: read from the cache; False: fetched (copied) now
+    refetched: bool = False  # True: a cached copy failed verification and was replaced
+
+
+class ArtifactCache:
+    """Artifacts copied into ``directory`` once, verified against the record's sha256 on every fetch."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path_for(self, record: ModelRecord) -> Path:
+        """Where ``record``'s artifact lives in the cache."""
+        suffix = "".join(Path(record.artifact).suffixes)[-16:]
+        return self.directory / record.sha256[:2] / f"{record.sha256}{suffix}"
+
+    def fetch(self, record: ModelRecord) -> CachedArtifact:
+        """A verified local copy of ``record``'s artifact; raises ModelLoadError when none can be had."""
+        target = self.path_for(record)
+        refetched = False
+        if target.is_file():
+            try:
+                digest = sha256_file(target)
+            except OSError as exc:
+                digest = f"unreadable ({exc})"
+            if digest == record.sha256:
+                return CachedArtifact(target, hit=True)
+            log.warning("cached %s has sha256 %s, expected %s: fetching it again", target, digest, record.sha256)
+            target.unlink(missing_ok=True)
+            refetched = True
+        self._copy(record, target)
+        return CachedArtifact(target, hit=False, refetched=refetched)
+
+    def _copy(self, record: ModelRecord, target: Path) -> None:
+        source = record.artifact
+        if not os.path.isfile(source):
+            raise ModelLoadError(record.name, record.version, f"artifact {source!r} does not exist")
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, partial)
+            digest = sha256_file(partial)
+            if digest != record.sha256:
+                raise ModelLoadError(
+                    record.name,
+                    record.version,
+                    f"artifact {source!r} has sha256 {digest}, the registry expects {record.sha256}",
+                )
+            os.replace(partial, target)
+        except OSError as exc:
+            raise ModelLoadError(record.name, record.version, f"cannot cache artifact {source!r}: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)

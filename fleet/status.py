@@ -1,9 +1,10 @@
 """``fleet status``: the stack's processes, the workers' heartbeats, per-model load and scaling, and the GPUs.
 
-Sources: ``stack.json`` (processes), the gateway's readiness probe, the worker heartbeat hashes, the model
-registry, a live `LagCollector` snapshot (lag per model), the autoscaler's last decision per model
-(desired vs actual, the smoothed arrival and completion rates, the reason), the runtime pins and the GPU
-inventory. Plain aligned text, or ``--json`` for machines. Exit status 0 when the gateway is ready.
+Sources: ``stack.json`` (processes), the gateway's readiness probe, the worker heartbeat hashes, each
+worker's resident models (`schemas.residency`), the model registry, a live `LagCollector` snapshot (lag
+per model), the autoscaler's last decision per model (desired vs actual, the smoothed arrival and
+completion rates, the reason), the runtime pins and the GPU inventory. Plain aligned text, or ``--json``
+for machines. Exit status 0 when the gateway is ready.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from redis.exceptions import RedisError
 
 from autoscaler import AutoscalerError, DecisionStore, GpuInventory, LagCollector, PinStore, read_inventory
 from autoscaler.signals import ModelLoad
-from schemas import FleetSettings, ModelRegistry, Names, now_ms
+from schemas import FleetSettings, ModelRegistry, Names, SchemaError, now_ms
+from schemas.residency import WorkerResidency
 
 from .client import FleetClient
 from .connection import Target
 from .heartbeats import WorkerView, read_workers
 from .stackfile import StackInfo, pid_alive
 
+MB = 1 << 20
 #: Longest the live lag snapshot may take (an unreachable broker must not hang the command).
 LAG_TIMEOUT_S = 5.0
 
@@ -62,6 +65,7 @@ class StatusReport:
     namespace: str
     stack: dict[str, Any] | None = None
     workers: list[dict[str, Any]] = field(default_factory=list)
+    residency: list[dict[str, Any]] = field(default_factory=list)  # schemas.residency.WorkerResidency per worker
     models: list[ModelStatus] = field(default_factory=list)
     gpus: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -118,6 +122,7 @@ async def gather_status(target: Target) -> StatusReport:
     redis = settings.redis.client()
     try:
         workers = await read_workers(redis, names)
+        report.residency = await _read_residency(redis, names, report)
         registry = ModelRegistry(redis, names)
         models = [ModelStatus(m, await registry.default_version(m)) for m in await registry.models()]
         await _add_scaling(redis, names, models, report)
@@ -132,6 +137,41 @@ async def gather_status(target: Target) -> StatusReport:
     await _add_lag(settings, models, report)
     report.models = models
     return report
+
+
+async def _read_residency(redis: Any, names: Names, report: StatusReport) -> list[dict[str, Any]]:
+    """Each worker's published residency (memory budget, resident models by last use)."""
+    ids = sorted(i.decode() if isinstance(i, bytes) else str(i) for i in await redis.zrange(names.workers_key, 0, -1))
+    states = []
+    for worker_id, raw in zip(ids, await redis.mget([names.residency_key(i) for i in ids]) if ids else [], strict=True):
+        if raw is None:
+            continue  # expired, or a worker from before residency was published
+        try:
+            state = WorkerResidency.from_bytes(raw)
+        except SchemaError as exc:
+            report.problems.append(f"residency of {worker_id}: {exc.message}")
+            continue
+        states.append(dataclasses.asdict(state))
+    return states
+
+
+def _ago(now: float, then_ms: float) -> str:
+    return f"{max(0.0, now - then_ms) / 1000:.0f}s ago"
+
+
+def _residency_lines(states: Sequence[dict[str, Any]]) -> list[str]:
+    """``residency`` lines of the text report: budget use, then resident models, most recently used first."""
+    lines = []
+    now = now_ms()
+    for state in states:
+        budget = "unlimited" if state["budget_bytes"] is None else f"{state['budget_bytes'] / MB:.1f} MB"
+        models = [
+            f"{m['model']}:{m['version']} {m['size_bytes'] / MB:.1f} MB, used {_ago(now, m['last_used_ms'])}"
+            for m in reversed(state["models"])
+        ]
+        lines.append(f"  {state['worker']}  {state['resident_bytes'] / MB:.1f} MB of {budget}  {len(models)} resident")
+        lines += [f"    {line}" for line in models]
+    return lines
 
 
 async def _add_scaling(redis: Any, names: Names, models: list[ModelStatus], report: StatusReport) -> None:
@@ -218,6 +258,9 @@ def render(report: StatusReport) -> str:
     lines.append(f"namespace {report.namespace}")
     lines.append(f"workers   {len(report.workers)}")
     lines += [f"  {WorkerView(**w).line()}" for w in report.workers]
+    if report.residency:
+        lines.append("residency")
+        lines += _residency_lines(report.residency)
     lines.append(f"models    {len(report.models) or '(none)'}")
     rows = [["MODEL", "DEFAULT", "PARTS", "LAG", "ARRIVAL/s", "DONE/s", "DESIRED", "ACTUAL", "PINNED", "DECIDED"]]
     for m in report.models:

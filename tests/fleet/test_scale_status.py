@@ -14,7 +14,8 @@ from fleet.artifacts import build_record
 from fleet.cli import main
 from fleet.localservers import free_port
 from fleet.modelgen import tiny_mlp
-from schemas import FleetSettings, ModelRegistry, Names
+from schemas import FleetSettings, ModelRegistry, Names, now_ms
+from schemas.residency import ResidentModel, WorkerResidency
 from schemas.topics import ensure_model_topics
 
 pytestmark = pytest.mark.integration
@@ -88,3 +89,29 @@ async def test_status_json_shows_decisions_pins_and_lag(
     assert "NOT READY" in out and "why tiny: because" in out
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("tiny "))
     assert row == ["tiny", "1", "2", "0", "2.5", "2.0", "2", "1", "2", "0s", "ago"]
+
+
+async def test_status_shows_each_workers_resident_models(
+    fleet_args: list[str], names: Names, redis_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mb = 1 << 20
+    now = now_ms()
+    state = WorkerResidency(
+        "w1", 50 * mb, 55 * mb, 30 * mb,
+        (ResidentModel("old", "1", 10 * mb, now - 9000, now - 8000), ResidentModel("hot", "2", 20 * mb, now, now)),
+        now,
+    )  # fmt: skip
+    await redis_client.zadd(names.workers_key, {"w1": now, "w2": now})  # w2 publishes no residency
+    await redis_client.set(names.residency_key("w1"), state.to_bytes())
+
+    code, out, _ = await fleet(capsys, "status", "--json", *fleet_args)
+    (shown,) = json.loads(out)["residency"]
+    assert shown["worker"] == "w1" and [m["model"] for m in shown["models"]] == ["old", "hot"]
+    assert (shown["budget_bytes"], shown["resident_bytes"]) == (50 * mb, 30 * mb)
+
+    code, out, _ = await fleet(capsys, "status", *fleet_args)
+    lines = out.splitlines()
+    at = lines.index("residency")
+    assert lines[at + 1].split() == ["w1", "30.0", "MB", "of", "50.0", "MB", "2", "resident"]
+    assert lines[at + 2].split()[:3] == ["hot:2", "20.0", "MB,"]  # most recently used first
+    assert lines[at + 3].split() == ["old:1", "10.0", "MB,", "used", "8s", "ago"]

@@ -107,7 +107,8 @@ async def run_batch(target: Target, args: argparse.Namespace) -> int:
             display.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await display
-            sys.stderr.write("\r" + progress_line(run.progress).ljust(78) + "\n")
+            if run.progress.total:  # the run got going: leave its last state on screen
+                sys.stderr.write("\r" + progress_line(run.progress).ljust(78) + "\n")
     if summary.already_complete:
         print(f"{summary.output}: already complete ({summary.done:,} records, {summary.failed:,} failed)")
         return 0

@@ -135,3 +135,15 @@ async def test_dashboard_uses_only_exported_metrics(
     # Each service has panels.
     for service, series in exposed.items():
         assert used & series, f"no panel shows the {service}"
+
+
+def test_dashboard_compares_versions() -> None:
+    """Rollouts: gateway rate, errors and latency by the answering version (canary vs baseline)."""
+    queries = dashboard_queries(json.loads(DASHBOARD.read_text()))
+    by_version = [q for q in queries if "version)" in q and "fleet_gateway_request" in q]
+    for metric in (
+        "fleet_gateway_request_success_total",
+        "fleet_gateway_request_failure_total",
+        "fleet_gateway_request_duration_seconds_bucket",
+    ):
+        assert any(metric in q for q in by_version), metric

@@ -1,8 +1,8 @@
 """``python -m autoscaler``: settings from the environment, logging, signal handling, graceful stop.
 
 Exit status: 0 after a graceful stop, 1 when the autoscaler failed, 2 for bad settings.
-``FLEET_WORKER_*`` variables (other than the model list and the id) and ``FLEET_LOG_LEVEL`` are handed on to
-the workers the local backend spawns.
+``FLEET_WORKER_*`` variables (other than the model list and the id), ``FLEET_LOG_LEVEL`` and
+``FLEET_LOG_FORMAT`` are handed on to the workers the local backend spawns.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping
 
 from schemas import FleetError, SettingsError
+from schemas.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_from_env
 
 from .errors import AutoscalerError
 from .service import run
@@ -29,8 +30,9 @@ _PER_WORKER = ("FLEET_WORKER_MODELS", "FLEET_WORKER_ID")
 def inherited_worker_env(env: Mapping[str, str]) -> dict[str, str]:
     """The variables of ``env`` that local workers get from the autoscaler (pure)."""
     keep = {k: v for k, v in env.items() if k.startswith("FLEET_WORKER_") and k not in _PER_WORKER}
-    if "FLEET_LOG_LEVEL" in env:
-        keep["FLEET_LOG_LEVEL"] = env["FLEET_LOG_LEVEL"]
+    for name in (LOG_LEVEL_ENV, LOG_FORMAT_ENV):
+        if name in env:
+            keep[name] = env[name]
     return keep
 
 
@@ -53,11 +55,8 @@ async def serve(settings: AutoscalerSettings, worker_env: Mapping[str, str]) -> 
 
 def main() -> int:
     """Entry point of ``python -m autoscaler``."""
-    logging.basicConfig(
-        level=os.environ.get("FLEET_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     try:
+        configure_from_env(os.environ)
         settings = AutoscalerSettings.from_env(os.environ)
     except SettingsError as exc:
         print(f"autoscaler: {exc}", file=sys.stderr)

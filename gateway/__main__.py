@@ -1,7 +1,8 @@
 """``python -m gateway``: run one gateway process until SIGTERM or SIGINT, then stop gracefully.
 
 Settings come from the environment (``FLEET_GATEWAY_*``, ``FLEET_NAMESPACE``, ``FLEET_KAFKA_*``,
-``FLEET_REDIS_*``); ``FLEET_LOG_LEVEL`` sets the log level (default INFO).
+``FLEET_REDIS_*``); ``FLEET_LOG_LEVEL`` sets the log level (default INFO), ``FLEET_LOG_FORMAT`` the
+log format (``text``, the default, or ``json``: one object per line with the request id).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from schemas import SettingsError, eventloop
 
 from .app import Gateway
-from .logs import configure
+from .logs import configure_from_env
 from .settings import GatewaySettings
 
 log = logging.getLogger("fleet.gateway")
@@ -38,7 +39,11 @@ async def serve(settings: GatewaySettings) -> None:
 
 def main() -> int:
     """Entry point; returns the process exit code."""
-    configure(os.environ.get("FLEET_LOG_LEVEL", "INFO"))
+    try:
+        configure_from_env(os.environ)
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     try:
         settings = GatewaySettings.from_env(os.environ)
     except (SettingsError, ValueError) as exc:

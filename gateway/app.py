@@ -14,12 +14,14 @@ import importlib.metadata
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 
 from aiohttp import web
 
 from schemas import ModelRegistry, Names
+from schemas.logs import request_context
 
 from .auth import Guard
 from .errors import REQUEST_ID_HEADER, WIRE_ID_KEY, Handler, error_middleware
@@ -178,6 +180,17 @@ class Gateway:
     async def _request_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         wire_id = f"{self._id_prefix}-{next(self._counter)}"
         request[WIRE_ID_KEY] = wire_id
-        response = await handler(request)
-        response.headers[REQUEST_ID_HEADER] = request.headers.get(REQUEST_ID_HEADER) or wire_id
+        client_id = request.headers.get(REQUEST_ID_HEADER)
+        began = time.perf_counter()
+        with request_context(request_id=wire_id):  # every line logged while handling it carries the id
+            response = await handler(request)
+            if log.isEnabledFor(logging.DEBUG) and request.path != "/metrics":
+                log.debug(
+                    "%s %s %d",
+                    request.method,
+                    request.path,
+                    response.status,
+                    extra={"client_request_id": client_id, "ms": round((time.perf_counter() - began) * 1000, 3)},
+                )
+        response.headers[REQUEST_ID_HEADER] = client_id or wire_id
         return response

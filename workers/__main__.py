@@ -12,6 +12,7 @@ import signal
 import sys
 
 from schemas import FleetError, SettingsError, eventloop
+from schemas.logs import configure_from_env
 
 from .settings import WorkerSettings
 from .worker import Worker
@@ -39,11 +40,8 @@ async def serve(settings: WorkerSettings) -> int:
 
 def main() -> int:
     """Entry point of ``python -m workers``."""
-    logging.basicConfig(
-        level=os.environ.get("FLEET_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     try:
+        configure_from_env(os.environ)
         settings = WorkerSettings.from_env(os.environ)
     except SettingsError as exc:
         print(f"workers: {exc}", file=sys.stderr)

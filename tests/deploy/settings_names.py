@@ -8,8 +8,8 @@ import importlib
 from fleet.cli import SERVICES
 from schemas import describe
 
-#: Read directly by the entry points (FLEET_LOG_LEVEL) and by the `fleet` CLI (FLEET_URL).
-OUTSIDE_SETTINGS = {"FLEET_LOG_LEVEL", "FLEET_URL"}
+#: Read directly by the entry points (FLEET_LOG_LEVEL, FLEET_LOG_FORMAT: schemas.logs) and the CLI (FLEET_URL).
+OUTSIDE_SETTINGS = {"FLEET_LOG_LEVEL", "FLEET_LOG_FORMAT", "FLEET_URL"}
 
 
 def known_variables() -> set[str]:

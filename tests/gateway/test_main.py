@@ -37,6 +37,7 @@ async def test_runs_until_sigterm(fleet_settings: FleetSettings) -> None:
             "FLEET_NAMESPACE": fleet_settings.namespace,
             "FLEET_KAFKA_BOOTSTRAP": fleet_settings.kafka.bootstrap,
             "FLEET_REDIS_URL": fleet_settings.redis.url,
+            "FLEET_LOG_FORMAT": "json",
         }
     )
     try:
@@ -60,6 +61,14 @@ async def test_runs_until_sigterm(fleet_settings: FleetSettings) -> None:
     log = stderr.decode()
     assert '"msg": "gateway started"' in log and '"gateway_id": "main-test"' in log
     assert '"msg": "gateway stopped"' in log
+
+
+async def test_bad_log_format_exits_2() -> None:
+    process = await _spawn({"FLEET_LOG_FORMAT": "xml"})
+    async with asyncio.timeout(15):
+        _, stderr = await process.communicate()
+    assert process.returncode == 2
+    assert "FLEET_LOG_FORMAT must be one of text, json, not 'xml'" in stderr.decode()
 
 
 async def test_bad_settings_exit_2() -> None:

@@ -11,7 +11,7 @@ import pytest
 from fleet.localservers import free_port
 from gateway.errors import BackendDownError
 from gateway.registry_cache import RegistryCache
-from schemas import ModelRecord, ModelRegistry, Names, RedisSettings
+from schemas import BackendUnavailableError, ModelRecord, ModelRegistry, Names, RedisSettings
 from schemas.traffic import TrafficSplit
 
 
@@ -65,6 +65,34 @@ async def test_malformed_split_serves_the_default(registry: ModelRegistry, redis
     await redis_client.hset(names.traffic_key("tiny"), mapping={"1": "50", "2": "oops"})
     cache = RegistryCache(registry, ttl_s=60.0, timeout_s=1.0)
     assert await cache.split("tiny") is None
+    await cache.close()
+
+
+class FlakyRegistry(ModelRegistry):
+    """The real registry whose split lookups fail once ``down`` is set (a Redis outage at the registry seam)."""
+
+    down = False
+
+    async def traffic(self, model: str) -> TrafficSplit | None:
+        if self.down:
+            raise BackendUnavailableError("Redis unavailable: connection refused")
+        return await super().traffic(model)
+
+
+async def test_known_split_keeps_serving_through_an_outage(
+    registry: ModelRegistry, redis_client: Any, names: Names
+) -> None:
+    await registry.set_traffic("tiny", TrafficSplit.parse(["1=0", "2=100"]))
+    flaky = FlakyRegistry(redis_client, names)
+    clock = Clock()
+    cache = RegistryCache(flaky, ttl_s=1.0, timeout_s=1.0, clock=clock)
+    assert await cache.split("tiny") == TrafficSplit.of({"1": 0, "2": 100})
+    flaky.down = True
+    clock.now = 5.0
+    assert await cache.split("tiny") == TrafficSplit.of({"1": 0, "2": 100})  # expired, but the last known split
+    cache.invalidate()
+    with pytest.raises(BackendDownError, match="connection refused"):
+        await cache.split("tiny")
     await cache.close()
 
 

@@ -111,6 +111,9 @@ async def test_switches_lose_no_request_and_follow_the_split(
             await phase("canary", TrafficSplit.parse(["1=90", "2=10"]), (canary_id, "2"))
             await registry.set_traffic("tiny", TrafficSplit.parse(["1=0", "2=100"]))
             await phase("all-v2", TrafficSplit.parse(["1=0", "2=100"]), (main_id, "2"))
+            async with http.post(f"{url}/v2/models/tiny/versions/1/infer", json=BODY) as response:
+                assert response.status == 200  # a request that names its version is never split
+                assert (await response.json())["model_version"] == "1"
             assert await registry.rollback("tiny") == ("1", "1")
             await phase("rolled-back", TrafficSplit.parse(["1=100"]), (main_id, "1"))
         finally:

@@ -38,6 +38,7 @@ from schemas import (
 )
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 
+from .artifact_cache import ArtifactCache
 from .batching import request_rows
 from .deadletter import DeadLetterWriter
 from .errors import BackendDownError
@@ -47,6 +48,7 @@ from .lanes import LaneConsumer
 from .metrics import WorkerMetrics
 from .models import ModelCache
 from .replies import ReplyWriter
+from .residency_manager import ResidencyManager
 from .retries import RetryPolicy
 from .settings import WorkerSettings
 from .stats import ModelStats
@@ -90,6 +92,8 @@ class ModelConsumer:
         redis: Any,
         producer: Any,
         metrics: WorkerMetrics,
+        residency: ResidencyManager,
+        artifacts: ArtifactCache,
     ) -> None:
         self.model = model
         self._settings = settings
@@ -97,7 +101,12 @@ class ModelConsumer:
         # One thread per model: runtimes are not thread-safe, and the event loop never runs a model.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model}")
         self.cache = ModelCache(
-            model, ModelRegistry(redis, names), self._executor, settings.device, settings.intra_op_threads
+            model,
+            ModelRegistry(redis, names),
+            self._executor,
+            settings,
+            residency,
+            artifacts,
         )
         #: What the worker publishes for the autoscaler (schemas.stats).
         self.stats = ModelStats()
@@ -128,10 +137,10 @@ class ModelConsumer:
 
     # lifecycle -------------------------------------------------------------
     async def preload(self) -> None:
-        """Load the default version now, so the first request does not pay for it (failures only log)."""
+        """Load the default version now unless the memory budget is full (failures only log)."""
         try:
             record = await self.cache.default_record()
-            await self.cache.runtime(record)
+            await self.cache.preload(record)
         except (FleetError, SchemaError) as exc:
             log.warning("model %s not preloaded: %s", self.model, exc)
 
@@ -174,7 +183,7 @@ class ModelConsumer:
                 await asyncio.gather(task, return_exceptions=True)
         for lane in self._lanes:
             await lane.stop()  # leaves the group: partitions move without waiting for a timeout
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.cache.unload_all)
+        await self.cache.close()
         self._executor.shutdown(wait=True)
 
     # rebalance hooks -----------------------------------------------------------

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping
 
-from schemas import FleetError, SettingsError
+from schemas import FleetError, SettingsError, eventloop
 from schemas.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_from_env
 
 from .errors import AutoscalerError
@@ -39,17 +38,12 @@ def inherited_worker_env(env: Mapping[str, str]) -> dict[str, str]:
 async def serve(settings: AutoscalerSettings, worker_env: Mapping[str, str]) -> int:
     """Run until SIGTERM/SIGINT, then stop gracefully; returns the exit status."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await run(settings, stop, worker_env=worker_env)
-    except (AutoscalerError, FleetError) as exc:
-        log.error("autoscaler failed: %s", exc)
-        return 1
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    with eventloop.stop_signals(stop.set):
+        try:
+            await run(settings, stop, worker_env=worker_env)
+        except (AutoscalerError, FleetError) as exc:
+            log.error("autoscaler failed: %s", exc)
+            return 1
     return 0
 
 
@@ -61,7 +55,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"autoscaler: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(settings, inherited_worker_env(os.environ)))
+    return eventloop.run(serve(settings, inherited_worker_env(os.environ)))
 
 
 if __name__ == "__main__":

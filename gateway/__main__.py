@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 from schemas import SettingsError, eventloop
@@ -25,16 +24,10 @@ log = logging.getLogger("fleet.gateway")
 async def serve(settings: GatewaySettings) -> None:
     """Run a gateway until SIGTERM/SIGINT (only this entry point installs signal handlers)."""
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
+    with eventloop.stop_signals(stopping.set):
         async with Gateway(settings):
             await stopping.wait()
             log.info("signal received, stopping")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
 
 
 def main() -> int:

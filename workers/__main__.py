@@ -5,10 +5,8 @@ Exit status: 0 after a graceful drain, 1 when the worker failed, 2 for bad setti
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 import sys
 
 from schemas import FleetError, SettingsError, eventloop
@@ -23,18 +21,13 @@ log = logging.getLogger("fleet.workers")
 async def serve(settings: WorkerSettings) -> int:
     """Run a worker until SIGTERM/SIGINT, then drain; returns the exit status."""
     worker = Worker(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop)
-    try:
-        await worker.start()
-        await worker.run_until_stopped()
-    except FleetError as exc:
-        log.error("worker failed: %s", exc.message)
-        return 1
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    with eventloop.stop_signals(worker.request_stop):
+        try:
+            await worker.start()
+            await worker.run_until_stopped()
+        except FleetError as exc:
+            log.error("worker failed: %s", exc.message)
+            return 1
     return 0
 
 

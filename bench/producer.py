@@ -162,10 +162,12 @@ def main() -> None:
     parser.add_argument("--fetch", type=int, default=1024, help="FLEET_WORKER_MAX_FETCH_RECORDS")
     parser.add_argument("--json", default="bench/results/producer.json", help="where to write the figures")
     args = parser.parse_args()
+    load = list(os.getloadavg())
     figures = asyncio.run(run(args))
     report = {
         "benchmark": "producer",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "load_average_at_start": load,  # other work on the same cores lowers every figure
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         **figures,
     }

@@ -70,3 +70,10 @@ def test_sasl_ssl_kwargs() -> None:
     kwargs = KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password="p").client_kwargs()
     assert kwargs["sasl_plain_username"] == "u"
     assert "ssl_context" not in kwargs
+
+
+def test_client_reply_stream_names() -> None:
+    assert Names("ns").client_reply_stream("batch-ab12") == "ns:client:batch-ab12:replies"
+    for bad in ("", "a:b", "-x", "x" * 129):
+        with pytest.raises(ValueError):
+            Names("ns").client_reply_stream(bad)

@@ -26,6 +26,7 @@ from schemas.logs import request_context
 from .auth import Guard
 from .errors import REQUEST_ID_HEADER, WIRE_ID_KEY, Handler, error_middleware
 from .metrics import GatewayMetrics
+from .openapi import add_route as add_openapi_route
 from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
@@ -89,6 +90,7 @@ class Gateway:
         )
         self._routes = Routes(self._backends)
         self._routes.add_to(app)
+        add_openapi_route(app, self._backends.version)
         app.cleanup_ctx.append(self._backends_ctx)
         runner = web.AppRunner(
             app,

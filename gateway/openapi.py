@@ -1,0 +1,403 @@
+"""The gateway's OpenAPI 3.1 description, served at ``GET /v2/openapi.json`` (hand-written, kept in step
+with ``gateway.routes`` and ``gateway.job_routes``; ``tests/gateway/test_openapi.py`` checks both ways)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from schemas import DATATYPES, HTTP_STATUS, ErrorCode
+
+OPENAPI_PATH = "/v2/openapi.json"
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _errors(*codes: ErrorCode) -> dict[str, Any]:
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(HTTP_STATUS[code], []).append(code.value)
+    return {
+        str(status): {"$ref": f"#/components/responses/Error{status}"}
+        for status, _ in sorted(by_status.items(), key=lambda item: item[0])
+    }
+
+
+_AUTH = (ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN)
+_LOOKUP = (ErrorCode.MODEL_NOT_FOUND, ErrorCode.BACKEND_UNAVAILABLE)
+_PARAMETER_VALUE = {"type": ["string", "number", "integer", "boolean"]}
+_TENSOR_DATA = {
+    "type": "array",
+    "description": "Row-major values (strings for BYTES, booleans for BOOL); lists nested to the shape are "
+    "accepted too.",
+    "items": {"type": ["number", "string", "boolean"]},
+}
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "description": "What went wrong."},
+            "code": {"type": "string", "enum": [code.value for code in ErrorCode]},
+        },
+    },
+    "ServerMetadata": {
+        "type": "object",
+        "required": ["name", "version", "extensions"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "TensorMetadata": {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string", "enum": sorted(DATATYPES)},
+            "shape": {"type": "array", "items": {"type": "integer"}, "description": "-1 marks a variable dimension."},
+        },
+    },
+    "ModelMetadata": {
+        "type": "object",
+        "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": _ref("TensorMetadata")},
+            "outputs": {"type": "array", "items": _ref("TensorMetadata")},
+        },
+    },
+    "ModelReady": {
+        "type": "object",
+        "required": ["name", "version", "ready"],
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "ready": {"type": "boolean"}},
+    },
+    "InferInput": {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "datatype": {"type": "string", "enum": sorted(DATATYPES)},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "data": _TENSOR_DATA,
+            "parameters": {
+                "type": "object",
+                "description": "binary_data_size: bytes of this input in the binary part (binary extension).",
+                "additionalProperties": _PARAMETER_VALUE,
+            },
+        },
+    },
+    "InferOutputRequest": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "parameters": {
+                "type": "object",
+                "properties": {"binary_data": {"type": "boolean"}},
+                "additionalProperties": _PARAMETER_VALUE,
+            },
+        },
+    },
+    "InferRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "inputs": {"type": "array", "minItems": 1, "items": _ref("InferInput")},
+            "outputs": {"type": "array", "items": _ref("InferOutputRequest")},
+            "parameters": {
+                "type": "object",
+                "description": "timeout_ms (number), lane (interactive|bulk), binary_data_output (boolean); "
+                "others are passed to the worker.",
+                "properties": {
+                    "timeout_ms": {"type": "number", "exclusiveMinimum": 0},
+                    "lane": {"type": "string", "enum": ["interactive", "bulk"]},
+                    "binary_data_output": {"type": "boolean"},
+                },
+                "additionalProperties": _PARAMETER_VALUE,
+            },
+        },
+    },
+    "InferOutput": {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "data": {"type": "array", "items": {"type": ["number", "string", "boolean"]}},
+            "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}},
+        },
+    },
+    "InferResponse": {
+        "type": "object",
+        "required": ["model_name", "model_version", "id", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "outputs": {"type": "array", "items": _ref("InferOutput")},
+        },
+    },
+    "JobAccepted": {
+        "type": "object",
+        "required": ["job_id", "status"],
+        "properties": {"job_id": {"type": "string"}, "status": {"type": "string"}},
+    },
+    "Job": {
+        "type": "object",
+        "required": ["job_id", "model", "version", "status"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "running", "done", "failed", "cancelled", "expired"]},
+            "created_ms": {"type": ["number", "null"]},
+            "started_ms": {"type": ["number", "null"]},
+            "deadline_ms": {"type": ["number", "null"]},
+            "expires_ms": {"type": ["number", "null"]},
+            "result": _ref("InferResponse"),
+            "error": {
+                "type": "object",
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+_ERROR_TEXT = {
+    400: "Malformed request or input (INVALID_REQUEST, INVALID_INPUT).",
+    401: "Missing, unknown or revoked API key (UNAUTHENTICATED).",
+    403: "The API key may not use this model (FORBIDDEN).",
+    404: "Unknown model, version or job.",
+    409: "The job's state does not allow this (CONFLICT).",
+    413: "Body over FLEET_GATEWAY_MAX_BODY_BYTES (PAYLOAD_TOO_LARGE).",
+    429: "A rate limit's token bucket is empty (RATE_LIMITED); see Retry-After.",
+    500: "The model failed (MODEL_ERROR) or an internal error.",
+    503: "Kafka or Redis unavailable, model not loadable, or the gateway is stopping.",
+    504: "No reply before the request's deadline (DEADLINE_EXCEEDED).",
+}
+
+
+def _error_responses() -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, text in _ERROR_TEXT.items():
+        response: dict[str, Any] = _json(_ref("Error"), text)
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        if status == 429:
+            response["headers"] = {
+                "Retry-After": {"description": "Whole seconds to wait.", "schema": {"type": "integer"}}
+            }
+        responses[f"Error{status}"] = response
+    return responses
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+_MODEL = _path_param("model", "Model name.")
+_VERSION = _path_param("version", "Model version.")
+_OPEN: list[dict[str, list[str]]] = []  # no security requirement
+
+
+def _model_operations(versioned: bool) -> dict[str, dict[str, Any]]:
+    params = [_MODEL, _VERSION] if versioned else [_MODEL]
+    suffix = " of one version" if versioned else ""
+    infer_errors = _errors(
+        ErrorCode.INVALID_REQUEST,
+        *_AUTH,
+        *_LOOKUP,
+        ErrorCode.VERSION_NOT_FOUND,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.MODEL_ERROR,
+        ErrorCode.DEADLINE_EXCEEDED,
+        ErrorCode.CONFLICT,
+    )
+    return {
+        "metadata": {
+            "get": {
+                "summary": f"Model metadata{suffix}",
+                "operationId": "modelVersionMetadata" if versioned else "modelMetadata",
+                "parameters": params,
+                "responses": {
+                    "200": _json(_ref("ModelMetadata"), "Name, versions, platform, inputs and outputs."),
+                    **_errors(*_AUTH, *_LOOKUP, ErrorCode.VERSION_NOT_FOUND),
+                },
+            }
+        },
+        "ready": {
+            "get": {
+                "summary": f"Model readiness{suffix}",
+                "operationId": "modelVersionReady" if versioned else "modelReady",
+                "parameters": params,
+                "responses": {
+                    "200": _json(_ref("ModelReady"), "Registered and requests can be queued."),
+                    **_errors(*_AUTH, *_LOOKUP, ErrorCode.VERSION_NOT_FOUND),
+                },
+            }
+        },
+        "infer": {
+            "post": {
+                "summary": f"Inference{suffix} (sync; async with ?async=true or Prefer: respond-async)",
+                "operationId": "modelVersionInfer" if versioned else "modelInfer",
+                "parameters": [
+                    *params,
+                    {"name": "async", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]}},
+                    {"name": "Prefer", "in": "header", "schema": {"type": "string"}},
+                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                    {"name": "X-Fleet-Timeout-Ms", "in": "header", "schema": {"type": "string"}},
+                    {"name": "X-Fleet-Lane", "in": "header", "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {"schema": _ref("InferRequest")},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"},
+                            "description": "Binary tensor extension: JSON header of "
+                            "Inference-Header-Content-Length bytes, then the raw tensors.",
+                        },
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The outputs (binary extension when an output is binary).",
+                        "content": {
+                            _JSON: {"schema": _ref("InferResponse")},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    "202": {
+                        **_json(_ref("JobAccepted"), "Async job accepted; poll the Location."),
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    },
+                    **infer_errors,
+                },
+            }
+        },
+    }
+
+
+def document(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this gateway (``version``: the package version)."""
+    paths: dict[str, Any] = {
+        "/v2": {
+            "get": {
+                "summary": "Server metadata",
+                "operationId": "serverMetadata",
+                "security": _OPEN,
+                "responses": {"200": _json(_ref("ServerMetadata"), "Name, version and extensions.")},
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "summary": "Liveness (the process answers)",
+                "operationId": "serverLive",
+                "security": _OPEN,
+                "responses": {"200": _json({"type": "object", "properties": {"live": {"type": "boolean"}}}, "Live.")},
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "summary": "Readiness (Kafka and Redis reachable, replies flowing)",
+                "operationId": "serverReady",
+                "security": _OPEN,
+                "responses": {
+                    "200": _json({"type": "object", "properties": {"ready": {"type": "boolean"}}}, "Ready."),
+                    "503": {"$ref": "#/components/responses/Error503"},
+                },
+            }
+        },
+        OPENAPI_PATH: {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "security": _OPEN,
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document.")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (open unless FLEET_GATEWAY_AUTH_METRICS)",
+                "operationId": "metrics",
+                "security": _OPEN,
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/v2/jobs/{job_id}": {
+            "parameters": [_path_param("job_id", "Job id (from the 202 answer).")],
+            "get": {
+                "summary": "Async job status, with its result once done",
+                "operationId": "getJob",
+                "responses": {
+                    "200": _json(_ref("Job"), "The job."),
+                    **_errors(*_AUTH, ErrorCode.JOB_NOT_FOUND, ErrorCode.BACKEND_UNAVAILABLE),
+                },
+            },
+            "delete": {
+                "summary": "Cancel a pending async job",
+                "operationId": "cancelJob",
+                "responses": {
+                    "200": _json(_ref("Job"), "The cancelled job."),
+                    **_errors(*_AUTH, ErrorCode.JOB_NOT_FOUND, ErrorCode.CONFLICT, ErrorCode.BACKEND_UNAVAILABLE),
+                },
+            },
+        },
+    }
+    for versioned, prefix in ((False, "/v2/models/{model}"), (True, "/v2/models/{model}/versions/{version}")):
+        ops = _model_operations(versioned)
+        paths[prefix] = ops["metadata"]
+        paths[prefix + "/ready"] = ops["ready"]
+        paths[prefix + "/infer"] = ops["infer"]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "inference-fleet gateway",
+            "version": version,
+            "description": "Open Inference Protocol v2 over an event-driven worker fleet, plus async jobs. "
+            "Every error body is {error, code}.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": _SCHEMAS,
+            "responses": _error_responses(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key (fk_...)."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+        "security": [{"bearer": []}, {"apiKey": []}],
+    }
+
+
+def add_route(app: web.Application, version: str) -> None:
+    """Serve the document at ``GET /v2/openapi.json`` (rendered once)."""
+    body = json.dumps(document(version), separators=(",", ":")).encode()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=_JSON)
+
+    app.router.add_get(OPENAPI_PATH, openapi)

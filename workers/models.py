@@ -50,6 +50,7 @@ class ModelCache:
         self._size_factor = settings.size_factor
         self._measure = settings.measure_footprint
         self._measured: dict[str, int] = {}
+        self._fetch_s = 0.0  # duration of the last artifact fetch (set on the model thread)
         self._load_lock = asyncio.Lock()
         self._registry = registry
         self._executor = executor
@@ -151,13 +152,14 @@ class ModelCache:
             except FleetError as exc:  # the model serves regardless; the size is advisory
                 log.warning("could not record the measured size of %s:%s: %s", record.name, record.version, exc.message)
         log.info(
-            "%s %s:%s on %s in %.0f ms (artifact cache %s), measured footprint %d bytes",
+            "%s %s:%s on %s in %.0f ms (artifact cache %s, fetch + sha256 %.0f ms), measured footprint %d bytes",
             "reloaded" if reload else "loaded",
             record.name,
             record.version,
             runtime.device,
             elapsed * 1000,
             "hit" if cached.hit else "miss",
+            self._fetch_s * 1000,
             footprint,
         )
         return runtime, footprint
@@ -167,7 +169,9 @@ class ModelCache:
 
         The measurement is floored at the artifact size (the weights are in memory at least once).
         """
+        began = time.perf_counter()
         cached = self._artifacts.fetch(record)
+        self._fetch_s = time.perf_counter() - began
         local = dataclasses.replace(record, artifact=str(cached.path))
         trim_heap()
         runtime, footprint = measure(

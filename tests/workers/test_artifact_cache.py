@@ -30,13 +30,23 @@ def test_first_fetch_copies_then_hits(record: ModelRecord, tmp_path: Path) -> No
     assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no partial files left
 
 
-def test_a_corrupted_entry_is_detected_and_fetched_again(record: ModelRecord, tmp_path: Path) -> None:
+def test_a_rewritten_entry_is_detected_and_fetched_again(record: ModelRecord, tmp_path: Path) -> None:
     cache = ArtifactCache(tmp_path / "cache")
     path = cache.fetch(record).path
-    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    path.write_bytes(path.read_bytes()[:-10])  # truncated: its stamp changed, so it is hashed again
     again = cache.fetch(record)
     assert not again.hit and again.refetched
     assert again.path.read_bytes() == Path(record.artifact).read_bytes()
+
+
+def test_an_entry_corrupted_while_the_worker_was_down_is_detected(record: ModelRecord, tmp_path: Path) -> None:
+    path = ArtifactCache(tmp_path / "cache").fetch(record).path
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # same size
+    restarted = ArtifactCache(tmp_path / "cache")  # a new process hashes what it has not verified itself
+    again = restarted.fetch(record)
+    assert not again.hit and again.refetched
+    assert again.path.read_bytes() == Path(record.artifact).read_bytes()
+    assert restarted.fetch(record).hit
 
 
 def test_a_source_that_does_not_match_the_registry_is_refused(record: ModelRecord, tmp_path: Path) -> None:

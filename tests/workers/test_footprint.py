@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fleet.artifacts import build_record
+from fleet.modelgen import mlp_onnx, random_mlp
 from schemas import ModelRecord, ModelRegistry, Names
 from workers import Worker
-from workers.footprint import measure, resident_bytes
+from workers.footprint import measure, resident_bytes, trim_heap
+from workers.runtimes import load_runtime
 
 
 def test_resident_memory_growth_is_measured() -> None:
@@ -35,3 +39,15 @@ async def test_worker_records_the_measured_size(
 ) -> None:
     record = await ModelRegistry(redis_client, names).get(tiny_model.name, tiny_model.version)
     assert record.size_measured and record.size_bytes > 0
+
+
+def test_an_unloaded_onnx_model_gives_its_memory_back(tmp_path: Path) -> None:
+    """What an eviction does (runtime.unload, then trim_heap) really lowers the process's resident memory."""
+    record = build_record("big", "1", mlp_onnx(tmp_path / "big.onnx", random_mlp([512, 1024, 1024, 512])))
+    trim_heap()
+    runtime, footprint = measure(lambda: load_runtime(record, "cpu"), lambda rt: rt.device, 0)
+    assert footprint >= record.size_bytes  # the weights (~8 MB) are in memory
+    loaded = resident_bytes()
+    runtime.unload()
+    trim_heap()
+    assert loaded - resident_bytes() >= record.size_bytes // 2

@@ -199,14 +199,17 @@ class RequestHandler:
         if not valid:
             return
         try:
-            runtime = await self._cache.runtime(record)
+            runtime = await self._cache.acquire(record, len(valid))
         except ModelLoadError as exc:
             for item in valid:
                 self._fail(outcome, _request(item), exc.code, exc.message)
             return
-        requests = [_request(item) for item in valid]
-        for batch in plan_batches(requests, record.batching.max_batch_size, batched=record.batched):
-            await self._run(outcome, runtime, [valid[i] for i in batch.indices], batch)
+        try:  # pinned: not evicted while its batches run
+            requests = [_request(item) for item in valid]
+            for batch in plan_batches(requests, record.batching.max_batch_size, batched=record.batched):
+                await self._run(outcome, runtime, [valid[i] for i in batch.indices], batch)
+        finally:
+            self._cache.release(record)
 
     async def _run(self, outcome: RoundOutcome, runtime: Runtime, items: list[Fetched], batch: Batch) -> None:
         requests = [_request(item) for item in items]

@@ -12,14 +12,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .client import FleetClient, InferResult, infer_sync
     from .errors import ClientError, FleetHTTPError, StackError
+    from .jobs import Job
+    from .producer import FleetProducer, ProducerResult
     from .stack import LocalStack, StackConfig
 
 __all__ = [
     "ClientError",
     "FleetClient",
     "FleetHTTPError",
+    "FleetProducer",
     "InferResult",
+    "Job",
     "LocalStack",
+    "ProducerResult",
     "StackConfig",
     "StackError",
     "infer_sync",
@@ -29,8 +34,11 @@ _HOMES = {
     "ClientError": "errors",
     "FleetClient": "client",
     "FleetHTTPError": "errors",
+    "FleetProducer": "producer",
     "InferResult": "client",
+    "Job": "jobs",
     "LocalStack": "stack",
+    "ProducerResult": "producer",
     "StackConfig": "stack",
     "StackError": "errors",
     "infer_sync": "client",

@@ -1,12 +1,20 @@
-"""The LRU and budget rules of `workers.residency` (pure) and the residency state's wire form."""
+"""The LRU and budget rules of `workers.residency` (pure), the manager's waiting and refusing with fake
+loaders (no Redis: nothing is published), and the residency state's wire form."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from schemas import SchemaError
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas import Names, SchemaError
 from schemas.residency import ResidentModel, WorkerResidency
+from workers.errors import ModelLoadError
+from workers.gpu import gpu_stats
 from workers.residency import MB, Capacity, Residency
+from workers.residency_manager import ResidencyManager, worker_capacity
+from workers.residency_metrics import ResidencyMetrics
 
 
 def _residency(budget_mb: int | None, *sizes_mb: int) -> Residency:
@@ -98,3 +106,53 @@ def test_residency_state_round_trips_and_rejects_garbage() -> None:
     for garbage in (b"not json", b"[]", b'{"v": 1}', b'{"v": 9}'):
         with pytest.raises(SchemaError):
             WorkerResidency.from_bytes(garbage)
+
+
+def _manager(budget: int | None) -> ResidencyManager:
+    metrics = ResidencyMetrics(CollectorRegistry())
+    return ResidencyManager(Capacity(budget), metrics, Names("t"), "w", interval_s=1.0)
+
+
+async def test_a_load_waits_while_pinned_models_leave_no_room_then_evicts_the_released_one() -> None:
+    manager = _manager(2 * MB)
+    evicted: list[str] = []
+
+    async def load(name: str, size: int = MB) -> str:
+        async def loader() -> tuple[str, int]:
+            return name, size
+
+        async def evict() -> None:
+            evicted.append(name)
+
+        return await manager.load((name, "1"), size, loader, evict)
+
+    assert await load("a") == "a" and await load("b") == "b"  # both pinned by their loads (batches running)
+    waiting = asyncio.create_task(load("c"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and evicted == []  # no room until a batch ends
+    manager.unpin(("b", "1"))
+    assert await asyncio.wait_for(waiting, 5) == "c"
+    assert evicted == ["b"] and [m for m, _ in manager.residency.keys] == ["a", "c"]
+    assert manager.state().resident_bytes == 2 * MB
+
+
+async def test_a_measured_footprint_over_the_budget_is_unloaded_and_reported() -> None:
+    manager = _manager(2 * MB)
+    evicted: list[str] = []
+
+    async def loader() -> tuple[str, int]:
+        return "big", 3 * MB  # the estimate said 1 MB
+
+    async def evict() -> None:
+        evicted.append("big")
+
+    with pytest.raises(ModelLoadError, match=r"measured footprint needs 3.0 MB, budget 2.0 MB"):
+        await manager.load(("big", "1"), MB, loader, evict)
+    assert evicted == ["big"] and manager.residency.keys == [] and manager.fits_now(2 * MB)
+
+
+def test_the_budget_comes_from_the_setting_else_the_gpu_else_unlimited() -> None:
+    assert worker_capacity(100, 10, "cpu") == Capacity(100 * MB, 10)
+    assert worker_capacity(0, 10, "cpu") == Capacity(None, 10)
+    if not gpu_stats():  # no NVML here: a CUDA worker without a visible GPU has no GPU budget either
+        assert worker_capacity(0, 25, "cuda:0") == Capacity(None, 25)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -35,6 +36,8 @@ TIMEOUT_HEADER = "X-Fleet-Timeout-Ms"
 DEADLINE_GRACE_S = 1.0
 #: Request header that makes a resubmitted async job return the job it first created.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Environment variable with the API key the client sends when none is given (gateways with auth on).
+API_KEY_ENV = "FLEET_API_KEY"
 #: First and longest pause between two polls of :meth:`FleetClient.wait`.
 POLL_MIN_S = 0.01
 POLL_MAX_S = 0.5
@@ -58,8 +61,13 @@ class InferResult:
 class FleetClient:
     """Client of one gateway: ``async with FleetClient(url) as client: await client.infer(...)``."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0, max_connections: int = 64) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 30.0, max_connections: int = 64, api_key: str | None = None
+    ) -> None:
+        """``api_key``: sent as ``Authorization: Bearer`` on every request (default: env ``FLEET_API_KEY``)."""
         self.base_url = base_url.rstrip("/")
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._infer_timeout = aiohttp.ClientTimeout(total=timeout_s + DEADLINE_GRACE_S)
@@ -71,7 +79,7 @@ class FleetClient:
         """Open the connection pool (done on first use as well)."""
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
 
     async def close(self) -> None:
         """Close the connection pool; idempotent."""

@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fleet.client import API_KEY_ENV, FleetClient
+from fleet.errors import FleetHTTPError
 from fleet.localservers import free_port
 from gateway import Gateway, GatewaySettings
 from schemas import ModelRecord, Names, RedisSettings
@@ -207,3 +209,19 @@ async def test_input_limits(
         assert status == 400 and answer["code"] == "INVALID_INPUT" and "MAX_TENSOR_ELEMENTS" in answer["error"]
         async with http.get(gw.url + "/v2/models/tiny", headers={"X-Big": "a" * 2000}) as resp:
             assert resp.status == 400
+
+
+async def test_fleet_client_sends_its_key(
+    secured: Gateway, store: ApiKeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, secret = await store.create("client", ("tiny",))
+    async with FleetClient(secured.url, api_key=secret) as client:
+        assert (await client.model_metadata("tiny"))["name"] == "tiny"
+    monkeypatch.setenv(API_KEY_ENV, secret)
+    async with FleetClient(secured.url) as client:
+        assert (await client.model_metadata("tiny"))["name"] == "tiny"
+    monkeypatch.delenv(API_KEY_ENV)
+    async with FleetClient(secured.url) as client:
+        with pytest.raises(FleetHTTPError) as refused:
+            await client.model_metadata("tiny")
+    assert refused.value.status == 401

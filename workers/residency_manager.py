@@ -5,7 +5,7 @@ a time (so each footprint measurement sees only its own load): a load that does 
 least recently used unpinned versions first, and waits while pinned ones (a batch in flight) leave no
 room. A version larger than the whole budget fails at once with a ModelLoadError that says so, instead
 of thrashing. The state is written to ``Names.residency_key`` on every change and every heartbeat
-interval (expiring after three), for ``fleet status`` and placement.
+interval (expiring after three; a mere use waits for the interval), for ``fleet status``.
 """
 
 from __future__ import annotations
@@ -74,10 +74,8 @@ class ResidencyManager:
     # use -----------------------------------------------------------------------
     def pin(self, key: Key) -> bool:
         """Mark ``key`` used now and not evictable until ``unpin``; False when it is not resident."""
-        if self.residency.pin(key, now_ms()):
-            self._changed.set()
-            return True
-        return False
+        # Not a change worth an immediate write: the new last use goes out with the next interval.
+        return self.residency.pin(key, now_ms())
 
     def unpin(self, key: Key) -> None:
         """A batch on ``key`` is over: it may be evicted again."""

@@ -81,8 +81,10 @@ async def closed_loop(
     *,
     warmup_s: float = 1.0,
     rows: int = 1,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    """``concurrency`` clients each sending one request after another for ``duration_s``."""
+    """``concurrency`` clients each sending one request after another for ``duration_s``
+    (``headers``: sent with every request, e.g. an API key)."""
     rng = np.random.default_rng(0)
     bodies = [binary_body(input_name, rng.standard_normal((rows, features)).astype(np.float32)) for _ in range(64)]
     endpoint = f"{url}/v2/models/{model}/infer"
@@ -118,7 +120,7 @@ async def closed_loop(
 
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
         stop_at = time.perf_counter() + warmup_s
         await asyncio.gather(*(client(session, i) for i in range(concurrency)))
         measuring = True

@@ -17,6 +17,7 @@ checked together in one script call; an empty bucket is ``429 RATE_LIMITED`` wit
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -27,9 +28,11 @@ from redis.exceptions import RedisError
 from schemas import ErrorCode, FleetError, Names
 from schemas.apikeys import ApiKey, ApiKeyStore, parse_secret
 
-from .errors import BackendDownError, GatewayError, Handler, error_response
+from .errors import WIRE_ID_KEY, BackendDownError, GatewayError, Handler, error_response
 from .ratelimit import Bucket, TokenBuckets
 from .settings import GatewaySettings
+
+log = logging.getLogger("fleet.gateway")
 
 API_KEY_HEADER = "X-API-Key"
 AUTHORIZATION = "Authorization"
@@ -143,6 +146,16 @@ class Guard:
             if model is not None and request.method == "POST" and request.path.endswith("/infer"):
                 await self._limit(key, model)
         except AuthError as exc:
+            log.info(
+                "request refused",
+                extra={
+                    "request_id": request.get(WIRE_ID_KEY, ""),
+                    "path": request.path,
+                    "code": exc.code.value,
+                    "status": exc.http_status,
+                    "error": exc.message,
+                },
+            )
             response = error_response(exc.http_status, exc.message, exc.code)
             response.headers.update(exc.headers)
             return response

@@ -50,11 +50,31 @@ def test_from_env_reads_gateway_and_fleet_variables() -> None:
         ({"FLEET_GATEWAY_BACKEND_TIMEOUT_S": "0"}, "backend_timeout_s"),
         ({"FLEET_GATEWAY_DEFAULT_TIMEOUT_S": "500"}, "must not exceed"),
         ({"FLEET_GATEWAY_MAX_BODY_BYTES": "0"}, "max_body_bytes"),
+        ({"FLEET_GATEWAY_AUTH": "maybe"}, "not a valid bool"),
+        ({"FLEET_GATEWAY_AUTH_CACHE_TTL_S": "0"}, "auth_cache_ttl_s"),
+        ({"FLEET_GATEWAY_MAX_TENSOR_ELEMENTS": "0"}, "max_tensor_elements"),
+        ({"FLEET_GATEWAY_MODEL_RATE_LIMITS": "tiny"}, "model=rate"),
+        ({"FLEET_GATEWAY_MODEL_RATE_LIMITS": "tiny=0"}, "model=rate"),
+        ({"FLEET_GATEWAY_MODEL_RATE_LIMITS": "tiny=fast"}, "model=rate"),
+        ({"FLEET_GATEWAY_MODEL_RATE_LIMITS": "bad name=1"}, "model=rate"),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         GatewaySettings.from_env(env)
+
+
+def test_security_settings_from_env() -> None:
+    settings = GatewaySettings.from_env(
+        {
+            "FLEET_GATEWAY_AUTH": "true",
+            "FLEET_GATEWAY_MODEL_RATE_LIMITS": "tiny=100, big=0.5,",
+            "FLEET_GATEWAY_MAX_HEADERS": "64",
+        }
+    )
+    assert settings.auth and not settings.auth_metrics and settings.max_headers == 64
+    assert settings.model_rates() == {"tiny": 100.0, "big": 0.5}
+    assert GatewaySettings().model_rates() == {} and not GatewaySettings().auth
 
 
 def test_public_api_is_pinned() -> None:

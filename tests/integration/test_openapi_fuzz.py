@@ -1,6 +1,7 @@
 """Schema-driven fuzzing: schemathesis runs the gateway's own OpenAPI document against a real gateway
 (auth on, a key), a real worker serving the tiny model, the real broker and Redis. No 5xx may come back
-except a 504 for a deadline the request itself set (``fuzz_hooks.no_server_error``)."""
+except a 504 for a deadline the request itself set (``fuzz_hooks.no_server_error``), and every route the
+document secures must refuse the same request without its key (schemathesis' ``ignored_auth``)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ async def test_fuzzed_requests_get_no_server_error(
             "--url",
             gw.url,
             "--checks",
-            "no_server_error",
+            "no_server_error,ignored_auth",
             "--max-examples",
             "10",
             "--max-time",

@@ -1,7 +1,9 @@
 """Schema-driven fuzzing: schemathesis runs the gateway's own OpenAPI document against a real gateway
 (auth on, a key), a real worker serving the tiny model, the real broker and Redis. No 5xx may come back
 except a 504 for a deadline the request itself set (``fuzz_hooks.no_server_error``), and every route the
-document secures must refuse the same request without its key (schemathesis' ``ignored_auth``)."""
+document secures must refuse the same request without its key (schemathesis' ``ignored_auth``); every
+answer's status, content type, headers and body must be the ones the document declares (the
+``*_conformance`` checks), so the document stays accurate."""
 
 from __future__ import annotations
 
@@ -78,7 +80,8 @@ async def test_fuzzed_requests_get_no_server_error(
             "--url",
             gw.url,
             "--checks",
-            "no_server_error,ignored_auth",
+            "no_server_error,ignored_auth,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance,response_headers_conformance",
             "--max-examples",
             "10",
             "--max-time",

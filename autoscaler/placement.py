@@ -1,0 +1,150 @@
+"""Placement: which following worker serves which model (the pure rules; `autoscaler.placement_store` runs them).
+
+Input: each model's demand (size, replicas, required labels) and each live worker that follows an
+assignment (what it may hold = budget x (1 + overcommit), its labels, what it holds resident now), plus
+the current assignment. Rules, in order:
+
+1. Stable: a model stays where it is assigned while that worker is live, still has the labels it
+   requires, the model is still wanted there (no more replicas than desired) and everything kept fits.
+2. Missing replicas go to distinct workers with the required labels and room, preferring a worker where
+   the model is resident already, then the one with the most room left (spreads load), then by id.
+   Larger models are placed first (they are the hardest to fit).
+3. A model short of replicas gets a ScheduleFailed status with the reason: no worker with the labels,
+   or the room it needs against the largest room left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+MB = 1_000_000
+
+
+class PlacementState(StrEnum):
+    """A model's placement status (``Names.placement_key``)."""
+
+    PLACED = "placed"  # every desired replica has a worker
+    PARTIAL = "partial"  # some replicas placed, not all (the reason says why)
+    SCHEDULE_FAILED = "schedule_failed"  # no replica placed (the reason says why)
+    IDLE = "idle"  # zero replicas desired
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDemand:
+    """What one model needs: bytes per replica, how many replicas, labels a worker must have."""
+
+    model: str
+    size_bytes: int
+    replicas: int
+    requires: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """A live worker that follows its assignment."""
+
+    worker: str
+    assignable_bytes: int | None  # None = unlimited
+    labels: frozenset[str] = frozenset()
+    resident: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPlacement:
+    """Where a model's replicas went, and why some did not."""
+
+    state: PlacementState
+    workers: tuple[str, ...]
+    replicas: int
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Placement:
+    """The outcome: worker -> assigned models, model -> status."""
+
+    assignments: dict[str, set[str]] = field(default_factory=dict)
+    status: dict[str, ModelPlacement] = field(default_factory=dict)
+
+
+def _mb(size: int | None) -> str:
+    return "unlimited" if size is None else f"{size / MB:.0f} MB"
+
+
+class _Room:
+    def __init__(self, slot: WorkerSlot) -> None:
+        self.slot = slot
+        self.used = 0
+
+    def free(self) -> int | None:
+        cap = self.slot.assignable_bytes
+        return None if cap is None else cap - self.used
+
+    def free_or_max(self) -> int:
+        free = self.free()
+        return 1 << 62 if free is None else free
+
+    def fits(self, size: int) -> bool:
+        free = self.free()
+        return free is None or size <= free
+
+
+def place(demands: Sequence[ModelDemand], workers: Sequence[WorkerSlot], current: Mapping[str, set[str]]) -> Placement:
+    """Assign ``demands`` to ``workers``, keeping ``current`` (worker -> models) where it is still fine."""
+    rooms = {w.worker: _Room(w) for w in workers}
+    by_model = {d.model: d for d in demands}
+    out = Placement(assignments={w.worker: set() for w in workers})
+    holders: dict[str, list[str]] = {d.model: [] for d in demands}
+    # 1. keep what is fine where it is (workers in id order, models in name order: deterministic)
+    for worker in sorted(rooms):
+        room = rooms[worker]
+        for model in sorted(current.get(worker, ())):
+            demand = by_model.get(model)
+            if demand is None or len(holders[model]) >= demand.replicas:
+                continue
+            if not demand.requires <= room.slot.labels or not room.fits(demand.size_bytes):
+                continue
+            room.used += demand.size_bytes
+            holders[model].append(worker)
+            out.assignments[worker].add(model)
+    # 2. place the missing replicas, largest models first
+    for demand in sorted(demands, key=lambda d: (-d.size_bytes, d.model)):
+        missing = demand.replicas - len(holders[demand.model])
+        labelled = [r for r in rooms.values() if demand.requires <= r.slot.labels]
+        candidates = [r for r in labelled if r.slot.worker not in holders[demand.model] and r.fits(demand.size_bytes)]
+        candidates.sort(key=lambda r: (demand.model not in r.slot.resident, -r.free_or_max(), r.slot.worker))
+        for room in candidates[: max(0, missing)]:
+            room.used += demand.size_bytes
+            holders[demand.model].append(room.slot.worker)
+            out.assignments[room.slot.worker].add(demand.model)
+        out.status[demand.model] = _status(demand, holders[demand.model], rooms, labelled)
+    return out
+
+
+def _status(
+    demand: ModelDemand, holders: list[str], rooms: Mapping[str, _Room], labelled: list[_Room]
+) -> ModelPlacement:
+    placed = tuple(sorted(holders))
+    if demand.replicas <= 0:
+        return ModelPlacement(PlacementState.IDLE, placed, 0)
+    if len(placed) >= demand.replicas:
+        return ModelPlacement(PlacementState.PLACED, placed, demand.replicas)
+    if not rooms:
+        reason = "no live worker follows an assignment"
+    elif not labelled:
+        missing = sorted(demand.requires - set().union(*(r.slot.labels for r in rooms.values())))
+        what = ",".join(missing) if missing else ",".join(sorted(demand.requires))
+        reason = f"no worker has label {what}" if missing else f"no worker has all the labels {what}"
+    else:
+        others = [r for r in labelled if r.slot.worker not in holders]
+        if not others:
+            reason = f"only {len(labelled)} worker(s) have the labels it requires"
+        else:
+            largest = max(r.free_or_max() for r in others)
+            reason = f"needs {_mb(demand.size_bytes)}, largest free {_mb(max(0, largest))}"
+    state = PlacementState.PARTIAL if placed else PlacementState.SCHEDULE_FAILED
+    if placed:
+        reason = f"{len(placed)} of {demand.replicas} replicas placed: {reason}"
+    return ModelPlacement(state, placed, demand.replicas, reason)

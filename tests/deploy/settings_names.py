@@ -8,8 +8,9 @@ import importlib
 from fleet.cli import SERVICES
 from schemas import describe
 
-#: Read directly by the entry points (FLEET_LOG_LEVEL, FLEET_LOG_FORMAT: schemas.logs) and the CLI (FLEET_URL).
-OUTSIDE_SETTINGS = {"FLEET_LOG_LEVEL", "FLEET_LOG_FORMAT", "FLEET_URL"}
+#: Read directly by the entry points (FLEET_LOG_LEVEL, FLEET_LOG_FORMAT: schemas.logs), the CLI (FLEET_URL) and
+#: the gateway client (FLEET_API_KEY: fleet.client).
+OUTSIDE_SETTINGS = {"FLEET_LOG_LEVEL", "FLEET_LOG_FORMAT", "FLEET_URL", "FLEET_API_KEY"}
 
 
 def known_variables() -> set[str]:

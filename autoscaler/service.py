@@ -10,6 +10,7 @@ Kubernetes Deployments keep running), then the clients close. Signal handlers ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -27,8 +28,10 @@ from .backends import KubernetesBackend, LocalProcessBackend
 from .collector import LagCollector
 from .controller import Autoscaler, Backend
 from .decisions import DEFAULT_DECISION_TTL_S, DecisionStore
+from .errors import StatsError
 from .inventory import InventoryPublisher
 from .overrides import PinStore
+from .placement_store import PlacementRunner
 from .settings import AutoscalerSettings
 from .stats import ServiceStatsReader
 
@@ -81,6 +84,8 @@ class AutoscalerService:
         self._collector: LagCollector | None = None
         self._runner: web.AppRunner | None = None
         self._known_models: list[str] = []
+        self._placement_task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._started = False
         #: Port the metrics endpoint listens on (None when off).
         self.metrics_port: int | None = None
@@ -117,6 +122,8 @@ class AutoscalerService:
         if s.metrics_port:
             await self._serve_metrics(s.metrics_port)
         await self.autoscaler.start()
+        if s.placement:
+            self._placement_task = asyncio.create_task(self._placement_routine(), name="placement")
         log.info(
             "autoscaler started: backend %s, models %s, namespace %s",
             s.backend,
@@ -133,7 +140,26 @@ class AutoscalerService:
         finally:
             await self._close()
 
+    async def _placement_routine(self) -> None:
+        """After each interval: place every model's desired replicas (the last stored decision, else 1)."""
+        s = self.settings
+        runner = PlacementRunner(self._redis, self.names, size_factor=s.placement_size_factor)
+        decisions = DecisionStore(self._redis, self.names)
+        while not self._closing.is_set():
+            try:
+                models = list(await self._models())
+                desired = {m: r.desired for m, r in (await decisions.read(models)).items()}
+                await runner.run(models, desired)
+            except (RedisError, StatsError) as exc:
+                log.warning("placement round skipped: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), s.interval_s)
+
     async def _close(self) -> None:
+        self._closing.set()
+        placement, self._placement_task = self._placement_task, None
+        if placement is not None:
+            await asyncio.gather(placement, return_exceptions=True)
         inventory, self.inventory = self.inventory, None
         if inventory is not None:
             await inventory.stop()

@@ -53,6 +53,14 @@ class AutoscalerSettings:
     gpus: int = doc("GPUs the local backend hands out (-1: count them with NVML; 0: none).", -1)
     inventory_interval_s: float = doc("Seconds between two GPU inventory reports to Redis.", 5.0)
     metrics_port: int = doc("TCP port of the Prometheus /metrics endpoint (0 = off).", 0)
+    placement: bool = doc(
+        "Run the placement scheduler each round: assign models to workers that follow an assignment "
+        "(FLEET_WORKER_FOLLOW_ASSIGNMENT) by labels and room; replicas = the last decision's desired, else 1.",
+        False,
+    )
+    placement_size_factor: float = doc(
+        "Placement: size of a model never measured = its artifact size x this (as FLEET_WORKER_SIZE_FACTOR).", 3.0
+    )
     fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
@@ -71,6 +79,8 @@ class AutoscalerSettings:
                 f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
                 f"{self.min_replicas}..{self.max_replicas}"
             )
+        if self.placement_size_factor < 1:
+            raise SettingsError("placement_size_factor must be >= 1")
         if self.activation_lag < 1:
             raise SettingsError("activation_lag must be >= 1")
         self.pins()  # validates the pinned entries

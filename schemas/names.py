@@ -38,6 +38,10 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
       {ns}:residency:{worker_id}       STRING (JSON `schemas.residency.WorkerResidency`, EXPIRE 3x heartbeat):
                                        the worker's memory budget and its resident models (size, last use)
+      {ns}:assignment:{worker_id}      SET of the models the placement scheduler assigned to a worker that
+                                       follows its assignment (no EXPIRE: survives restarts of either side)
+      {ns}:placement:{m}               HASH placement status of a model (`autoscaler.placement_store`): state
+                                       (placed, partial, schedule_failed, idle), workers, replicas, reason, ts_ms
       {ns}:stats:{m}                   ZSET worker id -> epoch ms of its last service-stats report
       {ns}:stats:{m}:{worker_id}       HASH one worker's service stats for a model (EXPIRE; fields in
                                        `schemas.stats`): written by workers, read by the autoscaler
@@ -254,6 +258,14 @@ class Names:
     def residency_key(self, worker_id: str) -> str:
         """What a worker holds in memory (``schemas.residency.WorkerResidency`` as JSON)."""
         return f"{self.namespace}:residency:{worker_id}"
+
+    def assignment_key(self, worker_id: str) -> str:
+        """SET of the models assigned to a worker by the placement scheduler."""
+        return f"{self.namespace}:assignment:{worker_id}"
+
+    def placement_key(self, model: str) -> str:
+        """HASH placement status of a model (state, workers, replicas, reason, ts_ms)."""
+        return f"{self.namespace}:placement:{model}"
 
     @property
     def workers_key(self) -> str:

@@ -1,0 +1,158 @@
+"""Runs the placement rules (`autoscaler.placement`) against Redis: reads the registry, the live workers
+that follow an assignment (heartbeat ``follows=1``, labels, residency) and their current assignment,
+then writes ``Names.assignment_key`` per worker and ``Names.placement_key`` per model.
+
+Everything it needs is read back from Redis on each round, so a restarted scheduler keeps the placement
+it finds (the rules are stable). Model labels it reads: ``requires`` (comma list of worker labels),
+``max_replicas`` (caps the replicas placed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from schemas import FleetError, ModelRecord, ModelRegistry, Names, SchemaError, now_ms
+from schemas.residency import WorkerResidency
+
+from .placement import ModelDemand, ModelPlacement, Placement, PlacementState, WorkerSlot, place
+
+log = logging.getLogger("fleet.autoscaler")
+
+#: Heartbeat states of a worker that may be given models.
+_LIVE_STATES = {"starting", "ready"}
+
+
+def label_set(value: str) -> frozenset[str]:
+    """``"gpu, onnx"`` -> {"gpu", "onnx"} (empty items dropped)."""
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def max_replicas_label(record: ModelRecord) -> int | None:
+    """The model's ``max_replicas`` label as an int (None when absent or not a non-negative integer)."""
+    raw = record.labels.get("max_replicas", "").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def demand_of(record: ModelRecord, replicas: int, size_factor: float) -> ModelDemand:
+    """A model's demand: the size a worker would account (measured, else artifact x factor), its labels' caps."""
+    size = record.size_bytes if record.size_measured else int(record.size_bytes * size_factor)
+    cap = max_replicas_label(record)
+    if cap is not None:
+        replicas = min(replicas, cap)
+    return ModelDemand(record.name, size, max(0, replicas), label_set(record.labels.get("requires", "")))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class PlacementRunner:
+    """One placement round per ``run()``; holds no state between rounds."""
+
+    def __init__(self, redis: Any, names: Names, *, size_factor: float = 3.0) -> None:
+        self._redis = redis
+        self._names = names
+        self._size_factor = size_factor
+
+    async def run(self, models: Sequence[str], desired: Mapping[str, int]) -> Placement:
+        """Place ``models`` (``desired`` replicas each, 1 when absent) and store the result; raises RedisError."""
+        workers, gone = await self._workers()
+        current = await self._current([w.worker for w in workers])
+        registry = ModelRegistry(self._redis, self._names)
+        demands: list[ModelDemand] = []
+        unreadable: dict[str, str] = {}
+        for model in models:
+            try:
+                record = await registry.get(model)
+            except (FleetError, SchemaError) as exc:
+                unreadable[model] = exc.message
+                continue
+            demands.append(demand_of(record, desired.get(model, 1), self._size_factor))
+        result = place(demands, workers, current)
+        for model, why in unreadable.items():
+            result.status[model] = ModelPlacement(PlacementState.SCHEDULE_FAILED, (), 0, f"unreadable record: {why}")
+        await self._write(result, current, gone)
+        return result
+
+    async def _workers(self) -> tuple[list[WorkerSlot], list[str]]:
+        ids = [_text(i) for i in await self._redis.zrange(self._names.workers_key, 0, -1)]
+        if not ids:
+            return [], []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker in ids:
+                pipe.hgetall(self._names.worker_key(worker))
+                pipe.get(self._names.residency_key(worker))
+            raw = await pipe.execute()
+        slots: list[WorkerSlot] = []
+        gone: list[str] = []
+        for i, worker in enumerate(ids):
+            beat = {_text(k): _text(v) for k, v in raw[2 * i].items()}
+            if not beat:
+                gone.append(worker)
+                continue
+            if beat.get("follows") != "1" or beat.get("state") not in _LIVE_STATES or raw[2 * i + 1] is None:
+                continue
+            try:
+                residency = WorkerResidency.from_bytes(raw[2 * i + 1])
+            except SchemaError as exc:
+                log.warning("placement skips worker %s: %s", worker, exc.message)
+                continue
+            slots.append(
+                WorkerSlot(
+                    worker,
+                    residency.assignable_bytes,
+                    label_set(beat.get("labels", "")),
+                    frozenset(m.model for m in residency.models),
+                )
+            )
+        return slots, gone
+
+    async def _current(self, workers: Sequence[str]) -> dict[str, set[str]]:
+        if not workers:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker in workers:
+                pipe.smembers(self._names.assignment_key(worker))
+            sets = await pipe.execute()
+        return {w: {_text(m) for m in s} for w, s in zip(workers, sets, strict=True)}
+
+    async def _write(self, result: Placement, current: Mapping[str, set[str]], gone: Sequence[str]) -> None:
+        ts = str(int(now_ms()))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for worker in gone:  # heartbeat expired: its models were placed elsewhere this round
+                pipe.delete(self._names.assignment_key(worker))
+            for worker, assigned in result.assignments.items():
+                if assigned == current.get(worker, set()):
+                    continue
+                key = self._names.assignment_key(worker)
+                pipe.delete(key)
+                if assigned:
+                    pipe.sadd(key, *sorted(assigned))
+                log.info("placement: worker %s now serves %s", worker, ",".join(sorted(assigned)) or "(nothing)")
+            for model, status in result.status.items():
+                key = self._names.placement_key(model)
+                pipe.delete(key)
+                pipe.hset(
+                    key,
+                    mapping={
+                        "state": status.state.value,
+                        "workers": ",".join(status.workers),
+                        "replicas": str(status.replicas),
+                        "reason": status.reason,
+                        "ts_ms": ts,
+                    },
+                )
+            await pipe.execute()
+
+
+async def read_placement(redis: Any, names: Names, models: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Each model's stored placement status (models without one are left out); raises RedisError."""
+    if not models:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for model in models:
+            pipe.hgetall(names.placement_key(model))
+        hashes = await pipe.execute()
+    return {m: {_text(k): _text(v) for k, v in h.items()} for m, h in zip(models, hashes, strict=True) if h}

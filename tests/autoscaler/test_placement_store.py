@@ -1,0 +1,87 @@
+"""The placement runner against real Redis: what it stores, that a new runner keeps it, dead workers, a
+model too large for every worker. Workers are represented by what they publish (heartbeat hash and
+residency key, the wire contract); `tests/workers/test_assignment.py` runs real following workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoscaler.placement import MB
+from autoscaler.placement_store import PlacementRunner, demand_of, read_placement
+from fleet.artifacts import build_record
+from fleet.modelgen import tiny_mlp
+from schemas import ModelRegistry, Names, now_ms
+from schemas.residency import ResidentModel, WorkerResidency
+
+pytestmark = pytest.mark.integration
+
+
+async def _beat(redis: Any, names: Names, worker: str, budget_mb: int, resident: tuple[str, ...] = ()) -> None:
+    """Publish what a following worker publishes: its heartbeat and its residency."""
+    await redis.hset(
+        names.worker_key(worker), mapping={"state": "ready", "follows": "1", "labels": "cpu,onnx", "models": ""}
+    )
+    await redis.zadd(names.workers_key, {worker: now_ms()})
+    models = tuple(ResidentModel(m, "1", MB, 0.0, 0.0) for m in resident)
+    state = WorkerResidency(worker, budget_mb * MB, budget_mb * MB, len(models) * MB, models, now_ms())
+    await redis.set(names.residency_key(worker), state.to_bytes())
+
+
+async def _assigned(redis: Any, names: Names, worker: str) -> set[str]:
+    return {m.decode() for m in await redis.smembers(names.assignment_key(worker))}
+
+
+@pytest.fixture
+async def registered(redis_client: Any, names: Names, tmp_path: Path) -> list[str]:
+    registry = ModelRegistry(redis_client, names)
+    artifact = tiny_mlp(tmp_path / "m.onnx")
+    for model in ("ma", "mb", "mc", "huge"):
+        labels = {"requires": "gpu"} if model == "mc" else {}
+        await registry.register(build_record(model, "1", artifact, labels=labels))
+    await registry.record_measured_size("huge", "1", 900 * MB)
+    return ["ma", "mb", "mc", "huge"]
+
+
+async def test_placement_is_stored_kept_by_a_new_runner_and_explains_failures(
+    redis_client: Any, names: Names, registered: list[str]
+) -> None:
+    await _beat(redis_client, names, "w1", 400)
+    await _beat(redis_client, names, "w2", 500)
+    first = await PlacementRunner(redis_client, names).run(registered, {"mb": 2})
+    w1, w2 = await _assigned(redis_client, names, "w1"), await _assigned(redis_client, names, "w2")
+    assert w1 | w2 == {"ma", "mb"} and "mb" in w1 & w2  # two replicas of mb, on distinct workers
+    assert {w: set(m) for w, m in first.assignments.items()} == {"w1": w1, "w2": w2}
+    status = await read_placement(redis_client, names, registered)
+    assert status["huge"]["state"] == "schedule_failed"
+    assert status["huge"]["reason"].startswith("needs 900 MB, largest free ")
+    assert status["mc"] == {**status["mc"], "state": "schedule_failed", "reason": "no worker has label gpu"}
+    assert status["mb"]["state"] == "placed" and status["mb"]["workers"] == "w1,w2"
+
+    # A restarted scheduler has only Redis: it keeps ma where it is although the other worker now holds it.
+    holder_of_ma = "w1" if "ma" in w1 else "w2"
+    other = "w2" if holder_of_ma == "w1" else "w1"
+    await _beat(redis_client, names, other, 500, resident=("ma",))
+    await PlacementRunner(redis_client, names).run(registered, {"mb": 2})
+    assert await _assigned(redis_client, names, holder_of_ma) == (w1 if holder_of_ma == "w1" else w2)
+
+    # A worker whose heartbeat expired loses its assignment; its models move to the live one.
+    await redis_client.delete(names.worker_key(holder_of_ma))
+    await PlacementRunner(redis_client, names).run(registered, {"mb": 2})
+    assert not await redis_client.exists(names.assignment_key(holder_of_ma))
+    assert await _assigned(redis_client, names, other) == {"ma", "mb"}
+    status = await read_placement(redis_client, names, ["mb"])
+    assert status["mb"]["state"] == "partial"
+
+
+async def test_max_replicas_label_caps_the_replicas_placed(tmp_path: Path) -> None:
+    record = build_record("m", "1", tiny_mlp(tmp_path / "m.onnx"), labels={"max_replicas": "2", "requires": "gpu, x"})
+    demand = demand_of(record, 5, 3.0)
+    assert demand.replicas == 2 and demand.requires == {"gpu", "x"}
+    assert demand.size_bytes == record.size_bytes * 3
+    measured = dataclasses.replace(record, size_bytes=123, size_measured=True)
+    assert demand_of(measured, 1, 3.0).size_bytes == 123

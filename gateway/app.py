@@ -125,12 +125,25 @@ class Gateway:
         self._state = _State.STOPPED
         if self._routes is not None:
             self._routes.draining = True
+        if self._backends is not None:
+            await self._drain_waiting(self._backends.listener)
         runner, self._runner = self._runner, None
         if runner is not None:
             # Stops the sites, waits for running handlers up to shutdown_timeout, then runs the
             # cleanup_ctx teardown (listener, producer, Redis) after the last handler is done.
             await runner.cleanup()
         log.info("gateway stopped", extra={"gateway_id": self.settings.gateway_id})
+
+    async def _drain_waiting(self, listener: ReplyListener) -> None:
+        """Give waiting requests the grace period to get their replies, then answer the rest with 503.
+
+        Without this, aiohttp would cancel their handlers at the end of the grace period and cut the
+        connections: a client would get no answer at all instead of a retryable 503.
+        """
+        await listener.wait_idle(self.settings.shutdown_grace_s)
+        failed = listener.fail_waiting("the gateway stopped before the reply arrived; retry the request")
+        if failed:
+            log.warning("answered requests still waiting with 503", extra={"requests": failed})
 
     async def __aenter__(self) -> Gateway:
         await self.start()

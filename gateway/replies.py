@@ -38,6 +38,8 @@ class ReplyListener:
         # XREAD must return before the socket timeout, or an idle stream would look like a dead server.
         self._block_ms = max(10, int(redis.socket_timeout_s * 500))
         self._waiting: dict[str, asyncio.Future[InferenceResponse]] = {}
+        self._idle = asyncio.Event()  # set while nothing waits
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._client: aioredis.Redis | None = None
         self._last_id: str | None = None  # None until the starting position is known
@@ -70,11 +72,32 @@ class ReplyListener:
         """Register interest in ``request_id`` (before publishing the request, so no reply can be missed)."""
         future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
+        self._idle.clear()
         return future
 
     def discard(self, request_id: str) -> None:
         """Stop waiting for ``request_id`` (answered, timed out or abandoned)."""
         self._waiting.pop(request_id, None)
+        if not self._waiting:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request waits for a reply; False when some still do after ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        return not self._waiting
+
+    def fail_waiting(self, reason: str) -> int:
+        """Answer every request still waiting with 503 ``reason``; returns how many there were."""
+        failed = 0
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(BackendDownError("redis", reason))
+                failed += 1
+        self._waiting.clear()
+        self._idle.set()
+        return failed
 
     async def start(self) -> None:
         """Start the listening routine; returns at once (it connects in the background)."""
@@ -96,10 +119,7 @@ class ReplyListener:
             if not task.done():
                 log.warning("reply listener did not stop in time", extra={"stream": self._stream})
         self._healthy = False
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(BackendDownError("redis", "the gateway is stopping"))
-        self._waiting.clear()
+        self.fail_waiting("the gateway is stopping")
         client, self._client = self._client, None
         if client is not None:
             if delete_stream:

@@ -361,6 +361,29 @@ async def test_stop_waits_for_in_flight_requests(
             pass
 
 
+async def test_stop_answers_requests_still_waiting_after_the_grace_with_503(
+    gateway_settings: GatewaySettings,
+    names: Names,
+    registered: ModelRecord,
+    http: aiohttp.ClientSession,
+    requests_topic: Any,
+) -> None:
+    gw = Gateway(replace(gateway_settings, shutdown_grace_s=0.3), names=names)
+    await gw.start()
+    await wait_ready(http, gw)
+    call = asyncio.create_task(http.post(gw.url + INFER, json={"inputs": [x_input()]}))
+    async with asyncio.timeout(10):
+        await requests_topic.getone()  # published; no worker will ever answer it
+    began = asyncio.get_running_loop().time()
+    await gw.stop()
+    assert asyncio.get_running_loop().time() - began < 5.0
+    # An HTTP answer, not a cut connection: the client can retry.
+    async with await call as resp:
+        assert resp.status == 503
+        body = await resp.json()
+    assert body["code"] == "BACKEND_UNAVAILABLE" and "stopped before the reply" in body["error"]
+
+
 async def test_gateway_is_single_use(gateway: Gateway) -> None:
     with pytest.raises(RuntimeError, match="cannot be started"):
         await gateway.start()

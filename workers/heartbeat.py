@@ -1,5 +1,5 @@
-"""The worker heartbeat: ``HSET names.worker_key(id)`` (state, models, partitions, device, pid, host,
-ts_ms), ``EXPIRE`` 3x the interval, ``ZADD names.workers_key ts_ms id`` (docs/ARCHITECTURE.md)."""
+"""The worker heartbeat: ``HSET names.worker_key(id)`` (state, models, partitions, device, labels, follows,
+pid, host, ts_ms), ``EXPIRE`` 3x the interval, ``ZADD names.workers_key ts_ms id`` (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,9 @@ class Heartbeat:
         interval_s: float,
         partitions: Callable[[], Sequence[str]],
         device: Callable[[], str],
+        *,
+        labels: Sequence[str] = (),
+        follows: bool = False,
     ) -> None:
         self._redis = redis
         self._names = names
@@ -48,6 +51,8 @@ class Heartbeat:
         self._interval_s = interval_s
         self._partitions = partitions
         self._device = device
+        self._labels = ",".join(sorted(labels))
+        self._follows = "1" if follows else "0"
         self._state = WorkerState.STARTING
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -56,6 +61,10 @@ class Heartbeat:
     def state(self) -> WorkerState:
         """The state last set."""
         return self._state
+
+    def set_models(self, models: Sequence[str]) -> None:
+        """The models served now (published with the next beat)."""
+        self._models = ",".join(models)
 
     async def start(self) -> None:
         """Publish ``starting`` and begin the periodic routine."""
@@ -75,6 +84,8 @@ class Heartbeat:
             "models": self._models,
             "partitions": ",".join(sorted(self._partitions())),
             "device": self._device(),
+            "labels": self._labels,
+            "follows": self._follows,
             "pid": str(os.getpid()),
             "host": socket.gethostname(),
             "ts_ms": str(ts),

@@ -26,7 +26,9 @@ def default_worker_id() -> str:
 class WorkerSettings:
     """Everything a worker needs: the models it serves, its device, its limits and the fleet's backends."""
 
-    models: tuple[str, ...] = doc("Comma list of the models this worker serves (required).")
+    models: tuple[str, ...] = doc(
+        "Comma list of the models this worker serves (required unless FLEET_WORKER_FOLLOW_ASSIGNMENT).", ()
+    )
     worker_id: str = doc(
         "Identity of this process; names its heartbeat hash (default host-pid-random).",
         default_factory=default_worker_id,
@@ -78,10 +80,22 @@ class WorkerSettings:
         "Local disk cache of artifacts, keyed by sha256 (default: $XDG_CACHE_HOME or ~/.cache, inference-fleet).",
         "",
     )
+    follow_assignment: bool = doc(
+        "Serve the models the placement scheduler assigns (Redis assignment key, polled every heartbeat) instead "
+        "of FLEET_WORKER_MODELS (which must then be empty).",
+        False,
+    )
+    labels: tuple[str, ...] = doc(
+        "Comma list of labels published for placement (e.g. gpu,onnx); cpu or gpu and the installed frameworks "
+        "(onnx, torch) are added.",
+        (),
+    )
     fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
-        if not self.models:
+        if self.follow_assignment and self.models:
+            raise SettingsError(f"{PREFIX}MODELS must be empty when {PREFIX}FOLLOW_ASSIGNMENT is on")
+        if not self.models and not self.follow_assignment:
             raise SettingsError(f"{PREFIX}MODELS is required: a comma list of the models to serve")
         for model in self.models:
             try:
@@ -126,6 +140,7 @@ class WorkerSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
         """Settings from ``FLEET_WORKER_*``, ``FLEET_NAMESPACE``, ``FLEET_KAFKA_*`` and ``FLEET_REDIS_*``."""
-        if not env.get(f"{PREFIX}MODELS", "").strip():
+        following = env.get(f"{PREFIX}FOLLOW_ASSIGNMENT", "").strip().lower() in ("1", "true", "yes", "on")
+        if not env.get(f"{PREFIX}MODELS", "").strip() and not following:
             raise SettingsError(f"{PREFIX}MODELS is required: a comma list of the models to serve")
         return load(cls, env, PREFIX)

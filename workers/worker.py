@@ -17,11 +17,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from schemas import FleetError, Names, SchemaError
 from schemas.topics import ensure_model_topics
 
 from .artifact_cache import ArtifactCache, default_cache_dir
+from .assignment import AssignmentWatcher, read_assignment, worker_labels
 from .consumer import ModelConsumer
 from .errors import BackendDownError, WorkerError
 from .heartbeat import Heartbeat, WorkerState
@@ -42,7 +44,10 @@ class _Lifecycle(Enum):
 
 
 class Worker:
-    """Serves ``settings.models`` until stopped. Use ``async with Worker(settings) as w: await w.wait_ready()``."""
+    """Serves ``settings.models`` (or its assignment, when following one) until stopped.
+
+    Use ``async with Worker(settings) as w: await w.wait_ready()``.
+    """
 
     def __init__(self, settings: WorkerSettings, *, names: Names | None = None) -> None:
         self.settings = settings
@@ -65,6 +70,8 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
         self._failure: WorkerError | None = None
+        self._watcher: AssignmentWatcher | None = None
+        self._retired: set[asyncio.Task[None]] = set()  # routines of consumers stopped by an assignment change
 
     @property
     def id(self) -> str:
@@ -91,17 +98,25 @@ class Worker:
     async def _start(self) -> None:
         settings, fleet = self.settings, self.settings.fleet
         self._redis = fleet.redis.client()
+        models = settings.models
+        if settings.follow_assignment:
+            try:
+                models = tuple(sorted(await read_assignment(self._redis, self.names, self.id)))
+            except RedisError as exc:
+                raise BackendDownError(f"Redis unavailable, assignment of {self.id} not read: {exc}") from exc
         self._heartbeat = Heartbeat(
             self._redis,
             self.names,
             self.id,
-            settings.models,
+            models,
             settings.heartbeat_interval_s,
             self._partitions,
             self._device,
+            labels=worker_labels(settings),
+            follows=settings.follow_assignment,
         )
         await self._heartbeat.start()
-        for model in settings.models:
+        for model in models:
             try:
                 await ensure_model_topics(fleet.kafka, self.names, model)
             except FleetError as exc:
@@ -113,13 +128,9 @@ class Worker:
             await producer.stop()
             raise BackendDownError(f"Kafka unavailable at {fleet.kafka.bootstrap}: {exc}") from exc
         self._producer = producer
-        self._consumers = [
-            ModelConsumer(
-                model, settings, self.names, self._redis, producer, self.metrics, self.residency, self._artifacts
-            )
-            for model in settings.models
-        ]
-        await self._check_capacity()
+        self._consumers = [self._new_consumer(model) for model in models]
+        if not settings.follow_assignment:  # the scheduler keeps assignments within budget x (1 + overcommit)
+            await self._check_capacity()
         await self.residency.start(self._redis)
         if settings.preload:
             for consumer in self._consumers:  # in order, while they fit: loads go one at a time anyway
@@ -137,10 +148,57 @@ class Worker:
             settings.heartbeat_interval_s,
         )
         await self._stats.start()
+        if settings.follow_assignment:
+            self._watcher = AssignmentWatcher(
+                self._redis, self.names, self.id, settings.heartbeat_interval_s, self._apply_assignment
+            )
+            self._watcher.start(frozenset(models))
+            if self._watcher.task is not None:
+                self._watcher.task.add_done_callback(self._routine_done)
         self._ready_task = asyncio.create_task(self._ready_routine(), name=f"ready-{self.id}")
         if settings.metrics_port > 0:
             self.metrics.serve(settings.metrics_port)
-        log.info("worker %s serving %s", self.id, ",".join(settings.models))
+        log.info("worker %s serving %s", self.id, ",".join(models) or "(nothing assigned yet)")
+
+    def _new_consumer(self, model: str) -> ModelConsumer:
+        assert self._producer is not None
+        return ModelConsumer(
+            model, self.settings, self.names, self._redis, self._producer, self.metrics, self.residency, self._artifacts
+        )
+
+    async def _apply_assignment(self, wanted: frozenset[str]) -> frozenset[str]:
+        """Stop the consumers of models no longer assigned (drain, leave the groups, release the model),
+        start those of newly assigned ones; returns the models served afterwards."""
+        leaving = [c for c in self._consumers if c.model not in wanted]
+        for consumer in leaving:
+            self._consumers.remove(consumer)
+            if consumer.task is not None:
+                self._retired.add(consumer.task)
+            await consumer.stop(self.settings.drain_timeout_s)
+            log.info("worker %s stopped serving %s (unassigned)", self.id, consumer.model)
+        served = {c.model for c in self._consumers}
+        for model in sorted(wanted - served):
+            if self._stop_requested.is_set():
+                break
+            consumer = self._new_consumer(model)
+            try:
+                await ensure_model_topics(self.settings.fleet.kafka, self.names, model)
+                if self.settings.preload:
+                    await consumer.preload()
+                await consumer.start()
+            except (FleetError, KafkaError) as exc:
+                log.error("worker %s could not start serving %s (retried next poll): %s", self.id, model, exc)
+                await consumer.stop(0)
+                continue
+            if consumer.task is not None:
+                consumer.task.add_done_callback(self._routine_done)
+            self._consumers.append(consumer)
+            log.info("worker %s started serving %s (assigned)", self.id, model)
+        models = sorted(c.model for c in self._consumers)
+        if self._heartbeat is not None:
+            self._heartbeat.set_models(models)
+            await self._heartbeat.beat()
+        return frozenset(models)
 
     async def _check_capacity(self) -> None:
         """Refuse to serve models whose sizes add up to more than budget x (1 + overcommit).
@@ -178,7 +236,8 @@ class Worker:
         log.info("worker %s ready", self.id)
 
     def _routine_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or self._stop_requested.is_set() and task.exception() is None:
+        if task.cancelled() or task.exception() is None and (self._stop_requested.is_set() or task in self._retired):
+            self._retired.discard(task)
             return
         exc = task.exception()
         self._failure = WorkerError(f"{task.get_name()} crashed: {exc!r}")
@@ -229,6 +288,8 @@ class Worker:
         heartbeat = self._heartbeat
         if heartbeat is not None:
             await heartbeat.set_state(WorkerState.DRAINING)
+        if self._watcher is not None:
+            await self._watcher.stop()  # a change being applied finishes before the consumers stop
         if self._ready_task is not None:
             self._ready_task.cancel()
             await asyncio.gather(self._ready_task, return_exceptions=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -386,7 +387,21 @@ async def _job_statuses(fleet: DrillFleet, job_ids: list[str], timeout_s: float)
 async def _outage(
     fleet: DrillFleet, load: Load, stop_server: Callable[[], None], start_server: Callable[[], Awaitable[None]]
 ) -> dict[str, Any]:
-    """Stop a server for 5 s under load; figures of the requests sent while it was down and after."""
+    """Stop a server for 5 s under load; figures of the requests sent while it was down and after.
+
+    Besides the closed-loop load (whose requests in flight at the stop may wait for the server's return), a
+    probe sends one request every 100 ms whatever happens, so requests arriving during the outage are seen.
+    """
+    probes: set[asyncio.Task[Outcome]] = set()
+
+    async def probe() -> None:
+        for n in itertools.count():
+            task = asyncio.create_task(load.one(f"probe-{n}", n % len(fleet.inputs)))
+            probes.add(task)
+            task.add_done_callback(probes.discard)
+            await asyncio.sleep(0.1)
+
+    prober = asyncio.create_task(probe())
     await asyncio.sleep(3.0)
     down_at = time.monotonic()
     await asyncio.to_thread(stop_server)  # it waits for the process to exit: not on the event loop
@@ -395,6 +410,10 @@ async def _outage(
     up_at = time.monotonic()
     await start_server()
     await asyncio.sleep(10.0)
+    prober.cancel()
+    await asyncio.gather(prober, return_exceptions=True)
+    if probes:
+        await asyncio.wait(set(probes), timeout=REQUEST_TIMEOUT_MS / 1000 + 10)
     during = [o for o in load.outcomes if gone_at <= o.sent < up_at]
     refused = [o for o in during if o.status == 503]
     first_ok = min((o.done for o in load.outcomes if o.sent >= up_at and o.status == 200), default=None)
@@ -442,6 +461,7 @@ async def drill_redis_restart(root: Path) -> dict[str, Any]:
         and figures["recovered_s"] <= 5.0
         and done == len(accepted)
         and counts["wrong"] == 0
+        and counts["no_http_answer"] == 0
     )
     return {
         "pass": ok,

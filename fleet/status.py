@@ -3,7 +3,8 @@
 Sources: ``stack.json`` (processes), the gateway's readiness probe, the worker heartbeat hashes, each
 worker's resident models (`schemas.residency`), the model registry, a live `LagCollector` snapshot (lag
 per model), the autoscaler's last decision per model (desired vs actual, the smoothed arrival and
-completion rates, the reason), the runtime pins and the GPU inventory. Plain aligned text, or ``--json``
+completion rates, the reason), the placement status per model (where its replicas are assigned, or why
+not: ScheduleFailed), the runtime pins and the GPU inventory. Plain aligned text, or ``--json``
 for machines. Exit status 0 when the gateway is ready.
 """
 
@@ -22,6 +23,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from autoscaler import AutoscalerError, DecisionStore, GpuInventory, LagCollector, PinStore, read_inventory
+from autoscaler.placement_store import read_placement
 from autoscaler.signals import ModelLoad
 from schemas import FleetSettings, ModelRegistry, Names, SchemaError, now_ms
 from schemas.residency import WorkerResidency
@@ -52,6 +54,9 @@ class ModelStatus:
     capped_by_partitions: bool = False
     reason: str = ""
     decided_s_ago: float | None = None
+    placement: str | None = None  # autoscaler.placement.PlacementState (None: no placement scheduler)
+    placement_workers: str = ""
+    placement_reason: str = ""
 
 
 @dataclass
@@ -177,9 +182,15 @@ def _residency_lines(states: Sequence[dict[str, Any]]) -> list[str]:
 async def _add_scaling(redis: Any, names: Names, models: list[ModelStatus], report: StatusReport) -> None:
     pins = await PinStore(redis, names).pins()
     decisions = await DecisionStore(redis, names).read([m.model for m in models])
+    placements = await read_placement(redis, names, [m.model for m in models])
     now = now_ms()
     for row in models:
         row.pinned = pins.get(row.model)
+        placement = placements.get(row.model)
+        if placement is not None:
+            row.placement = placement.get("state")
+            row.placement_workers = placement.get("workers", "")
+            row.placement_reason = placement.get("reason", "")
         decision = decisions.get(row.model)
         if decision is None:
             continue
@@ -237,6 +248,12 @@ def _num(value: float | int | None, fmt: str = "{:.1f}") -> str:
     return str(value) if isinstance(value, int) else fmt.format(value)
 
 
+def _placement_line(m: ModelStatus) -> str:
+    where = f" on {m.placement_workers}" if m.placement_workers else ""
+    why = f": {m.placement_reason}" if m.placement_reason else ""
+    return f"  placement {m.model}: {m.placement}{where}{why}"
+
+
 def render(report: StatusReport) -> str:
     """The text form of ``report``."""
     lines: list[str] = []
@@ -273,6 +290,7 @@ def render(report: StatusReport) -> str:
     if report.models:
         lines += table(rows)
         lines += [f"  why {m.model}: {m.reason}" for m in report.models if m.reason]
+        lines += [_placement_line(m) for m in report.models if m.placement]
         if any(m.capped_by_partitions for m in report.models):
             lines.append("  * capped by the topic's partition count")
     if not report.gpus:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from autoscaler import Decision, DecisionStore, PinStore
+from autoscaler.placement_store import PlacementRunner
 from fleet.artifacts import build_record
 from fleet.cli import main
 from fleet.localservers import free_port
@@ -115,3 +116,30 @@ async def test_status_shows_each_workers_resident_models(
     assert lines[at + 1].split() == ["w1", "30.0", "MB", "of", "50.0", "MB", "2", "resident"]
     assert lines[at + 2].split()[:3] == ["hot:2", "20.0", "MB,"]  # most recently used first
     assert lines[at + 3].split() == ["old:1", "10.0", "MB,", "used", "8s", "ago"]
+
+
+async def test_status_shows_where_each_model_is_placed_or_why_not(
+    fleet_args: list[str], names: Names, redis_client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = ModelRegistry(redis_client, names)
+    artifact = tiny_mlp(tmp_path / "t.onnx")
+    for model in ("fits", "huge"):
+        await registry.register(build_record(model, "1", artifact))
+    await registry.record_measured_size("huge", "1", 900_000_000)
+    now = now_ms()
+    await redis_client.hset(names.worker_key("w1"), mapping={"state": "ready", "follows": "1", "labels": "cpu"})
+    await redis_client.zadd(names.workers_key, {"w1": now})
+    await redis_client.set(
+        names.residency_key("w1"), WorkerResidency("w1", 4 * 10**8, 4 * 10**8, 0, (), now).to_bytes()
+    )
+    await PlacementRunner(redis_client, names).run(["fits", "huge"], {})
+
+    code, out, _ = await fleet(capsys, "status", "--json", *fleet_args)
+    models = {m["model"]: m for m in json.loads(out)["models"]}
+    assert (models["fits"]["placement"], models["fits"]["placement_workers"]) == ("placed", "w1")
+    assert models["huge"]["placement"] == "schedule_failed"
+    assert models["huge"]["placement_reason"] == "needs 900 MB, largest free 400 MB"
+
+    code, out, _ = await fleet(capsys, "status", *fleet_args)
+    assert "  placement fits: placed on w1" in out.splitlines()
+    assert "  placement huge: schedule_failed: needs 900 MB, largest free 400 MB" in out.splitlines()

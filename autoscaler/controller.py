@@ -86,6 +86,7 @@ class Autoscaler:
         *,
         models: Callable[[], Awaitable[Sequence[str]]] | None = None,
         pins: PinSource | None = None,
+        limits: Callable[[Sequence[str]], Awaitable[Mapping[str, int]]] | None = None,
         sink: DecisionSink | None = None,
         metrics: AutoscalerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -98,6 +99,7 @@ class Autoscaler:
         self._stats = stats
         self._models = models or self._configured_models
         self._pins = pins
+        self._limits = limits  # model -> its own max replicas (the max_replicas label)
         self._sink = sink
         self._clock = clock
         self._state = _State.NEW
@@ -122,10 +124,11 @@ class Autoscaler:
             self.metrics.errors.labels("*", exc.code).inc()
             return []
         pins = await self._read_pins()
+        caps = await self._read_caps(models)
         decisions: list[Decision] = []
         for model in models:
             try:
-                decision = await self._scale_model(model, loads[model], pins.get(model))
+                decision = await self._scale_model(model, loads[model], pins.get(model), caps.get(model))
             except AutoscalerError as exc:
                 log.warning("autoscaling %s failed this round: %s", model, exc)
                 self.metrics.errors.labels(model, exc.code).inc()
@@ -152,7 +155,16 @@ class Autoscaler:
                 log.warning("runtime pins unreadable, using static ones: %s", exc)
         return pins
 
-    async def _scale_model(self, model: str, load: ModelLoad, pinned: int | None) -> Decision:
+    async def _read_caps(self, models: Sequence[str]) -> Mapping[str, int]:
+        if self._limits is None:
+            return {}
+        try:
+            return await self._limits(models)
+        except AutoscalerError as exc:
+            log.warning("per-model replica caps unreadable this round: %s", exc)
+            return {}
+
+    async def _scale_model(self, model: str, load: ModelLoad, pinned: int | None, cap: int | None = None) -> Decision:
         try:
             stats = await self._stats.read(model)
         except AutoscalerError as exc:
@@ -164,7 +176,7 @@ class Autoscaler:
             raise
         except Exception as exc:
             raise BackendError(f"replicas({model!r}) failed: {exc!r}") from exc
-        decision = self.policy.decide(model, load, stats, current, self._clock(), pinned=pinned)
+        decision = self.policy.decide(model, load, stats, current, self._clock(), pinned=pinned, max_replicas=cap)
         self.decisions[model] = decision
         self.metrics.observe(load, stats, decision)
         if decision.direction is Direction.NONE:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-MB = 1_000_000
+MB = 1 << 20  # as the workers count (workers.residency.MB)
 
 
 class PlacementState(StrEnum):

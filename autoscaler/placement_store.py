@@ -3,8 +3,8 @@ that follow an assignment (heartbeat ``follows=1``, labels, residency) and their
 then writes ``Names.assignment_key`` per worker and ``Names.placement_key`` per model.
 
 Everything it needs is read back from Redis on each round, so a restarted scheduler keeps the placement
-it finds (the rules are stable). Model labels it reads: ``requires`` (comma list of worker labels),
-``max_replicas`` (caps the replicas placed).
+it finds (the rules are stable). Model labels it reads (`schemas.limits`): ``requires`` (comma list of
+worker labels), ``max_replicas`` (caps the replicas placed).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schemas import FleetError, ModelRecord, ModelRegistry, Names, SchemaError, now_ms
+from schemas.limits import ModelLimits
 from schemas.residency import WorkerResidency
 
 from .placement import ModelDemand, ModelPlacement, Placement, PlacementState, WorkerSlot, place
@@ -29,19 +30,14 @@ def label_set(value: str) -> frozenset[str]:
     return frozenset(part.strip() for part in value.split(",") if part.strip())
 
 
-def max_replicas_label(record: ModelRecord) -> int | None:
-    """The model's ``max_replicas`` label as an int (None when absent or not a non-negative integer)."""
-    raw = record.labels.get("max_replicas", "").strip()
-    return int(raw) if raw.isdigit() else None
-
-
 def demand_of(record: ModelRecord, replicas: int, size_factor: float) -> ModelDemand:
-    """A model's demand: the size a worker would account (measured, else artifact x factor), its labels' caps."""
+    """A model's demand: the size a worker would account (measured, else artifact x factor) and its limits
+    (`schemas.limits`: ``requires``, ``max_replicas``); raises SchemaError on a bad limit label."""
     size = record.size_bytes if record.size_measured else int(record.size_bytes * size_factor)
-    cap = max_replicas_label(record)
-    if cap is not None:
-        replicas = min(replicas, cap)
-    return ModelDemand(record.name, size, max(0, replicas), label_set(record.labels.get("requires", "")))
+    limits = ModelLimits.from_labels(record.labels)
+    if limits.max_replicas is not None:
+        replicas = min(replicas, limits.max_replicas)
+    return ModelDemand(record.name, size, max(0, replicas), limits.requires)
 
 
 def _text(value: Any) -> str:
@@ -65,14 +61,12 @@ class PlacementRunner:
         unreadable: dict[str, str] = {}
         for model in models:
             try:
-                record = await registry.get(model)
+                demands.append(demand_of(await registry.get(model), desired.get(model, 1), self._size_factor))
             except (FleetError, SchemaError) as exc:
                 unreadable[model] = exc.message
-                continue
-            demands.append(demand_of(record, desired.get(model, 1), self._size_factor))
         result = place(demands, workers, current)
         for model, why in unreadable.items():
-            result.status[model] = ModelPlacement(PlacementState.SCHEDULE_FAILED, (), 0, f"unreadable record: {why}")
+            result.status[model] = ModelPlacement(PlacementState.SCHEDULE_FAILED, (), 0, f"unusable record: {why}")
         await self._write(result, current, gone)
         return result
 

@@ -110,8 +110,12 @@ class ScalingPolicy:
         *,
         partitions: int | None = None,
         pinned: int | None = None,
+        max_replicas: int | None = None,
     ) -> Decision:
-        """Desired workers for ``model`` now; ``partitions`` defaults to the load's partition count."""
+        """Desired workers for ``model`` now; ``partitions`` defaults to the load's partition count.
+
+        ``max_replicas``: the model's own cap (its ``max_replicas`` label), below ``settings.max_replicas``.
+        """
         s = self.settings
         state = self._states.get(model)
         if state is None:
@@ -156,7 +160,7 @@ class ScalingPolicy:
         ]
         desired = self._triggers(desired, current, stats, reasons)
         desired, to_zero = self._zero(desired, current, lag, idle_for, reasons)
-        desired, capped = self._limits(desired, partitions, reasons)
+        desired, capped = self._limits(desired, partitions, reasons, max_replicas)
         final = desired if to_zero and desired == 0 else self._stabilize(state, desired, current, now, reasons)
         return Decision(model, current, final, "; ".join(reasons), inputs, capped_by_partitions=capped)
 
@@ -200,7 +204,9 @@ class ScalingPolicy:
             desired = 1
         return desired, False
 
-    def _limits(self, desired: int, partitions: int, reasons: list[str]) -> tuple[int, bool]:
+    def _limits(
+        self, desired: int, partitions: int, reasons: list[str], model_max: int | None = None
+    ) -> tuple[int, bool]:
         s = self.settings
         if desired < s.min_replicas:
             reasons.append(f"raised to min_replicas {s.min_replicas}")
@@ -208,6 +214,9 @@ class ScalingPolicy:
         if desired > s.max_replicas:
             reasons.append(f"limited to max_replicas {s.max_replicas}")
             desired = s.max_replicas
+        if model_max is not None and desired > model_max:
+            reasons.append(f"limited to the model's max_replicas label {model_max}")
+            desired = model_max
         if 0 < partitions < desired:
             reasons.append(
                 f"capped at the topic's {partitions} partitions (wanted {desired}; more workers would sit idle)"

@@ -22,7 +22,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from redis.exceptions import RedisError
 
-from schemas import ModelRegistry, Names
+from schemas import FleetError, ModelRegistry, Names, SchemaError
+from schemas.limits import ModelLimits
 
 from .backends import KubernetesBackend, LocalProcessBackend
 from .collector import LagCollector
@@ -117,6 +118,7 @@ class AutoscalerService:
             ServiceStatsReader(self._redis, self.names, max_age_s=s.stats_max_age_s),
             models=self._models,
             pins=PinStore(self._redis, self.names),
+            limits=self._model_caps,
             sink=DecisionStore(self._redis, self.names, ttl_s=max(DEFAULT_DECISION_TTL_S, int(10 * s.interval_s))),
         )
         if s.metrics_port:
@@ -195,6 +197,20 @@ class AutoscalerService:
             log.info("autoscaling models: %s", ", ".join(models) or "(none registered)")
             self._known_models = list(models)
         return models
+
+    async def _model_caps(self, models: Sequence[str]) -> dict[str, int]:
+        """Each model's ``max_replicas`` label (`schemas.limits`), from its default version's record."""
+        registry = ModelRegistry(self._redis, self.names)
+        caps: dict[str, int] = {}
+        for model in models:
+            try:
+                cap = ModelLimits.from_labels((await registry.get(model)).labels).max_replicas
+            except (FleetError, SchemaError) as exc:
+                log.debug("no replica cap for %s: %s", model, exc)
+                continue
+            if cap is not None:
+                caps[model] = cap
+        return caps
 
     async def _serve_metrics(self, port: int) -> None:
         registry = CollectorRegistry(auto_describe=True)

@@ -20,6 +20,7 @@ from .codec import pack, unpack_envelope
 from .constants import ENVELOPE_VERSION
 from .envelopes import now_ms
 from .errors import ErrorCode, FleetError, SchemaError
+from .limits import ModelLimits
 from .names import Names, check_model_name, check_version
 from .signature import BatchingConfig, TensorSpec
 from .tensors import Tensor
@@ -166,7 +167,11 @@ class ModelRegistry:
         self._rollback = redis.register_script(ROLLBACK_SCRIPT)
 
     async def register(self, record: ModelRecord, *, make_default: bool = False) -> bool:
-        """Store ``record``; True if it is new. The first version of a model becomes its default."""
+        """Store ``record``; True if it is new. The first version of a model becomes its default.
+
+        Raises SchemaError(INVALID_REQUEST) when a limit label (`schemas.limits`) has a bad value.
+        """
+        ModelLimits.from_labels(record.labels)
         n = self._names
         try:
             created = await self._redis.set(n.record_key(record.name, record.version), record.to_bytes(), nx=True)

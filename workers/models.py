@@ -17,7 +17,8 @@ import sys
 import time
 from concurrent.futures import Executor
 
-from schemas import BatchingConfig, FleetError, ModelRecord, ModelRegistry
+from schemas import BatchingConfig, FleetError, ModelRecord, ModelRegistry, SchemaError
+from schemas.limits import MB, ModelLimits
 
 from .artifact_cache import ArtifactCache, CachedArtifact
 from .errors import ModelLoadError
@@ -139,6 +140,7 @@ class ModelCache:
         loop = asyncio.get_running_loop()
         runtime, measured, cached = await loop.run_in_executor(self._executor, self._load_blocking, record)
         footprint = measured if self._measure else self.size_of(record)
+        await self._check_cap(record, runtime, footprint)
         elapsed = time.perf_counter() - began
         metrics = self._manager.metrics
         metrics.cache.labels("hit" if cached.hit else "corrupt" if cached.refetched else "miss").inc()
@@ -163,6 +165,19 @@ class ModelCache:
             footprint,
         )
         return runtime, footprint
+
+    async def _check_cap(self, record: ModelRecord, runtime: Runtime, footprint: int) -> None:
+        """Unload and raise ModelLoadError when ``footprint`` exceeds the model's ``memory_cap_mb`` label."""
+        try:
+            cap = ModelLimits.from_labels(record.labels).memory_cap_bytes
+        except SchemaError as exc:
+            cap, problem = 0, exc.message
+        else:
+            if cap is None or footprint <= cap:
+                return
+            problem = f"its footprint {footprint / MB:.1f} MB exceeds its memory cap {cap / MB:.1f} MB"
+        await asyncio.get_running_loop().run_in_executor(self._executor, _release, runtime)
+        raise ModelLoadError(record.name, record.version, problem)
 
     def _load_blocking(self, record: ModelRecord) -> tuple[Runtime, int, CachedArtifact]:
         """On the model thread: a verified local copy, then the load, measuring the memory it took.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -117,6 +117,18 @@ async def test_pins_win(redis_client: Any, names: Names) -> None:
     await scaler.step()
     assert backend.counts == {"a": 2, "b": 4}
     assert all(d.pinned for d in scaler.decisions.values())
+
+
+async def test_per_model_caps_limit_scaling() -> None:
+    backend, loads, clock = MemoryBackend(), FixedLoads({"a": 10_000, "b": 10_000}), Clock()
+
+    async def caps(models: Sequence[str]) -> Mapping[str, int]:
+        return {"a": 1}
+
+    s = AutoscalerSettings(models=("a", "b"), default_replica_throughput=10.0)
+    scaler = Autoscaler(s, backend, loads, NoStats(), limits=caps, clock=clock)
+    await scaler.step()
+    assert backend.counts == {"a": 1, "b": 4}
 
 
 async def test_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:

@@ -217,3 +217,11 @@ def test_models_are_independent() -> None:
     policy.decide("a", make_load(lag=1000), ServiceStats(), 1, now=0.0)
     b = policy.decide("b", make_load(), ServiceStats(), 0, now=0.0)
     assert b.desired == 0
+
+
+def test_a_models_max_replicas_label_caps_desired() -> None:
+    policy = ScalingPolicy(settings())
+    decision = policy.decide("m", make_load(lag=10_000), ServiceStats(), 1, 0.0, max_replicas=2)
+    assert decision.desired == 2 and "limited to the model's max_replicas label 2" in decision.reason
+    uncapped = ScalingPolicy(settings()).decide("m", make_load(lag=10_000), ServiceStats(), 1, 0.0, max_replicas=20)
+    assert uncapped.desired == 8 and uncapped.capped_by_partitions

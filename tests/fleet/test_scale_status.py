@@ -16,6 +16,7 @@ from fleet.cli import main
 from fleet.localservers import free_port
 from fleet.modelgen import tiny_mlp
 from schemas import FleetSettings, ModelRegistry, Names, now_ms
+from schemas.limits import MB
 from schemas.residency import ResidentModel, WorkerResidency
 from schemas.topics import ensure_model_topics
 
@@ -125,12 +126,12 @@ async def test_status_shows_where_each_model_is_placed_or_why_not(
     artifact = tiny_mlp(tmp_path / "t.onnx")
     for model in ("fits", "huge"):
         await registry.register(build_record(model, "1", artifact))
-    await registry.record_measured_size("huge", "1", 900_000_000)
+    await registry.record_measured_size("huge", "1", 900 * MB)
     now = now_ms()
     await redis_client.hset(names.worker_key("w1"), mapping={"state": "ready", "follows": "1", "labels": "cpu"})
     await redis_client.zadd(names.workers_key, {"w1": now})
     await redis_client.set(
-        names.residency_key("w1"), WorkerResidency("w1", 4 * 10**8, 4 * 10**8, 0, (), now).to_bytes()
+        names.residency_key("w1"), WorkerResidency("w1", 400 * MB, 400 * MB, 0, (), now).to_bytes()
     )
     await PlacementRunner(redis_client, names).run(["fits", "huge"], {})
 

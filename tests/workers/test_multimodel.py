@@ -195,3 +195,25 @@ async def test_models_that_overcommit_the_budget_are_refused_at_start(
     with pytest.raises(WorkerError, match="overcommit"):
         await worker.start()
     assert await redis_client.get(names.residency_key(worker.id)) is None
+
+
+async def test_a_model_over_its_memory_cap_fails_clearly_and_the_others_serve(
+    fleet_settings: FleetSettings,
+    models: list[ModelRecord],
+    names: Names,
+    redis_client: Any,
+    producer: AIOKafkaProducer,
+    stream: str,
+    tmp_path: Path,
+) -> None:
+    capped = build_record("capped", "1", tiny_mlp(tmp_path / "capped.onnx", seed=7), labels={"memory_cap_mb": "0.001"})
+    await _register(redis_client, names, fleet_settings, [capped])
+    settings = dataclasses.replace(_settings(fleet_settings, tmp_path, ("ma", "capped"), 0), preload=False)
+    async with Worker(settings) as worker:
+        await worker.wait_ready(60)
+        reply = await _ask(producer, names, redis_client, stream, "capped")
+        assert reply.error is not None and reply.error.code is ErrorCode.MODEL_LOAD_FAILED
+        size_mb = _size(capped, settings) / MB
+        assert f"its footprint {size_mb:.1f} MB exceeds its memory cap 0.0 MB" in reply.error.message
+        assert (await _ask(producer, names, redis_client, stream, "ma")).error is None
+        assert _resident(worker) == ["ma"]  # the capped model was unloaded, not kept

@@ -25,14 +25,13 @@ from redis.exceptions import RedisError
 from schemas import FleetError, ModelRegistry, Names, SchemaError
 from schemas.limits import ModelLimits
 
-from .backends import KubernetesBackend, LocalProcessBackend
+from .backends import KubernetesBackend, LocalProcessBackend, PlacementBackend
 from .collector import LagCollector
 from .controller import Autoscaler, Backend
 from .decisions import DEFAULT_DECISION_TTL_S, DecisionStore
-from .errors import StatsError
+from .errors import BackendError
 from .inventory import InventoryPublisher
 from .overrides import PinStore
-from .placement_store import PlacementRunner
 from .settings import AutoscalerSettings
 from .stats import ServiceStatsReader
 
@@ -52,7 +51,10 @@ class ServiceBackend(Backend, Protocol):
 
 
 def make_backend(settings: AutoscalerSettings, *, worker_env: Mapping[str, str] | None = None) -> ServiceBackend:
-    """The backend that ``settings.backend`` names; ``worker_env`` is added to local workers' environment."""
+    """The backend that ``settings.backend`` names (placements when ``settings.placement``); ``worker_env`` is
+    added to local workers' environment."""
+    if settings.placement:
+        return PlacementBackend(settings.fleet, size_factor=settings.placement_size_factor)
     if settings.backend == "kubernetes":
         return KubernetesBackend(settings.k8s_namespace, settings.k8s_deployment_template)
     log_dir = settings.log_dir or Path(tempfile.gettempdir()) / f"fleet-{settings.fleet.namespace}" / "workers"
@@ -124,8 +126,8 @@ class AutoscalerService:
         if s.metrics_port:
             await self._serve_metrics(s.metrics_port)
         await self.autoscaler.start()
-        if s.placement:
-            self._placement_task = asyncio.create_task(self._placement_routine(), name="placement")
+        if isinstance(self.backend, PlacementBackend):
+            self._placement_task = asyncio.create_task(self._placement_routine(self.backend), name="placement")
         log.info(
             "autoscaler started: backend %s, models %s, namespace %s",
             s.backend,
@@ -142,20 +144,15 @@ class AutoscalerService:
         finally:
             await self._close()
 
-    async def _placement_routine(self) -> None:
-        """After each interval: place every model's desired replicas (the last stored decision, else 1)."""
-        s = self.settings
-        runner = PlacementRunner(self._redis, self.names, size_factor=s.placement_size_factor)
-        decisions = DecisionStore(self._redis, self.names)
+    async def _placement_routine(self, backend: PlacementBackend) -> None:
+        """Every interval: place every model's desired replicas on the workers that follow an assignment."""
         while not self._closing.is_set():
             try:
-                models = list(await self._models())
-                desired = {m: r.desired for m, r in (await decisions.read(models)).items()}
-                await runner.run(models, desired)
-            except (RedisError, StatsError) as exc:
+                await backend.place(list(await self._models()))
+            except BackendError as exc:
                 log.warning("placement round skipped: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), s.interval_s)
+                await asyncio.wait_for(self._closing.wait(), self.settings.interval_s)
 
     async def _close(self) -> None:
         self._closing.set()

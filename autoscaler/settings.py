@@ -54,8 +54,8 @@ class AutoscalerSettings:
     inventory_interval_s: float = doc("Seconds between two GPU inventory reports to Redis.", 5.0)
     metrics_port: int = doc("TCP port of the Prometheus /metrics endpoint (0 = off).", 0)
     placement: bool = doc(
-        "Run the placement scheduler each round: assign models to workers that follow an assignment "
-        "(FLEET_WORKER_FOLLOW_ASSIGNMENT) by labels and room; replicas = the last decision's desired, else 1.",
+        "Scale by placement instead of FLEET_AUTOSCALER_BACKEND: each round, assign every model's desired "
+        "replicas to running workers that follow an assignment (FLEET_WORKER_FOLLOW_ASSIGNMENT) by labels and room.",
         False,
     )
     placement_size_factor: float = doc(

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
+from autoscaler.backends import PlacementBackend
 from autoscaler.placement import MB
 from autoscaler.placement_store import PlacementRunner, demand_of, read_placement
 from fleet.artifacts import build_record
 from fleet.modelgen import tiny_mlp
-from schemas import ModelRegistry, Names, now_ms
+from schemas import FleetSettings, ModelRegistry, Names, now_ms
 from schemas.residency import ResidentModel, WorkerResidency
 
 pytestmark = pytest.mark.integration
@@ -85,3 +86,27 @@ async def test_max_replicas_label_caps_the_replicas_placed(tmp_path: Path) -> No
     assert demand.size_bytes == record.size_bytes * 3
     measured = dataclasses.replace(record, size_bytes=123, size_measured=True)
     assert demand_of(measured, 1, 3.0).size_bytes == 123
+
+
+async def test_the_placement_backend_keeps_desired_and_placed_counts_across_a_restart(
+    fleet_settings: FleetSettings, redis_client: Any, names: Names, registered: list[str]
+) -> None:
+    await _beat(redis_client, names, "w1", 400)
+    await _beat(redis_client, names, "w2", 500)
+    backend = PlacementBackend(fleet_settings)
+    await backend.start()
+    try:
+        assert await backend.replicas("mb") == 0
+        await backend.scale("mb", 2)
+        await backend.place(["ma", "mb"])
+        assert (await backend.replicas("ma"), await backend.replicas("mb")) == (1, 2)  # never scaled: 1
+    finally:
+        await backend.stop()
+    restarted = PlacementBackend(fleet_settings)
+    await restarted.start()
+    try:
+        assert await restarted.replicas("mb") == 2  # read back from Redis
+        result = await restarted.place(["ma", "mb"])
+        assert len(result.status["mb"].workers) == 2  # the stored desired count, not the default 1
+    finally:
+        await restarted.stop()

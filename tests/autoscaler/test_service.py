@@ -14,9 +14,11 @@ import aiohttp
 import pytest
 
 from autoscaler import AutoscalerService, AutoscalerSettings, DecisionStore, LocalProcessBackend, read_inventory
-from autoscaler.backends import settings_env
+from autoscaler.backends import PlacementBackend, settings_env
+from autoscaler.placement_store import read_placement
 from fleet.localservers import free_port
 from schemas import FleetSettings, ModelRecord, Names
+from workers import Worker, WorkerSettings
 
 from .conftest import MODEL, wait_until
 
@@ -93,3 +95,31 @@ def test_python_m_autoscaler_rejects_bad_settings(fleet_settings: FleetSettings,
     result = subprocess.run([sys.executable, "-m", "autoscaler"], env=env, capture_output=True, timeout=30)
     assert result.returncode == 2
     assert b"backend 'nomad' must be one of local, kubernetes" in result.stderr
+
+
+async def test_placement_mode_places_models_on_a_following_worker(
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tiny_model: ModelRecord, tmp_path: Path
+) -> None:
+    settings = AutoscalerSettings(
+        interval_s=0.2, gpus=0, inventory_interval_s=0.2, placement=True, min_replicas=1, fleet=fleet_settings
+    )
+    following = WorkerSettings(
+        follow_assignment=True,
+        worker_id="follower",
+        device="cpu",
+        fleet=fleet_settings,
+        heartbeat_interval_s=0.3,
+        drain_timeout_s=10,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    async with Worker(following) as worker, AutoscalerService(settings) as service:
+        assert isinstance(service.backend, PlacementBackend)
+        await wait_until(lambda: [c.model for c in worker.consumers] == [MODEL] or None, 20, "the model served")
+        status = await read_placement(redis_client, names, [MODEL])
+        assert status[MODEL]["state"] == "placed" and status[MODEL]["workers"] == "follower"
+        decision = await wait_until(
+            lambda: service.autoscaler and (d := service.autoscaler.decisions.get(MODEL)) and d.current == 1 and d,
+            10,
+            "a decision that counts the placed replica",
+        )
+        assert decision.desired == 1

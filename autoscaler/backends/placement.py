@@ -1,0 +1,88 @@
+"""The placement backend (``FLEET_AUTOSCALER_PLACEMENT=true``): the autoscaler's replica counts become
+placements on the running workers that follow an assignment, instead of worker processes or Deployments.
+
+``scale(model, n)`` records the desired count; ``place(models)`` (each service round) runs the placement
+rules (`autoscaler.placement_store`) with it; ``replicas(model)`` is the number of workers the model is
+placed on. The desired count of a model never scaled by this process is the one stored with its placement
+status (so a restart keeps it), else 1. The workers themselves are run by the operator (Compose, Helm,
+``fleet up`` with fixed workers) with ``FLEET_WORKER_FOLLOW_ASSIGNMENT=true``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from schemas import FleetSettings, Names
+
+from ..errors import BackendError
+from ..placement import Placement
+from ..placement_store import PlacementRunner, read_placement
+
+log = logging.getLogger("fleet.autoscaler")
+
+
+class PlacementBackend:
+    """Replica counts as placements on following workers (state in Redis, read back after a restart)."""
+
+    def __init__(self, fleet: FleetSettings, *, size_factor: float = 3.0) -> None:
+        self._fleet = fleet
+        self._names = Names(fleet.namespace)
+        self._size_factor = size_factor
+        self._redis: Any = None
+        self._desired: dict[str, int] = {}
+        self._placed: dict[str, int] = {}
+        #: The outcome of the last ``place``.
+        self.last: Placement | None = None
+
+    async def start(self) -> None:
+        """Connect to Redis."""
+        self._redis = self._fleet.redis.client()
+
+    async def stop(self) -> None:
+        """Close the client; assignments stay in Redis and the workers keep serving them."""
+        redis, self._redis = self._redis, None
+        if redis is not None:
+            await redis.aclose()
+
+    async def _load(self, models: Sequence[str]) -> None:
+        """Read the stored placement of models this process has not seen yet."""
+        unseen = [m for m in models if m not in self._placed]
+        if not unseen:
+            return
+        try:
+            stored = await read_placement(self._redis, self._names, unseen)
+        except RedisError as exc:
+            raise BackendError(f"placement state unreadable: {exc}") from exc
+        for model in unseen:
+            status = stored.get(model, {})
+            self._placed[model] = len([w for w in status.get("workers", "").split(",") if w])
+            replicas = status.get("replicas", "")
+            self._desired.setdefault(model, int(replicas) if replicas.isdigit() else 1)
+
+    async def replicas(self, model: str) -> int:
+        """Workers ``model`` is placed on."""
+        await self._load([model])
+        return self._placed[model]
+
+    async def scale(self, model: str, replicas: int) -> None:
+        """Place ``replicas`` of ``model`` from the next round on."""
+        self._desired[model] = replicas
+
+    async def place(self, models: Sequence[str]) -> Placement:
+        """One placement round over ``models``; raises BackendError when Redis is unreachable."""
+        await self._load(models)
+        try:
+            result = await PlacementRunner(self._redis, self._names, size_factor=self._size_factor).run(
+                models, {m: self._desired[m] for m in models}
+            )
+        except RedisError as exc:
+            raise BackendError(f"placement round failed: {exc}") from exc
+        for model in models:
+            status = result.status.get(model)
+            self._placed[model] = 0 if status is None else len(status.workers)
+        self.last = result
+        return result

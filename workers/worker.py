@@ -236,8 +236,9 @@ class Worker:
         log.info("worker %s ready", self.id)
 
     def _routine_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None and (self._stop_requested.is_set() or task in self._retired):
-            self._retired.discard(task)
+        retired = task in self._retired
+        self._retired.discard(task)
+        if task.cancelled() or task.exception() is None and (self._stop_requested.is_set() or retired):
             return
         exc = task.exception()
         self._failure = WorkerError(f"{task.get_name()} crashed: {exc!r}")

@@ -67,7 +67,7 @@ async def test_a_following_worker_starts_and_stops_models_as_assigned_and_keeps_
     tmp_path: Path,
 ) -> None:
     key = names.assignment_key("follower")
-    await redis_client.sadd(key, "ma")
+    await redis_client.sadd(key, "ma", "not a model name")  # an illegal name is logged and skipped
     async with Worker(_following(fleet_settings, tmp_path, "follower")) as worker:
         await worker.wait_ready(60)
         assert _served(worker) == ["ma"]

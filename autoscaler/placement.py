@@ -5,7 +5,8 @@ assignment (what it may hold = budget x (1 + overcommit), its labels, what it ho
 the current assignment. Rules, in order:
 
 1. Stable: a model stays where it is assigned while that worker is live, still has the labels it
-   requires, the model is still wanted there (no more replicas than desired) and everything kept fits.
+   requires (and, on a GPU, is on one the model may use), the model is still wanted there (no more
+   replicas than desired) and everything kept fits.
 2. Missing replicas go to distinct workers with the required labels and room, preferring a worker where
    the model is resident already, then the one with the most room left (spreads load), then by id.
    Larger models are placed first (they are the hardest to fit).
@@ -39,6 +40,14 @@ class ModelDemand:
     size_bytes: int
     replicas: int
     requires: frozenset[str] = frozenset()
+    gpus: frozenset[int] | None = None  # GPU indices it may use (None = any); CPU workers are not affected
+
+    def allows(self, slot: WorkerSlot) -> bool:
+        """True when ``slot`` has the required labels and, on a GPU, an allowed one."""
+        if not self.requires <= slot.labels:
+            return False
+        on = {label for label in slot.labels if label.startswith("cuda:")}
+        return self.gpus is None or not on or bool(on & {f"cuda:{i}" for i in self.gpus})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +113,7 @@ def place(demands: Sequence[ModelDemand], workers: Sequence[WorkerSlot], current
             demand = by_model.get(model)
             if demand is None or len(holders[model]) >= demand.replicas:
                 continue
-            if not demand.requires <= room.slot.labels or not room.fits(demand.size_bytes):
+            if not demand.allows(room.slot) or not room.fits(demand.size_bytes):
                 continue
             room.used += demand.size_bytes
             holders[model].append(worker)
@@ -112,7 +121,7 @@ def place(demands: Sequence[ModelDemand], workers: Sequence[WorkerSlot], current
     # 2. place the missing replicas, largest models first
     for demand in sorted(demands, key=lambda d: (-d.size_bytes, d.model)):
         missing = demand.replicas - len(holders[demand.model])
-        labelled = [r for r in rooms.values() if demand.requires <= r.slot.labels]
+        labelled = [r for r in rooms.values() if demand.allows(r.slot)]
         candidates = [r for r in labelled if r.slot.worker not in holders[demand.model] and r.fits(demand.size_bytes)]
         candidates.sort(key=lambda r: (demand.model not in r.slot.resident, -r.free_or_max(), r.slot.worker))
         for room in candidates[: max(0, missing)]:
@@ -133,10 +142,12 @@ def _status(
         return ModelPlacement(PlacementState.PLACED, placed, demand.replicas)
     if not rooms:
         reason = "no live worker follows an assignment"
-    elif not labelled:
+    elif not labelled and not any(demand.requires <= r.slot.labels for r in rooms.values()):
         missing = sorted(demand.requires - set().union(*(r.slot.labels for r in rooms.values())))
         what = ",".join(missing) if missing else ",".join(sorted(demand.requires))
         reason = f"no worker has label {what}" if missing else f"no worker has all the labels {what}"
+    elif not labelled:
+        reason = f"no worker on an allowed GPU ({','.join(f'cuda:{i}' for i in sorted(demand.gpus or ()))})"
     else:
         others = [r for r in labelled if r.slot.worker not in holders]
         if not others:

@@ -4,7 +4,7 @@ then writes ``Names.assignment_key`` per worker and ``Names.placement_key`` per 
 
 Everything it needs is read back from Redis on each round, so a restarted scheduler keeps the placement
 it finds (the rules are stable). Model labels it reads (`schemas.limits`): ``requires`` (comma list of
-worker labels), ``max_replicas`` (caps the replicas placed).
+worker labels), ``max_replicas`` (caps the replicas placed), ``gpus`` (GPU indices it may use).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ def label_set(value: str) -> frozenset[str]:
 
 def demand_of(record: ModelRecord, replicas: int, size_factor: float) -> ModelDemand:
     """A model's demand: the size a worker would account (measured, else artifact x factor) and its limits
-    (`schemas.limits`: ``requires``, ``max_replicas``); raises SchemaError on a bad limit label."""
+    (`schemas.limits`: ``requires``, ``max_replicas``, ``gpus``); raises SchemaError on a bad limit label."""
     size = record.size_bytes if record.size_measured else int(record.size_bytes * size_factor)
     limits = ModelLimits.from_labels(record.labels)
     if limits.max_replicas is not None:
         replicas = min(replicas, limits.max_replicas)
-    return ModelDemand(record.name, size, max(0, replicas), limits.requires)
+    return ModelDemand(record.name, size, max(0, replicas), limits.requires, limits.gpus)
 
 
 def _text(value: Any) -> str:

@@ -4,6 +4,9 @@
 ``max_replicas``   most replicas the autoscaler asks for and the placement places (non-negative integer)
 ``memory_cap_mb``  most memory (MB = 2**20 bytes) one loaded replica may take; a load measured above it
                    fails with MODEL_LOAD_FAILED ("exceeds its memory cap") on that model only
+``gpus``           comma list of the GPU indices the model may use: placement skips workers on other
+                   GPUs (label ``cuda:N``), and a load that lands on another GPU fails with MODEL_LOAD_FAILED;
+                   CPU workers are not affected (add ``requires=gpu`` to keep the model off them)
 
 A bad value raises SchemaError(INVALID_REQUEST); the registry checks the labels when a version is registered.
 """
@@ -25,6 +28,13 @@ class ModelLimits:
     requires: frozenset[str] = frozenset()
     max_replicas: int | None = None
     memory_cap_bytes: int | None = None
+    gpus: frozenset[int] | None = None
+
+    def allows_device(self, device: str) -> bool:
+        """False when ``device`` (``cpu``, ``cuda``, ``cuda:N``) is a GPU outside ``gpus``."""
+        if self.gpus is None or not device.startswith("cuda"):
+            return True
+        return int(device.partition(":")[2] or 0) in self.gpus
 
     @classmethod
     def from_labels(cls, labels: Mapping[str, str]) -> ModelLimits:
@@ -49,4 +59,13 @@ class ModelLimits:
                     f"label memory_cap_mb={raw!r} must be a number of MB > 0", code=ErrorCode.INVALID_REQUEST
                 )
             memory_cap = int(cap_mb * MB)
-        return cls(requires, max_replicas, memory_cap)
+        gpus = None
+        raw = labels.get("gpus")
+        if raw is not None:
+            items = [part.strip() for part in raw.split(",") if part.strip()]
+            if not items or not all(item.isdigit() for item in items):
+                raise SchemaError(
+                    f"label gpus={raw!r} must be a comma list of GPU indices (0,1)", code=ErrorCode.INVALID_REQUEST
+                )
+            gpus = frozenset(int(item) for item in items)
+        return cls(requires, max_replicas, memory_cap, gpus)

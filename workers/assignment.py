@@ -26,10 +26,12 @@ Apply = Callable[[frozenset[str]], Awaitable[frozenset[str]]]
 
 
 def worker_labels(settings: WorkerSettings) -> tuple[str, ...]:
-    """The configured labels plus ``cpu`` or ``gpu`` (by the device) and the installed frameworks."""
+    """The configured labels plus ``cpu`` or ``gpu`` and ``cuda:N`` (by the device) and the installed frameworks."""
     labels = set(settings.labels)
     on_gpu = settings.device.startswith("cuda") or (settings.device == "auto" and bool(gpu_stats()))
     labels.add("gpu" if on_gpu else "cpu")
+    if on_gpu:
+        labels.add(f"cuda:{settings.device.partition(':')[2] or 0}")
     for label, module in (("onnx", "onnxruntime"), ("torch", "torch")):
         if importlib.util.find_spec(module) is not None:
             labels.add(label)

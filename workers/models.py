@@ -140,7 +140,7 @@ class ModelCache:
         loop = asyncio.get_running_loop()
         runtime, measured, cached = await loop.run_in_executor(self._executor, self._load_blocking, record)
         footprint = measured if self._measure else self.size_of(record)
-        await self._check_cap(record, runtime, footprint)
+        await self._check_limits(record, runtime, footprint)
         elapsed = time.perf_counter() - began
         metrics = self._manager.metrics
         metrics.cache.labels("hit" if cached.hit else "corrupt" if cached.refetched else "miss").inc()
@@ -166,16 +166,21 @@ class ModelCache:
         )
         return runtime, footprint
 
-    async def _check_cap(self, record: ModelRecord, runtime: Runtime, footprint: int) -> None:
-        """Unload and raise ModelLoadError when ``footprint`` exceeds the model's ``memory_cap_mb`` label."""
+    async def _check_limits(self, record: ModelRecord, runtime: Runtime, footprint: int) -> None:
+        """Unload and raise ModelLoadError when the load breaks the model's ``memory_cap_mb`` or ``gpus`` label."""
         try:
-            cap = ModelLimits.from_labels(record.labels).memory_cap_bytes
+            limits = ModelLimits.from_labels(record.labels)
         except SchemaError as exc:
-            cap, problem = 0, exc.message
+            problem = exc.message
         else:
-            if cap is None or footprint <= cap:
+            cap = limits.memory_cap_bytes
+            if cap is not None and footprint > cap:
+                problem = f"its footprint {footprint / MB:.1f} MB exceeds its memory cap {cap / MB:.1f} MB"
+            elif not limits.allows_device(runtime.device):
+                allowed = ",".join(str(i) for i in sorted(limits.gpus or ()))
+                problem = f"it may use GPU(s) {allowed} only, and this worker loaded it on {runtime.device}"
+            else:
                 return
-            problem = f"its footprint {footprint / MB:.1f} MB exceeds its memory cap {cap / MB:.1f} MB"
         await asyncio.get_running_loop().run_in_executor(self._executor, _release, runtime)
         raise ModelLoadError(record.name, record.version, problem)
 

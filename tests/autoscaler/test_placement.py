@@ -100,3 +100,15 @@ def test_zero_replicas_is_idle_and_no_worker_is_a_reason() -> None:
     assert out.status["a"].state is PlacementState.IDLE and out.assignments["w1"] == set()
     none = place([_d("a", 100)], [], {})
     assert none.status["a"].reason == "no live worker follows an assignment"
+
+
+def test_a_gpu_cap_keeps_the_model_on_the_gpus_it_may_use() -> None:
+    capped = ModelDemand("m", 100 * MB, 2, frozenset({"gpu"}), frozenset({1}))
+    workers = [_w("g0", 1000, "gpu,cuda:0"), _w("g1", 1000, "gpu,cuda:1"), _w("c", 1000, "cpu")]
+    out = place([capped], workers, {"g0": {"m"}})
+    assert out.status["m"].workers == ("g1",)  # moved off GPU 0; the CPU worker lacks the gpu label
+    assert out.status["m"].reason == "1 of 2 replicas placed: only 1 worker(s) have the labels it requires"
+    anywhere = ModelDemand("m", 100 * MB, 1, frozenset(), frozenset({3}))
+    assert place([anywhere], [_w("c", 1000, "cpu")], {}).status["m"].workers == ("c",)  # CPU is not capped
+    none = place([anywhere], [_w("g0", 1000, "gpu,cuda:0")], {})
+    assert none.status["m"].reason == "no worker on an allowed GPU (cuda:3)"

@@ -17,6 +17,12 @@ def test_limits_from_labels() -> None:
     assert ModelLimits.from_labels({}) == ModelLimits()
     limits = ModelLimits.from_labels({"requires": "gpu, onnx,", "max_replicas": "3", "memory_cap_mb": "1.5"})
     assert limits == ModelLimits(frozenset({"gpu", "onnx"}), 3, int(1.5 * MB))
+    gpus = ModelLimits.from_labels({"gpus": "1, 2"})
+    assert gpus.gpus == {1, 2}
+    assert [gpus.allows_device(d) for d in ("cpu", "cuda", "cuda:1", "cuda:2", "cuda:3")] == [
+        True, False, True, True, False,
+    ]  # fmt: skip
+    assert ModelLimits().allows_device("cuda:7")
 
 
 @pytest.mark.parametrize(
@@ -28,6 +34,8 @@ def test_limits_from_labels() -> None:
         ({"memory_cap_mb": "nan"}, "memory_cap_mb='nan'"),
         ({"memory_cap_mb": "inf"}, "memory_cap_mb='inf'"),
         ({"memory_cap_mb": "lots"}, "memory_cap_mb='lots'"),
+        ({"gpus": ""}, "gpus='' must be a comma list of GPU indices"),
+        ({"gpus": "0,x"}, "gpus='0,x'"),
     ],
 )
 def test_bad_limit_labels_are_refused(labels: dict[str, str], fragment: str) -> None:

@@ -20,6 +20,7 @@ from fleet.modelgen import tiny_mlp
 from schemas import FleetSettings, ModelRegistry, Names, SettingsError
 from schemas.topics import ensure_model_topics
 from workers import Worker, WorkerSettings
+from workers.assignment import worker_labels
 
 from .test_multimodel import _ask
 
@@ -132,3 +133,10 @@ def test_follow_assignment_and_a_static_model_list_are_exclusive(fleet_settings:
     env = {"FLEET_WORKER_FOLLOW_ASSIGNMENT": "true", "FLEET_WORKER_LABELS": "gpu,fast"}
     settings = WorkerSettings.from_env(env)
     assert settings.follow_assignment and settings.models == () and settings.labels == ("gpu", "fast")
+
+
+def test_worker_labels_name_the_device_and_the_frameworks(fleet_settings: FleetSettings) -> None:
+    cpu = worker_labels(WorkerSettings(follow_assignment=True, device="cpu", labels=("fast",), fleet=fleet_settings))
+    assert {"fast", "cpu", "onnx"} <= set(cpu) and "gpu" not in cpu and not any(x.startswith("cuda:") for x in cpu)
+    gpu = worker_labels(WorkerSettings(follow_assignment=True, device="cuda:1", fleet=fleet_settings))
+    assert {"gpu", "cuda:1"} <= set(gpu) and "cpu" not in gpu

@@ -24,12 +24,16 @@ class WorkerView:
     device: str
     age_s: float  # seconds since its last heartbeat
     partitions: tuple[str, ...] = ()  # topic:partition of its current assignment
+    labels: tuple[str, ...] = ()  # what placement matches a model's ``requires`` against
+    follows: bool = False  # serves the placement's assignment (FLEET_WORKER_FOLLOW_ASSIGNMENT)
 
     def line(self) -> str:
         """One line of ``fleet status``."""
+        placement = f"  labels={','.join(self.labels) or '-'}" + ("  follows its assignment" if self.follows else "")
         return (
             f"{self.id}  {self.state:<8}  models={','.join(self.models) or '-'}  device={self.device or '-'}  "
             f"pid={self.pid or '-'}  partitions={compact_partitions(self.partitions)}  heartbeat {self.age_s:.1f}s ago"
+            + (placement if self.labels or self.follows else "")
         )
 
 
@@ -67,6 +71,8 @@ async def read_workers(redis: Any, names: Names) -> list[WorkerView]:
                 fields.get("device", ""),
                 age,
                 partitions,
+                tuple(label for label in fields.get("labels", "").split(",") if label),
+                fields.get("follows") == "1",
             )
         )
     return views

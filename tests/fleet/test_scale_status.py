@@ -130,9 +130,7 @@ async def test_status_shows_where_each_model_is_placed_or_why_not(
     now = now_ms()
     await redis_client.hset(names.worker_key("w1"), mapping={"state": "ready", "follows": "1", "labels": "cpu"})
     await redis_client.zadd(names.workers_key, {"w1": now})
-    await redis_client.set(
-        names.residency_key("w1"), WorkerResidency("w1", 400 * MB, 400 * MB, 0, (), now).to_bytes()
-    )
+    await redis_client.set(names.residency_key("w1"), WorkerResidency("w1", 400 * MB, 400 * MB, 0, (), now).to_bytes())
     await PlacementRunner(redis_client, names).run(["fits", "huge"], {})
 
     code, out, _ = await fleet(capsys, "status", "--json", *fleet_args)
@@ -141,6 +139,9 @@ async def test_status_shows_where_each_model_is_placed_or_why_not(
     assert models["huge"]["placement"] == "schedule_failed"
     assert models["huge"]["placement_reason"] == "needs 900 MB, largest free 400 MB"
 
+    assert json.loads(out)["workers"][0]["labels"] == ["cpu"] and json.loads(out)["workers"][0]["follows"] is True
+
     code, out, _ = await fleet(capsys, "status", *fleet_args)
+    assert "labels=cpu  follows its assignment" in out
     assert "  placement fits: placed on w1" in out.splitlines()
     assert "  placement huge: schedule_failed: needs 900 MB, largest free 400 MB" in out.splitlines()

@@ -114,6 +114,11 @@ async def test_errors_are_one_line(fleet_args: list[str], tmp_path: Path, capsys
         capsys, "models", "register", "m", "--artifact", str(tmp_path / "missing.onnx"), *fleet_args
     )
     assert code == 1 and "does not exist" in err
+    artifact = str(tiny_mlp(tmp_path / "capped.onnx"))
+    code, _, err = await fleet(
+        capsys, "models", "register", "m", "--artifact", artifact, "--label", "gpus=x", *fleet_args
+    )
+    assert (code, err.strip()) == (1, "fleet: error: label gpus='x' must be a comma list of GPU indices (0,1)")
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     code, _, err = await fleet(capsys, "models", "list", "--redis", dead_redis, "--home", str(tmp_path))
     assert code == 1 and err.startswith("fleet: error:") and len(err.strip().splitlines()) == 1

@@ -2,7 +2,9 @@
 
 The producer connects in a background routine that retries with backoff: the gateway starts (and
 answers liveness) while Kafka is down, and begins publishing as soon as the broker is reachable.
-Once connected, aiokafka reconnects by itself; every publish is bounded by ``timeout_s``.
+Once connected, aiokafka reconnects by itself; every publish is bounded by ``timeout_s``. After a publish
+fails or times out, the publisher answers 503 at once (no request waits on a dead broker) until a
+background metadata probe reaches the cluster again, every ``_PROBE_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger("fleet.gateway")
 _BACKOFF_MIN_S = 0.1
 _BACKOFF_MAX_S = 5.0
 _VERSION_HEADER = (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())
+_PROBE_INTERVAL_S = 0.25
 
 
 class RequestPublisher:
@@ -36,6 +39,7 @@ class RequestPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._last_error = "not connected yet"
+        self._probe_task: asyncio.Task[None] | None = None  # runs while the broker is believed down
 
     @property
     def connected(self) -> bool:
@@ -49,11 +53,12 @@ class RequestPublisher:
 
     async def stop(self) -> None:
         """Stop connecting, flush what was sent and close the producer; idempotent."""
-        task, self._connect_task = self._connect_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._connect_task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._connect_task = self._probe_task = None
         producer, self._producer = self._producer, None
         if producer is not None:
             with contextlib.suppress(KafkaError, OSError):
@@ -63,7 +68,7 @@ class RequestPublisher:
     async def publish(self, topic: str, request: InferenceRequest) -> None:
         """Produce ``request`` keyed by its id; PayloadTooLargeError (413) or BackendDownError (503)."""
         producer = self._producer
-        if producer is None:
+        if producer is None or self._probe_task is not None:
             raise BackendDownError("kafka", self._last_error)
         key = request.id.encode()
         value = request.to_bytes()
@@ -75,11 +80,29 @@ class RequestPublisher:
             async with asyncio.timeout(self._timeout_s):
                 await producer.send_and_wait(topic, value, key=key, headers=headers)
         except TimeoutError:
-            raise BackendDownError("kafka", f"publish took longer than {self._timeout_s:g} s") from None
+            self._trip(f"publish took longer than {self._timeout_s:g} s")
+            raise BackendDownError("kafka", self._last_error) from None
         except MessageSizeTooLargeError:
             raise PayloadTooLargeError("Kafka record", size, self._kafka.max_request_bytes) from None
         except KafkaError as exc:
-            raise BackendDownError("kafka", f"publish failed: {exc}") from exc
+            self._trip(f"publish failed: {exc}")
+            raise BackendDownError("kafka", self._last_error) from exc
+
+    def _trip(self, reason: str) -> None:
+        """Fail publishes fast until the probe sees the cluster again."""
+        self._last_error = reason
+        if self._probe_task is None:
+            log.warning("kafka looks down; answering 503 until it is back", extra={"error": reason})
+            self._probe_task = asyncio.create_task(self._probe_routine(), name="fleet-gateway-kafka-probe")
+
+    async def _probe_routine(self) -> None:
+        try:
+            while (problem := await self.check()) is not None:
+                self._last_error = problem
+                await asyncio.sleep(_PROBE_INTERVAL_S)
+        finally:
+            self._probe_task = None
+        log.info("kafka reachable again", extra={"bootstrap": self._kafka.bootstrap})
 
     async def check(self) -> str | None:
         """None when a metadata round trip to the cluster succeeds in time, else why not."""

@@ -75,12 +75,14 @@ async def test_interactive_is_served_before_a_bulk_backlog(
     stream: str,
 ) -> None:
     x = np.ones((1, 16), np.float32)
-    bulk = [make_request(stream, x, rid=f"b{i}") for i in range(1000)]
+    # A backlog that takes seconds to drain, so the interactive burst surely arrives while bulk work remains
+    # (1,000 records drained in well under a second on a fast machine, before the burst got there).
+    bulk = [make_request(stream, x, rid=f"b{i}") for i in range(4000)]
     interactive = [make_request(stream, x, rid=f"i{i}") for i in range(40)]
     # linger 1 s: nothing leaves before flush(), so each burst reaches the broker at once.
     producer = AIOKafkaProducer(**{**fleet_settings.kafka.producer_kwargs(), "linger_ms": 1000})
     await producer.start()
-    settings = dataclasses.replace(worker_settings, max_fetch_records=2, bulk_max_batch=8)
+    settings = dataclasses.replace(worker_settings, max_fetch_records=2, bulk_max_batch=4)
     try:
         await produce_to(producer, names.request_topic("tiny", Lane.BULK), bulk)
         async with Worker(settings) as worker:
@@ -95,13 +97,13 @@ async def test_interactive_is_served_before_a_bulk_backlog(
     first = min(i for i, rid in enumerate(order) if rid.startswith("i"))
     last = max(i for i, rid in enumerate(order) if rid.startswith("i"))
     bulk_between = sum(1 for rid in order[first:last] if rid.startswith("b"))
-    # 20 interactive rounds of 2: served one after the other, not taking turns with bulk rounds of 8
-    # (turns would put about 150 bulk replies between the first and the last interactive one).
+    # 20 interactive rounds of 2: served one after the other, not taking turns with bulk rounds of 4
+    # (turns would put about 80 bulk replies between the first and the last interactive one).
     assert bulk_between <= 2 * settings.bulk_max_batch, (bulk_between, order[first : last + 1])
     assert last < len(order) - 100, "bulk was drained before the interactive burst was served"
     sample = worker.metrics.registry.get_sample_value
     taken = {lane: sample("fleet_worker_lane_requests_total", {"model": "tiny", "lane": lane}) for lane in Lane}
-    assert taken == {"interactive": 40, "bulk": 1000}
+    assert taken == {"interactive": 40, "bulk": 4000}
 
 
 async def test_bulk_lane_answers_and_skips_expired_requests(

@@ -1,10 +1,9 @@
 """GPU inventory: total, allocated and available GPUs of a host, with per-GPU utilization and memory.
 
-NVML (nvidia-ml-py) is read through ``workers.gpu`` when the workers package is installed next to the
-autoscaler, else through ``pynvml`` directly; a missing library, driver or GPU means zero GPUs, never an
-error. The autoscaler publishes one report per host to Redis (key layout in `autoscaler.keys`) every few
-seconds with a TTL, so a host that stops reporting disappears; ``fleet status`` reads them with
-`read_inventory`.
+NVML (nvidia-ml-py) is read through ``workers.gpu`` (the same reading the workers export as metrics); a
+missing library, driver or GPU means zero GPUs, never an error. The autoscaler publishes one report per
+host to Redis (key layout in `autoscaler.keys`) every few seconds with a TTL, so a host that stops
+reporting disappears; ``fleet status`` reads them with `read_inventory`.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from schemas import Names
+from workers.gpu import gpu_stats
 
 from .errors import StatsError
 from .keys import inventory_index_key, inventory_key
@@ -130,44 +130,8 @@ class GpuInventory:
             return None
 
 
-def _nvml_gpus() -> list[GpuInfo]:
-    """Read NVML through ``pynvml`` (used when ``workers.gpu`` is not installed)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # ImportError, NVMLError_LibraryNotFound, driver errors: all mean no GPU
-        return []
-    gpus: list[GpuInfo] = []
-    try:
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(
-                GpuInfo(
-                    index,
-                    name.decode() if isinstance(name, bytes) else str(name),
-                    float(util.gpu),
-                    int(memory.used),
-                    int(memory.total),
-                )
-            )
-    except Exception as exc:  # any NVML error: report what was read, never fail the caller
-        log.debug("NVML query failed: %s", exc)
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
-    return gpus
-
-
 def read_gpus() -> list[GpuInfo]:
     """One entry per visible NVIDIA GPU (no workers assigned); empty without NVML. Blocking (NVML calls)."""
-    try:
-        from workers.gpu import gpu_stats
-    except ImportError:
-        return _nvml_gpus()
     return [GpuInfo(s.index, s.name, s.utilization, s.memory_used, s.memory_total) for s in gpu_stats()]
 
 

@@ -25,7 +25,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -33,6 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from schemas import FleetSettings, Lane, Names
+from schemas.eventloop import AsyncService
 
 from .errors import CollectorError
 from .signals import ModelLoad, PartitionLoad, ewma
@@ -55,7 +55,7 @@ class _Sample:
     completion: float | None
 
 
-class LagCollector:
+class LagCollector(AsyncService):
     """Measures the request topics of models; one instance per autoscaler (``async with`` or start/stop)."""
 
     def __init__(
@@ -113,15 +113,6 @@ class LagCollector:
             await probe.stop()
         if admin is not None:
             await admin.close()
-
-    async def __aenter__(self) -> LagCollector:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def collect_one(self, model: str) -> ModelLoad:
         """The load of one model (see `collect`)."""

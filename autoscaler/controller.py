@@ -12,8 +12,9 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Protocol
+
+from schemas.eventloop import AsyncService
 
 from .errors import AutoscalerError, BackendError
 from .metrics import AutoscalerMetrics
@@ -74,7 +75,7 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class Autoscaler:
+class Autoscaler(AsyncService):
     """Scales the workers of each model with `ScalingPolicy`; ``async with`` runs the loop."""
 
     def __init__(
@@ -211,15 +212,6 @@ class Autoscaler:
         """Raise the error that ended the control loop, if any."""
         if self._crash is not None:
             raise AutoscalerError(f"autoscaler loop crashed: {self._crash!r}") from self._crash
-
-    async def __aenter__(self) -> Autoscaler:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _control_routine(self) -> None:
         try:

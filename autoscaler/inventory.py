@@ -16,12 +16,12 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from schemas import Names
+from schemas.eventloop import AsyncService
 from workers.gpu import gpu_stats
 
 from .errors import StatsError
@@ -192,7 +192,7 @@ async def read_inventory(redis: Any, names: Names, *, max_age_s: float = 60.0) -
     return [inv for inv in parsed if inv is not None and inv.ts_ms >= cutoff]
 
 
-class InventoryPublisher:
+class InventoryPublisher(AsyncService):
     """Measures this host's GPUs every ``interval_s`` and publishes them with the backend's allocation."""
 
     def __init__(
@@ -241,15 +241,6 @@ class InventoryPublisher:
         task, self._task = self._task, None
         if task is not None:
             await task
-
-    async def __aenter__(self) -> InventoryPublisher:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _publish_routine(self) -> None:
         while not self._closing.is_set():

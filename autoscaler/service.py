@@ -15,7 +15,6 @@ import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from redis.exceptions import RedisError
 
 from schemas import FleetError, ModelRegistry, Names, SchemaError
+from schemas.eventloop import AsyncService
 from schemas.limits import ModelLimits
 
 from .backends import KubernetesBackend, LocalProcessBackend, PlacementBackend
@@ -68,7 +68,7 @@ def make_backend(settings: AutoscalerSettings, *, worker_env: Mapping[str, str] 
     )
 
 
-class AutoscalerService:
+class AutoscalerService(AsyncService):
     """Everything ``python -m autoscaler`` runs; ``async with AutoscalerService(settings):`` in process."""
 
     def __init__(
@@ -172,15 +172,6 @@ class AutoscalerService:
         redis, self._redis = self._redis, None
         if redis is not None:
             await redis.aclose()
-
-    async def __aenter__(self) -> AutoscalerService:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _models(self) -> Sequence[str]:
         if self.settings.models:

@@ -29,7 +29,6 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -60,6 +59,7 @@ from schemas import (
     now_ms,
 )
 from schemas.constants import HEADER_ENVELOPE_VERSION
+from schemas.eventloop import AsyncService
 
 log = logging.getLogger("fleet.producer")
 
@@ -131,7 +131,7 @@ class _Pending:
     future: asyncio.Future[ProducerResult] | None  # infer() waits on it; None: results() gets it
 
 
-class FleetProducer:
+class FleetProducer(AsyncService):
     """``async with FleetProducer(settings) as p: y = await p.infer("tiny", {"x": array})``.
 
     ``lane`` picks the model's request topic: ``interactive`` (served first) or ``bulk`` (batch pipelines,
@@ -235,15 +235,6 @@ class FleetProducer:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await self._reader.delete(self.stream)
         await self._close_clients(producer)
-
-    async def __aenter__(self) -> FleetProducer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _close_clients(self, producer: AIOKafkaProducer | None) -> None:
         if producer is not None:

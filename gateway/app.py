@@ -16,11 +16,11 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from types import TracebackType
 
 from aiohttp import web
 
 from schemas import ModelRegistry, Names
+from schemas.eventloop import AsyncService
 from schemas.logs import request_context
 
 from .auth import Guard
@@ -50,7 +50,7 @@ def _package_version() -> str:
         return "0.0.0"
 
 
-class Gateway:
+class Gateway(AsyncService):
     """One gateway: ``async with Gateway(settings) as gw: ... gw.url``. Single use."""
 
     def __init__(self, settings: GatewaySettings, *, names: Names | None = None) -> None:
@@ -144,15 +144,6 @@ class Gateway:
         failed = listener.fail_waiting("the gateway stopped before the reply arrived; retry the request")
         if failed:
             log.warning("answered requests still waiting with 503", extra={"requests": failed})
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def _make_backends(self) -> Backends:
         settings = self.settings

@@ -2,7 +2,8 @@
 
 uvloop (optional extra ``speed``) cuts the per-request cost of socket I/O roughly in half; without
 it the standard asyncio loop is used. ``FLEET_EVENT_LOOP=asyncio`` forces the standard loop.
-`stop_signals` is how every ``python -m`` entry point turns SIGTERM/SIGINT into a graceful stop.
+`stop_signals` is how every ``python -m`` entry point turns SIGTERM/SIGINT into a graceful stop, and
+`AsyncService` gives every service with ``start()``/``stop()`` its ``async with``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -56,3 +58,24 @@ def stop_signals(callback: Callable[[], object]) -> Iterator[None]:
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+class AsyncService:
+    """Base of the services with explicit ``start()`` / ``stop()``: ``async with`` starts and stops them."""
+
+    async def start(self) -> None:
+        """Start the service (subclasses implement it)."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stop the service (subclasses implement it)."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

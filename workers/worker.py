@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import Enum
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -20,6 +19,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from schemas import FleetError, Names, SchemaError
+from schemas.eventloop import AsyncService
 from schemas.topics import ensure_model_topics
 
 from .artifact_cache import ArtifactCache, default_cache_dir
@@ -43,7 +43,7 @@ class _Lifecycle(Enum):
     STOPPED = "stopped"
 
 
-class Worker:
+class Worker(AsyncService):
     """Serves ``settings.models`` (or its assignment, when following one) until stopped.
 
     Use ``async with Worker(settings) as w: await w.wait_ready()``.
@@ -312,15 +312,6 @@ class Worker:
         self.metrics.close()
         self._lifecycle = _Lifecycle.STOPPED
         log.info("worker %s stopped", self.id)
-
-    async def __aenter__(self) -> Worker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # heartbeat sources --------------------------------------------------------
     def _partitions(self) -> list[str]:

@@ -29,12 +29,12 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from schemas import FleetSettings, Names
+from schemas.eventloop import AsyncService
 
 from ..errors import BackendError
 from ..inventory import detect_gpu_count
@@ -120,7 +120,7 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class LocalProcessBackend:
+class LocalProcessBackend(AsyncService):
     """`Backend` that runs workers as local processes (the one ``fleet up`` embeds)."""
 
     def __init__(
@@ -204,15 +204,6 @@ class LocalProcessBackend:
         redis, self._redis = self._redis, None
         if redis is not None:
             await redis.aclose()
-
-    async def __aenter__(self) -> LocalProcessBackend:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # views ------------------------------------------------------------------
     def workers(self, model: str | None = None) -> list[LocalWorker]:

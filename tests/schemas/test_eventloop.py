@@ -29,3 +29,21 @@ def test_loop_factory_honours_the_setting(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("FLEET_EVENT_LOOP", "auto")
     uvloop_installed = importlib.util.find_spec("uvloop") is not None
     assert (eventloop.loop_factory() is not None) is uvloop_installed
+
+
+async def test_async_service_starts_on_enter_and_stops_on_exit_even_after_an_error() -> None:
+    calls: list[str] = []
+
+    class Service(eventloop.AsyncService):
+        async def start(self) -> None:
+            calls.append("start")
+
+        async def stop(self) -> None:
+            calls.append("stop")
+
+    service = Service()
+    with pytest.raises(RuntimeError, match="boom"):
+        async with service as entered:
+            assert entered is service and calls == ["start"]
+            raise RuntimeError("boom")
+    assert calls == ["start", "stop"]

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -27,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import git_commit, machine, write_report
 from bench.loadgen import cpu_seconds
 from fleet.artifacts import build_record
 from fleet.client import FleetClient
@@ -47,13 +45,6 @@ async def _register(stack: LocalStack, directory: Path) -> None:
         await ensure_model_topics(stack.settings.kafka, names, MODEL)
     finally:
         await redis.aclose()
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -126,11 +117,11 @@ async def run(jobs: int, concurrency: int, poll_s: float) -> dict[str, Any]:
     """One fresh stack per run (the embedded broker slows down as its in-memory log grows)."""
     env = dict(os.environ)
     env.setdefault("FLEET_WORKER_INTRA_OP_THREADS", "1")
-    commit = _commit()
+    commit = git_commit()
     report: dict[str, Any] = {
         "benchmark": "async_jobs",
         "commit": commit,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "runs": [],
     }
     for idempotent in (False, True):
@@ -170,10 +161,7 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results/async_jobs.json", help="where to write the figures")
     args = parser.parse_args()
     report = asyncio.run(run(args.jobs, args.concurrency, args.poll_ms / 1000))
-    target = Path(args.json)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {target}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from bench.common import write_report
 from bench.loadgen import closed_loop
 from fleet.artifacts import build_record
 from fleet.localservers import LocalBroker, LocalRedis, free_port
@@ -181,8 +181,7 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results/auth_overhead.json", help="where to write the figures")
     args = parser.parse_args()
     report = asyncio.run(run(args.duration, args.concurrency, args.reverse))
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.json}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

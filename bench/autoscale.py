@@ -28,11 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +61,7 @@ from bench.autoscale_fleet import (
 )
 from bench.autoscale_load import OpenLoop, sine_rate, step_rate
 from bench.autoscale_report import WorkerMilestones, median, parse_worker_log, plot, samples_json, since, verdict
+from bench.common import git_commit, machine, write_report
 
 #: What every target allows (issue 4).
 TARGET_S = 5.0
@@ -430,13 +427,6 @@ async def _churn_figures(h: Harness, start: float, stop: float, drained: bool) -
 RUNNERS = {"step": scenario_step, "sine": scenario_sine, "zero": scenario_zero, "churn": scenario_churn}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 async def run(scenarios: list[str], out: Path) -> dict[str, Any]:
     """Run ``scenarios`` in order; each writes ``autoscale_<name>.json`` under ``out``."""
     root = Path(tempfile.mkdtemp(prefix="fleet-autoscale-"))
@@ -453,8 +443,8 @@ async def run(scenarios: list[str], out: Path) -> dict[str, Any]:
         report = await RUNNERS[name](kit, root, out)
         report |= {
             "scenario": name,
-            "commit": _commit(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "commit": git_commit(),
+            "machine": machine(),
             "capacity_req_s": round(kit.capacity, 1),
             "wall_s": round(time.perf_counter() - began, 1),
             "settings": {
@@ -467,16 +457,11 @@ async def run(scenarios: list[str], out: Path) -> dict[str, Any]:
                 "worker_env": WORKER_ENV,
             },
         }
-        await asyncio.to_thread(_write_json, out / f"autoscale_{name}.json", report)
+        await asyncio.to_thread(write_report, out / f"autoscale_{name}.json", report, indent=1, quiet=True)
         summary[name] = {k: v for k, v in report.items() if k not in ("samples", "events")}
         print(f"{name}: done in {report['wall_s']} s, figures in {out / f'autoscale_{name}.json'}", flush=True)
     kit.path.unlink(missing_ok=True)  # 64 MB; the logs stay
     return summary
-
-
-def _write_json(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
 
 
 def main() -> None:

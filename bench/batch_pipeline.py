@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bench import producer as producer_bench
+from bench.common import git_commit, machine, write_report
 from bench.loadgen import cpu_seconds
 from bench.producer import MODEL, register_tiny, stack_env
 from fleet.stack import LocalStack, StackConfig
@@ -163,10 +163,6 @@ async def batch_run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000, help="records of the batch run")
@@ -187,8 +183,8 @@ def main() -> None:
     args = parser.parse_args()
     report: dict[str, Any] = {
         "benchmark": "batch_pipeline",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "commit": _commit(),
+        "machine": machine(),
+        "commit": git_commit(),
         "load_average_at_start": list(os.getloadavg()),
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
     }
@@ -209,10 +205,7 @@ def main() -> None:
         f"(anonymous {batch['client_peak_rss_anon_mb']} MB, file-backed {batch['client_peak_rss_file_mb']} MB)"
     )
     print("CPU % of one core during the batch run: " + ", ".join(f"{k} {v}" for k, v in batch["cpu_percent"].items()))
-    target = Path(args.json)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
-    print(f"figures written to {target}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,8 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +49,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from autoscaler.collector import LagCollector
+from bench.common import git_commit, machine, write_report
 from fleet.artifacts import build_record
 from fleet.heartbeats import read_workers
 from fleet.localservers import LocalBroker, LocalRedis, free_port, wait_for_port
@@ -675,15 +674,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     results = asyncio.run(run(args.drill or list(DRILLS)))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
     report = {
         "benchmark": "drills",
-        "commit": commit.stdout.strip(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "commit": git_commit(),
+        "machine": machine(),
         "drills": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "drills.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out / "drills.json", report)
     sys.exit(0 if all(r["pass"] for r in results.values()) else 1)
 
 

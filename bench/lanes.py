@@ -23,9 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
+from bench.common import git_commit, machine, write_report
 from bench.loadgen import closed_loop, cpu_seconds
 from fleet.artifacts import build_record
 from fleet.modelgen import tiny_mlp
@@ -184,7 +183,7 @@ async def run(
     report: dict[str, Any] = {
         "benchmark": "lanes",
         "commit": commit,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "duration_s": duration_s,
         "flood_window": window,
         "worker_env": worker_env,
@@ -243,7 +242,7 @@ def main() -> None:
         asyncio.run(flood(settings, Lane.parse(args.lane), args.window, Path(args.status)))
         return
     began = time.perf_counter()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     worker_env = {}
     if args.bulk_max_batch is not None:
         worker_env["FLEET_WORKER_BULK_MAX_BATCH"] = str(args.bulk_max_batch)
@@ -251,10 +250,7 @@ def main() -> None:
         worker_env["FLEET_WORKER_BULK_SHARE"] = str(args.bulk_share)
     report = asyncio.run(run(args.duration, args.window, args.baseline, worker_env, commit))
     report["wall_s"] = round(time.perf_counter() - began, 1)
-    target = Path(args.json)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
-    print(f"figures written to {target}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

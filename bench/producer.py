@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import machine, write_report
 from bench.loadgen import cpu_seconds
 from fleet.artifacts import build_record
 from fleet.modelgen import tiny_mlp
@@ -166,7 +165,7 @@ def main() -> None:
     figures = asyncio.run(run(args))
     report = {
         "benchmark": "producer",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "load_average_at_start": load,  # other work on the same cores lowers every figure
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         **figures,
@@ -177,10 +176,7 @@ def main() -> None:
         f"mean batch {figures['mean_batch']}, mean queue {figures['mean_queue_ms']} ms)"
     )
     print("CPU % of one core: " + ", ".join(f"{k} {v}" for k, v in figures["cpu_percent"].items()))
-    target = Path(args.json)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
-    print(f"figures written to {target}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

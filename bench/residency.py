@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import git_commit, write_report
 from fleet.artifacts import build_record
 from fleet.localservers import free_port
 from fleet.modelgen import mlp_onnx, random_mlp
@@ -409,14 +408,11 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results/residency.json", help="where to write the figures")
     args = parser.parse_args()
     began = time.perf_counter()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     report = asyncio.run(run(args.requests, args.concurrency, args.seed))
     report.update(commit=commit, wall_s=round(time.perf_counter() - began, 1), requests_per_phase=args.requests)
     report["concurrency"] = args.concurrency
-    target = Path(args.json)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
-    print(f"figures written to {target}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import git_commit, machine, write_report
 from bench.loadgen import closed_loop, cpu_seconds, ort_ceiling
 from fleet.artifacts import build_record
 from fleet.modelgen import heavy_mlp, tiny_mlp
@@ -62,13 +60,6 @@ async def _idle_cpu(pid: int, seconds: float) -> float:
     return 100.0 * (cpu_seconds(pid) - before) / seconds
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 async def _measure(stack: LocalStack, model: str, concurrency: int, duration_s: float) -> dict[str, Any]:
     features = MODELS[model][1]
     pids = {p.role: p.pid for p in stack.info().processes} | {"loadgen": os.getpid()}
@@ -90,8 +81,8 @@ async def run(
     env.setdefault("FLEET_WORKER_INTRA_OP_THREADS", "1")
     report: dict[str, Any] = {
         "benchmark": "sync_http",
-        "commit": _commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "commit": git_commit(),
+        "machine": machine(),
         "duration_s": duration_s,
         "runs": [],
         "soak": [],
@@ -137,10 +128,7 @@ def main() -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     report = asyncio.run(run(args.duration, concurrencies, args.idle, args.soak, args.models.split(",")))
     report["wall_s"] = round(time.perf_counter() - began, 1)
-    target = Path(args.json)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
-    print(f"figures written to {target}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -148,10 +148,10 @@ async def _mean_batch(stack: LocalStack) -> float | None:
     return round(sum(values) / len(values), 1) if values else None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
+def add_loop_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `run` (also taken by ``bench.batch_pipeline``, which runs the same loop first)."""
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of the direct-producer loop")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring it")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the model's topic")
     parser.add_argument("--window", type=int, default=4096, help="requests in flight (max_in_flight)")
@@ -159,6 +159,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=256, help="the model's max batch size")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="the model's max queue delay")
     parser.add_argument("--fetch", type=int, default=1024, help="FLEET_WORKER_MAX_FETCH_RECORDS")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_loop_options(parser)
     parser.add_argument("--json", default="bench/results/producer.json", help="where to write the figures")
     args = parser.parse_args()
     load = list(os.getloadavg())

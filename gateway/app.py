@@ -9,6 +9,7 @@ dispatcher of async jobs (``gateway.webhooks``) when ``webhooks`` is on.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import importlib.metadata
 import itertools
@@ -35,6 +36,8 @@ from .settings import GatewaySettings
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("fleet.gateway")
+
+_READY_POLL_S = 0.02
 
 
 class _State(enum.Enum):
@@ -117,6 +120,20 @@ class Gateway(AsyncService):
             "gateway started",
             extra={"url": self.url, "gateway_id": self.settings.gateway_id, "namespace": self.names.namespace},
         )
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Wait until ``/v2/health/ready`` would answer 200 (Kafka and Redis reachable, replies flowing).
+
+        TimeoutError (with what is still missing) after ``timeout`` seconds; the gateway answers HTTP
+        while it waits, with 503 for what needs a backend that is not there yet.
+        """
+        if self._routes is None or self._state is not _State.STARTED:
+            raise RuntimeError("wait_ready() needs a started gateway")
+        deadline = time.monotonic() + timeout
+        while problems := await self._routes.readiness_problems():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"gateway not ready after {timeout:g} s: " + "; ".join(problems))
+            await asyncio.sleep(_READY_POLL_S)
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests (up to the grace period), close the backends."""

@@ -130,8 +130,8 @@ class Routes:
         """``GET /v2/health/live``: the process answers (no backend needed)."""
         return web.json_response({"live": True})
 
-    async def ready(self, request: web.Request) -> web.Response:
-        """``GET /v2/health/ready``: 200 only when Redis and Kafka are reachable and replies flow."""
+    async def readiness_problems(self) -> list[str]:
+        """Why the gateway cannot serve now (a backend unreachable, replies not flowing, stopping); [] when ready."""
         redis_problem, kafka_problem = await asyncio.gather(self._redis_problem(), self._b.publisher.check())
         problems = [
             f"{name}: {problem}" for name, problem in (("redis", redis_problem), ("kafka", kafka_problem)) if problem
@@ -140,7 +140,11 @@ class Routes:
             problems.insert(0, "the gateway is stopping")
         elif not self._b.listener.healthy and not redis_problem:
             problems.append(f"replies: {self._b.listener.last_error}")
-        if problems:
+        return problems
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """``GET /v2/health/ready``: 200 only when Redis and Kafka are reachable and replies flow."""
+        if problems := await self.readiness_problems():
             return web.json_response({"error": "not ready: " + "; ".join(problems)}, status=503)
         return web.json_response({"ready": True})
 

@@ -44,6 +44,8 @@ async def _assert_unavailable(
             status, error, took = await _status(http, gw.url)
             assert status == 503 and backend in error
             assert took < 2.0
+        with pytest.raises(TimeoutError, match=f"gateway not ready after 0.2 s: {backend}"):
+            await gw.wait_ready(0.2)
 
 
 async def test_kafka_unreachable_is_503_fast(
@@ -97,4 +99,4 @@ async def test_broker_lost_after_start_is_503_then_recovers(
             assert resp.status == 503 and "kafka" in (await resp.json())["error"]
         await asyncio.to_thread(own_broker.start)  # same port, empty (in-memory) log
         await ensure_model_topics(kafka, names, "tiny", partitions=1)
-        await wait_ready(http, gw)
+        await gw.wait_ready(10)

@@ -55,6 +55,7 @@ async def gateway(fleet_settings: FleetSettings, names: Names) -> AsyncIterator[
     """An in-process gateway on an ephemeral port."""
     settings = GatewaySettings(fleet=fleet_settings, port=0, default_timeout_s=20.0)
     async with Gateway(settings) as gw:
+        await gw.wait_ready()
         yield gw
 
 

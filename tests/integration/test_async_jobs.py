@@ -70,6 +70,7 @@ async def worker(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> Asyn
 @pytest.fixture
 async def short_ttl_gateway(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Gateway]:
     async with Gateway(GatewaySettings(fleet=fleet_settings, port=0, job_ttl_s=1)) as gw:
+        await gw.wait_ready()
         yield gw
 
 

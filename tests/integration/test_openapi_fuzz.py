@@ -64,6 +64,7 @@ async def test_fuzzed_requests_get_no_server_error(
     (tmp_path / "schemathesis.toml").write_text(CONFIG)
     await wait_worker_ready(redis_client, names, worker)
     async with Gateway(settings, names=names) as gw:
+        await gw.wait_ready()
         # The served document plus one valid body for the tiny model as the infer example, so the
         # examples phase (and fuzzing seeded from it) reaches the worker.
         async with aiohttp.ClientSession() as http, http.get(gw.url + OPENAPI_PATH) as resp:

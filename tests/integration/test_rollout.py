@@ -46,6 +46,7 @@ async def two_versions(tiny_model: ModelRecord, redis_client: Any, names: Names,
 async def fast_gateway(fleet_settings: FleetSettings) -> AsyncIterator[Gateway]:
     settings = GatewaySettings(fleet=fleet_settings, port=0, default_timeout_s=20.0, registry_cache_ttl_s=TTL_S)
     async with Gateway(settings) as gw:
+        await gw.wait_ready()
         yield gw
 
 

@@ -68,6 +68,7 @@ async def hook_gateway(fleet_settings: FleetSettings, tiny_model: ModelRecord) -
         fleet=fleet_settings, port=0, webhooks=True, webhook_backoff_s=0.05, webhook_max_attempts=4
     )
     async with Gateway(settings) as gw:
+        await gw.wait_ready()
         yield gw
 
 
@@ -114,6 +115,7 @@ async def test_cancelled_job_is_announced_and_given_up_after_max_attempts(
     async with aiohttp.ClientSession() as session:
         url = f"{hook_gateway.url}/v2/models/tiny/infer?async=true&callback_url={receiver.url}"
         async with session.post(url, json=_body()) as r:
+            assert r.status == 202, await r.text()
             job_id = (await r.json())["job_id"]
         async with session.delete(f"{hook_gateway.url}/v2/jobs/{job_id}") as r:
             assert r.status == 200

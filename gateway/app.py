@@ -86,7 +86,7 @@ class Gateway(AsyncService):
             raise RuntimeError(f"a gateway cannot be started when {self._state.value}")
         self._state = _State.STARTED
         self._backends = self._make_backends()
-        guard = Guard(self.settings, self.names, self._backends.redis)
+        guard = Guard(self.settings, self.names, self._backends.redis, self.metrics)
         app = web.Application(
             client_max_size=self.settings.max_body_bytes,
             middlewares=[self._request_middleware, error_middleware, guard.middleware],

@@ -29,6 +29,7 @@ from schemas import ErrorCode, FleetError, Names
 from schemas.apikeys import ApiKey, ApiKeyStore, parse_secret
 
 from .errors import WIRE_ID_KEY, BackendDownError, GatewayError, Handler, error_response
+from .metrics import GatewayMetrics
 from .ratelimit import Bucket, TokenBuckets
 from .settings import GatewaySettings
 
@@ -125,8 +126,9 @@ def presented_secret(request: web.BaseRequest) -> str | None:
 class Guard:
     """The middleware's state: key store and cache, token buckets, per-model rates."""
 
-    def __init__(self, settings: GatewaySettings, names: Names, redis: Any) -> None:
+    def __init__(self, settings: GatewaySettings, names: Names, redis: Any, metrics: GatewayMetrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._names = names
         self._store = ApiKeyStore(redis, names)
         self._buckets = TokenBuckets(redis)
@@ -136,16 +138,19 @@ class Guard:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Authenticate, check the allow-list and the rate limits, then run ``handler``."""
+        model = request.match_info.get("model")
+        infer = model is not None and request.method == "POST" and request.path.endswith("/infer")
         try:
             key = await self._authenticate(request)
-            model = request.match_info.get("model")
             if key is not None:
                 request[API_KEY] = key
                 if model is not None and not key.allows(model):
                     raise ForbiddenError(key, model)
-            if model is not None and request.method == "POST" and request.path.endswith("/infer"):
+            if infer and model is not None:
                 await self._limit(key, model)
         except AuthError as exc:
+            if infer and model is not None:
+                self._metrics.refused(model, exc.code.value)
             log.info(
                 "request refused",
                 extra={

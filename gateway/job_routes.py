@@ -8,7 +8,9 @@ Status is derived on each ``GET`` from the job hash and the stored result.
 Idempotency: ``Idempotency-Key: <1-255 visible ASCII>`` maps to the first job submitted with it (for
 the job TTL). A resubmit with the same model, version and body bytes gets that job back (``202``,
 ``Idempotent-Replayed: true``) and nothing is published again; a different request with the same key
-is ``409 CONFLICT``. Job ids are random (uuid4), so knowing one job id does not reveal another.
+is ``409 CONFLICT``. With auth on, idempotency keys are scoped to the API key that sends them (two
+tenants may both use ``Idempotency-Key: 1``), and a job of a model outside the caller's allow-list is
+``404`` on ``GET``/``DELETE``. Job ids are random (uuid4), so knowing one job id does not reveal another.
 
 Completion webhook (only with ``FLEET_GATEWAY_WEBHOOKS=true``, else ``400``): ``X-Callback-Url`` or
 ``?callback_url=`` names an http(s) URL that receives the job document (``POST``, JSON) once the job
@@ -42,6 +44,7 @@ from schemas import (
 from schemas.constants import RESULT_TTL_S
 from schemas.jobs import F_CALLBACK, F_CLIENT_ID, F_CREATED, F_DEADLINE, F_EXPIRES, F_MODEL, F_VERSION
 
+from .auth import API_KEY
 from .errors import ConflictError, InvalidRequestError, JobNotFoundError
 from .jobs import JobStore
 from .protocol import HEADER_LENGTH, InferBody, render_infer
@@ -159,6 +162,7 @@ class JobRoutes:
     ) -> web.Response:
         """Create the job and publish its request; 202 with the job id and ``Location``."""
         key = request.headers.get(IDEMPOTENCY_HEADER)
+        owner = _caller(request)
         prefer = wants_async(None, request.headers.get(PREFER_HEADER))
         ttl_s = self._settings.job_ttl_s
         job_id = uuid.uuid4().hex
@@ -176,7 +180,8 @@ class JobRoutes:
         }
         if callback is not None:
             fields[F_CALLBACK] = callback
-        existing = await self._store.create(job_id, fields, ttl_s, None if key is None else (key, f"{job_id} {print_}"))
+        idempotency = None if key is None else (key, f"{job_id} {print_}")
+        existing = await self._store.create(job_id, fields, ttl_s, idempotency, owner)
         if existing is not None:
             other_id, _, other_print = existing.partition(" ")
             if other_print != print_:
@@ -202,37 +207,46 @@ class JobRoutes:
             topic = self._names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
             await self._publisher.publish(topic, message)
         except BaseException:
-            await self._store.forget(job_id, key)
+            await self._store.forget(job_id, key, owner)
             raise
         return _accepted(job_id, JobStatus.PENDING, replayed=False, prefer_applied=prefer)
 
     async def get_job(self, request: web.Request) -> web.Response:
         """``GET /v2/jobs/{id}``: status, timestamps, and the result (done) or error (failed, ...)."""
         job_id = request.match_info["job_id"]
-        state = await self._store.read(_check_job_id(job_id))
-        if state is None:
-            raise JobNotFoundError(job_id)
+        state = _visible(request, job_id, await self._store.read(_check_job_id(job_id)))
         return web.json_response(job_document(state, now_ms()))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         """``DELETE /v2/jobs/{id}``: cancel a pending job (200 with the job); 409 once running or finished."""
         job_id = _check_job_id(request.match_info["job_id"])
-        state = await self._store.read(job_id)
-        if state is None:
-            raise JobNotFoundError(job_id)
+        state = _visible(request, job_id, await self._store.read(job_id))
         reason = ErrorInfo(ErrorCode.CANCELLED, "cancelled by the client before a worker ran it")
         cancelled = InferenceResponse(job_id, state.model, state.version, error=reason)
         outcome = await self._store.cancel(job_id, cancelled.to_bytes(), self.result_ttl_s, now_ms())
         if outcome == "missing":
             raise JobNotFoundError(job_id)
-        state = await self._store.read(job_id)
-        if state is None:
-            raise JobNotFoundError(job_id)
+        state = _visible(request, job_id, await self._store.read(job_id))
         now = now_ms()
         status = state.status(now)
         if outcome == "cancelled" or status is JobStatus.CANCELLED:  # cancelling twice is not an error
             return web.json_response(job_document(state, now))
         raise ConflictError(f"job {job_id} is {status.value}; only a pending job can be cancelled")
+
+
+def _caller(request: web.Request) -> str:
+    """The API key id of the request ("" when auth is off)."""
+    key = request.get(API_KEY)
+    return "" if key is None else key.key_id
+
+
+def _visible(request: web.Request, job_id: str, state: JobState | None) -> JobState:
+    """``state`` if the caller may see it; a job of a model outside the key's allow-list is "not found"
+    (not 403, which would confirm that the id exists)."""
+    key = request.get(API_KEY)
+    if state is None or (key is not None and not key.allows(state.model)):
+        raise JobNotFoundError(job_id)
+    return state
 
 
 def _check_job_id(job_id: str) -> str:

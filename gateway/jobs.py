@@ -31,16 +31,21 @@ class JobStore:
         self._cancel = redis.register_script(CANCEL_SCRIPT)
 
     async def create(
-        self, job_id: str, fields: Mapping[str, str], ttl_s: int, idempotency: tuple[str, str] | None
+        self,
+        job_id: str,
+        fields: Mapping[str, str],
+        ttl_s: int,
+        idempotency: tuple[str, str] | None,
+        owner: str = "",
     ) -> str | None:
-        """Store a new job; with ``idempotency`` = (key, value), only if the key is new.
+        """Store a new job; with ``idempotency`` = (key, value), only if ``owner``'s key is new.
 
         Returns None when the job was created, else the value the idempotency key already holds.
         """
         keys = [self._names.job_key(job_id)]
         value = ""
         if idempotency is not None:
-            keys.append(self._names.idempotency_key(idempotency[0]))
+            keys.append(self._names.idempotency_key(idempotency[0], owner))
             value = idempotency[1]
         args: list[str | int] = [ttl_s, value]
         for name, field_value in fields.items():
@@ -48,11 +53,11 @@ class JobStore:
         existing = await self._bounded(self._submit(keys=keys, args=args))
         return None if existing is None else bytes(existing).decode()
 
-    async def forget(self, job_id: str, idempotency_key: str | None) -> None:
+    async def forget(self, job_id: str, idempotency_key: str | None, owner: str = "") -> None:
         """Remove a job whose request could not be published (best effort: the caller answers 503 anyway)."""
         keys = [self._names.job_key(job_id)]
         if idempotency_key is not None:
-            keys.append(self._names.idempotency_key(idempotency_key))
+            keys.append(self._names.idempotency_key(idempotency_key, owner))
         try:
             await self._bounded(self._redis.delete(*keys))
         except BackendDownError:

@@ -59,6 +59,11 @@ class GatewayMetrics:
             self.failure.labels(model, version, code).inc()
         children[1].observe(seconds)
 
+    def refused(self, model: str, code: str) -> None:
+        """Count an infer request the gateway refused before handling it (401, 403, 429): a failure
+        with version ``_unknown`` and no duration, so latency histograms stay about served requests."""
+        self.failure.labels(model, "_unknown", code).inc()
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

@@ -25,7 +25,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
                                        job's result, or its CANCELLED marker)
       {ns}:emitted:{request_id}        marker: the request's first result was produced to its reply topic
       {ns}:job:{job_id}                HASH of an async job (EXPIRE = job TTL; fields in `schemas.jobs`)
-      {ns}:idem:{key}                  STRING idempotency key -> "job_id fingerprint" (EXPIRE = job TTL)
+      {ns}:idem:{owner}:{key}          STRING idempotency key of one API key id ("-" without auth) ->
+                                       "job_id fingerprint" (EXPIRE = job TTL)
       {ns}:jobs:callbacks              STREAM of finished jobs that have a webhook (field ``j`` = job id);
                                        consumer group ``webhooks`` of the gateways delivers them
       {ns}:apikey:{key_id}             HASH of an API key: sha256 of its secret, name, models, rate, created_ms,
@@ -221,9 +222,13 @@ class Names:
         """HASH of an async job (its id is the request id; see `schemas.jobs`)."""
         return f"{self.namespace}:job:{job_id}"
 
-    def idempotency_key(self, key: str) -> str:
-        """Client idempotency key -> the job it created (``"job_id fingerprint"``)."""
-        return f"{self.namespace}:idem:{key}"
+    def idempotency_key(self, key: str, owner: str = "") -> str:
+        """Client idempotency key -> the job it created (``"job_id fingerprint"``).
+
+        ``owner`` is the API key id of the caller ("" without auth): two tenants' identical
+        idempotency keys are two different keys, so one can never replay or probe the other's job.
+        """
+        return f"{self.namespace}:idem:{owner or '-'}:{key}"
 
     @property
     def callbacks_stream(self) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.client import API_KEY_ENV, FleetClient
 from fleet.errors import FleetHTTPError
@@ -225,3 +226,51 @@ async def test_fleet_client_sends_its_key(
         with pytest.raises(FleetHTTPError) as refused:
             await client.model_metadata("tiny")
     assert refused.value.status == 401
+
+
+async def test_refused_infer_requests_are_counted_as_failures(
+    secured: Gateway, http: aiohttp.ClientSession, store: ApiKeyStore
+) -> None:
+    _, other_team = await store.create("other-team", ("other",))
+    _, slow = await store.create("slow", rate=0.5)
+    await _call(http, "POST", secured.url + INFER, json=BODY)  # 401
+    await _call(http, "POST", secured.url + INFER, bearer(other_team), json=BODY)  # 403
+    await _call(http, "POST", secured.url + INFER, bearer(slow), data=b"")  # 400: took the one token
+    status, _, _ = await _call(http, "POST", secured.url + INFER, bearer(slow), json=BODY)
+    assert status == 429
+    async with http.get(secured.url + "/metrics") as resp:
+        families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+    failures = {
+        sample.labels["code"]: sample.value
+        for sample in families["fleet_gateway_request_failure"].samples
+        if sample.name.endswith("_total") and sample.labels["model"] == "tiny"
+    }
+    assert failures["UNAUTHENTICATED"] == failures["FORBIDDEN"] == failures["RATE_LIMITED"] == 1.0
+
+
+async def test_jobs_are_seen_only_through_a_key_that_may_use_their_model(
+    secured: Gateway, http: aiohttp.ClientSession, store: ApiKeyStore
+) -> None:
+    _, owner = await store.create("owner", ("tiny",))
+    _, colleague = await store.create("colleague", ("tiny",))
+    _, outsider = await store.create("outsider", ("other",))
+    idempotent = {"Idempotency-Key": "nightly-1"}
+    status, answer, _ = await _call(
+        http, "POST", secured.url + INFER + "?async=true", bearer(owner) | idempotent, json=BODY
+    )
+    assert status == 202, answer
+    job = f"{secured.url}/v2/jobs/{answer['job_id']}"
+    for method in ("GET", "DELETE"):
+        status, answer_of_outsider, _ = await _call(http, method, job, bearer(outsider))
+        assert status == 404 and answer_of_outsider["code"] == "JOB_NOT_FOUND", method
+    status, document, _ = await _call(http, "GET", job, bearer(colleague))
+    assert status == 200 and document["model"] == "tiny"
+    # The same Idempotency-Key from another key is another request: a new job, not a replay or a 409.
+    status, second, headers = await _call(
+        http, "POST", secured.url + INFER + "?async=true", bearer(colleague) | idempotent, json=BODY
+    )
+    assert status == 202 and second["job_id"] != answer["job_id"] and "Idempotent-Replayed" not in headers
+    status, replay, headers = await _call(
+        http, "POST", secured.url + INFER + "?async=true", bearer(owner) | idempotent, json=BODY
+    )
+    assert status == 202 and replay["job_id"] == answer["job_id"] and headers["Idempotent-Replayed"] == "true"

@@ -8,6 +8,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.auth import Guard, KeyCache, UnauthenticatedError, presented_secret
+from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from schemas import Names
 from schemas.apikeys import ApiKey
@@ -56,7 +57,7 @@ async def test_buckets_of_a_request() -> None:
     names = Names("ns")
     settings = GatewaySettings(model_rate_limits="m=10", rate_burst_s=2.0)
     redis = settings.fleet.redis.client()  # never used: choosing buckets needs no round trip
-    guard = Guard(settings, names, redis)
+    guard = Guard(settings, names, redis, GatewayMetrics())
     await redis.aclose()
     assert guard.buckets(None, "other") == []
     assert guard.buckets(_key("k1"), "other") == []  # rate 0: unlimited

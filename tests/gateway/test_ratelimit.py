@@ -44,4 +44,3 @@ async def test_all_buckets_or_none(redis_client: Any, names: Names) -> None:
     # The refused call took nothing from the roomy bucket: 9 tokens are left.
     level = float(await redis_client.hget(roomy.key, "t"))
     assert 8.9 < level <= 9.1
-

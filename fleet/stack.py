@@ -8,11 +8,16 @@ Two ways to run the workers:
 * autoscaled (``autoscale`` True, the default of ``fleet up``): one ``python -m autoscaler`` process with the
   local backend spawns and drains one-model workers on measured lag, between ``workers`` (its
   ``FLEET_AUTOSCALER_MIN_REPLICAS``) and ``max_workers`` per model, and finds models registered later in the
-  registry by itself (no reload).
+  registry by itself (no reload);
+* placed (``placement`` True, ``fleet up --placement``): ``workers`` multi-model processes follow their
+  assignment (``FLEET_WORKER_FOLLOW_ASSIGNMENT``) and the autoscaler runs the placement scheduler
+  (``FLEET_AUTOSCALER_PLACEMENT``): it assigns each registered model's replicas to workers with room, and
+  the workers load, evict and serve what they are assigned (budget: ``FLEET_WORKER_MEMORY_BUDGET_MB``).
 
 Start: LocalBroker + LocalRedis (unless external addresses are given) → gateway → autoscaler or workers,
 each waited on by its readiness signal (``/v2/health/ready``; the autoscaler's first GPU inventory report;
-a worker's heartbeat hash ``state=ready``, in autoscale mode one per model registered at start).
+a worker's heartbeat hash ``state=ready``, in autoscale mode one per model registered at start, in placement
+mode every model placed on a ready worker or its placement failure recorded).
 Stop: SIGTERM the gateway → SIGTERM the autoscaler (it drains its workers) or the workers, and wait while
 they drain → stop Redis and the broker.
 """
@@ -35,6 +40,8 @@ from redis.exceptions import RedisError
 
 from autoscaler.errors import StatsError
 from autoscaler.inventory import read_inventory
+from autoscaler.placement import PlacementState
+from autoscaler.placement_store import read_placement
 from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSettings, now_ms
 from schemas.constants import DEFAULT_NAMESPACE
 
@@ -65,6 +72,7 @@ class StackConfig:
     workers: int = 1  # fixed: worker processes; autoscale: fewest workers per model
     models: tuple[str, ...] | None = None  # None: every model registered (when the workers start, if fixed)
     autoscale: bool = False  # run the autoscaler (local backend) instead of fixed workers
+    placement: bool = False  # run ``workers`` following workers and the autoscaler's placement scheduler
     max_workers: int | None = None  # autoscale: most workers per model (None: the autoscaler's default)
     device: str | None = None
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -130,7 +138,7 @@ class LocalStack:
             if self.config.gateway:
                 self._gateway = self._spawn("gateway", ["gateway"], self._gateway_env())
                 await self._wait(self._gateway, self._gateway_ready())
-            if self.config.autoscale:
+            if self.config.autoscale or self.config.placement:
                 await self._start_autoscaler()
             await self._start_workers(self.config.models)
         except BaseException:
@@ -140,12 +148,12 @@ class LocalStack:
     async def restart_workers(self, models: Sequence[str] | None = None) -> list[str]:
         """Drain and stop the workers, then start new ones for ``models`` (None: the configured or registered ones).
 
-        In autoscale mode nothing restarts (the autoscaler serves registered models by itself): the known
-        models are refreshed and, for those that should have workers, their first ready worker awaited.
+        In autoscale and placement mode nothing restarts (the autoscaler serves registered models by itself):
+        the known models are refreshed and, for those that should have workers, their first ready worker awaited.
         """
         if self._state is not _State.RUNNING:
             raise StackError("the stack is not running")
-        if self.config.autoscale:
+        if self.config.autoscale or self.config.placement:
             await self._start_workers(tuple(models) if models is not None else self.config.models)
             return self.models
         await self._stop_workers()
@@ -207,7 +215,7 @@ class LocalStack:
             started_ms=self._started_ms,
             generation=self._generation,
             models=list(self._models),
-            autoscale=self.config.autoscale,
+            autoscale=self.config.autoscale or self.config.placement,
             processes=procs,
         )
 
@@ -250,7 +258,9 @@ class LocalStack:
         env = {
             **self._base_env(),
             "FLEET_AUTOSCALER_BACKEND": "local",
-            "FLEET_AUTOSCALER_MIN_REPLICAS": str(self.config.workers),
+            # With placement the scheduler assigns replicas to the running workers (one each, unless scaled).
+            "FLEET_AUTOSCALER_MIN_REPLICAS": "1" if self.config.placement else str(self.config.workers),
+            "FLEET_AUTOSCALER_PLACEMENT": "true" if self.config.placement else "false",
             "FLEET_AUTOSCALER_LOG_DIR": str(self.logs / "workers"),
             "FLEET_AUTOSCALER_DRAIN_TIMEOUT_S": str(self.config.drain_timeout_s),
             "FLEET_AUTOSCALER_MODELS": ",".join(self.config.models or ()),
@@ -270,19 +280,28 @@ class LocalStack:
             models = await self._registered_models()
         self._models = sorted(set(models))
         self._generation += 1
-        if self._autoscaler is not None:
+        if self.config.placement:
+            if not self._workers and self.config.workers > 0:
+                await self._spawn_workers({"FLEET_WORKER_FOLLOW_ASSIGNMENT": "true"})
+            if self._models and self._autoscaler is not None:
+                await self._wait(self._autoscaler, self._placed(self._models))
+        elif self._autoscaler is not None:
             if self._models and self.config.workers > 0:
                 await self._wait(self._autoscaler, self._autoscaled_ready(self._models))
         elif self._models and self.config.workers > 0:
-            tag = secrets.token_hex(3)
-            for i in range(1, self.config.workers + 1):
-                worker_id = f"local-{tag}-w{i}"
-                env = {**self._base_env(), "FLEET_WORKER_MODELS": ",".join(self._models), "FLEET_WORKER_ID": worker_id}
-                if self.config.device:
-                    env["FLEET_WORKER_DEVICE"] = self.config.device
-                self._workers.append(self._spawn(worker_id, ["workers"], env))
-            await asyncio.gather(*(self._wait(w, self._worker_ready(w)) for w in self._workers))
+            await self._spawn_workers({"FLEET_WORKER_MODELS": ",".join(self._models)})
         self.info().write(self.config.home)
+
+    async def _spawn_workers(self, mode_env: Mapping[str, str]) -> None:
+        """Start ``workers`` worker processes with ``mode_env`` and wait until each is ready."""
+        tag = secrets.token_hex(3)
+        for i in range(1, self.config.workers + 1):
+            worker_id = f"local-{tag}-w{i}"
+            env = {**self._base_env(), **mode_env, "FLEET_WORKER_ID": worker_id}
+            if self.config.device:
+                env["FLEET_WORKER_DEVICE"] = self.config.device
+            self._workers.append(self._spawn(worker_id, ["workers"], env))
+        await asyncio.gather(*(self._wait(w, self._worker_ready(w)) for w in self._workers))
 
     async def _stop_workers(self) -> None:
         workers, self._workers = self._workers, []
@@ -342,6 +361,29 @@ class LocalStack:
                     views = await read_workers(client, Names(self.config.namespace))
                     served = {m for v in views if v.state == "ready" for m in v.models}
                 yield served.issuperset(models)
+        finally:
+            await client.aclose()
+
+    async def _placed(self, models: Sequence[str]) -> AsyncGenerator[bool, None]:
+        """Ready once the scheduler decided about every model: placed models have a ready worker serving
+        them; a model it could not place (``schedule_failed``, the reason in ``fleet status``) does not
+        hold the stack back."""
+        client = self.settings.redis.client()
+        names = Names(self.config.namespace)
+        try:
+            while True:
+                waiting = set(models)
+                with contextlib.suppress(RedisError):
+                    placements = await read_placement(client, names, models)
+                    views = await read_workers(client, names)
+                    served = {m for v in views if v.state == "ready" for m in v.models}
+                    decided_elsewhere = {PlacementState.SCHEDULE_FAILED.value, PlacementState.IDLE.value}
+                    waiting = {
+                        m
+                        for m in models
+                        if m not in served and placements.get(m, {}).get("state") not in decided_elsewhere
+                    }
+                yield not waiting
         finally:
             await client.aclose()
 

@@ -34,6 +34,12 @@ unpins it; `fleet status` shows desired vs actual workers and why. FLEET_AUTOSCA
 
 With --no-autoscale, N fixed workers serve a fixed model list instead: --models, or every model
 registered when they start; after registering a model, `fleet reload` drains and restarts them.
+
+With --placement, --workers multi-model workers follow their assignment and the autoscaler's placement
+scheduler assigns every registered model to workers with room (labels, memory budget with overcommit,
+prefer where it is resident); each worker keeps what fits its FLEET_WORKER_MEMORY_BUDGET_MB resident,
+evicts the least recently used model and reloads it from its disk cache on demand. `fleet status`
+shows where each model is placed, or why it could not be.
 """
 
 
@@ -65,7 +71,10 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 def add_stack_options(parser: argparse.ArgumentParser, default_port: int | None) -> None:
     """Options shared by ``up`` and ``demo``."""
     parser.add_argument(
-        "--workers", type=int, default=1, help="fewest workers per model (default 1); --no-autoscale: worker processes"
+        "--workers",
+        type=int,
+        default=1,
+        help="fewest workers per model (default 1); --no-autoscale or --placement: worker processes",
     )
     parser.add_argument(
         "--max-workers", type=int, help="most workers per model (default FLEET_AUTOSCALER_MAX_REPLICAS or 16)"
@@ -75,6 +84,11 @@ def add_stack_options(parser: argparse.ArgumentParser, default_port: int | None)
         dest="autoscale",
         action="store_false",
         help="run --workers fixed worker processes instead of the autoscaler (`fleet reload` restarts them)",
+    )
+    parser.add_argument(
+        "--placement",
+        action="store_true",
+        help="run --workers multi-model workers that follow the placement scheduler's assignment",
     )
     parser.add_argument("--port", type=int, default=default_port, help="gateway port")
     parser.add_argument("--host", default="127.0.0.1", help="gateway listen address")
@@ -89,6 +103,8 @@ def stack_config(target: Target, args: argparse.Namespace, models: tuple[str, ..
         raise StackError(f"a stack already runs from {home} (pid {existing.pid}, {existing.gateway_url}); `fleet down`")
     if args.workers < 0:
         raise StackError("--workers must be >= 0")
+    if args.placement and not args.autoscale:
+        raise StackError("--placement runs the autoscaler's scheduler; it cannot go with --no-autoscale")
     if args.autoscale and args.max_workers is not None and args.max_workers < max(1, args.workers):
         raise StackError(f"--max-workers must be >= max(1, --workers {args.workers})")
     return StackConfig(
@@ -102,7 +118,8 @@ def stack_config(target: Target, args: argparse.Namespace, models: tuple[str, ..
         port=args.port,
         workers=args.workers,
         models=models,
-        autoscale=args.autoscale,
+        autoscale=args.autoscale and not args.placement,
+        placement=args.placement,
         max_workers=args.max_workers if args.autoscale else None,
         device=args.device,
         env=dict(env),
@@ -173,6 +190,10 @@ def print_stack(stack: LocalStack, *, workers: bool = True) -> None:
         which = ",".join(stack.config.models or ()) or "every registered model, found as they are registered"
         print(f"workers   autoscaled, {stack.config.workers}..{most} per model: {which}")
         print(f"          autoscaler log {stack.autoscaler_log}; worker logs {stack.logs / 'workers'}")
+    elif stack.config.placement:
+        which = ",".join(stack.config.models or ()) or "every registered model, placed as they are registered"
+        print(f"workers   {stack.config.workers} following the placement scheduler: {which}")
+        print(f"          autoscaler log {stack.autoscaler_log}; `fleet status` shows where each model is placed")
     elif workers:
         served = ",".join(stack.models) or "(no models: register, then `fleet reload`)"
         print(f"workers   {stack.config.workers} serving {served}")
@@ -185,7 +206,8 @@ async def foreground(stack: LocalStack, signals: Signals) -> int:
         if signals.reload_requested:
             signals.reload_requested = False
             models = await stack.restart_workers(None)
-            what = "autoscaled models" if stack.config.autoscale else "workers restarted, serving"
+            automatic = stack.config.autoscale or stack.config.placement
+            what = "autoscaled models" if automatic else "workers restarted, serving"
             print(f"{what} {','.join(models) or '(no models)'}", flush=True)
         for proc in stack.dead():
             if proc.name in ("gateway", "autoscaler"):

@@ -115,3 +115,11 @@ def test_autoscaled_up_serves_a_model_registered_later(tmp_path: Path) -> None:
             up.wait()
     assert up.returncode == 0, out
     assert processes_with_env(f"FLEET_HOME={tmp_path}") == []
+
+
+def test_placement_without_the_autoscaler_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    result = run(env, "up", "--port", "0", "--placement", "--no-autoscale", timeout_s=30)
+    assert result.returncode != 0
+    assert "--placement runs the autoscaler's scheduler" in result.stderr
+    assert StackInfo.read(tmp_path) is None and not (tmp_path / "logs").exists()

@@ -91,8 +91,10 @@ class Autoscaler(AsyncService):
         sink: DecisionSink | None = None,
         metrics: AutoscalerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        may_act: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
+        self._may_act = may_act  # False while another autoscaler leads (`autoscaler.leader`)
         self.backend = backend
         self.policy = ScalingPolicy(settings)
         self.metrics = metrics or AutoscalerMetrics()
@@ -114,7 +116,12 @@ class Autoscaler(AsyncService):
         return self.settings.models
 
     async def step(self) -> list[Decision]:
-        """One round over every model; failures of one model or source are logged, not raised."""
+        """One round over every model; failures of one model or source are logged, not raised.
+
+        Nothing happens (no measurement, no decision) while ``may_act`` says another autoscaler leads.
+        """
+        if self._may_act is not None and not self._may_act():
+            return []
         models = list(await self._models())
         if not models:
             return []

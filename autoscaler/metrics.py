@@ -55,6 +55,11 @@ class AutoscalerMetrics:
         self.errors = Counter(
             "fleet_autoscaler_errors", "Rounds that failed, by error code.", ["model", "code"], registry=r
         )
+        self.leader = Gauge(
+            "fleet_autoscaler_leader",
+            "1 while this autoscaler holds the leader lease and scales; 0 while it stands by.",
+            registry=r,
+        )
 
     def observe(self, load: ModelLoad, stats: ServiceStats, decision: Decision) -> None:
         """Record one round of one model."""

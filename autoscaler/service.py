@@ -2,6 +2,9 @@
 Prometheus endpoint. ``python -m autoscaler`` runs `run`; ``fleet up`` can embed `AutoscalerService`.
 
 Models: the configured list, or every model of the registry (re-read every round) when it is empty.
+Leader election (``FLEET_AUTOSCALER_LEADER_ELECTION``, on by default; `autoscaler.leader`): of several
+autoscalers of one namespace only the lease holder measures, scales and places; the others stand by,
+publishing their inventory and metrics, and take over within the lease when it goes.
 Stop: the control loop ends after its round, then the backend stops (the local backend drains its workers;
 Kubernetes Deployments keep running), then the clients close. Signal handlers are installed only by
 ``__main__``.
@@ -31,6 +34,8 @@ from .controller import Autoscaler, Backend
 from .decisions import DEFAULT_DECISION_TTL_S, DecisionStore
 from .errors import BackendError
 from .inventory import InventoryPublisher
+from .leader import LeaderLease
+from .metrics import AutoscalerMetrics
 from .overrides import PinStore
 from .settings import AutoscalerSettings
 from .stats import ServiceStatsReader
@@ -83,6 +88,7 @@ class AutoscalerService(AsyncService):
         self.backend = backend or make_backend(settings, worker_env=worker_env)
         self.autoscaler: Autoscaler | None = None
         self.inventory: InventoryPublisher | None = None
+        self.lease: LeaderLease | None = None
         self._redis: Any = None
         self._collector: LagCollector | None = None
         self._runner: web.AppRunner | None = None
@@ -113,6 +119,14 @@ class AutoscalerService(AsyncService):
         allocation = self.backend.gpu_allocation if isinstance(self.backend, LocalProcessBackend) else dict
         self.inventory = InventoryPublisher(self._redis, self.names, allocation, interval_s=s.inventory_interval_s)
         await self.inventory.start()
+        metrics = AutoscalerMetrics()
+        if s.leader_election:
+            self.lease = LeaderLease(
+                self._redis, self.names, lease_s=s.leader_lease_s, on_change=lambda leads: metrics.leader.set(leads)
+            )
+            await self.lease.start()
+        else:
+            metrics.leader.set(1)
         self.autoscaler = Autoscaler(
             s,
             self.backend,
@@ -122,6 +136,8 @@ class AutoscalerService(AsyncService):
             pins=PinStore(self._redis, self.names),
             limits=self._model_caps,
             sink=DecisionStore(self._redis, self.names, ttl_s=max(DEFAULT_DECISION_TTL_S, int(10 * s.interval_s))),
+            metrics=metrics,
+            may_act=self._leads,
         )
         if s.metrics_port:
             await self._serve_metrics(s.metrics_port)
@@ -148,17 +164,27 @@ class AutoscalerService(AsyncService):
         """Every interval: place every model's desired replicas on the workers that follow an assignment."""
         while not self._closing.is_set():
             try:
-                await backend.place(list(await self._models()))
+                if self._leads():
+                    await backend.place(list(await self._models()))
             except BackendError as exc:
                 log.warning("placement round skipped: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self.settings.interval_s)
+
+    def _leads(self) -> bool:
+        """Whether this autoscaler may scale and place now (always, without leader election)."""
+        return self.lease is None or self.lease.is_leader
 
     async def _close(self) -> None:
         self._closing.set()
         placement, self._placement_task = self._placement_task, None
         if placement is not None:
             await asyncio.gather(placement, return_exceptions=True)
+        # Hand the lease over only once this one stopped acting; the backend's stop (draining local
+        # workers) is not scaling, so a standby may begin meanwhile.
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            await lease.stop()
         inventory, self.inventory = self.inventory, None
         if inventory is not None:
             await inventory.stop()

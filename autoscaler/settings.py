@@ -61,11 +61,24 @@ class AutoscalerSettings:
     placement_size_factor: float = doc(
         "Placement: size of a model never measured = its artifact size x this (as FLEET_WORKER_SIZE_FACTOR).", 3.0
     )
+    leader_election: bool = doc(
+        "Only the autoscaler holding a lease in Redis scales and places; others stand by (several replicas = HA).",
+        True,
+    )
+    leader_lease_s: float = doc(
+        "Leader lease: renewed every third of it; a standby takes over this long after a leader dies.", 10.0
+    )
     fleet: FleetSettings = doc("Namespace, Kafka and Redis of the fleet.", prefix="", default_factory=FleetSettings)
 
     def __post_init__(self) -> None:
         self._check_backend_settings()
-        for name in ("interval_s", "target_drain_s", "default_replica_throughput", "smoothing_half_life_s"):
+        for name in (
+            "interval_s",
+            "target_drain_s",
+            "default_replica_throughput",
+            "smoothing_half_life_s",
+            "leader_lease_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
         for name in ("scale_up_stabilization_s", "scale_down_stabilization_s", "idle_to_zero_s", "stats_max_age_s"):

@@ -55,6 +55,9 @@ from .stackfile import ProcessInfo, StackInfo
 log = logging.getLogger("fleet.stack")
 
 #: Consumer-group timings that suit the embedded broker (each join waits max(1 s, session/2)).
+#: A placement verdict this long after the workers were ready comes from a round that saw them.
+_PLACEMENT_SETTLE_MS = 1000.0
+
 LOCAL_BROKER_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
 
 
@@ -284,7 +287,7 @@ class LocalStack:
             if not self._workers and self.config.workers > 0:
                 await self._spawn_workers({"FLEET_WORKER_FOLLOW_ASSIGNMENT": "true"})
             if self._models and self._autoscaler is not None:
-                await self._wait(self._autoscaler, self._placed(self._models))
+                await self._wait(self._autoscaler, self._placed(self._models, now_ms()))
         elif self._autoscaler is not None:
             if self._models and self.config.workers > 0:
                 await self._wait(self._autoscaler, self._autoscaled_ready(self._models))
@@ -364,10 +367,11 @@ class LocalStack:
         finally:
             await client.aclose()
 
-    async def _placed(self, models: Sequence[str]) -> AsyncGenerator[bool, None]:
+    async def _placed(self, models: Sequence[str], since_ms: float) -> AsyncGenerator[bool, None]:
         """Ready once the scheduler decided about every model: placed models have a ready worker serving
         them; a model it could not place (``schedule_failed``, the reason in ``fleet status``) does not
-        hold the stack back."""
+        hold the stack back, once that verdict is from a round that saw the workers (a second after
+        ``since_ms``, when they were ready; an earlier round may have found none)."""
         client = self.settings.redis.client()
         names = Names(self.config.namespace)
         try:
@@ -378,11 +382,13 @@ class LocalStack:
                     views = await read_workers(client, names)
                     served = {m for v in views if v.state == "ready" for m in v.models}
                     decided_elsewhere = {PlacementState.SCHEDULE_FAILED.value, PlacementState.IDLE.value}
-                    waiting = {
+                    decided = {
                         m
-                        for m in models
-                        if m not in served and placements.get(m, {}).get("state") not in decided_elsewhere
+                        for m, status in placements.items()
+                        if status.get("state") in decided_elsewhere
+                        and float(status.get("ts_ms") or 0) >= since_ms + _PLACEMENT_SETTLE_MS
                     }
+                    waiting = set(models) - served - decided
                 yield not waiting
         finally:
             await client.aclose()

@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from autoscaler import AutoscalerError, DecisionStore, GpuInventory, LagCollector, PinStore, read_inventory
+from autoscaler.leader import read_leader
 from autoscaler.placement_store import read_placement
 from autoscaler.signals import ModelLoad
 from schemas import FleetSettings, ModelRegistry, Names, SchemaError, now_ms
@@ -73,6 +74,7 @@ class StatusReport:
     residency: list[dict[str, Any]] = field(default_factory=list)  # schemas.residency.WorkerResidency per worker
     models: list[ModelStatus] = field(default_factory=list)
     gpus: list[dict[str, Any]] = field(default_factory=list)
+    autoscaler_leader: str | None = None  # holder of the autoscalers' leader lease (None: nobody leads)
     problems: list[str] = field(default_factory=list)
 
 
@@ -132,6 +134,7 @@ async def gather_status(target: Target) -> StatusReport:
         models = [ModelStatus(m, await registry.default_version(m)) for m in await registry.models()]
         await _add_scaling(redis, names, models, report)
         inventory = await read_inventory(redis, names)
+        report.autoscaler_leader = await read_leader(redis, names)
     except (RedisError, AutoscalerError) as exc:
         report.problems.append(f"redis unreachable: {exc}")
         return report
@@ -293,6 +296,8 @@ def render(report: StatusReport) -> str:
         lines += [_placement_line(m) for m in report.models if m.placement]
         if any(m.capped_by_partitions for m in report.models):
             lines.append("  * capped by the topic's partition count")
+    if report.autoscaler_leader is not None:
+        lines.append(f"autoscaler leader {report.autoscaler_leader}")
     if not report.gpus:
         lines.append("gpus      (no inventory reported: no autoscaler running)")
     for inv in report.gpus:

@@ -49,6 +49,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:autoscaler:pins             HASH model -> pinned replicas (manual override; absent = autoscaled)
       {ns}:autoscaler:decision:{m}     HASH the autoscaler's last decision for a model (EXPIRE): desired,
                                        actual, reason, inputs (JSON), capped_by_partitions, pinned, ts_ms
+      {ns}:autoscaler:leader           STRING id of the autoscaler that holds the leader lease (PEXPIRE =
+                                       lease; `autoscaler.leader`): only that one scales and places
       {ns}:inventory                   ZSET host -> epoch ms of its last GPU inventory report
       {ns}:inventory:{host}            HASH the GPU inventory of one host (EXPIRE; see `autoscaler.inventory`)
 
@@ -289,6 +291,11 @@ class Names:
     def pins_key(self) -> str:
         """HASH model -> pinned replica count (manual overrides of the autoscaler)."""
         return f"{self.namespace}:autoscaler:pins"
+
+    @property
+    def autoscaler_leader_key(self) -> str:
+        """STRING: holder id of the autoscalers' leader lease (PEXPIRE = the lease)."""
+        return f"{self.namespace}:autoscaler:leader"
 
     def decision_key(self, model: str) -> str:
         """HASH of the autoscaler's last decision for ``model``."""

@@ -42,6 +42,9 @@ from .stats import ServiceStatsReader
 
 log = logging.getLogger("fleet.autoscaler")
 
+#: Prometheus HTTP service discovery of the local backend's workers, on the metrics port.
+WORKER_SD_PATH = "/sd/workers"
+
 
 class ServiceBackend(Backend, Protocol):
     """A `Backend` with a lifetime: the service starts it and stops it last."""
@@ -70,6 +73,7 @@ def make_backend(settings: AutoscalerSettings, *, worker_env: Mapping[str, str] 
         gpu_count=None if settings.gpus < 0 else settings.gpus,
         drain_timeout_s=settings.drain_timeout_s,
         ready_timeout_s=settings.ready_timeout_s,
+        metrics_ports=settings.worker_metrics_port_range(),
     )
 
 
@@ -226,6 +230,19 @@ class AutoscalerService(AsyncService):
                 caps[model] = cap
         return caps
 
+    async def _worker_targets(self, _: web.Request) -> web.Response:
+        """Prometheus HTTP service discovery: the /metrics of every live local worker, labelled with its
+        model and id (``[]`` with another backend or without ``worker_metrics_ports``)."""
+        groups: list[dict[str, Any]] = []
+        if isinstance(self.backend, LocalProcessBackend):
+            host = self.settings.worker_metrics_host
+            host = f"[{host}]" if ":" in host else host  # an IPv6 address
+            for worker in self.backend.workers():
+                if worker.metrics_port is not None:
+                    labels = {"model": worker.model, "worker_id": worker.worker_id}
+                    groups.append({"targets": [f"{host}:{worker.metrics_port}"], "labels": labels})
+        return web.json_response(groups)
+
     async def _serve_metrics(self, port: int) -> None:
         registry = CollectorRegistry(auto_describe=True)
         gpus = Gauge(
@@ -242,6 +259,7 @@ class AutoscalerService(AsyncService):
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        app.router.add_get(WORKER_SD_PATH, self._worker_targets)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "0.0.0.0", port)

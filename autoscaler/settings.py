@@ -51,6 +51,15 @@ class AutoscalerSettings:
     ready_timeout_s: float = doc("Local backend: seconds a new worker may take to report ready (then logged).", 120.0)
     log_dir: str = doc("Local backend: folder of the worker log files (empty: a folder in the temp dir).", "")
     gpus: int = doc("GPUs the local backend hands out (-1: count them with NVML; 0: none).", -1)
+    worker_metrics_ports: str = doc(
+        "Local backend: port range FIRST-LAST handed out, one per worker, for its /metrics; Prometheus finds them "
+        "at /sd/workers of the metrics port (HTTP service discovery). Empty: spawned workers serve no metrics.",
+        "",
+    )
+    worker_metrics_host: str = doc(
+        "Local backend: the host name Prometheus reaches the spawned workers by (in Compose, the service name).",
+        "127.0.0.1",
+    )
     inventory_interval_s: float = doc("Seconds between two GPU inventory reports to Redis.", 5.0)
     metrics_port: int = doc("TCP port of the Prometheus /metrics endpoint (0 = off).", 0)
     placement: bool = doc(
@@ -112,6 +121,21 @@ class AutoscalerSettings:
             raise SettingsError("gpus must be -1 (detect), 0 or a GPU count")
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"metrics_port {self.metrics_port} is not in 0..65535")
+        self.worker_metrics_port_range()  # validates it
+
+    def worker_metrics_port_range(self) -> range | None:
+        """``worker_metrics_ports`` as a range (None when empty)."""
+        text = self.worker_metrics_ports.strip()
+        if not text:
+            return None
+        first, sep, last = text.partition("-")
+        try:
+            ports = range(int(first), int(last if sep else first) + 1)
+        except ValueError:
+            ports = range(0)
+        if not ports or ports.start < 1 or ports.stop > 65536:
+            raise SettingsError(f"worker_metrics_ports {text!r} must be FIRST-LAST within 1..65535, FIRST <= LAST")
+        return ports
 
     def pins(self) -> dict[str, int]:
         """The static ``pinned`` entries as {model: replicas}."""

@@ -69,6 +69,8 @@ class LocalWorker:
     log_path: Path
     #: Seconds from spawn to the heartbeat saying ready; None while not ready.
     ready_latency_s: float | None
+    #: Port of its Prometheus /metrics (None: no metrics port range configured).
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class _Proc:
     log_path: Path
     spawned_at: float
     ready_latency_s: float | None = None
+    metrics_port: int | None = None
     stop_requested_at: float | None = None
     exited: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -110,7 +113,14 @@ class _Proc:
 
     def snapshot(self) -> LocalWorker:
         return LocalWorker(
-            self.worker_id, self.model, self.process.pid, self.gpu, self.phase, self.log_path, self.ready_latency_s
+            self.worker_id,
+            self.model,
+            self.process.pid,
+            self.gpu,
+            self.phase,
+            self.log_path,
+            self.ready_latency_s,
+            self.metrics_port,
         )
 
 
@@ -134,8 +144,11 @@ class LocalProcessBackend(AsyncService):
         base_env: Mapping[str, str] | None = None,
         drain_timeout_s: float = 60.0,
         ready_timeout_s: float = 120.0,
+        metrics_ports: range | None = None,
     ) -> None:
         self.fleet_settings = fleet_settings
+        #: Ports handed to workers for their /metrics, one each (None: workers serve none).
+        self.metrics_ports = metrics_ports
         self.names = Names(fleet_settings.namespace)
         self.log_dir = Path(log_dir or Path(tempfile.gettempdir()) / f"fleet-{fleet_settings.namespace}" / "workers")
         self.python = python
@@ -239,7 +252,11 @@ class LocalProcessBackend(AsyncService):
         worker_id = f"{model}-{secrets.token_hex(4)}"
         gpu = pick_gpu((p.gpu for p in self._procs.values() if p.alive), self.gpu_count)
         base = os.environ if self._base_env is None else self._base_env
-        env = worker_env(self.fleet_settings, model, worker_id, gpu=gpu, base=base, extra=self.extra_env)
+        metrics_port = self._free_metrics_port()
+        extra = self.extra_env
+        if metrics_port is not None:
+            extra = {**extra, "FLEET_WORKER_METRICS_PORT": str(metrics_port)}
+        env = worker_env(self.fleet_settings, model, worker_id, gpu=gpu, base=base, extra=extra)
         log_path = self.log_dir / f"{worker_id}.log"
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -257,13 +274,24 @@ class LocalProcessBackend(AsyncService):
                 os.close(out)  # the child has its own copy
         except OSError as exc:
             raise BackendError(f"spawning a worker of {model!r} failed: {exc}") from exc
-        proc = _Proc(worker_id, model, gpu, process, log_path, time.monotonic())
+        proc = _Proc(worker_id, model, gpu, process, log_path, time.monotonic(), metrics_port=metrics_port)
         self._procs[worker_id] = proc
         if self._state is not _State.RUNNING:  # stop() began while this spawn was under way
             self._request_stop(proc, "backend stop")
         gpu_text = "" if gpu is None else f" on GPU {gpu}"
         log.info("spawned worker %s of %s (pid %d)%s, log %s", worker_id, model, process.pid, gpu_text, log_path)
         self._own(self._lifetime_routine(proc), f"worker-{worker_id}")
+
+    def _free_metrics_port(self) -> int | None:
+        """The lowest port of ``metrics_ports`` no live worker holds; None when there is no range."""
+        if self.metrics_ports is None:
+            return None
+        taken = {p.metrics_port for p in self._procs.values() if p.alive}
+        for port in self.metrics_ports:
+            if port not in taken:
+                return port
+        ports = self.metrics_ports
+        raise BackendError(f"every worker metrics port of {ports.start}-{ports.stop - 1} is taken; widen the range")
 
     def _own(self, routine: Any, name: str) -> None:
         task = asyncio.create_task(routine, name=name)

@@ -17,7 +17,7 @@ from autoscaler import AutoscalerService, AutoscalerSettings, DecisionStore, Loc
 from autoscaler.backends import PlacementBackend, settings_env
 from autoscaler.placement_store import read_placement
 from fleet.localservers import free_port
-from schemas import FleetSettings, ModelRecord, Names
+from schemas import FleetSettings, ModelRecord, Names, SettingsError
 from workers import Worker, WorkerSettings
 
 from .conftest import MODEL, wait_until
@@ -123,3 +123,42 @@ async def test_placement_mode_places_models_on_a_following_worker(
             "a decision that counts the placed replica",
         )
         assert decision.desired == 1
+
+
+async def test_spawned_workers_serve_metrics_that_prometheus_discovers(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, tmp_path: Path
+) -> None:
+    port, first = free_port(), free_port()
+    settings = AutoscalerSettings(
+        interval_s=0.2,
+        gpus=0,
+        metrics_port=port,
+        pinned=(f"{MODEL}=1",),
+        worker_metrics_ports=f"{first}-{first + 3}",
+        log_dir=str(tmp_path),
+        fleet=fleet_settings,
+    )
+    async with AutoscalerService(settings) as service, aiohttp.ClientSession() as http:
+        backend = service.backend
+        assert isinstance(backend, LocalProcessBackend)
+        await wait_until(lambda: [w for w in backend.workers() if w.ready_latency_s is not None], 60, "a ready worker")
+        async with http.get(f"http://127.0.0.1:{port}/sd/workers") as response:
+            assert response.status == 200
+            (group,) = await response.json()
+        (worker,) = backend.workers()
+        assert group == {
+            "targets": [f"127.0.0.1:{first}"],
+            "labels": {"model": MODEL, "worker_id": worker.worker_id},
+        }
+        async with http.get(f"http://{group['targets'][0]}/metrics") as response:
+            assert response.status == 200
+            assert "fleet_worker_" in await response.text()
+
+
+def test_worker_metrics_ports_must_be_a_range() -> None:
+    assert AutoscalerSettings(worker_metrics_ports="9200-9203").worker_metrics_port_range() == range(9200, 9204)
+    assert AutoscalerSettings(worker_metrics_ports="9200").worker_metrics_port_range() == range(9200, 9201)
+    assert AutoscalerSettings().worker_metrics_port_range() is None
+    for bad in ("9203-9200", "0-3", "a-b", "9200-70000"):
+        with pytest.raises(SettingsError, match="worker_metrics_ports"):
+            AutoscalerSettings(worker_metrics_ports=bad)

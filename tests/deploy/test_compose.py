@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from autoscaler.service import WORKER_SD_PATH
+from autoscaler.settings import AutoscalerSettings
+
 from .manifests import CHART, DEPLOY, ROOT
 from .settings_names import known_variables
 
@@ -69,8 +72,12 @@ def test_prometheus_scrapes_every_component_on_the_port_it_serves() -> None:
     assert str(workers["port"]) == services["worker"]["environment"]["FLEET_WORKER_METRICS_PORT"]
     port = services["autoscaler"]["environment"]["FLEET_AUTOSCALER_METRICS_PORT"]
     assert jobs["fleet-autoscaler"]["static_configs"][0]["targets"] == [f"autoscaler:{port}"]
-    # Workers the autoscaler starts inherit FLEET_WORKER_*: a shared metrics port would make them clash.
-    assert services["autoscaler"]["environment"]["FLEET_WORKER_METRICS_PORT"] == "0"
+    # Workers the autoscaler starts get one port each, listed for Prometheus at /sd/workers on its port.
+    autoscaler = services["autoscaler"]["environment"]
+    settings = AutoscalerSettings.from_env(autoscaler)
+    assert settings.worker_metrics_port_range() is not None and settings.worker_metrics_host == "autoscaler"
+    (discovery,) = jobs["fleet-autoscaled-worker"]["http_sd_configs"]
+    assert discovery["url"] == f"http://autoscaler:{port}{WORKER_SD_PATH}"
 
 
 def test_grafana_is_provisioned_with_the_dashboard() -> None:

@@ -138,3 +138,12 @@ async def test_expositions_pass_promtool_and_the_parser(
         pytest.skip("promtool not found (run scripts/promtool.sh: it unpacks Debian's prometheus package)")
     reports = {service: promtool_problems(tool, expositions[service]) for service in SERVICES}
     assert reports == dict.fromkeys(SERVICES, ""), reports
+
+
+def test_compose_prometheus_config_passes_promtool() -> None:
+    tool = promtool()
+    if tool is None:
+        pytest.skip("promtool not found (bash scripts/promtool.sh installs it)")
+    config = ROOT / "deploy" / "compose" / "prometheus.yml"
+    done = subprocess.run([tool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -42,6 +42,7 @@ def test_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
         status = run(env, "status")
         assert status.returncode == 0, status.stdout + status.stderr
         assert f"gateway   {info.gateway_url}  ready" in status.stdout
+        assert "autoscaler leader " in status.stdout  # the one autoscaler holds the lease
         assert run(env, "up", "--port", "0").returncode == 1  # one stack per home
 
         down = run(env, "down")

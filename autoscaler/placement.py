@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from schemas.constants import GPU
+
 MB = 1 << 20  # as the workers count (workers.residency.MB)
 
 
@@ -34,13 +36,26 @@ class PlacementState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ModelDemand:
-    """What one model needs: bytes per replica, how many replicas, labels a worker must have."""
+    """What one model needs: bytes per replica (on a CPU and on a GPU worker), how many replicas, labels a
+    worker must have."""
 
     model: str
-    size_bytes: int
+    size_bytes: int  # on a CPU worker
     replicas: int
     requires: frozenset[str] = frozenset()
     gpus: frozenset[int] | None = None  # GPU indices it may use (None = any); CPU workers are not affected
+    gpu_size_bytes: int | None = None  # on a GPU worker (None: the same as size_bytes)
+
+    def size_on(self, slot: WorkerSlot) -> int:
+        """Bytes a replica takes on ``slot``: its GPU size on a worker labelled ``gpu``."""
+        if self.gpu_size_bytes is not None and GPU in slot.labels:
+            return self.gpu_size_bytes
+        return self.size_bytes
+
+    @property
+    def largest_bytes(self) -> int:
+        """The larger of its two sizes (placement goes largest first)."""
+        return max(self.size_bytes, self.gpu_size_bytes or 0)
 
     def allows(self, slot: WorkerSlot) -> bool:
         """True when ``slot`` has the required labels and, on a GPU, an allowed one."""
@@ -113,19 +128,22 @@ def place(demands: Sequence[ModelDemand], workers: Sequence[WorkerSlot], current
             demand = by_model.get(model)
             if demand is None or len(holders[model]) >= demand.replicas:
                 continue
-            if not demand.allows(room.slot) or not room.fits(demand.size_bytes):
+            size = demand.size_on(room.slot)
+            if not demand.allows(room.slot) or not room.fits(size):
                 continue
-            room.used += demand.size_bytes
+            room.used += size
             holders[model].append(worker)
             out.assignments[worker].add(model)
     # 2. place the missing replicas, largest models first
-    for demand in sorted(demands, key=lambda d: (-d.size_bytes, d.model)):
+    for demand in sorted(demands, key=lambda d: (-d.largest_bytes, d.model)):
         missing = demand.replicas - len(holders[demand.model])
         labelled = [r for r in rooms.values() if demand.allows(r.slot)]
-        candidates = [r for r in labelled if r.slot.worker not in holders[demand.model] and r.fits(demand.size_bytes)]
+        candidates = [
+            r for r in labelled if r.slot.worker not in holders[demand.model] and r.fits(demand.size_on(r.slot))
+        ]
         candidates.sort(key=lambda r: (demand.model not in r.slot.resident, -r.free_or_max(), r.slot.worker))
         for room in candidates[: max(0, missing)]:
-            room.used += demand.size_bytes
+            room.used += demand.size_on(room.slot)
             holders[demand.model].append(room.slot.worker)
             out.assignments[room.slot.worker].add(demand.model)
         out.status[demand.model] = _status(demand, holders[demand.model], rooms, labelled)
@@ -153,8 +171,9 @@ def _status(
         if not others:
             reason = f"only {len(labelled)} worker(s) have the labels it requires"
         else:
-            largest = max(r.free_or_max() for r in others)
-            reason = f"needs {_mb(demand.size_bytes)}, largest free {_mb(max(0, largest))}"
+            roomiest = max(others, key=lambda r: r.free_or_max())
+            needs = demand.size_on(roomiest.slot)
+            reason = f"needs {_mb(needs)}, largest free {_mb(max(0, roomiest.free_or_max()))}"
     state = PlacementState.PARTIAL if placed else PlacementState.SCHEDULE_FAILED
     if placed:
         reason = f"{len(placed)} of {demand.replicas} replicas placed: {reason}"

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schemas import FleetError, ModelRecord, ModelRegistry, Names, SchemaError, now_ms
+from schemas.constants import CPU, GPU
 from schemas.limits import ModelLimits
 from schemas.residency import WorkerResidency
 
@@ -30,14 +31,25 @@ def label_set(value: str) -> frozenset[str]:
     return frozenset(part.strip() for part in value.split(",") if part.strip())
 
 
-def demand_of(record: ModelRecord, replicas: int, size_factor: float) -> ModelDemand:
-    """A model's demand: the size a worker would account (measured, else artifact x factor) and its limits
+def demand_of(
+    record: ModelRecord, replicas: int, size_factor: float, measured: Mapping[str, int] | None = None
+) -> ModelDemand:
+    """A model's demand: the size a worker would account on a CPU and on a GPU (measured on that kind of
+    device, else the record's size: measured elsewhere, else artifact x factor) and its limits
     (`schemas.limits`: ``requires``, ``max_replicas``, ``gpus``); raises SchemaError on a bad limit label."""
-    size = record.size_bytes if record.size_measured else int(record.size_bytes * size_factor)
+    fallback = record.size_bytes if record.size_measured else int(record.size_bytes * size_factor)
+    measured = measured or {}
     limits = ModelLimits.from_labels(record.labels)
     if limits.max_replicas is not None:
         replicas = min(replicas, limits.max_replicas)
-    return ModelDemand(record.name, size, max(0, replicas), limits.requires, limits.gpus)
+    return ModelDemand(
+        record.name,
+        measured.get(CPU, fallback),
+        max(0, replicas),
+        limits.requires,
+        limits.gpus,
+        gpu_size_bytes=measured.get(GPU, fallback),
+    )
 
 
 def _text(value: Any) -> str:
@@ -61,7 +73,9 @@ class PlacementRunner:
         unreadable: dict[str, str] = {}
         for model in models:
             try:
-                demands.append(demand_of(await registry.get(model), desired.get(model, 1), self._size_factor))
+                record = await registry.get(model)
+                measured = await registry.measured_sizes(model, record.version)
+                demands.append(demand_of(record, desired.get(model, 1), self._size_factor, measured))
             except (FleetError, SchemaError) as exc:
                 unreadable[model] = exc.message
         result = place(demands, workers, current)

@@ -11,6 +11,18 @@ ENVELOPE_VERSION = 1
 #: Default namespace for topic names and Redis keys (tests use a unique one each).
 DEFAULT_NAMESPACE = "fleet"
 
+#: Kinds of device a model's footprint is measured on: the same model takes different room in GPU memory
+#: (weights, CUDA workspaces) than in a CPU process (weights, prepacked copies, arenas).
+CPU = "cpu"
+GPU = "gpu"
+DEVICE_KINDS = (CPU, GPU)
+
+
+def device_kind(device: str) -> str:
+    """``gpu`` for a CUDA device name (``cuda``, ``cuda:1``), else ``cpu``."""
+    return GPU if device.startswith("cuda") else CPU
+
+
 #: Kafka headers set on every request record (strings, utf-8 encoded on the wire).
 HEADER_REQUEST_ID = "fleet-request-id"
 HEADER_ENVELOPE_VERSION = "fleet-v"

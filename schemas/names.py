@@ -14,7 +14,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:models                      SET of registered model names
       {ns}:model:{m}:versions          SET of the model's versions
       {ns}:model:{m}:v:{v}             msgpack ModelRecord (immutable once written)
-      {ns}:model:{m}:v:{v}:measured    footprint measured by a worker after loading (bytes)
+      {ns}:model:{m}:v:{v}:measured:{kind}  footprint a worker measured after loading, on a device of
+                                       that kind (cpu or gpu; bytes)
       {ns}:model:{m}:default           the version served when none is asked for
       {ns}:model:{m}:traffic           HASH version -> percent of unversioned requests (a canary / A-B
                                        split; absent = all to the default; see `schemas.traffic`)
@@ -63,7 +64,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .constants import DEFAULT_NAMESPACE
+from .constants import CPU, DEFAULT_NAMESPACE, DEVICE_KINDS
 from .errors import ErrorCode, SchemaError
 
 # Kafka topic names allow [A-Za-z0-9._-] up to 249 chars; keep room for the prefix.
@@ -186,9 +187,11 @@ class Names:
         """msgpack ModelRecord of one version."""
         return f"{self.namespace}:model:{model}:v:{version}"
 
-    def measured_key(self, model: str, version: str) -> str:
-        """Measured footprint in bytes of a loaded version (written by workers)."""
-        return f"{self.namespace}:model:{model}:v:{version}:measured"
+    def measured_key(self, model: str, version: str, kind: str = CPU) -> str:
+        """Measured footprint in bytes of a loaded version on a ``kind`` device (written by workers)."""
+        if kind not in DEVICE_KINDS:
+            raise ValueError(f"device kind {kind!r} is not one of {', '.join(DEVICE_KINDS)}")
+        return f"{self.namespace}:model:{model}:v:{version}:measured:{kind}"
 
     def default_key(self, model: str) -> str:
         """Default version pointer of a model."""

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from .codec import field as read
 from .codec import pack, unpack_envelope
-from .constants import ENVELOPE_VERSION
+from .constants import CPU, DEVICE_KINDS, ENVELOPE_VERSION, GPU
 from .envelopes import now_ms
 from .errors import ErrorCode, FleetError, SchemaError
 from .limits import ModelLimits
@@ -196,16 +196,25 @@ class ModelRegistry:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
         return bool(created)
 
-    async def get(self, model: str, version: str | None = None) -> ModelRecord:
-        """The record of ``version`` (the default when None); RegistryError when unknown."""
+    async def get(self, model: str, version: str | None = None, *, device_kind: str = CPU) -> ModelRecord:
+        """The record of ``version`` (the default when None); RegistryError when unknown.
+
+        Its size is the footprint measured on a ``device_kind`` device, else the one measured on the
+        other kind (the best estimate there is), else the artifact size (``size_measured`` False).
+        """
         n = self._names
+        other_kind = GPU if device_kind == CPU else CPU
         try:
             if version is None:
                 raw_default = await self._redis.get(n.default_key(model))
                 if raw_default is None:
                     raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
                 version = raw_default.decode() if isinstance(raw_default, bytes) else str(raw_default)
-            raw, measured = await self._redis.mget(n.record_key(model, version), n.measured_key(model, version))
+            raw, measured, measured_elsewhere = await self._redis.mget(
+                n.record_key(model, version),
+                n.measured_key(model, version, device_kind),
+                n.measured_key(model, version, other_kind),
+            )
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
         if raw is None:
@@ -213,9 +222,20 @@ class ModelRegistry:
                 raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
             raise RegistryError(f"model {model!r} has no version {version!r}", code=ErrorCode.VERSION_NOT_FOUND)
         record = ModelRecord.from_bytes(raw if isinstance(raw, bytes) else raw.encode())
+        if measured is None:
+            measured = measured_elsewhere
         if measured is not None:
             record = replace(record, size_bytes=int(measured), size_measured=True)
         return record
+
+    async def measured_sizes(self, model: str, version: str) -> dict[str, int]:
+        """Footprints of ``version`` measured so far, by device kind (``{}`` before any load)."""
+        keys = [self._names.measured_key(model, version, kind) for kind in DEVICE_KINDS]
+        try:
+            values = await self._redis.mget(keys)
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        return {kind: int(value) for kind, value in zip(DEVICE_KINDS, values, strict=True) if value is not None}
 
     async def exists(self, model: str) -> bool:
         """True when ``model`` has at least one registered version."""
@@ -326,10 +346,11 @@ class ModelRegistry:
             )
         return _text(outcome[1]), _text(outcome[2])
 
-    async def record_measured_size(self, model: str, version: str, size_bytes: int) -> None:
-        """Store the footprint a worker measured after loading (replaces the declared size)."""
+    async def record_measured_size(self, model: str, version: str, size_bytes: int, device_kind: str = CPU) -> None:
+        """Store the footprint a worker measured after loading on a ``device_kind`` device (replaces the
+        declared size for workers on that kind of device)."""
         try:
-            await self._redis.set(self._names.measured_key(model, version), int(size_bytes))
+            await self._redis.set(self._names.measured_key(model, version, device_kind), int(size_bytes))
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
 
@@ -364,7 +385,7 @@ class ModelRegistry:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for v in doomed:
-                    pipe.delete(n.record_key(model, v), n.measured_key(model, v))
+                    pipe.delete(n.record_key(model, v), *(n.measured_key(model, v, kind) for kind in DEVICE_KINDS))
                     pipe.srem(n.versions_key(model), v)
                 if len(doomed) == len(versions):
                     pipe.delete(n.default_key(model), n.versions_key(model))

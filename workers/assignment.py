@@ -14,9 +14,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from schemas import Names, check_model_name
+from schemas.constants import GPU
 from schemas.errors import SchemaError
 
-from .gpu import gpu_stats
+from .gpu import device_kind_of
 from .settings import WorkerSettings
 
 log = logging.getLogger("fleet.workers")
@@ -28,8 +29,9 @@ Apply = Callable[[frozenset[str]], Awaitable[frozenset[str]]]
 def worker_labels(settings: WorkerSettings) -> tuple[str, ...]:
     """The configured labels plus ``cpu`` or ``gpu`` and ``cuda:N`` (by the device) and the installed frameworks."""
     labels = set(settings.labels)
-    on_gpu = settings.device.startswith("cuda") or (settings.device == "auto" and bool(gpu_stats()))
-    labels.add("gpu" if on_gpu else "cpu")
+    kind = device_kind_of(settings.device)
+    on_gpu = kind == GPU
+    labels.add(kind)
     if on_gpu:
         labels.add(f"cuda:{settings.device.partition(':')[2] or 0}")
     for label, module in (("onnx", "onnxruntime"), ("torch", "torch")):

@@ -58,8 +58,9 @@ def gpu_used_bytes() -> dict[int, int]:
 def measure(load: Callable[[], T], device_of: Callable[[T], str], fallback_bytes: int) -> tuple[T, int]:
     """Run ``load`` and return its result with the memory it took on the device it ended up on.
 
-    The difference of two readings can be zero or negative (allocator reuse, other tenants on the
-    GPU); then ``fallback_bytes`` (the artifact size) is the best honest figure.
+    The difference of two readings can be zero, negative or smaller than the weights (allocator reuse,
+    other tenants on the GPU); it is never taken below ``fallback_bytes`` (the artifact size: the
+    weights are in memory once loaded).
     """
     rss_before, gpu_before = resident_bytes(), gpu_used_bytes()
     result = load()
@@ -69,4 +70,4 @@ def measure(load: Callable[[], T], device_of: Callable[[T], str], fallback_bytes
         delta = gpu_used_bytes().get(index, 0) - gpu_before.get(index, 0)
     else:
         delta = resident_bytes() - rss_before
-    return result, delta if delta > 0 else fallback_bytes
+    return result, max(delta, fallback_bytes)

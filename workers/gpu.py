@@ -9,6 +9,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.constants import CPU, GPU, device_kind
+
 log = logging.getLogger("fleet.workers")
 
 
@@ -78,3 +80,11 @@ def mean_utilization(device: str) -> float | None:
         if stat.index == index:
             return stat.utilization
     return None
+
+
+def device_kind_of(device: str) -> str:
+    """``gpu`` when a worker configured with ``device`` runs on a GPU (``cuda...``, or ``auto`` with one
+    that NVML sees), else ``cpu``: the kind its measured model sizes are recorded under."""
+    if device == "auto":
+        return GPU if gpu_stats() else CPU
+    return device_kind(device)

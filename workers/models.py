@@ -23,6 +23,7 @@ from schemas.limits import MB, ModelLimits
 from .artifact_cache import ArtifactCache, CachedArtifact
 from .errors import ModelLoadError
 from .footprint import measure, trim_heap
+from .gpu import device_kind_of
 from .residency_manager import ResidencyManager
 from .runtimes import Runtime, load_runtime
 from .settings import WorkerSettings
@@ -56,6 +57,7 @@ class ModelCache:
         self._registry = registry
         self._executor = executor
         self._device = settings.device
+        self._device_kind = device_kind_of(settings.device)  # sizes are read and recorded for this kind
         self._threads = settings.intra_op_threads
         self._records: dict[str, ModelRecord] = {}
         self._runtimes: dict[str, Runtime] = {}
@@ -66,12 +68,14 @@ class ModelCache:
         """The record of ``version``; RegistryError when unknown, BackendUnavailableError when Redis is down."""
         record = self._records.get(version)
         if record is None:
-            record = self._records[version] = await self._registry.get(self.model, version)
+            record = self._records[version] = await self._registry.get(
+                self.model, version, device_kind=self._device_kind
+            )
         return record
 
     async def default_record(self) -> ModelRecord:
         """The record of the model's current default version."""
-        record = await self._registry.get(self.model)
+        record = await self._registry.get(self.model, device_kind=self._device_kind)
         self._records.setdefault(record.version, record)
         self._default = record.version
         return record
@@ -150,7 +154,7 @@ class ModelCache:
         if self._measure:
             self._measured[record.version] = footprint
             try:
-                await self._registry.record_measured_size(record.name, record.version, footprint)
+                await self._registry.record_measured_size(record.name, record.version, footprint, self._device_kind)
             except FleetError as exc:  # the model serves regardless; the size is advisory
                 log.warning("could not record the measured size of %s:%s: %s", record.name, record.version, exc.message)
         log.info(

@@ -112,3 +112,17 @@ def test_a_gpu_cap_keeps_the_model_on_the_gpus_it_may_use() -> None:
     assert place([anywhere], [_w("c", 1000, "cpu")], {}).status["m"].workers == ("c",)  # CPU is not capped
     none = place([anywhere], [_w("g0", 1000, "gpu,cuda:0")], {})
     assert none.status["m"].reason == "no worker on an allowed GPU (cuda:3)"
+
+
+def test_a_model_takes_its_gpu_size_on_gpu_workers_and_its_cpu_size_elsewhere() -> None:
+    # 100 MB measured in a CPU process, 600 MB in GPU memory (weights plus CUDA workspaces).
+    model = ModelDemand("m", 100 * MB, 1, gpu_size_bytes=600 * MB)
+    only_gpu = place([model], [_w("g1", 500, labels="gpu,cuda:0")], {})
+    assert only_gpu.status["m"].state is PlacementState.SCHEDULE_FAILED
+    assert only_gpu.status["m"].reason == "needs 600 MB, largest free 500 MB"
+    both = place([model], [_w("g1", 500, labels="gpu,cuda:0"), _w("c1", 150)], {})
+    assert both.assignments == {"g1": set(), "c1": {"m"}}
+    # Largest first counts the larger of the two sizes: the 600 MB GPU model goes before a 300 MB one.
+    other = _d("n", 300)
+    first = place([other, model], [_w("g1", 700, labels="gpu,cuda:0")], {})
+    assert first.assignments == {"g1": {"m"}} and first.status["n"].state is PlacementState.SCHEDULE_FAILED

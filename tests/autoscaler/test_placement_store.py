@@ -86,6 +86,11 @@ async def test_max_replicas_label_caps_the_replicas_placed(tmp_path: Path) -> No
     assert demand.size_bytes == record.size_bytes * 3
     measured = dataclasses.replace(record, size_bytes=123, size_measured=True)
     assert demand_of(measured, 1, 3.0).size_bytes == 123
+    # A size measured on each kind of device is used for workers of that kind; the other falls back.
+    gpu_only = demand_of(record, 1, 3.0, {"gpu": 500})
+    assert (gpu_only.size_bytes, gpu_only.gpu_size_bytes) == (record.size_bytes * 3, 500)
+    both = demand_of(measured, 1, 3.0, {"cpu": 123, "gpu": 500})
+    assert (both.size_bytes, both.gpu_size_bytes) == (123, 500)
 
 
 async def test_the_placement_backend_keeps_desired_and_placed_counts_across_a_restart(

@@ -40,9 +40,16 @@ async def test_register_get_default_remove(redis_client: object, names: Names, r
     assert await registry.versions("tiny") == ["1", "2"]
     assert await registry.models() == ["tiny"]
 
+    assert (await registry.get("tiny", "2")).size_measured is False  # the artifact size until a load
     await registry.record_measured_size("tiny", "2", 12345)
     measured = await registry.get("tiny", "2")
     assert (measured.size_bytes, measured.size_measured) == (12345, True)
+    # Measured on a CPU only: a GPU worker gets that as its best estimate, until it measures its own.
+    assert (await registry.get("tiny", "2", device_kind="gpu")).size_bytes == 12345
+    await registry.record_measured_size("tiny", "2", 99999, device_kind="gpu")
+    assert (await registry.get("tiny", "2", device_kind="gpu")).size_bytes == 99999
+    assert (await registry.get("tiny", "2")).size_bytes == 12345
+    assert await registry.measured_sizes("tiny", "2") == {"cpu": 12345, "gpu": 99999}
 
     with pytest.raises(RegistryError) as info:
         await registry.remove("tiny", "2")  # the default of a model with other versions
@@ -50,6 +57,7 @@ async def test_register_get_default_remove(redis_client: object, names: Names, r
     assert await registry.remove("tiny", "1") == ["1"]
     assert await registry.remove("tiny") == ["2"]
     assert await registry.models() == []
+    assert await registry.measured_sizes("tiny", "2") == {}  # both kinds removed with the version
 
 
 async def test_versions_are_immutable(redis_client: object, names: Names, record: ModelRecord) -> None:

@@ -5,6 +5,8 @@ then writes ``Names.assignment_key`` per worker and ``Names.placement_key`` per 
 Everything it needs is read back from Redis on each round, so a restarted scheduler keeps the placement
 it finds (the rules are stable). Model labels it reads (`schemas.limits`): ``requires`` (comma list of
 worker labels), ``max_replicas`` (caps the replicas placed), ``gpus`` (GPU indices it may use).
+A model's size is its default version's plus that of every other version its traffic split gives a share
+(a canary's workers hold both), each on a CPU and on a GPU worker.
 """
 
 from __future__ import annotations
@@ -31,24 +33,41 @@ def label_set(value: str) -> frozenset[str]:
     return frozenset(part.strip() for part in value.split(",") if part.strip())
 
 
-def demand_of(
-    record: ModelRecord, replicas: int, size_factor: float, measured: Mapping[str, int] | None = None
-) -> ModelDemand:
-    """A model's demand: the size a worker would account on a CPU and on a GPU (measured on that kind of
-    device, else the record's size: measured elsewhere, else artifact x factor) and its limits
-    (`schemas.limits`: ``requires``, ``max_replicas``, ``gpus``); raises SchemaError on a bad limit label."""
+#: A version's record with its footprints measured so far by device kind (`ModelRegistry.measured_sizes`).
+SizedVersion = tuple[ModelRecord, Mapping[str, int]]
+
+
+def version_sizes(version: SizedVersion, size_factor: float) -> tuple[int, int]:
+    """(CPU, GPU) bytes of one version: measured on that kind of device, else the record's size (measured
+    on the other kind, else artifact x factor)."""
+    record, measured = version
     fallback = record.size_bytes if record.size_measured else int(record.size_bytes * size_factor)
-    measured = measured or {}
+    return measured.get(CPU, fallback), measured.get(GPU, fallback)
+
+
+def demand_of(
+    record: ModelRecord,
+    replicas: int,
+    size_factor: float,
+    measured: Mapping[str, int] | None = None,
+    others: Sequence[SizedVersion] = (),
+) -> ModelDemand:
+    """A model's demand: the bytes a worker would account on a CPU and on a GPU for the default version
+    ``record`` plus ``others`` (the other versions its traffic split sends requests to, resident at the
+    same time) and the default's limits (`schemas.limits`: ``requires``, ``max_replicas``, ``gpus``);
+    raises SchemaError on a bad limit label."""
+    sizes = [version_sizes((record, measured or {}), size_factor)]
+    sizes += [version_sizes(other, size_factor) for other in others]
     limits = ModelLimits.from_labels(record.labels)
     if limits.max_replicas is not None:
         replicas = min(replicas, limits.max_replicas)
     return ModelDemand(
         record.name,
-        measured.get(CPU, fallback),
+        sum(cpu for cpu, _ in sizes),
         max(0, replicas),
         limits.requires,
         limits.gpus,
-        gpu_size_bytes=measured.get(GPU, fallback),
+        gpu_size_bytes=sum(gpu for _, gpu in sizes),
     )
 
 
@@ -75,7 +94,13 @@ class PlacementRunner:
             try:
                 record = await registry.get(model)
                 measured = await registry.measured_sizes(model, record.version)
-                demands.append(demand_of(record, desired.get(model, 1), self._size_factor, measured))
+                split = await registry.traffic(model)
+                others = [
+                    (await registry.get(model, version), await registry.measured_sizes(model, version))
+                    for version, share in (split.weights if split is not None else ())
+                    if share > 0 and version != record.version
+                ]
+                demands.append(demand_of(record, desired.get(model, 1), self._size_factor, measured, others))
             except (FleetError, SchemaError) as exc:
                 unreadable[model] = exc.message
         result = place(demands, workers, current)

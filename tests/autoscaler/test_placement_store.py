@@ -18,6 +18,7 @@ from fleet.artifacts import build_record
 from fleet.modelgen import tiny_mlp
 from schemas import FleetSettings, ModelRegistry, Names, now_ms
 from schemas.residency import ResidentModel, WorkerResidency
+from schemas.traffic import TrafficSplit
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +116,26 @@ async def test_the_placement_backend_keeps_desired_and_placed_counts_across_a_re
         assert len(result.status["mb"].workers) == 2  # the stored desired count, not the default 1
     finally:
         await restarted.stop()
+
+
+async def test_a_canary_split_counts_every_version_it_sends_traffic_to(
+    redis_client: Any, names: Names, tmp_path: Path
+) -> None:
+    registry = ModelRegistry(redis_client, names)
+    artifact = tiny_mlp(tmp_path / "c.onnx")
+    for version, measured_mb in (("1", 100), ("2", 200)):
+        await registry.register(build_record("canary", version, artifact))
+        await registry.record_measured_size("canary", version, measured_mb * MB)
+    await _beat(redis_client, names, "w1", 250)
+    await PlacementRunner(redis_client, names).run(["canary"], {})
+    assert (await read_placement(redis_client, names, ["canary"]))["canary"]["state"] == "placed"  # v1: 100 MB
+
+    await registry.set_traffic("canary", TrafficSplit.of({"1": 90, "2": 10}))  # workers now hold both
+    await PlacementRunner(redis_client, names).run(["canary"], {})
+    status = (await read_placement(redis_client, names, ["canary"]))["canary"]
+    assert status["state"] == "schedule_failed" and status["reason"].startswith("needs 300 MB, largest free ")
+
+    await registry.set_traffic("canary", TrafficSplit.of({"1": 0, "2": 100}))  # v1 only on versioned requests
+    await registry.set_default("canary", "2")
+    await PlacementRunner(redis_client, names).run(["canary"], {})
+    assert (await read_placement(redis_client, names, ["canary"]))["canary"]["state"] == "placed"  # v2: 200 MB

@@ -13,6 +13,11 @@ raises ``SchemaError(INVALID_INPUT)`` at the call site). Replies come back one o
 * ``ReplyKind.TOPIC``: workers store the result and produce it (an ``InferenceResponse``, key = request
   id) to the Kafka topic ``reply_topic`` that a streaming pipeline consumes.
 
+A request without a version goes where the gateway would send it: to the model's default version, or
+to the version its traffic split picks for the request id (``fleet models traffic``, the same hash as
+the gateway's), both re-read every ``routing_ttl_s`` (1 s), so a canary, a promotion or a rollback
+reaches direct producers too; the last known routing is kept while Redis is unreachable.
+
 Sends are pipelined (``await producer.send()`` only enqueues into aiokafka's batches; delivery is
 tracked by a callback), and at most ``max_in_flight`` requests are unanswered at a time: ``submit``
 waits for a free slot (backpressure). A request unanswered ``timeout_s`` (+1 s grace) after it was sent
@@ -51,6 +56,7 @@ from schemas import (
     ModelRegistry,
     Names,
     ParameterValue,
+    RegistryError,
     ReplyAddress,
     ReplyKind,
     SchemaError,
@@ -60,6 +66,7 @@ from schemas import (
 )
 from schemas.constants import HEADER_ENVELOPE_VERSION
 from schemas.eventloop import AsyncService
+from schemas.traffic import TrafficSplit
 
 log = logging.getLogger("fleet.producer")
 
@@ -131,6 +138,15 @@ class _Pending:
     future: asyncio.Future[ProducerResult] | None  # infer() waits on it; None: results() gets it
 
 
+@dataclass(slots=True)
+class _Route:
+    """Where unversioned requests of a model go, as last read from the registry."""
+
+    default: str
+    split: TrafficSplit | None
+    until: float  # time.monotonic() after which it is read again
+
+
 class FleetProducer(AsyncService):
     """``async with FleetProducer(settings) as p: y = await p.infer("tiny", {"x": array})``.
 
@@ -157,6 +173,7 @@ class FleetProducer(AsyncService):
         linger_ms: int = 5,
         max_batch_bytes: int = 256 * 1024,
         delete_stream: bool = True,
+        routing_ttl_s: float = 1.0,
     ) -> None:
         if reply is ReplyKind.NONE:
             raise ValueError("reply must be stream, result or topic (somebody has to get the answer)")
@@ -180,6 +197,8 @@ class FleetProducer(AsyncService):
         self._stash: OrderedDict[str, ProducerResult] = OrderedDict()
         self._results: asyncio.Queue[ProducerResult | None] = asyncio.Queue()
         self._records: dict[tuple[str, str | None], ModelRecord] = {}
+        self._routing_ttl_s = routing_ttl_s
+        self._routes: dict[str, _Route] = {}
         self._partitions: dict[str, list[int]] = {}
         self._turn = 0
         self._redis: Any = None
@@ -253,17 +272,48 @@ class FleetProducer(AsyncService):
         return len(self._pending)
 
     async def model_record(self, model: str, version: str | None = None) -> ModelRecord:
-        """The registry record requests for ``model`` (default version when None) are checked against.
+        """The registry record of ``model`` at ``version`` (None: its default version now).
 
-        Cached for the client's lifetime: versions are immutable, and the default is resolved once.
+        Versions are immutable, so a record is cached for the client's lifetime; the default is re-read
+        every ``routing_ttl_s``.
         """
+        if version is None:
+            version = (await self._route(model)).default
         record = self._records.get((model, version))
         if record is None:
-            if self._redis is None:
-                raise RuntimeError("the producer is not started")
-            record = await ModelRegistry(self._redis, self._names).get(model, version)
+            record = await self._registry().get(model, version)
             self._records[(model, version)] = record
         return record
+
+    def _registry(self) -> ModelRegistry:
+        if self._redis is None:
+            raise RuntimeError("the producer is not started")
+        return ModelRegistry(self._redis, self._names)
+
+    async def _route(self, model: str) -> _Route:
+        """The default version and traffic split of ``model``, re-read once ``routing_ttl_s`` has passed
+        (the last known one is kept while Redis is unreachable)."""
+        known = self._routes.get(model)
+        now = time.monotonic()
+        if known is not None and known.until > now:
+            return known
+        registry = self._registry()
+        try:
+            default = await registry.default_version(model)
+            split = await registry.traffic(model)
+        except BackendUnavailableError:
+            if known is None:
+                raise
+            log.warning("routing of %s not refreshed (Redis unavailable); keeping the last known one", model)
+            known.until = now + self._routing_ttl_s
+            return known
+        except SchemaError as exc:  # a hand-edited split: serve the default rather than fail every request
+            log.warning("ignoring the traffic split of %s: %s", model, exc.message)
+            default, split = await registry.default_version(model), None
+        if default is None:
+            raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
+        route = self._routes[model] = _Route(default, split, now + self._routing_ttl_s)
+        return route
 
     async def submit(
         self,
@@ -366,13 +416,16 @@ class FleetProducer(AsyncService):
         producer = self._producer
         if producer is None:
             raise RuntimeError("the producer is not started (or stopped)")
+        request_id = request_id or secrets.token_hex(12)
+        if version is None:  # where the gateway would send it: the default, or the traffic split's pick
+            route = await self._route(model)
+            version = route.default if route.split is None else route.split.pick(request_id)
         record = await self.model_record(model, version)
         tensors = tuple(Tensor.from_numpy(name, np.asarray(array)) for name, array in inputs.items())
         check_inputs(record.inputs, tensors, batched=record.batched)
         unknown = sorted(set(outputs) - {spec.name for spec in record.outputs})
         if unknown:
             raise SchemaError(f"unknown output(s) {unknown} of model {model!r}", code=ErrorCode.INVALID_INPUT)
-        request_id = request_id or secrets.token_hex(12)
         if request_id in self._pending:
             raise ValueError(f"request id {request_id!r} is already in flight")
         await self._slots.acquire()

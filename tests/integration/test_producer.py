@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,11 +20,13 @@ from schemas import (
     FleetSettings,
     InferenceResponse,
     ModelRecord,
+    ModelRegistry,
     Names,
     RegistryError,
     ReplyKind,
     SchemaError,
 )
+from schemas.traffic import TrafficSplit
 from workers import Worker, WorkerSettings
 
 
@@ -174,3 +178,32 @@ def test_reply_options_are_checked(fleet_settings: FleetSettings) -> None:
         FleetProducer(fleet_settings, reply_topic="out")
     with pytest.raises(ValueError):
         FleetProducer(fleet_settings, reply=ReplyKind.NONE)
+
+
+async def test_unversioned_requests_follow_the_traffic_split_and_the_default(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, redis_client: Any, names: Names
+) -> None:
+    registry = ModelRegistry(redis_client, names)
+    await registry.register(dataclasses.replace(tiny_model, version="2"))
+    x = np.ones((1, 16), dtype=np.float32)
+
+    async def versions_of(producer: FleetProducer, count: int) -> dict[str, str]:
+        ids = [await producer.submit("tiny", {"x": x}) for _ in range(count)]
+        answered = {r.request_id: r.version async for r in producer.results(count=count)}
+        assert set(answered) == set(ids)
+        return answered
+
+    async with FleetProducer(fleet_settings, routing_ttl_s=0.1) as producer:
+        assert set((await versions_of(producer, 20)).values()) == {"1"}  # no split: the default
+        split = TrafficSplit.of({"1": 50, "2": 50})
+        await registry.set_traffic("tiny", split)
+        await asyncio.sleep(0.15)  # past the routing TTL
+        answered = await versions_of(producer, 100)
+        # each id on the version the gateway would pick for it (the same hash), both versions used
+        assert all(version == split.pick(request_id) for request_id, version in answered.items())
+        assert set(answered.values()) == {"1", "2"}
+        await registry.set_traffic("tiny", TrafficSplit.of({"2": 100}))
+        await registry.set_default("tiny", "2")
+        await asyncio.sleep(0.15)
+        assert set((await versions_of(producer, 20)).values()) == {"2"}  # promoted
+        assert (await producer.model_record("tiny")).version == "2"

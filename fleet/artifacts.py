@@ -1,7 +1,10 @@
-"""Turning a local model artifact into a registry record: hashing, size and signature discovery."""
+"""Turning a model artifact (a local file or an ``http(s)://`` URL) into a registry record: hashing, size
+and signature discovery."""
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from schemas import (
     TensorSpec,
     sha256_file,
 )
+from schemas.artifact_source import artifact_suffix, download, is_remote
 from schemas.errors import ErrorCode
 
 #: ONNX Runtime type strings -> OIP datatypes.
@@ -65,7 +69,22 @@ def build_record(
     labels: dict[str, str] | None = None,
     example: tuple[Tensor, ...] = (),
 ) -> ModelRecord:
-    """A ModelRecord for a local artifact; ONNX signatures are discovered when not given."""
+    """A ModelRecord for an artifact; ONNX signatures are discovered when not given.
+
+    A local artifact is recorded by its absolute path; an ``http(s)://`` URL is downloaded once (to a
+    temporary file) for its hash, size and signature and recorded as the URL, which workers download
+    from (ArtifactFetchError when it cannot be fetched).
+    """
+    options: dict[str, Any] = dict(
+        framework=framework, inputs=inputs, outputs=outputs, factory=factory, batching=batching, labels=labels
+    )
+    if is_remote(str(artifact)):
+        url = str(artifact)
+        with tempfile.TemporaryDirectory(prefix="fleet-artifact-") as scratch:
+            local = Path(scratch) / f"artifact{artifact_suffix(url)}"
+            download(url, local)
+            record = build_record(name, version, local, example=example, **options)
+        return replace(record, artifact=url)
     path = Path(artifact).resolve()
     if not path.is_file():
         raise SchemaError(f"artifact {str(path)!r} does not exist", code=ErrorCode.INVALID_REQUEST)

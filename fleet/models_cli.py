@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
     reg = sub.add_parser("register", parents=[common], help="register a model version (immutable)")
     reg.add_argument("name")
-    reg.add_argument("--artifact", required=True, type=Path, help="model file (.onnx, TorchScript or checkpoint)")
+    reg.add_argument(
+        "--artifact",
+        required=True,
+        help="model file (.onnx, TorchScript or checkpoint): a local path, or an http(s):// URL the workers "
+        "download from (e.g. a pre-signed object-store URL)",
+    )
     reg.add_argument("--version", help="version label (default: the next integer)")
     reg.add_argument("--framework", choices=[f.value for f in Framework], help="default: from the file suffix")
     reg.add_argument("--factory", help="module:function that builds the nn.Module (framework torch)")
@@ -101,7 +107,8 @@ async def register(target: Target, args: argparse.Namespace) -> int:
     """``fleet models register``."""
     async with open_registry(target.settings) as registry:
         version = args.version or await next_version(registry, args.name)
-        record = build_record(
+        record = await asyncio.to_thread(
+            build_record,
             args.name,
             version,
             args.artifact,

@@ -1,7 +1,8 @@
 """The worker's local disk cache of model artifacts, keyed by sha256.
 
-An artifact is copied once from its registered location into ``{dir}/{sha[:2]}/{sha}{suffix}`` (the
-suffix keeps runtimes that look at it happy) and verified: a copy whose sha256 differs from the
+An artifact is copied once from its registered location (a local path, or downloaded from an
+``http(s)://`` URL, `schemas.artifact_source`) into ``{dir}/{sha[:2]}/{sha}{suffix}`` (the suffix keeps
+runtimes that look at it happy) and verified: a copy whose sha256 differs from the
 record's is refused. A cached file is hashed again whenever its (size, mtime, inode) differ from what
 this process last verified -- the first read after a restart, or after anything rewrote it -- so a
 corrupted or tampered entry is detected, dropped and fetched again rather than loaded; an unchanged
@@ -13,13 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from schemas import ModelRecord, sha256_file
+from schemas.artifact_source import (
+    DOWNLOAD_TIMEOUT_S,
+    ArtifactFetchError,
+    artifact_suffix,
+    fetch_to,
+    is_remote,
+    redacted,
+)
 
 from .errors import ModelLoadError
 
@@ -53,14 +61,16 @@ class CachedArtifact:
 class ArtifactCache:
     """Artifacts copied into ``directory`` once, verified against the record's sha256 on every fetch."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, download_timeout_s: float = DOWNLOAD_TIMEOUT_S) -> None:
         self.directory = Path(directory)
+        #: Seconds a download of a remote artifact may wait for its server between two chunks.
+        self.download_timeout_s = download_timeout_s
         self._verified: dict[Path, tuple[int, int, int]] = {}  # path -> (size, mtime_ns, inode) when verified
         self._lock = threading.Lock()  # model threads fetch concurrently
 
     def path_for(self, record: ModelRecord) -> Path:
         """Where ``record``'s artifact lives in the cache."""
-        suffix = "".join(Path(record.artifact).suffixes)[-16:]
+        suffix = artifact_suffix(record.artifact)
         return self.directory / record.sha256[:2] / f"{record.sha256}{suffix}"
 
     def fetch(self, record: ModelRecord) -> CachedArtifact:
@@ -95,13 +105,13 @@ class ArtifactCache:
                 self._verified[target] = stamp
 
     def _copy(self, record: ModelRecord, target: Path) -> None:
-        source = record.artifact
-        if not os.path.isfile(source):
+        source = redacted(record.artifact)
+        if not is_remote(record.artifact) and not os.path.isfile(record.artifact):
             raise ModelLoadError(record.name, record.version, f"artifact {source!r} does not exist")
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, partial)
+            fetch_to(record.artifact, partial, timeout_s=self.download_timeout_s)
             digest = sha256_file(partial)
             if digest != record.sha256:
                 raise ModelLoadError(
@@ -110,6 +120,8 @@ class ArtifactCache:
                     f"artifact {source!r} has sha256 {digest}, the registry expects {record.sha256}",
                 )
             os.replace(partial, target)
+        except ArtifactFetchError as exc:
+            raise ModelLoadError(record.name, record.version, exc.message) from None
         except OSError as exc:
             raise ModelLoadError(record.name, record.version, f"cannot cache artifact {source!r}: {exc}") from exc
         finally:

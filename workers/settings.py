@@ -80,6 +80,10 @@ class WorkerSettings:
         "Local disk cache of artifacts, keyed by sha256 (default: $XDG_CACHE_HOME or ~/.cache, inference-fleet).",
         "",
     )
+    download_timeout_s: float = doc(
+        "Artifacts registered by http(s) URL: seconds a download may wait for the server (connect, each read).",
+        60.0,
+    )
     follow_assignment: bool = doc(
         "Serve the models the placement scheduler assigns (Redis assignment key, polled every heartbeat) instead "
         "of FLEET_WORKER_MODELS (which must then be empty).",
@@ -128,6 +132,8 @@ class WorkerSettings:
             raise SettingsError("drain_timeout_s must be >= 0")
         if self.heartbeat_interval_s <= 0:
             raise SettingsError("heartbeat_interval_s must be > 0")
+        if self.download_timeout_s <= 0:
+            raise SettingsError("download_timeout_s must be > 0")
         if self.memory_budget_mb < 0:
             raise SettingsError("memory_budget_mb must be >= 0")
         if self.overcommit_pct < 0:

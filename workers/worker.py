@@ -58,7 +58,9 @@ class Worker(AsyncService):
         self.residency = ResidencyManager(
             capacity, ResidencyMetrics(self.metrics.registry), self.names, self.id, settings.heartbeat_interval_s
         )
-        self._artifacts = ArtifactCache(settings.cache_dir or default_cache_dir())
+        self._artifacts = ArtifactCache(
+            settings.cache_dir or default_cache_dir(), download_timeout_s=settings.download_timeout_s
+        )
         self._lifecycle = _Lifecycle.NEW
         self._redis: Any = None
         self._producer: AIOKafkaProducer | None = None

@@ -15,6 +15,7 @@ from fleet.cli import main
 from fleet.localservers import free_port
 from fleet.modelgen import tiny_mlp
 from schemas import FleetSettings, ModelRegistry, Names
+from tests.fileserver import serve_folder
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +134,20 @@ async def test_verify_reports_fail_when_the_gateway_is_unreachable(
     code, out, _ = await fleet(capsys, "models", "verify", "m", "--url", url, *fleet_args)
     assert code == 1
     assert out.startswith("FAIL m v1") and "cannot reach the gateway" in out
+
+
+async def test_register_by_url_keeps_the_url_and_a_bad_url_is_a_clear_error(
+    fleet_args: list[str], names: Names, redis_client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    tiny_mlp(served / "m.onnx")
+    with serve_folder(served) as base:
+        code, out, err = await fleet(capsys, "models", "register", "web", "--artifact", f"{base}/m.onnx", *fleet_args)
+        assert code == 0, out + err
+        assert (await ModelRegistry(redis_client, names).get("web")).artifact == f"{base}/m.onnx"
+        code, out, err = await fleet(
+            capsys, "models", "register", "web", "--artifact", f"{base}/missing.onnx", *fleet_args
+        )
+    assert code != 0 and "missing.onnx: HTTP 404" in err
+    assert await ModelRegistry(redis_client, names).versions("web") == ["1"]

@@ -94,7 +94,14 @@ class Placement:
 
 
 def _mb(size: int | None) -> str:
-    return "unlimited" if size is None else f"{size / MB:.0f} MB"
+    """``900 MB``; small sizes keep their precision (``2.5 MB``, ``12 KB``) so a reason never reads ``0 MB``."""
+    if size is None:
+        return "unlimited"
+    if size >= 10 * MB:
+        return f"{size / MB:.0f} MB"
+    if size >= MB // 10:
+        return f"{size / MB:.1f} MB"
+    return f"{size / 1024:.0f} KB"
 
 
 class _Room:

@@ -126,3 +126,11 @@ def test_a_model_takes_its_gpu_size_on_gpu_workers_and_its_cpu_size_elsewhere() 
     other = _d("n", 300)
     first = place([other, model], [_w("g1", 700, labels="gpu,cuda:0")], {})
     assert first.assignments == {"g1": {"m"}} and first.status["n"].state is PlacementState.SCHEDULE_FAILED
+
+
+def test_small_sizes_keep_their_precision_in_the_reason() -> None:
+    small = ModelDemand("s", 5 * MB // 2, 1)
+    assert place([small], [_w("w1", 2)], {}).status["s"].reason == "needs 2.5 MB, largest free 2.0 MB"
+    tiny = ModelDemand("t", 12 * 1024, 1)
+    slot = WorkerSlot("w1", 4 * 1024, frozenset({"cpu"}))
+    assert place([tiny], [slot], {}).status["t"].reason == "needs 12 KB, largest free 4 KB"

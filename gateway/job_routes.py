@@ -110,6 +110,11 @@ def callback_url(value: str | None, allowed: bool) -> str | None:
     return value
 
 
+def job_result_ttl_s(settings: GatewaySettings) -> int:
+    """How long a job's result is kept: at least the job TTL."""
+    return max(RESULT_TTL_S, settings.job_ttl_s)
+
+
 def job_document(state: JobState, now: float) -> dict[str, Any]:
     """The JSON body of ``GET /v2/jobs/{id}``."""
     status = state.status(now)
@@ -144,7 +149,7 @@ class JobRoutes:
     @property
     def result_ttl_s(self) -> int:
         """How long a job's result is kept: at least the job TTL (``ReplyAddress.ttl_s``)."""
-        return max(RESULT_TTL_S, self._settings.job_ttl_s)
+        return job_result_ttl_s(self._settings)
 
     def add_to(self, app: web.Application) -> None:
         """Register ``GET``/``DELETE /v2/jobs/{job_id}``."""
@@ -181,7 +186,9 @@ class JobRoutes:
         if callback is not None:
             fields[F_CALLBACK] = callback
         idempotency = None if key is None else (key, f"{job_id} {print_}")
-        existing = await self._store.create(job_id, fields, ttl_s, idempotency, owner)
+        # A webhook must fire even if no worker ever answers: a gateway expires the job after this.
+        expire_at = None if callback is None else created_ms + timeout_ms + self._settings.webhook_expiry_grace_s * 1000
+        existing = await self._store.create(job_id, fields, ttl_s, idempotency, owner, expire_at)
         if existing is not None:
             other_id, _, other_print = existing.partition(" ")
             if other_print != print_:

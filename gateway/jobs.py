@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from schemas import JobState, Names, SchemaError
-from schemas.jobs import CANCEL_SCRIPT, SUBMIT_SCRIPT
+from schemas.jobs import CANCEL_SCRIPT, EXPIRE_SCRIPT, SUBMIT_SCRIPT
 
 from .errors import BackendDownError, GatewayError
 
@@ -29,6 +29,7 @@ class JobStore:
         self._timeout_s = timeout_s
         self._submit = redis.register_script(SUBMIT_SCRIPT)
         self._cancel = redis.register_script(CANCEL_SCRIPT)
+        self._expire = redis.register_script(EXPIRE_SCRIPT)
 
     async def create(
         self,
@@ -37,17 +38,20 @@ class JobStore:
         ttl_s: int,
         idempotency: tuple[str, str] | None,
         owner: str = "",
+        expire_at_ms: float | None = None,
     ) -> str | None:
-        """Store a new job; with ``idempotency`` = (key, value), only if ``owner``'s key is new.
+        """Store a new job; with ``idempotency`` = (key, value), only if ``owner``'s key is new. With
+        ``expire_at_ms`` (jobs with a webhook), a gateway expires it then if no worker has answered.
 
         Returns None when the job was created, else the value the idempotency key already holds.
         """
-        keys = [self._names.job_key(job_id)]
+        keys = [self._names.job_key(job_id), self._names.job_deadlines_key]
         value = ""
         if idempotency is not None:
             keys.append(self._names.idempotency_key(idempotency[0], owner))
             value = idempotency[1]
-        args: list[str | int] = [ttl_s, value]
+        expire_at = "" if expire_at_ms is None else str(int(expire_at_ms))
+        args: list[str | int] = [ttl_s, value, expire_at, job_id]
         for name, field_value in fields.items():
             args += [name, field_value]
         existing = await self._bounded(self._submit(keys=keys, args=args))
@@ -60,6 +64,7 @@ class JobStore:
             keys.append(self._names.idempotency_key(idempotency_key, owner))
         try:
             await self._bounded(self._redis.delete(*keys))
+            await self._bounded(self._redis.zrem(self._names.job_deadlines_key, job_id))
         except BackendDownError:
             pass  # the job expires with its TTL and reads as expired once its deadline passes
 
@@ -84,6 +89,20 @@ class JobStore:
         """Run the cancel script: 'missing', 'finished', 'running', 'expired' or 'cancelled'."""
         keys = [self._names.job_key(job_id), self._names.result_key(job_id), self._names.callbacks_stream]
         outcome = await self._bounded(self._cancel(keys=keys, args=[cancelled, result_ttl_s, int(now_ms), job_id]))
+        return bytes(outcome).decode()
+
+    async def due(self, now_ms: float, limit: int) -> list[str]:
+        """Ids of jobs with a webhook whose expiry time (deadline + grace) has come, oldest first."""
+        raw = await self._bounded(
+            self._redis.zrangebyscore(self._names.job_deadlines_key, "-inf", int(now_ms), start=0, num=limit)
+        )
+        return [bytes(item).decode() if isinstance(item, bytes) else str(item) for item in raw]
+
+    async def expire(self, job_id: str, expired: bytes, result_ttl_s: int) -> str:
+        """Run the expiry script: 'taken', 'missing', 'finished' or 'expired' (see ``EXPIRE_SCRIPT``)."""
+        n = self._names
+        keys = [n.job_deadlines_key, n.job_key(job_id), n.result_key(job_id), n.callbacks_stream]
+        outcome = await self._bounded(self._expire(keys=keys, args=[expired, result_ttl_s, job_id]))
         return bytes(outcome).decode()
 
     async def _bounded(self, call: Awaitable[T]) -> T:

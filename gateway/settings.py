@@ -54,6 +54,11 @@ class GatewaySettings:
     webhook_backoff_max_s: float = doc("Cap on the pause between two webhook tries.", 30.0)
     webhook_timeout_s: float = doc("Longest one webhook POST may take.", 5.0)
     webhook_concurrency: int = doc("Webhook deliveries in progress at once per gateway.", 16)
+    webhook_expiry_grace_s: float = doc(
+        "A job with a webhook that no worker has answered this long after its deadline is expired by a "
+        "gateway, and the webhook fires with status expired.",
+        30.0,
+    )
     auth: bool = doc(
         "Require an API key (Authorization: Bearer or X-API-Key; `fleet keys create`) on every route but "
         "/v2/health/*, /v2, /v2/openapi.json and /metrics. Off for the local stack; on in deploy/.",
@@ -89,7 +94,7 @@ class GatewaySettings:
             raise SettingsError("job_ttl_s must be >= 1")
         if self.webhook_max_attempts < 1 or self.webhook_concurrency < 1:
             raise SettingsError("webhook_max_attempts and webhook_concurrency must be >= 1")
-        for name in ("webhook_backoff_s", "webhook_backoff_max_s", "webhook_timeout_s"):
+        for name in ("webhook_backoff_s", "webhook_backoff_max_s", "webhook_timeout_s", "webhook_expiry_grace_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
         if self.shutdown_grace_s < 0:

@@ -11,6 +11,11 @@ given up is logged). Entries left unacknowledged by a gateway that died are take
 ``XAUTOCLAIM`` once idle longer than a whole delivery can take. Delivery is at least once: the POST
 carries ``X-Fleet-Job-Id`` (and ``X-Fleet-Delivery-Attempt``) so receivers can drop repeats; any 2xx
 answer counts as delivered.
+
+A job nobody answers (no worker ever took it, or the one that did died and no other took it over) would
+never be announced: every second the dispatcher also sweeps ``names.job_deadlines_key`` and gives the jobs
+unanswered ``webhook_expiry_grace_s`` after their deadline a ``DEADLINE_EXCEEDED`` result
+(``schemas.jobs.EXPIRE_SCRIPT``: one gateway wins each job), which announces them like any other result.
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from typing import Any
 import aiohttp
 from redis.exceptions import RedisError, ResponseError
 
-from schemas import Names, now_ms
+from schemas import ErrorCode, ErrorInfo, FleetError, InferenceResponse, Names, now_ms
 from schemas.jobs import CALLBACK_FIELD, CALLBACK_GROUP
 
 from .errors import BackendDownError
-from .job_routes import job_document
+from .job_routes import job_document, job_result_ttl_s
 from .jobs import JobStore
 from .settings import GatewaySettings
 
@@ -38,6 +43,8 @@ JOB_ID_HEADER = "X-Fleet-Job-Id"
 ATTEMPT_HEADER = "X-Fleet-Delivery-Attempt"
 _READ_BLOCK_MS = 1000
 _ERROR_PAUSE_S = 1.0
+_SWEEP_INTERVAL_S = 1.0
+_SWEEP_BATCH = 100
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
@@ -63,6 +70,7 @@ class WebhookDispatcher:
         self._store = JobStore(redis, names, settings.backend_timeout_s)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._group_ready = False
         self._session: aiohttp.ClientSession | None = None
         #: Entries idle longer than this belong to a gateway that stopped: take them over.
@@ -73,11 +81,13 @@ class WebhookDispatcher:
         if self._task is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s))
             self._task = asyncio.create_task(self._routine(), name="fleet-gateway-webhooks")
+            self._sweeper = asyncio.create_task(self._sweep_routine(), name="fleet-gateway-job-expiry")
 
     async def stop(self) -> None:
         """Stop reading and cancel deliveries in progress (they stay pending and are taken over later)."""
         task, self._task = self._task, None
-        tasks = [t for t in (task, *self._deliveries) if t is not None]
+        sweeper, self._sweeper = self._sweeper, None
+        tasks = [t for t in (task, sweeper, *self._deliveries) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -103,6 +113,32 @@ class WebhookDispatcher:
                 log.warning("webhooks: reading %s failed: %s", stream, exc)
                 self._group_ready = False  # the stream (and its group) may be gone: NOGROUP
                 await asyncio.sleep(_ERROR_PAUSE_S)
+
+    async def _sweep_routine(self) -> None:
+        while True:
+            try:
+                while await self.sweep() == _SWEEP_BATCH:  # more are due: go on at once
+                    pass
+            except FleetError as exc:  # Redis down or slow (503), a stored result that does not decode
+                log.warning("webhooks: job expiry sweep failed: %s", exc.message)
+            await asyncio.sleep(_SWEEP_INTERVAL_S)
+
+    async def sweep(self) -> int:
+        """Expire the due jobs no worker answered (their webhook then fires); returns how many were due."""
+        due = await self._store.due(now_ms(), _SWEEP_BATCH)
+        grace = self._settings.webhook_expiry_grace_s
+        result_ttl_s = job_result_ttl_s(self._settings)
+        for job_id in due:
+            state = await self._store.read(job_id)
+            expired = b""
+            if state is not None:
+                reason = ErrorInfo(
+                    ErrorCode.DEADLINE_EXCEEDED, f"no worker answered within {grace:g} s after the job's deadline"
+                )
+                expired = InferenceResponse(job_id, state.model, state.version, error=reason).to_bytes()
+            if await self._store.expire(job_id, expired, result_ttl_s) == "expired":
+                log.info("webhooks: job %s expired unanswered", job_id)
+        return len(due)
 
     async def _ensure_group(self, stream: str) -> None:
         try:

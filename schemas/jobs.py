@@ -9,8 +9,12 @@ A job is a request with reply kind ``result``; its id is the request id. State l
   ``SET NX``), kept at least as long as the job (the request's ``ReplyAddress.ttl_s``). A cancel
   stores a ``CANCELLED`` error response there, so a later worker result loses the ``NX`` race.
 - ``names.callbacks_stream``: whoever stores a job's first result (the worker's ``deliver`` script,
-  or the cancel script) appends the job id when the job hash has a ``callback_url``, in the same
-  script; the gateways' webhook dispatcher (group ``webhooks``) POSTs the job document there.
+  the cancel script, or the expiry script) appends the job id when the job hash has a ``callback_url``,
+  in the same script; the gateways' webhook dispatcher (group ``webhooks``) POSTs the job document there.
+- ``names.job_deadlines_key``: jobs with a ``callback_url``, scored by their deadline plus a grace. A
+  job that no worker answered by then (none ever took it, or the one that did died) gets a
+  ``DEADLINE_EXCEEDED`` result from a gateway (``EXPIRE_SCRIPT``), so its webhook fires with
+  ``expired`` instead of never; a worker that answers later loses the ``NX`` race.
 
 The status is derived, never stored: from the result when there is one (done, failed, cancelled,
 expired = ``DEADLINE_EXCEEDED``), else running when a worker claimed it, else expired when its
@@ -128,18 +132,37 @@ def _number(value: str | None) -> float | None:
         return None
 
 
-#: Gateway, at submit. KEYS[1] job hash, KEYS[2] idempotency key (optional);
-#: ARGV[1] TTL s, ARGV[2] idempotency value, ARGV[3..] field/value pairs of the hash.
+#: Gateway, at submit. KEYS[1] job hash, KEYS[2] deadlines ZSET, KEYS[3] idempotency key (optional);
+#: ARGV[1] TTL s, ARGV[2] idempotency value, ARGV[3] when to expire it unanswered (epoch ms; "" = not
+#: indexed: no webhook), ARGV[4] job id, ARGV[5..] field/value pairs of the hash.
 #: Returns nil when the job was created, else the idempotency value already stored (a resubmit).
 SUBMIT_SCRIPT = """
-if #KEYS > 1 then
-  local existing = redis.call('GET', KEYS[2])
+if #KEYS > 2 then
+  local existing = redis.call('GET', KEYS[3])
   if existing then return existing end
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+end
 return false
+"""
+
+#: Gateway, sweeping ``names.job_deadlines_key``. KEYS[1] deadlines ZSET, KEYS[2] job hash, KEYS[3] result
+#: key, KEYS[4] callbacks stream; ARGV[1] DEADLINE_EXCEEDED response bytes, ARGV[2] result TTL s,
+#: ARGV[3] job id. Returns 'taken' (another gateway swept it), 'missing' (the job is gone),
+#: 'finished' (a result is stored) or 'expired' (the result stored now and the webhook announced).
+EXPIRE_SCRIPT = f"""
+if redis.call('ZREM', KEYS[1], ARGV[3]) == 0 then return 'taken' end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'missing' end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'finished' end
+redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
+if redis.call('HEXISTS', KEYS[2], '{F_CALLBACK}') == 1 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', {CALLBACK_STREAM_MAXLEN}, '*', '{CALLBACK_FIELD}', ARGV[3])
+end
+return 'expired'
 """
 
 #: Gateway, on ``DELETE``. KEYS[1] job hash, KEYS[2] result key, KEYS[3] callbacks stream;

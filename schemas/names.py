@@ -30,6 +30,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
                                        "job_id fingerprint" (EXPIRE = job TTL)
       {ns}:jobs:callbacks              STREAM of finished jobs that have a webhook (field ``j`` = job id);
                                        consumer group ``webhooks`` of the gateways delivers them
+      {ns}:jobs:deadlines              ZSET job id -> deadline + grace (epoch ms) of jobs with a webhook: a
+                                       gateway expires the ones no worker answered (`EXPIRE_SCRIPT`)
       {ns}:apikey:{key_id}             HASH of an API key: sha256 of its secret, name, models, rate, created_ms,
                                        revoked_ms (`schemas.apikeys`; the secret is never stored)
       {ns}:apikeys                     SET of every API key id (revoked ones included)
@@ -234,6 +236,11 @@ class Names:
         idempotency keys are two different keys, so one can never replay or probe the other's job.
         """
         return f"{self.namespace}:idem:{owner or '-'}:{key}"
+
+    @property
+    def job_deadlines_key(self) -> str:
+        """ZSET of jobs with a webhook, scored by when to give up on a worker answer (`schemas.jobs`)."""
+        return f"{self.namespace}:jobs:deadlines"
 
     @property
     def callbacks_stream(self) -> str:

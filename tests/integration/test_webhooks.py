@@ -147,3 +147,27 @@ def test_backoff_doubles_up_to_the_cap() -> None:
     assert [backoff_s(n, 0.5, 3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     settings = GatewaySettings(webhook_max_attempts=3, webhook_backoff_s=1.0, webhook_timeout_s=2.0)
     assert delivery_budget_s(settings) == 3 * 2.0 + 1.0 + 2.0
+
+
+async def test_a_job_no_worker_answers_is_announced_as_expired(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, receiver: Receiver, redis_client: Any, names: Names
+) -> None:
+    receiver.failures = 0
+    settings = GatewaySettings(fleet=fleet_settings, port=0, webhooks=True, webhook_expiry_grace_s=0.2)
+    async with Gateway(settings) as gw, aiohttp.ClientSession() as session:  # no worker serves "tiny"
+        await gw.wait_ready()
+        url = f"{gw.url}/v2/models/tiny/infer?async=true"
+        headers = {"X-Callback-Url": receiver.url, "X-Fleet-Timeout-Ms": "300"}
+        async with session.post(url, json=_body(), headers=headers) as r:
+            assert r.status == 202, await r.text()
+            job_id = (await r.json())["job_id"]
+        await receiver.wait_calls(1, timeout_s=10)  # deadline 0.3 s + grace 0.2 s + a sweep (1 s)
+        async with session.get(f"{gw.url}/v2/jobs/{job_id}") as r:
+            document = await r.json()
+        await asyncio.sleep(1.5)  # later sweeps do not announce it again
+    assert len(receiver.calls) == 1
+    headers, announced = receiver.calls[0]
+    assert headers["X-Fleet-Job-Id"] == job_id
+    assert announced["status"] == document["status"] == "expired"
+    assert announced["error"]["code"] == "DEADLINE_EXCEEDED" and "no worker answered" in announced["error"]["message"]
+    assert await redis_client.zcard(names.job_deadlines_key) == 0

@@ -347,6 +347,42 @@ def document(version: str) -> dict[str, Any]:
                 },
             }
         },
+        "/v2/repository/index": {
+            "post": {
+                "summary": "Model repository index (KServe/Triton repository extension): registered versions",
+                "operationId": "repositoryIndex",
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"ready": {"type": "boolean"}},
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "version", "state"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "version": {"type": "string"},
+                                    "state": {"type": "string", "enum": ["READY"]},
+                                },
+                            },
+                        },
+                        "Every registered version the caller's key may use.",
+                    ),
+                    **_errors(*_AUTH, ErrorCode.INVALID_REQUEST, ErrorCode.BACKEND_UNAVAILABLE),
+                },
+            }
+        },
         "/v2/jobs/{job_id}": {
             "parameters": [_path_param("job_id", "Job id (from the 202 answer).")],
             "get": {

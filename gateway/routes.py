@@ -67,6 +67,7 @@ from .protocol import (
 from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
+from .repository import RepositoryRoutes
 from .settings import GatewaySettings
 
 log = logging.getLogger("fleet.gateway")
@@ -120,6 +121,7 @@ class Routes:
             app.router.add_get(prefix + "/ready", self.model_ready)
             app.router.add_post(prefix + "/infer", self.infer)
         self.jobs.add_to(app)
+        RepositoryRoutes(self._b.cache.registry, self._b.settings.backend_timeout_s).add_to(app)
 
     # server ------------------------------------------------------------------------------------
     async def server_metadata(self, request: web.Request) -> web.Response:

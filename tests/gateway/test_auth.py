@@ -274,3 +274,22 @@ async def test_jobs_are_seen_only_through_a_key_that_may_use_their_model(
         http, "POST", secured.url + INFER + "?async=true", bearer(owner) | idempotent, json=BODY
     )
     assert status == 202 and replay["job_id"] == answer["job_id"] and headers["Idempotent-Replayed"] == "true"
+
+
+async def test_repository_index_lists_what_the_key_may_use(
+    secured: Gateway, http: aiohttp.ClientSession, store: ApiKeyStore
+) -> None:
+    _, everything = await store.create("ops")
+    _, other_team = await store.create("other-team", ("other",))
+    status, index, _ = await _call(http, "POST", secured.url + "/v2/repository/index", bearer(everything), json={})
+    assert status == 200
+    assert index == [{"name": "tiny", "version": v, "state": "READY"} for v in ("1", "2")]
+    status, index, _ = await _call(http, "POST", secured.url + "/v2/repository/index", bearer(other_team))
+    assert (status, index) == (200, [])  # "tiny" is outside its allow-list
+    status, _, _ = await _call(http, "POST", secured.url + "/v2/repository/index", json={})
+    assert status == 401
+    for bad in (b"[1]", b'{"ready": "yes"}', b'{"load": true}', b"{"):
+        status, answer, _ = await _call(
+            http, "POST", secured.url + "/v2/repository/index", bearer(everything), data=bad
+        )
+        assert status == 400 and answer["code"] == "INVALID_REQUEST", bad

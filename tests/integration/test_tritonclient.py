@@ -22,6 +22,7 @@ def _infer(url: str, x: np.ndarray, binary: bool) -> dict[str, Any]:
         assert client.is_server_live() and client.is_server_ready()
         metadata = client.get_model_metadata("tiny")
         assert client.is_model_ready("tiny")
+        assert client.get_model_repository_index() == [{"name": "tiny", "version": "1", "state": "READY"}]
         tensor = httpclient.InferInput("x", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x, binary_data=binary)
         result = client.infer("tiny", [tensor], outputs=[httpclient.InferRequestedOutput("y", binary_data=binary)])

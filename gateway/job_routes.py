@@ -1,4 +1,7 @@
-"""Async jobs over HTTP: submit (``202`` + ``Location``), ``GET``/``DELETE /v2/jobs/{id}``.
+"""Async jobs over HTTP: submit (``202`` + ``Location``), ``GET``/``DELETE /v2/jobs/{id}``, and
+``GET /v2/jobs/{id}/result``: what the synchronous request would have answered (the OIP infer response,
+in the binary tensor extension with ``?binary=true``; or the job's error with its HTTP status; ``409``
+while the job is pending or running).
 
 An infer request is async when it carries ``?async=true`` or ``Prefer: respond-async`` (RFC 7240).
 The gateway stores the job hash (``schemas.jobs``), publishes the request with reply kind ``result``
@@ -45,13 +48,14 @@ from schemas.constants import RESULT_TTL_S
 from schemas.jobs import F_CALLBACK, F_CLIENT_ID, F_CREATED, F_DEADLINE, F_EXPIRES, F_MODEL, F_VERSION
 
 from .auth import API_KEY
-from .errors import ConflictError, InvalidRequestError, JobNotFoundError
+from .errors import ConflictError, InvalidRequestError, JobNotFoundError, WorkerReplyError
 from .jobs import JobStore
 from .protocol import HEADER_LENGTH, InferBody, render_infer
 from .publisher import RequestPublisher
 from .settings import GatewaySettings
 
 ASYNC_QUERY = "async"
+BINARY_QUERY = "binary"
 PREFER_HEADER = "Prefer"
 RESPOND_ASYNC = "respond-async"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -63,14 +67,22 @@ _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 
 
+def _flag(name: str, value: str | None) -> bool:
+    """A ``?name=true|false`` query flag (absent: false); InvalidRequestError otherwise."""
+    if value is None:
+        return False
+    flag = value.strip().lower()
+    if flag in _TRUE:
+        return True
+    if flag not in _FALSE:
+        raise InvalidRequestError(f"?{name}={value!r}: use true or false")
+    return False
+
+
 def wants_async(query: str | None, prefer: str | None) -> bool:
     """True when ``?async=`` is true or ``Prefer`` holds ``respond-async``; InvalidRequestError on a bad flag."""
-    if query is not None:
-        flag = query.strip().lower()
-        if flag in _TRUE:
-            return True
-        if flag not in _FALSE:
-            raise InvalidRequestError(f"?{ASYNC_QUERY}={query!r}: use true or false")
+    if _flag(ASYNC_QUERY, query):
+        return True
     if prefer is not None:
         for preference in prefer.split(","):
             if preference.split(";", 1)[0].strip().lower() == RESPOND_ASYNC:
@@ -155,6 +167,7 @@ class JobRoutes:
         """Register ``GET``/``DELETE /v2/jobs/{job_id}``."""
         app.router.add_get(JOBS_PATH + "/{job_id}", self.get_job)
         app.router.add_delete(JOBS_PATH + "/{job_id}", self.cancel_job)
+        app.router.add_get(JOBS_PATH + "/{job_id}/result", self.get_result)
 
     async def submit(
         self,
@@ -223,6 +236,27 @@ class JobRoutes:
         job_id = request.match_info["job_id"]
         state = _visible(request, job_id, await self._store.read(_check_job_id(job_id)))
         return web.json_response(job_document(state, now_ms()))
+
+    async def get_result(self, request: web.Request) -> web.Response:
+        """``GET /v2/jobs/{id}/result``: the infer response of a done job (``?binary=true``: every output
+        as raw bytes in the binary extension), else the job's error as the sync request would have had
+        it (504 expired, 409 cancelled, 500 model error, ...), or 409 while it is pending or running."""
+        job_id = _check_job_id(request.match_info["job_id"])
+        binary = _flag(BINARY_QUERY, request.query.get(BINARY_QUERY))
+        state = _visible(request, job_id, await self._store.read(job_id))
+        now = now_ms()
+        status = state.status(now)
+        if status in (JobStatus.PENDING, JobStatus.RUNNING):
+            raise ConflictError(f"job {job_id} is {status.value}; its result is not there yet")
+        error = state.error(now)
+        if error is not None or state.response is None:
+            reason = error or ErrorInfo(ErrorCode.INTERNAL, "the job has no stored result")
+            raise WorkerReplyError(reason.code, reason.message)
+        rendered = render_infer(state.response, InferBody(inputs=(), binary_output=binary), state.client_id or job_id)
+        headers = {"Content-Type": rendered.content_type}
+        if rendered.header_length is not None:
+            headers[HEADER_LENGTH] = str(rendered.header_length)
+        return web.Response(body=rendered.body, headers=headers)
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         """``DELETE /v2/jobs/{id}``: cancel a pending job (200 with the job); 409 once running or finished."""

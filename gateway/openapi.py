@@ -347,6 +347,39 @@ def document(version: str) -> dict[str, Any]:
                 },
             }
         },
+        "/v2/jobs/{job_id}/result": {
+            "parameters": [_path_param("job_id", "Job id (from the 202 answer).")],
+            "get": {
+                "summary": "What the synchronous request would have answered: outputs, or the job's error",
+                "operationId": "getJobResult",
+                "parameters": [
+                    {
+                        "name": "binary",
+                        "in": "query",
+                        "description": "Every output as raw bytes (binary tensor extension).",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The outputs (binary extension with ?binary=true).",
+                        "content": {
+                            _JSON: {"schema": _ref("InferResponse")},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    **_errors(
+                        ErrorCode.INVALID_REQUEST,
+                        *_AUTH,
+                        ErrorCode.JOB_NOT_FOUND,
+                        ErrorCode.CONFLICT,
+                        ErrorCode.MODEL_ERROR,
+                        ErrorCode.MODEL_LOAD_FAILED,
+                        ErrorCode.DEADLINE_EXCEEDED,
+                    ),
+                },
+            },
+        },
         "/v2/repository/index": {
             "post": {
                 "summary": "Model repository index (KServe/Triton repository extension): registered versions",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -260,3 +261,50 @@ async def test_sdk_submit_wait_cancel(gateway: Gateway, fleet_settings: FleetSet
     np.testing.assert_allclose(result["y"], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(sync_result["y"], expected, rtol=1e-5, atol=1e-6)
     assert (await asyncio.to_thread(job_sync, gateway.url, job_id)).status is JobStatus.DONE
+
+
+async def test_result_route_answers_what_the_sync_request_would_have(
+    gateway: Gateway, worker: Worker, tiny_model: ModelRecord
+) -> None:
+    x = np.random.default_rng(5).standard_normal((3, 16)).astype(np.float32)
+    expected = _reference(tiny_model, x)
+    async with aiohttp.ClientSession() as session:
+        _, accepted, _ = await _submit(session, gateway.url, x, id="client-9")
+        job_id = accepted["job_id"]
+        await _wait_status(session, gateway.url, job_id, {"done"})
+        async with session.get(f"{gateway.url}/v2/jobs/{job_id}/result") as r:
+            assert r.status == 200 and r.content_type == "application/json"
+            answer = await r.json()
+        assert answer["id"] == "client-9" and answer["model_name"] == "tiny"
+        (out,) = answer["outputs"]
+        np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(out["shape"]), expected, rtol=1e-5)
+        async with session.get(f"{gateway.url}/v2/jobs/{job_id}/result?binary=true") as r:
+            assert r.status == 200 and r.content_type == "application/octet-stream"
+            header_length = int(r.headers["Inference-Header-Content-Length"])
+            raw = await r.read()
+        header = json.loads(raw[:header_length])
+        (out,) = header["outputs"]
+        assert out["parameters"]["binary_data_size"] == len(raw) - header_length
+        y = np.frombuffer(raw[header_length:], dtype=np.float32).reshape(out["shape"])
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+        async with session.get(f"{gateway.url}/v2/jobs/{job_id}/result?binary=maybe") as r:
+            assert r.status == 400 and (await r.json())["code"] == "INVALID_REQUEST"
+
+
+async def test_result_route_is_409_while_pending_and_the_error_once_expired(
+    gateway: Gateway, tiny_model: ModelRecord
+) -> None:
+    x = np.ones((1, 16), dtype=np.float32)
+    async with aiohttp.ClientSession() as session:  # no worker: the job stays pending until its deadline
+        status, accepted, _ = await _submit(session, gateway.url, x, headers={"X-Fleet-Timeout-Ms": "300"})
+        assert status == 202, accepted
+        result_url = f"{gateway.url}/v2/jobs/{accepted['job_id']}/result"
+        async with session.get(result_url) as r:
+            answer = await r.json()
+            assert r.status == 409 and answer["code"] == "CONFLICT" and "pending" in answer["error"], answer
+        await asyncio.sleep(0.4)
+        async with session.get(result_url) as r:
+            answer = await r.json()
+        assert r.status == 504 and answer["code"] == "DEADLINE_EXCEEDED", answer
+        async with session.get(f"{gateway.url}/v2/jobs/{'0' * 32}/result") as r:
+            assert r.status == 404 and (await r.json())["code"] == "JOB_NOT_FOUND"

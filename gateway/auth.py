@@ -16,19 +16,17 @@ checked together in one script call; an empty bucket is ``429 RATE_LIMITED`` wit
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from schemas import ErrorCode, FleetError, Names
 from schemas.apikeys import ApiKey, ApiKeyStore, parse_secret
 
-from .errors import WIRE_ID_KEY, BackendDownError, GatewayError, Handler, error_response
+from .errors import WIRE_ID_KEY, BackendDownError, GatewayError, Handler, error_response, redis_bounded
 from .metrics import GatewayMetrics
 from .ratelimit import Bucket, TokenBuckets
 from .settings import GatewaySettings
@@ -189,14 +187,10 @@ class Guard:
         hit, key = self.cache.get(key_id)
         if hit:
             return key
-        timeout = self._settings.backend_timeout_s
         try:
-            async with asyncio.timeout(timeout):
-                key = await self._store.get(key_id)
-        except TimeoutError:
-            raise BackendDownError("redis", f"API key lookup took over {timeout:g} s") from None
-        except (RedisError, OSError) as exc:
-            raise BackendDownError("redis", f"API key lookup failed: {exc or type(exc).__name__}") from None
+            key = await redis_bounded(self._store.get(key_id), self._settings.backend_timeout_s, "API key lookup")
+        except BackendDownError:
+            raise
         except FleetError as exc:  # a damaged record: refuse the key, log via the error middleware
             raise UnauthenticatedError(exc.message) from None
         self.cache.put(key_id, key)
@@ -217,14 +211,7 @@ class Guard:
         buckets = self.buckets(key, model)
         if not buckets:
             return
-        timeout = self._settings.backend_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                verdict = await self._buckets.take(buckets)
-        except TimeoutError:
-            raise BackendDownError("redis", f"rate limit check took over {timeout:g} s") from None
-        except (RedisError, OSError) as exc:
-            raise BackendDownError("redis", f"rate limit check failed: {exc or type(exc).__name__}") from None
+        verdict = await redis_bounded(self._buckets.take(buckets), self._settings.backend_timeout_s, "rate limit check")
         if verdict.allowed or verdict.limiting is None:
             return
         limiting = verdict.limiting

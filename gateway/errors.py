@@ -21,12 +21,15 @@ the same way. Anything else becomes a 500 with a fixed message; the traceback on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from schemas import HTTP_STATUS, ErrorCode, FleetError
+from schemas import HTTP_STATUS, BackendUnavailableError, ErrorCode, FleetError
 
 log = logging.getLogger("fleet.gateway")
 
@@ -107,6 +110,24 @@ class BackendDownError(GatewayError):
     def __init__(self, backend: str, reason: str) -> None:
         super().__init__(f"{backend} unavailable: {reason}")
         self.backend = backend
+
+
+T = TypeVar("T")
+
+
+async def redis_bounded(call: Awaitable[T], timeout_s: float, what: str) -> T:
+    """``await call`` (Redis work) within ``timeout_s``; a timeout, an unreachable Redis, or the schemas
+    stores' BackendUnavailableError becomes ``BackendDownError("redis", ...)``: 503, never a hang."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await call
+    except TimeoutError:
+        raise BackendDownError("redis", f"{what} took over {timeout_s:g} s") from None
+    except (RedisError, OSError) as exc:
+        raise BackendDownError("redis", f"{what} failed: {exc or type(exc).__name__}") from None
+    except BackendUnavailableError as exc:
+        reason = exc.message.removeprefix("Redis unavailable: ")
+        raise BackendDownError("redis", f"{what} failed: {reason}") from None
 
 
 class JobNotFoundError(GatewayError):

@@ -6,16 +6,13 @@ that does not answer in time, or at all, is a ``BackendDownError`` (503).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
-
-from redis.exceptions import RedisError
 
 from schemas import JobState, Names, SchemaError
 from schemas.jobs import CANCEL_SCRIPT, EXPIRE_SCRIPT, SUBMIT_SCRIPT
 
-from .errors import BackendDownError, GatewayError
+from .errors import BackendDownError, GatewayError, redis_bounded
 
 T = TypeVar("T")
 
@@ -106,10 +103,4 @@ class JobStore:
         return bytes(outcome).decode()
 
     async def _bounded(self, call: Awaitable[T]) -> T:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await call
-        except TimeoutError:
-            raise BackendDownError("redis", f"no answer within {self._timeout_s:g} s") from None
-        except (RedisError, OSError) as exc:
-            raise BackendDownError("redis", str(exc) or type(exc).__name__) from None
+        return await redis_bounded(call, self._timeout_s, "job store")

@@ -15,10 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from schemas import FleetError, ModelRegistry
+from schemas import ModelRegistry
+from schemas.apikeys import ApiKey
 
 from .auth import API_KEY
-from .errors import BackendDownError, InvalidRequestError
+from .errors import InvalidRequestError, redis_bounded
 
 INDEX_PATH = "/v2/repository/index"
 READY = "READY"
@@ -58,17 +59,15 @@ class RepositoryRoutes:
             raise InvalidRequestError(f"the repository index body is limited to {_MAX_BODY_BYTES} bytes")
         parse_index_body(await request.content.read(_MAX_BODY_BYTES + 1))  # every entry is ready either way
         key = request.get(API_KEY)
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                models = [m for m in await self._registry.models() if key is None or key.allows(m)]
-                versions = await asyncio.gather(*(self._registry.versions(m) for m in models))
-        except TimeoutError:
-            raise BackendDownError("redis", f"registry listing took longer than {self._timeout_s:g} s") from None
-        except FleetError as exc:
-            raise BackendDownError("redis", exc.message.removeprefix("Redis unavailable: ")) from None
+        models, versions = await redis_bounded(self._listing(key), self._timeout_s, "registry listing")
         entries: list[dict[str, Any]] = [
             {"name": model, "version": version, "state": READY}
             for model, model_versions in zip(models, versions, strict=True)
             for version in model_versions
         ]
         return web.json_response(entries)
+
+    async def _listing(self, key: ApiKey | None) -> tuple[list[str], list[list[str]]]:
+        """The models ``key`` may use and the versions of each."""
+        models = [m for m in await self._registry.models() if key is None or key.allows(m)]
+        return models, list(await asyncio.gather(*(self._registry.versions(m) for m in models)))

@@ -14,6 +14,9 @@ committing (the records are retried, or redelivered to another worker).
 
 from __future__ import annotations
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
 from schemas import ErrorCode, FleetError
 
 
@@ -41,3 +44,12 @@ class BackendDownError(WorkerError):
 
     code = ErrorCode.BACKEND_UNAVAILABLE
     retriable = True
+
+
+async def start_kafka_client(client: AIOKafkaProducer | AIOKafkaConsumer, bootstrap: str) -> None:
+    """Start an aiokafka producer or consumer; when Kafka refuses, close it and raise BackendDownError."""
+    try:
+        await client.start()
+    except KafkaError as exc:
+        await client.stop()
+        raise BackendDownError(f"Kafka unavailable at {bootstrap}: {exc}") from exc

@@ -20,7 +20,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from schemas import KafkaSettings, Lane, Names, now_ms
 
-from .errors import BackendDownError
+from .errors import BackendDownError, start_kafka_client
 from .handler import Fetched, decode
 
 log = logging.getLogger("fleet.workers")
@@ -49,11 +49,7 @@ class LaneConsumer:
         """Join the lane's group; raises BackendDownError when Kafka is unreachable."""
         consumer = AIOKafkaConsumer(**self._kafka.consumer_kwargs(self._names.worker_group(self.model, self.lane)))
         consumer.subscribe([self.request_topic, self.retry_topic], listener=listener)
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            await consumer.stop()
-            raise BackendDownError(f"Kafka unavailable at {self._kafka.bootstrap}: {exc}") from exc
+        await start_kafka_client(consumer, self._kafka.bootstrap)
         self._consumer = consumer
 
     async def stop(self) -> None:

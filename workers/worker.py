@@ -25,7 +25,7 @@ from schemas.topics import ensure_model_topics
 from .artifact_cache import ArtifactCache, default_cache_dir
 from .assignment import AssignmentWatcher, read_assignment, worker_labels
 from .consumer import ModelConsumer
-from .errors import BackendDownError, WorkerError
+from .errors import BackendDownError, WorkerError, start_kafka_client
 from .heartbeat import Heartbeat, WorkerState
 from .metrics import WorkerMetrics
 from .residency_manager import ResidencyManager, worker_capacity
@@ -124,11 +124,7 @@ class Worker(AsyncService):
             except FleetError as exc:
                 log.warning("could not check the topics of %s: %s", model, exc.message)
         producer = AIOKafkaProducer(**fleet.kafka.producer_kwargs())
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise BackendDownError(f"Kafka unavailable at {fleet.kafka.bootstrap}: {exc}") from exc
+        await start_kafka_client(producer, fleet.kafka.bootstrap)
         self._producer = producer
         self._consumers = [self._new_consumer(model) for model in models]
         if not settings.follow_assignment:  # the scheduler keeps assignments within budget x (1 + overcommit)

@@ -300,16 +300,17 @@ class FleetProducer(AsyncService):
         registry = self._registry()
         try:
             default = await registry.default_version(model)
-            split = await registry.traffic(model)
+            try:
+                split = await registry.traffic(model)
+            except SchemaError as exc:  # a hand-edited split: serve the default rather than fail every request
+                log.warning("ignoring the traffic split of %s: %s", model, exc.message)
+                split = None
         except BackendUnavailableError:
             if known is None:
                 raise
             log.warning("routing of %s not refreshed (Redis unavailable); keeping the last known one", model)
             known.until = now + self._routing_ttl_s
             return known
-        except SchemaError as exc:  # a hand-edited split: serve the default rather than fail every request
-            log.warning("ignoring the traffic split of %s: %s", model, exc.message)
-            default, split = await registry.default_version(model), None
         if default is None:
             raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
         route = self._routes[model] = _Route(default, split, now + self._routing_ttl_s)

@@ -35,6 +35,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -57,6 +58,8 @@ log = logging.getLogger("fleet.stack")
 #: Consumer-group timings that suit the embedded broker (each join waits max(1 s, session/2)).
 #: A placement verdict this long after the workers were ready comes from a round that saw them.
 _PLACEMENT_SETTLE_MS = 1000.0
+#: Placement verdicts that need no worker to serve the model (it could not be placed, or wants none).
+_PLACED_ELSEWHERE = frozenset({PlacementState.SCHEDULE_FAILED.value, PlacementState.IDLE.value})
 
 LOCAL_BROKER_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
 
@@ -361,8 +364,7 @@ class LocalStack:
             while True:
                 served: set[str] = set()
                 with contextlib.suppress(RedisError):
-                    views = await read_workers(client, Names(self.config.namespace))
-                    served = {m for v in views if v.state == "ready" for m in v.models}
+                    served = await _served_models(client, Names(self.config.namespace))
                 yield served.issuperset(models)
         finally:
             await client.aclose()
@@ -379,16 +381,13 @@ class LocalStack:
                 waiting = set(models)
                 with contextlib.suppress(RedisError):
                     placements = await read_placement(client, names, models)
-                    views = await read_workers(client, names)
-                    served = {m for v in views if v.state == "ready" for m in v.models}
-                    decided_elsewhere = {PlacementState.SCHEDULE_FAILED.value, PlacementState.IDLE.value}
                     decided = {
                         m
                         for m, status in placements.items()
-                        if status.get("state") in decided_elsewhere
+                        if status.get("state") in _PLACED_ELSEWHERE
                         and float(status.get("ts_ms") or 0) >= since_ms + _PLACEMENT_SETTLE_MS
                     }
-                    waiting = set(models) - served - decided
+                    waiting = set(models) - await _served_models(client, names) - decided
                 yield not waiting
         finally:
             await client.aclose()
@@ -406,3 +405,8 @@ class LocalStack:
                 yield fields.get(b"state") == b"ready" and fields.get(b"pid", pid) == pid
         finally:
             await client.aclose()
+
+
+async def _served_models(redis: Any, names: Names) -> set[str]:
+    """Models that some worker in state ``ready`` serves now (from the heartbeats); raises RedisError."""
+    return {m for view in await read_workers(redis, names) if view.state == "ready" for m in view.models}

@@ -92,11 +92,10 @@ class PlacementRunner:
         unreadable: dict[str, str] = {}
         for model in models:
             try:
-                record = await registry.get(model)
-                measured = await registry.measured_sizes(model, record.version)
+                record, measured = await registry.get_sized(model)
                 split = await registry.traffic(model)
                 others = [
-                    (await registry.get(model, version), await registry.measured_sizes(model, version))
+                    await registry.get_sized(model, version)
                     for version, share in (split.weights if split is not None else ())
                     if share > 0 and version != record.version
                 ]

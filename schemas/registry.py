@@ -202,18 +202,22 @@ class ModelRegistry:
         Its size is the footprint measured on a ``device_kind`` device, else the one measured on the
         other kind (the best estimate there is), else the artifact size (``size_measured`` False).
         """
+        record, _ = await self.get_sized(model, version, device_kind=device_kind)
+        return record
+
+    async def get_sized(
+        self, model: str, version: str | None = None, *, device_kind: str = CPU
+    ) -> tuple[ModelRecord, dict[str, int]]:
+        """``get`` and ``measured_sizes`` of the same version in one round trip (after the default's)."""
         n = self._names
-        other_kind = GPU if device_kind == CPU else CPU
         try:
             if version is None:
                 raw_default = await self._redis.get(n.default_key(model))
                 if raw_default is None:
                     raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
                 version = raw_default.decode() if isinstance(raw_default, bytes) else str(raw_default)
-            raw, measured, measured_elsewhere = await self._redis.mget(
-                n.record_key(model, version),
-                n.measured_key(model, version, device_kind),
-                n.measured_key(model, version, other_kind),
+            raw, *sizes = await self._redis.mget(
+                n.record_key(model, version), *(n.measured_key(model, version, kind) for kind in DEVICE_KINDS)
             )
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
@@ -222,20 +226,20 @@ class ModelRegistry:
                 raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
             raise RegistryError(f"model {model!r} has no version {version!r}", code=ErrorCode.VERSION_NOT_FOUND)
         record = ModelRecord.from_bytes(raw if isinstance(raw, bytes) else raw.encode())
-        if measured is None:
-            measured = measured_elsewhere
-        if measured is not None:
-            record = replace(record, size_bytes=int(measured), size_measured=True)
-        return record
+        measured = _by_kind(sizes)
+        other_kind = GPU if device_kind == CPU else CPU
+        size = measured.get(device_kind, measured.get(other_kind))
+        if size is not None:
+            record = replace(record, size_bytes=size, size_measured=True)
+        return record, measured
 
     async def measured_sizes(self, model: str, version: str) -> dict[str, int]:
         """Footprints of ``version`` measured so far, by device kind (``{}`` before any load)."""
         keys = [self._names.measured_key(model, version, kind) for kind in DEVICE_KINDS]
         try:
-            values = await self._redis.mget(keys)
+            return _by_kind(await self._redis.mget(keys))
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
-        return {kind: int(value) for kind, value in zip(DEVICE_KINDS, values, strict=True) if value is not None}
 
     async def exists(self, model: str) -> bool:
         """True when ``model`` has at least one registered version."""
@@ -401,3 +405,8 @@ class ModelRegistry:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _by_kind(values: list[Any]) -> dict[str, int]:
+    """Measured sizes read for ``DEVICE_KINDS`` (in that order) -> {kind: bytes}, the missing ones left out."""
+    return {kind: int(value) for kind, value in zip(DEVICE_KINDS, values, strict=True) if value is not None}

@@ -9,7 +9,6 @@ refuses a copy whose sha256 differs. Blocking (network and file I/O): call it fr
 
 from __future__ import annotations
 
-import os
 import shutil
 import urllib.error
 import urllib.request
@@ -81,10 +80,9 @@ def download(url: str, target: Path, *, timeout_s: float = DOWNLOAD_TIMEOUT_S) -
 
 
 def fetch_to(artifact: str, target: Path, *, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Copy a local artifact, or download a remote one, to ``target``; ArtifactFetchError or OSError."""
+    """Copy a local artifact, or download a remote one, to ``target``; ArtifactFetchError, or OSError
+    (FileNotFoundError for a local path that does not exist)."""
     if is_remote(artifact):
         download(artifact, target, timeout_s=timeout_s)
-    elif not os.path.isfile(artifact):
-        raise FileNotFoundError(f"artifact {artifact!r} does not exist")
     else:
         shutil.copyfile(artifact, target)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from fleet.artifacts import build_record
-from fleet.cli import main
 from fleet.dlq import replayed_request
-from fleet.localservers import free_port
 from fleet.modelgen import tiny_mlp
 from schemas import DeadLetter, ErrorCode, FleetSettings, InferenceRequest, ModelRegistry, Names, now_ms
 from schemas.topics import ensure_model_topics
 from tests.workers.conftest import make_request, read_replies
 from workers import Worker, WorkerSettings
+
+from .cli_util import connection_args, run_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -27,17 +26,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def fleet_args(fleet_settings: FleetSettings, tmp_path: Path, redis_client: Any) -> list[str]:
     """Connection flags for the test's namespace (redis_client cleans its keys afterwards)."""
-    return [
-        "--kafka", fleet_settings.kafka.bootstrap, "--redis", fleet_settings.redis.url,
-        "--namespace", fleet_settings.namespace, "--home", str(tmp_path / "home"),
-        "--url", f"http://127.0.0.1:{free_port()}",
-    ]  # fmt: skip
+    return connection_args(fleet_settings, tmp_path / "home", no_gateway=True)
 
 
 async def fleet(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    """Run ``fleet argv`` in a thread (it runs its own event loop); exit status and stdout."""
-    code = await asyncio.to_thread(main, list(argv))
-    out, err = capsys.readouterr()
+    """Exit status and everything ``fleet argv`` printed."""
+    code, out, err = await run_fleet(capsys, *argv)
     return code, out + err
 
 

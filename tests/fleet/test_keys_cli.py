@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fleet.cli import main
-from fleet.localservers import free_port
 from schemas import FleetSettings, Names
 from schemas.apikeys import ApiKeyStore, parse_secret
+
+from .cli_util import connection_args, run_fleet
 
 
 @pytest.fixture
 def fleet_args(fleet_settings: FleetSettings, tmp_path: Path, redis_client: Any) -> list[str]:
     """Connection flags for the test's namespace (redis_client cleans its keys afterwards)."""
-    return [
-        "--kafka", fleet_settings.kafka.bootstrap, "--redis", fleet_settings.redis.url,
-        "--namespace", fleet_settings.namespace, "--home", str(tmp_path / "home"),
-        "--url", f"http://127.0.0.1:{free_port()}",
-    ]  # fmt: skip
+    return connection_args(fleet_settings, tmp_path / "home", no_gateway=True)
 
 
 async def fleet(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = await asyncio.to_thread(main, list(argv))
-    out, err = capsys.readouterr()
+    """Exit status and everything ``fleet argv`` printed."""
+    code, out, err = await run_fleet(capsys, *argv)
     return code, out + err
 
 

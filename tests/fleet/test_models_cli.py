@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,13 @@ import numpy as np
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from fleet.cli import main
 from fleet.localservers import free_port
 from fleet.modelgen import tiny_mlp
 from schemas import FleetSettings, ModelRegistry, Names
 from tests.fileserver import serve_folder
+
+from .cli_util import connection_args
+from .cli_util import run_fleet as fleet
 
 pytestmark = pytest.mark.integration
 
@@ -23,17 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def fleet_args(fleet_settings: FleetSettings, tmp_path: Path, redis_client: Any) -> list[str]:
     """Connection flags for the test's namespace (redis_client cleans its keys afterwards)."""
-    return [
-        "--kafka", fleet_settings.kafka.bootstrap, "--redis", fleet_settings.redis.url,
-        "--namespace", fleet_settings.namespace, "--home", str(tmp_path / "home"),
-    ]  # fmt: skip
-
-
-async def fleet(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``fleet argv`` in a thread (it runs its own event loop) and capture its output."""
-    code = await asyncio.to_thread(main, list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return connection_args(fleet_settings, tmp_path / "home")
 
 
 async def test_register_list_show_set_default_remove(

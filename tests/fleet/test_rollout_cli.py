@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,10 +9,12 @@ from typing import Any
 import pytest
 
 from fleet.artifacts import build_record
-from fleet.cli import main
 from fleet.modelgen import tiny_mlp
 from schemas import FleetSettings, ModelRegistry, Names
 from schemas.traffic import TrafficSplit
+
+from .cli_util import connection_args
+from .cli_util import run_fleet as fleet
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +26,7 @@ async def fleet_args(fleet_settings: FleetSettings, names: Names, tmp_path: Path
     record = build_record("tiny", "1", tiny_mlp(tmp_path / "tiny.onnx"))
     await registry.register(record)
     await registry.register(replace(record, version="2"))
-    return [
-        "--kafka", fleet_settings.kafka.bootstrap, "--redis", fleet_settings.redis.url,
-        "--namespace", fleet_settings.namespace, "--home", str(tmp_path / "home"),
-    ]  # fmt: skip
-
-
-async def fleet(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``fleet argv`` in a thread (it runs its own event loop) and capture its output."""
-    code = await asyncio.to_thread(main, list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return connection_args(fleet_settings, tmp_path / "home")
 
 
 async def test_traffic_show_set_clear_rollback(

@@ -1,5 +1,5 @@
 """The Grafana dashboard queries only metrics the services really export: a real gateway, worker and
-autoscaler run against the session's broker and Redis, one request goes through, and their /metrics
+autoscaler run against the session's broker and Redis (`live_fleet`), requests go through, and their /metrics
 answers are compared with every metric name in the dashboard's PromQL."""
 
 from __future__ import annotations
@@ -8,18 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from autoscaler import AutoscalerService, AutoscalerSettings
-from fleet.artifacts import build_record
-from fleet.localservers import free_port
-from fleet.modelgen import tiny_mlp
-from gateway import Gateway, GatewaySettings
-from schemas import BatchingConfig, FleetSettings, ModelRegistry, Names
-from schemas.topics import ensure_model_topics
-from workers import Worker, WorkerSettings
+from schemas import FleetSettings, Names
 
+from .live_fleet import scrape_live_services
 from .manifests import DEPLOY
 from .promql import exposed_series, metric_names
 
@@ -80,52 +73,12 @@ def test_dashboard_is_grafana_json() -> None:
     assert len(ids) == len(set(ids))
 
 
-async def scrape(http: aiohttp.ClientSession, url: str) -> str:
-    async with http.get(url) as response:
-        assert response.status == 200, url
-        return await response.text()
-
-
 @pytest.mark.integration
 async def test_dashboard_uses_only_exported_metrics(
     fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path
 ) -> None:
-    record = build_record(
-        "tiny", "1", tiny_mlp(tmp_path / "tiny.onnx"), batching=BatchingConfig(max_batch_size=8, max_queue_delay_ms=2)
-    )
-    await ModelRegistry(redis_client, names).register(record)
-    await ensure_model_topics(fleet_settings.kafka, names, "tiny", partitions=1)
-    worker_port, autoscaler_port = free_port(), free_port()
-    worker_settings = WorkerSettings(
-        models=("tiny",), fleet=fleet_settings, metrics_port=worker_port, device="cpu", drain_timeout_s=5
-    )
-    autoscaler_settings = AutoscalerSettings(
-        interval_s=0.2,
-        metrics_port=autoscaler_port,
-        gpus=0,
-        log_dir=str(tmp_path),
-        pinned=("tiny=0",),  # measure and report, but start no worker processes of its own
-        fleet=fleet_settings,
-    )
-    gateway_settings = GatewaySettings(port=0, fleet=fleet_settings, default_timeout_s=20.0)
-    body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
-    async with (
-        Worker(worker_settings) as worker,
-        Gateway(gateway_settings, names=names) as gateway,
-        AutoscalerService(autoscaler_settings),
-        aiohttp.ClientSession() as http,
-    ):
-        await worker.wait_ready(30)
-        # One real request, so the per-model series carry samples (not only their # TYPE lines).
-        async with http.post(f"{gateway.url}/v2/models/tiny/infer", json=body) as response:
-            assert response.status == 200, await response.text()
-        exposed: dict[str, set[str]] = {}
-        for service, url in [
-            ("gateway", f"{gateway.url}/metrics"),
-            ("worker", f"http://127.0.0.1:{worker_port}/metrics"),
-            ("autoscaler", f"http://127.0.0.1:{autoscaler_port}/metrics"),
-        ]:
-            exposed[service] = exposed_series(await scrape(http, url))
+    expositions = await scrape_live_services(fleet_settings, names, redis_client, tmp_path)
+    exposed = {service: exposed_series(text) for service, text in expositions.items()}
     assert "fleet_gateway_request_success_total" in exposed["gateway"]
     assert "fleet_worker_inference_count_total" in exposed["worker"]
 

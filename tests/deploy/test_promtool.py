@@ -14,22 +14,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoscaler import AutoscalerService, AutoscalerSettings
-from fleet.artifacts import build_record
-from fleet.localservers import free_port
-from fleet.modelgen import tiny_mlp
-from gateway import Gateway, GatewaySettings
-from schemas import BatchingConfig, FleetSettings, ModelRegistry, Names
-from schemas.topics import ensure_model_topics
-from workers import Worker, WorkerSettings
+from schemas import FleetSettings, Names
 
+from .live_fleet import SERVICES, scrape_live_services
 from .manifests import ROOT
-
-SERVICES = ("gateway", "worker", "autoscaler")
 
 
 def promtool() -> str | None:
@@ -82,53 +73,11 @@ def test_promtool_reports_a_bad_exposition() -> None:
     assert promtool_problems(tool, "# HELP ok_total Fine.\n# TYPE ok_total counter\nok_total 1\n") == ""
 
 
-async def _scrape_all(fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path) -> dict[str, str]:
-    record = build_record(
-        "tiny", "1", tiny_mlp(tmp_path / "tiny.onnx"), batching=BatchingConfig(max_batch_size=8, max_queue_delay_ms=2)
-    )
-    await ModelRegistry(redis_client, names).register(record)
-    await ensure_model_topics(fleet_settings.kafka, names, "tiny", partitions=1)
-    worker_port, autoscaler_port = free_port(), free_port()
-    worker_settings = WorkerSettings(
-        models=("tiny",), fleet=fleet_settings, metrics_port=worker_port, device="cpu", drain_timeout_s=5
-    )
-    autoscaler_settings = AutoscalerSettings(
-        interval_s=0.2, metrics_port=autoscaler_port, gpus=0, log_dir=str(tmp_path), pinned=("tiny=0",),
-        fleet=fleet_settings,
-    )  # fmt: skip
-    gateway_settings = GatewaySettings(port=0, fleet=fleet_settings, default_timeout_s=20.0)
-    body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
-    bad = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [0.5] * 3}]}
-    async with (
-        Worker(worker_settings) as worker,
-        Gateway(gateway_settings, names=names) as gateway,
-        AutoscalerService(autoscaler_settings),
-        aiohttp.ClientSession() as http,
-    ):
-        await worker.wait_ready(30)
-        # A success and a failure, so labelled series of both kinds carry samples.
-        async with http.post(f"{gateway.url}/v2/models/tiny/infer", json=body) as response:
-            assert response.status == 200, await response.text()
-        async with http.post(f"{gateway.url}/v2/models/tiny/infer", json=bad) as response:
-            assert response.status == 400, await response.text()
-        urls = {
-            "gateway": f"{gateway.url}/metrics",
-            "worker": f"http://127.0.0.1:{worker_port}/metrics",
-            "autoscaler": f"http://127.0.0.1:{autoscaler_port}/metrics",
-        }
-        out: dict[str, str] = {}
-        for service, url in urls.items():
-            async with http.get(url) as response:
-                assert response.status == 200, url
-                out[service] = await response.text()
-    return out
-
-
 @pytest.mark.integration
 async def test_expositions_pass_promtool_and_the_parser(
     fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path
 ) -> None:
-    expositions = await _scrape_all(fleet_settings, names, redis_client, tmp_path)
+    expositions = await scrape_live_services(fleet_settings, names, redis_client, tmp_path)
     assert 'fleet_gateway_request_success_total{model="tiny"' in expositions["gateway"]
     assert "fleet_worker_inference_count_total{" in expositions["worker"]
     for service in SERVICES:

@@ -20,6 +20,7 @@ from fleet.modelgen import tiny_mlp
 from gateway import Gateway, GatewaySettings
 from schemas import BatchingConfig, FleetSettings, ModelRecord, ModelRegistry, Names
 from schemas.topics import ensure_model_topics
+from workers import Worker, WorkerSettings
 
 
 def service_env(settings: FleetSettings, **extra: str) -> dict[str, str]:
@@ -57,6 +58,14 @@ async def gateway(fleet_settings: FleetSettings, names: Names) -> AsyncIterator[
     async with Gateway(settings) as gw:
         await gw.wait_ready()
         yield gw
+
+
+@pytest.fixture
+async def worker(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Worker]:
+    """An in-process worker serving ``tiny``, ready (group joined, partitions assigned)."""
+    async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as w:
+        await w.wait_ready(30)
+        yield w
 
 
 class WorkerProcess:

@@ -62,13 +62,6 @@ async def _wait_status(
 
 
 @pytest.fixture
-async def worker(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Worker]:
-    async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as w:
-        await w.wait_ready(30)
-        yield w
-
-
-@pytest.fixture
 async def short_ttl_gateway(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Gateway]:
     async with Gateway(GatewaySettings(fleet=fleet_settings, port=0, job_ttl_s=1)) as gw:
         await gw.wait_ready()

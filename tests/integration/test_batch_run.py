@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,6 @@ from workers import Worker, WorkerSettings
 def _reference(record: ModelRecord, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(record.artifact, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def worker(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Worker]:
-    async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as w:
-        await w.wait_ready(30)
-        yield w
 
 
 def _write_jsonl(path: Path, rows: np.ndarray, broken: dict[int, str]) -> None:

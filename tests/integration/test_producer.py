@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -27,19 +26,12 @@ from schemas import (
     SchemaError,
 )
 from schemas.traffic import TrafficSplit
-from workers import Worker, WorkerSettings
+from workers import Worker
 
 
 def _reference(record: ModelRecord, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(record.artifact, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def worker(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Worker]:
-    async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as w:
-        await w.wait_ready(30)
-        yield w
 
 
 async def test_infer_and_submit_round_trip_numpy(

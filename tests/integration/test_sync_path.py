@@ -35,13 +35,6 @@ async def _infer_json(session: aiohttp.ClientSession, url: str, x: np.ndarray, *
         return response.status, await response.json()
 
 
-@pytest.fixture
-async def worker(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> Any:
-    async with Worker(WorkerSettings(models=("tiny",), fleet=fleet_settings)) as w:
-        await w.wait_ready(30)
-        yield w
-
-
 async def test_json_infer_matches_onnxruntime(gateway: Gateway, worker: Worker, tiny_model: ModelRecord) -> None:
     x = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
     async with aiohttp.ClientSession() as session:

@@ -5,6 +5,7 @@ Nothing here raises: a missing library, a missing driver or a failing call all m
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,7 @@ def mean_utilization(device: str) -> float | None:
     return None
 
 
+@functools.cache  # a process's GPUs do not come and go: one NVML query, not one per served model
 def device_kind_of(device: str) -> str:
     """``gpu`` when a worker configured with ``device`` runs on a GPU (``cuda...``, or ``auto`` with one
     that NVML sees), else ``cpu``: the kind its measured model sizes are recorded under."""

@@ -386,17 +386,20 @@ class ModelRegistry:
             doomed = [version]
         else:
             doomed = versions
+        whole_model = len(doomed) == len(versions)
+        previous = None if whole_model else await self.previous_default(model)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for v in doomed:
                     pipe.delete(n.record_key(model, v), *(n.measured_key(model, v, kind) for kind in DEVICE_KINDS))
                     pipe.srem(n.versions_key(model), v)
-                if len(doomed) == len(versions):
+                if whole_model:
+                    # The model leaves the index only when its last version goes.
                     pipe.delete(n.default_key(model), n.versions_key(model))
                     pipe.delete(n.traffic_key(model), n.previous_default_key(model))
-                elif await self.previous_default(model) in doomed:
-                    pipe.delete(n.previous_default_key(model))
                     pipe.srem(n.models_key, model)
+                elif previous in doomed:
+                    pipe.delete(n.previous_default_key(model))  # nothing left to roll back to
                 await pipe.execute()
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc

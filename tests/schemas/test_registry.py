@@ -54,10 +54,49 @@ async def test_register_get_default_remove(redis_client: object, names: Names, r
     with pytest.raises(RegistryError) as info:
         await registry.remove("tiny", "2")  # the default of a model with other versions
     assert info.value.code is ErrorCode.INVALID_REQUEST
-    assert await registry.remove("tiny", "1") == ["1"]
+    assert await registry.models() == ["tiny"]
+    assert await registry.remove("tiny", "1") == ["1"]  # the previous default
+    assert await registry.models() == ["tiny"]  # the live model stays in the index
+    assert (await registry.get("tiny")).version == "2"
+    assert await registry.previous_default("tiny") is None  # nothing left to roll back to
     assert await registry.remove("tiny") == ["2"]
     assert await registry.models() == []
+    assert not await registry.exists("tiny")
     assert await registry.measured_sizes("tiny", "2") == {}  # both kinds removed with the version
+
+
+async def test_zero_downtime_upgrade_keeps_the_model_indexed(
+    redis_client: object, names: Names, record: ModelRecord
+) -> None:
+    """deploy/README's upgrade: register v2, make it the default, remove v1 (the previous default)."""
+    registry = ModelRegistry(redis_client, names)  # type: ignore[arg-type]
+    await registry.register(record)
+    await registry.register(replace(record, name="other"))
+    assert await registry.models() == ["other", "tiny"]
+    await registry.register(replace(record, version="2"), make_default=True)
+    assert await registry.models() == ["other", "tiny"]
+    assert await registry.previous_default("tiny") == "1"
+    assert await registry.remove("tiny", "1") == ["1"]
+    assert await registry.models() == ["other", "tiny"]
+    assert await registry.versions("tiny") == ["2"]
+    for model in await registry.models():  # what `fleet models list` does: every listed model resolves
+        assert (await registry.get(model)).name == model
+
+
+async def test_removing_a_whole_model_unlists_it(redis_client: object, names: Names, record: ModelRecord) -> None:
+    registry = ModelRegistry(redis_client, names)  # type: ignore[arg-type]
+    await registry.register(record)
+    await registry.register(replace(record, version="2"))
+    await registry.register(replace(record, name="other"))
+    assert await registry.remove("tiny") == ["1", "2"]
+    assert await registry.models() == ["other"]
+    assert not await registry.exists("tiny")
+    with pytest.raises(RegistryError) as info:
+        await registry.get("tiny")
+    assert info.value.code is ErrorCode.MODEL_NOT_FOUND
+    # The only version removed by name takes the model out of the index too.
+    assert await registry.remove("other", "1") == ["1"]
+    assert await registry.models() == []
 
 
 async def test_versions_are_immutable(redis_client: object, names: Names, record: ModelRecord) -> None:

@@ -118,9 +118,18 @@ class LocalBroker(LocalServer):
 
 
 class LocalRedis(LocalServer):
-    """A Valkey server (Redis protocol) without persistence."""
+    """A Valkey server (Redis protocol); durable when it has a ``data_dir``, else it keeps nothing.
+
+    With a ``data_dir`` it writes an append-only file there (``appendfsync everysec``): a restart on
+    the same directory, even after a SIGKILL, gets back every write except those of the last second
+    at most. Without one (the test fixtures) nothing is written to disk.
+    """
 
     name = "redis"
+
+    def __init__(self, port: int | None = None, log_dir: Path | None = None, data_dir: Path | None = None) -> None:
+        super().__init__(port, log_dir)
+        self.data_dir = data_dir
 
     @staticmethod
     def binary() -> str:
@@ -138,12 +147,15 @@ class LocalRedis(LocalServer):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
+        common = [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--protected-mode", "no"]
+        if self.data_dir is None:
+            return [*common, "--save", "", "--appendonly", "no", "--dir", str(self._log_dir)]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # AOF only (no RDB snapshots): every write is logged and fsynced once a second.
         return [
-            self.binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            *common,
             "--save", "",
-            "--appendonly", "no",
-            "--protected-mode", "no",
-            "--dir", str(self._log_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--dir", str(self.data_dir),
         ]  # fmt: skip

@@ -14,6 +14,10 @@ Two ways to run the workers:
   (``FLEET_AUTOSCALER_PLACEMENT``): it assigns each registered model's replicas to workers with room, and
   the workers load, evict and serve what they are assigned (budget: ``FLEET_WORKER_MEMORY_BUDGET_MB``).
 
+The embedded Redis keeps an append-only file in ``home/redis`` (``StackConfig.durable_redis``), so models,
+API keys and jobs survive a restart; the embedded broker is memory-only, so each start (and restart) of it
+re-creates the topics of every registered model.
+
 Start: LocalBroker + LocalRedis (unless external addresses are given) → gateway → autoscaler or workers,
 each waited on by its readiness signal (``/v2/health/ready``; the autoscaler's first GPU inventory report;
 a worker's heartbeat hash ``state=ready``, in autoscale mode one per model registered at start, in placement
@@ -43,8 +47,9 @@ from autoscaler.errors import StatsError
 from autoscaler.inventory import read_inventory
 from autoscaler.placement import PlacementState
 from autoscaler.placement_store import read_placement
-from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSettings, now_ms
+from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSettings, load, now_ms
 from schemas.constants import DEFAULT_NAMESPACE
+from schemas.topics import ensure_model_topics
 
 from .client import FleetClient
 from .errors import StackError
@@ -81,6 +86,7 @@ class StackConfig:
     placement: bool = False  # run ``workers`` following workers and the autoscaler's placement scheduler
     max_workers: int | None = None  # autoscale: most workers per model (None: the autoscaler's default)
     device: str | None = None
+    durable_redis: bool = True  # the embedded Valkey keeps an append-only file in ``home/redis``
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     ready_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0
@@ -123,6 +129,13 @@ class LocalStack:
             kafka=KafkaSettings(bootstrap=self.kafka_bootstrap),
             redis=RedisSettings(url=self.redis_url),
         )
+
+    @property
+    def redis_dir(self) -> Path | None:
+        """Where the embedded Redis keeps its append-only file (None: external, or not durable)."""
+        if self.config.redis or not self.config.durable_redis:
+            return None
+        return self.config.home / "redis"
 
     @property
     def models(self) -> list[str]:
@@ -233,10 +246,23 @@ class LocalStack:
             await asyncio.to_thread(broker.start)
             self.kafka_bootstrap = broker.bootstrap
         if not self.config.redis:
-            redis = LocalRedis(log_dir=self.logs)
+            redis = LocalRedis(log_dir=self.logs, data_dir=self.redis_dir)
             self._servers.append(redis)
             await asyncio.to_thread(redis.start)
             self.redis_url = redis.url
+        if not self.config.kafka:
+            # A new embedded broker has no topics, while a durable Redis may remember models.
+            created = await self._recreate_topics()
+            if created:
+                log.info("created the topics of the registered models %s on the new embedded broker", created)
+
+    async def _recreate_topics(self) -> list[str]:
+        """Create the topics of every registered model (a new or restarted embedded broker has none)."""
+        models = await self._registered_models()
+        kafka = load(KafkaSettings, self._base_env(), "FLEET_KAFKA_")
+        for model in models:
+            await ensure_model_topics(kafka, Names(self.config.namespace), model)
+        return models
 
     def _base_env(self) -> dict[str, str]:
         env = dict(self.config.env)

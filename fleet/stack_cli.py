@@ -23,7 +23,13 @@ from .stackfile import StackInfo, pid_alive, pid_cmdline
 UP_HELP = """\
 Start the fleet on this machine: the embedded Kafka-protocol broker and Redis (unless --kafka/--redis
 or FLEET_KAFKA_BOOTSTRAP/FLEET_REDIS_URL name external ones), the gateway and the autoscaler, each with
-a log under $FLEET_HOME/logs (default ./.fleet). Stays in the foreground; Ctrl-C or `fleet down` stops it.
+a log under $FLEET_HOME/logs (default: the nearest .fleet directory, else ./.fleet). Stays in the
+foreground; Ctrl-C or `fleet down` stops it.
+
+The embedded Redis is durable: models, API keys and jobs are kept in an append-only file under
+$FLEET_HOME/redis (fsync every second) and survive `fleet down` / `fleet up` and a crash of Redis.
+The embedded broker keeps nothing: requests still queued in it are lost when it stops; each start
+re-creates the topics of every registered model.
 
 By default the autoscaler (`python -m autoscaler`, local backend) runs the workers: one-model worker
 processes, between --workers (default 1) and --max-workers per model, scaled on Kafka lag and the

@@ -21,6 +21,11 @@ only a crash between the broker's ack and the marker can repeat the same record,
 by key (request id).
 
 The result key is kept ``max(RESULT_TTL_S, reply.ttl_s)`` seconds: async jobs ask for at least their TTL.
+
+A per-command error is permanent only when retrying cannot fix it (``WRONGTYPE``: a reply target of the
+wrong type): it is logged and the round goes on. Server states that pass (``OOM`` under ``maxmemory`` with
+``noeviction``, ``READONLY`` after a failover, cluster redirects, ``LOADING``, ``BUSY`` ...) fail the
+delivery with BackendDownError, so nothing is committed and the reply is delivered on a later try.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,6 +84,34 @@ return redis.call('GET', KEYS[1])
 """
 DELIVER_TOPIC_SHA = hashlib.sha1(DELIVER_TOPIC_SCRIPT.encode()).hexdigest()
 _VERSION_HEADER = (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())
+#: Redis error codes a later try gets past: memory full (``noeviction``), a replica after a failover, cluster
+#: redirects and resharding, a server loading its data set or busy with a script, a failing disk or replica.
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "OOM",
+        "READONLY",
+        "LOADING",
+        "BUSY",
+        "TRYAGAIN",
+        "MOVED",
+        "ASK",
+        "CLUSTERDOWN",
+        "MASTERDOWN",
+        "NOREPLICAS",
+        "MISCONF",
+        "NOSCRIPT",
+    }
+)
+_CODE_IN_SCRIPT_ERROR = re.compile(r"(?:^|[\s:-])(" + "|".join(sorted(TRANSIENT_ERROR_CODES)) + r")\b")
+
+
+def is_transient(error: ResponseError) -> bool:
+    """True when a command's error reply names a server state that passes (retry), not a wrong command."""
+    code = getattr(error, "status_code", None) or str(error).split(" ", 1)[0]
+    if code in TRANSIENT_ERROR_CODES:
+        return True
+    # Older servers wrap an error raised inside a script: "ERR Error running script ... -OOM command not allowed".
+    return code == "ERR" and "script" in str(error) and _CODE_IN_SCRIPT_ERROR.search(str(error)) is not None
 
 
 class ReplyWriter:
@@ -103,6 +137,11 @@ class ReplyWriter:
                 results = await self._send(items)
         except RedisError as exc:
             raise BackendDownError(f"Redis unavailable, replies not delivered: {exc}") from exc
+        transient = [r for r in results if isinstance(r, ResponseError) and is_transient(r)]
+        if transient:
+            raise BackendDownError(
+                f"Redis refused {len(transient)} of {len(items)} replies for now, not delivered: {transient[0]}"
+            )
         delivered = 0
         emits: list[tuple[str, str, bytes]] = []
         emitting: set[str] = set()

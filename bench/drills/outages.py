@@ -1,318 +1,28 @@
-"""Failure drills (issue 6): faults injected under load, each checked and printed as one table row.
-
-Every drill runs on its own fleet of real processes on this machine: the embedded broker (Tansu), a Valkey
-server, a gateway and worker processes (``python -m gateway`` / ``python -m workers``) serving the tiny
-MLP on a topic of 4 partitions. Load is closed-loop HTTP (JSON infer) with a unique request id per request;
-every 200 answer is checked against the model's output computed in this process.
-
-* ``worker-kill``   SIGKILL a random worker every 4 s for 60 s (a replacement starts at once, as a
-  supervisor would): 0 lost, 0 wrong, 0 duplicated client-visible results.
-* ``redis-restart`` stop Redis for 5 s under sync load and async job submissions, then start it again (same
-  port, append-only file, as a persistent production Redis): the gateway answers 503 quickly while it is
-  down, answers 200 again within 5 s of its return, and every accepted (202) async job completes.
-* ``broker-stop``   stop the broker for 5 s under load: 503 within the gateway's 1 s backend timeout, no hang;
-  recovery once it is back.
-  The embedded broker keeps its log in memory, so what was queued in it is gone after its restart; a
-  Kafka cluster keeps it (the drill reports how many requests got a 503/504 instead of an answer).
-* ``fuzz``          10,000 undecodable or invalid records on the model topic while sync load runs: every sync
-  request answered, every bad record in the dead-letter topic with a reason.
-* ``sigterm-all``   SIGTERM the gateway and every worker at once under load: every request in flight gets an
-  HTTP answer (200, or 503/504 when its record was still queued), no connection is cut, and the
-  committed offsets equal the records answered (the workers committed what they replied to).
-
-    .venv/bin/python -m bench.drills [--drill NAME ...] [--out bench/results]
-"""
+"""Drills of outages and bad traffic: worker kills, Redis and broker restarts, fuzzed records, SIGTERM of all."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import itertools
-import json
 import os
 import random
 import signal
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgpack
-import numpy as np
-import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from autoscaler.collector import LagCollector
-from bench.common import git_commit, machine, write_report
-from fleet.artifacts import build_record
-from fleet.heartbeats import read_workers
-from fleet.localservers import LocalBroker, LocalRedis, free_port, wait_for_port
-from fleet.modelgen import tiny_mlp
-from fleet.procs import ServiceProcess
-from schemas import (
-    BatchingConfig,
-    DeadLetter,
-    FleetSettings,
-    KafkaSettings,
-    ModelRegistry,
-    Names,
-    RedisSettings,
-    SchemaError,
-)
+from bench.drills.fleet import HTTP_MARGIN_S, MODEL, PARTITIONS, REQUEST_TIMEOUT_MS, DrillFleet, Load, Outcome, tally
+from schemas import DeadLetter, SchemaError
 from schemas.topics import ensure_model_topics
 
-MODEL = "tiny"
-PARTITIONS = 4
-NAMESPACE = "drill"
-#: Consumer-group timings for the local broker (a SIGKILLed worker's partitions move after the session timeout).
-KAFKA_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
-REQUEST_TIMEOUT_MS = 30_000
-#: The gateway bounds a publish by FLEET_GATEWAY_BACKEND_TIMEOUT_S (1 s); the client sees that plus its own
-#: HTTP round trip, which this margin allows for.
-HTTP_MARGIN_S = 0.05
 
-
-@dataclass
-class Outcome:
-    """One HTTP request as the client saw it."""
-
-    request_id: str
-    sent: float  # monotonic
-    done: float = 0.0
-    status: int = 0  # 0: no HTTP answer (connection refused or cut, client timeout)
-    code: str = ""  # error code of a non-200 answer, or the transport error's type
-    correct: bool = False
-
-    @property
-    def latency_s(self) -> float:
-        return self.done - self.sent
-
-
-class PersistentRedis(LocalRedis):
-    """Valkey with an append-only file (fsync always), so a restart keeps the registry and the jobs."""
-
-    def __init__(self, data_dir: Path, port: int | None = None, log_dir: Path | None = None) -> None:
-        super().__init__(port, log_dir)
-        self.data_dir = data_dir
-
-    def command(self) -> list[str]:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        return [*super().command(), "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
-
-
-@dataclass
-class DrillFleet:
-    """Broker, Redis, one gateway and worker processes for one drill."""
-
-    root: Path
-    workers: int = 2
-    persistent_redis: bool = False
-    broker: LocalBroker = field(init=False)
-    redis_server: LocalRedis = field(init=False)
-    gateway: ServiceProcess | None = None
-    worker_procs: list[ServiceProcess] = field(default_factory=list)
-    url: str = ""
-    inputs: list[npt.NDArray[np.float32]] = field(default_factory=list)
-    expected: list[npt.NDArray[np.float32]] = field(default_factory=list)
-    _spawned: int = 0
-
-    def __post_init__(self) -> None:
-        logs = self.root / "logs"
-        self.broker = LocalBroker(log_dir=logs)
-        self.redis_server = (
-            PersistentRedis(self.root / "redis-data", log_dir=logs)
-            if self.persistent_redis
-            else LocalRedis(log_dir=logs)
-        )
-
-    @property
-    def settings(self) -> FleetSettings:
-        return FleetSettings(
-            namespace=NAMESPACE,
-            kafka=KafkaSettings(
-                bootstrap=self.broker.bootstrap,
-                partitions=PARTITIONS,
-                session_timeout_ms=2000,
-                heartbeat_interval_ms=500,
-            ),
-            redis=RedisSettings(url=self.redis_server.url),
-        )
-
-    @property
-    def names(self) -> Names:
-        return Names(NAMESPACE)
-
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            **KAFKA_ENV,
-            "FLEET_NAMESPACE": NAMESPACE,
-            "FLEET_KAFKA_BOOTSTRAP": self.broker.bootstrap,
-            "FLEET_REDIS_URL": self.redis_server.url,
-            "FLEET_EVENT_LOOP": "asyncio",
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    async def start(self) -> None:
-        self.broker.start()
-        self.redis_server.start()
-        path = tiny_mlp(self.root / "tiny.onnx")
-        self._expected_outputs(path)
-        redis = self.settings.redis.client()
-        try:
-            record = build_record(MODEL, "1", path, batching=BatchingConfig(64, 2))
-            await ModelRegistry(redis, self.names).register(record)
-        finally:
-            await redis.aclose()
-        await ensure_model_topics(self.settings.kafka, self.names, MODEL, PARTITIONS)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.gateway = ServiceProcess(
-            "gateway",
-            [sys.executable, "-m", "gateway"],
-            self.env() | {"FLEET_GATEWAY_PORT": str(port), "FLEET_GATEWAY_ID": "drill-gw"},
-            self.root / "logs" / "gateway.log",
-        )
-        self.gateway.start()
-        await asyncio.to_thread(wait_for_port, port, 30.0)
-        for _ in range(self.workers):
-            self.spawn_worker()
-        await self.wait_workers_ready(self.workers)
-
-    def _expected_outputs(self, path: Path) -> None:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(7)
-        self.inputs = [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(32)]
-        self.expected = [np.asarray(session.run(None, {"x": x})[0], np.float32) for x in self.inputs]
-
-    def spawn_worker(self) -> ServiceProcess:
-        self._spawned += 1
-        worker_id = f"drill-w{self._spawned}"
-        env = self.env() | {"FLEET_WORKER_MODELS": MODEL, "FLEET_WORKER_ID": worker_id, "FLEET_WORKER_DEVICE": "cpu"}
-        proc = ServiceProcess(
-            worker_id, [sys.executable, "-m", "workers"], env, self.root / "logs" / f"{worker_id}.log"
-        )
-        proc.start()
-        self.worker_procs.append(proc)
-        return proc
-
-    async def wait_workers_ready(self, count: int, timeout_s: float = 60.0) -> None:
-        redis = self.settings.redis.client()
-        try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                alive = {p.name for p in self.worker_procs if p.running}
-                views = await read_workers(redis, self.names)
-                if sum(1 for v in views if v.id in alive and v.state == "ready") >= count:
-                    return
-                await asyncio.sleep(0.2)
-        finally:
-            await redis.aclose()
-        raise RuntimeError(f"{count} workers not ready after {timeout_s:.0f} s; logs in {self.root / 'logs'}")
-
-    async def stop(self) -> None:
-        procs = [p for p in (self.gateway, *self.worker_procs) if p is not None]
-        await asyncio.gather(*(p.stop(15.0) for p in procs))
-        self.redis_server.stop()
-        self.broker.stop()
-
-
-class Load:
-    """Closed-loop HTTP load: ``concurrency`` tasks, each sending the next request when one is answered."""
-
-    def __init__(self, fleet: DrillFleet, concurrency: int, prefix: str) -> None:
-        self.fleet = fleet
-        self.concurrency = concurrency
-        self.prefix = prefix
-        self.outcomes: list[Outcome] = []
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Load:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.concurrency + 4))
-        self._tasks = [asyncio.create_task(self._loop(i)) for i in range(self.concurrency)]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.finish()
-
-    async def finish(self, timeout_s: float = 60.0) -> None:
-        """Stop sending; wait for the requests in flight to get their answers."""
-        self._stop.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=timeout_s)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _loop(self, lane: int) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            outcome = await self.one(f"{self.prefix}-{lane}-{n}", n % len(self.fleet.inputs))
-            if outcome.status != 200:
-                await asyncio.sleep(0.05)  # a failing fleet is not hammered in a tight loop
-
-    async def one(self, request_id: str, which: int) -> Outcome:
-        """Send one infer request and record its outcome."""
-        assert self._session is not None
-        x = self.fleet.inputs[which]
-        body = {
-            "id": request_id,
-            "inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}],
-            "parameters": {"timeout_ms": REQUEST_TIMEOUT_MS},
-        }
-        outcome = Outcome(request_id, time.monotonic())
-        self.outcomes.append(outcome)
-        url = f"{self.fleet.url}/v2/models/{MODEL}/infer"
-        try:
-            limit = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_MS / 1000 + 5)
-            async with self._session.post(url, json=body, timeout=limit) as response:
-                doc = await response.json(content_type=None)
-                outcome.status = response.status
-            if outcome.status == 200:
-                y = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(doc["outputs"][0]["shape"])
-                outcome.correct = doc.get("id") == request_id and bool(
-                    np.allclose(y, self.fleet.expected[which], rtol=1e-4, atol=1e-5)
-                )
-            else:
-                outcome.code = str(doc.get("code", "")) if isinstance(doc, dict) else ""
-        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, ValueError) as exc:
-            outcome.code = type(exc).__name__
-        finally:
-            outcome.done = time.monotonic()
-        return outcome
-
-
-def tally(outcomes: list[Outcome]) -> dict[str, Any]:
-    """Counts of a load's outcomes (pure)."""
-    ids = Counter(o.request_id for o in outcomes)
-    ok = [o for o in outcomes if o.status == 200]
-    return {
-        "sent": len(outcomes),
-        "answered_ok": sum(1 for o in ok if o.correct),
-        "wrong": sum(1 for o in ok if not o.correct),
-        "no_http_answer": sum(1 for o in outcomes if o.status == 0),
-        "statuses": dict(Counter(str(o.status) for o in outcomes)),
-        "codes": dict(Counter(o.code for o in outcomes if o.code)),
-        "duplicated_ids": sum(1 for n in ids.values() if n > 1),
-    }
-
-
-# drills ------------------------------------------------------------------------------------------------------
 async def drill_worker_kill(root: Path) -> dict[str, Any]:
     duration_s, every_s = 60.0, 4.0
     fleet = DrillFleet(root / "worker-kill", workers=3)
@@ -640,50 +350,10 @@ async def drill_sigterm_all(root: Path) -> dict[str, Any]:
     }
 
 
-DRILLS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
+OUTAGE_DRILLS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "worker-kill": drill_worker_kill,
     "redis-restart": drill_redis_restart,
     "broker-stop": drill_broker_stop,
     "fuzz": drill_fuzz,
     "sigterm-all": drill_sigterm_all,
 }
-
-
-async def run(names: list[str]) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="fleet-drills-"))
-    print(f"working folder (logs): {root}")
-    results: dict[str, Any] = {}
-    for name in names:
-        print(f"== {name}", flush=True)
-        began = time.monotonic()
-        try:
-            results[name] = await DRILLS[name](root)
-        except Exception as exc:  # a drill that cannot run is a failed drill, and the others still run
-            results[name] = {"pass": False, "summary": f"drill crashed: {type(exc).__name__}: {exc}"}
-        results[name]["wall_s"] = round(time.monotonic() - began, 1)
-        print(f"   {'PASS' if results[name]['pass'] else 'FAIL'}  {results[name]['summary']}", flush=True)
-    print("\n| drill | result | figures |\n|---|---|---|")
-    for name, result in results.items():
-        print(f"| {name} | {'PASS' if result['pass'] else 'FAIL'} | {result['summary']} |")
-    return results
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--drill", action="append", choices=sorted(DRILLS), help="run only these (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    args = parser.parse_args()
-    results = asyncio.run(run(args.drill or list(DRILLS)))
-    report = {
-        "benchmark": "drills",
-        "commit": git_commit(),
-        "machine": machine(),
-        "drills": results,
-    }
-    write_report(args.out / "drills.json", report)
-    sys.exit(0 if all(r["pass"] for r in results.values()) else 1)
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()

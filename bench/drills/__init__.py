@@ -1,0 +1,25 @@
+"""Failure drills: faults injected under load, each checked and printed as one table row.
+
+Every drill runs on its own fleet of real processes on this machine: the embedded broker (Tansu), a Valkey
+server, a gateway and worker processes (``python -m gateway`` / ``python -m workers``) serving the tiny
+MLP on a topic of 4 partitions. Load is closed-loop HTTP (JSON infer) with a unique request id per request;
+every 200 answer is checked against the model's output computed in this process.
+
+* ``worker-kill``   SIGKILL a random worker every 4 s for 60 s (a replacement starts at once, as a
+  supervisor would): 0 lost, 0 wrong, 0 duplicated client-visible results.
+* ``redis-restart`` stop Redis for 5 s under sync load and async job submissions, then start it again (same
+  port, append-only file, as a persistent production Redis): the gateway answers 503 quickly while it is
+  down, answers 200 again within 5 s of its return, and every accepted (202) async job completes.
+* ``broker-stop``   stop the broker for 5 s under load: 503 within the gateway's 1 s backend timeout, no hang;
+  recovery once it is back.
+  The embedded broker keeps its log in memory, so what was queued in it is gone after its restart; a
+  Kafka cluster keeps it (the drill reports how many requests got a 503/504 instead of an answer).
+* ``fuzz``          10,000 undecodable or invalid records on the model topic while sync load runs: every sync
+  request answered, every bad record in the dead-letter topic with a reason.
+* ``sigterm-all``   SIGTERM the gateway and every worker at once under load: every request in flight gets an
+  HTTP answer (200, or 503/504 when its record was still queued), no connection is cut, and the
+  committed offsets equal the records answered (the workers committed what they replied to).
+
+    .venv/bin/python -m bench.drills [--drill NAME ...] [--out bench/results]
+"""
+

@@ -59,18 +59,6 @@ class Outcome:
         return self.done - self.sent
 
 
-class PersistentRedis(LocalRedis):
-    """Valkey with an append-only file (fsync always), so a restart keeps the registry and the jobs."""
-
-    def __init__(self, data_dir: Path, port: int | None = None, log_dir: Path | None = None) -> None:
-        super().__init__(port, log_dir)
-        self.data_dir = data_dir
-
-    def command(self) -> list[str]:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        return [*super().command(), "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
-
-
 @dataclass
 class DrillFleet:
     """Broker, Redis, one gateway and worker processes for one drill."""
@@ -96,11 +84,9 @@ class DrillFleet:
     def __post_init__(self) -> None:
         logs = self.root / "logs"
         self.broker = LocalBroker(log_dir=logs)
-        self.redis_server = (
-            PersistentRedis(self.root / "redis-data", log_dir=logs)
-            if self.persistent_redis
-            else LocalRedis(log_dir=logs)
-        )
+        # persistent: the local stack's durable default (an append-only file, fsync every second)
+        data_dir = self.root / "redis-data" if self.persistent_redis else None
+        self.redis_server = LocalRedis(log_dir=logs, data_dir=data_dir)
 
     @property
     def settings(self) -> FleetSettings:

@@ -5,6 +5,11 @@ Models: the configured list, or every model of the registry (re-read every round
 Leader election (``FLEET_AUTOSCALER_LEADER_ELECTION``, on by default; `autoscaler.leader`): of several
 autoscalers of one namespace only the lease holder measures, scales and places; the others stand by,
 publishing their inventory and metrics, and take over within the lease when it goes.
+Supervision: the service owns its two loops (control, placement). A loop that raises is logged with its
+traceback and started again after a pause that doubles from ``RESTART_BACKOFF_S[0]`` to ``RESTART_BACKOFF_S[1]``
+(back to the first once a run lasted that long). Restarting rather than exiting: every round re-reads its state
+from Redis, so a fresh loop is safe, while an exit would stop scaling and, with the local backend, drain every
+worker the autoscaler runs because one round hit an unexpected error.
 Stop: the control loop ends after its round, then the backend stops (the local backend drains its workers;
 Kubernetes Deployments keep running), then the clients close. Signal handlers are installed only by
 ``__main__``.
@@ -16,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +46,9 @@ from .settings import AutoscalerSettings
 from .stats import ServiceStatsReader
 
 log = logging.getLogger("fleet.autoscaler")
+
+#: Pause before a crashed loop is started again: the first, and the most it doubles to.
+RESTART_BACKOFF_S = (0.5, 30.0)
 
 #: Prometheus HTTP service discovery of the local backend's workers, on the metrics port.
 WORKER_SD_PATH = "/sd/workers"
@@ -97,6 +105,7 @@ class AutoscalerService(AsyncService):
         self._collector: LagCollector | None = None
         self._runner: web.AppRunner | None = None
         self._known_models: list[str] = []
+        self._control_task: asyncio.Task[None] | None = None
         self._placement_task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._started = False
@@ -145,9 +154,15 @@ class AutoscalerService(AsyncService):
         )
         if s.metrics_port:
             await self._serve_metrics(s.metrics_port)
-        await self.autoscaler.start()
+        autoscaler = self.autoscaler
+        self._control_task = asyncio.create_task(
+            self._supervise("control", lambda: self._control_routine(autoscaler)), name="autoscaler-control"
+        )
         if isinstance(self.backend, PlacementBackend):
-            self._placement_task = asyncio.create_task(self._placement_routine(self.backend), name="placement")
+            backend = self.backend
+            self._placement_task = asyncio.create_task(
+                self._supervise("placement", lambda: self._placement_routine(backend)), name="placement"
+            )
         log.info(
             "autoscaler started: backend %s, models %s, namespace %s",
             s.backend,
@@ -156,13 +171,39 @@ class AutoscalerService(AsyncService):
         )
 
     async def stop(self) -> None:
-        """Stop the loop, then the backend (draining local workers), then the clients; idempotent."""
-        autoscaler, self.autoscaler = self.autoscaler, None
-        try:
-            if autoscaler is not None:
-                await autoscaler.stop()  # raises if the loop had crashed, after it ended
-        finally:
-            await self._close()
+        """Stop the loops (after their round), then the backend (draining local workers), then the clients;
+        idempotent."""
+        self.autoscaler = None
+        await self._close()
+
+    async def _supervise(self, name: str, routine: Callable[[], Awaitable[None]]) -> None:
+        """Run ``routine`` until the service closes; when it raises, log the traceback and run it again after
+        a backoff (see the module docstring). Never raises an Exception: a loop's crash must not end the others."""
+        first, longest = RESTART_BACKOFF_S
+        pause = first
+        loop = asyncio.get_running_loop()
+        while not self._closing.is_set():
+            started = loop.time()
+            try:
+                await routine()
+            except Exception:
+                if loop.time() - started >= longest:
+                    pause = first
+                log.exception("autoscaler %s loop crashed; starting it again in %g s", name, pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), pause)
+                pause = min(longest, pause * 2)
+
+    async def _control_routine(self, autoscaler: Autoscaler) -> None:
+        """Every interval: one autoscaling round (`Autoscaler.step`)."""
+        loop = asyncio.get_running_loop()
+        while not self._closing.is_set():
+            started = loop.time()
+            await autoscaler.step()
+            pause = max(0.0, self.settings.interval_s - (loop.time() - started))
+            # Wait on the closing event rather than sleeping, so stop() is not delayed by the interval.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), pause)
 
     async def _placement_routine(self, backend: PlacementBackend) -> None:
         """Every interval: place every model's desired replicas on the workers that follow an assignment."""
@@ -181,9 +222,9 @@ class AutoscalerService(AsyncService):
 
     async def _close(self) -> None:
         self._closing.set()
-        placement, self._placement_task = self._placement_task, None
-        if placement is not None:
-            await asyncio.gather(placement, return_exceptions=True)
+        tasks = [task for task in (self._control_task, self._placement_task) if task is not None]
+        self._control_task = self._placement_task = None
+        await asyncio.gather(*tasks)  # _supervise never raises an Exception
         # Hand the lease over only once this one stopped acting; the backend's stop (draining local
         # workers) is not scaling, so a standby may begin meanwhile.
         lease, self.lease = self.lease, None
@@ -208,7 +249,7 @@ class AutoscalerService(AsyncService):
             return self.settings.models
         try:
             models = await ModelRegistry(self._redis, self.names).models()
-        except RedisError as exc:
+        except (RedisError, FleetError) as exc:  # the registry raises BackendUnavailableError when Redis is down
             log.warning("model registry unreadable, keeping %s: %s", self._known_models, exc)
             return self._known_models
         if models != self._known_models:
@@ -272,24 +313,6 @@ async def run(
     settings: AutoscalerSettings, stop: asyncio.Event, *, worker_env: Mapping[str, str] | None = None
 ) -> None:
     """Run the autoscaler until ``stop`` is set, then stop it gracefully."""
-    async with AutoscalerService(settings, worker_env=worker_env) as service:
-        assert service.autoscaler is not None
-        crashed = asyncio.create_task(_crash_watch(service.autoscaler), name="autoscaler-crash-watch")
-        stopping = asyncio.create_task(stop.wait(), name="autoscaler-stop-wait")
-        try:
-            await asyncio.wait({crashed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (crashed, stopping):
-                task.cancel()
-            await asyncio.gather(crashed, stopping, return_exceptions=True)
+    async with AutoscalerService(settings, worker_env=worker_env):
+        await stop.wait()
         log.info("autoscaler stopping")
-
-
-async def _crash_watch(autoscaler: Autoscaler) -> None:
-    """Returns when the control loop has crashed (stop() then raises it)."""
-    while True:
-        try:
-            autoscaler.check_errors()
-        except Exception:
-            return
-        await asyncio.sleep(0.5)

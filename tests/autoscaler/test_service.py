@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 
 from autoscaler import AutoscalerService, AutoscalerSettings, DecisionStore, LocalProcessBackend, read_inventory
 from autoscaler.backends import PlacementBackend, settings_env
+from autoscaler.placement import Placement
 from autoscaler.placement_store import read_placement
 from fleet.localservers import free_port
 from schemas import FleetSettings, ModelRecord, Names, SettingsError
@@ -162,3 +166,69 @@ def test_worker_metrics_ports_must_be_a_range() -> None:
     for bad in ("9203-9200", "0-3", "a-b", "9200-70000"):
         with pytest.raises(SettingsError, match="worker_metrics_ports"):
             AutoscalerSettings(worker_metrics_ports=bad)
+
+
+class _FlakyPlacement(PlacementBackend):
+    """A placement backend whose first round raises an error nobody expected (a bug, an untranslated error)."""
+
+    def __init__(self, fleet: FleetSettings) -> None:
+        super().__init__(fleet)
+        self.rounds = 0
+
+    async def place(self, models: Sequence[str]) -> Placement:
+        self.rounds += 1
+        if self.rounds == 1:
+            raise RuntimeError("placement bug in round 1")
+        return await super().place(models)
+
+
+async def test_a_crashed_placement_loop_is_logged_and_started_again(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = AutoscalerSettings(interval_s=0.05, gpus=0, inventory_interval_s=0.2, fleet=fleet_settings)
+    backend = _FlakyPlacement(fleet_settings)
+    with caplog.at_level(logging.ERROR, logger="fleet.autoscaler"):
+        async with AutoscalerService(settings, backend=backend):
+            # Before: the first round's error ended the placement task silently and no round ever ran again.
+            await wait_until(lambda: backend.rounds >= 3, 20, "placement rounds after the crash")
+    (crash,) = [r for r in caplog.records if "placement loop crashed" in r.getMessage()]
+    assert crash.exc_info is not None and "placement bug in round 1" in str(crash.exc_info[1])
+
+
+async def test_the_control_loop_outlives_an_unreachable_registry(
+    fleet_settings: FleetSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens on the Redis port: the registry raises BackendUnavailableError on every round.
+    dead_redis = dataclasses.replace(fleet_settings.redis, url=f"redis://127.0.0.1:{free_port()}/0")
+    fleet = dataclasses.replace(fleet_settings, redis=dead_redis)
+    settings = AutoscalerSettings(
+        interval_s=0.05, gpus=0, inventory_interval_s=0.2, leader_election=False, backend="local", fleet=fleet
+    )
+
+    def unreadable_rounds() -> int:
+        return sum("model registry unreadable" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="fleet.autoscaler"):
+        service = AutoscalerService(settings, backend=_NoWorkers())
+        async with service:
+            # Before: the first round raised out of the loop; the loop ended (and ``python -m autoscaler`` exited 1,
+            # draining every local worker) because Redis hiccuped once.
+            await wait_until(lambda: unreadable_rounds() >= 3, 20, "rounds that outlive the outage")
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]
+
+
+class _NoWorkers:
+    """A backend with nothing to run (the control loop's rounds are what the test watches)."""
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
+    async def replicas(self, model: str) -> int:
+        """Never any worker."""
+        return 0
+
+    async def scale(self, model: str, replicas: int) -> None:
+        """Nothing to scale."""

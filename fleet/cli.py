@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(commands, common)
     config = commands.add_parser("config", parents=[common], help="print every setting: variable, default, doc")
     config.add_argument("service", nargs="?", choices=sorted(SERVICES), help="default: all")
+    config.add_argument("--markdown", action="store_true", help="the reference as markdown (docs/configuration.md)")
     config.set_defaults(handler=None)
     return parser
 
@@ -105,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.handler is None and args.markdown:
+            from .config_docs import render_markdown
+
+            print(render_markdown(), end="")
+            return 0
         if args.handler is None:
             return show_config(args.service)
         target = resolve(

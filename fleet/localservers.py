@@ -61,8 +61,20 @@ class LocalServer:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once it exited (None while it runs or before it started)."""
+        return None if self._process is None else self._process.poll()
+
     def start(self, timeout_s: float = 15.0) -> None:
         """Start the server and wait until it accepts connections."""
+        if self.running:
+            return
+        self.launch()
+        wait_for_port(self.port, timeout_s, self._process)
+
+    def launch(self) -> None:
+        """Spawn the server process without waiting for it to listen (a dead earlier one is replaced)."""
         if self.running:
             return
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +85,6 @@ class LocalServer:
             )
         finally:
             log.close()
-        wait_for_port(self.port, timeout_s, self._process)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``); idempotent."""

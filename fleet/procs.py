@@ -7,9 +7,39 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 LOG_TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a supervisor restarts a process that died: exponential backoff, and when to give up."""
+
+    initial_s: float = 0.5  # wait before the first restart
+    max_s: float = 30.0  # longest wait between restarts
+    factor: float = 2.0
+    stable_s: float = 30.0  # a process that ran this long before it died starts the count over
+    max_failures: int = 5  # quick failures in a row after which the supervisor gives up
+
+
+class Backoff:
+    """Restart bookkeeping of one supervised process (pure logic: the caller passes how long it ran)."""
+
+    def __init__(self, policy: RestartPolicy) -> None:
+        self.policy = policy
+        self.failures = 0  # quick failures in a row
+
+    def next_delay(self, ran_s: float) -> float | None:
+        """Record that the process died after ``ran_s`` seconds; the wait before restarting it, or None
+        when it failed ``max_failures`` times in a row, each within ``stable_s`` of its start."""
+        if ran_s >= self.policy.stable_s:
+            self.failures = 0
+        self.failures += 1
+        if self.failures > self.policy.max_failures:
+            return None
+        return min(self.policy.max_s, self.policy.initial_s * self.policy.factor ** (self.failures - 1))
 
 
 class ServiceProcess:
@@ -33,6 +63,10 @@ class ServiceProcess:
     @property
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
+
+    def fresh(self) -> ServiceProcess:
+        """A new, unstarted process with the same command, environment and log (to restart this one)."""
+        return ServiceProcess(self.name, self.argv, self.env, self.log_path)
 
     def start(self) -> None:
         """Spawn the process; its stdout and stderr go to ``log_path``."""

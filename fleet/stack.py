@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -55,7 +56,7 @@ from .client import FleetClient
 from .errors import StackError
 from .heartbeats import read_workers
 from .localservers import LocalBroker, LocalRedis, LocalServer, free_port
-from .procs import ServiceProcess
+from .procs import Backoff, RestartPolicy, ServiceProcess
 from .stackfile import ProcessInfo, StackInfo
 
 log = logging.getLogger("fleet.stack")
@@ -64,6 +65,8 @@ log = logging.getLogger("fleet.stack")
 #: A placement verdict this long after the workers were ready comes from a round that saw them.
 _PLACEMENT_SETTLE_MS = 1000.0
 #: Placement verdicts that need no worker to serve the model (it could not be placed, or wants none).
+#: How often the supervisor looks for dead processes.
+_SUPERVISE_INTERVAL_S = 0.25
 _PLACED_ELSEWHERE = frozenset({PlacementState.SCHEDULE_FAILED.value, PlacementState.IDLE.value})
 
 LOCAL_BROKER_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
@@ -90,6 +93,8 @@ class StackConfig:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     ready_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0
+    supervise: bool = True  # restart a broker, Redis, gateway, autoscaler or fixed worker that dies
+    restart: RestartPolicy = RestartPolicy()  # backoff between restarts, and when to give up
 
 
 class _State(Enum):
@@ -115,6 +120,11 @@ class LocalStack:
         self.kafka_bootstrap = config.kafka or ""
         self.redis_url = config.redis or ""
         self.port = config.port or free_port()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._changing = asyncio.Lock()  # the supervisor's restarts vs restart_workers
+        self._watch: dict[str, _Watch] = {}
+        self._failure: str | None = None
 
     @property
     def url(self) -> str:
@@ -163,6 +173,13 @@ class LocalStack:
         except BaseException:
             await self.stop()
             raise
+        if self.config.supervise:
+            self._supervisor = asyncio.create_task(self._supervise(), name="fleet-stack-supervisor")
+
+    @property
+    def failure(self) -> str | None:
+        """Why the supervisor gave up on the stack (a process kept dying), or None while all is well."""
+        return self._failure
 
     async def restart_workers(self, models: Sequence[str] | None = None) -> list[str]:
         """Drain and stop the workers, then start new ones for ``models`` (None: the configured or registered ones).
@@ -172,13 +189,14 @@ class LocalStack:
         """
         if self._state is not _State.RUNNING:
             raise StackError("the stack is not running")
-        if self.config.autoscale or self.config.placement:
-            await self._start_workers(tuple(models) if models is not None else self.config.models)
+        async with self._changing:
+            if self.config.autoscale or self.config.placement:
+                await self._start_workers(tuple(models) if models is not None else self.config.models)
+                return self.models
+            await self._stop_workers()
+            chosen = tuple(models) if models is not None else self.config.models
+            await self._start_workers(chosen)
             return self.models
-        await self._stop_workers()
-        chosen = tuple(models) if models is not None else self.config.models
-        await self._start_workers(chosen)
-        return self.models
 
     def dead(self) -> list[ServiceProcess]:
         """Children that exited while the stack runs (for the ``fleet up`` watchdog)."""
@@ -194,6 +212,12 @@ class LocalStack:
         if self._state is _State.STOPPED:
             return
         self._state = _State.STOPPED
+        self._closing.set()
+        if self._supervisor is not None:
+            # A restart in progress stops at its next await; what it spawned is stopped below.
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
         try:
             if self._gateway is not None:
                 await self._gateway.stop(10.0)
@@ -237,6 +261,104 @@ class LocalStack:
             autoscale=self.config.autoscale or self.config.placement,
             processes=procs,
         )
+
+    # supervision -------------------------------------------------------------
+    async def _supervise(self) -> None:
+        """Restart what died, with backoff, until the stack stops or a process keeps failing."""
+        try:
+            while not self._closing.is_set():
+                async with self._changing:
+                    await self._heal()
+                if self._failure is not None:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), _SUPERVISE_INTERVAL_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not leave the stack unwatched without a word
+            log.exception("the stack's supervisor failed")
+            self._failure = f"the stack's supervisor failed: {exc!r}"
+
+    def _units(self) -> list[tuple[str, bool, Path, int | None]]:
+        """(name, running, log, exit status) of every supervised process, servers first."""
+        units = [(srv.name, srv.running, srv.log_path, srv.returncode) for srv in self._servers]
+        procs = [p for p in (self._gateway, self._autoscaler) if p is not None]
+        if not (self.config.autoscale or self.config.placement):
+            procs += self._workers  # the autoscaler restarts the workers it runs by itself
+        units += [(p.name, p.running, p.log_path, p.returncode) for p in procs]
+        return units
+
+    async def _heal(self) -> None:
+        now = time.monotonic()
+        for name, running, log_path, status in self._units():
+            watch = self._watch.setdefault(name, _Watch(Backoff(self.config.restart), now))
+            if running:
+                continue
+            if watch.restart_at is None:
+                ran_s = now - watch.started
+                delay = watch.backoff.next_delay(ran_s)
+                if delay is None:
+                    policy = self.config.restart
+                    self._failure = (
+                        f"the {name} died {policy.max_failures + 1} times in a row, each within "
+                        f"{policy.stable_s:.0f}s of its start (last exit status {status}); giving up; log {log_path}"
+                    )
+                    log.error("%s", self._failure)
+                    return
+                watch.restart_at = now + delay
+                log.warning(
+                    "the %s exited (status %s) after %.1fs; restarting it in %.1fs (quick failure %d of %d); log %s",
+                    name, status, ran_s, delay, watch.backoff.failures, self.config.restart.max_failures, log_path,
+                )  # fmt: skip
+            if now < watch.restart_at:
+                continue
+            watch.restart_at, watch.started = None, time.monotonic()
+            try:
+                await self._restart(name)
+            except (StackError, OSError, RuntimeError, TimeoutError) as exc:
+                log.warning("restarting the %s failed: %s", name, exc)  # the next round counts it as a failure
+                continue
+            log.warning("restarted the %s", name)
+            self.info().write(self.config.home)
+
+    async def _restart(self, name: str) -> None:
+        """Start the dead process ``name`` again and wait until it is ready (StackError otherwise)."""
+        for server in self._servers:
+            if server.name == name:
+                server.launch()  # same port; Redis on the same data directory
+                await self._wait_listening(server)
+                if isinstance(server, LocalBroker):
+                    models = await self._recreate_topics()
+                    log.warning(
+                        "the embedded broker keeps data in memory only: it restarted empty, so requests queued in "
+                        "Kafka and the consumer groups' committed offsets were lost; re-created the topics of %s",
+                        ", ".join(models) or "(no registered models)",
+                    )
+                return
+        if self._gateway is not None and self._gateway.name == name:
+            self._gateway = self._gateway.fresh()
+            self._gateway.start()
+            await self._wait(self._gateway, self._gateway_ready())
+        elif self._autoscaler is not None and self._autoscaler.name == name:
+            self._autoscaler = self._autoscaler.fresh()
+            self._autoscaler.start()
+            await self._wait(self._autoscaler, self._autoscaler_ready(now_ms()))
+        else:
+            for i, worker in enumerate(self._workers):
+                if worker.name == name:
+                    self._workers[i] = worker = worker.fresh()
+                    worker.start()
+                    await self._wait(worker, self._worker_ready(worker))
+
+    async def _wait_listening(self, server: LocalServer) -> None:
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        while not await asyncio.to_thread(_accepts, server.port):
+            if not server.running:
+                raise StackError(f"the {server.name} exited with status {server.returncode}; log {server.log_path}")
+            if time.monotonic() > deadline:
+                await asyncio.to_thread(server.stop)
+                raise StackError(f"the {server.name} did not listen on port {server.port}; log {server.log_path}")
+            await asyncio.sleep(0.05)
 
     # internals ---------------------------------------------------------------
     async def _start_servers(self) -> None:
@@ -431,6 +553,24 @@ class LocalStack:
                 yield fields.get(b"state") == b"ready" and fields.get(b"pid", pid) == pid
         finally:
             await client.aclose()
+
+
+@dataclass
+class _Watch:
+    """The supervisor's view of one process: when it (re)started, its backoff, when to restart it."""
+
+    backoff: Backoff
+    started: float
+    restart_at: float | None = None
+
+
+def _accepts(port: int) -> bool:
+    """True when something accepts a TCP connection on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 async def _served_models(redis: Any, names: Names) -> set[str]:

@@ -206,8 +206,8 @@ def print_stack(stack: LocalStack, *, workers: bool = True) -> None:
 
 
 async def foreground(stack: LocalStack, signals: Signals) -> int:
-    """Serve until a stop signal; reload the workers on SIGHUP; exit 1 if a vital process dies."""
-    reported: set[str] = set()
+    """Serve until a stop signal; reload the workers on SIGHUP. The stack restarts a process that dies
+    (logged, with backoff); exit 1 only when it gave up on one that kept dying."""
     while not signals.stop_requested:
         if signals.reload_requested:
             signals.reload_requested = False
@@ -215,15 +215,8 @@ async def foreground(stack: LocalStack, signals: Signals) -> int:
             automatic = stack.config.autoscale or stack.config.placement
             what = "autoscaled models" if automatic else "workers restarted, serving"
             print(f"{what} {','.join(models) or '(no models)'}", flush=True)
-        for proc in stack.dead():
-            if proc.name in ("gateway", "autoscaler"):
-                print(f"fleet: error: the {proc.name} exited ({proc.returncode}); log {proc.log_path}", flush=True)
-                return 1
-            if proc.name not in reported:
-                reported.add(proc.name)
-                print(f"fleet: warning: {proc.name} exited ({proc.returncode}); log {proc.log_path}", flush=True)
-        if not stack.servers_alive():
-            print("fleet: error: the embedded broker or Redis exited", flush=True)
+        if stack.failure is not None:
+            print(f"fleet: error: {stack.failure}", flush=True)
             return 1
         await signals.wait(1.0)
     return 0

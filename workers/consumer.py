@@ -10,7 +10,9 @@ handler answers every record; all replies go out in one Redis round trip, with t
 the retries (re-published to the lane's retry topic); only then are the offsets of exactly those
 records committed. If Redis or Kafka is down, delivery is retried with backoff and nothing is
 committed until it succeeds (``stop()`` gives up after the drain timeout, leaving the records to be
-redelivered).
+redelivered). Each step of a round happens once: a handle interrupted by a registry outage resumes with
+the records not answered yet, and a retried delivery produces only the dead letters and retry records
+Kafka did not take and delivers only the replies Redis did not store.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener
@@ -28,6 +31,7 @@ from aiokafka.errors import KafkaError
 from schemas import (
     ENVELOPE_VERSION,
     BackendUnavailableError,
+    DeadLetter,
     FleetError,
     InferenceRequest,
     Lane,
@@ -37,12 +41,13 @@ from schemas import (
     now_ms,
 )
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
+from schemas.load_failures import LoadFailures
 
 from .artifact_cache import ArtifactCache
 from .batching import request_rows
 from .deadletter import DeadLetterWriter
 from .errors import BackendDownError
-from .handler import Fetched, RequestHandler, RoundOutcome
+from .handler import Fetched, Reply, RequestHandler, RoundOutcome
 from .jobs import JobClaims
 from .lanes import LaneConsumer
 from .metrics import WorkerMetrics
@@ -65,6 +70,25 @@ _BACKOFF_MAX_S = 2.0
 _INTERACTIVE_ACTIVE_S = 1.0
 #: Longest a rebalance waits for the round in hand to be delivered and committed.
 _REVOKE_WAIT_S = 10.0
+
+
+@dataclass
+class _Undelivered:
+    """What of a round's outcome has not reached Kafka or Redis yet (a retry sends only this)."""
+
+    dead_letters: list[DeadLetter]
+    retries: list[InferenceRequest]
+    replies: list[Reply]
+
+    @classmethod
+    def of(cls, outcome: RoundOutcome) -> _Undelivered:
+        return cls(list(outcome.dead_letters), list(outcome.retries), list(outcome.replies))
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.dead_letters)} dead letter(s), {len(self.retries)} retry record(s) and "
+            f"{len(self.replies)} reply(ies) still to deliver"
+        )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -107,6 +131,7 @@ class ModelConsumer:
             settings,
             residency,
             artifacts,
+            LoadFailures(redis, names, settings.worker_id),
         )
         #: What the worker publishes for the autoscaler (schemas.stats).
         self.stats = ModelStats()
@@ -354,8 +379,10 @@ class ModelConsumer:
         began = time.perf_counter()
         self.stats.in_hand = len(fetched)
         self._metrics.lane_requests.labels(self.model, lane.lane.value).inc(len(fetched))
-        outcome = await self._retrying("handle", lambda: self._handler.handle(fetched))
-        await self._retrying("deliver", lambda: self._deliver(outcome, lane))
+        outcome = RoundOutcome()
+        await self._retrying("handle", lambda: self._handler.handle(fetched, outcome))
+        undelivered = _Undelivered.of(outcome)
+        await self._retrying("deliver", lambda: self._deliver(undelivered, lane))
         delivered_ms = now_ms()
         self.stats.in_hand = 0
         await lane.commit_soon(fetched)
@@ -370,25 +397,45 @@ class ModelConsumer:
         )
         self.stats.observe_round(len(fetched), time.perf_counter() - began, latencies)
 
-    async def _deliver(self, outcome: RoundOutcome, lane: LaneConsumer) -> None:
-        await self._dead_letters.send(self.model, outcome.dead_letters)
-        await self._send_retries(lane.retry_topic, outcome.retries)
-        await self._replies.deliver(outcome.replies)
+    async def _deliver(self, undelivered: _Undelivered, lane: LaneConsumer) -> None:
+        """Send what is still undelivered; BackendDownError (retry) while anything is left."""
+        problem = ""
+        if undelivered.dead_letters:
+            undelivered.dead_letters = await self._dead_letters.send_some(self.model, undelivered.dead_letters)
+        if undelivered.retries:
+            undelivered.retries = await self._send_retries(lane.retry_topic, undelivered.retries)
+        if undelivered.replies:
+            try:
+                report = await self._replies.deliver_some(undelivered.replies)
+            except BackendDownError as exc:
+                problem = exc.message
+            else:
+                undelivered.replies, problem = report.pending, report.error
+        if undelivered.dead_letters or undelivered.retries or undelivered.replies:
+            raise BackendDownError(f"{undelivered.summary()}{': ' + problem if problem else ''}")
 
-    async def _send_retries(self, topic: str, retries: Sequence[InferenceRequest]) -> None:
-        """Re-publish requests for their next try; BackendDownError when Kafka does not take them."""
-        if not retries:
-            return
-        try:
-            sent = []
-            for request in retries:
-                key = request.id.encode()
-                headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())]
-                sent.append(await self._producer.send(topic, request.to_bytes(), key=key, headers=headers))
-            await asyncio.gather(*sent)
-        except KafkaError as exc:
-            raise BackendDownError(f"Kafka unavailable, retries not stored: {exc}") from exc
-        log.info("model %s: %d request(s) to retry on %s", self.model, len(retries), topic)
+    async def _send_retries(self, topic: str, retries: Sequence[InferenceRequest]) -> list[InferenceRequest]:
+        """Re-publish requests for their next try; returns those Kafka did not take (send them again)."""
+        sent: list[tuple[InferenceRequest, Any]] = []
+        pending: list[InferenceRequest] = []
+        for request in retries:
+            key = request.id.encode()
+            headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())]
+            try:
+                sent.append((request, await self._producer.send(topic, request.to_bytes(), key=key, headers=headers)))
+            except KafkaError as exc:
+                log.warning("model %s: retry of %s not stored yet: %s", self.model, request.id, exc)
+                pending.append(request)
+        outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        for (request, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, KafkaError):
+                    raise outcome
+                log.warning("model %s: retry of %s not stored yet: %s", self.model, request.id, outcome)
+                pending.append(request)
+        if len(pending) < len(retries):
+            log.info("model %s: %d request(s) to retry on %s", self.model, len(retries) - len(pending), topic)
+        return pending
 
     async def _retrying(self, what: str, step: Any) -> Any:
         """Run ``step`` until it gets past a backend outage (``stop()`` cancels it after the drain timeout)."""

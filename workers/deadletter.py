@@ -1,7 +1,8 @@
 """Dead letters: records a worker cannot answer, kept with the reason on the model's DLQ topic.
 
 A record lands here when it does not decode (``UNDECODABLE`` / ``UNSUPPORTED_ENVELOPE``), or when it
-decodes but cannot be answered and nobody waits for an answer (no reply address).
+decodes but cannot be answered and nobody waits for an answer (no reply address). ``send_some`` returns
+the letters Kafka did not take, so a retried delivery produces only those (each letter once).
 """
 
 from __future__ import annotations
@@ -46,19 +47,34 @@ class DeadLetterWriter:
 
     async def send(self, model: str, letters: Sequence[DeadLetter]) -> None:
         """Produce ``letters``; raises BackendDownError when Kafka does not take them (do not commit then)."""
+        pending = await self.send_some(model, letters)
+        if pending:
+            raise BackendDownError(f"Kafka unavailable, {len(pending)} dead letter(s) not stored")
+
+    async def send_some(self, model: str, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+        """Produce ``letters`` and wait for the acks; returns those Kafka did not take (send them again)."""
         if not letters:
-            return
+            return []
         topic = self._names.dlq_topic(model)
         headers = [(HEADER_CONTENT_TYPE, CONTENT_TYPE_MSGPACK.encode())]
-        try:
-            sent = [
-                await self._producer.send(topic, letter.to_bytes(), key=letter.key, headers=headers)
-                for letter in letters
-            ]
-            await asyncio.gather(*sent)
-        except KafkaError as exc:
-            raise BackendDownError(f"Kafka unavailable, dead letters not stored: {exc}") from exc
+        sent: list[tuple[DeadLetter, Any]] = []
+        pending: list[DeadLetter] = []
         for letter in letters:
+            try:
+                future = await self._producer.send(topic, letter.to_bytes(), key=letter.key, headers=headers)
+            except KafkaError as exc:
+                _log_pending(letter, exc)
+                pending.append(letter)
+            else:
+                sent.append((letter, future))
+        outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        for (letter, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, KafkaError):
+                    raise outcome
+                _log_pending(letter, outcome)
+                pending.append(letter)
+                continue
             log.warning(
                 "dead letter %s:%d@%d -> %s: %s %s",
                 letter.topic,
@@ -68,3 +84,8 @@ class DeadLetterWriter:
                 letter.code.value,
                 letter.reason,
             )
+        return pending
+
+
+def _log_pending(letter: DeadLetter, exc: BaseException) -> None:
+    log.warning("dead letter %s:%d@%d not stored yet: %s", letter.topic, letter.partition, letter.offset, exc)

@@ -6,6 +6,9 @@ Expired requests (deadline passed) are answered ``DEADLINE_EXCEEDED`` before the
 whatever their lane or try. A batch that fails transiently is retried per request (``retries``) under
 the ``RetryPolicy``; a request out of tries (or of time before its deadline) gets its error reply and
 a dead letter.
+
+A round is resumable: ``handle(fetched, outcome)`` after a BackendUnavailableError (the registry was down
+half-way) answers only the records the outcome has not settled yet, so no request runs twice.
 """
 
 from __future__ import annotations
@@ -77,6 +80,17 @@ class RoundOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Requests to re-publish to the lane's retry topic (``attempt`` and ``not_before_ms`` already set).
     retries: list[InferenceRequest] = field(default_factory=list)
+    #: Records answered already (``record_key``): a resumed round skips them.
+    settled: set[tuple[str, int, int]] = field(default_factory=set)
+
+    def settle(self, items: Sequence[Fetched]) -> None:
+        """Mark ``items`` answered (a reply, a dead letter or a retry is in the outcome, or nothing is due)."""
+        self.settled.update(record_key(item) for item in items)
+
+
+def record_key(item: Fetched) -> tuple[str, int, int]:
+    """Where a record sits in Kafka: unique within a round."""
+    return (item.record.topic, item.record.partition, item.record.offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +154,17 @@ class RequestHandler:
         self._worker_id = worker_id
         self._metrics = metrics
 
-    async def handle(self, fetched: Sequence[Fetched]) -> RoundOutcome:
-        """Answer every record of the round. Raises BackendUnavailableError (registry down): retry the round."""
-        outcome = RoundOutcome()
+    async def handle(self, fetched: Sequence[Fetched], outcome: RoundOutcome | None = None) -> RoundOutcome:
+        """Answer every record of the round not settled in ``outcome`` yet (a new outcome when None).
+
+        Raises BackendUnavailableError (registry down): call again with the same outcome to finish the round.
+        """
+        outcome = RoundOutcome() if outcome is None else outcome
         by_version: dict[str, list[Fetched]] = {}
         now = now_ms()
         for item in fetched:
+            if record_key(item) in outcome.settled:
+                continue
             request = item.request
             if request is None:
                 error = item.error or SchemaError("undecodable record")
@@ -164,10 +183,13 @@ class RequestHandler:
                 self._fail(outcome, request, ErrorCode.DEADLINE_EXCEEDED, message)
             else:
                 by_version.setdefault(request.version, []).append(item)
+                continue
+            outcome.settle([item])
         if self._claims is not None and by_version:
             # Async jobs: mark them running, drop those cancelled (or answered) already.
             skipped = await self._claims.skipped([_request(i) for items in by_version.values() for i in items])
             if skipped:
+                outcome.settle([i for items in by_version.values() for i in items if _request(i).id in skipped])
                 by_version = {
                     version: kept
                     for version, items in by_version.items()
@@ -183,10 +205,12 @@ class RequestHandler:
         except RegistryError as exc:
             for item in items:
                 self._refuse(outcome, item, exc.code, exc.message)
+            outcome.settle(items)
             return
         except SchemaError as exc:  # a registry entry that does not decode
             for item in items:
                 self._fail(outcome, _request(item), ErrorCode.MODEL_LOAD_FAILED, exc.message)
+            outcome.settle(items)
             return
         valid: list[Fetched] = []
         for item in items:
@@ -196,6 +220,8 @@ class RequestHandler:
                 self._fail(outcome, _request(item), ErrorCode.INVALID_INPUT, exc.message)
             else:
                 valid.append(item)
+        kept = {id(item) for item in valid}
+        outcome.settle([item for item in items if id(item) not in kept])
         if not valid:
             return
         try:
@@ -203,6 +229,7 @@ class RequestHandler:
         except ModelLoadError as exc:
             for item in valid:
                 self._fail(outcome, _request(item), exc.code, exc.message)
+            outcome.settle(valid)
             return
         try:  # pinned: not evicted while its batches run
             requests = [_request(item) for item in valid]
@@ -215,6 +242,7 @@ class RequestHandler:
         requests = [_request(item) for item in items]
         with request_context(request_ids=[r.id for r in requests]):  # the batch's log lines carry its ids
             await self._run_batch(outcome, runtime, items, requests, batch)
+        outcome.settle(items)
 
     async def _run_batch(
         self,

@@ -26,6 +26,7 @@ A per-command error is permanent only when retrying cannot fix it (``WRONGTYPE``
 wrong type): it is logged and the round goes on. Server states that pass (``OOM`` under ``maxmemory`` with
 ``noeviction``, ``READONLY`` after a failover, cluster redirects, ``LOADING``, ``BUSY`` ...) fail the
 delivery with BackendDownError, so nothing is committed and the reply is delivered on a later try.
+``deliver_some`` reports which replies such an error left undelivered, so a retry sends only those.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
@@ -114,6 +116,19 @@ def is_transient(error: ResponseError) -> bool:
     return code == "ERR" and "script" in str(error) and _CODE_IN_SCRIPT_ERROR.search(str(error)) is not None
 
 
+Reply = tuple[ReplyAddress, InferenceResponse]
+
+
+@dataclass
+class DeliveryReport:
+    """What one delivery did: first results stored, and the replies a passing Redis error left undelivered."""
+
+    first: int = 0
+    pending: list[Reply] = field(default_factory=list)
+    #: The first of those errors (for the log line).
+    error: str = ""
+
+
 class ReplyWriter:
     """Stores responses under their result keys, appends them to reply streams, produces topic replies."""
 
@@ -122,13 +137,28 @@ class ReplyWriter:
         self._names = names
         self._producer = producer  # AIOKafkaProducer for reply kind ``topic`` (None: such replies only log)
 
-    async def deliver(self, items: Sequence[tuple[ReplyAddress, InferenceResponse]]) -> int:
+    async def deliver(self, items: Sequence[Reply]) -> int:
         """Deliver every response in one Redis round trip (then the topic replies); how many were first results.
 
-        Raises BackendDownError when Redis or Kafka cannot be reached: nothing may be committed then.
+        Raises BackendDownError when Redis or Kafka cannot be reached, or Redis refuses a reply for now
+        (out of memory, read-only, ...): nothing may be committed then.
         """
+        report = await self.deliver_some(items)
+        if report.pending:
+            raise BackendDownError(
+                f"Redis refused {len(report.pending)} of {len(items)} replies for now, not delivered: {report.error}"
+            )
+        return report.first
+
+    async def deliver_some(self, items: Sequence[Reply]) -> DeliveryReport:
+        """Deliver what Redis takes now; the report lists the replies to deliver again (a passing server error).
+
+        Raises BackendDownError when Redis or Kafka cannot be reached (deliver every item again then:
+        the result markers make a second delivery of the ones that got through harmless).
+        """
+        report = DeliveryReport()
         if not items:
-            return 0
+            return report
         try:
             results = await self._send(items)
             if any(isinstance(r, NoScriptError) for r in results):
@@ -137,16 +167,14 @@ class ReplyWriter:
                 results = await self._send(items)
         except RedisError as exc:
             raise BackendDownError(f"Redis unavailable, replies not delivered: {exc}") from exc
-        transient = [r for r in results if isinstance(r, ResponseError) and is_transient(r)]
-        if transient:
-            raise BackendDownError(
-                f"Redis refused {len(transient)} of {len(items)} replies for now, not delivered: {transient[0]}"
-            )
-        delivered = 0
         emits: list[tuple[str, str, bytes]] = []
         emitting: set[str] = set()
         for (address, response), result in zip(items, results, strict=True):
             if isinstance(result, ResponseError):
+                if is_transient(result):
+                    report.pending.append((address, response))
+                    report.error = report.error or f"{getattr(result, 'status_code', None) or ''} {result}".strip()
+                    continue
                 # A reply target of the wrong type (say) cannot be fixed by retrying: report and move on.
                 log.error("reply to %s for request %s failed: %s", address.target, response.id, result)
                 continue
@@ -157,15 +185,13 @@ class ReplyWriter:
                 emitting.add(response.id)
                 emits.append((address.target, response.id, response.to_bytes() if first else result))
             if first:
-                delivered += 1
+                report.first += 1
         if emits:
             await self._emit(emits)
             await self._mark_emitted([request_id for _, request_id, _ in emits], items)
-        return delivered
+        return report
 
-    async def _mark_emitted(
-        self, request_ids: Sequence[str], items: Sequence[tuple[ReplyAddress, InferenceResponse]]
-    ) -> None:
+    async def _mark_emitted(self, request_ids: Sequence[str], items: Sequence[Reply]) -> None:
         ttl = {response.id: max(RESULT_TTL_S, address.ttl_s) for address, response in items}
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -176,7 +202,7 @@ class ReplyWriter:
             # Not committed: the retry produces the same stored results again (duplicates by key).
             raise BackendDownError(f"Redis unavailable, topic replies not marked: {exc}") from exc
 
-    async def _send(self, items: Sequence[tuple[ReplyAddress, InferenceResponse]]) -> list[Any]:
+    async def _send(self, items: Sequence[Reply]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for address, response in items:
                 result_key = self._names.result_key(response.id)

@@ -36,6 +36,7 @@ from schemas import (
     ReplyAddress,
     ReplyKind,
     Tensor,
+    TensorSpec,
     now_ms,
 )
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
@@ -204,5 +205,105 @@ async def _committed_at_least(settings: FleetSettings, names: Names, topic: str,
     return await _committed(settings, names, "tiny", topic) >= count
 
 
-# keep the imports used by the tests added below
-_ = (ErrorCode, InferenceRequest, Tensor, now_ms, logging)
+# item: each step of a round happens once -----------------------------------------------------------------
+def _retried(caplog: pytest.LogCaptureFixture, step: str) -> int:
+    """Log lines of the consumer retrying ``step`` of a round."""
+    return sum(f": {step} failed (" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+
+
+async def _restart(server: LocalRedis) -> None:
+    """Start ``server`` again on its port (memory-only: it comes back empty)."""
+    await asyncio.to_thread(server.start)
+
+
+async def test_a_retried_delivery_produces_each_dead_letter_and_retry_once(
+    own_settings: FleetSettings,
+    own_redis: LocalRedis,
+    own_client: Any,
+    names: Names,
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torch = pytest.importorskip("torch")
+    from tests.workers.torchmodels import flaky
+
+    caplog.set_level(logging.WARNING, "fleet.workers")
+    await ensure_model_topics(own_settings.kafka, names, "flaky")
+    module = flaky()
+    module.fails.fill_(1)  # the first batch fails transiently: its request goes to the retry topic
+    path = tmp_path / "flaky.pt"
+    torch.save(module.state_dict(), str(path))
+    record = build_record(
+        "flaky",
+        "1",
+        path,
+        factory="tests.workers.torchmodels:flaky",
+        inputs=(TensorSpec("x", "FP32", (-1, 4)),),
+        outputs=(TensorSpec("y", "FP32", (-1, 3)),),
+        batching=BatchingConfig(max_batch_size=8, max_queue_delay_ms=2),
+    )
+    await ModelRegistry(own_client, names).register(record)
+    stream = names.reply_stream("test-gw")
+    reply = ReplyAddress(ReplyKind.STREAM, stream)
+    x = (Tensor.from_numpy("x", np.ones((1, 4), np.float32)),)
+    retried = InferenceRequest("retried", "flaky", "1", x, reply=reply)
+    expired = InferenceRequest("expired", "flaky", "1", x, reply=reply, deadline_ms=now_ms() - 1)
+    settings = _worker_settings(
+        own_settings, tmp_path, ("flaky",), retry_attempts=3, retry_base_ms=50, retry_max_ms=200, retry_jitter=0.0
+    )
+    async with Worker(settings) as worker:
+        await worker.wait_ready(30)
+        own_redis.stop()  # replies cannot be stored: the round's delivery is retried
+        topic = names.request_topic("flaky")
+        await _produce_together(producer, topic, [b"\x93not an envelope", retried.to_bytes(), expired.to_bytes()])
+        await _wait_for(_async(lambda: _retried(caplog, "deliver") >= 3), "three delivery retries")
+        await _restart(own_redis)
+        replies = {r.id: r for r in await read_replies(own_client, stream, 2)}
+        assert replies["retried"].error is None
+        error = replies["expired"].error
+        assert error is not None and error.code is ErrorCode.DEADLINE_EXCEEDED
+        labels = {"model": "flaky", "version": "1"}
+        assert worker.metrics.registry.get_sample_value("fleet_worker_request_retries_total", labels) == 1
+    assert await _count(own_settings, names.dlq_topic("flaky")) == 1
+    assert await _count(own_settings, names.retry_topic("flaky")) == 1
+
+
+async def test_a_round_resumed_after_a_registry_outage_runs_each_request_once(
+    own_settings: FleetSettings,
+    own_redis: LocalRedis,
+    own_client: Any,
+    names: Names,
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "fleet.workers")
+    await _register_tiny(own_client, names, tmp_path, "1")  # the default: preloaded, its record cached
+    await ensure_model_topics(own_settings.kafka, names, "tiny")
+    stream = names.reply_stream("test-gw")
+    first = make_request(stream, np.ones((1, 16), np.float32), rid="v1")
+    second = make_request(stream, np.ones((1, 16), np.float32), rid="v2", version="2")
+    async with Worker(_worker_settings(own_settings, tmp_path, ("tiny",))) as worker:
+        await worker.wait_ready(30)
+        own_redis.stop()  # version 2's record cannot be read: the round stops half-way (version 1 ran)
+        await _produce_together(producer, names.request_topic("tiny"), [first.to_bytes(), second.to_bytes()])
+        await _wait_for(_async(lambda: _retried(caplog, "handle") >= 3), "three handle retries")
+        await _restart(own_redis)
+        await _register_tiny(own_client, names, tmp_path, "2")
+        replies = {r.id: r for r in await read_replies(own_client, stream, 2)}
+        assert replies["v1"].error is None and replies["v2"].error is None
+        ran = {
+            version: worker.metrics.registry.get_sample_value(
+                "fleet_worker_inference_count_total", {"model": "tiny", "version": version}
+            )
+            for version in ("1", "2")
+        }
+    assert ran == {"1": 1, "2": 1}
+
+
+def _async(check: Any) -> Any:
+    async def predicate() -> bool:
+        return bool(check())
+
+    return predicate

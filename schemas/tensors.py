@@ -87,6 +87,21 @@ def decode_bytes_elements(data: bytes, count: int) -> list[bytes]:
     return items
 
 
+def decode_text(items: list[bytes], name: str) -> list[str]:
+    """BYTES elements as UTF-8 text; SchemaError(INVALID_INPUT) naming input ``name`` and the first bad element."""
+    texts: list[str] = []
+    for index, item in enumerate(items):
+        try:
+            texts.append(item.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise SchemaError(
+                f"input {name!r}: element {index} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "this model takes strings",
+                code=ErrorCode.INVALID_INPUT,
+            ) from None
+    return texts
+
+
 @dataclass(frozen=True, slots=True)
 class Tensor:
     """One named tensor in wire form."""

@@ -47,7 +47,7 @@ from .jobs import JobClaims
 from .metrics import WorkerMetrics
 from .models import ModelCache
 from .retries import RetryPolicy, is_retriable
-from .runtimes import Runtime
+from .runtimes import Runtime, bytes_input_problems
 from .stats import ModelStats
 
 log = logging.getLogger("fleet.workers")
@@ -222,6 +222,7 @@ class RequestHandler:
                 valid.append(item)
         kept = {id(item) for item in valid}
         outcome.settle([item for item in items if id(item) not in kept])
+        valid = await self._check_bytes_inputs(outcome, record, valid)
         if not valid:
             return
         try:
@@ -237,6 +238,24 @@ class RequestHandler:
                 await self._run(outcome, runtime, [valid[i] for i in batch.indices], batch)
         finally:
             self._cache.release(record)
+
+    async def _check_bytes_inputs(
+        self, outcome: RoundOutcome, record: ModelRecord, items: list[Fetched]
+    ) -> list[Fetched]:
+        """The items whose BYTES inputs the runtime can take; the others are answered INVALID_INPUT, each alone."""
+        if not items or not any(spec.datatype == "BYTES" for spec in record.inputs):
+            return items
+        loop = asyncio.get_running_loop()  # decoding every element is blocking work: on the model thread
+        problems = await loop.run_in_executor(
+            self._executor, bytes_input_problems, record, [_request(item).inputs for item in items]
+        )
+        kept: list[Fetched] = []
+        for item, problem in zip(items, problems, strict=True):
+            if problem is None:
+                kept.append(item)
+            else:
+                self._fail(outcome, _request(item), ErrorCode.INVALID_INPUT, problem)
+        return kept
 
     async def _run(self, outcome: RoundOutcome, runtime: Runtime, items: list[Fetched], batch: Batch) -> None:
         requests = [_request(item) for item in items]

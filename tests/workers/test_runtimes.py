@@ -13,9 +13,13 @@ import pytest
 
 from fleet.artifacts import build_record
 from fleet.modelgen import tiny_mlp
-from schemas import BatchingConfig, ErrorCode, Framework, ModelRecord, TensorSpec
+from schemas import BatchingConfig, ErrorCode, Framework, ModelRecord, Tensor, TensorSpec
+from schemas.tensors import encode_bytes_elements
+from tests.onnxgraphs import string_model, words
 from workers import ModelLoadError, load_runtime
 from workers.errors import ModelExecutionError
+from workers.runtimes import bytes_input_problems
+from workers.runtimes.base import cast_outputs
 
 
 @pytest.fixture
@@ -144,3 +148,51 @@ def test_torch_factory_that_does_not_import_is_model_load_failed(tmp_path: Path)
     )
     with pytest.raises(ModelLoadError, match="no_such_module_here"):
         load_runtime(record, "cpu")
+
+
+def test_onnx_string_model_sees_text_and_answers_bytes(tmp_path: Path) -> None:
+    record = build_record("words", "1", string_model(tmp_path / "words.onnx"))
+    assert [s.describe() for s in record.inputs] == ["s:BYTES[-1, 1]"]
+    runtime = load_runtime(record, "cpu")
+    assert runtime.takes_text
+    outputs = runtime.predict({"s": words(b"abc", b"x", "é".encode())})
+    assert outputs["eq"].ravel().tolist() == [True, False, False]
+    echo = Tensor.from_numpy("echo", outputs["echo"])
+    assert echo.datatype == "BYTES" and echo.to_numpy().ravel().tolist() == [b"abc", b"x", "é".encode()]
+
+
+def test_bytes_inputs_must_be_utf8_for_onnx_only(tmp_path: Path) -> None:
+    onnx_record = build_record("words", "1", string_model(tmp_path / "words.onnx"))
+    good = Tensor("s", "BYTES", (2, 1), encode_bytes_elements([b"abc", "é".encode()]))
+    bad = Tensor("s", "BYTES", (2, 1), encode_bytes_elements([b"abc", b"\xff\xfe"]))
+    torn = Tensor("s", "BYTES", (2, 1), encode_bytes_elements([b"abc"]))
+    problems = bytes_input_problems(onnx_record, [(good,), (bad,), (torn,)])
+    assert problems[0] is None
+    assert problems[1] is not None and problems[1].startswith("input 's': element 1 is not UTF-8 text")
+    assert problems[2] is not None and problems[2].startswith("input 's':") and "length prefix" in problems[2]
+    # A runtime that takes bytes keeps them raw: only the element structure is checked.
+    torch_record = dataclasses.replace(onnx_record, framework=Framework.TORCHSCRIPT)
+    assert bytes_input_problems(torch_record, [(bad,), (torn,)])[0] is None
+    assert bytes_input_problems(torch_record, [(torn,)])[0] is not None
+
+
+@pytest.mark.parametrize(
+    ("produced", "problem"),
+    [
+        ({"y": np.zeros((2, 5), np.float32)}, r"output 'y' has shape \[2, 5\], the signature declares \[-1, 4\]"),
+        ({"y": np.zeros((2,), np.float32)}, r"output 'y' has shape \[2\]"),
+        ({"y": np.array([["a"] * 4] * 2, dtype=object)}, r"output 'y' holds strings or objects, the signature"),
+    ],
+)
+def test_outputs_that_do_not_fit_the_signature_are_model_errors(
+    tiny: ModelRecord, produced: dict[str, np.ndarray], problem: str
+) -> None:
+    with pytest.raises(ModelExecutionError, match=problem) as info:
+        cast_outputs(tiny, produced)
+    assert info.value.code is ErrorCode.MODEL_ERROR
+
+
+def test_numbers_where_bytes_are_declared_are_a_model_error(tmp_path: Path) -> None:
+    record = build_record("words", "1", string_model(tmp_path / "words.onnx"))
+    with pytest.raises(ModelExecutionError, match="output 'echo' holds float32 numbers, the signature declares BYTES"):
+        cast_outputs(record, {"eq": np.ones((1, 1), bool), "echo": np.zeros((1, 1), np.float32)})

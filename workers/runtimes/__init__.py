@@ -4,17 +4,65 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
-from schemas import Framework, ModelRecord, sha256_file
+from schemas import Framework, ModelRecord, SchemaError, Tensor, sha256_file
+from schemas.tensors import decode_bytes_elements, decode_text, element_count
 
 from ..errors import ModelLoadError
 from .base import Runtime, choose_device
 from .onnx import OnnxRuntime
 from .torch import TorchRuntime
 
-__all__ = ["OnnxRuntime", "Runtime", "TorchRuntime", "choose_device", "load_runtime"]
+__all__ = [
+    "OnnxRuntime",
+    "Runtime",
+    "TorchRuntime",
+    "bytes_input_problems",
+    "choose_device",
+    "load_runtime",
+    "runtime_class",
+]
 
 log = logging.getLogger("fleet.workers")
+
+
+def runtime_class(framework: Framework) -> type[Runtime]:
+    """The Runtime class that serves ``framework``."""
+    return OnnxRuntime if framework is Framework.ONNX else TorchRuntime
+
+
+def bytes_input_problems(record: ModelRecord, requests: Sequence[Sequence[Tensor]]) -> list[str | None]:
+    """Per request (its input tensors): why its BYTES inputs cannot reach ``record``'s runtime, or None.
+
+    Every BYTES input must split into its elements; for a runtime that takes text each element must
+    also be UTF-8. Checked per request before batching, so one bad request is refused alone
+    (INVALID_INPUT) instead of failing the batch it would have joined. Blocking: run it off the loop.
+    """
+    text = runtime_class(record.framework).takes_text
+    problems: list[str | None] = []
+    for tensors in requests:
+        problem = None
+        for tensor in tensors:
+            if tensor.datatype == "BYTES":
+                problem = _bytes_problem(tensor, text)
+                if problem is not None:
+                    break
+        problems.append(problem)
+    return problems
+
+
+def _bytes_problem(tensor: Tensor, text: bool) -> str | None:
+    try:
+        items = decode_bytes_elements(tensor.data, element_count(tensor.shape))
+    except SchemaError as exc:
+        return f"input {tensor.name!r}: {exc.message}"
+    try:
+        if text:
+            decode_text(items, tensor.name)
+    except SchemaError as exc:
+        return exc.message
+    return None
 
 
 def load_runtime(record: ModelRecord, device: str = "auto", threads: int = 1, *, verified: bool = False) -> Runtime:
@@ -35,11 +83,7 @@ def load_runtime(record: ModelRecord, device: str = "auto", threads: int = 1, *,
             record.version,
             f"artifact {record.artifact!r} has sha256 {digest}, the registry expects {record.sha256}",
         )
-    runtime: Runtime
-    if record.framework is Framework.ONNX:
-        runtime = OnnxRuntime(record, device, threads)
-    else:
-        runtime = TorchRuntime(record, device, threads)
+    runtime = runtime_class(record.framework)(record, device, threads)
     runtime.load()
     log.info(
         "loaded model %s:%s (%s) on %s, providers %s",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy.typing as npt
 
 from ..errors import ModelExecutionError, ModelLoadError
-from .base import Arrays, Runtime, cast_outputs, choose_device
+from .base import Arrays, Runtime, as_text, cast_outputs, choose_device
 
 log = logging.getLogger("fleet.workers")
 
@@ -18,7 +18,13 @@ _CPU = "CPUExecutionProvider"
 
 
 class OnnxRuntime(Runtime):
-    """A model version run by an ``onnxruntime.InferenceSession``."""
+    """A model version run by an ``onnxruntime.InferenceSession``.
+
+    ONNX Runtime's string tensors take ``str`` (it would turn ``bytes`` into their repr, ``"b'abc'"``),
+    so BYTES inputs are decoded as UTF-8; string outputs come back as ``str`` and leave as UTF-8 BYTES.
+    """
+
+    takes_text = True
 
     _session: Any = None
     _input_names: tuple[str, ...] = ()
@@ -61,7 +67,11 @@ class OnnxRuntime(Runtime):
     def predict(self, inputs: Mapping[str, npt.NDArray[Any]]) -> Arrays:
         if self._session is None:
             raise ModelExecutionError(f"model {self.record.name}:{self.record.version} is not loaded")
-        feed = {name: inputs[name] for name in self._input_names if name in inputs}
+        feed = {
+            name: as_text(inputs[name], name) if inputs[name].dtype == object else inputs[name]
+            for name in self._input_names
+            if name in inputs
+        }
         try:
             values = self._session.run(None, feed)
         except Exception as exc:  # onnxruntime raises its own unrelated exception types

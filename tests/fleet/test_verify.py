@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fleet.verify import check_outputs, example_array, example_inputs
+from fleet.verify import check_outputs, compare_outputs, example_array, example_inputs
 from schemas import Framework, ModelRecord, Tensor, TensorSpec
 
 
@@ -72,3 +72,15 @@ def test_check_outputs(outputs: dict[str, np.ndarray], problem: str | None) -> N
         assert problems == []
     else:
         assert any(problem in p for p in problems), problems
+
+
+def test_compare_outputs_finds_wrong_text_and_numbers() -> None:
+    specs = (TensorSpec("echo", "BYTES", (-1,)), TensorSpec("p", "FP32", (-1,)))
+    expected = {"echo": np.array(["abc", "é"], dtype=object), "p": np.array([0.5, 1.0], np.float32)}
+    right = {"echo": np.array([b"abc", "é".encode()], dtype=object), "p": np.array([0.5, 1.0 + 1e-7], np.float32)}
+    assert compare_outputs(right, expected, specs) == []
+    wrong = {"echo": np.array([b"b'abc'", "é".encode()], dtype=object), "p": np.array([0.5, 0.9], np.float32)}
+    assert compare_outputs(wrong, expected, specs) == [
+        "output 'echo' differs from the local run at element 0: b\"b'abc'\", expected b'abc'",
+        "output 'p' differs from the local run at [1]: 0.9, expected 1.0",
+    ]

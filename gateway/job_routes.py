@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -33,6 +34,7 @@ from yarl import URL
 from schemas import (
     ErrorCode,
     ErrorInfo,
+    FleetError,
     InferenceRequest,
     InferenceResponse,
     JobState,
@@ -48,8 +50,8 @@ from schemas.constants import RESULT_TTL_S
 from schemas.jobs import F_CALLBACK, F_CLIENT_ID, F_CREATED, F_DEADLINE, F_EXPIRES, F_MODEL, F_VERSION
 
 from .auth import API_KEY
-from .errors import ConflictError, InvalidRequestError, JobNotFoundError, WorkerReplyError
-from .jobs import JobStore
+from .errors import BackendDownError, ConflictError, InvalidRequestError, JobNotFoundError, WorkerReplyError
+from .jobs import JobStore, OutboxSweeper, republish_after_s
 from .protocol import HEADER_LENGTH, InferBody, render_infer
 from .publisher import RequestPublisher
 from .settings import GatewaySettings
@@ -63,6 +65,8 @@ CALLBACK_HEADER = "X-Callback-Url"
 CALLBACK_QUERY = "callback_url"
 REPLAYED_HEADER = "Idempotent-Replayed"
 JOBS_PATH = "/v2/jobs"
+
+log = logging.getLogger("fleet.gateway")
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 
@@ -157,6 +161,8 @@ class JobRoutes:
         self._names = names
         self._store = store
         self._publisher = publisher
+        self._outbox_lease_s = republish_after_s(settings.backend_timeout_s)
+        self._sweeper = OutboxSweeper(store, publisher, self._outbox_lease_s)
 
     @property
     def result_ttl_s(self) -> int:
@@ -164,10 +170,19 @@ class JobRoutes:
         return job_result_ttl_s(self._settings)
 
     def add_to(self, app: web.Application) -> None:
-        """Register ``GET``/``DELETE /v2/jobs/{job_id}``."""
+        """Register ``GET``/``DELETE /v2/jobs/{job_id}`` and ``/result``, and run the outbox sweep while the
+        app serves (started after the backends, stopped on shutdown before they close)."""
         app.router.add_get(JOBS_PATH + "/{job_id}", self.get_job)
         app.router.add_delete(JOBS_PATH + "/{job_id}", self.cancel_job)
         app.router.add_get(JOBS_PATH + "/{job_id}/result", self.get_result)
+        app.on_startup.append(self._start_sweeper)
+        app.on_shutdown.append(self._stop_sweeper)
+
+    async def _start_sweeper(self, app: web.Application) -> None:
+        await self._sweeper.start()
+
+    async def _stop_sweeper(self, app: web.Application) -> None:
+        await self._sweeper.stop()
 
     async def submit(
         self,
@@ -201,17 +216,8 @@ class JobRoutes:
         idempotency = None if key is None else (key, f"{job_id} {print_}")
         # A webhook must fire even if no worker ever answers: a gateway expires the job after this.
         expire_at = None if callback is None else created_ms + timeout_ms + self._settings.webhook_expiry_grace_s * 1000
-        existing = await self._store.create(job_id, fields, ttl_s, idempotency, owner, expire_at)
-        if existing is not None:
-            other_id, _, other_print = existing.partition(" ")
-            if other_print != print_:
-                raise ConflictError(
-                    f"{IDEMPOTENCY_HEADER} {key!r} was used for a different request (job {other_id}); "
-                    "use a new key for a new request"
-                )
-            state = await self._store.read(other_id)
-            status = JobStatus.PENDING if state is None else state.status(now_ms())
-            return _accepted(other_id, status, replayed=True, prefer_applied=prefer)
+        if not self._publisher.connected:  # nothing could be published: store nothing, so nothing runs
+            raise BackendDownError("kafka", await self._publisher.check() or "not connected")
         message = InferenceRequest(
             id=job_id,
             model=record.name,
@@ -223,12 +229,46 @@ class JobRoutes:
             deadline_ms=created_ms + timeout_ms,
             created_ms=created_ms,
         )
+        topic = self._names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
+        # Stored with its request in the outbox: if this gateway dies before publishing it (or the publish
+        # fails or times out), another gateway's sweep publishes it (gateway.jobs.OutboxSweeper).
+        republish_at = now_ms() + self._outbox_lease_s * 1000
+        existing = await self._store.create(
+            job_id,
+            fields,
+            ttl_s,
+            idempotency,
+            owner,
+            expire_at,
+            topic=topic,
+            request=message,
+            republish_at_ms=republish_at,
+        )
+        if existing is not None:
+            other_id, _, other_print = existing.partition(" ")
+            if other_print != print_:
+                raise ConflictError(
+                    f"{IDEMPOTENCY_HEADER} {key!r} was used for a different request (job {other_id}); "
+                    "use a new key for a new request"
+                )
+            state = await self._store.read(other_id)
+            status = JobStatus.PENDING if state is None else state.status(now_ms())
+            return _accepted(other_id, status, replayed=True, prefer_applied=prefer)
         try:
-            topic = self._names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
             await self._publisher.publish(topic, message)
-        except BaseException:
-            await self._store.forget(job_id, key, owner)
-            raise
+        except FleetError as exc:
+            if not exc.retriable:  # e.g. over the Kafka record limit: it can never be published
+                await self._store.forget(job_id, key, owner)
+                raise
+            # Stored, and maybe even landed (a timed-out publish): the job is accepted and stays in the
+            # outbox for a sweep to publish. A 503 would make a client without an Idempotency-Key submit
+            # it again, and then it would run twice.
+            log.warning("job %s stays in the outbox for a sweep to publish: %s", job_id, exc.message)
+            return _accepted(job_id, JobStatus.PENDING, replayed=False, prefer_applied=prefer)
+        try:
+            await self._store.published(job_id)
+        except BackendDownError as exc:  # a sweep publishes it again; the worker keeps only the first result
+            log.warning("job %s published but still in the outbox: %s", job_id, exc.message)
         return _accepted(job_id, JobStatus.PENDING, replayed=False, prefer_applied=prefer)
 
     async def get_job(self, request: web.Request) -> web.Response:

@@ -15,6 +15,13 @@ A job is a request with reply kind ``result``; its id is the request id. State l
   job that no worker answered by then (none ever took it, or the one that did died) gets a
   ``DEADLINE_EXCEEDED`` result from a gateway (``EXPIRE_SCRIPT``), so its webhook fires with
   ``expired`` instead of never; a worker that answers later loses the ``NX`` race.
+- ``names.job_outbox_key`` and ``names.job_request_key(id)``: the outbox. The submit script stores the
+  job together with its topic and request envelope and an outbox entry scored by when a sweep may
+  republish it; the gateway then publishes and removes both (``ZREM`` + ``DEL``). A gateway that dies in
+  between leaves the entry: every gateway sweeps the outbox, claims due entries atomically
+  (``OUTBOX_CLAIM_SCRIPT`` moves their score forward) and publishes them. A job is thus published at
+  least once; a duplicate record is harmless because a worker stores only the first result (``NX``)
+  and ``CLAIM_SCRIPT`` skips a request whose result is stored.
 
 The status is derived, never stored: from the result when there is one (done, failed, cancelled,
 expired = ``DEADLINE_EXCEEDED``), else running when a worker claimed it, else expired when its
@@ -46,6 +53,9 @@ CALLBACK_GROUP = "webhooks"
 CALLBACK_FIELD = "j"
 #: Approximate length cap of the callbacks stream.
 CALLBACK_STREAM_MAXLEN = 100_000
+#: Fields of an outboxed job's request hash (``names.job_request_key``): its topic and request envelope.
+OUTBOX_TOPIC = "t"
+OUTBOX_REQUEST = "r"
 
 
 class JobStatus(StrEnum):
@@ -132,22 +142,38 @@ def _number(value: str | None) -> float | None:
         return None
 
 
-#: Gateway, at submit. KEYS[1] job hash, KEYS[2] deadlines ZSET, KEYS[3] idempotency key (optional);
-#: ARGV[1] TTL s, ARGV[2] idempotency value, ARGV[3] when to expire it unanswered (epoch ms; "" = not
-#: indexed: no webhook), ARGV[4] job id, ARGV[5..] field/value pairs of the hash.
-#: Returns nil when the job was created, else the idempotency value already stored (a resubmit).
-SUBMIT_SCRIPT = """
-if #KEYS > 2 then
-  local existing = redis.call('GET', KEYS[3])
+#: Gateway, at submit. KEYS[1] job hash, KEYS[2] deadlines ZSET, KEYS[3] outbox ZSET, KEYS[4] request hash,
+#: KEYS[5] idempotency key (optional); ARGV[1] TTL s, ARGV[2] idempotency value, ARGV[3] when to expire it
+#: unanswered (epoch ms; "" = not indexed: no webhook), ARGV[4] job id, ARGV[5] when a sweep may publish it
+#: (epoch ms), ARGV[6] topic, ARGV[7] request envelope, ARGV[8..] field/value pairs of the hash.
+#: Returns nil when the job was created (and put in the outbox), else the idempotency value already
+#: stored (a resubmit).
+SUBMIT_SCRIPT = f"""
+if #KEYS > 4 then
+  local existing = redis.call('GET', KEYS[5])
   if existing then return existing end
-  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[1])
+  redis.call('SET', KEYS[5], ARGV[2], 'EX', ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if ARGV[3] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 end
+redis.call('HSET', KEYS[4], '{OUTBOX_TOPIC}', ARGV[6], '{OUTBOX_REQUEST}', ARGV[7])
+redis.call('EXPIRE', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
 return false
+"""
+
+#: Gateway, sweeping ``names.job_outbox_key``. KEYS[1] outbox ZSET; ARGV[1] now (epoch ms), ARGV[2] the
+#: claimed entries' new score (now + lease), ARGV[3] most entries. Returns the ids of the due entries,
+#: oldest first, each now claimed by this caller until the lease ends (another gateway's sweep skips it).
+OUTBOX_CLAIM_SCRIPT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(due) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+end
+return due
 """
 
 #: Gateway, sweeping ``names.job_deadlines_key``. KEYS[1] deadlines ZSET, KEYS[2] job hash, KEYS[3] result

@@ -32,6 +32,10 @@ Layout for namespace ``ns`` (default ``fleet``)::
                                        consumer group ``webhooks`` of the gateways delivers them
       {ns}:jobs:deadlines              ZSET job id -> deadline + grace (epoch ms) of jobs with a webhook: a
                                        gateway expires the ones no worker answered (`EXPIRE_SCRIPT`)
+      {ns}:jobs:outbox                 ZSET job id -> when a gateway's sweep (re)publishes it (epoch ms): jobs
+                                       stored but not known to be published yet (`schemas.jobs`)
+      {ns}:job:{job_id}:request        HASH of an outboxed job: ``t`` topic, ``r`` request envelope (EXPIRE = job
+                                       TTL; deleted once published)
       {ns}:apikey:{key_id}             HASH of an API key: sha256 of its secret, name, models, rate, created_ms,
                                        revoked_ms (`schemas.apikeys`; the secret is never stored)
       {ns}:apikeys                     SET of every API key id (revoked ones included)
@@ -241,6 +245,15 @@ class Names:
     def job_deadlines_key(self) -> str:
         """ZSET of jobs with a webhook, scored by when to give up on a worker answer (`schemas.jobs`)."""
         return f"{self.namespace}:jobs:deadlines"
+
+    @property
+    def job_outbox_key(self) -> str:
+        """ZSET of stored jobs not known to be published yet, scored by when a sweep (re)publishes them."""
+        return f"{self.namespace}:jobs:outbox"
+
+    def job_request_key(self, job_id: str) -> str:
+        """HASH of an outboxed job's topic (``t``) and request envelope (``r``) (`schemas.jobs`)."""
+        return f"{self.namespace}:job:{job_id}:request"
 
     @property
     def callbacks_stream(self) -> str:

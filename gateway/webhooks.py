@@ -16,6 +16,11 @@ A job nobody answers (no worker ever took it, or the one that did died and no ot
 never be announced: every second the dispatcher also sweeps ``names.job_deadlines_key`` and gives the jobs
 unanswered ``webhook_expiry_grace_s`` after their deadline a ``DEADLINE_EXCEEDED`` result
 (``schemas.jobs.EXPIRE_SCRIPT``: one gateway wins each job), which announces them like any other result.
+
+Both loops are supervised (``gateway.jobs.supervise``): an unexpected error (a bug, not an outage, which
+each loop handles itself) is logged with its traceback and the loop starts again after a backoff, so one
+bad iteration never ends webhook delivery for the life of the gateway. A delivery that crashes is logged
+the same way and stays pending in the group, to be taken over like one of a gateway that died.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from schemas.jobs import CALLBACK_FIELD, CALLBACK_GROUP
 
 from .errors import BackendDownError
 from .job_routes import job_document, job_result_ttl_s
-from .jobs import JobStore
+from .jobs import JobStore, supervise
 from .settings import GatewaySettings
 
 log = logging.getLogger("fleet.gateway")
@@ -80,8 +85,12 @@ class WebhookDispatcher:
         """Start the reading routine (the consumer group is created on first use)."""
         if self._task is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s))
-            self._task = asyncio.create_task(self._routine(), name="fleet-gateway-webhooks")
-            self._sweeper = asyncio.create_task(self._sweep_routine(), name="fleet-gateway-job-expiry")
+            self._task = asyncio.create_task(
+                supervise("webhook dispatcher", self._routine), name="fleet-gateway-webhooks"
+            )
+            self._sweeper = asyncio.create_task(
+                supervise("webhook expiry sweep", self._sweep_routine), name="fleet-gateway-job-expiry"
+            )
 
     async def stop(self) -> None:
         """Stop reading and cancel deliveries in progress (they stay pending and are taken over later)."""
@@ -97,6 +106,7 @@ class WebhookDispatcher:
 
     async def _routine(self) -> None:
         stream = self._names.callbacks_stream
+        self._group_ready = False  # also after a crash: the group may be what went wrong
         while True:
             try:
                 if not self._group_ready:
@@ -168,11 +178,18 @@ class WebhookDispatcher:
         for entry_id, fields in entries:
             if not fields:  # deleted entry left in the pending list
                 continue
-            task = asyncio.create_task(self._deliver(entry_id, fields.get(CALLBACK_FIELD.encode(), b"").decode()))
+            job_id = fields.get(CALLBACK_FIELD.encode(), b"").decode(errors="replace")
+            task = asyncio.create_task(self._deliver(entry_id, job_id))
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
 
     async def _deliver(self, entry_id: Any, job_id: str) -> None:
+        try:
+            await self._deliver_once(entry_id, job_id)
+        except Exception:  # a bug: left pending, so another try comes with a takeover (XAUTOCLAIM)
+            log.exception("webhooks: delivering job %s crashed; it stays pending", job_id)
+
+    async def _deliver_once(self, entry_id: Any, job_id: str) -> None:
         try:
             state = await self._store.read(job_id) if job_id else None
         except BackendDownError as exc:

@@ -1,5 +1,10 @@
 """The worker heartbeat: ``HSET names.worker_key(id)`` (state, models, partitions, device, labels, follows,
-pid, host, ts_ms), ``EXPIRE`` 3x the interval, ``ZADD names.workers_key ts_ms id`` (docs/ARCHITECTURE.md)."""
+pid, host, ts_ms), ``EXPIRE`` 3x the interval, ``ZADD names.workers_key ts_ms id`` (docs/ARCHITECTURE.md).
+
+Each beat also prunes ``names.workers_key``: entries whose last beat is older than ``PRUNE_AFTER_INTERVALS``
+intervals (at least ``PRUNE_AFTER_MIN_MS``) belong to workers that died without stopping; a worker that
+stops cleanly removes its own entry (its hash, state ``stopped``, expires on its own).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,11 @@ from redis.exceptions import RedisError
 from schemas import Names, now_ms
 
 log = logging.getLogger("fleet.workers")
+
+#: A worker id whose last beat is this many of our intervals old is pruned from ``names.workers_key``.
+PRUNE_AFTER_INTERVALS = 10
+#: ... but never one younger than this (workers of one fleet may beat at different intervals).
+PRUNE_AFTER_MIN_MS = 60_000
 
 
 class WorkerState(StrEnum):
@@ -56,6 +66,7 @@ class Heartbeat:
         self._state = WorkerState.STARTING
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self._prune_after_ms = max(PRUNE_AFTER_MIN_MS, int(PRUNE_AFTER_INTERVALS * 1000 * interval_s))
 
     @property
     def state(self) -> WorkerState:
@@ -96,6 +107,7 @@ class Heartbeat:
                 pipe.hset(key, mapping=fields)
                 pipe.pexpire(key, max(1000, int(3000 * self._interval_s)))
                 pipe.zadd(self._names.workers_key, {self._worker_id: ts})
+                pipe.zremrangebyscore(self._names.workers_key, "-inf", f"({ts - self._prune_after_ms}")
                 await pipe.execute()
         except RedisError as exc:
             log.warning("heartbeat not written: %s", exc)
@@ -116,4 +128,8 @@ class Heartbeat:
         if task is not None:
             await task
         self._state = WorkerState.STOPPED
-        await self.beat()
+        if await self.beat():
+            try:
+                await self._redis.zrem(self._names.workers_key, self._worker_id)
+            except RedisError as exc:
+                log.warning("worker %s not removed from the worker index: %s", self._worker_id, exc)

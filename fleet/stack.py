@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -162,6 +163,12 @@ class LocalStack:
         if self._state is not _State.NEW:
             raise StackError(f"this stack is {self._state.value}; create a new LocalStack")
         self._state = _State.RUNNING
+        if self.config.gateway and self.config.port and not _can_listen(self.config.host, self.port):
+            self._state = _State.STOPPED
+            raise StackError(
+                f"port {self.port} on {self.config.host} is busy: another process listens there; "
+                "stop it or choose another --port (0 picks a free one)"
+            )
         try:
             await self._start_servers()
             if self.config.gateway:
@@ -474,7 +481,7 @@ class LocalStack:
         deadline = time.monotonic() + self.config.ready_timeout_s
         async with contextlib.aclosing(probe) as readiness:
             async for ready in readiness:
-                if ready:
+                if ready and proc.running:  # an answer while ours is dead came from someone else
                     return
                 if not proc.running:
                     raise StackError(
@@ -562,6 +569,19 @@ class _Watch:
     backoff: Backoff
     started: float
     restart_at: float | None = None
+
+
+def _can_listen(host: str, port: int) -> bool:
+    """True when a server may listen on ``host:port`` (bound as the gateway binds: with SO_REUSEADDR,
+    so a port left in TIME_WAIT counts as free and only a listening socket as busy)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE  # other errors (a bad host) are the gateway's to report
+    return True
 
 
 def _accepts(port: int) -> bool:

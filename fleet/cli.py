@@ -11,17 +11,19 @@ import asyncio
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 import aiohttp
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from schemas import FleetError, describe
+from schemas import ErrorCode, FleetError, describe
 
 from . import batch_cli, demo, dlq_cli, keys_cli, models_cli, scale_cli, stack_cli, status
-from .connection import resolve
+from .connection import Target, resolve
 
 #: ``fleet config SERVICE`` -> (module, settings class, env prefix).
 SERVICES = {
@@ -41,6 +43,9 @@ EXPECTED_ERRORS = (
     KafkaError,
     aiohttp.ClientError,
 )
+
+#: Failures to reach a server (reported with where the CLI looked for the fleet when it found no address).
+UNREACHABLE_ERRORS = (RedisConnectionError, KafkaConnectionError, aiohttp.ClientConnectionError, ConnectionError)
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -99,18 +104,32 @@ def show_config(service: str | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fleet`` console script; returns the exit status."""
+    """Entry point of the ``fleet`` console script; returns the exit status.
+
+    When the reader of stdout goes away (``fleet keys create ci | head -1``) the command has done its
+    work; it exits quietly with 141 (128 + SIGPIPE), as a unix tool killed by SIGPIPE does.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here when all the output fit in the buffer
+    except BrokenPipeError:
+        # Nothing more can be written; point stdout at /dev/null so the interpreter's exit flush is quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    target: Target | None = None
     try:
-        if args.handler is None and args.markdown:
-            from .config_docs import render_markdown
-
-            print(render_markdown(), end="")
-            return 0
         if args.handler is None:
             return show_config(args.service)
         target = resolve(
@@ -124,10 +143,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(asyncio.run(args.handler(target, args)))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise  # stdout closed: main() exits quietly
     except EXPECTED_ERRORS as exc:
         message = str(exc) or type(exc).__name__
+        if target is not None and target.guessed and _unreachable(exc):
+            message = (
+                f"no fleet found: no running local stack ({target.looked}) and no address given "
+                f"(--redis/--kafka/--url or FLEET_REDIS_URL/FLEET_KAFKA_BOOTSTRAP/FLEET_URL), and the defaults "
+                f"did not answer: {' '.join(message.split())}"
+            )
         print(f"fleet: error: {message}", file=sys.stderr)
         return 1
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True for a failure to reach Redis, Kafka or the gateway (not for a bad request)."""
+    if isinstance(exc, FleetError):
+        return exc.code is ErrorCode.BACKEND_UNAVAILABLE
+    return isinstance(exc, UNREACHABLE_ERRORS)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from schemas import FleetSettings, ModelRegistry, Names, load
 
-from .stackfile import StackInfo, fleet_home
+from .stackfile import StackInfo, fleet_home, home_searched
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -24,6 +24,8 @@ class Target:
     home: Path
     stack: StackInfo | None = None
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # what commands that start processes pass on
+    looked: str = ""  # where the local stack was looked for, in words
+    guessed: bool = False  # True: no stack, flag or env named any address; every address is a default
 
     @property
     def names(self) -> Names:
@@ -49,9 +51,13 @@ def resolve(
 ) -> Target:
     """Connection settings for a command; each value comes from the first of flag, env, stack.json, default."""
     state = fleet_home(env, home)
+    looked = home_searched(env, home)
     stack = StackInfo.read(state)
     if stack is not None and not stack.owner_alive():
+        looked += f"; found {state}, but the stack that wrote it (pid {stack.pid}) is gone"
         stack = None
+    elif stack is None:
+        looked += f"; no running stack in {state}" if state.is_dir() else "; found none"
     settings = load(FleetSettings, env, "")
     bootstrap = kafka or env_first(env, "FLEET_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP") or (stack and stack.kafka_bootstrap)
     redis_url = redis or env_first(env, "FLEET_REDIS_URL", "REDIS_URL") or (stack and stack.redis_url)
@@ -64,7 +70,13 @@ def resolve(
         Names(ns)  # validates
         settings = dataclasses.replace(settings, namespace=ns)
     gateway = url or env.get("FLEET_URL") or (stack.gateway_url if stack else DEFAULT_URL)
-    return Target(settings=settings, url=gateway, home=state, stack=stack, env=dict(env))
+    guessed = stack is None and not (
+        url or kafka or redis or env_first(env, "FLEET_URL", "FLEET_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP")
+        or env_first(env, "FLEET_REDIS_URL", "REDIS_URL")
+    )  # fmt: skip
+    return Target(
+        settings=settings, url=gateway, home=state, stack=stack, env=dict(env), looked=looked, guessed=guessed
+    )
 
 
 @asynccontextmanager

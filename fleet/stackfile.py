@@ -10,11 +10,29 @@ from pathlib import Path
 from typing import Any
 
 STACK_FILE = "stack.json"
+HOME_DIR = ".fleet"
 
 
-def fleet_home(env: Mapping[str, str], override: str | None = None) -> Path:
-    """The state directory: ``override``, else ``$FLEET_HOME``, else ``./.fleet`` (absolute)."""
-    return Path(override or env.get("FLEET_HOME") or ".fleet").resolve()
+def fleet_home(env: Mapping[str, str], override: str | None = None, cwd: Path | None = None) -> Path:
+    """The state directory (absolute): ``override``, else ``$FLEET_HOME``, else the nearest ``.fleet``
+    directory in ``cwd`` (default: the current directory) or one of its parents, the way git finds its
+    repository, else ``cwd/.fleet`` (where ``fleet up`` creates it)."""
+    if override or env.get("FLEET_HOME"):
+        return Path(override or env["FLEET_HOME"]).resolve()
+    start = (cwd or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / HOME_DIR).is_dir():
+            return folder / HOME_DIR
+    return start / HOME_DIR
+
+
+def home_searched(env: Mapping[str, str], override: str | None = None, cwd: Path | None = None) -> str:
+    """Where :func:`fleet_home` looked, in words (for "no local stack found" messages)."""
+    if override:
+        return f"--home {Path(override).resolve()}"
+    if env.get("FLEET_HOME"):
+        return f"FLEET_HOME={Path(env['FLEET_HOME']).resolve()}"
+    return f"{HOME_DIR} in {(cwd or Path.cwd()).resolve()} and its parents"
 
 
 def pid_alive(pid: int) -> bool:

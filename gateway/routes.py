@@ -68,6 +68,7 @@ from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
 from .repository import RepositoryRoutes
+from .serviceability import ServiceabilityView
 from .settings import GatewaySettings
 
 log = logging.getLogger("fleet.gateway")
@@ -105,6 +106,13 @@ class Routes:
         self._reply = ReplyAddress(ReplyKind.STREAM, backends.listener.stream)
         store = JobStore(backends.redis, backends.names, backends.settings.backend_timeout_s)
         self.jobs = JobRoutes(backends.settings, backends.names, store, backends.publisher)
+        #: Would a request be served (model readiness, and sync requests that nothing can serve fail fast).
+        self.serviceability = ServiceabilityView(
+            backends.redis,
+            backends.names,
+            ttl_s=backends.settings.registry_cache_ttl_s,
+            timeout_s=backends.settings.backend_timeout_s,
+        )
         self.draining = False
         self._in_flight = 0
 
@@ -185,11 +193,18 @@ class Routes:
         )
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        """``GET .../ready``: 200 when the model (version) is registered and requests can be queued."""
+        """``GET .../ready``: 200 ``ready: true`` only when a live worker serves the model (version) now; else
+        503 with ``ready: false``, the reason and its code (`gateway.serviceability`), as KServe answers."""
         record = await self._record(request.match_info["model"], request.match_info.get("version"))
         if not (self._b.publisher.connected and self._b.listener.healthy):
             raise BackendDownError("kafka/redis", "requests cannot be queued right now")
-        return web.json_response({"name": record.name, "version": record.version, "ready": True})
+        verdict = await self.serviceability.verdict(record)
+        body: dict[str, Any] = {"name": record.name, "version": record.version, "ready": verdict.ready}
+        if verdict.ready:
+            return web.json_response(body)
+        code = verdict.code or ErrorCode.MODEL_UNAVAILABLE
+        body.update(state=verdict.state.value, error=verdict.reason, code=code.value)
+        return web.json_response(body, status=503)
 
     async def _record(self, model: str, version: str | None) -> ModelRecord:
         try:
@@ -299,6 +314,7 @@ class Routes:
             raise BackendDownError("gateway", "the gateway is stopping")
         if not listener.healthy:
             raise BackendDownError("redis", listener.last_error)
+        await self.serviceability.check(record)  # 503 now rather than 504 later when nothing can serve it
         message = InferenceRequest(
             id=wire_id,
             model=record.name,

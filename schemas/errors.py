@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # no answer within the request's timeout / deadline
     BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"  # Kafka or Redis unreachable
     MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"  # nothing can serve the model: pinned to 0, no worker and no autoscaler
     MODEL_ERROR = "MODEL_ERROR"  # the model raised while running a batch
     UNSUPPORTED_ENVELOPE = "UNSUPPORTED_ENVELOPE"  # envelope version newer than this reader
     UNDECODABLE = "UNDECODABLE"  # bytes that are not a valid envelope
@@ -47,6 +48,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.BACKEND_UNAVAILABLE: 503,
     ErrorCode.MODEL_LOAD_FAILED: 503,
+    ErrorCode.MODEL_UNAVAILABLE: 503,
     ErrorCode.MODEL_ERROR: 500,
     ErrorCode.UNSUPPORTED_ENVELOPE: 400,
     ErrorCode.UNDECODABLE: 400,

@@ -16,6 +16,9 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:model:{m}:v:{v}             msgpack ModelRecord (immutable once written)
       {ns}:model:{m}:v:{v}:measured:{kind}  footprint a worker measured after loading, on a device of
                                        that kind (cpu or gpu; bytes)
+      {ns}:model:{m}:v:{v}:load_failed STRING (JSON `schemas.load_failures.LoadFailure`: reason, ts_ms, worker;
+                                       EXPIRE 60 s) the last failed load of the version; deleted by a load
+                                       that succeeds. The gateway's model readiness reads it
       {ns}:model:{m}:default           the version served when none is asked for
       {ns}:model:{m}:traffic           HASH version -> percent of unversioned requests (a canary / A-B
                                        split; absent = all to the default; see `schemas.traffic`)
@@ -198,6 +201,10 @@ class Names:
         if kind not in DEVICE_KINDS:
             raise ValueError(f"device kind {kind!r} is not one of {', '.join(DEVICE_KINDS)}")
         return f"{self.namespace}:model:{model}:v:{version}:measured:{kind}"
+
+    def load_failure_key(self, model: str, version: str) -> str:
+        """The last failed load of a version (reason, time, worker; deleted once a worker loads it)."""
+        return f"{self.namespace}:model:{model}:v:{version}:load_failed"
 
     def default_key(self, model: str) -> str:
         """Default version pointer of a model."""

@@ -17,8 +17,9 @@ import sys
 import time
 from concurrent.futures import Executor
 
-from schemas import BatchingConfig, FleetError, ModelRecord, ModelRegistry, SchemaError
+from schemas import BatchingConfig, FleetError, ModelRecord, ModelRegistry, SchemaError, now_ms
 from schemas.limits import MB, ModelLimits
+from schemas.load_failures import LoadFailures
 
 from .artifact_cache import ArtifactCache, CachedArtifact
 from .errors import ModelLoadError
@@ -45,8 +46,10 @@ class ModelCache:
         settings: WorkerSettings,
         manager: ResidencyManager,
         artifacts: ArtifactCache,
+        failures: LoadFailures | None = None,
     ) -> None:
         self.model = model
+        self._load_failures = failures  # tells the gateway's model readiness (schemas.load_failures)
         self._manager = manager
         self._artifacts = artifacts
         self._size_factor = settings.size_factor
@@ -117,8 +120,12 @@ class ModelCache:
             except ModelLoadError as exc:
                 log.error("%s", exc.message)
                 self._failures[record.version] = (time.monotonic(), exc)
+                if self._load_failures is not None:
+                    await self._load_failures.record(self.model, record.version, exc.message, now_ms())
                 raise
             self._failures.pop(record.version, None)
+            if self._load_failures is not None:
+                await self._load_failures.clear(self.model, record.version)
             return runtime
 
     def release(self, record: ModelRecord) -> None:

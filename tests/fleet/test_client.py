@@ -17,6 +17,7 @@ from fleet.localservers import free_port
 from fleet.modelgen import tiny_mlp
 from schemas import ErrorCode, FleetSettings, ModelRegistry, Names
 from schemas.topics import ensure_model_topics
+from workers.heartbeat import Heartbeat
 
 gateway = pytest.importorskip("gateway")
 pytestmark = pytest.mark.integration
@@ -62,8 +63,12 @@ async def test_errors_carry_status_and_message(client: FleetClient, binary: bool
     assert exc.value.status == 404
 
 
-async def test_the_gateway_deadline_follows_the_client_timeout(client: FleetClient) -> None:
-    # No worker serves "tiny": the gateway gives up at our deadline and says so (before our own grace).
+async def test_the_gateway_deadline_follows_the_client_timeout(
+    client: FleetClient, redis_client: Any, names: Names
+) -> None:
+    # A worker announces "tiny" but never answers: the gateway gives up at our deadline and says so (before our
+    # own grace). Without any worker it would refuse at once (gateway.serviceability).
+    await Heartbeat(redis_client, names, "silent", ["tiny"], 3600.0, list, lambda: "cpu").beat()
     with pytest.raises(FleetHTTPError) as exc:
         await client.infer("tiny", {"x": np.zeros((1, 16), np.float32)}, timeout_s=0.3)
     assert exc.value.status == 504 and exc.value.code is ErrorCode.DEADLINE_EXCEEDED

@@ -20,6 +20,10 @@ from gateway import Gateway, GatewaySettings
 from schemas import FleetSettings, InferenceRequest, InferenceResponse, ModelRecord, ModelRegistry, Names, Tensor
 from schemas.constants import REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S, RESULT_TTL_S
 from schemas.topics import ensure_model_topics
+from workers.heartbeat import Heartbeat
+
+#: Worker id of the test-side stand-in: its heartbeat says it serves "tiny".
+STAND_IN = "stand-in"
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +42,8 @@ async def registered(
     await registry.register(record)
     await registry.register(replace(record, version="2"))
     await ensure_model_topics(fleet_settings.kafka, names, record.name, partitions=1)
+    # The test-side worker announces itself as workers do, so the gateway sees "tiny" served (serviceability).
+    await Heartbeat(redis_client, names, STAND_IN, [record.name], 3600.0, list, lambda: "cpu").beat()
     return record
 
 

@@ -184,6 +184,11 @@ class ModelConsumer:
         self._task = asyncio.create_task(self._consume_routine(), name=f"consume-{self.model}")
 
     @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The model thread (runtimes are not thread-safe: every load, batch and unload runs there)."""
+        return self._executor
+
+    @property
     def task(self) -> asyncio.Task[None] | None:
         """The consume routine (done early only when it crashed)."""
         return self._task
@@ -209,7 +214,8 @@ class ModelConsumer:
         for lane in self._lanes:
             await lane.stop()  # leaves the group: partitions move without waiting for a timeout
         await self.cache.close()
-        self._executor.shutdown(wait=True)
+        # Off the event loop: a batch still on the model thread must not stop every other model's rounds.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     # rebalance hooks -----------------------------------------------------------
     async def finish_round(self, timeout_s: float) -> None:

@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
+from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from .constants import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS
 
 T = TypeVar("T")
@@ -197,6 +200,30 @@ class KafkaSettings:
         }
 
 
+class RedisPoolExhaustedError(RedisConnectionError):
+    """Every connection of this process's Redis pool stayed in use for the whole pool timeout: the process
+    has more Redis calls in flight than ``max_connections`` (overload), which says nothing about Redis."""
+
+    def __init__(self, size: int, timeout_s: float) -> None:
+        super().__init__(
+            f"Redis connection pool exhausted: all {size} connections of this process stayed busy for "
+            f"{timeout_s:g} s (FLEET_REDIS_MAX_CONNECTIONS, FLEET_REDIS_POOL_TIMEOUT_S)"
+        )
+
+
+class _BlockingPool(BlockingConnectionPool):
+    """redis-py's blocking pool (a command waits for a free connection instead of failing at once), whose
+    wait past the timeout is a ``RedisPoolExhaustedError`` rather than a generic "No connection available"."""
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        try:
+            return await super().get_connection()  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, TimeoutError) and not isinstance(exc, RedisPoolExhaustedError):
+                raise RedisPoolExhaustedError(self.max_connections, float(self.timeout or 0)) from exc
+            raise
+
+
 @dataclass(frozen=True)
 class RedisSettings:
     """Connection to the Redis (or Valkey) server (read from ``FLEET_REDIS_*``)."""
@@ -208,7 +235,18 @@ class RedisSettings:
     socket_timeout_s: float = doc("Timeout of one Redis command (a dead server fails within it).", 2.0)
     connect_timeout_s: float = doc("Timeout of connecting to Redis.", 1.0)
     max_connections: int = doc("Size of each process's Redis connection pool.", 64)
+    pool_timeout_s: float = doc(
+        "Longest a Redis call waits for a free pooled connection when all are busy (a burst queues); past it "
+        "the call fails as 'connection pool exhausted'. Keep it below the gateway's backend timeout.",
+        0.5,
+    )
     ssl_ca_certs: str = doc("CA bundle for rediss:// URLs.", "")
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise SettingsError("FLEET_REDIS_MAX_CONNECTIONS must be >= 1")
+        if self.pool_timeout_s <= 0:
+            raise SettingsError("FLEET_REDIS_POOL_TIMEOUT_S must be > 0")
 
     @classmethod
     def from_dsn(cls, url: str) -> RedisSettings:
@@ -216,18 +254,20 @@ class RedisSettings:
         return cls(url=url)
 
     def client(self) -> Any:
-        """A new ``redis.asyncio.Redis`` (bytes in, bytes out) bounded by these timeouts."""
+        """A new ``redis.asyncio.Redis`` (bytes in, bytes out) bounded by these timeouts, on its own pool of
+        ``max_connections``, where a call waits up to ``pool_timeout_s`` for a connection when all are busy."""
         import redis.asyncio as aioredis
 
         kwargs: dict[str, Any] = {
             "socket_timeout": self.socket_timeout_s,
             "socket_connect_timeout": self.connect_timeout_s,
             "max_connections": self.max_connections,
+            "timeout": self.pool_timeout_s,
             "health_check_interval": 15,
         }
         if self.url.startswith("rediss://") and self.ssl_ca_certs:
             kwargs["ssl_ca_certs"] = self.ssl_ca_certs
-        return aioredis.Redis.from_url(self.url, **kwargs)
+        return aioredis.Redis.from_pool(_BlockingPool.from_url(self.url, **kwargs))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Turning a model artifact (a local file or an ``http(s)://`` URL) into a registry record: hashing, size
-and signature discovery."""
+"""Turning a model artifact (a local file or an ``http(s)://`` URL) into a registry record: hashing, size,
+signature discovery and the checks that it can serve as declared (`fleet.artifact_checks`)."""
 
 from __future__ import annotations
 
@@ -20,40 +20,15 @@ from schemas import (
 from schemas.artifact_source import artifact_suffix, download, is_remote
 from schemas.errors import ErrorCode
 
-#: ONNX Runtime type strings -> OIP datatypes.
-_ORT_TYPES = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
-
-
-def onnx_signature(path: str | Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Input and output specs read from an ONNX file (symbolic or unknown dims become -1)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def spec(arg: Any) -> TensorSpec:
-        datatype = _ORT_TYPES.get(arg.type)
-        if datatype is None:
-            raise SchemaError(
-                f"ONNX tensor {arg.name!r} has unsupported type {arg.type}", code=ErrorCode.INVALID_REQUEST
-            )
-        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
-        return TensorSpec(arg.name, datatype, shape)
-
-    return tuple(spec(a) for a in session.get_inputs()), tuple(spec(a) for a in session.get_outputs())
+from .artifact_checks import (
+    check_declared,
+    check_onnx_file,
+    check_torch_archive,
+    check_torch_serves,
+    check_torch_specs,
+    onnx_session_signature,
+    refuse,
+)
 
 
 def build_record(
@@ -68,15 +43,22 @@ def build_record(
     batching: BatchingConfig | None = None,
     labels: dict[str, str] | None = None,
     example: tuple[Tensor, ...] = (),
+    load: bool = False,
 ) -> ModelRecord:
     """A ModelRecord for an artifact; ONNX signatures are discovered when not given.
+
+    SchemaError (one line, the fix named) for an artifact that cannot serve as declared: an ONNX file
+    that does not load, keeps external data, has sequence/map types or contradicts the declared specs;
+    a checkpoint given as TorchScript or the reverse; BYTES on a torch model. With ``load`` a torch model
+    is also loaded and run on a dummy batch whose outputs must fit the signature (``fleet models register``).
 
     A local artifact is recorded by its absolute path; an ``http(s)://`` URL is downloaded once (to a
     temporary file) for its hash, size and signature and recorded as the URL, which workers download
     from (ArtifactFetchError when it cannot be fetched).
     """
     options: dict[str, Any] = dict(
-        framework=framework, inputs=inputs, outputs=outputs, factory=factory, batching=batching, labels=labels
+        framework=framework, inputs=inputs, outputs=outputs, factory=factory, batching=batching, labels=labels,
+        load=load,
     )
     if is_remote(str(artifact)):
         url = str(artifact)
@@ -92,15 +74,27 @@ def build_record(
         framework = (
             Framework.ONNX if path.suffix == ".onnx" else (Framework.TORCH if factory else Framework.TORCHSCRIPT)
         )
-    if framework is Framework.ONNX and not (inputs and outputs):
-        found_in, found_out = onnx_signature(path)
+    batched = (batching or BatchingConfig()).max_batch_size > 1
+    if framework is Framework.ONNX:
+        check_onnx_file(path)
+        found_in, found_out = onnx_session_signature(path)
+        check_declared(inputs, found_in, "input", batched=batched)
+        check_declared(outputs, found_out, "output", batched=batched)
         inputs, outputs = inputs or found_in, outputs or found_out
+        fixed = [spec for spec in (*inputs, *outputs) if batched and spec.shape and spec.shape[0] != -1]
+        if fixed:
+            raise refuse(
+                f"{path.name}: {fixed[0].describe()} has a fixed batch dimension: register with --max-batch-size 1, "
+                "or export the model with a dynamic batch dimension"
+            )
+    else:
+        check_torch_archive(path, torchscript=framework is Framework.TORCHSCRIPT)
     if not (inputs and outputs):
         raise SchemaError(
             f"{framework.value} models need --input and --output specs (name:DATATYPE:dims)",
             code=ErrorCode.INVALID_REQUEST,
         )
-    return ModelRecord(
+    record = ModelRecord(
         name=name,
         version=version,
         framework=framework,
@@ -114,3 +108,8 @@ def build_record(
         size_bytes=path.stat().st_size,
         example=example,
     )
+    if framework is not Framework.ONNX:
+        check_torch_specs(record)
+        if load:
+            check_torch_serves(record)
+    return record

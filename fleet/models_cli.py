@@ -119,6 +119,7 @@ async def register(target: Target, args: argparse.Namespace) -> int:
             batching=BatchingConfig(args.max_batch_size, args.max_queue_delay_ms),
             labels=dict(args.label),
             example=_load_example(args.example) if args.example else (),
+            load=True,
         )
         await ensure_model_topics(target.settings.kafka, target.names, args.name, args.partitions)
         created = await registry.register(record, make_default=args.default)

@@ -40,3 +40,44 @@ def words(*items: bytes) -> np.ndarray:
     array = np.empty((len(items), 1), dtype=object)
     array[:, 0] = list(items)
     return array
+
+
+def external_data_model(path: Path) -> Path:
+    """The tiny MLP saved with its weights in a sidecar file ``<name>.weights`` next to ``path``."""
+    import onnx
+
+    from fleet.modelgen import tiny_mlp
+
+    tiny_mlp(path)
+    model = onnx.load(str(path))
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, location=f"{path.stem}.weights", size_threshold=0
+    )
+    return path
+
+
+def zipmap_model(path: Path) -> Path:
+    """A classifier-shaped graph whose second output is a sequence of maps (skl2onnx's default ZipMap)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    probabilities = helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    graph = helper.make_graph(
+        [
+            helper.make_node("ArgMax", ["x"], ["label"], axis=1, keepdims=0),
+            helper.make_node("ZipMap", ["x"], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]),
+        ],
+        "zipmap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+            helper.make_value_info("probabilities", helper.make_sequence_type_proto(probabilities)),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

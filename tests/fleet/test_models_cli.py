@@ -142,3 +142,30 @@ async def test_register_by_url_keeps_the_url_and_a_bad_url_is_a_clear_error(
         )
     assert code != 0 and "missing.onnx: HTTP 404" in err
     assert await ModelRegistry(redis_client, names).versions("web") == ["1"]
+
+
+async def test_register_refuses_what_cannot_serve_in_one_line(
+    fleet_args: list[str], names: Names, redis_client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model at all")
+    code, _, err = await fleet(capsys, "models", "register", "m", "--artifact", str(junk), *fleet_args)
+    assert code == 1 and err.startswith("fleet: error: junk.onnx is not an ONNX model")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    tiny = str(tiny_mlp(tmp_path / "tiny.onnx"))
+    code, _, err = await fleet(
+        capsys, "models", "register", "m", "--artifact", tiny, "--input", "x:FP32:-1,15", *fleet_args
+    )
+    assert (code, err.strip()) == (
+        1, "fleet: error: --input x:FP32[-1, 15]: the ONNX file fixes dimension 1 at 16 (x:FP32[-1, 16])"
+    )  # fmt: skip
+    torch = pytest.importorskip("torch")
+    state = tmp_path / "weights.pth"
+    torch.save(torch.nn.Linear(4, 2).state_dict(), str(state))
+    code, _, err = await fleet(
+        capsys, "models", "register", "m", "--artifact", str(state), "--input", "x:FP32:-1,4",
+        "--output", "y:FP32:-1,2", *fleet_args,
+    )  # fmt: skip
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "weights.pth is a torch checkpoint" in err and "--framework torch --factory" in err
+    assert await ModelRegistry(redis_client, names).versions("m") == []

@@ -90,12 +90,13 @@ def as_text(array: npt.NDArray[Any], name: str) -> npt.NDArray[Any]:
 
 
 def map_positionally(record: ModelRecord, values: Sequence[npt.NDArray[Any]]) -> Arrays:
-    """Name unnamed outputs after the record's output specs, in order."""
-    if len(values) < len(record.outputs):
+    """Name unnamed outputs after the record's output specs, in order; their number must be the signature's."""
+    if len(values) != len(record.outputs):
+        names = [spec.name for spec in record.outputs]
         raise ModelExecutionError(
-            f"the model returned {len(values)} output(s), its signature has {len(record.outputs)}"
+            f"the model returned {len(values)} output(s), its signature declares {len(names)} {names}"
         )
-    return {spec.name: value for spec, value in zip(record.outputs, values, strict=False)}
+    return {spec.name: value for spec, value in zip(record.outputs, values, strict=True)}
 
 
 class Runtime(ABC):

@@ -104,6 +104,9 @@ class Gateway(AsyncService):
             max_line_size=self.settings.max_header_line_bytes,
             max_field_size=self.settings.max_header_field_bytes,
             max_headers=self.settings.max_headers,
+            # aiohttp closes a connection that has not completed a request head this long after it opened
+            # or after its previous response (slowloris); no request runs on it, so nobody is answered.
+            keepalive_timeout=self.settings.header_timeout_s,
         )
         self._runner = runner
         try:
@@ -172,7 +175,7 @@ class Gateway(AsyncService):
             cache=RegistryCache(
                 ModelRegistry(redis, self.names), settings.registry_cache_ttl_s, settings.backend_timeout_s
             ),
-            publisher=RequestPublisher(settings.fleet.kafka, settings.backend_timeout_s),
+            publisher=RequestPublisher(settings.fleet.kafka, settings.backend_timeout_s, settings.max_body_bytes),
             listener=ReplyListener(settings.fleet.redis, self.names.reply_stream(settings.gateway_id)),
             metrics=self.metrics,
             version=_package_version(),

@@ -8,9 +8,12 @@ Hierarchy::
           ├── InvalidInputError        400  a tensor that does not fit the model's signature
           ├── ModelNotFoundError       404
           ├── VersionNotFoundError     404
-          ├── PayloadTooLargeError     413  body or Kafka record over its limit
+          ├── PayloadTooLargeError     413  request over max_body_bytes, as sent or as queued
           ├── DeadlineExceededError    504  no reply before the request's deadline
           ├── BackendDownError         503  Kafka or Redis unreachable (or the gateway is stopping)
+          ├── OverloadedError          503  too many requests or body bytes in flight (Retry-After)
+          ├── RequestTimeoutError      408  the body did not arrive within body_timeout_s (connection closed)
+          ├── ClientDisconnectedError  499  the client went away while its body was read (logged at INFO)
           ├── JobNotFoundError         404  unknown async job (or its TTL passed)
           ├── ConflictError            409  cancel of a job that is not pending; reused Idempotency-Key
           └── WorkerReplyError         HTTP_STATUS[code] of a worker's error reply
@@ -23,13 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import TypeVar
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from schemas import HTTP_STATUS, BackendUnavailableError, ErrorCode, FleetError
+from schemas.settings import RedisPoolExhaustedError
 
 log = logging.getLogger("fleet.gateway")
 
@@ -42,7 +47,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class GatewayError(FleetError):
-    """Base of the gateway's own errors."""
+    """Base of the gateway's own errors: extra response headers, and whether the connection is closed after it."""
+
+    headers: Mapping[str, str] = MappingProxyType({})
+    close_connection: bool = False
 
 
 class InvalidRequestError(GatewayError):
@@ -82,13 +90,13 @@ class VersionNotFoundError(GatewayError):
 
 
 class PayloadTooLargeError(GatewayError):
-    """A body or a Kafka record over its size limit."""
+    """A request over the gateway's one size limit (``setting``), as sent or as queued."""
 
     code = ErrorCode.PAYLOAD_TOO_LARGE
 
-    def __init__(self, what: str, size: int | None, limit: int) -> None:
+    def __init__(self, what: str, size: int | None, limit: int, setting: str = "FLEET_GATEWAY_MAX_BODY_BYTES") -> None:
         size_text = "" if size is None else f" of {size} bytes"
-        super().__init__(f"{what}{size_text} exceeds the limit of {limit} bytes")
+        super().__init__(f"{what}{size_text} exceeds the limit of {limit} bytes ({setting})")
 
 
 class DeadlineExceededError(GatewayError):
@@ -112,17 +120,51 @@ class BackendDownError(GatewayError):
         self.backend = backend
 
 
+class OverloadedError(GatewayError):
+    """The gateway holds as many requests (or body bytes) in flight as it may: shed early, retry shortly."""
+
+    code = ErrorCode.OVERLOADED
+    retriable = True
+
+    def __init__(self, what: str, retry_after_s: int = 1) -> None:
+        super().__init__(f"gateway overloaded: {what}; retry in {retry_after_s} s")
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class RequestTimeoutError(GatewayError):
+    """The request body did not arrive in time; the connection is closed after the answer."""
+
+    code = ErrorCode.REQUEST_TIMEOUT
+    close_connection = True
+
+    def __init__(self, timeout_s: float, received: int) -> None:
+        super().__init__(f"request body not received within {timeout_s:g} s ({received} bytes arrived)")
+
+
+class ClientDisconnectedError(GatewayError):
+    """The client closed the connection before its request was read: nobody is left to answer."""
+
+    code = ErrorCode.CLIENT_DISCONNECTED
+    close_connection = True
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"client disconnected while sending the body ({received} bytes arrived)")
+
+
 T = TypeVar("T")
 
 
 async def redis_bounded(call: Awaitable[T], timeout_s: float, what: str) -> T:
     """``await call`` (Redis work) within ``timeout_s``; a timeout, an unreachable Redis, or the schemas
-    stores' BackendUnavailableError becomes ``BackendDownError("redis", ...)``: 503, never a hang."""
+    stores' BackendUnavailableError becomes ``BackendDownError("redis", ...)``: 503, never a hang. A wait
+    for a pooled connection past ``FLEET_REDIS_POOL_TIMEOUT_S`` is ``OverloadedError`` (503, Retry-After)."""
     try:
         async with asyncio.timeout(timeout_s):
             return await call
     except TimeoutError:
         raise BackendDownError("redis", f"{what} took over {timeout_s:g} s") from None
+    except RedisPoolExhaustedError as exc:  # this process is busy, Redis may be fine
+        raise OverloadedError(f"{what}: {exc}") from None
     except (RedisError, OSError) as exc:
         raise BackendDownError("redis", f"{what} failed: {exc or type(exc).__name__}") from None
     except BackendUnavailableError as exc:
@@ -169,7 +211,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = HTTP_STATUS.get(exc.code, 500)
         level = logging.WARNING if status >= 500 else logging.INFO
         log.log(level, "request failed", extra=_extra(request, code=exc.code.value, status=status, error=exc.message))
-        return error_response(status, exc.message, exc.code)
+        response = error_response(status, exc.message, exc.code)
+        if isinstance(exc, GatewayError):
+            response.headers.update(exc.headers)
+            if exc.close_connection:
+                response.force_close()
+        return response
     except web.HTTPException as exc:
         # aiohttp's own answers (no route, wrong method, body over client_max_size) keep their status
         # but get the same JSON error body.

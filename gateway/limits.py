@@ -1,4 +1,5 @@
-"""Input limits the gateway applies besides the body size: HTTP header sizes and tensor element counts.
+"""Input limits the gateway applies besides the body size: HTTP header sizes and tensor element counts,
+and the admission of infer requests (``Admission``: requests and body bytes in flight).
 
 The whole list (see README "Security"): body size (``max_body_bytes``, 413), request line and header
 sizes and count (aiohttp's parser, 400), input tensor elements (``max_tensor_elements``, 400; also
@@ -10,8 +11,88 @@ from __future__ import annotations
 
 import math
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, OverloadedError, PayloadTooLargeError
 from .protocol import InferBody
+
+
+class Admission:
+    """Bounds the infer requests a gateway holds at once, by count and by body bytes.
+
+    ``admit()`` runs before a body is read: a request over either bound is refused at once with
+    ``OverloadedError`` (503 OVERLOADED, ``Retry-After``), so overload is shed at the door instead of
+    queueing until publishes or replies time out. A body without Content-Length (chunked) is counted
+    as it is read (``Ticket.grow``).
+    """
+
+    def __init__(self, max_requests: int, max_bytes: int) -> None:
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.requests = 0
+        self.bytes = 0
+
+    def check(self, declared_bytes: int | None) -> None:
+        """OverloadedError when ``admit()`` would refuse now (counts nothing)."""
+        self.admit(declared_bytes).release()
+
+    def admit(self, declared_bytes: int | None) -> Ticket:
+        """A ticket for one request (release it when the request is done); OverloadedError when full."""
+        if self.requests >= self.max_requests:
+            raise OverloadedError(
+                f"{self.requests} requests in flight (FLEET_GATEWAY_MAX_IN_FLIGHT={self.max_requests})"
+            )
+        ticket = Ticket(self)
+        ticket.grow(declared_bytes or 0)
+        self.requests += 1
+        return ticket
+
+
+class Ticket:
+    """One admitted request's share of an ``Admission``; ``release()`` is idempotent."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._bytes = 0
+        self._released = False
+
+    def grow(self, size: int) -> None:
+        """Count ``size`` more body bytes; OverloadedError (and nothing counted) when over the byte bound."""
+        admission = self._admission
+        if size <= self._bytes:
+            return
+        extra = size - self._bytes
+        if admission.bytes + extra > admission.max_bytes and admission.bytes:
+            # A single body larger than the bound is still admitted when nothing else is in flight (the body
+            # limit, not this one, decides about it), so no request can be refused forever.
+            raise OverloadedError(
+                f"{admission.bytes} body bytes in flight, {size} more would pass "
+                f"FLEET_GATEWAY_MAX_IN_FLIGHT_BYTES={admission.max_bytes}"
+            )
+        admission.bytes += extra
+        self._bytes = size
+
+    def release(self) -> None:
+        """Give the request's count and bytes back."""
+        if self._released:
+            return
+        self._released = True
+        self._admission.bytes -= self._bytes
+        self._admission.requests -= 1
+
+
+def check_declared_body(content_length: int | None, limit: int) -> None:
+    """PayloadTooLargeError when a declared Content-Length is over ``limit`` (before anything is read)."""
+    if content_length is not None and content_length > limit:
+        raise PayloadTooLargeError("request body", content_length, limit)
+
+
+def check_queued_size(size: int, limit: int, setting: str = "FLEET_GATEWAY_MAX_BODY_BYTES") -> None:
+    """PayloadTooLargeError when the request as queued (raw tensors plus envelope) is over ``limit``.
+
+    The same limit as the body's: JSON data (1-3 characters per element) can grow when it becomes raw
+    tensor bytes (up to 8 per element), and the queued record must fit the Kafka record limit.
+    """
+    if size > limit:
+        raise PayloadTooLargeError("request as queued (tensors as raw bytes plus the envelope)", size, limit, setting)
 
 
 def check_tensor_elements(body: InferBody, limit: int) -> None:

@@ -2,9 +2,22 @@
 
 The producer connects in a background routine that retries with backoff: the gateway starts (and
 answers liveness) while Kafka is down, and begins publishing as soon as the broker is reachable.
-Once connected, aiokafka reconnects by itself; every publish is bounded by ``timeout_s``. After a publish
-fails or times out, the publisher answers 503 at once (no request waits on a dead broker) until a
-background metadata probe reaches the cluster again, every ``_PROBE_INTERVAL_S``.
+Once connected, aiokafka reconnects by itself.
+
+A publish has two steps. Handing the record to the producer (``send``: topic metadata, buffer space) is
+bounded by ``timeout_s``; past it the answer is 503 for that request only, and the record was not queued
+(``send`` appends it to a batch without awaiting anything after its last wait, so a cancelled ``send``
+never appended it). Once handed over, the record may land at any moment until aiokafka reports it
+delivered or failed, so the publisher waits for that report, within the caller's deadline (a sync
+request's deadline is the deadline in its envelope: a record that lands after the gateway answered 504
+is answered DEADLINE_EXCEEDED by the worker without running) and never answers 503 for a record that
+may still land. A failed delivery is a 503 for that request.
+
+The breaker (answer 503 at once, no request waits on a dead broker) trips only on evidence that the
+cluster is unreachable: a failed publish, or one slower than ``timeout_s``, makes the publisher ask the
+cluster for metadata, and only when that fails do publishes fail fast, until a background metadata
+probe reaches the cluster again (every ``_PROBE_INTERVAL_S``). A slow publish to one topic on a
+reachable cluster fails nothing else.
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
@@ -21,6 +35,7 @@ from schemas import ENVELOPE_VERSION, InferenceRequest, KafkaSettings
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 
 from .errors import BackendDownError, PayloadTooLargeError
+from .limits import check_queued_size
 
 log = logging.getLogger("fleet.gateway")
 
@@ -33,13 +48,21 @@ _PROBE_INTERVAL_S = 0.25
 class RequestPublisher:
     """One shared AIOKafkaProducer for every request of the process."""
 
-    def __init__(self, kafka: KafkaSettings, timeout_s: float) -> None:
+    def __init__(self, kafka: KafkaSettings, timeout_s: float, max_bytes: int | None = None) -> None:
         self._kafka = kafka
         self._timeout_s = timeout_s
+        if max_bytes is None or max_bytes > kafka.max_request_bytes:
+            self._max_bytes, self._limit_name = kafka.max_request_bytes, "FLEET_KAFKA_MAX_REQUEST_BYTES"
+        else:
+            self._max_bytes, self._limit_name = max_bytes, "FLEET_GATEWAY_MAX_BODY_BYTES"
+        # aiokafka fails a record by itself within about two request timeouts (batch expiry, then the
+        # produce request); this cap only guards against a delivery report that never comes.
+        self._delivery_cap_s = timeout_s + 3 * kafka.request_timeout_ms / 1000
         self._producer: AIOKafkaProducer | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._last_error = "not connected yet"
         self._probe_task: asyncio.Task[None] | None = None  # runs while the broker is believed down
+        self._verify_task: asyncio.Task[None] | None = None  # one metadata check after a failed or slow publish
 
     @property
     def connected(self) -> bool:
@@ -53,12 +76,12 @@ class RequestPublisher:
 
     async def stop(self) -> None:
         """Stop connecting, flush what was sent and close the producer; idempotent."""
-        for task in (self._connect_task, self._probe_task):
+        for task in (self._connect_task, self._probe_task, self._verify_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._connect_task = self._probe_task = None
+        self._connect_task = self._probe_task = self._verify_task = None
         producer, self._producer = self._producer, None
         if producer is not None:
             with contextlib.suppress(KafkaError, OSError):
@@ -66,7 +89,12 @@ class RequestPublisher:
                     await producer.stop()
 
     async def publish(self, topic: str, request: InferenceRequest) -> None:
-        """Produce ``request`` keyed by its id; PayloadTooLargeError (413) or BackendDownError (503)."""
+        """Produce ``request`` keyed by its id and wait until it is delivered.
+
+        PayloadTooLargeError (413) when the record is over the size limit; BackendDownError (503) when the
+        breaker is open, the hand-over took over ``timeout_s`` (not queued), or the delivery failed. Bound
+        the call by the request's deadline: cancelled after the hand-over, the record may still land.
+        """
         producer = self._producer
         if producer is None or self._probe_task is not None:
             raise BackendDownError("kafka", self._last_error)
@@ -74,19 +102,56 @@ class RequestPublisher:
         value = request.to_bytes()
         headers = [(HEADER_REQUEST_ID, key), _VERSION_HEADER]
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-        if size > self._kafka.max_request_bytes:
-            raise PayloadTooLargeError("Kafka record", size, self._kafka.max_request_bytes)
+        check_queued_size(size, self._max_bytes, self._limit_name)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await producer.send_and_wait(topic, value, key=key, headers=headers)
+                delivery = await producer.send(topic, value, key=key, headers=headers)
         except TimeoutError:
-            self._trip(f"publish took longer than {self._timeout_s:g} s")
-            raise BackendDownError("kafka", self._last_error) from None
+            self._verify_soon()
+            raise BackendDownError(
+                "kafka", f"publishing to {topic} timed out after {self._timeout_s:g} s (the request was not queued)"
+            ) from None
         except MessageSizeTooLargeError:
-            raise PayloadTooLargeError("Kafka record", size, self._kafka.max_request_bytes) from None
+            raise PayloadTooLargeError(
+                "Kafka record", len(value), self._kafka.max_request_bytes, "FLEET_KAFKA_MAX_REQUEST_BYTES"
+            ) from None
         except KafkaError as exc:
-            self._trip(f"publish failed: {exc}")
-            raise BackendDownError("kafka", self._last_error) from exc
+            await asyncio.shield(self._verify_soon())
+            raise BackendDownError("kafka", f"publishing to {topic} failed: {exc}") from exc
+        delivery.add_done_callback(_retrieve)  # also when the caller stops waiting (its deadline passed)
+        await self._delivered(topic, delivery)
+
+    async def _delivered(self, topic: str, delivery: asyncio.Future[Any]) -> None:
+        """Wait for aiokafka's report on a handed-over record; 503 only when it says the record failed."""
+        done, _ = await asyncio.wait({delivery}, timeout=self._timeout_s)
+        if not done:
+            self._verify_soon()  # slow: ask the cluster, but keep waiting, the record may land any moment
+            done, _ = await asyncio.wait({delivery}, timeout=self._delivery_cap_s - self._timeout_s)
+        if not done:
+            raise BackendDownError(
+                "kafka", f"no delivery report for {topic} within {self._delivery_cap_s:g} s; the request may still run"
+            )
+        exc = delivery.exception()
+        if exc is not None:
+            await asyncio.shield(self._verify_soon())
+            raise BackendDownError("kafka", f"publishing to {topic} failed: {exc or type(exc).__name__}") from exc
+
+    def _verify_soon(self) -> asyncio.Task[None]:
+        """One metadata check (shared by the publishes that ask at once); trips the breaker when it fails."""
+        if self._verify_task is None:
+            self._verify_task = asyncio.create_task(self._verify_routine(), name="fleet-gateway-kafka-verify")
+        return self._verify_task
+
+    async def _verify_routine(self) -> None:
+        try:
+            try:
+                problem = await self.check()
+            except Exception as exc:  # KafkaError/OSError mostly: the cluster did not answer
+                problem = f"metadata request failed: {exc or type(exc).__name__}"
+            if problem is not None and self._producer is not None:
+                self._trip(problem)
+        finally:
+            self._verify_task = None
 
     def _trip(self, reason: str) -> None:
         """Fail publishes fast until the probe sees the cluster again."""
@@ -143,3 +208,9 @@ class RequestPublisher:
             log.info("kafka producer connected", extra={"bootstrap": self._kafka.bootstrap})
             self._producer = producer
             return
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a delivery report read (asyncio would log an unread failure)."""
+    if not future.cancelled():
+        future.exception()

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
 from schemas import (
@@ -35,12 +36,16 @@ from .errors import (
     REQUEST_ID_HEADER,
     WIRE_ID_KEY,
     BackendDownError,
+    ClientDisconnectedError,
     DeadlineExceededError,
+    GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     VersionNotFoundError,
     WorkerReplyError,
+    error_response,
 )
 from .job_routes import (
     ASYNC_QUERY,
@@ -51,7 +56,7 @@ from .job_routes import (
     wants_async,
 )
 from .jobs import JobStore
-from .limits import check_tensor_elements
+from .limits import Admission, Ticket, check_declared_body, check_tensor_elements
 from .metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from .protocol import (
     HEADER_LENGTH,
@@ -114,7 +119,7 @@ class Routes:
             timeout_s=backends.settings.backend_timeout_s,
         )
         self.draining = False
-        self._in_flight = 0
+        self.admission = Admission(backends.settings.max_in_flight, backends.settings.max_in_flight_bytes)
 
     def add_to(self, app: web.Application) -> None:
         """Register every route on ``app``."""
@@ -127,7 +132,7 @@ class Routes:
         for prefix in (model, versioned):
             app.router.add_get(prefix, self.model_metadata)
             app.router.add_get(prefix + "/ready", self.model_ready)
-            app.router.add_post(prefix + "/infer", self.infer)
+            app.router.add_post(prefix + "/infer", self.infer, expect_handler=self._expect_continue)
         self.jobs.add_to(app)
         RepositoryRoutes(self._b.cache.registry, self._b.settings.backend_timeout_s).add_to(app)
 
@@ -239,17 +244,17 @@ class Routes:
         code: str | None = ErrorCode.INTERNAL.value  # stays so when something unexpected is raised
         metrics = self._b.metrics
         metrics.in_flight.inc()
-        self._in_flight += 1
+        ticket: Ticket | None = None
         try:
-            if self._in_flight > self._b.settings.max_in_flight:
-                raise BackendDownError("gateway", f"more than {self._b.settings.max_in_flight} requests in flight")
+            check_declared_body(request.content_length, self._b.settings.max_body_bytes)
+            ticket = self.admission.admit(request.content_length)  # before the body is read: shed early
             is_async = wants_async(request.query.get(ASYNC_QUERY), request.headers.get(PREFER_HEADER))
             idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
             if idempotency_key is not None:
                 if not is_async:
                     raise InvalidRequestError(f"{IDEMPOTENCY_HEADER} applies to async requests only")
                 check_idempotency_key(idempotency_key)
-            raw = await self._read_body(request)
+            raw = await self._read_body(request, ticket)
             record = await self._record(request.match_info["model"], request.match_info.get("version"))
             label = record.name
             body = parse_infer(raw, request.headers.get(HEADER_LENGTH))
@@ -283,7 +288,8 @@ class Routes:
             code = exc.code.value
             raise
         finally:
-            self._in_flight -= 1
+            if ticket is not None:
+                ticket.release()
             metrics.in_flight.dec()
             metrics.observe(label, loop.time() - started, code, version_label)
         headers = {"Content-Type": rendered.content_type}
@@ -291,14 +297,47 @@ class Routes:
             headers[HEADER_LENGTH] = str(rendered.header_length)
         return web.Response(body=rendered.body, headers=headers)
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        limit = self._b.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLargeError("request body", request.content_length, limit)
+    async def _expect_continue(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: a declared body over the limit gets 413 (a full gateway 503) instead of
+        ``100 Continue``, so the client never sends it; the connection is closed after the answer."""
+        if request.version != HttpVersion11:
+            return None
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get(hdrs.EXPECT)}")
         try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLargeError("request body", None, limit) from None
+            check_declared_body(request.content_length, self._b.settings.max_body_bytes)
+            self.admission.check(request.content_length)
+        except GatewayError as exc:
+            log.info("request refused before 100 Continue", extra={"code": exc.code.value, "error": exc.message})
+            self._b.metrics.refused(_UNKNOWN_MODEL, exc.code.value)
+            response = error_response(exc.http_status, exc.message, exc.code)
+            response.headers.update(exc.headers)
+            response.force_close()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response's size
+        return None
+
+    async def _read_body(self, request: web.Request, ticket: Ticket) -> bytes:
+        """The body, read within ``body_timeout_s`` (else 408) and ``max_body_bytes`` (else 413)."""
+        settings = self._b.settings
+        chunks: list[bytes] = []
+        received = 0
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                while chunk := await request.content.readany():
+                    received += len(chunk)
+                    if received > settings.max_body_bytes:
+                        raise PayloadTooLargeError("request body", None, settings.max_body_bytes)
+                    ticket.grow(received)  # counts a body without Content-Length as it arrives
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeoutError(settings.body_timeout_s, received) from None
+        except ConnectionError:
+            raise ClientDisconnectedError(received) from None
+        except HttpProcessingError as exc:
+            raise InvalidRequestError(f"malformed body: {exc.message}") from None
+        return b"".join(chunks)
 
     async def _round_trip(
         self,

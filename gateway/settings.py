@@ -32,12 +32,33 @@ class GatewaySettings:
         default_factory=default_gateway_id,
         env="FLEET_GATEWAY_ID",
     )
-    max_body_bytes: int = doc("Largest request body accepted; bigger ones get 413.", 32 << 20)
+    max_body_bytes: int = doc(
+        "Largest request, as sent (HTTP body) and as queued (tensors as raw bytes plus the envelope); bigger "
+        "gets 413. At most FLEET_KAFKA_MAX_REQUEST_BYTES.",
+        16 << 20,
+    )
     default_timeout_s: float = doc("Request timeout when the client sets none.", 30.0)
     max_timeout_s: float = doc("Cap on a client-requested timeout.", 300.0)
     registry_cache_ttl_s: float = doc("Seconds a registry lookup is cached (only default pointers move).", 1.0)
     backend_timeout_s: float = doc("Longest a Kafka publish or Redis call may take before the answer is 503.", 1.0)
-    max_in_flight: int = doc("Infer requests handled at once; beyond it the answer is 503 (backpressure).", 10_000)
+    max_in_flight: int = doc("Infer requests handled at once; beyond it the answer is 503 OVERLOADED.", 10_000)
+    max_in_flight_bytes: int = doc(
+        "Body bytes of the infer requests handled at once (Content-Length, checked before reading); beyond it "
+        "the answer is 503 OVERLOADED.",
+        256 << 20,
+    )
+    header_timeout_s: float = doc(
+        "Longest wait for a complete request head after a connection opens or its previous response; the "
+        "connection is closed after it (also the idle keep-alive timeout).",
+        15.0,
+    )
+    body_timeout_s: float = doc(
+        "Longest a request body may take to arrive; later is 408 REQUEST_TIMEOUT and the connection closed.", 60.0
+    )
+    decode_inline_bytes: int = doc(
+        "Bodies up to this size are decoded on the event loop; larger ones in the decode processes.", 256 << 10
+    )
+    decode_processes: int = doc("Processes that decode large bodies (off the event loop).", 2)
     shutdown_grace_s: float = doc("On stop, how long in-flight requests may take to finish.", 10.0)
     job_ttl_s: int = doc(
         "Seconds an async job (status, result, idempotency key) is kept after submission; also the "
@@ -85,9 +106,24 @@ class GatewaySettings:
             raise SettingsError(f"port {self.port} is not in 0..65535")
         if not _GATEWAY_ID.match(self.gateway_id):
             raise SettingsError(f"gateway id {self.gateway_id!r} must be 1-128 of [A-Za-z0-9_.-]")
-        if self.max_body_bytes < 1 or self.max_in_flight < 1:
-            raise SettingsError("max_body_bytes and max_in_flight must be >= 1")
-        for name in ("default_timeout_s", "max_timeout_s", "registry_cache_ttl_s", "backend_timeout_s"):
+        for name in ("max_body_bytes", "max_in_flight", "max_in_flight_bytes", "decode_processes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1")
+        if self.decode_inline_bytes < 0:
+            raise SettingsError("decode_inline_bytes must be >= 0")
+        if self.max_body_bytes > self.fleet.kafka.max_request_bytes:
+            raise SettingsError(
+                f"max_body_bytes {self.max_body_bytes} exceeds the Kafka record limit "
+                f"FLEET_KAFKA_MAX_REQUEST_BYTES={self.fleet.kafka.max_request_bytes}: raise that one too"
+            )
+        for name in (
+            "default_timeout_s",
+            "max_timeout_s",
+            "registry_cache_ttl_s",
+            "backend_timeout_s",
+            "header_timeout_s",
+            "body_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
         if self.job_ttl_s < 1:

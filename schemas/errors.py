@@ -35,6 +35,9 @@ class ErrorCode(StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"  # no API key, or an unknown or revoked one
     FORBIDDEN = "FORBIDDEN"  # the API key may not use this model
     RATE_LIMITED = "RATE_LIMITED"  # the key's or the model's token bucket is empty (see Retry-After)
+    OVERLOADED = "OVERLOADED"  # the gateway holds its most requests or body bytes in flight (see Retry-After)
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"  # the request body did not arrive in time
+    CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED"  # the client closed the connection before its request was read
     INTERNAL = "INTERNAL"
 
 
@@ -58,6 +61,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.CLIENT_DISCONNECTED: 499,  # nginx's "client closed request": never seen by the client
     ErrorCode.INTERNAL: 500,
 }
 

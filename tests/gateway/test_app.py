@@ -22,6 +22,7 @@ from schemas import (
     ModelRecord,
     ModelRegistry,
     Names,
+    SettingsError,
     Tensor,
     TensorSpec,
 )
@@ -150,16 +151,27 @@ async def test_oversized_body_is_413(
         assert resp.status == 413 and "limit of 2048 bytes" in answer["error"]
 
 
-async def test_record_over_kafka_limit_is_413(
+async def test_request_over_the_limit_once_queued_is_413_naming_the_body_limit(
     gateway_settings: GatewaySettings, names: Names, registered: ModelRecord, http: aiohttp.ClientSession
 ) -> None:
-    fleet = gateway_settings.fleet
-    small = replace(fleet, kafka=replace(fleet.kafka, max_request_bytes=1024))
-    async with Gateway(replace(gateway_settings, fleet=small), names=names) as gw:
+    # One documented limit: JSON zeros (2 bytes per element) under the body limit that become FP32 tensors
+    # (4 bytes per element) over it get the same 413 naming the same setting, never a Kafka record message.
+    tensor = {"name": "x", "datatype": "FP32", "shape": [64, 16], "data": [0] * 1024}
+    body = json.dumps({"inputs": [tensor]}, separators=(",", ":"))
+    assert 2048 < len(body) < 3000
+    async with Gateway(replace(gateway_settings, max_body_bytes=3000), names=names) as gw:
         await wait_ready(http, gw)
-        async with http.post(gw.url + INFER, json={"inputs": [x_input(rows=64)]}) as resp:
+        async with http.post(gw.url + INFER, data=body, headers={"Content-Type": "application/json"}) as resp:
             answer = await resp.json()
-        assert resp.status == 413 and "Kafka record" in answer["error"]
+        assert resp.status == 413 and answer["code"] == "PAYLOAD_TOO_LARGE"
+        assert "as queued" in answer["error"]
+        assert "limit of 3000 bytes (FLEET_GATEWAY_MAX_BODY_BYTES)" in answer["error"]
+        assert "Kafka" not in answer["error"]
+
+
+def test_body_limit_above_the_kafka_record_limit_is_refused_at_startup(gateway_settings: GatewaySettings) -> None:
+    with pytest.raises(SettingsError, match="FLEET_KAFKA_MAX_REQUEST_BYTES"):
+        replace(gateway_settings, max_body_bytes=gateway_settings.fleet.kafka.max_request_bytes + 1)
 
 
 # timeouts and unreachable backends -------------------------------------------------------------------------
@@ -389,7 +401,7 @@ async def test_gateway_is_single_use(gateway: Gateway) -> None:
         await gateway.start()
 
 
-async def test_requests_beyond_max_in_flight_are_503(
+async def test_requests_beyond_max_in_flight_are_503_overloaded(
     gateway_settings: GatewaySettings,
     names: Names,
     registered: ModelRecord,
@@ -404,6 +416,8 @@ async def test_requests_beyond_max_in_flight_are_503(
             await requests_topic.getone()  # the first request is published: it is in flight
         async with http.post(gw.url + INFER, json={"inputs": [x_input()]}) as resp:
             answer = await resp.json()
-        assert resp.status == 503 and "more than 1 requests in flight" in answer["error"]
+            retry_after = resp.headers.get("Retry-After")
+        assert resp.status == 503 and answer["code"] == "OVERLOADED" and retry_after == "1"
+        assert "1 requests in flight (FLEET_GATEWAY_MAX_IN_FLIGHT=1)" in answer["error"]
         async with await waiting as resp:
             assert resp.status == 504

@@ -92,8 +92,12 @@ async def test_broker_lost_after_start_is_503_then_recovers(
     async with Gateway(settings, names=names) as gw:
         await wait_ready(http, gw)
         _crash(own_broker)
+        status, error, _ = await _status(http, gw.url)
+        # The record was handed to the producer: the answer waits for its delivery report (a 503 only when
+        # it failed, so the request cannot land after its client was told 503), and the failure trips the breaker.
+        assert status == 503 and error.startswith("kafka unavailable: publishing to ") and "failed" in error
         status, error, took = await _status(http, gw.url)
-        assert (status, error) == (503, "kafka unavailable: publish took longer than 1 s")
+        assert status == 503 and "kafka" in error
         assert took < 2.0
         async with http.get(gw.url + "/v2/health/ready") as resp:
             assert resp.status == 503 and "kafka" in (await resp.json())["error"]

@@ -12,7 +12,7 @@ from schemas import SettingsError
 def test_defaults() -> None:
     settings = GatewaySettings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
-    assert settings.max_body_bytes == 32 << 20
+    assert settings.max_body_bytes == 16 << 20
     assert (settings.default_timeout_s, settings.max_timeout_s) == (30.0, 300.0)
     assert (settings.registry_cache_ttl_s, settings.backend_timeout_s) == (1.0, 1.0)
     assert settings.gateway_id != GatewaySettings().gateway_id  # host-pid-random: unique per instance
@@ -50,6 +50,9 @@ def test_from_env_reads_gateway_and_fleet_variables() -> None:
         ({"FLEET_GATEWAY_BACKEND_TIMEOUT_S": "0"}, "backend_timeout_s"),
         ({"FLEET_GATEWAY_DEFAULT_TIMEOUT_S": "500"}, "must not exceed"),
         ({"FLEET_GATEWAY_MAX_BODY_BYTES": "0"}, "max_body_bytes"),
+        ({"FLEET_GATEWAY_MAX_BODY_BYTES": str(32 << 20)}, "FLEET_KAFKA_MAX_REQUEST_BYTES=16777216: raise that one too"),
+        ({"FLEET_GATEWAY_MAX_IN_FLIGHT_BYTES": "0"}, "max_in_flight_bytes"),
+        ({"FLEET_GATEWAY_BODY_TIMEOUT_S": "0"}, "body_timeout_s"),
         ({"FLEET_GATEWAY_AUTH": "maybe"}, "not a valid bool"),
         ({"FLEET_GATEWAY_AUTH_CACHE_TTL_S": "0"}, "auth_cache_ttl_s"),
         ({"FLEET_GATEWAY_MAX_TENSOR_ELEMENTS": "0"}, "max_tensor_elements"),

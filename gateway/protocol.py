@@ -283,7 +283,7 @@ def render_infer(response: InferenceResponse, body: InferBody, request_id: str) 
         },
         "outputs": entries,
     }
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()  # json_data spells non-finite floats
     if not blobs:
         return Rendered(header, CONTENT_JSON)
     return Rendered(b"".join([header, *blobs]), CONTENT_BINARY, len(header))

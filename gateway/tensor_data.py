@@ -1,8 +1,13 @@
 """Tensor data of OIP v2 bodies <-> wire tensors: JSON ``data`` lists and raw binary-extension bytes.
 
-Pure. JSON data may be flat or nested lists; its element count must match the shape and its values
-the datatype (booleans for BOOL, integers in range for the integer types, numbers for FP*, strings
-for BYTES). Binary data is raw little-endian and row-major; BYTES elements are 4-byte length-prefixed.
+Pure. JSON data may be flat or nested lists (at most ``MAX_DATA_DEPTH`` levels); its element count must
+match the shape and its values the datatype (booleans for BOOL, integers in range for the integer types,
+numbers for FP*, strings for BYTES). Binary data is raw little-endian and row-major; BYTES elements are
+4-byte length-prefixed.
+
+Output data is strict JSON: non-finite floats, which JSON has no number for, are the strings ``"NaN"``,
+``"Infinity"`` and ``"-Infinity"`` (what ``float()`` and ``numpy.array(..., dtype=float32)`` read back, so
+tritonclient's ``as_numpy`` still works), never the bare tokens ``NaN``/``Infinity`` that strict parsers reject.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from schemas.tensors import decode_bytes_elements, encode_bytes_elements
 from .errors import InvalidInputError
 
 _INT_TYPES = {name for name, dtype in NUMPY_DTYPES.items() if dtype.kind in "iu"}
+#: Most levels of nested lists in a JSON ``data`` value (the outer list is level 1).
+MAX_DATA_DEPTH = 32
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
 def tensor_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Tensor:
@@ -25,6 +33,7 @@ def tensor_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any
     if not isinstance(data, list):
         raise InvalidInputError(name, "'data' must be a (possibly nested) list")
     count = math.prod(shape)
+    _check_depth(name, data)
     if datatype == "BYTES":
         flat = _flatten(data, name)
         _check_count(name, len(flat), shape, count)
@@ -75,9 +84,18 @@ def _check_kind(name: str, datatype: str, array: np.ndarray[Any, Any]) -> None:
         raise InvalidInputError(name, f"{datatype} data must be {expected}")
 
 
-def _flatten(data: list[Any], name: str, depth: int = 0) -> list[Any]:
-    if depth > 32:
-        raise InvalidInputError(name, "'data' is nested too deeply")
+def _check_depth(name: str, data: list[Any]) -> None:
+    """Along the first elements (numpy finds any other list of a different depth ragged)."""
+    depth, item = 1, data
+    while item and isinstance(item[0], list):
+        depth, item = depth + 1, item[0]
+        if depth > MAX_DATA_DEPTH:
+            raise InvalidInputError(name, f"'data' is nested more than {MAX_DATA_DEPTH} levels deep")
+
+
+def _flatten(data: list[Any], name: str, depth: int = 1) -> list[Any]:
+    if depth > MAX_DATA_DEPTH:
+        raise InvalidInputError(name, f"'data' is nested more than {MAX_DATA_DEPTH} levels deep")
     flat: list[Any] = []
     for item in data:
         if isinstance(item, list):
@@ -112,5 +130,8 @@ def json_data(tensor: Tensor) -> list[Any]:
     if tensor.datatype == "BYTES":
         count = math.prod(tensor.shape)
         return [item.decode("utf-8", "replace") for item in decode_bytes_elements(tensor.data, count)]
-    values: list[Any] = np.frombuffer(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype]).tolist()
+    array = np.frombuffer(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype])
+    values: list[Any] = array.tolist()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return [x if math.isfinite(x) else _NON_FINITE.get(x, "NaN") for x in values]
     return values

@@ -335,3 +335,31 @@ def test_render_binary(request_body: InferBody, binary_names: list[str]) -> None
         back = Tensor(out["name"], out["datatype"], tuple(out["shape"]), raw).to_numpy()
         np.testing.assert_array_equal(back, _Y if out["name"] == "y" else _S)
     assert offset == len(rendered.body)
+
+
+def _strict_constant(token: str) -> None:
+    raise ValueError(f"invalid JSON token {token}")  # what strict parsers do with NaN/Infinity
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8"])
+def test_non_finite_outputs_render_as_strict_json_strings(dtype: str) -> None:
+    values = np.array([np.nan, np.inf, -np.inf, 1.5], dtype=dtype)
+    rendered = render_infer(_response(Tensor.from_numpy("y", values)), InferBody(inputs=()), "id")
+    doc = json.loads(rendered.body, parse_constant=_strict_constant)
+    data = doc["outputs"][0]["data"]
+    assert data == ["NaN", "Infinity", "-Infinity", 1.5]
+    np.testing.assert_array_equal(np.array(data, dtype=values.dtype), values)  # what tritonclient's as_numpy does
+
+
+@pytest.mark.parametrize(("levels", "accepted"), [(32, True), (33, False), (40, False)])
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES"])
+def test_data_nesting_is_limited_to_32_levels(levels: int, accepted: bool, datatype: str) -> None:
+    data: Any = ["a" if datatype == "BYTES" else 1.0]
+    for _ in range(levels - 1):
+        data = [data]
+    raw = body(tensor(datatype=datatype, shape=[1], data=data))
+    if accepted:
+        assert parse_infer(raw).inputs[0].shape == (1,)
+    else:
+        with pytest.raises(InvalidInputError, match="nested more than 32 levels deep"):
+            parse_infer(raw)

@@ -7,6 +7,10 @@ whatever their lane or try. A batch that fails transiently is retried per reques
 the ``RetryPolicy``; a request out of tries (or of time before its deadline) gets its error reply and
 a dead letter.
 
+A batch that fails permanently is split in halves and the halves run apart (recursively, at most
+``ISOLATION_RUNS`` extra runs per batch), so only the request(s) that make the model fail get MODEL_ERROR
+and the others their answers; a poison request no longer takes its whole batch down.
+
 A round is resumable: ``handle(fetched, outcome)`` after a BackendUnavailableError (the registry was down
 half-way) answers only the records the outcome has not settled yet, so no request runs twice.
 """
@@ -53,6 +57,16 @@ from .stats import ModelStats
 log = logging.getLogger("fleet.workers")
 
 Reply = tuple[ReplyAddress, InferenceResponse]
+
+#: Extra model runs one permanently failing batch may spend finding its failing request(s) by halving.
+ISOLATION_RUNS = 16
+
+
+@dataclass
+class _Isolation:
+    """The extra runs left to a failing batch's bisection."""
+
+    runs_left: int = ISOLATION_RUNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +234,9 @@ class RequestHandler:
                 self._fail(outcome, _request(item), ErrorCode.INVALID_INPUT, exc.message)
             else:
                 valid.append(item)
+        valid = await self._check_bytes_inputs(outcome, record, valid)
         kept = {id(item) for item in valid}
         outcome.settle([item for item in items if id(item) not in kept])
-        valid = await self._check_bytes_inputs(outcome, record, valid)
         if not valid:
             return
         try:
@@ -270,6 +284,7 @@ class RequestHandler:
         items: list[Fetched],
         requests: list[InferenceRequest],
         batch: Batch,
+        isolation: _Isolation | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -284,6 +299,10 @@ class RequestHandler:
                 "transient" if retriable else "permanent",
                 exc,
             )
+            isolation = isolation or _Isolation()
+            if not retriable and len(items) > 1 and isolation.runs_left >= 2:
+                await self._bisect(outcome, runtime, items, requests, batch, isolation)
+                return
             for item in items:
                 if retriable:
                     self._retry_or_give_up(outcome, item, exc.message)
@@ -309,6 +328,23 @@ class RequestHandler:
                 compute_ms=done.compute_s * 1000,
             )
             outcome.replies.append((request.reply, response))
+
+    async def _bisect(
+        self,
+        outcome: RoundOutcome,
+        runtime: Runtime,
+        items: list[Fetched],
+        requests: list[InferenceRequest],
+        batch: Batch,
+        isolation: _Isolation,
+    ) -> None:
+        """Run the halves of a permanently failing batch apart, so only the failing request(s) get the error."""
+        half = len(items) // 2
+        log.info("model %s: running the halves (%d, %d) of a failed batch apart", self._model, half, len(items) - half)
+        for part in (slice(0, half), slice(half, None)):
+            isolation.runs_left -= 1
+            sub = Batch(batch.indices[part], batch.rows[part])
+            await self._run_batch(outcome, runtime, items[part], requests[part], sub, isolation)
 
     def _retry_or_give_up(self, outcome: RoundOutcome, item: Fetched, message: str) -> None:
         """A transient failure: schedule the next try, or answer with the error and dead-letter the request."""

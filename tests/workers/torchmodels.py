@@ -47,3 +47,21 @@ class Flaky(torch.nn.Module):
 def flaky() -> Flaky:
     """The factory named in the record."""
     return Flaky()
+
+
+class Poison(torch.nn.Module):
+    """x[-1,4] -> y[-1,3] that raises ValueError (permanent) for a whole batch when any row starts negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x: Any) -> Any:
+        if bool((x[:, 0] < 0).any()):
+            raise ValueError("a row starts with a negative number")
+        return self.linear(x)
+
+
+def poison() -> Poison:
+    """The factory named in the record."""
+    return Poison()

@@ -1,12 +1,19 @@
 """GPU inventory through NVML (nvidia-ml-py). A machine without NVIDIA GPUs or drivers reports none.
 
 Nothing here raises: a missing library, a missing driver or a failing call all mean "no GPUs".
+
+NVML numbers GPUs by PCI bus, CUDA by ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs) and, without it, fastest
+first: ``cuda:1`` is not NVML index 1 in general. ``stat_for_device`` maps a CUDA device to its NVML entry by
+UUID (torch's device properties when torch sees CUDA, else the ``CUDA_VISIBLE_DEVICES`` entry).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +31,7 @@ class GpuStats:
     utilization: float  # percent of time a kernel ran over the last sample period
     memory_used: int  # bytes
     memory_total: int  # bytes
+    uuid: str = ""  # NVML's "GPU-..." (or "MIG-...") identifier
 
 
 def _nvml() -> Any | None:
@@ -36,9 +44,9 @@ def _nvml() -> Any | None:
     return pynvml
 
 
-def gpu_stats() -> list[GpuStats]:
-    """One entry per visible NVIDIA GPU; empty when NVML is missing or fails."""
-    nvml = _nvml()
+def gpu_stats(nvml: Any | None = None) -> list[GpuStats]:
+    """One entry per NVIDIA GPU NVML sees; empty when NVML is missing or fails (``nvml``: a pynvml stand-in)."""
+    nvml = nvml if nvml is not None else _nvml()
     if nvml is None:
         return []
     stats: list[GpuStats] = []
@@ -48,6 +56,7 @@ def gpu_stats() -> list[GpuStats]:
             name = nvml.nvmlDeviceGetName(handle)
             util = nvml.nvmlDeviceGetUtilizationRates(handle)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            uuid = nvml.nvmlDeviceGetUUID(handle)
             stats.append(
                 GpuStats(
                     index=index,
@@ -55,6 +64,7 @@ def gpu_stats() -> list[GpuStats]:
                     utilization=float(util.gpu),
                     memory_used=int(memory.used),
                     memory_total=int(memory.total),
+                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
                 )
             )
     except Exception as exc:  # any NVML error: report what we have, never fail the caller
@@ -72,15 +82,61 @@ def gpu_count() -> int:
     return len(gpu_stats())
 
 
-def mean_utilization(device: str) -> float | None:
-    """GPU utilization in percent of the GPU behind ``device`` ("cuda" = 0, "cuda:N"); None on the CPU."""
+def _bare_uuid(uuid: str) -> str:
+    """``GPU-0a1b...`` and torch's ``0a1b...`` compare equal."""
+    uuid = uuid.strip().lower()
+    return uuid[4:] if uuid.startswith("gpu-") else uuid
+
+
+def torch_cuda_uuid(index: int) -> str | None:
+    """The UUID torch reports for CUDA device ``index`` (None when torch is not loaded or sees no CUDA)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return None
+        return str(torch.cuda.get_device_properties(index).uuid)
+    except Exception:  # an index out of range, an old torch without .uuid, a driver error
+        return None
+
+
+def stat_for_device(
+    device: str,
+    stats: Sequence[GpuStats] | None = None,
+    *,
+    visible: str | None = None,
+    cuda_uuid: Callable[[int], str | None] = torch_cuda_uuid,
+) -> GpuStats | None:
+    """The NVML entry of the GPU behind CUDA ``device`` ("cuda" = "cuda:0"); None on the CPU or when unknown.
+
+    By UUID: ``cuda_uuid(index)`` first, else entry ``index`` of ``visible`` (default: ``CUDA_VISIBLE_DEVICES``)
+    as a UUID or an NVML index; only with neither is the CUDA index taken for the NVML index.
+    """
     if not device.startswith("cuda"):
         return None
-    index = int(device.partition(":")[2] or 0)
-    for stat in gpu_stats():
-        if stat.index == index:
-            return stat.utilization
-    return None
+    try:
+        index = int(device.partition(":")[2] or 0)
+    except ValueError:
+        return None
+    stats = gpu_stats() if stats is None else stats
+    uuid = cuda_uuid(index)
+    if uuid:
+        return next((s for s in stats if s.uuid and _bare_uuid(s.uuid) == _bare_uuid(uuid)), None)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if visible is not None:
+        entries = [e.strip() for e in visible.split(",") if e.strip()]
+        if index >= len(entries):
+            return None
+        entry = entries[index]
+        if entry.isdigit():
+            return next((s for s in stats if s.index == int(entry)), None)
+        return next((s for s in stats if s.uuid and _bare_uuid(s.uuid).startswith(_bare_uuid(entry))), None)
+    return next((s for s in stats if s.index == index), None)
+
+
+def mean_utilization(device: str) -> float | None:
+    """GPU utilization in percent of the GPU behind ``device`` ("cuda" = 0, "cuda:N"); None on the CPU."""
+    stat = stat_for_device(device)
+    return None if stat is None else stat.utilization
 
 
 @functools.cache  # a process's GPUs do not come and go: one NVML query, not one per served model

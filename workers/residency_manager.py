@@ -22,7 +22,7 @@ from schemas import Names, now_ms
 from schemas.residency import ResidentModel, WorkerResidency
 
 from .errors import ModelLoadError
-from .gpu import gpu_stats
+from .gpu import stat_for_device
 from .residency import MB, Capacity, Key, Residency
 from .residency_metrics import ResidencyMetrics
 
@@ -38,10 +38,9 @@ def worker_capacity(budget_mb: float, overcommit_pct: float, device: str) -> Cap
     if budget_mb > 0:
         return Capacity(int(budget_mb * MB), overcommit_pct)
     if device != "cpu":
-        index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
-        for gpu in gpu_stats():
-            if gpu.index == index:
-                return Capacity(max(0, gpu.memory_total - gpu.memory_used), overcommit_pct)
+        gpu = stat_for_device(device if device.startswith("cuda") else "cuda:0")
+        if gpu is not None:
+            return Capacity(max(0, gpu.memory_total - gpu.memory_used), overcommit_pct)
     return Capacity(None, overcommit_pct)
 
 

@@ -26,6 +26,7 @@ from schemas.logs import request_context
 
 from .auth import Guard
 from .errors import REQUEST_ID_HEADER, WIRE_ID_KEY, Handler, error_middleware
+from .limits import Decoder
 from .metrics import GatewayMetrics
 from .openapi import add_route as add_openapi_route
 from .publisher import RequestPublisher
@@ -179,6 +180,7 @@ class Gateway(AsyncService):
             listener=ReplyListener(settings.fleet.redis, self.names.reply_stream(settings.gateway_id)),
             metrics=self.metrics,
             version=_package_version(),
+            decoder=Decoder(settings.decode_inline_bytes, settings.decode_processes, settings.max_tensor_elements),
         )
 
     async def _backends_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -195,6 +197,7 @@ class Gateway(AsyncService):
                 await webhooks.start()
             yield
         finally:
+            await backends.decoder.stop()  # no request handler is left to use it
             if webhooks is not None:
                 await webhooks.stop()
             await backends.listener.stop()

@@ -9,10 +9,84 @@ the msgpack decode limits of ``schemas.codec`` on everything read from Kafka or 
 
 from __future__ import annotations
 
+import asyncio
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
-from .errors import InvalidInputError, OverloadedError, PayloadTooLargeError
-from .protocol import InferBody
+from schemas import ErrorCode, FleetError
+
+from .errors import GatewayError, InvalidInputError, OverloadedError, PayloadTooLargeError
+from .protocol import InferBody, parse_infer
+
+#: Decode processes are replaced after this many bodies (the memory a huge body took goes with them).
+_TASKS_PER_PROCESS = 100
+
+
+def decode_infer(raw: bytes, header_length: str | None, max_elements: int) -> InferBody | tuple[str, str]:
+    """``parse_infer`` plus the element limit; a domain error comes back as ``(code, message)`` (the
+    gateway's exceptions do not survive pickling, and this runs in a decode process for large bodies)."""
+    try:
+        body = parse_infer(raw, header_length)
+        check_tensor_elements(body, max_elements)
+    except FleetError as exc:
+        return exc.code.value, exc.message
+    return body
+
+
+class Decoder:
+    """Decodes infer bodies: small ones on the event loop, larger ones in a bounded pool of processes.
+
+    JSON parsing of a large body holds the GIL for its whole duration (a thread would still stall the
+    loop), so bodies over ``inline_bytes`` go to ``processes`` spawned processes; the admission limits
+    bound how many wait for them. ``stop()`` shuts the pool down.
+    """
+
+    def __init__(self, inline_bytes: int, processes: int, max_elements: int) -> None:
+        self._inline_bytes = inline_bytes
+        self._processes = processes
+        self._max_elements = max_elements
+        self._pool: ProcessPoolExecutor | None = None
+        self._stopped = False
+
+    async def decode(self, raw: bytes, header_length: str | None) -> InferBody:
+        """The parsed body; GatewayError (400s) for what does not parse."""
+        if len(raw) <= self._inline_bytes:
+            result = decode_infer(raw, header_length, self._max_elements)
+        else:
+            result = await self._in_process(raw, header_length)
+        if isinstance(result, tuple):
+            code, message = result
+            raise GatewayError(message, code=ErrorCode(code))
+        return result
+
+    async def _in_process(self, raw: bytes, header_length: str | None) -> InferBody | tuple[str, str]:
+        if self._stopped:
+            raise GatewayError("the gateway is stopping", code=ErrorCode.BACKEND_UNAVAILABLE)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self._processes,
+                mp_context=multiprocessing.get_context("spawn"),  # never fork a process with running threads
+                max_tasks_per_child=_TASKS_PER_PROCESS,
+            )
+        pool = self._pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, decode_infer, raw, header_length, self._max_elements
+            )
+        except BrokenProcessPool:  # a decode process died (killed, out of memory): start a fresh pool next time
+            if self._pool is pool:
+                self._pool = None
+            pool.shutdown(wait=False)
+            raise GatewayError("a decode process died while decoding this body", code=ErrorCode.INTERNAL) from None
+
+    async def stop(self) -> None:
+        """Shut the decode processes down (idempotent)."""
+        self._stopped = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
 
 
 class Admission:

@@ -56,7 +56,7 @@ from .job_routes import (
     wants_async,
 )
 from .jobs import JobStore
-from .limits import Admission, Ticket, check_declared_body, check_tensor_elements
+from .limits import Admission, Decoder, Ticket, check_declared_body
 from .metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from .protocol import (
     HEADER_LENGTH,
@@ -65,7 +65,6 @@ from .protocol import (
     InferBody,
     check_outputs,
     choose_lane,
-    parse_infer,
     parse_timeout_ms,
     render_infer,
 )
@@ -101,6 +100,7 @@ class Backends:
     listener: ReplyListener
     metrics: GatewayMetrics
     version: str
+    decoder: Decoder
 
 
 class Routes:
@@ -257,8 +257,7 @@ class Routes:
             raw = await self._read_body(request, ticket)
             record = await self._record(request.match_info["model"], request.match_info.get("version"))
             label = record.name
-            body = parse_infer(raw, request.headers.get(HEADER_LENGTH))
-            check_tensor_elements(body, self._b.settings.max_tensor_elements)
+            body = await self._b.decoder.decode(raw, request.headers.get(HEADER_LENGTH))
             body = dataclasses.replace(body, lane=choose_lane(body.lane, request.headers.get(LANE_HEADER)))
             if request.match_info.get("version") is None:  # unversioned: the model's traffic split picks
                 record = await self._b.cache.routed(record, request.headers.get(REQUEST_ID_HEADER) or body.id)

@@ -130,6 +130,11 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     target: Target | None = None
     try:
+        if args.handler is None and args.markdown:
+            from .config_docs import render_markdown
+
+            print(render_markdown(), end="")
+            return 0
         if args.handler is None:
             return show_config(args.service)
         target = resolve(

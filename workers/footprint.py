@@ -9,10 +9,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .gpu import gpu_stats
+from .gpu import GpuStats, gpu_stats, stat_for_device, torch_cuda_uuid
 
 T = TypeVar("T")
 
@@ -50,24 +50,45 @@ def trim_heap() -> None:
         trim(0)
 
 
-def gpu_used_bytes() -> dict[int, int]:
-    """Memory in use per CUDA device index (empty without NVML or GPUs)."""
-    return {gpu.index: gpu.memory_used for gpu in gpu_stats()}
+def gpu_used_bytes(
+    device: str,
+    stats: Sequence[GpuStats] | None = None,
+    *,
+    visible: str | None = None,
+    cuda_uuid: Callable[[int], str | None] = torch_cuda_uuid,
+) -> int | None:
+    """Memory in use on the GPU behind CUDA ``device`` (None on the CPU, without NVML or when unknown).
+
+    The CUDA index is mapped to its NVML GPU by ``workers.gpu.stat_for_device`` (NVML numbers GPUs in PCI
+    order, CUDA fastest first or as ``CUDA_VISIBLE_DEVICES`` lists them); ``visible``/``cuda_uuid`` are its seams.
+    """
+    stat = stat_for_device(device, gpu_stats() if stats is None else stats, visible=visible, cuda_uuid=cuda_uuid)
+    return None if stat is None else stat.memory_used
 
 
-def measure(load: Callable[[], T], device_of: Callable[[T], str], fallback_bytes: int) -> tuple[T, int]:
+def measure(
+    load: Callable[[], T],
+    device_of: Callable[[T], str],
+    fallback_bytes: int,
+    *,
+    read_gpus: Callable[[], list[GpuStats]] = gpu_stats,
+    visible: str | None = None,
+    cuda_uuid: Callable[[int], str | None] = torch_cuda_uuid,
+) -> tuple[T, int]:
     """Run ``load`` and return its result with the memory it took on the device it ended up on.
 
     The difference of two readings can be zero, negative or smaller than the weights (allocator reuse,
     other tenants on the GPU); it is never taken below ``fallback_bytes`` (the artifact size: the
-    weights are in memory once loaded).
+    weights are in memory once loaded). ``read_gpus``, ``visible`` and ``cuda_uuid`` are test seams.
     """
-    rss_before, gpu_before = resident_bytes(), gpu_used_bytes()
+    rss_before, gpus_before = resident_bytes(), read_gpus()
     result = load()
     device = device_of(result)
     if device.startswith("cuda"):
-        index = int(device.partition(":")[2] or 0)
-        delta = gpu_used_bytes().get(index, 0) - gpu_before.get(index, 0)
+        # The device is known only after the load: map it on both readings (same GPU by UUID/index).
+        before = gpu_used_bytes(device, gpus_before, visible=visible, cuda_uuid=cuda_uuid)
+        after = gpu_used_bytes(device, read_gpus(), visible=visible, cuda_uuid=cuda_uuid)
+        delta = 0 if before is None or after is None else after - before
     else:
         delta = resident_bytes() - rss_before
     return result, max(delta, fallback_bytes)

@@ -87,3 +87,31 @@ def test_a_cuda_device_maps_to_its_nvml_gpu_by_uuid(
     stat = stat_for_device(device, stats, visible=visible, cuda_uuid=lambda i: torch_uuid)
     assert (stat.uuid if stat else None) == expected_uuid
 
+
+
+class _LoadingNvml(_FakeNvml):
+    """The fake's two GPUs, where a load adds 3 GiB on the idle GPU-bbb (NVML index 1) once ``loaded`` is set."""
+
+    loaded = False
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> _FakeNvml._Memory:
+        extra = (3 << 30) if self.loaded and handle == 1 else 0
+        return self._Memory(self._GPUS[handle][2] + extra)
+
+
+def test_a_models_gpu_footprint_is_read_on_the_gpu_it_loaded_on() -> None:
+    """A worker pinned to GPU 1 (CUDA_VISIBLE_DEVICES=1, so cuda:0 is NVML 1) measures NVML 1, not NVML 0."""
+    from workers.footprint import gpu_used_bytes, measure
+
+    nvml = _LoadingNvml()
+
+    def load() -> str:
+        nvml.loaded = True
+        return "cuda:0"
+
+    _, size = measure(
+        load, lambda device: device, 1, read_gpus=lambda: gpu_stats(nvml), visible="1", cuda_uuid=lambda i: None
+    )
+    assert size == 3 << 30
+    assert gpu_used_bytes("cuda:0", gpu_stats(nvml), visible="1", cuda_uuid=lambda i: None) == (1 << 30) + (3 << 30)
+    assert gpu_used_bytes("cpu", gpu_stats(nvml)) is None

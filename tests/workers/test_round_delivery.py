@@ -150,7 +150,7 @@ def _worker_settings(settings: FleetSettings, tmp_path: Path, models: tuple[str,
     )
 
 
-# item: Redis server errors are not permanent -----------------------------------------------------------
+# Redis server errors that pass are retried, not taken as permanent ----------------------------------------------------
 async def test_reply_writer_retries_oom_and_keeps_wrongtype_permanent(own_client: Any, names: Names) -> None:
     writer = ReplyWriter(own_client, names)
     stream = names.reply_stream("gw")
@@ -205,7 +205,7 @@ async def _committed_at_least(settings: FleetSettings, names: Names, topic: str,
     return await _committed(settings, names, "tiny", topic) >= count
 
 
-# item: each step of a round happens once -----------------------------------------------------------------
+# Each step of a round happens once, however often delivery is retried -------------------------------------------------
 def _retried(caplog: pytest.LogCaptureFixture, step: str) -> int:
     """Log lines of the consumer retrying ``step`` of a round."""
     return sum(f": {step} failed (" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)

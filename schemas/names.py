@@ -23,6 +23,9 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:model:{m}:traffic           HASH version -> percent of unversioned requests (a canary / A-B
                                        split; absent = all to the default; see `schemas.traffic`)
       {ns}:model:{m}:previous_default  the default before the last change: what `rollback` returns to
+      {ns}:registry:epoch              STRING counter bumped in the same step as every registry write a reader
+                                       may have cached (register, remove, default, split, rollback, a changed
+                                       measured size): readers re-read only when it moved (`schemas.registry`)
       {ns}:replies:{gateway_id}        STREAM of replies for one gateway process
       {ns}:client:{client_id}:replies  STREAM of replies for one direct producer client (`fleet.producer`)
       {ns}:result:{request_id}         first result stored for a request (dedups redelivery; an async
@@ -53,12 +56,18 @@ Layout for namespace ``ns`` (default ``fleet``)::
                                        follows its assignment (no EXPIRE: survives restarts of either side)
       {ns}:placement:{m}               HASH placement status of a model (`autoscaler.placement_store`): state
                                        (placed, partial, schedule_failed, idle), workers, replicas, reason, ts_ms
+                                       (written when it changes; the last round's time is in placements:round)
+      {ns}:placements:round            STRING epoch ms of the placement scheduler's last round (it confirmed
+                                       every stored placement status then)
       {ns}:stats:{m}                   ZSET worker id -> epoch ms of its last service-stats report
       {ns}:stats:{m}:{worker_id}       HASH one worker's service stats for a model (EXPIRE; fields in
                                        `schemas.stats`): written by workers, read by the autoscaler
       {ns}:autoscaler:pins             HASH model -> pinned replicas (manual override; absent = autoscaled)
       {ns}:autoscaler:decision:{m}     HASH the autoscaler's last decision for a model (EXPIRE): desired,
                                        actual, reason, inputs (JSON), capped_by_partitions, pinned, ts_ms
+                                       (written when it changes; deleted when the model goes)
+      {ns}:autoscaler:decisions:round  STRING epoch ms of the autoscaler's last round (EXPIRE): the stored
+                                       decisions are current while it exists
       {ns}:autoscaler:leader           STRING id of the autoscaler that holds the leader lease (PEXPIRE =
                                        lease; `autoscaler.leader`): only that one scales and places
       {ns}:inventory                   ZSET host -> epoch ms of its last GPU inventory report
@@ -218,6 +227,11 @@ class Names:
         """The default version before the last change of a model's default or split (rollback target)."""
         return f"{self.namespace}:model:{model}:previous_default"
 
+    @property
+    def registry_epoch_key(self) -> str:
+        """STRING counter bumped by every registry write a reader may have cached (`schemas.registry`)."""
+        return f"{self.namespace}:registry:epoch"
+
     def reply_stream(self, gateway_id: str) -> str:
         """Reply stream read by one gateway process."""
         return f"{self.namespace}:replies:{gateway_id}"
@@ -305,6 +319,11 @@ class Names:
         return f"{self.namespace}:placement:{model}"
 
     @property
+    def placement_round_key(self) -> str:
+        """STRING epoch ms of the placement scheduler's last round (it confirmed every placement status)."""
+        return f"{self.namespace}:placements:round"
+
+    @property
     def workers_key(self) -> str:
         """ZSET of worker ids scored by last heartbeat (epoch ms)."""
         return f"{self.namespace}:workers"
@@ -330,6 +349,11 @@ class Names:
     def decision_key(self, model: str) -> str:
         """HASH of the autoscaler's last decision for ``model``."""
         return f"{self.namespace}:autoscaler:decision:{model}"
+
+    @property
+    def decision_round_key(self) -> str:
+        """STRING epoch ms of the autoscaler's last round (EXPIRE): stored decisions are current while it exists."""
+        return f"{self.namespace}:autoscaler:decisions:round"
 
     @property
     def inventory_index_key(self) -> str:

@@ -165,6 +165,7 @@ class ModelRegistry:
         self._set_traffic = redis.register_script(SET_TRAFFIC_SCRIPT)
         self._set_default = redis.register_script(SET_DEFAULT_SCRIPT)
         self._rollback = redis.register_script(ROLLBACK_SCRIPT)
+        self._set_measured = redis.register_script(_SET_MEASURED_SCRIPT)
 
     async def register(self, record: ModelRecord, *, make_default: bool = False) -> bool:
         """Store ``record``; True if it is new. The first version of a model becomes its default.
@@ -188,9 +189,10 @@ class ModelRegistry:
                 pipe.sadd(n.versions_key(record.name), record.version)
                 if make_default:
                     default_keys = (n.default_key(record.name), n.previous_default_key(record.name))
-                    pipe.eval(SET_DEFAULT_SCRIPT, 2, *default_keys, record.version)
+                    pipe.eval(SET_DEFAULT_SCRIPT, 3, *default_keys, n.registry_epoch_key, record.version)
                 else:
                     pipe.set(n.default_key(record.name), record.version, nx=True)
+                pipe.incr(n.registry_epoch_key)
                 await pipe.execute()
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
@@ -278,7 +280,8 @@ class ModelRegistry:
         await self.get(model, version)
         n = self._names
         try:
-            await self._set_default(keys=[n.default_key(model), n.previous_default_key(model)], args=[version])
+            keys = [n.default_key(model), n.previous_default_key(model), n.registry_epoch_key]
+            await self._set_default(keys=keys, args=[version])
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
 
@@ -304,7 +307,13 @@ class ModelRegistry:
         Starting a split (none stored) keeps the current default as the rollback target.
         """
         n = self._names
-        keys = [n.traffic_key(model), n.default_key(model), n.previous_default_key(model), n.versions_key(model)]
+        keys = [
+            n.traffic_key(model),
+            n.default_key(model),
+            n.previous_default_key(model),
+            n.versions_key(model),
+            n.registry_epoch_key,
+        ]
         args = [field for pair in split.to_hash().items() for field in pair]
         try:
             outcome = await self._set_traffic(keys=keys, args=args)
@@ -324,7 +333,11 @@ class ModelRegistry:
         if not await self.exists(model):
             raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
         try:
-            return bool(await self._redis.delete(self._names.traffic_key(model)))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._names.traffic_key(model))
+                pipe.incr(self._names.registry_epoch_key)
+                deleted, _ = await pipe.execute()
+            return bool(deleted)
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
 
@@ -334,7 +347,13 @@ class ModelRegistry:
         Returns (default before, default after); RegistryError when there is nothing to roll back.
         """
         n = self._names
-        keys = [n.traffic_key(model), n.default_key(model), n.previous_default_key(model), n.versions_key(model)]
+        keys = [
+            n.traffic_key(model),
+            n.default_key(model),
+            n.previous_default_key(model),
+            n.versions_key(model),
+            n.registry_epoch_key,
+        ]
         try:
             outcome = await self._rollback(keys=keys, args=[])
         except RedisError as exc:
@@ -352,9 +371,10 @@ class ModelRegistry:
 
     async def record_measured_size(self, model: str, version: str, size_bytes: int, device_kind: str = CPU) -> None:
         """Store the footprint a worker measured after loading on a ``device_kind`` device (replaces the
-        declared size for workers on that kind of device)."""
+        declared size for workers on that kind of device); a changed size bumps the registry epoch."""
+        keys = [self._names.measured_key(model, version, device_kind), self._names.registry_epoch_key]
         try:
-            await self._redis.set(self._names.measured_key(model, version, device_kind), int(size_bytes))
+            await self._set_measured(keys=keys, args=[int(size_bytes)])
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
 
@@ -400,10 +420,21 @@ class ModelRegistry:
                     pipe.srem(n.models_key, model)
                 elif previous in doomed:
                     pipe.delete(n.previous_default_key(model))  # nothing left to roll back to
+                pipe.incr(n.registry_epoch_key)
                 await pipe.execute()
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
         return doomed
+
+
+#: KEYS: measured size, registry epoch; ARGV: bytes. Stores the size; bumps the epoch only when it changed
+#: (workers write it after every load, most of them with the size measured before).
+_SET_MEASURED_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[2])
+return 1
+"""
 
 
 def _text(value: bytes | str) -> str:
@@ -413,3 +444,161 @@ def _text(value: bytes | str) -> str:
 def _by_kind(values: list[Any]) -> dict[str, int]:
     """Measured sizes read for ``DEVICE_KINDS`` (in that order) -> {kind: bytes}, the missing ones left out."""
     return {kind: int(value) for kind, value in zip(DEVICE_KINDS, values, strict=True) if value is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One model as a `RegistryCache` refresh found it."""
+
+    default: str | None
+    split: TrafficSplit | None
+    versions: frozenset[str]
+    #: Why the model's stored entries are unusable (a malformed split), or "".
+    error: str = ""
+
+
+class RegistryCache:
+    """Registry reads for control loops that cost one GET per round while nothing changes.
+
+    `refresh` reads ``Names.registry_epoch_key``; only when it moved (every registry write bumps it in the
+    same step) does it read the model list, each model's default, split and versions, the measured sizes of
+    the versions in use and the records not seen before (a few pipelined round trips). Records are kept for
+    good, keyed by (model, version): a version is immutable while it is registered; one that is no longer
+    registered is forgotten. Between refreshes every read is answered from memory. Not for concurrent use
+    by several tasks.
+    """
+
+    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
+        self._redis = redis
+        self._names = names
+        self._epoch: bytes | None = None
+        self._loaded = False
+        self._models: tuple[str, ...] = ()
+        self._entries: dict[str, _Entry] = {}
+        self._records: dict[tuple[str, str], ModelRecord] = {}
+        self._bad: dict[tuple[str, str], str] = {}
+        self._measured: dict[tuple[str, str], dict[str, int]] = {}
+        #: Refreshes that re-read the registry (the epoch had moved), for tests and metrics.
+        self.reloads = 0
+
+    async def refresh(self) -> bool:
+        """Re-read what changed since the last call; True when the epoch had moved. Raises
+        BackendUnavailableError when Redis cannot be read (the cached view stays as it was)."""
+        try:
+            epoch = await self._redis.get(self._names.registry_epoch_key)
+            if self._loaded and epoch == self._epoch:
+                return False
+            await self._reload()
+        except RedisError as exc:
+            raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
+        # Stored only once the reload succeeded: a failed one is tried again next time.
+        self._epoch, self._loaded = epoch, True
+        self.reloads += 1
+        return True
+
+    async def _reload(self) -> None:
+        n = self._names
+        models = sorted(_text(m) for m in await self._redis.smembers(n.models_key))
+        entries: dict[str, _Entry] = {}
+        if models:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for model in models:
+                    pipe.get(n.default_key(model))
+                    pipe.hgetall(n.traffic_key(model))
+                    pipe.smembers(n.versions_key(model))
+                raw = await pipe.execute()
+            for i, model in enumerate(models):
+                default, traffic, versions = raw[3 * i : 3 * i + 3]
+                split: TrafficSplit | None = None
+                error = ""
+                try:
+                    split = TrafficSplit.from_hash(traffic)
+                except SchemaError as exc:
+                    error = exc.message
+                entries[model] = _Entry(
+                    None if default is None else _text(default),
+                    split,
+                    frozenset(_text(v) for v in versions),
+                    error,
+                )
+        for table in (self._records, self._bad):
+            for key in [k for k in table if k[1] not in entries.get(k[0], _NO_ENTRY).versions]:
+                del table[key]
+        wanted = sorted({(m, v) for m, e in entries.items() for v in _versions_in_use(e) if v in e.versions})
+        missing = [key for key in wanted if key not in self._records and key not in self._bad]
+        measured: dict[tuple[str, str], dict[str, int]] = {}
+        if wanted:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for model, version in wanted:
+                    pipe.mget([n.measured_key(model, version, kind) for kind in DEVICE_KINDS])
+                for model, version in missing:
+                    pipe.get(n.record_key(model, version))
+                raw = await pipe.execute()
+            for key, sizes in zip(wanted, raw[: len(wanted)], strict=True):
+                measured[key] = _by_kind(sizes)
+            for key, data in zip(missing, raw[len(wanted) :], strict=True):
+                if data is None:
+                    continue  # removed between the reads: the next epoch says so
+                try:
+                    self._records[key] = ModelRecord.from_bytes(data if isinstance(data, bytes) else data.encode())
+                except SchemaError as exc:
+                    self._bad[key] = exc.message
+        self._models, self._entries, self._measured = tuple(models), entries, measured
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the cached view (0 before any registry write)."""
+        return int(self._epoch or 0)
+
+    def models(self) -> list[str]:
+        """Registered models, sorted, as of the last refresh."""
+        return list(self._models)
+
+    def default_version(self, model: str) -> str | None:
+        """The default version of ``model`` or None."""
+        entry = self._entries.get(model)
+        return None if entry is None else entry.default
+
+    def traffic(self, model: str) -> TrafficSplit | None:
+        """The traffic split of ``model`` or None; SchemaError when the stored one is malformed."""
+        entry = self._entries.get(model)
+        if entry is not None and entry.error:
+            raise SchemaError(entry.error)
+        return None if entry is None else entry.split
+
+    def get_sized(
+        self, model: str, version: str | None = None, *, device_kind: str = CPU
+    ) -> tuple[ModelRecord, dict[str, int]]:
+        """Like `ModelRegistry.get_sized`, from memory, for the default version and those of the split;
+        RegistryError when unknown (or not in use), SchemaError when the stored record is malformed."""
+        entry = self._entries.get(model)
+        if entry is None or entry.default is None:
+            raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
+        version = entry.default if version is None else version
+        key = (model, version)
+        if key in self._bad:
+            raise SchemaError(self._bad[key])
+        record = self._records.get(key)
+        if record is None or key not in self._measured:
+            raise RegistryError(f"model {model!r} has no version {version!r}", code=ErrorCode.VERSION_NOT_FOUND)
+        measured = dict(self._measured[key])
+        other_kind = GPU if device_kind == CPU else CPU
+        size = measured.get(device_kind, measured.get(other_kind))
+        if size is not None:
+            record = replace(record, size_bytes=size, size_measured=True)
+        return record, measured
+
+    def get(self, model: str, version: str | None = None, *, device_kind: str = CPU) -> ModelRecord:
+        """`get_sized` without the measured sizes."""
+        return self.get_sized(model, version, device_kind=device_kind)[0]
+
+
+_NO_ENTRY = _Entry(None, None, frozenset())
+
+
+def _versions_in_use(entry: _Entry) -> set[str]:
+    """The default version and every version the split names."""
+    versions = set() if entry.split is None else set(entry.split.versions)
+    if entry.default is not None:
+        versions.add(entry.default)
+    return versions

@@ -127,9 +127,10 @@ def _text(value: bytes | str) -> str:
 
 _RANDOM = random.Random()
 
-#: KEYS: split, default, previous default, versions SET; ARGV: version, percent, version, percent, ...
+#: KEYS: split, default, previous default, versions SET, registry epoch; ARGV: version, percent, version, ...
 #: Replaces the split. When no split existed (a rollout starts), the current default is kept as the
 #: previous default, so ``rollback`` returns to it. Returns {"ok", default} | {"missing", version} | {"nomodel"}.
+#: A change bumps the registry epoch (``Names.registry_epoch_key``) in the same step.
 SET_TRAFFIC_SCRIPT = """
 for i = 1, #ARGV, 2 do
   if redis.call('SISMEMBER', KEYS[4], ARGV[i]) == 0 then return {'missing', ARGV[i]} end
@@ -139,20 +140,23 @@ if not current then return {'nomodel'} end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[3], current) end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('INCR', KEYS[5])
 return {'ok', current}
 """
 
-#: KEYS: default, previous default; ARGV: the new default. Keeps the old default as the previous one.
+#: KEYS: default, previous default, registry epoch; ARGV: the new default. Keeps the old default as the
+#: previous one; a change bumps the registry epoch.
 SET_DEFAULT_SCRIPT = """
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] then redis.call('SET', KEYS[2], current) end
+if current ~= ARGV[1] then redis.call('INCR', KEYS[3]) end
 redis.call('SET', KEYS[1], ARGV[1])
 return current
 """
 
-#: KEYS: split, default, previous default, versions SET. Clears the split and points the default back
-#: at the previous default (the current one when there is none, or it was removed), forgetting the
-#: history. Returns {"ok", from, to} | {"nothing", default} | {"nomodel"}.
+#: KEYS: split, default, previous default, versions SET, registry epoch. Clears the split and points the
+#: default back at the previous default (the current one when there is none, or it was removed), forgetting
+#: the history and bumping the registry epoch. Returns {"ok", from, to} | {"nothing", default} | {"nomodel"}.
 ROLLBACK_SCRIPT = """
 local current = redis.call('GET', KEYS[2])
 if not current then return {'nomodel'} end
@@ -162,5 +166,6 @@ local target = previous or current
 if target == current and redis.call('EXISTS', KEYS[1]) == 0 then return {'nothing', current} end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SET', KEYS[2], target)
+redis.call('INCR', KEYS[5])
 return {'ok', current, target}
 """

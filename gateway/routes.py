@@ -74,6 +74,7 @@ from .replies import ReplyListener
 from .repository import RepositoryRoutes
 from .serviceability import ServiceabilityView
 from .settings import GatewaySettings
+from .shedding import ModelQueues
 
 log = logging.getLogger("fleet.gateway")
 
@@ -120,6 +121,8 @@ class Routes:
         )
         self.draining = False
         self.admission = Admission(backends.settings.max_in_flight, backends.settings.max_in_flight_bytes)
+        #: Sync requests waiting per model and their reply rate (deadline-aware shedding).
+        self.queues = ModelQueues() if backends.settings.shed_late_requests else None
 
     def add_to(self, app: web.Application) -> None:
         """Register every route on ``app``."""
@@ -364,17 +367,25 @@ class Routes:
             deadline_ms=started_ms + timeout_ms,
             created_ms=started_ms,
         )
+        deadline = started + timeout_ms / 1000.0
+        if self.queues is not None:  # 503 now rather than a 504 after waiting out the timeout
+            self.queues.admit(record.name, deadline - asyncio.get_running_loop().time())
+        answered = False
         # Register before publishing: a fast worker may answer before publish() returns.
         future = listener.expect(wire_id)
         try:
-            async with asyncio.timeout_at(started + timeout_ms / 1000.0):
+            async with asyncio.timeout_at(deadline):
                 topic = self._b.names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
                 await self._b.publisher.publish(topic, message)
-                return await future
+                response = await future
+                answered = True
+                return response
         except TimeoutError:
             raise DeadlineExceededError(record.name, timeout_ms) from None
         finally:
             listener.discard(wire_id)
+            if self.queues is not None:
+                self.queues.done(record.name, answered)
 
 
 def _spec(spec: TensorSpec) -> dict[str, Any]:

@@ -42,6 +42,11 @@ class GatewaySettings:
     registry_cache_ttl_s: float = doc("Seconds a registry lookup is cached (only default pointers move).", 1.0)
     backend_timeout_s: float = doc("Longest a Kafka publish or Redis call may take before the answer is 503.", 1.0)
     max_in_flight: int = doc("Infer requests handled at once; beyond it the answer is 503 OVERLOADED.", 10_000)
+    shed_late_requests: bool = doc(
+        "Refuse at once (503 OVERLOADED) a sync request that would wait for its model longer than its timeout, "
+        "judged from the replies this gateway sees.",
+        True,
+    )
     max_in_flight_bytes: int = doc(
         "Body bytes of the infer requests handled at once (Content-Length, checked before reading); beyond it "
         "the answer is 503 OVERLOADED.",

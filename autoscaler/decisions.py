@@ -1,4 +1,4 @@
-"""The last decision per model in Redis, for ``fleet status``: ``names.decision_key(model)`` (a HASH with TTL).
+"""The last decision per model in Redis, for ``fleet status``: ``names.decision_key(model)`` (a HASH).
 
 Fields (all text)::
 
@@ -11,17 +11,21 @@ Fields (all text)::
     pinned                1 when an operator pin decided, else 0
     ts_ms                 epoch ms of the decision
 
-The autoscaler overwrites the hash every round (one pipelined round trip for all models); the TTL makes the
-record of a stopped autoscaler disappear.
+A round writes only the decisions that changed (one pipelined round trip), so an idle fleet costs the same
+whatever its model count; what counts as a change ignores how long an idle model has been idle (``idle_for_s``
+and the "idle for N s" of the reason), which `DecisionStore.read` brings up to date. Every round also stamps
+``names.decision_round_key`` (epoch ms, EXPIRE ``ttl_s``): the stored decisions are those of that round, and
+once a stopped autoscaler's stamp expires `DecisionStore.read` returns none.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -33,8 +37,35 @@ from .policy import Decision
 
 log = logging.getLogger("fleet.autoscaler")
 
-#: Default lifetime of a decision hash.
+#: Default lifetime of the round stamp (the stored decisions count as current while it exists).
 DEFAULT_DECISION_TTL_S = 60
+
+#: The idle time in a reason (`autoscaler.policy`), which grows every round while nothing else changes.
+_IDLE_FOR = re.compile(r"idle for (\d+(?:\.\d+)?)s")
+
+
+def _material(fields: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """What a change of the decision is: every field but the time and the idle time (idle or not counts)."""
+    inputs = json.loads(fields["inputs"])
+    idle = inputs.pop("idle_for_s", 0)
+    inputs["idle"] = isinstance(idle, int | float) and idle > 0
+    kept = {k: v for k, v in fields.items() if k not in ("ts_ms", "inputs")}
+    kept["reason"] = _IDLE_FOR.sub("idle for ?s", kept["reason"])
+    kept["inputs"] = json.dumps(inputs, sort_keys=True)
+    return tuple(sorted(kept.items()))
+
+
+def _aged(record: DecisionRecord, now_ms: float) -> DecisionRecord:
+    """``record`` as the round at ``now_ms`` re-made it: its idle time grown by the time since it was written."""
+    idle = record.inputs.get("idle_for_s")
+    if now_ms <= record.ts_ms:
+        return record
+    if not isinstance(idle, int | float) or idle <= 0:
+        return replace(record, ts_ms=now_ms)
+    grown = idle + (now_ms - record.ts_ms) / 1000.0
+    reason = _IDLE_FOR.sub(f"idle for {grown:.1f}s", record.reason)
+    inputs = {**record.inputs, "idle_for_s": round(grown, 3)}
+    return replace(record, ts_ms=now_ms, reason=reason, inputs=inputs)
 
 
 @dataclass(frozen=True)
@@ -101,39 +132,61 @@ class DecisionRecord:
 
 
 class DecisionStore:
-    """Writes each round's decisions and reads them back (``fleet status``)."""
+    """Writes each round's changed decisions and reads them back (``fleet status``)."""
 
     def __init__(self, redis: Any, names: Names, *, ttl_s: int = DEFAULT_DECISION_TTL_S) -> None:
         self._redis = redis
         self._names = names
         self.ttl_s = ttl_s
+        #: What this store last wrote per model (`_material`).
+        self._written: dict[str, tuple[tuple[str, str], ...]] = {}
 
     async def publish(self, decisions: Sequence[Decision], *, at_ms: float | None = None) -> None:
-        """Store the decisions of one round in one pipelined round trip; raises StatsError."""
+        """Store the decisions of one round that changed since this store wrote them, and stamp the round,
+        in one pipelined round trip; raises StatsError."""
         if not decisions:
             return
         ts = time.time() * 1000.0 if at_ms is None else at_ms
+        changed: dict[str, tuple[dict[str, str], tuple[tuple[str, str], ...]]] = {}
+        for decision in decisions:
+            fields = DecisionRecord.from_decision(decision, ts).to_fields()
+            material = _material(fields)
+            if self._written.get(decision.model) != material:
+                changed[decision.model] = (fields, material)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for decision in decisions:
-                    key = self._names.decision_key(decision.model)
+                for model, (fields, _) in changed.items():
+                    key = self._names.decision_key(model)
                     pipe.delete(key)
-                    pipe.hset(key, mapping=DecisionRecord.from_decision(decision, ts).to_fields())
-                    pipe.expire(key, self.ttl_s)
+                    pipe.hset(key, mapping=fields)
+                pipe.set(self._names.decision_round_key, str(int(ts)), ex=self.ttl_s)
                 await pipe.execute()
         except RedisError as exc:
+            self._written.clear()  # unknown what was stored: write everything next time
             raise StatsError(f"storing decisions failed: {exc}") from exc
+        # A model missing from this round (removed, or failed this once) is written again when it comes back.
+        present = {d.model for d in decisions}
+        self._written = {m: w for m, w in self._written.items() if m in present}
+        self._written.update((model, material) for model, (_, material) in changed.items())
 
     async def read(self, models: Sequence[str]) -> dict[str, DecisionRecord]:
-        """The stored decision of each of ``models`` that has one; raises StatsError."""
+        """The stored decision of each of ``models`` that has one, as of the autoscaler's last round (none once
+        its round stamp expired: no autoscaler runs); raises StatsError."""
         if not models:
             return {}
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._names.decision_round_key)
                 for model in models:
                     pipe.hgetall(self._names.decision_key(model))
-                hashes = await pipe.execute()
+                stamp, *hashes = await pipe.execute()
         except RedisError as exc:
             raise StatsError(f"reading decisions failed: {exc}") from exc
+        if stamp is None:
+            return {}
+        try:
+            round_ms = float(stamp)
+        except ValueError:
+            round_ms = 0.0
         records = (DecisionRecord.from_fields(m, h) for m, h in zip(models, hashes, strict=True))
-        return {r.model: r for r in records if r is not None}
+        return {r.model: _aged(r, round_ms) for r in records if r is not None}

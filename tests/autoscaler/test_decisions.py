@@ -31,7 +31,10 @@ async def test_control_loop_records_decisions(redis_client: Any, names: Names) -
     assert sorted(records) == ["a", "b"]
     a = records["a"]
     assert (a.desired, a.actual, a.direction) == (3, 0, "up") and a.inputs["lag"] == 250 and "lag 250" in a.reason
-    assert 0 < await redis_client.ttl(names.decision_key("a")) <= 30
+    # The round stamp carries the TTL: once a stopped autoscaler's stamp is gone, no decision is current.
+    assert 0 < await redis_client.ttl(names.decision_round_key) <= 30
+    await redis_client.delete(names.decision_round_key)
+    assert await store.read(["a", "b"]) == {}
 
 
 class BrokenSink:

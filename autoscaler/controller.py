@@ -111,6 +111,8 @@ class Autoscaler(AsyncService):
         self._crash: BaseException | None = None
         #: The latest decision of each model.
         self.decisions: dict[str, Decision] = {}
+        #: Models whose workers reported stats last round (their stats are read while they do).
+        self._reporting: set[str] = set()
 
     async def _configured_models(self) -> Sequence[str]:
         return self.settings.models
@@ -133,10 +135,21 @@ class Autoscaler(AsyncService):
             return []
         pins = await self._read_pins()
         caps = await self._read_caps(models)
-        decisions: list[Decision] = []
+        current: dict[str, int] = {}
         for model in models:
             try:
-                decision = await self._scale_model(model, loads[model], pins.get(model), caps.get(model))
+                current[model] = await self._replicas(model)
+            except AutoscalerError as exc:
+                log.warning("autoscaling %s failed this round: %s", model, exc)
+                self.metrics.errors.labels(model, exc.code).inc()
+        stats = await self._read_stats([m for m in current if self._needs_stats(m, loads[m], current[m])])
+        decisions: list[Decision] = []
+        for model, replicas in current.items():
+            load = loads[model]
+            try:
+                decision = await self._scale_model(
+                    model, load, stats.get(model, ServiceStats()), replicas, pins.get(model), caps.get(model)
+                )
             except AutoscalerError as exc:
                 log.warning("autoscaling %s failed this round: %s", model, exc)
                 self.metrics.errors.labels(model, exc.code).inc()
@@ -144,6 +157,33 @@ class Autoscaler(AsyncService):
             decisions.append(decision)
         await self._record(decisions)
         return decisions
+
+    def _needs_stats(self, model: str, load: ModelLoad, current: int) -> bool:
+        """Whether the workers' stats of ``model`` can matter this round: it has workers, work or reporters.
+        A model with none of them is skipped (its stats are all zero; the policy would decide the same), so
+        idle models cost no stats reads."""
+        return (
+            current > 0 or load.lag > 0 or load.arrival_rate > 0 or load.completion_rate > 0 or model in self._reporting
+        )
+
+    async def _read_stats(self, models: Sequence[str]) -> dict[str, ServiceStats]:
+        """Stats of ``models``: in one batch when the source can (``read_many``), else one by one; a model
+        whose stats cannot be read gets defaults."""
+        stats: dict[str, ServiceStats] = {}
+        read_many = getattr(self._stats, "read_many", None)
+        if read_many is not None and models:
+            try:
+                stats = dict(await read_many(models))
+            except AutoscalerError as exc:
+                log.warning("service stats unavailable, assuming defaults: %s", exc)
+        else:
+            for model in models:
+                try:
+                    stats[model] = await self._stats.read(model)
+                except AutoscalerError as exc:
+                    log.warning("service stats of %s unavailable, assuming defaults: %s", model, exc)
+        self._reporting = {m for m, s in stats.items() if s.replicas_reporting > 0}
+        return stats
 
     async def _record(self, decisions: Sequence[Decision]) -> None:
         if self._sink is None or not decisions:
@@ -172,18 +212,23 @@ class Autoscaler(AsyncService):
             log.warning("per-model replica caps unreadable this round: %s", exc)
             return {}
 
-    async def _scale_model(self, model: str, load: ModelLoad, pinned: int | None, cap: int | None = None) -> Decision:
+    async def _replicas(self, model: str) -> int:
         try:
-            stats = await self._stats.read(model)
-        except AutoscalerError as exc:
-            log.warning("service stats of %s unavailable, assuming defaults: %s", model, exc)
-            stats = ServiceStats()
-        try:
-            current = await self.backend.replicas(model)
+            return await self.backend.replicas(model)
         except AutoscalerError:
             raise
         except Exception as exc:
             raise BackendError(f"replicas({model!r}) failed: {exc!r}") from exc
+
+    async def _scale_model(
+        self,
+        model: str,
+        load: ModelLoad,
+        stats: ServiceStats,
+        current: int,
+        pinned: int | None,
+        cap: int | None = None,
+    ) -> Decision:
         decision = self.policy.decide(model, load, stats, current, self._clock(), pinned=pinned, max_replicas=cap)
         self.decisions[model] = decision
         self.metrics.observe(load, stats, decision)

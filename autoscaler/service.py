@@ -1,7 +1,8 @@
 """The autoscaler service: the control loop wired to Kafka, Redis, a worker backend, the GPU inventory and a
 Prometheus endpoint. ``python -m autoscaler`` runs `run`; ``fleet up`` can embed `AutoscalerService`.
 
-Models: the configured list, or every model of the registry (re-read every round) when it is empty.
+Models: the configured list, or every model of the registry when it is empty. The registry is read through a
+`schemas.registry.RegistryCache`: one GET of the registry epoch per round, the rest only when it moved.
 Leader election (``FLEET_AUTOSCALER_LEADER_ELECTION``, on by default; `autoscaler.leader`): of several
 autoscalers of one namespace only the lease holder measures, scales and places; the others stand by,
 publishing their inventory and metrics, and take over within the lease when it goes.
@@ -29,9 +30,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from redis.exceptions import RedisError
 
-from schemas import FleetError, ModelRegistry, Names, SchemaError
+from schemas import FleetError, Names, SchemaError
 from schemas.eventloop import AsyncService
 from schemas.limits import ModelLimits
+from schemas.registry import RegistryCache
 
 from .backends import KubernetesBackend, LocalProcessBackend, PlacementBackend
 from .collector import LagCollector
@@ -102,6 +104,7 @@ class AutoscalerService(AsyncService):
         self.inventory: InventoryPublisher | None = None
         self.lease: LeaderLease | None = None
         self._redis: Any = None
+        self._registry: RegistryCache | None = None
         self._collector: LagCollector | None = None
         self._runner: web.AppRunner | None = None
         self._known_models: list[str] = []
@@ -126,6 +129,7 @@ class AutoscalerService(AsyncService):
     async def _start(self) -> None:
         s = self.settings
         self._redis = s.fleet.redis.client()
+        self._registry = RegistryCache(self._redis, self.names)
         await self.backend.start()
         self._collector = LagCollector(s.fleet, half_life_s=s.smoothing_half_life_s)
         await self._collector.start()
@@ -247,23 +251,36 @@ class AutoscalerService(AsyncService):
     async def _models(self) -> Sequence[str]:
         if self.settings.models:
             return self.settings.models
+        registry = self._registry
+        if registry is None:
+            return self._known_models
         try:
-            models = await ModelRegistry(self._redis, self.names).models()
+            await registry.refresh()
         except (RedisError, FleetError) as exc:  # the registry raises BackendUnavailableError when Redis is down
             log.warning("model registry unreadable, keeping %s: %s", self._known_models, exc)
             return self._known_models
+        models = registry.models()
         if models != self._known_models:
             log.info("autoscaling models: %s", ", ".join(models) or "(none registered)")
             self._known_models = list(models)
         return models
 
     async def _model_caps(self, models: Sequence[str]) -> dict[str, int]:
-        """Each model's ``max_replicas`` label (`schemas.limits`), from its default version's record."""
-        registry = ModelRegistry(self._redis, self.names)
+        """Each model's ``max_replicas`` label (`schemas.limits`), from its default version's record (cached
+        by the registry cache; refreshed when ``_models`` is, or here when the models are configured)."""
+        registry = self._registry
+        if registry is None:
+            return {}
+        if self.settings.models:
+            try:
+                await registry.refresh()
+            except FleetError as exc:
+                log.warning("model registry unreadable, no per-model replica caps this round: %s", exc)
+                return {}
         caps: dict[str, int] = {}
         for model in models:
             try:
-                cap = ModelLimits.from_labels((await registry.get(model)).labels).max_replicas
+                cap = ModelLimits.from_labels(registry.get(model).labels).max_replicas
             except (FleetError, SchemaError) as exc:
                 log.debug("no replica cap for %s: %s", model, exc)
                 continue

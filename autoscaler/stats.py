@@ -89,3 +89,36 @@ class ServiceStatsReader:
     async def read(self, model: str) -> ServiceStats:
         """Aggregated `ServiceStats` of ``model`` (all zero when no worker reports)."""
         return aggregate_service_stats(await self.reports(model))
+
+    async def read_many(self, models: Sequence[str]) -> dict[str, ServiceStats]:
+        """`read` of several models in two pipelined round trips (one to trim and list each model's fresh
+        reporters, one for their hashes); raises StatsError."""
+        if not models:
+            return {}
+        cutoff = self._clock_ms() - self.max_age_s * 1000.0
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for model in models:
+                    index = self._names.stats_index_key(model)
+                    pipe.zremrangebyscore(index, "-inf", f"({int(cutoff)}")
+                    pipe.zrangebyscore(index, int(cutoff), "+inf")
+                listed = await pipe.execute()
+            wanted = [
+                (model, m.decode() if isinstance(m, bytes) else str(m))
+                for model, members in zip(models, listed[1::2], strict=True)
+                for m in members
+            ]
+            hashes: list[Any] = []
+            if wanted:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for model, worker_id in wanted:
+                        pipe.hgetall(self._names.stats_key(model, worker_id))
+                    hashes = await pipe.execute()
+        except RedisError as exc:
+            raise StatsError(f"reading service stats of {len(models)} models failed: {exc}") from exc
+        reports: dict[str, list[WorkerReport]] = {model: [] for model in models}
+        for (model, worker_id), raw in zip(wanted, hashes, strict=True):
+            report = WorkerReport.from_hash(worker_id, raw)
+            if report is not None and report.ts_ms >= cutoff:
+                reports[model].append(report)
+        return {model: aggregate_service_stats(found) for model, found in reports.items()}

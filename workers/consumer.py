@@ -1,18 +1,10 @@
-"""One model's Kafka consumers: two priority lanes, a dynamic-batching window, handle, deliver, then commit.
+"""One model's Kafka consumers, composed from the jobs of serving a model (the per-model worker mode).
 
 The model has an interactive and a bulk lane (`workers.lanes`), each a consumer in its own group.
-Each round serves one lane: interactive whenever it has records in hand, else at most
-``bulk_max_batch`` bulk records, so an interactive request waits behind at most one small bulk round
-and bulk fills the idle capacity. An interactive round waits (blocking, no busy loop) for the first
-records, then keeps fetching until the model's ``max_batch_size`` rows are in hand or
-``max_queue_delay_ms`` has passed since the first record; a bulk round takes what is there. The
-handler answers every record; all replies go out in one Redis round trip, with the dead letters and
-the retries (re-published to the lane's retry topic); only then are the offsets of exactly those
-records committed. If Redis or Kafka is down, delivery is retried with backoff and nothing is
-committed until it succeeds (``stop()`` gives up after the drain timeout, leaving the records to be
-redelivered). Each step of a round happens once: a handle interrupted by a registry outage resumes with
-the records not answered yet, and a retried delivery produces only the dead letters and retry records
-Kafka did not take and delivers only the replies Redis did not store.
+``workers.lane_scheduler`` picks each round's lane (interactive first, bounded bulk rounds, the batching
+window of `workers.window`, the bulk pacing of `workers.pacing`); `workers.round` handles, delivers and
+commits the round. This module owns the lifecycle: joining the groups, the consume routine, draining on
+a rebalance or a stop, and the model thread.
 """
 
 from __future__ import annotations
@@ -20,75 +12,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from schemas import (
-    ENVELOPE_VERSION,
-    BackendUnavailableError,
-    DeadLetter,
-    FleetError,
-    InferenceRequest,
-    Lane,
-    ModelRegistry,
-    Names,
-    SchemaError,
-    now_ms,
-)
-from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
+from schemas import FleetError, Lane, ModelRegistry, Names, SchemaError
 from schemas.load_failures import LoadFailures
 
 from .artifact_cache import ArtifactCache
-from .batching import request_rows
 from .deadletter import DeadLetterWriter
-from .errors import BackendDownError
-from .handler import Fetched, Reply, RequestHandler, RoundOutcome
+from .handler import Fetched, RequestHandler
 from .jobs import JobClaims
+from .lane_scheduler import IDLE_AFTER_S, IDLE_POLL_MS, LaneScheduler
 from .lanes import LaneConsumer
 from .metrics import WorkerMetrics
 from .models import ModelCache
+from .pacing import BulkPacer
 from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
 from .retries import RetryPolicy
+from .round import BACKOFF_MAX_S, BACKOFF_MIN_S, RoundRunner
 from .settings import WorkerSettings
 from .stats import ModelStats
 
 log = logging.getLogger("fleet.workers")
 
-#: Longest one idle fetch waits before the routine checks whether it should stop.
-IDLE_POLL_MS = 200
-#: Seconds without records after which the consumer switches to the idle fetch wait.
-IDLE_AFTER_S = 1.0
-_BACKOFF_MIN_S = 0.05
-_BACKOFF_MAX_S = 2.0
-#: Interactive traffic counts as flowing for this long after its last round (bulk pacing, ``bulk_share``).
-_INTERACTIVE_ACTIVE_S = 1.0
+__all__ = ["IDLE_AFTER_S", "IDLE_POLL_MS", "ModelConsumer"]
+
 #: Longest a rebalance waits for the round in hand to be delivered and committed.
 _REVOKE_WAIT_S = 10.0
-
-
-@dataclass
-class _Undelivered:
-    """What of a round's outcome has not reached Kafka or Redis yet (a retry sends only this)."""
-
-    dead_letters: list[DeadLetter]
-    retries: list[InferenceRequest]
-    replies: list[Reply]
-
-    @classmethod
-    def of(cls, outcome: RoundOutcome) -> _Undelivered:
-        return cls(list(outcome.dead_letters), list(outcome.retries), list(outcome.replies))
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.dead_letters)} dead letter(s), {len(self.retries)} retry record(s) and "
-            f"{len(self.replies)} reply(ies) still to deliver"
-        )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -139,13 +93,18 @@ class ModelConsumer:
         retry = RetryPolicy(
             settings.retry_attempts, settings.retry_base_ms, settings.retry_max_ms, settings.retry_jitter
         )
-        self._handler = RequestHandler(
+        handler = RequestHandler(
             model, self.cache, self._executor, settings.worker_id, metrics, self.stats, claims, retry
         )
-        self._producer = producer
-        self._metrics = metrics
-        self._replies = ReplyWriter(redis, names, producer)
-        self._dead_letters = DeadLetterWriter(producer, names)
+        self._rounds = RoundRunner(
+            model,
+            handler,
+            producer,
+            ReplyWriter(redis, names, producer),
+            DeadLetterWriter(producer, names),
+            metrics,
+            self.stats,
+        )
         kafka = settings.fleet.kafka
         self._interactive = LaneConsumer(model, Lane.INTERACTIVE, names, kafka)
         self._bulk = LaneConsumer(model, Lane.BULK, names, kafka)
@@ -155,10 +114,21 @@ class ModelConsumer:
         self._round_lock = asyncio.Lock()
         #: Set once both lanes' groups have given this consumer an assignment (possibly empty).
         self.assigned = asyncio.Event()
-        self._last_records = time.monotonic()
-        self._idle = False
-        self._last_interactive = -1e9  # monotonic s of the last interactive round
-        self._bulk_rest_until = 0.0  # monotonic s before which no bulk round starts
+        self._scheduler = LaneScheduler(
+            self._interactive,
+            self._bulk,
+            max_fetch_records=settings.max_fetch_records,
+            bulk_max_batch=settings.bulk_max_batch,
+            pacer=BulkPacer(settings.bulk_share),
+            batching_hint=self.cache.batching_hint,
+            closing=self._closing.is_set,
+            on_in_hand=self._set_in_hand,
+            busy_fetch_wait_ms=kafka.fetch_max_wait_ms,
+            idle_fetch_wait_ms=settings.idle_fetch_wait_ms,
+        )
+
+    def _set_in_hand(self, count: int) -> None:
+        self.stats.in_hand = count
 
     # lifecycle -------------------------------------------------------------
     async def preload(self) -> None:
@@ -251,205 +221,22 @@ class ModelConsumer:
         finally:
             for future in waits:
                 future.cancel()
-        backoff = _BACKOFF_MIN_S
+        backoff = BACKOFF_MIN_S
         while not self._closing.is_set():
             try:
-                fetched, lane = await self._collect()
+                fetched, taken_from = await self._scheduler.collect()
             except KafkaError as exc:
                 log.warning("model %s: fetch failed (%s); retrying in %.2fs", self.model, exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(_BACKOFF_MAX_S, backoff * 2)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
                 continue
-            backoff = _BACKOFF_MIN_S
+            backoff = BACKOFF_MIN_S
             if fetched:
+                lane = self._interactive if taken_from is self._interactive else self._bulk
                 async with self._round_lock:
                     await self._run_round(fetched, lane)
 
-    async def _collect(self) -> tuple[list[Fetched], LaneConsumer]:
-        """Records of one round and their lane: interactive first, else a bounded bulk round, else wait."""
-        for lane in self._lanes:
-            lane.release_due()
-        limit = self._settings.max_fetch_records
-        bulk_limit = min(limit, self._settings.bulk_max_batch)
-        fetched = await self._interactive.take(0, limit)
-        if fetched:
-            return await self._fill(fetched), self._interactive
-        rest_ms = int((self._bulk_rest_until - time.monotonic()) * 1000)
-        if rest_ms > 0:
-            # Bulk rests (FLEET_WORKER_BULK_SHARE) while interactive traffic flows; interactive ends the rest.
-            fetched = await self._interactive.take(rest_ms, limit)
-            if fetched:
-                return await self._fill(fetched), self._interactive
-        fetched = await self._bulk.take(0, bulk_limit)
-        if fetched:
-            self._note_records()
-            return fetched, self._bulk
-        fetched, lane = await self._wait_any(limit, bulk_limit)
-        if not fetched:
-            if not self._idle and time.monotonic() - self._last_records > IDLE_AFTER_S:
-                self._set_idle(True)
-            return fetched, lane
-        if lane is self._interactive:
-            return await self._fill(fetched), lane
-        self._note_records()
-        return fetched, lane
-
-    async def _wait_any(self, limit: int, bulk_limit: int) -> tuple[list[Fetched], LaneConsumer]:
-        """Block until either lane has records (or the poll ends); interactive wins when both do."""
-        poll_ms = IDLE_POLL_MS
-        for lane in self._lanes:
-            release = lane.next_release_s()
-            if release is not None:
-                poll_ms = max(1, min(poll_ms, int(release * 1000) + 1))
-        waits = {
-            asyncio.ensure_future(self._interactive.consumer.getmany(timeout_ms=poll_ms, max_records=limit)): (
-                self._interactive
-            ),
-            asyncio.ensure_future(self._bulk.consumer.getmany(timeout_ms=poll_ms, max_records=bulk_limit)): self._bulk,
-        }
-        try:
-            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            for future in waits:
-                future.cancel()
-            raise
-        # Cancelling a getmany still waiting loses nothing: aiokafka hands records over only when it returns.
-        for future in pending:
-            future.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        results: dict[LaneConsumer, list[Fetched]] = {}
-        failure: BaseException | None = None
-        for future in done:
-            lane = waits[future]
-            if future.cancelled():
-                continue
-            if future.exception() is not None:
-                failure = future.exception()
-                continue
-            results[lane] = lane.sort(future.result())
-        if failure is not None:
-            # Records one lane returned must not be dropped (later commits would skip them): keep them.
-            for lane, taken in results.items():
-                lane.carried.extend(taken)
-            raise failure
-        interactive, bulk = results.get(self._interactive, []), results.get(self._bulk, [])
-        if interactive:
-            self._bulk.carried.extend(bulk)
-            return interactive, self._interactive
-        return bulk, self._bulk
-
-    def _note_records(self) -> None:
-        self._last_records = time.monotonic()
-        if self._idle:
-            self._set_idle(False)
-
-    async def _fill(self, fetched: list[Fetched]) -> list[Fetched]:
-        """An interactive round: keep fetching until the batch is full or the batching window closes."""
-        self._last_interactive = time.monotonic()
-        limit = self._settings.max_fetch_records
-        self.stats.in_hand = len(fetched)
-        first = time.monotonic()
-        self._note_records()
-        version = next((f.request.version for f in fetched if f.request is not None), None)
-        batching = self.cache.batching_hint(version)
-        if batching is None or batching.max_batch_size <= 1:
-            return fetched
-        deadline = first + batching.max_queue_delay_ms / 1000
-        rows = sum(request_rows(f.request) for f in fetched if f.request is not None)
-        while rows < batching.max_batch_size and len(fetched) < limit and not self._closing.is_set():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                break
-            more = await self._interactive.take(remaining_ms, limit - len(fetched))
-            fetched.extend(more)
-            self.stats.in_hand = len(fetched)
-            rows += sum(request_rows(f.request) for f in more if f.request is not None)
-        return fetched
-
-    def _set_idle(self, idle: bool) -> None:
-        """Lengthen the fetch wait while idle, restore it when records flow.
-
-        A broker that does not wake a waiting fetch when data arrives (the local Tansu broker) makes
-        the fetch wait the latency floor, so it is kept short under load; idle, the same short wait
-        means a fetch round trip every few milliseconds for nothing.
-        """
-        self._idle = idle
-        idle_wait = self._settings.idle_fetch_wait_ms
-        if idle_wait <= 0:
-            return
-        busy_wait = self._settings.fleet.kafka.fetch_max_wait_ms
-        for lane in self._lanes:
-            lane.set_fetch_wait(max(busy_wait, idle_wait) if idle else busy_wait)
-
-    async def _run_round(self, fetched: Sequence[Fetched], lane: LaneConsumer) -> None:
-        began = time.perf_counter()
-        self.stats.in_hand = len(fetched)
-        self._metrics.lane_requests.labels(self.model, lane.lane.value).inc(len(fetched))
-        outcome = RoundOutcome()
-        await self._retrying("handle", lambda: self._handler.handle(fetched, outcome))
-        undelivered = _Undelivered.of(outcome)
-        await self._retrying("deliver", lambda: self._deliver(undelivered, lane))
-        delivered_ms = now_ms()
-        self.stats.in_hand = 0
-        await lane.commit_soon(fetched)
-        share = self._settings.bulk_share
-        if lane is self._bulk and share < 1.0 and time.monotonic() - self._last_interactive < _INTERACTIVE_ACTIVE_S:
-            spent = time.perf_counter() - began
-            self._bulk_rest_until = time.monotonic() + spent * (1.0 - share) / share
-        latencies = [delivered_ms - f.request.created_ms for f in fetched if f.request is not None]
-        self._metrics.observe_delivered(
-            self.model,
-            [(f.request.version, (delivered_ms - f.request.created_ms) / 1000) for f in fetched if f.request],
-        )
-        self.stats.observe_round(len(fetched), time.perf_counter() - began, latencies)
-
-    async def _deliver(self, undelivered: _Undelivered, lane: LaneConsumer) -> None:
-        """Send what is still undelivered; BackendDownError (retry) while anything is left."""
-        problem = ""
-        if undelivered.dead_letters:
-            undelivered.dead_letters = await self._dead_letters.send_some(self.model, undelivered.dead_letters)
-        if undelivered.retries:
-            undelivered.retries = await self._send_retries(lane.retry_topic, undelivered.retries)
-        if undelivered.replies:
-            try:
-                report = await self._replies.deliver_some(undelivered.replies)
-            except BackendDownError as exc:
-                problem = exc.message
-            else:
-                undelivered.replies, problem = report.pending, report.error
-        if undelivered.dead_letters or undelivered.retries or undelivered.replies:
-            raise BackendDownError(f"{undelivered.summary()}{': ' + problem if problem else ''}")
-
-    async def _send_retries(self, topic: str, retries: Sequence[InferenceRequest]) -> list[InferenceRequest]:
-        """Re-publish requests for their next try; returns those Kafka did not take (send them again)."""
-        sent: list[tuple[InferenceRequest, Any]] = []
-        pending: list[InferenceRequest] = []
-        for request in retries:
-            key = request.id.encode()
-            headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())]
-            try:
-                sent.append((request, await self._producer.send(topic, request.to_bytes(), key=key, headers=headers)))
-            except KafkaError as exc:
-                log.warning("model %s: retry of %s not stored yet: %s", self.model, request.id, exc)
-                pending.append(request)
-        outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
-        for (request, _), outcome in zip(sent, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, KafkaError):
-                    raise outcome
-                log.warning("model %s: retry of %s not stored yet: %s", self.model, request.id, outcome)
-                pending.append(request)
-        if len(pending) < len(retries):
-            log.info("model %s: %d request(s) to retry on %s", self.model, len(retries) - len(pending), topic)
-        return pending
-
-    async def _retrying(self, what: str, step: Any) -> Any:
-        """Run ``step`` until it gets past a backend outage (``stop()`` cancels it after the drain timeout)."""
-        backoff = _BACKOFF_MIN_S
-        while True:
-            try:
-                return await step()
-            except (BackendDownError, BackendUnavailableError) as exc:
-                log.warning("model %s: %s failed (%s); retrying in %.2fs", self.model, what, exc.message, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(_BACKOFF_MAX_S, backoff * 2)
+    async def _run_round(self, fetched: list[Fetched], lane: LaneConsumer) -> None:
+        spent = await self._rounds.run(fetched, lane.lane, lane.retry_topic, lane.commit_soon)
+        if lane is self._bulk:
+            self._scheduler.pacer.note_bulk_round(spent, time.monotonic())

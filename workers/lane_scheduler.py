@@ -1,0 +1,184 @@
+"""Which lane a model's next round serves: interactive first, bounded bulk rounds, wait on both.
+
+Each round serves one lane: interactive whenever it has records in hand (then the batching window
+fills it, `workers.window`), else at most ``bulk_max_batch`` bulk records, so an interactive request
+waits behind at most one small bulk round and bulk fills the idle capacity. While bulk rests
+(`workers.pacing`), only the interactive lane is waited on. With nothing in hand both lanes are waited
+on at once (blocking, no busy loop); interactive wins when both return records (the bulk ones are
+carried to a later round, never dropped). After ``IDLE_AFTER_S`` without records the lanes switch to
+the longer idle fetch wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from schemas import BatchingConfig
+
+from .handler import Fetched
+from .pacing import BulkPacer
+from .window import fill_window
+
+#: Longest one idle fetch waits before the routine checks whether it should stop.
+IDLE_POLL_MS = 200
+#: Seconds without records after which the consumer switches to the idle fetch wait.
+IDLE_AFTER_S = 1.0
+
+
+class Lane(Protocol):
+    """What the scheduler needs of a lane (`workers.lanes.LaneConsumer`)."""
+
+    carried: list[Fetched]
+
+    @property
+    def consumer(self) -> Any: ...
+
+    def release_due(self) -> None: ...
+
+    def next_release_s(self) -> float | None: ...
+
+    async def take(self, timeout_ms: int, max_records: int) -> list[Fetched]: ...
+
+    def sort(self, data: Any) -> list[Fetched]: ...
+
+    def set_fetch_wait(self, wait_ms: int) -> None: ...
+
+
+class LaneScheduler:
+    """Collects the records of a model's next round from its two lanes."""
+
+    def __init__(
+        self,
+        interactive: Lane,
+        bulk: Lane,
+        *,
+        max_fetch_records: int,
+        bulk_max_batch: int,
+        pacer: BulkPacer,
+        batching_hint: Callable[[str | None], BatchingConfig | None],
+        closing: Callable[[], bool],
+        on_in_hand: Callable[[int], None],
+        busy_fetch_wait_ms: int,
+        idle_fetch_wait_ms: int,
+    ) -> None:
+        self.interactive = interactive
+        self.bulk = bulk
+        self._limit = max_fetch_records
+        self._bulk_limit = min(max_fetch_records, bulk_max_batch)
+        self.pacer = pacer
+        self._batching_hint = batching_hint
+        self._closing = closing
+        self._on_in_hand = on_in_hand
+        self._busy_wait = busy_fetch_wait_ms
+        self._idle_wait = idle_fetch_wait_ms
+        self._last_records = time.monotonic()
+        self.idle = False
+
+    async def collect(self) -> tuple[list[Fetched], Lane]:
+        """Records of one round and their lane: interactive first, else a bounded bulk round, else wait."""
+        for lane in (self.interactive, self.bulk):
+            lane.release_due()
+        fetched = await self.interactive.take(0, self._limit)
+        if fetched:
+            return await self._fill(fetched), self.interactive
+        rest_ms = self.pacer.rest_ms(time.monotonic())
+        if rest_ms > 0:
+            # Bulk rests (FLEET_WORKER_BULK_SHARE) while interactive traffic flows; interactive ends the rest.
+            fetched = await self.interactive.take(rest_ms, self._limit)
+            if fetched:
+                return await self._fill(fetched), self.interactive
+        fetched = await self.bulk.take(0, self._bulk_limit)
+        if fetched:
+            self._note_records()
+            return fetched, self.bulk
+        fetched, lane = await self._wait_any()
+        if not fetched:
+            if not self.idle and time.monotonic() - self._last_records > IDLE_AFTER_S:
+                self._set_idle(True)
+            return fetched, lane
+        if lane is self.interactive:
+            return await self._fill(fetched), lane
+        self._note_records()
+        return fetched, lane
+
+    async def _wait_any(self) -> tuple[list[Fetched], Lane]:
+        """Block until either lane has records (or the poll ends); interactive wins when both do."""
+        poll_ms = IDLE_POLL_MS
+        for lane in (self.interactive, self.bulk):
+            release = lane.next_release_s()
+            if release is not None:
+                poll_ms = max(1, min(poll_ms, int(release * 1000) + 1))
+        waits = {
+            asyncio.ensure_future(self.interactive.consumer.getmany(timeout_ms=poll_ms, max_records=self._limit)): (
+                self.interactive
+            ),
+            asyncio.ensure_future(self.bulk.consumer.getmany(timeout_ms=poll_ms, max_records=self._bulk_limit)): (
+                self.bulk
+            ),
+        }
+        try:
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            for future in waits:
+                future.cancel()
+            raise
+        # Cancelling a getmany still waiting loses nothing: aiokafka hands records over only when it returns.
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        results: dict[int, list[Fetched]] = {}
+        failure: BaseException | None = None
+        for future in done:
+            lane = waits[future]
+            if future.cancelled():
+                continue
+            if future.exception() is not None:
+                failure = future.exception()
+                continue
+            results[id(lane)] = lane.sort(future.result())
+        if failure is not None:
+            # Records one lane returned must not be dropped (later commits would skip them): keep them.
+            for lane in (self.interactive, self.bulk):
+                lane.carried.extend(results.get(id(lane), []))
+            raise failure
+        interactive, bulk = results.get(id(self.interactive), []), results.get(id(self.bulk), [])
+        if interactive:
+            self.bulk.carried.extend(bulk)
+            return interactive, self.interactive
+        return bulk, self.bulk
+
+    def _note_records(self) -> None:
+        self._last_records = time.monotonic()
+        if self.idle:
+            self._set_idle(False)
+
+    async def _fill(self, fetched: list[Fetched]) -> list[Fetched]:
+        """An interactive round: keep fetching until the batch is full or the batching window closes."""
+        self.pacer.note_interactive(time.monotonic())
+        self._on_in_hand(len(fetched))
+        self._note_records()
+        version = next((f.request.version for f in fetched if f.request is not None), None)
+        return await fill_window(
+            fetched,
+            self._batching_hint(version),
+            self._limit,
+            self.interactive.take,
+            closing=self._closing,
+            on_more=self._on_in_hand,
+        )
+
+    def _set_idle(self, idle: bool) -> None:
+        """Lengthen the fetch wait while idle, restore it when records flow.
+
+        A broker that does not wake a waiting fetch when data arrives (the local Tansu broker) makes
+        the fetch wait the latency floor, so it is kept short under load; idle, the same short wait
+        means a fetch round trip every few milliseconds for nothing.
+        """
+        self.idle = idle
+        if self._idle_wait <= 0:
+            return
+        for lane in (self.interactive, self.bulk):
+            lane.set_fetch_wait(max(self._busy_wait, self._idle_wait) if idle else self._busy_wait)

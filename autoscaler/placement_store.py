@@ -2,8 +2,12 @@
 that follow an assignment (heartbeat ``follows=1``, labels, residency) and their current assignment,
 then writes ``Names.assignment_key`` per worker and ``Names.placement_key`` per model.
 
-Everything it needs is read back from Redis on each round, so a restarted scheduler keeps the placement
-it finds (the rules are stable). Model labels it reads (`schemas.limits`): ``requires`` (comma list of
+What a round costs does not grow with idle models: the registry is read through a `RegistryCache` (one GET of
+the registry epoch while nothing changed), an assignment or a placement status is written only when it
+changed (one transaction for all the writes), and ``Names.placement_round_key`` is stamped every round, which
+`read_placement` reports as the status's ``ts_ms`` (that round confirmed it). The workers and their
+assignments are read back from Redis on each round, so a restarted scheduler keeps the placement it finds
+(the rules are stable). Model labels it reads (`schemas.limits`): ``requires`` (comma list of
 worker labels), ``max_replicas`` (caps the replicas placed), ``gpus`` (GPU indices it may use).
 A model's size is its default version's plus that of every other version its traffic split gives a share
 (a canary's workers hold both), each on a CPU and on a GPU worker.
@@ -15,9 +19,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from schemas import FleetError, ModelRecord, ModelRegistry, Names, SchemaError, now_ms
+from redis.exceptions import RedisError
+
+from schemas import FleetError, ModelRecord, Names, SchemaError, now_ms
 from schemas.constants import CPU, GPU
 from schemas.limits import ModelLimits
+from schemas.registry import RegistryCache
 from schemas.residency import WorkerResidency
 
 from .placement import ModelDemand, ModelPlacement, Placement, PlacementState, WorkerSlot, place
@@ -76,26 +83,33 @@ def _text(value: Any) -> str:
 
 
 class PlacementRunner:
-    """One placement round per ``run()``; holds no state between rounds."""
+    """One placement round per ``run()``; keeps the registry cache and what it wrote between rounds."""
 
     def __init__(self, redis: Any, names: Names, *, size_factor: float = 3.0) -> None:
         self._redis = redis
         self._names = names
         self._size_factor = size_factor
+        self._registry = RegistryCache(redis, names)
+        #: The placement status this runner last wrote per model (without its time).
+        self._written: dict[str, dict[str, str]] = {}
 
     async def run(self, models: Sequence[str], desired: Mapping[str, int]) -> Placement:
         """Place ``models`` (``desired`` replicas each, 1 when absent) and store the result; raises RedisError."""
         workers, gone = await self._workers()
         current = await self._current([w.worker for w in workers])
-        registry = ModelRegistry(self._redis, self._names)
+        registry = self._registry
+        try:
+            await registry.refresh()
+        except FleetError as exc:  # BackendUnavailableError: a RedisError for the caller
+            raise RedisError(exc.message) from exc
         demands: list[ModelDemand] = []
         unreadable: dict[str, str] = {}
         for model in models:
             try:
-                record, measured = await registry.get_sized(model)
-                split = await registry.traffic(model)
+                record, measured = registry.get_sized(model)
+                split = registry.traffic(model)
                 others = [
-                    await registry.get_sized(model, version)
+                    registry.get_sized(model, version)
                     for version, share in (split.weights if split is not None else ())
                     if share > 0 and version != record.version
                 ]
@@ -152,6 +166,16 @@ class PlacementRunner:
 
     async def _write(self, result: Placement, current: Mapping[str, set[str]], gone: Sequence[str]) -> None:
         ts = str(int(now_ms()))
+        changed: dict[str, dict[str, str]] = {}
+        for model, status in result.status.items():
+            fields = {
+                "state": status.state.value,
+                "workers": ",".join(status.workers),
+                "replicas": str(status.replicas),
+                "reason": status.reason,
+            }
+            if self._written.get(model) != fields:
+                changed[model] = fields
         async with self._redis.pipeline(transaction=True) as pipe:
             for worker in gone:  # heartbeat expired: its models were placed elsewhere this round
                 pipe.delete(self._names.assignment_key(worker))
@@ -163,28 +187,35 @@ class PlacementRunner:
                 if assigned:
                     pipe.sadd(key, *sorted(assigned))
                 log.info("placement: worker %s now serves %s", worker, ",".join(sorted(assigned)) or "(nothing)")
-            for model, status in result.status.items():
+            for model, fields in changed.items():
                 key = self._names.placement_key(model)
                 pipe.delete(key)
-                pipe.hset(
-                    key,
-                    mapping={
-                        "state": status.state.value,
-                        "workers": ",".join(status.workers),
-                        "replicas": str(status.replicas),
-                        "reason": status.reason,
-                        "ts_ms": ts,
-                    },
-                )
-            await pipe.execute()
+                pipe.hset(key, mapping={**fields, "ts_ms": ts})
+            pipe.set(self._names.placement_round_key, ts)
+            try:
+                await pipe.execute()
+            except RedisError:
+                self._written.clear()  # unknown what was stored: write everything next round
+                raise
+        self._written = {m: w for m, w in self._written.items() if m in result.status}
+        self._written.update(changed)
 
 
 async def read_placement(redis: Any, names: Names, models: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Each model's stored placement status (models without one are left out); raises RedisError."""
+    """Each model's stored placement status (models without one are left out); raises RedisError. Its
+    ``ts_ms`` is that of the last round that confirmed it: the scheduler's last round
+    (``Names.placement_round_key``) when that is later than the status's last change."""
     if not models:
         return {}
     async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(names.placement_round_key)
         for model in models:
             pipe.hgetall(names.placement_key(model))
-        hashes = await pipe.execute()
-    return {m: {_text(k): _text(v) for k, v in h.items()} for m, h in zip(models, hashes, strict=True) if h}
+        stamp, *hashes = await pipe.execute()
+    statuses = {m: {_text(k): _text(v) for k, v in h.items()} for m, h in zip(models, hashes, strict=True) if h}
+    round_ms = _text(stamp) if stamp is not None else ""
+    if round_ms.isdigit():
+        for status in statuses.values():
+            if int(round_ms) > int(float(status.get("ts_ms") or 0)):
+                status["ts_ms"] = round_ms
+    return statuses

@@ -65,7 +65,7 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:autoscaler:pins             HASH model -> pinned replicas (manual override; absent = autoscaled)
       {ns}:autoscaler:decision:{m}     HASH the autoscaler's last decision for a model (EXPIRE): desired,
                                        actual, reason, inputs (JSON), capped_by_partitions, pinned, ts_ms
-                                       (written when it changes; deleted when the model goes)
+                                       (written when it changes; current while decisions:round exists)
       {ns}:autoscaler:decisions:round  STRING epoch ms of the autoscaler's last round (EXPIRE): the stored
                                        decisions are current while it exists
       {ns}:autoscaler:leader           STRING id of the autoscaler that holds the leader lease (PEXPIRE =

@@ -33,6 +33,7 @@ class PlacementBackend:
         self._names = Names(fleet.namespace)
         self._size_factor = size_factor
         self._redis: Any = None
+        self._runner: PlacementRunner | None = None
         self._desired: dict[str, int] = {}
         self._placed: dict[str, int] = {}
         #: The outcome of the last ``place``.
@@ -41,10 +42,12 @@ class PlacementBackend:
     async def start(self) -> None:
         """Connect to Redis."""
         self._redis = self._fleet.redis.client()
+        self._runner = PlacementRunner(self._redis, self._names, size_factor=self._size_factor)
 
     async def stop(self) -> None:
         """Close the client; assignments stay in Redis and the workers keep serving them."""
         redis, self._redis = self._redis, None
+        self._runner = None
         if redis is not None:
             await redis.aclose()
 
@@ -74,11 +77,11 @@ class PlacementBackend:
 
     async def place(self, models: Sequence[str]) -> Placement:
         """One placement round over ``models``; raises BackendError when Redis is unreachable."""
+        if self._runner is None:
+            raise BackendError("the placement backend is not started")
         await self._load(models)
         try:
-            result = await PlacementRunner(self._redis, self._names, size_factor=self._size_factor).run(
-                models, {m: self._desired[m] for m in models}
-            )
+            result = await self._runner.run(models, {m: self._desired[m] for m in models})
         except RedisError as exc:
             raise BackendError(f"placement round failed: {exc}") from exc
         for model in models:

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import backoff as common_backoff
+
 LOG_TAIL_LINES = 15
 
 
@@ -23,23 +25,33 @@ class RestartPolicy:
     stable_s: float = 30.0  # a process that ran this long before it died starts the count over
     max_failures: int = 5  # quick failures in a row after which the supervisor gives up
 
+    def backoff_policy(self) -> common_backoff.BackoffPolicy:
+        """The pauses between restarts, as the common backoff schedule."""
+        return common_backoff.BackoffPolicy(self.initial_s, self.max_s, self.factor, stable_s=self.stable_s)
 
-class Backoff:
-    """Restart bookkeeping of one supervised process (pure logic: the caller passes how long it ran)."""
+
+class RestartBackoff:
+    """Restart bookkeeping of one supervised process (pure logic: the caller passes how long it ran):
+    the common :class:`~common.backoff.Backoff` plus giving up after ``max_failures`` quick failures."""
 
     def __init__(self, policy: RestartPolicy) -> None:
         self.policy = policy
-        self.failures = 0  # quick failures in a row
+        self._backoff = common_backoff.Backoff(policy.backoff_policy())
+
+    @property
+    def failures(self) -> int:
+        """Quick failures in a row."""
+        return self._backoff.failures
 
     def next_delay(self, ran_s: float) -> float | None:
         """Record that the process died after ``ran_s`` seconds; the wait before restarting it, or None
         when it failed ``max_failures`` times in a row, each within ``stable_s`` of its start."""
-        if ran_s >= self.policy.stable_s:
-            self.failures = 0
-        self.failures += 1
-        if self.failures > self.policy.max_failures:
-            return None
-        return min(self.policy.max_s, self.policy.initial_s * self.policy.factor ** (self.failures - 1))
+        delay = self._backoff.next(ran_s)
+        return None if self.failures > self.policy.max_failures else delay
+
+
+#: The name ``fleet.stack`` and its tests import.
+Backoff = RestartBackoff
 
 
 class ServiceProcess:

@@ -15,6 +15,14 @@ broker alike (see KAFKA_LOCAL.md):
 
 Lag = log end - max(committed, log start), clamped at 0; a commit beyond the log end is reported as an
 anomaly and counts as no lag (it must never look like a huge backlog).
+
+Cost per round, so that idle models cost almost nothing: one Metadata request (topic partitions are
+described once, and again every ``metadata_refresh_s``), one Fetch per broker for every partition (the probe
+fetches them all at once), and ListOffsets and OffsetFetch only for partitions that may have moved: one
+whose log end did not move and that had no lag keeps its committed offset and log start from the last round.
+A partition without a fresh Fetch answer within ``probe_timeout_s`` keeps its last known log end (a warning
+says how many), and one never answered is left out of its model's load: the round decides on the partitions
+it has data for instead of failing as a whole.
 """
 
 from __future__ import annotations
@@ -53,6 +61,27 @@ class _Sample:
     consumed: int
     arrival: float | None
     completion: float | None
+    committed: int | None = None
+    log_start: int = 0
+
+    @property
+    def settled(self) -> bool:
+        """No lag: while the log end stays, the committed offset cannot move either."""
+        return self.consumed >= self.log_end
+
+
+@dataclass(frozen=True)
+class RoundCost:
+    """What one `LagCollector.collect` asked the brokers (for tests and the autoscaler's logs)."""
+
+    #: Partitions probed with the one Fetch per broker.
+    partitions: int = 0
+    #: Partitions whose log end or lag may have moved: their log start and committed offsets were read.
+    moving: int = 0
+    #: OffsetFetch requests sent (one per model and lane with a moving partition).
+    offset_fetches: int = 0
+    #: Partitions without a fresh Fetch answer (their last known log end was used, or they were left out).
+    stale: int = 0
 
 
 class LagCollector(AsyncService):
@@ -64,13 +93,20 @@ class LagCollector(AsyncService):
         *,
         half_life_s: float = 5.0,
         probe_timeout_s: float = 3.0,
+        metadata_refresh_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.names = Names(settings.namespace)
         self.half_life_s = half_life_s
         self.probe_timeout_s = probe_timeout_s
+        self.metadata_refresh_s = metadata_refresh_s
         self._clock = clock
+        self._described: dict[str, list[int]] = {}
+        self._described_at = -float("inf")
+        #: What the last `collect` asked the brokers.
+        self.last_round = RoundCost()
+        self._stale = 0
         self._state = _State.NEW
         self._admin: AIOKafkaAdminClient | None = None
         self._probe: AIOKafkaConsumer | None = None
@@ -128,11 +164,30 @@ class LagCollector(AsyncService):
             partitions = await self._partitions(admin, topics)
             tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
             log_ends = await self._log_ends(probe, tps)
-            starts = await probe.beginning_offsets(tps) if tps else {}
-            committed: dict[TopicPartition, int | None] = {}
-            lanes = [(m, lane) for m in models for lane in Lane]
-            for offsets in await asyncio.gather(*(self._committed(admin, m, lane, partitions) for m, lane in lanes)):
+            # Partitions that may have moved; the others keep last round's committed offset and log start.
+            moving = [tp for tp in log_ends if not self._unchanged(tp, log_ends[tp])]
+            starts: dict[TopicPartition, int] = {
+                tp: sample.log_start for tp, sample in self._samples.items() if tp in log_ends
+            }
+            committed: dict[TopicPartition, int | None] = {
+                tp: sample.committed for tp, sample in self._samples.items() if tp in log_ends
+            }
+            if moving:
+                starts.update(await probe.beginning_offsets(moving))
+            by_topic: dict[str, list[TopicPartition]] = {}
+            for tp in moving:
+                by_topic.setdefault(tp.topic, []).append(tp)
+            by_lane = {
+                (m, lane): by_topic[self.names.request_topic(m, lane)]
+                for m in models
+                for lane in Lane
+                if self.names.request_topic(m, lane) in by_topic
+            }
+            for offsets in await asyncio.gather(
+                *(self._committed(admin, m, lane, wanted) for (m, lane), wanted in by_lane.items())
+            ):
                 committed.update(offsets)
+            self.last_round = RoundCost(len(tps), len(moving), len(by_lane), self._stale)
         except KafkaError as exc:
             raise CollectorError(f"models {list(models)}", exc) from exc
         now = self._clock()
@@ -141,8 +196,9 @@ class LagCollector(AsyncService):
             topic = self.names.request_topic(model)
             parts, bulk = (
                 tuple(
-                    self._partition_load(tp, log_ends[tp], committed[tp], starts.get(tp, 0), now)
+                    self._partition_load(tp, log_ends[tp], committed.get(tp), starts.get(tp, 0), now)
                     for tp in (TopicPartition(lane_topic, p) for p in partitions.get(lane_topic, ()))
+                    if tp in log_ends
                 )
                 for lane_topic in (topic, self.names.bulk_topic(model))
             )
@@ -158,21 +214,30 @@ class LagCollector(AsyncService):
             )
         return loads
 
+    def _unchanged(self, tp: TopicPartition, log_end: int) -> bool:
+        """True when ``tp`` had no lag last round and its log end has not moved since."""
+        sample = self._samples.get(tp)
+        return sample is not None and sample.log_end == log_end and sample.settled
+
     async def _partitions(self, admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, list[int]]:
         # Describing a missing topic may auto-create it (with the broker's default partition count):
-        # only describe the ones that exist.
+        # only describe the ones that exist. Known topics are described again every metadata_refresh_s.
         existing = set(await admin.list_topics())
         wanted = [t for t in topics if t in existing]
-        if not wanted:
-            return {}
-        result: dict[str, list[int]] = {}
-        for entry in await admin.describe_topics(wanted):
-            if entry["error_code"] == 0 and entry["topic"] in wanted:
-                result[entry["topic"]] = sorted(p["partition"] for p in entry["partitions"])
-        return result
+        if self._clock() - self._described_at >= self.metadata_refresh_s:
+            self._described, self._described_at = {}, self._clock()
+        self._described = {t: ps for t, ps in self._described.items() if t in existing}
+        unknown = [t for t in wanted if t not in self._described]
+        if unknown:
+            for entry in await admin.describe_topics(unknown):
+                if entry["error_code"] == 0 and entry["topic"] in unknown:
+                    self._described[entry["topic"]] = sorted(p["partition"] for p in entry["partitions"])
+        return {t: self._described[t] for t in wanted if t in self._described}
 
     async def _log_ends(self, probe: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """High watermark of a fresh Fetch response for every partition."""
+        """High watermark of a fresh Fetch response for every partition (one Fetch per broker for all of
+        them); a partition without a fresh answer in ``probe_timeout_s`` gets its last known log end, or is
+        left out when it has none. CollectorError when no partition at all answered."""
         if not tps:
             return {}
         if frozenset(tps) != self._assigned:
@@ -190,28 +255,42 @@ class LagCollector(AsyncService):
         since_ms = int(time.time() * 1000)
         deadline = time.monotonic() + self.probe_timeout_s
         wait_ms = max(5, 2 * self.settings.kafka.fetch_max_wait_ms)
+        pending: list[TopicPartition] = []
         try:
             while True:
                 await probe.getmany(*tps, timeout_ms=wait_ms, max_records=1)  # records themselves are not used
                 pending = [tp for tp in tps if (probe.last_poll_timestamp(tp) or -1) < since_ms]
-                if not pending:
+                if not pending or time.monotonic() > deadline:
                     break
-                if time.monotonic() > deadline:
-                    raise CollectorError(f"no fetch response within {self.probe_timeout_s}s for {pending[:5]}")
         finally:
             probe.pause(*tps)  # no background fetching between rounds
+        if pending and len(pending) == len(tps):
+            raise CollectorError(f"no fetch response within {self.probe_timeout_s}s for {pending[:5]}")
+        stale = set(pending)
+        self._stale = len(stale)
+        if stale:
+            log.warning(
+                "no fresh fetch response within %gs for %d of %d partitions (e.g. %s): their last known log "
+                "end is used, those never measured are left out this round",
+                self.probe_timeout_s,
+                len(stale),
+                len(tps),
+                pending[:3],
+            )
         ends: dict[TopicPartition, int] = {}
         for tp in tps:
+            if tp in stale:
+                if tp in self._known_end:
+                    ends[tp] = self._known_end[tp]
+                continue
             end = probe.highwater(tp)
             ends[tp] = int(end) if end is not None else 0
             self._known_end[tp] = ends[tp]
         return ends
 
     async def _committed(
-        self, admin: AIOKafkaAdminClient, model: str, lane: Lane, partitions: dict[str, list[int]]
+        self, admin: AIOKafkaAdminClient, model: str, lane: Lane, tps: list[TopicPartition]
     ) -> dict[TopicPartition, int | None]:
-        topic = self.names.request_topic(model, lane)
-        tps = [TopicPartition(topic, p) for p in partitions.get(topic, ())]
         if not tps:
             return {}
         # The explicit partition list matters: without it some brokers drop the connection.
@@ -246,7 +325,7 @@ class LagCollector(AsyncService):
             completion = ewma(previous.completion, max(0, done) / dt, dt, self.half_life_s)
         elif previous is not None:
             arrival, completion = previous.arrival, previous.completion
-        self._samples[tp] = _Sample(now, log_end, consumed, arrival, completion)
+        self._samples[tp] = _Sample(now, log_end, consumed, arrival, completion, committed, log_start)
         anomaly = "; ".join(anomalies)
         if anomaly != self._anomalies.get(tp, ""):
             if anomaly:

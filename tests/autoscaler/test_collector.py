@@ -182,3 +182,31 @@ async def test_bulk_lane_lag_counts_with_its_own_group(
     ]
     assert load.bulk_lag == 9 and load.lag == 4 + 9 and load.log_end == 4 + 16
     assert load.partition_count == 3  # the interactive topic has 3 partitions, the bulk one 2
+
+
+async def test_idle_caught_up_partitions_cost_no_offset_reads(
+    fleet_settings: FleetSettings, names: Names, topic: str, producer: AIOKafkaProducer, collector: LagCollector
+) -> None:
+    await produce(producer, topic, {0: 3, 1: 2})
+    group = names.worker_group(MODEL)
+    await commit(fleet_settings, group, {TopicPartition(topic, 0): 3, TopicPartition(topic, 1): 1})
+    first = await collector.collect_one(MODEL)
+    assert collector.last_round.partitions == 3 and collector.last_round.offset_fetches == 1
+    assert [p.lag for p in first.partitions] == [0, 1, 0]
+
+    # Nothing produced: only partition 1 (it has lag, its commit may move) is read again.
+    await commit(fleet_settings, group, {TopicPartition(topic, 1): 2})
+    second = await collector.collect_one(MODEL)
+    assert (collector.last_round.moving, collector.last_round.offset_fetches) == (1, 1)
+    assert [(p.committed, p.lag) for p in second.partitions] == [(3, 0), (2, 0), (None, 0)]
+
+    # Everything caught up and idle: no ListOffsets, no OffsetFetch; the numbers stay.
+    third = await collector.collect_one(MODEL)
+    assert (collector.last_round.moving, collector.last_round.offset_fetches) == (0, 0)
+    assert [(p.log_end, p.committed, p.lag) for p in third.partitions] == [(3, 3, 0), (2, 2, 0), (0, None, 0)]
+
+    # A record arrives on partition 2: that partition is measured again and shows its lag.
+    await produce(producer, topic, {2: 4})
+    fourth = await collector.collect_one(MODEL)
+    assert (collector.last_round.moving, collector.last_round.offset_fetches) == (1, 1)
+    assert [(p.log_end, p.lag) for p in fourth.partitions] == [(3, 0), (2, 0), (4, 4)]

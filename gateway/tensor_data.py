@@ -39,7 +39,7 @@ def tensor_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any
         _check_count(name, len(flat), shape, count)
         if not all(isinstance(x, str) for x in flat):
             raise InvalidInputError(name, "BYTES data must be strings")
-        return Tensor(name, datatype, shape, encode_bytes_elements([x.encode() for x in flat]))
+        return Tensor(name, datatype, shape, encode_bytes_elements(_utf8(name, flat)))
     try:
         array = np.array(data)
     except (ValueError, TypeError, RecursionError):
@@ -51,6 +51,23 @@ def tensor_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any
     elif count:
         _check_kind(name, datatype, array)
     return Tensor(name, datatype, shape, array.astype(NUMPY_DTYPES[datatype]).tobytes())
+
+
+def _utf8(name: str, flat: list[str]) -> list[bytes]:
+    """UTF-8 of each string; a lone surrogate (JSON may escape one: "\\udc80") has none and is INVALID_INPUT."""
+    try:
+        return [x.encode() for x in flat]
+    except UnicodeEncodeError:
+        index = next(i for i, x in enumerate(flat) if not _encodable(x))
+        raise InvalidInputError(name, f"BYTES element {index} is not Unicode text (a lone surrogate)") from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _exact_integers(name: str, datatype: str, flat: list[Any]) -> np.ndarray[Any, Any]:

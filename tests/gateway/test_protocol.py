@@ -363,3 +363,10 @@ def test_data_nesting_is_limited_to_32_levels(levels: int, accepted: bool, datat
     else:
         with pytest.raises(InvalidInputError, match="nested more than 32 levels deep"):
             parse_infer(raw)
+
+
+def test_a_bytes_element_that_is_not_unicode_text_is_invalid_input() -> None:
+    # JSON may escape a lone surrogate ("\udc80"); it has no UTF-8 form, so it cannot become BYTES.
+    raw = b'{"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2], "data": ["ok", "\\udc80"]}]}'
+    with pytest.raises(InvalidInputError, match="element 1 is not Unicode text"):
+        parse_infer(raw)

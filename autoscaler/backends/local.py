@@ -33,6 +33,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common.backoff import Backoff, BackoffPolicy
 from schemas import FleetSettings, Names
 from schemas.eventloop import AsyncService
 
@@ -44,9 +45,8 @@ log = logging.getLogger("fleet.autoscaler")
 
 #: How often readiness and exits are polled.
 _POLL_S = 0.05
-#: Respawn backoff after a worker of a model exits on its own: doubles per crash, up to the cap.
-CRASH_BACKOFF_S = 1.0
-CRASH_BACKOFF_MAX_S = 60.0
+#: Respawn backoff after a worker of a model exits on its own: 1 s, doubling per crash, up to 60 s.
+CRASH_BACKOFF = BackoffPolicy(first_s=1.0, max_s=60.0)
 
 
 class WorkerPhase(enum.StrEnum):
@@ -166,7 +166,7 @@ class LocalProcessBackend(AsyncService):
         self.ready_latencies: deque[float] = deque(maxlen=10_000)
         #: How workers ended (newest last).
         self.exits: deque[WorkerExit] = deque(maxlen=10_000)
-        self._crashes: dict[str, int] = {}
+        self._crashes: dict[str, Backoff] = {}  # by model, while its workers keep exiting on their own
         self._respawn_at: dict[str, float] = {}
 
     # Backend protocol -------------------------------------------------------
@@ -183,14 +183,15 @@ class LocalProcessBackend(AsyncService):
         serving = self._serving(model)
         missing = replicas - len(serving)
         wait_s = self._respawn_at.get(model, 0.0) - time.monotonic()
-        if missing > 0 and wait_s > 0:
+        crashes = self._crashes.get(model)
+        if missing > 0 and wait_s > 0 and crashes is not None:
             # Workers of this model keep exiting on their own (bad artifact, no broker): do not fork-bomb.
             log.warning(
                 "not spawning %d worker(s) of %s for another %.1fs: %d crash(es) in a row",
                 missing,
                 model,
                 wait_s,
-                self._crashes.get(model, 0),
+                crashes.failures,
             )
             missing = 0
         for _ in range(missing):
@@ -340,8 +341,7 @@ class LocalProcessBackend(AsyncService):
         elif requested:
             log.warning("worker %s of %s exited with %d after a stop request", proc.worker_id, proc.model, returncode)
         else:
-            crashes = self._crashes[proc.model] = self._crashes.get(proc.model, 0) + 1
-            backoff = min(CRASH_BACKOFF_MAX_S, CRASH_BACKOFF_S * 2 ** (crashes - 1))
+            backoff = self._crashes.setdefault(proc.model, Backoff(CRASH_BACKOFF)).next()
             self._respawn_at[proc.model] = time.monotonic() + backoff
             log.warning(
                 "worker %s of %s exited on its own with %d (see %s); respawn in %.0fs at the earliest",

@@ -1,9 +1,14 @@
-"""Creating a model's topics with their intended partition count (never rely on auto-creation)."""
+"""Creating models' topics with their intended partition count (never rely on auto-creation).
+
+``ensure_topics_for_models`` creates the topics of many models with one admin client, one topic listing and one
+CreateTopics request per batch of topics (``fleet models apply``); ``ensure_model_topics`` is the one-model form.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -14,6 +19,20 @@ from .names import Names
 from .settings import KafkaSettings
 
 log = logging.getLogger("fleet.schemas")
+
+#: Topics per CreateTopics request of ``ensure_topics_for_models``: a broker's time to create a topic can grow with
+#: the topics it has (the embedded broker takes ~1.5 s per 100 topics once it holds 5,000), so one request stays small.
+CREATE_TOPICS_BATCH = 100
+#: Least request timeout of the admin client there: listing 5,000 topics takes ~4 s on the embedded broker.
+ADMIN_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicsOutcome:
+    """What ``ensure_topics_for_models`` did: topics created per model, and models whose topics are missing."""
+
+    created: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    failed: dict[str, FleetError] = field(default_factory=dict)
 
 
 async def ensure_model_topics(
@@ -32,38 +51,92 @@ async def ensure_model_topics(
     FleetError that names the topic and the broker's reason (BACKEND_UNAVAILABLE when the error is
     retriable, INTERNAL otherwise). ``admin_client`` builds the admin client (a seam for tests).
     """
-    count = partitions or kafka.partitions
-    wanted = [*names.model_topics(model)]
-    admin = admin_client(**kafka.client_kwargs())
+    outcome = await ensure_topics_for_models(kafka, names, {model: partitions}, admin_client=admin_client)
+    if model in outcome.failed:
+        raise outcome.failed[model]
+
+
+async def ensure_topics_for_models(
+    kafka: KafkaSettings,
+    names: Names,
+    partitions: Mapping[str, int | None],
+    *,
+    batch_topics: int = CREATE_TOPICS_BATCH,
+    admin_client: Callable[..., Any] = AIOKafkaAdminClient,
+) -> TopicsOutcome:
+    """Create the missing topics of every model in ``partitions`` (model -> partitions of its new topics, None
+    for ``kafka.partitions``) with one admin client, one topic listing and one CreateTopics per ``batch_topics``.
+
+    A topic the broker refuses (as in ``ensure_model_topics``) fails its model(s) in ``failed``; the other
+    models' topics are still created. A broker that cannot be reached at all raises FleetError(BACKEND_UNAVAILABLE).
+    """
+    if batch_topics < 1:
+        raise ValueError("batch_topics must be >= 1")
+    owners: dict[str, list[str]] = {}  # topic -> the models it belongs to (a shared topic has several)
+    counts: dict[str, int] = {}
+    for model, count in partitions.items():
+        for topic in names.model_topics(model):
+            owners.setdefault(topic, []).append(model)
+            counts[topic] = max(counts.get(topic, 0), count or kafka.partitions)
+    refused: dict[str, FleetError] = {}
+    unsure: dict[str, FleetError] = {}  # topics of a request that raised: the broker may have created them
+    kwargs = kafka.client_kwargs()
+    kwargs["request_timeout_ms"] = max(kafka.request_timeout_ms, ADMIN_TIMEOUT_MS)
+    admin = admin_client(**kwargs)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t not in existing]
-        if missing:
+        missing = [topic for topic in owners if topic not in existing]
+        for start in range(0, len(missing), batch_topics):
+            chunk = missing[start : start + batch_topics]
+            new = [NewTopic(t, num_partitions=counts[t], replication_factor=kafka.replication_factor) for t in chunk]
             try:
-                response = await admin.create_topics(
-                    [NewTopic(t, num_partitions=count, replication_factor=kafka.replication_factor) for t in missing]
+                response = await admin.create_topics(new)
+            except TopicAlreadyExistsError:  # another process won the race for some of them
+                for topic in chunk:
+                    unsure[topic] = FleetError(
+                        f"Kafka did not create topic {topic!r}", code=ErrorCode.BACKEND_UNAVAILABLE
+                    )
+            except KafkaError as exc:
+                error = FleetError(
+                    f"Kafka did not create topics at {kafka.bootstrap}: {exc}", code=ErrorCode.BACKEND_UNAVAILABLE
                 )
-            except TopicAlreadyExistsError:
-                pass  # another process won the race
+                unsure.update(dict.fromkeys(chunk, error))
             else:
-                _check_created(response)
-                log.info("created topics %s with %d partitions", missing, count)
+                refused.update(_refused(response))
+        if unsure:
+            present = set(await admin.list_topics())
+            refused.update({topic: error for topic, error in unsure.items() if topic not in present})
     except KafkaError as exc:
         raise FleetError(f"Kafka unavailable at {kafka.bootstrap}: {exc}", code=ErrorCode.BACKEND_UNAVAILABLE) from exc
     finally:
         await admin.close()
+    outcome = TopicsOutcome()
+    for topic, error in refused.items():
+        for model in owners[topic]:
+            outcome.failed.setdefault(model, error)
+    created: dict[str, list[str]] = {}
+    for topic in missing:
+        if topic not in refused:
+            for model in owners[topic]:
+                created.setdefault(model, []).append(topic)
+    outcome.created.update({model: tuple(topics) for model, topics in created.items()})
+    if missing:
+        log.info("created %d topics of %d models", len(missing) - len(refused), len(created))
+    return outcome
 
 
-def _check_created(response: Any) -> None:
-    """Raise a FleetError for the first topic the broker did not create (already existing is fine)."""
+def _refused(response: Any) -> dict[str, FleetError]:
+    """A FleetError for every topic the broker did not create (already existing is fine)."""
+    refused: dict[str, FleetError] = {}
     for entry in getattr(response, "topic_errors", ()):
         topic, code = entry[0], entry[1]
         if code in (0, TopicAlreadyExistsError.errno):
             continue
         error = for_code(code)
         reason = (entry[2] if len(entry) > 2 else None) or error.description
-        raise FleetError(
+        refused[topic] = FleetError(
             f"Kafka did not create topic {topic!r}: {error.__name__} (error {code}): {reason}",
             code=ErrorCode.BACKEND_UNAVAILABLE if error.retriable else ErrorCode.INTERNAL,
         )
+    return refused

@@ -41,8 +41,8 @@ class BackoffPolicy:
     stable_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.first_s < 0 or self.max_s < self.first_s:
-            raise ValueError(f"backoff needs 0 <= first_s <= max_s, got {self.first_s} and {self.max_s}")
+        if self.first_s < 0 or self.max_s < 0:  # first_s over max_s is allowed: every pause is max_s
+            raise ValueError(f"backoff pauses must be >= 0, got first_s={self.first_s} and max_s={self.max_s}")
         if self.factor < 1:
             raise ValueError(f"backoff factor must be >= 1, got {self.factor}")
         if not 0.0 <= self.jitter <= 1.0:

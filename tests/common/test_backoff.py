@@ -19,6 +19,7 @@ from common import Backoff, BackoffPolicy, pause
         (BackoffPolicy(0.5, 30.0, factor=3.0), [1, 2, 3, 4, 5], [0.5, 1.5, 4.5, 13.5, 30.0]),
         (BackoffPolicy(0.0, 0.0), [1, 5], [0.0, 0.0]),
         (BackoffPolicy(0.05, 2.0), [10_000], [2.0]),  # a float overflow is simply the cap
+        (BackoffPolicy(5.0, 1.0), [1, 2], [1.0, 1.0]),  # the cap wins over a larger first pause
     ],
 )
 def test_policy_delay(policy: BackoffPolicy, attempts: list[int], delays: list[float]) -> None:
@@ -36,7 +37,7 @@ def test_jitter_takes_up_to_its_fraction_off(draw: float, expected: float) -> No
     "kwargs",
     [
         {"first_s": -1.0, "max_s": 1.0},
-        {"first_s": 2.0, "max_s": 1.0},
+        {"first_s": 1.0, "max_s": -1.0},
         {"first_s": 1.0, "max_s": 2.0, "factor": 0.5},
         {"first_s": 1.0, "max_s": 2.0, "jitter": 1.5},
     ],

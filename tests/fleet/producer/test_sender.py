@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from fleet.producer import RequestSender
@@ -32,7 +32,7 @@ async def test_records_go_round_robin_with_key_and_envelope_header(fleet_setting
         await sender.stop()  # idempotent
     consumer = AIOKafkaConsumer(topic, **fleet_settings.kafka.client_kwargs(), auto_offset_reset="earliest")
     await consumer.start()
-    records = []
+    records: list[ConsumerRecord[bytes, bytes]] = []
     try:
         while len(records) < 6:
             for batch in (await consumer.getmany(timeout_ms=500)).values():

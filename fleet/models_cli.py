@@ -1,4 +1,4 @@
-"""``fleet models ...``: register, list, show, set-default, remove and verify registry records.
+"""``fleet models ...``: register, apply, list, show, set-default, remove and verify registry records.
 
 ``traffic`` and ``rollback`` (canary / A-B splits) live in ``fleet.rollout_cli``.
 """
@@ -16,6 +16,7 @@ import numpy as np
 from schemas import BatchingConfig, Framework, ModelRecord, ModelRegistry, SchemaError, Tensor, TensorSpec, parse_spec
 from schemas.topics import ensure_model_topics
 
+from . import model_apply
 from .artifacts import build_record
 from .client import FleetClient
 from .connection import Target, open_registry
@@ -65,6 +66,20 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     reg.add_argument("--default", action="store_true", help="make this version the default")
     reg.add_argument("--partitions", type=int, help="partitions of a new request topic")
     reg.set_defaults(handler=register)
+
+    bulk = sub.add_parser(
+        "apply", parents=[common], help="register the model versions of a YAML file (idempotent; see --help)",
+        description="Bring the registry in line with a models file: a YAML list of entries (or 'models:' with one), "
+        "or a directory of *.yaml/*.yml files. Each entry is one version (name, version, artifact, framework, "
+        "factory, inputs, outputs, batching, labels, example, partitions, default, traffic) and means what the "
+        "same `register` flags mean. Prints one line per entry (+ create, = unchanged, ~ default/traffic, ! error) "
+        "and applies every entry without an error; models and versions absent from the file are left alone. "
+        "Exit status 1 when any entry errored.",
+    )  # fmt: skip
+    bulk.add_argument("-f", "--file", type=Path, required=True, help="models file or directory")
+    bulk.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    bulk.add_argument("--jobs", type=int, help="artifacts checked at once (default: min(4, CPUs))")
+    bulk.set_defaults(handler=apply_models)
 
     sub.add_parser("list", parents=[common], help="list models and versions").set_defaults(handler=list_models)
 
@@ -133,6 +148,17 @@ async def register(target: Target, args: argparse.Namespace) -> int:
     elif target.stack is not None and record.name not in target.stack.models:
         print("  the local stack's workers do not serve it yet: run `fleet reload`")
     return 0
+
+
+async def apply_models(target: Target, args: argparse.Namespace) -> int:
+    """``fleet models apply``: exit 0 when every entry applied (or is unchanged), 1 when any errored."""
+    if args.jobs is not None and args.jobs < 1:
+        raise SchemaError("--jobs must be >= 1")
+    result = await model_apply.apply(target.settings, args.file, dry_run=args.dry_run, jobs=args.jobs)
+    created = any(step.action is model_apply.Action.CREATE for step in result.applied)
+    if created and not args.dry_run and target.stack is not None and not target.stack.autoscale:
+        print("  the local stack's workers do not serve new models yet: run `fleet reload`")
+    return 0 if result.ok else 1
 
 
 async def list_models(target: Target, args: argparse.Namespace) -> int:

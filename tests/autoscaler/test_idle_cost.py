@@ -1,0 +1,95 @@
+"""An idle fleet's control plane costs the same per round whatever its model count (issue: many models).
+
+An in-process `AutoscalerService` against the real broker and Redis runs rounds over 10 and then 300
+registered models with no traffic and no worker; the Redis commands a round sends are counted with
+``INFO commandstats`` and must be the same for both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from autoscaler import AutoscalerService, AutoscalerSettings
+from autoscaler.backends import PlacementBackend
+from fleet.artifacts import build_record
+from fleet.modelgen import tiny_mlp
+from schemas import FleetSettings, Lane, ModelRegistry, Names
+
+pytestmark = pytest.mark.integration
+
+ROUNDS = 4
+
+
+async def _register(
+    fleet_settings: FleetSettings, redis: Any, names: Names, artifact: Path, models: list[str]
+) -> None:
+    """Registry records written directly (one artifact for all) and both lanes' topics in one admin call."""
+    registry = ModelRegistry(redis, names)
+    for model in models:
+        await registry.register(build_record(model, "1", artifact))
+    admin = AIOKafkaAdminClient(**fleet_settings.kafka.client_kwargs())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(names.request_topic(m, lane), 1, 1) for m in models for lane in Lane])
+    finally:
+        await admin.close()
+
+
+async def _commands(redis: Any) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {k: int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"}
+
+
+async def _per_round(service: AutoscalerService, redis: Any, models: list[str]) -> dict[str, int]:
+    """Commands of ``ROUNDS`` rounds, by command, after two that take in the registry's change (a new model's
+    decision is written when it is first seen and once more when it turns idle)."""
+    assert service.autoscaler is not None
+    backend = service.backend
+
+    async def one_round() -> None:
+        assert service.autoscaler is not None
+        decisions = await service.autoscaler.step()
+        assert sorted(d.model for d in decisions) == models  # every model was measured and decided
+        assert all(d.desired == 0 for d in decisions) or isinstance(backend, PlacementBackend)
+        if isinstance(backend, PlacementBackend):
+            placed = await backend.place(models)
+            assert sorted(placed.status) == models
+
+    await one_round()
+    await one_round()
+    before = await _commands(redis)
+    for _ in range(ROUNDS):
+        await one_round()
+    after = await _commands(redis)
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+
+
+@pytest.mark.parametrize("placement", [False, True], ids=["local-backend", "placement"])
+@pytest.mark.timeout(300)
+async def test_redis_commands_per_round_do_not_grow_with_idle_models(
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path, placement: bool
+) -> None:
+    artifact = tiny_mlp(tmp_path / "tiny.onnx")
+    small = [f"idle{i:03d}" for i in range(10)]
+    large = [f"idle{i:03d}" for i in range(300)]
+    await _register(fleet_settings, redis_client, names, artifact, small)
+    settings = AutoscalerSettings(
+        interval_s=3600.0,  # the test drives the rounds itself
+        inventory_interval_s=3600.0,
+        leader_election=False,
+        gpus=0,
+        placement=placement,
+        log_dir=str(tmp_path),
+        fleet=fleet_settings,
+    )
+    async with AutoscalerService(settings) as service:
+        with_10 = await _per_round(service, redis_client, small)
+        await _register(fleet_settings, redis_client, names, artifact, large[len(small) :])
+        with_300 = await _per_round(service, redis_client, large)
+    assert with_10 == with_300, f"10 models: {with_10}; 300 models: {with_300}"
+    # A handful of commands a round: the registry epoch, the pins, the round stamps (and the worker list).
+    assert sum(with_300.values()) <= 8 * ROUNDS, with_300

@@ -471,7 +471,7 @@ class RegistryCache:
     def __init__(self, redis: aioredis.Redis, names: Names) -> None:
         self._redis = redis
         self._names = names
-        self._epoch: bytes | None = None
+        self._epoch: bytes | str | None = None
         self._loaded = False
         self._models: tuple[str, ...] = ()
         self._entries: dict[str, _Entry] = {}

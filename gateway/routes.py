@@ -118,6 +118,8 @@ class Routes:
             backends.names,
             ttl_s=backends.settings.registry_cache_ttl_s,
             timeout_s=backends.settings.backend_timeout_s,
+            external_scaler=backends.settings.external_scaler,
+            return_grace_s=backends.settings.worker_return_grace_s,
         )
         self.draining = False
         self.admission = Admission(backends.settings.max_in_flight, backends.settings.max_in_flight_bytes)

@@ -8,7 +8,9 @@ One verdict per (model, version), from what the fleet announces in Redis (keys i
   some worker holds it resident;
 - **starting**: no worker yet, but an autoscaler is alive (the leader lease is held, or an autoscaler
   reported its GPU inventory lately: one without leader election) and the model is not capped at 0, so a
-  request waits for the worker it starts (scale from zero);
+  request waits for the worker it starts (scale from zero); also while no autoscaler runs when workers are
+  started by something outside the fleet (``external_scaler``: KEDA, an HPA, a process supervisor), or when
+  this gateway saw a worker serve the model within ``return_grace_s`` (a worker restarting, a rollout);
 - **unavailable**, with the reason: the version failed to load (MODEL_LOAD_FAILED), or the model is pinned
   or capped to 0 workers, cannot be placed, or has no worker and no autoscaler (MODEL_UNAVAILABLE).
 
@@ -97,8 +99,14 @@ class VersionFacts:
     placement_failed: str | None = None  # the placement scheduler's reason when it placed no replica
 
 
-def judge(record: ModelRecord, fleet: FleetSnapshot, facts: VersionFacts) -> Verdict:
-    """The verdict for ``record``'s model version (pure: see the module docstring for the rules)."""
+def judge(
+    record: ModelRecord, fleet: FleetSnapshot, facts: VersionFacts, *, awaited: str | None = None
+) -> Verdict:
+    """The verdict for ``record``'s model version (pure: see the module docstring for the rules).
+
+    ``awaited``: why a worker is expected although no autoscaler runs (scaled outside the fleet, or one served
+    the model a moment ago), or None.
+    """
     model, version = record.name, record.version
     if (model, version) in fleet.resident:
         return Verdict(Serviceability.SERVED)
@@ -116,6 +124,8 @@ def judge(record: ModelRecord, fleet: FleetSnapshot, facts: VersionFacts) -> Ver
         reason = f"model {model!r} is capped at 0 workers by its max_replicas label"
         return Verdict(Serviceability.UNAVAILABLE, reason, ErrorCode.MODEL_UNAVAILABLE)
     if not fleet.autoscaler_alive:
+        if awaited is not None:
+            return Verdict(Serviceability.STARTING, f"no worker serves model {model!r} right now; {awaited}")
         reason = f"no worker serves model {model!r} and no autoscaler is running to start one"
         return Verdict(Serviceability.UNAVAILABLE, reason, ErrorCode.MODEL_UNAVAILABLE)
     if facts.placement_failed is not None:
@@ -141,13 +151,18 @@ class ServiceabilityView:
         *,
         ttl_s: float = 1.0,
         timeout_s: float = 1.0,
+        external_scaler: bool = False,
+        return_grace_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
         self._names = names
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
+        self._external_scaler = external_scaler
+        self._return_grace_s = return_grace_s
         self._clock = clock
+        self._served_at: dict[str, float] = {}  # model -> when this view last saw a worker serve it
         self._lock = asyncio.Lock()
         self._fleet: tuple[float, FleetSnapshot] | None = None  # (read started at, snapshot)
         self._facts: dict[tuple[str, str], tuple[float, VersionFacts]] = {}
@@ -191,7 +206,21 @@ class ServiceabilityView:
         oldest = min(self._fleet[0], facts[0])
         if (since is not None and oldest < since) or now - oldest >= self._ttl_s:
             return None
-        return judge(record, self._fleet[1], facts[1])
+        verdict = judge(record, self._fleet[1], facts[1], awaited=self._awaited(record.name, now))
+        if verdict.state is Serviceability.SERVED:
+            if len(self._served_at) >= 10_000 and record.name not in self._served_at:
+                self._served_at.clear()
+            self._served_at[record.name] = now
+        return verdict
+
+    def _awaited(self, model: str, now: float) -> str | None:
+        """Why a worker is expected for ``model`` although no autoscaler runs (None: none is)."""
+        if self._external_scaler:
+            return "workers are scaled outside the fleet (FLEET_GATEWAY_EXTERNAL_SCALER): waiting for one"
+        served_at = self._served_at.get(model)
+        if served_at is not None and now - served_at < self._return_grace_s:
+            return f"a worker served it {now - served_at:.0f} s ago: waiting for one to return"
+        return None
 
     async def _read(self, record: ModelRecord, started: float) -> None:
         """Read the fleet (when older than ``started``) and the facts of ``record``'s version."""

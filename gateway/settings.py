@@ -42,6 +42,16 @@ class GatewaySettings:
     registry_cache_ttl_s: float = doc("Seconds a registry lookup is cached (only default pointers move).", 1.0)
     backend_timeout_s: float = doc("Longest a Kafka publish or Redis call may take before the answer is 503.", 1.0)
     max_in_flight: int = doc("Infer requests handled at once; beyond it the answer is 503 OVERLOADED.", 10_000)
+    external_scaler: bool = doc(
+        "Workers are started by something outside the fleet (KEDA, an HPA, a process supervisor): a sync "
+        "request for a model no live worker serves waits for one instead of failing with 503 MODEL_UNAVAILABLE.",
+        False,
+    )
+    worker_return_grace_s: float = doc(
+        "A model this gateway saw served this recently waits for a worker to return (a restart, a rollout) "
+        "instead of failing fast when no worker and no autoscaler is live.",
+        60.0,
+    )
     shed_late_requests: bool = doc(
         "Refuse at once (503 OVERLOADED) a sync request that would wait for its model longer than its timeout, "
         "judged from the replies this gateway sees.",
@@ -138,8 +148,8 @@ class GatewaySettings:
         for name in ("webhook_backoff_s", "webhook_backoff_max_s", "webhook_timeout_s", "webhook_expiry_grace_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
-        if self.shutdown_grace_s < 0:
-            raise SettingsError("shutdown_grace_s must be >= 0")
+        if self.shutdown_grace_s < 0 or self.worker_return_grace_s < 0:
+            raise SettingsError("shutdown_grace_s and worker_return_grace_s must be >= 0")
         if self.default_timeout_s > self.max_timeout_s:
             raise SettingsError("default_timeout_s must not exceed max_timeout_s")
         for name in ("auth_cache_ttl_s", "rate_burst_s"):

@@ -18,7 +18,7 @@ from autoscaler.leader import LeaderLease
 from autoscaler.overrides import PinStore
 from gateway import Gateway
 from gateway.protocol import TIMEOUT_HEADER
-from gateway.serviceability import FleetSnapshot, Serviceability, VersionFacts, judge
+from gateway.serviceability import FleetSnapshot, Serviceability, ServiceabilityView, VersionFacts, judge
 from schemas import ErrorCode, ModelRecord, Names, now_ms
 from schemas.load_failures import LoadFailure, LoadFailures
 from schemas.residency import ResidentModel, WorkerResidency
@@ -65,6 +65,42 @@ def test_judge(
     assert (verdict.state, verdict.code) == (state, code)
     assert reason in verdict.reason
     assert verdict.ready is (state is SERVED)
+
+
+@pytest.mark.parametrize("fleet", [FleetSnapshot(), FleetSnapshot(announced=frozenset({"other"}))])
+def test_no_worker_and_no_autoscaler_waits_when_a_worker_is_expected(record: ModelRecord, fleet: FleetSnapshot) -> None:
+    verdict = judge(record, fleet, VersionFacts(), awaited="waiting for one to return")
+    assert verdict.state is STARTING and verdict.reason.endswith("waiting for one to return")
+    # What nothing can cure stays unavailable.
+    failed = judge(record, fleet, VersionFacts(failure=FAIL), awaited="waiting for one to return")
+    assert failed.state is UNAVAILABLE and failed.code is LOAD_FAILED
+
+
+async def test_a_model_served_a_moment_ago_waits_for_its_worker_to_return(
+    redis_client: Any, names: Names, record: ModelRecord
+) -> None:
+    """A worker restarting (no autoscaler): requests wait for it within the grace, and fail fast after."""
+    clock = [1000.0]
+    view = ServiceabilityView(redis_client, names, ttl_s=0.001, return_grace_s=60.0, clock=lambda: clock[0])
+    never_served = ServiceabilityView(redis_client, names, ttl_s=0.001, return_grace_s=60.0)
+    beat = Heartbeat(redis_client, names, "w1", [record.name], 3600.0, list, lambda: "cpu")
+    await beat.beat()
+    assert (await view.verdict(record)).state is SERVED
+    await redis_client.delete(names.worker_key("w1"))  # the worker stopped; its replacement is not up yet
+    clock[0] += 30.0
+    verdict = await view.verdict(record)
+    assert verdict.state is STARTING and "a worker served it 30 s ago" in verdict.reason
+    assert (await never_served.verdict(record)).state is UNAVAILABLE
+    clock[0] += 31.0
+    assert (await view.verdict(record)).state is UNAVAILABLE
+
+
+async def test_workers_scaled_outside_the_fleet_are_waited_for(
+    redis_client: Any, names: Names, record: ModelRecord
+) -> None:
+    view = ServiceabilityView(redis_client, names, external_scaler=True)
+    verdict = await view.verdict(record)
+    assert verdict.state is STARTING and "FLEET_GATEWAY_EXTERNAL_SCALER" in verdict.reason
 
 
 def test_a_max_replicas_label_of_zero_caps_the_model(record: ModelRecord) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from gateway import Gateway
+from gateway import Gateway, GatewaySettings
 from schemas import BatchingConfig, FleetSettings, InferenceResponse, ModelRecord, ModelRegistry, Names, TensorSpec
 from schemas.topics import ensure_model_topics
 from workers import Worker, WorkerSettings
@@ -99,12 +99,24 @@ async def test_error_statuses_through_the_whole_path(gateway: Gateway, worker: W
         assert status == 200, body
 
 
-async def test_timeout_without_worker_is_504(gateway: Gateway, tiny_model: ModelRecord) -> None:
+async def test_no_worker_and_no_autoscaler_is_503_at_once(gateway: Gateway, tiny_model: ModelRecord) -> None:
     async with aiohttp.ClientSession() as session:
+        status, body = await _infer_json(
+            session, gateway.url, np.ones((1, 16), dtype=np.float32), parameters={"timeout_ms": 60_000}
+        )
+    assert status == 503 and body["code"] == "MODEL_UNAVAILABLE", body
+
+
+async def test_timeout_with_workers_scaled_outside_the_fleet_is_504(
+    fleet_settings: FleetSettings, tiny_model: ModelRecord
+) -> None:
+    settings = GatewaySettings(fleet=fleet_settings, port=0, external_scaler=True)
+    async with Gateway(settings) as gateway, aiohttp.ClientSession() as session:
+        await gateway.wait_ready()
         status, body = await _infer_json(
             session, gateway.url, np.ones((1, 16), dtype=np.float32), parameters={"timeout_ms": 300}
         )
-    assert status == 504 and "error" in body
+    assert status == 504 and body["code"] == "DEADLINE_EXCEEDED", body
 
 
 def _failing_model(path: Path) -> Path:

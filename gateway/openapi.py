@@ -185,11 +185,14 @@ _ERROR_TEXT = {
     401: "Missing, unknown or revoked API key (UNAUTHENTICATED).",
     403: "The API key may not use this model (FORBIDDEN).",
     404: "Unknown model, version or job.",
+    408: "The request body did not arrive within FLEET_GATEWAY_BODY_TIMEOUT_S (REQUEST_TIMEOUT).",
     409: "The job's state does not allow this (CONFLICT).",
-    413: "Body over FLEET_GATEWAY_MAX_BODY_BYTES (PAYLOAD_TOO_LARGE).",
+    413: "Request over FLEET_GATEWAY_MAX_BODY_BYTES, as sent or as queued (PAYLOAD_TOO_LARGE).",
     429: "A rate limit's token bucket is empty (RATE_LIMITED); see Retry-After.",
     500: "The model failed (MODEL_ERROR) or an internal error.",
-    503: "Kafka or Redis unavailable, model not loadable, or the gateway is stopping.",
+    503: "Kafka or Redis unavailable, or the gateway is stopping (BACKEND_UNAVAILABLE); nothing can serve the "
+    "model (MODEL_UNAVAILABLE, MODEL_LOAD_FAILED; on .../ready: not ready, with state and reason); the gateway "
+    "or the model is past its capacity (OVERLOADED, see Retry-After).",
     504: "No reply before the request's deadline (DEADLINE_EXCEEDED).",
 }
 
@@ -226,8 +229,11 @@ def _model_operations(versioned: bool) -> dict[str, dict[str, Any]]:
         *_LOOKUP,
         ErrorCode.VERSION_NOT_FOUND,
         ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.REQUEST_TIMEOUT,
         ErrorCode.RATE_LIMITED,
         ErrorCode.MODEL_ERROR,
+        ErrorCode.MODEL_UNAVAILABLE,
+        ErrorCode.OVERLOADED,
         ErrorCode.DEADLINE_EXCEEDED,
         ErrorCode.CONFLICT,
     )
@@ -249,8 +255,8 @@ def _model_operations(versioned: bool) -> dict[str, dict[str, Any]]:
                 "operationId": "modelVersionReady" if versioned else "modelReady",
                 "parameters": params,
                 "responses": {
-                    "200": _json(_ref("ModelReady"), "Registered and requests can be queued."),
-                    **_errors(*_AUTH, *_LOOKUP, ErrorCode.VERSION_NOT_FOUND),
+                    "200": _json(_ref("ModelReady"), "A live worker serves this version now."),
+                    **_errors(*_AUTH, *_LOOKUP, ErrorCode.VERSION_NOT_FOUND, ErrorCode.MODEL_UNAVAILABLE),
                 },
             }
         },

@@ -57,6 +57,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:placement:{m}               HASH placement status of a model (`autoscaler.placement_store`): state
                                        (placed, partial, schedule_failed, idle), workers, replicas, reason, ts_ms
                                        (written when it changes; the last round's time is in placements:round)
+      {ns}:lease:{topic}:{p}           STRING id of the pool worker consuming that partition (PX 3x heartbeat;
+                                       `workers.leases`: claimed when free, renewed each beat, deleted on a move)
       {ns}:placements:round            STRING epoch ms of the placement scheduler's last round (it confirmed
                                        every stored placement status then)
       {ns}:stats:{m}                   ZSET worker id -> epoch ms of its last service-stats report
@@ -317,6 +319,10 @@ class Names:
     def placement_key(self, model: str) -> str:
         """HASH placement status of a model (state, workers, replicas, reason, ts_ms)."""
         return f"{self.namespace}:placement:{model}"
+
+    def lease_key(self, topic: str, partition: int) -> str:
+        """STRING id of the pool worker that consumes ``topic`` partition ``partition`` (PX = its lease TTL)."""
+        return f"{self.namespace}:lease:{topic}:{partition}"
 
     @property
     def placement_round_key(self) -> str:

@@ -89,6 +89,17 @@ class WorkerSettings:
         "of FLEET_WORKER_MODELS (which must then be empty).",
         False,
     )
+    mode: str = doc(
+        "models: one consumer per served model (two Kafka clients and a thread each); pool: one multiplexed "
+        "consumer for every served model (a fixed set of Kafka clients, partitions owned under Redis leases, "
+        "models loaded on first use).",
+        "models",
+    )
+    pool_threads: int = doc("Pool mode: model rounds that may run at once (one per model at a time).", 4)
+    pool_queue_records: int = doc(
+        "Pool mode: records a model may hold in memory per lane; above it its partitions pause so others flow.",
+        2048,
+    )
     labels: tuple[str, ...] = doc(
         "Comma list of labels published for placement (e.g. gpu,onnx); cpu or gpu and the installed frameworks "
         "(onnx, torch) are added.",
@@ -114,6 +125,12 @@ class WorkerSettings:
             raise SettingsError(f"device {self.device!r} must be cpu, cuda, cuda:N or auto")
         if self.intra_op_threads < 1:
             raise SettingsError("intra_op_threads must be >= 1")
+        if self.mode not in ("models", "pool"):
+            raise SettingsError(f"{PREFIX}MODE must be models or pool, not {self.mode!r}")
+        if self.pool_threads < 1:
+            raise SettingsError("pool_threads must be >= 1")
+        if self.pool_queue_records < 1:
+            raise SettingsError("pool_queue_records must be >= 1")
         if self.max_fetch_records < 1:
             raise SettingsError("max_fetch_records must be >= 1")
         if self.bulk_max_batch < 1:

@@ -33,15 +33,17 @@ async def fill_window(
     closing: Callable[[], bool] = lambda: False,
     on_more: Callable[[int], None] = lambda n: None,
     clock: Callable[[], float] = time.monotonic,
+    opened: float | None = None,
 ) -> list[Fetched]:
     """Extend ``fetched`` (in place, and return it) until the batching window closes.
 
     No batching (None or ``max_batch_size <= 1``) returns at once. ``on_more(n)`` is told the records
     in hand after each take; ``closing()`` true ends the window early (a stop drains what is in hand).
+    ``opened``: when the window opened (the first record's arrival, on ``clock``; default now).
     """
     if batching is None or batching.max_batch_size <= 1:
         return fetched
-    deadline = clock() + batching.max_queue_delay_ms / 1000
+    deadline = (clock() if opened is None else opened) + batching.max_queue_delay_ms / 1000
     rows = rows_of(fetched)
     while rows < batching.max_batch_size and len(fetched) < limit and not closing():
         remaining_ms = int((deadline - clock()) * 1000)

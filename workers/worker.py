@@ -28,6 +28,7 @@ from .consumer import ModelConsumer
 from .errors import BackendDownError, WorkerError, start_kafka_client
 from .heartbeat import Heartbeat, WorkerState
 from .metrics import WorkerMetrics
+from .pool import PoolConsumer
 from .residency_manager import ResidencyManager, worker_capacity
 from .residency_metrics import ResidencyMetrics
 from .settings import WorkerSettings
@@ -65,6 +66,7 @@ class Worker(AsyncService):
         self._redis: Any = None
         self._producer: AIOKafkaProducer | None = None
         self._consumers: list[ModelConsumer] = []
+        self._pool: PoolConsumer | None = None  # FLEET_WORKER_MODE=pool: one consumer for every model
         self._heartbeat: Heartbeat | None = None
         self._stats: StatsPublisher | None = None
         self._ready_task: asyncio.Task[None] | None = None
@@ -82,8 +84,13 @@ class Worker(AsyncService):
 
     @property
     def consumers(self) -> list[ModelConsumer]:
-        """One consumer per served model."""
+        """One consumer per served model (empty in pool mode)."""
         return list(self._consumers)
+
+    @property
+    def pool(self) -> PoolConsumer | None:
+        """The multiplexed consumer of every served model (pool mode only)."""
+        return self._pool
 
     # lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -118,6 +125,9 @@ class Worker(AsyncService):
             follows=settings.follow_assignment,
         )
         await self._heartbeat.start()
+        if settings.mode == "pool":
+            await self._start_pool(models)
+            return
         for model in models:
             try:
                 await ensure_model_topics(fleet.kafka, self.names, model)
@@ -157,6 +167,43 @@ class Worker(AsyncService):
         if settings.metrics_port > 0:
             self.metrics.serve(settings.metrics_port)
         log.info("worker %s serving %s", self.id, ",".join(models) or "(nothing assigned yet)")
+
+    async def _start_pool(self, models: tuple[str, ...]) -> None:
+        """Pool mode: the topics exist from registration; one consumer serves every model, loaded on first use."""
+        settings, fleet = self.settings, self.settings.fleet
+        producer = AIOKafkaProducer(**fleet.kafka.producer_kwargs())
+        await start_kafka_client(producer, fleet.kafka.bootstrap)
+        self._producer = producer
+        await self.residency.start(self._redis)
+        pool = self._pool = PoolConsumer(
+            settings, self.names, self._redis, producer, self.metrics, self.residency, self._artifacts
+        )
+        await pool.start(models)
+        for task in pool.tasks:
+            task.add_done_callback(self._routine_done)
+        self._stats = StatsPublisher(
+            self._redis, self.names, self.id, pool.stats, pool.devices, settings.heartbeat_interval_s
+        )
+        await self._stats.start()
+        if settings.follow_assignment:
+            self._watcher = AssignmentWatcher(
+                self._redis, self.names, self.id, settings.heartbeat_interval_s, self._apply_pool_assignment
+            )
+            self._watcher.start(frozenset(models))
+            if self._watcher.task is not None:
+                self._watcher.task.add_done_callback(self._routine_done)
+        self._ready_task = asyncio.create_task(self._ready_routine(), name=f"ready-{self.id}")
+        if settings.metrics_port > 0:
+            self.metrics.serve(settings.metrics_port)
+        log.info("worker %s serving %d model(s) in pool mode", self.id, len(models))
+
+    async def _apply_pool_assignment(self, wanted: frozenset[str]) -> frozenset[str]:
+        assert self._pool is not None
+        served = await self._pool.set_models(wanted)
+        if self._heartbeat is not None:
+            self._heartbeat.set_models(sorted(served))
+            await self._heartbeat.beat()
+        return served
 
     def _new_consumer(self, model: str) -> ModelConsumer:
         assert self._producer is not None
@@ -228,6 +275,8 @@ class Worker(AsyncService):
 
     async def _ready_routine(self) -> None:
         await asyncio.gather(*(c.assigned.wait() for c in self._consumers))
+        if self._pool is not None:
+            await self._pool.ready.wait()
         if self._heartbeat is not None and not self._stop_requested.is_set():
             await self._heartbeat.set_state(WorkerState.READY)
         self._ready.set()
@@ -295,6 +344,8 @@ class Worker(AsyncService):
         for consumer in self._consumers:
             consumer.request_stop()
         await asyncio.gather(*(c.stop(self.settings.drain_timeout_s) for c in self._consumers))
+        if self._pool is not None:
+            await self._pool.stop(self.settings.drain_timeout_s)
         await self.residency.stop()
         if self._stats is not None:
             await self._stats.stop()
@@ -313,8 +364,11 @@ class Worker(AsyncService):
 
     # heartbeat sources --------------------------------------------------------
     def _partitions(self) -> list[str]:
-        return [p for consumer in self._consumers for p in consumer.partitions]
+        pool = self._pool.partitions if self._pool is not None else []
+        return [p for consumer in self._consumers for p in consumer.partitions] + pool
 
     def _device(self) -> str:
         devices = sorted({d for consumer in self._consumers for d in consumer.cache.devices})
+        if self._pool is not None:
+            devices = self._pool.devices()
         return ",".join(devices) or self.settings.device

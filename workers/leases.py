@@ -1,0 +1,77 @@
+"""Partition leases in Redis: which pool worker consumes a topic-partition, and which partitions it should own.
+
+A partition is consumed only under a lease ``Names.lease_key(topic, p)`` holding the worker id with a TTL
+(3 heartbeat intervals). Claiming and renewing are one Lua script (set when free, extend when ours) and
+releasing is a compare-and-delete, so a worker never touches another's lease. A crashed worker's leases
+expire and its partitions are claimed by their new owners; a worker that lets a partition go first
+finishes and commits what it has in hand, then deletes the lease so the new owner starts at once.
+
+Which partitions a worker should own is pure arithmetic on the model's replicas (the sorted ids of the
+workers that serve it): partition p of each of the model's topics goes to ``replicas[p % len(replicas)]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from schemas import Names
+
+# Set when free, extend when ours; 1 when the caller holds the lease afterwards.
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+elseif v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def owned_partitions(worker_id: str, replicas: Sequence[str], partitions: int) -> list[int]:
+    """The partitions (of ``partitions``) that ``worker_id`` owns among ``replicas`` (it counts as one)."""
+    ordered = sorted(set(replicas) | {worker_id})
+    index, count = ordered.index(worker_id), len(ordered)
+    return [p for p in range(partitions) if p % count == index]
+
+
+class PartitionLeases:
+    """Claims, renews and releases one worker's partition leases (each call is one pipeline)."""
+
+    def __init__(self, redis: Any, names: Names, worker_id: str, ttl_ms: int) -> None:
+        self._redis = redis
+        self._names = names
+        self.worker_id = worker_id
+        self.ttl_ms = ttl_ms
+
+    async def claim(self, partitions: Sequence[tuple[str, int]]) -> list[bool]:
+        """Claim (or renew) each ``(topic, partition)``; True where this worker holds it now. Raises RedisError."""
+        if not partitions:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for topic, partition in partitions:
+                pipe.eval(_CLAIM, 1, self._names.lease_key(topic, partition), self.worker_id, self.ttl_ms)
+            return [bool(r) for r in await pipe.execute()]
+
+    async def release(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Delete the leases of ``partitions`` this worker holds (others' are left alone). Raises RedisError."""
+        if not partitions:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for topic, partition in partitions:
+                pipe.eval(_RELEASE, 1, self._names.lease_key(topic, partition), self.worker_id)
+            await pipe.execute()
+
+    async def holders(self, partitions: Sequence[tuple[str, int]]) -> list[str | None]:
+        """Who holds each lease (None: nobody). Raises RedisError."""
+        values = await self._redis.mget([self._names.lease_key(t, p) for t, p in partitions]) if partitions else []
+        return [None if v is None else (v.decode() if isinstance(v, bytes) else str(v)) for v in values]

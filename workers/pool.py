@@ -1,0 +1,591 @@
+"""The pool mode: one worker serves many models with a fixed set of Kafka clients and no idle per-model cost.
+
+Three Kafka clients whatever the number of models (plus the worker's producer): an interactive-lane
+consumer and a bulk-lane consumer, both in no group with a manual assignment over the partitions this
+worker owns (separate clients, since aiokafka stops fetching a connection while its prefetched records
+wait), and `workers.group_offsets` to commit and read offsets under each model's own group. Ownership
+comes from Redis leases (`workers.leases`), recomputed every heartbeat from the assignment and the
+models' replicas: adding, moving or removing a model changes only its partitions, never a group
+rebalance, so the other models never pause.
+
+Fetched records are sorted into per-model in-memory queues (bounded: a full queue pauses that model's
+partitions of that lane, so the others keep flowing). A scheduler starts rounds: interactive before bulk
+(the oldest waiting record first, across models), at most ``pool_threads`` at once and one per model,
+with one slot kept for interactive work, so an interactive record waits behind at most one bulk round.
+A round is `workers.round.RoundRunner` (handle, deliver, commit); the model's calls run on the shared
+thread pool through its `workers.serial.SerialExecutor` (one at a time per model; no thread per idle
+model). Models load on first use under the LRU residency budget; their requests wait in the queue
+meanwhile (deadlines still apply in the handler). Offsets are committed per round, only after the
+round's replies are stored; on a move the old owner stops fetching, drops what it had not started,
+finishes the round in hand and commits it, then releases the lease, and the new owner starts at the
+committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
+from redis.exceptions import RedisError
+
+from schemas import Lane, ModelRegistry, Names, now_ms
+from schemas.load_failures import LoadFailures
+
+from .artifact_cache import ArtifactCache
+from .deadletter import DeadLetterWriter
+from .errors import BackendDownError, start_kafka_client
+from .group_offsets import GroupOffsets
+from .handler import Fetched, RequestHandler, decode
+from .jobs import JobClaims
+from .lane_scheduler import IDLE_AFTER_S, IDLE_POLL_MS
+from .leases import PartitionLeases, owned_partitions
+from .metrics import WorkerMetrics
+from .models import ModelCache
+from .pacing import BulkPacer
+from .replies import ReplyWriter
+from .residency_manager import ResidencyManager
+from .retries import RetryPolicy
+from .round import BACKOFF_MAX_S, BACKOFF_MIN_S, RoundRunner
+from .serial import SerialExecutor
+from .settings import WorkerSettings
+from .stats import ModelStats
+from .window import fill_window
+
+log = logging.getLogger("fleet.workers")
+
+_LANES = (Lane.INTERACTIVE, Lane.BULK)
+
+
+@dataclass(frozen=True, slots=True)
+class _Owned:
+    """What an owned partition carries."""
+
+    model: str
+    lane: Lane
+    retry: bool
+    group: str
+
+
+@dataclass
+class _Queued:
+    arrived: float  # monotonic s
+    item: Fetched
+
+
+@dataclass
+class _PoolModel:
+    """One assigned model: its queues, cache and round runner (no thread and no Kafka client of its own)."""
+
+    name: str
+    executor: SerialExecutor
+    cache: ModelCache
+    stats: ModelStats
+    rounds: RoundRunner
+    pacer: BulkPacer
+    queues: dict[Lane, deque[_Queued]] = field(default_factory=lambda: {lane: deque() for lane in _LANES})
+    more: asyncio.Event = field(default_factory=asyncio.Event)
+    round: asyncio.Task[None] | None = None
+    round_lane: Lane | None = None
+
+    def head(self, lane: Lane) -> float | None:
+        """Arrival of the oldest queued record of ``lane`` (None when empty)."""
+        queue = self.queues[lane]
+        return queue[0].arrived if queue else None
+
+    def take(self, lane: Lane, limit: int) -> list[Fetched]:
+        """Up to ``limit`` queued records of ``lane``, oldest first."""
+        queue = self.queues[lane]
+        return [queue.popleft().item for _ in range(min(limit, len(queue)))]
+
+
+class PoolConsumer:
+    """Serves every assigned model of a worker through one multiplexed consumer per lane."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        names: Names,
+        redis: Any,
+        producer: Any,
+        metrics: WorkerMetrics,
+        residency: ResidencyManager,
+        artifacts: ArtifactCache,
+    ) -> None:
+        self._settings = settings
+        self._names = names
+        self._redis = redis
+        self._producer = producer
+        self._metrics = metrics
+        self._residency = residency
+        self._artifacts = artifacts
+        self.id = settings.worker_id
+        kafka = settings.fleet.kafka
+        kwargs = {**kafka.consumer_kwargs(""), "group_id": None}
+        self._consumers = {lane: AIOKafkaConsumer(**kwargs) for lane in _LANES}
+        self._offsets = GroupOffsets(kafka)
+        self._leases = PartitionLeases(redis, names, self.id, int(3 * settings.heartbeat_interval_s * 1000))
+        self._threads = ThreadPoolExecutor(settings.pool_threads, thread_name_prefix="models")
+        self._replies = ReplyWriter(redis, names, producer)
+        self._dead_letters = DeadLetterWriter(producer, names)
+        self._claims = JobClaims(redis, names, self.id)
+        self.models: dict[str, _PoolModel] = {}
+        self._owned: dict[TopicPartition, _Owned] = {}
+        self._assigned: dict[Lane, frozenset[TopicPartition]] = {lane: frozenset() for lane in _LANES}
+        self._pos: dict[TopicPartition, int] = {}  # next offset to fetch, once known
+        self._held: dict[TopicPartition, float] = {}  # retry partitions paused until (monotonic s)
+        self._full: set[TopicPartition] = set()  # paused: their model's queue is full
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._refresh_lock = asyncio.Lock()
+        self._rounds: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._crash: BaseException | None = None
+        self._last_records = {lane: time.monotonic() for lane in _LANES}
+        self._idle = dict.fromkeys(_LANES, False)
+        #: Set after the first ownership round (the partitions this worker could claim are being fetched).
+        self.ready = asyncio.Event()
+
+    # what the worker reads -----------------------------------------------------------------------------------------
+    @property
+    def kafka_clients(self) -> list[Any]:
+        """The Kafka clients this pool owns (fixed, whatever the number of models; the producer is the worker's)."""
+        return [*self._consumers.values(), self._offsets.client]
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The routines (done early only when they crashed)."""
+        return list(self._tasks)
+
+    @property
+    def partitions(self) -> list[str]:
+        """``topic:partition`` of every owned partition."""
+        return sorted(f"{tp.topic}:{tp.partition}" for tp in self._owned)
+
+    def stats(self) -> dict[str, ModelStats]:
+        """Service stats per served model."""
+        return {name: model.stats for name, model in self.models.items()}
+
+    def devices(self) -> list[str]:
+        """Devices of the loaded runtimes."""
+        return sorted({d for model in self.models.values() for d in model.cache.devices})
+
+    # lifecycle -----------------------------------------------------------------------------------------------------
+    async def start(self, models: Iterable[str]) -> None:
+        """Connect the clients, take the first ownership round and start the routines."""
+        await self._offsets.start()
+        for consumer in self._consumers.values():
+            await start_kafka_client(consumer, self._settings.fleet.kafka.bootstrap)
+        for model in sorted(models):
+            self.models[model] = self._new_model(model)
+        await self.refresh()
+        self.ready.set()
+        self._tasks = [
+            *(asyncio.create_task(self._fetch_routine(lane), name=f"pool-fetch-{lane.value}") for lane in _LANES),
+            asyncio.create_task(self._schedule_routine(), name="pool-scheduler"),
+            asyncio.create_task(self._lease_routine(), name="pool-leases"),
+        ]
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop fetching, finish (within ``timeout_s``) and commit the rounds in hand, release the leases."""
+        self._closing.set()
+        self._wake.set()
+        for task in self._tasks:
+            if task.get_name() != "pool-scheduler":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        rounds = set(self._rounds)
+        if rounds:
+            _, pending = await asyncio.wait(rounds, timeout=timeout_s)
+            for task in pending:
+                log.warning("pool: %s not finished after %.1fs; cancelling (redelivered)", task.get_name(), timeout_s)
+                task.cancel()
+            await asyncio.gather(*rounds, return_exceptions=True)
+        owned, self._owned = list(self._owned), {}
+        try:
+            await self._leases.release([(tp.topic, tp.partition) for tp in owned])
+        except RedisError as exc:
+            log.warning("pool: leases not released (they expire): %s", exc)
+        for consumer in self._consumers.values():
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
+        await self._offsets.close()
+        for model in self.models.values():
+            await model.cache.close()
+        # Off the event loop: a batch still on a thread must not stop the loop.
+        await asyncio.to_thread(self._threads.shutdown, wait=True)
+
+    def _new_model(self, name: str) -> _PoolModel:
+        settings = self._settings
+        executor = SerialExecutor(self._threads)
+        cache = ModelCache(
+            name,
+            ModelRegistry(self._redis, self._names),
+            executor,
+            settings,
+            self._residency,
+            self._artifacts,
+            LoadFailures(self._redis, self._names, self.id),
+        )
+        stats = ModelStats()
+        retry = RetryPolicy(
+            settings.retry_attempts, settings.retry_base_ms, settings.retry_max_ms, settings.retry_jitter
+        )
+        handler = RequestHandler(name, cache, executor, self.id, self._metrics, stats, self._claims, retry)
+        rounds = RoundRunner(name, handler, self._producer, self._replies, self._dead_letters, self._metrics, stats)
+        return _PoolModel(name, executor, cache, stats, rounds, BulkPacer(settings.bulk_share))
+
+    async def set_models(self, wanted: frozenset[str]) -> frozenset[str]:
+        """Serve ``wanted`` from now on (the assignment changed); returns the models served afterwards."""
+        for name in sorted(wanted - set(self.models)):
+            self.models[name] = self._new_model(name)
+            log.info("worker %s serves %s (assigned)", self.id, name)
+        await self.refresh(wanted)
+        for name in sorted(set(self.models) - wanted):
+            model = self.models.pop(name)
+            await model.cache.close()
+            log.info("worker %s stopped serving %s (unassigned)", self.id, name)
+        return frozenset(self.models)
+
+    # ownership -----------------------------------------------------------------------------------------------------
+    async def _replicas(self, models: Sequence[str]) -> dict[str, list[str]]:
+        """Workers serving each model, from its placement status (this worker alone when it has none)."""
+        if not self._settings.follow_assignment or not models:
+            return {m: [self.id] for m in models}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.hget(self._names.placement_key(model), "workers")
+            found = await pipe.execute()
+        replicas: dict[str, list[str]] = {}
+        for model, raw in zip(models, found, strict=True):
+            text = raw.decode() if isinstance(raw, bytes) else (raw or "")
+            replicas[model] = sorted({w for w in text.split(",") if w} | {self.id})
+        return replicas
+
+    def _topics(self, models: Iterable[str]) -> dict[str, tuple[str, Lane, bool]]:
+        topics: dict[str, tuple[str, Lane, bool]] = {}
+        for model in models:
+            for lane in _LANES:
+                request, retry = self._names.lane_topics(model, lane)
+                topics[request] = (model, lane, False)
+                topics[retry] = (model, lane, True)
+        return topics
+
+    async def refresh(self, models: Iterable[str] | None = None) -> None:
+        """One ownership round: renew or claim the partitions this worker should own, let go of the others."""
+        async with self._refresh_lock:
+            try:
+                await self._refresh(sorted(self.models if models is None else models))
+            except (RedisError, KafkaError) as exc:
+                log.warning("pool: ownership not refreshed (kept as is): %s", exc)
+
+    async def _refresh(self, models: list[str]) -> None:
+        replicas = await self._replicas(models)
+        topics = self._topics(models)
+        counts = await self._offsets.partitions(topics)
+        wanted: dict[TopicPartition, _Owned] = {}
+        for topic, (model, lane, retry) in topics.items():
+            for p in owned_partitions(self.id, replicas[model], counts.get(topic, 0)):
+                wanted[TopicPartition(topic, p)] = _Owned(model, lane, retry, self._names.worker_group(model, lane))
+        leaving = [tp for tp in self._owned if tp not in wanted]
+        if leaving:
+            await self._let_go(leaving)
+        keep = [tp for tp in self._owned if tp in wanted]
+        new = [tp for tp in wanted if tp not in self._owned]
+        held = await self._leases.claim([(tp.topic, tp.partition) for tp in keep + new])
+        lost = [tp for tp, ok in zip(keep, held[: len(keep)], strict=True) if not ok]
+        gained = [tp for tp, ok in zip(new, held[len(keep) :], strict=True) if ok]
+        if lost:
+            log.warning("pool: leases lost to another worker: %s", ",".join(f"{t.topic}:{t.partition}" for t in lost))
+            await self._let_go(lost, release=False)
+        if gained:
+            await self._start_at_committed(gained, wanted)
+            log.info("pool: worker %s now owns %d more partition(s)", self.id, len(gained))
+        self._reassign()
+
+    async def _start_at_committed(self, gained: Sequence[TopicPartition], wanted: dict[TopicPartition, _Owned]) -> None:
+        by_group: dict[str, list[TopicPartition]] = {}
+        for tp in gained:
+            by_group.setdefault(wanted[tp].group, []).append(tp)
+        for group, tps in by_group.items():
+            committed = await self._offsets.committed(group, tps)
+            for tp in tps:
+                offset = committed.get(tp)
+                if offset is None:
+                    self._pos.pop(tp, None)  # nothing committed: the log start (auto_offset_reset=earliest)
+                else:
+                    self._pos[tp] = offset
+                self._owned[tp] = wanted[tp]
+
+    async def _let_go(self, tps: Sequence[TopicPartition], *, release: bool = True) -> None:
+        """Stop fetching ``tps``, drop their records not started, let their rounds in hand finish and commit,
+        then delete the leases (``release``)."""
+        gone = set(tps)
+        keys = _keys(gone)
+        models = {self._owned[tp].model for tp in gone}
+        for tp in gone:
+            del self._owned[tp]
+            self._pos.pop(tp, None)
+            self._held.pop(tp, None)
+            self._full.discard(tp)
+        self._reassign()
+        for name in models:
+            model = self.models.get(name)
+            if model is None:
+                continue
+            for lane in _LANES:
+                queue = model.queues[lane]
+                kept = [q for q in queue if (q.item.record.topic, q.item.record.partition) not in keys]
+                queue.clear()
+                queue.extend(kept)
+            if model.round is not None and not model.round.done():
+                await asyncio.wait({model.round}, timeout=self._settings.drain_timeout_s)
+        if release:
+            await self._leases.release([(tp.topic, tp.partition) for tp in gone])
+
+    def _reassign(self) -> None:
+        """Give each lane's consumer the owned partitions, at their positions, paused where they should be."""
+        for lane in _LANES:
+            tps = frozenset(tp for tp, owned in self._owned.items() if owned.lane is lane)
+            if tps == self._assigned[lane]:
+                continue
+            consumer = self._consumers[lane]
+            consumer.assign(list(tps))  # every partition's fetch state starts over: seek them all
+            for tp in tps:
+                position = self._pos.get(tp)
+                if position is not None:
+                    consumer.seek(tp, position)
+            paused = [tp for tp in tps if tp in self._held or tp in self._full]
+            if paused:
+                consumer.pause(*paused)
+            self._assigned[lane] = tps
+            self._wake.set()
+
+    async def _lease_routine(self) -> None:
+        interval = self._settings.heartbeat_interval_s
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), interval)
+            if not self._closing.is_set():
+                await self.refresh()
+
+    # fetching ------------------------------------------------------------------------------------------------------
+    async def _fetch_routine(self, lane: Lane) -> None:
+        consumer = self._consumers[lane]
+        backoff = BACKOFF_MIN_S
+        while not self._closing.is_set():
+            self._release_due(lane)
+            poll_ms = IDLE_POLL_MS
+            due = [at for tp, at in self._held.items() if tp in self._assigned[lane]]
+            if due:
+                poll_ms = max(1, min(poll_ms, int((min(due) - time.monotonic()) * 1000) + 1))
+            if not self._assigned[lane]:
+                await asyncio.sleep(poll_ms / 1000)
+                continue
+            try:
+                data = await consumer.getmany(timeout_ms=poll_ms, max_records=self._settings.max_fetch_records)
+            except KafkaError as exc:
+                log.warning("pool %s lane: fetch failed (%s); retrying in %.2fs", lane.value, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                continue
+            backoff = BACKOFF_MIN_S
+            if data:
+                self._route(lane, data)
+                self._note_records(lane)
+            elif not self._idle[lane] and time.monotonic() - self._last_records[lane] > IDLE_AFTER_S:
+                self._set_idle(lane, True)
+
+    def _route(self, lane: Lane, data: dict[TopicPartition, list[Any]]) -> None:
+        """Sort fetched records into their models' queues; hold back retries that are not due yet."""
+        now, arrived = now_ms(), time.monotonic()
+        touched: set[str] = set()
+        for tp, records in data.items():
+            owned = self._owned.get(tp)
+            model = self.models.get(owned.model) if owned is not None else None
+            if owned is None or model is None:
+                continue  # let go meanwhile: its new owner reads it from the committed offset
+            queue = model.queues[lane]
+            for record in records:
+                item = decode(record)
+                request = item.request
+                if owned.retry and request is not None and not request.due(now):
+                    self._hold(lane, tp, record.offset, (request.not_before_ms or now) - now)
+                    break  # the rest of this partition comes again after the seek
+                queue.append(_Queued(arrived, item))
+                self._pos[tp] = record.offset + 1
+            touched.add(model.name)
+        cap = self._settings.pool_queue_records
+        for name in touched:
+            model = self.models[name]
+            model.more.set()
+            if len(model.queues[lane]) >= cap:
+                self._pause_full(model, lane)
+        self._wake.set()
+
+    def _hold(self, lane: Lane, tp: TopicPartition, offset: int, wait_ms: float) -> None:
+        consumer = self._consumers[lane]
+        try:
+            consumer.seek(tp, offset)
+            consumer.pause(tp)
+        except IllegalStateError:  # no longer assigned
+            return
+        self._pos[tp] = offset
+        self._held[tp] = time.monotonic() + wait_ms / 1000
+
+    def _release_due(self, lane: Lane) -> None:
+        now = time.monotonic()
+        due = [tp for tp, at in self._held.items() if at <= now and tp in self._assigned[lane]]
+        for tp in due:
+            del self._held[tp]
+        resume = [tp for tp in due if tp not in self._full]
+        if resume:
+            self._consumers[lane].resume(*resume)
+
+    def _model_partitions(self, model: str, lane: Lane) -> list[TopicPartition]:
+        return [tp for tp, o in self._owned.items() if o.model == model and o.lane is lane]
+
+    def _pause_full(self, model: _PoolModel, lane: Lane) -> None:
+        tps = [tp for tp in self._model_partitions(model.name, lane) if tp not in self._full]
+        if tps:
+            self._full.update(tps)
+            self._consumers[lane].pause(*tps)
+            log.info(
+                "pool: model %s %s lane: %d records queued; its partitions pause",
+                model.name,
+                lane.value,
+                len(model.queues[lane]),
+            )
+
+    def _resume_drained(self, model: _PoolModel, lane: Lane) -> None:
+        if len(model.queues[lane]) > self._settings.pool_queue_records // 2:
+            return
+        tps = [tp for tp in self._model_partitions(model.name, lane) if tp in self._full]
+        if tps:
+            self._full.difference_update(tps)
+            resume = [tp for tp in tps if tp not in self._held]
+            if resume:
+                self._consumers[lane].resume(*resume)
+
+    def _note_records(self, lane: Lane) -> None:
+        self._last_records[lane] = time.monotonic()
+        if self._idle[lane]:
+            self._set_idle(lane, False)
+
+    def _set_idle(self, lane: Lane, idle: bool) -> None:
+        """The longer fetch wait while a lane is idle (see `workers.lane_scheduler`)."""
+        self._idle[lane] = idle
+        idle_wait = self._settings.idle_fetch_wait_ms
+        if idle_wait <= 0:
+            return
+        busy_wait = self._settings.fleet.kafka.fetch_max_wait_ms
+        fetcher = getattr(self._consumers[lane], "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+            fetcher._fetch_max_wait_ms = max(busy_wait, idle_wait) if idle else busy_wait
+
+    # scheduling ----------------------------------------------------------------------------------------------------
+    async def _schedule_routine(self) -> None:
+        while not self._closing.is_set():
+            if self._crash is not None:
+                raise self._crash
+            self._wake.clear()
+            self._start_rounds()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_MS / 1000)
+        if self._crash is not None:
+            raise self._crash
+
+    def _pick(self) -> tuple[_PoolModel, Lane] | None:
+        """The next round: the oldest interactive record's model, else (within the bulk slots) the oldest bulk."""
+        free = [m for m in self.models.values() if m.round is None]
+        waiting = [(head, m) for m in free if (head := m.head(Lane.INTERACTIVE)) is not None]
+        if waiting:
+            return min(waiting, key=lambda pair: pair[0])[1], Lane.INTERACTIVE
+        bulk_rounds = sum(
+            1 for m in self.models.values() if m.round is not None and m.round.get_name().endswith("bulk")
+        )
+        if bulk_rounds >= max(1, self._settings.pool_threads - 1):
+            return None  # a slot stays free for interactive work
+        now = time.monotonic()
+        waiting = [(head, m) for m in free if (head := m.head(Lane.BULK)) is not None and m.pacer.rest_ms(now) == 0]
+        if waiting:
+            return min(waiting, key=lambda pair: pair[0])[1], Lane.BULK
+        return None
+
+    def _start_rounds(self) -> None:
+        while len(self._rounds) < self._settings.pool_threads and not self._closing.is_set():
+            picked = self._pick()
+            if picked is None:
+                return
+            model, lane = picked
+            task = asyncio.create_task(self._round(model, lane), name=f"round-{model.name}-{lane.value}")
+            model.round, model.round_lane = task, lane
+            self._rounds.add(task)
+            task.add_done_callback(functools.partial(self._round_done, model=model))
+
+    def _round_done(self, task: asyncio.Task[None], *, model: _PoolModel) -> None:
+        self._rounds.discard(task)
+        if model.round is task:
+            model.round, model.round_lane = None, None
+        if not task.cancelled() and task.exception() is not None and self._crash is None:
+            self._crash = task.exception()
+        self._wake.set()
+
+    async def _round(self, model: _PoolModel, lane: Lane) -> None:
+        settings = self._settings
+        limit = (
+            settings.max_fetch_records
+            if lane is Lane.INTERACTIVE
+            else min(settings.max_fetch_records, settings.bulk_max_batch)
+        )
+        opened = model.head(lane)
+        fetched = model.take(lane, limit)
+        if not fetched:
+            return
+        if lane is Lane.INTERACTIVE:
+            model.pacer.note_interactive(time.monotonic())
+            version = next((f.request.version for f in fetched if f.request is not None), None)
+
+            async def take(timeout_ms: int, max_records: int) -> list[Fetched]:
+                if not model.queues[lane]:
+                    model.more.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(model.more.wait(), timeout_ms / 1000)
+                return model.take(lane, max_records)
+
+            fetched = await fill_window(
+                fetched, model.cache.batching_hint(version), limit, take, closing=self._closing.is_set, opened=opened
+            )
+        self._resume_drained(model, lane)
+        retry_topic = self._names.retry_topic(model.name, lane)
+        group = self._names.worker_group(model.name, lane)
+        spent = await model.rounds.run(fetched, lane, retry_topic, lambda done: self._commit(model.name, group, done))
+        if lane is Lane.BULK:
+            model.pacer.note_bulk_round(spent, time.monotonic())
+
+    async def _commit(self, model: str, group: str, fetched: Sequence[Fetched]) -> None:
+        """Commit the offsets just past ``fetched`` under the model's group; a failed commit only logs."""
+        offsets: dict[TopicPartition, int] = {}
+        for item in fetched:
+            tp = TopicPartition(item.record.topic, item.record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), item.record.offset + 1)
+        if not offsets:
+            return
+        try:
+            await self._offsets.commit(group, offsets)
+        except (KafkaError, BackendDownError) as exc:
+            log.warning("pool: model %s: commit failed (%s); the records will be redelivered", model, exc)
+
+
+def _keys(tps: Iterable[TopicPartition]) -> set[tuple[str, int]]:
+    return {(tp.topic, tp.partition) for tp in tps}

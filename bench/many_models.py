@@ -16,7 +16,10 @@ Phases, in this order (``--phase`` picks; the models are always registered, the 
   ``CLIENT LIST`` addresses matched to sockets in /proc: the services set no client name), each worker's
   TCP connections to the broker and threads;
 * ``skew``: closed loop through the gateway for S seconds, 80 % of requests on 10 hot models and the rest
-  spread over all N: errors, the hot models' p50/p99, residency hit rate (workers' /metrics deltas).
+  spread over all N: errors, the hot models' p50/p99, residency hit rate (workers' /metrics deltas);
+* ``change`` (not in the default): the same skewed load on the models that answered, while one new model is
+  registered (until it answers) and, later, one served model is removed: how much longer than before the
+  change (p99 of the requests sent before it) the slowest request to another model took.
 
 It prints the figures with the issue's targets beside them (PASS/FAIL; the targets are set for 500-1,000
 models, so at a small N a PASS says little) and writes JSON and a PNG of CPU % and models answered over time.
@@ -64,7 +67,7 @@ from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSet
 from schemas.residency import WorkerResidency
 from schemas.topics import ensure_model_topics
 
-PHASES = ("register", "idle0", "first", "idle", "skew")
+PHASES = ("register", "idle0", "first", "idle", "skew", "change")
 DEFAULT_PHASES = "register,first,idle,skew"
 HOT_MODELS = 10
 HOT_SHARE = 0.8
@@ -362,23 +365,29 @@ X = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
 
 
 async def first_answers(
-    fleet: Fleet, models: Sequence[str], started: float, timeout_s: float, concurrency: int, done: list[float]
+    fleet: Fleet, models: Sequence[str], started: float, args: argparse.Namespace, done: list[float]
 ) -> dict[str, Any]:
-    """One sync infer per model, retried until it answers or ``timeout_s`` after ``started`` (worker spawn)."""
+    """One sync infer per model, retried until it answers or ``--first-timeout`` after ``started`` (worker spawn).
+
+    A try lasts at most ``--first-try-s`` (a model that starts serving during a try answers its next one, so
+    a model's time is late by up to that much when a try's request is not served)."""
+    timeout_s, concurrency = args.first_timeout, args.first_concurrency
     deadline = started + timeout_s
     gate = asyncio.Semaphore(concurrency)
     errors: Counter[str] = Counter()
+    names_done: list[str] = []
 
     async def one(client: FleetClient, model: str) -> None:
         async with gate:
             while (left := deadline - time.monotonic()) > 0.5:
                 try:
-                    await client.infer(model, {"x": X}, timeout_s=min(10.0, left))
+                    await client.infer(model, {"x": X}, timeout_s=min(args.first_try_s, left))
                 except (ClientError, OSError, TimeoutError) as exc:
                     errors[str(exc)[:120]] += 1
                     await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
                     continue
                 done.append(time.monotonic() - started)
+                names_done.append(model)
                 return
 
     async with FleetClient(fleet.url, timeout_s=10.0, max_connections=concurrency) as client:
@@ -389,9 +398,12 @@ async def first_answers(
         "answered": len(times),
         "all_answered_s": round(times[-1], 1) if len(times) == len(models) else None,
         "timeout_s": timeout_s,
+        "try_s": args.first_try_s,
         "first_answer_s": round(times[0], 1) if times else None,
+        "last_answer_s": round(times[-1], 1) if times else None,
         "median_answer_s": round(times[len(times) // 2], 1) if times else None,
         "tries_refused": dict(errors.most_common(5)),
+        "answered_models": sorted(names_done),
     }
 
 
@@ -443,6 +455,88 @@ async def skewed_load(
     }
 
 
+async def change_under_load(
+    fleet: Fleet, models: Sequence[str], extra: tuple[str, Path], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Skewed closed-loop load on ``models`` while ``extra`` is registered and then the last of ``models`` is
+    removed; per change, the slowest request to another model sent in the window after it, against before."""
+    rng = random.Random(args.seed + 1)
+    removed = models[-1]
+    others = [m for m in models if m != removed]
+    hot = others[:HOT_MODELS]
+    sent: list[tuple[float, float]] = []  # (monotonic send time, latency ms) of answered requests to others
+    errors: Counter[str] = Counter()
+    stopping = asyncio.Event()
+    events: dict[str, float] = {}
+
+    async def loop(client: FleetClient) -> None:
+        while not stopping.is_set():
+            model = rng.choice(hot) if rng.random() < HOT_SHARE else rng.choice(others)
+            began = time.monotonic()
+            try:
+                await client.infer(model, {"x": X}, timeout_s=10.0)
+            except (ClientError, OSError, TimeoutError) as exc:
+                errors[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
+                continue
+            sent.append((began, (time.monotonic() - began) * 1000))
+
+    async def script(client: FleetClient) -> None:
+        try:
+            await asyncio.sleep(args.change_settle_s)
+            events["add"] = time.monotonic()
+            await register_models(fleet.settings, [extra], fleet.home)
+            deadline = time.monotonic() + args.first_timeout
+            while time.monotonic() < deadline:
+                try:
+                    await client.infer(extra[0], {"x": X}, timeout_s=min(args.first_try_s, deadline - time.monotonic()))
+                except (ClientError, OSError, TimeoutError):
+                    await asyncio.sleep(0.25)
+                    continue
+                events["add_answered"] = time.monotonic()
+                break
+            await asyncio.sleep(args.change_settle_s)
+            events["remove"] = time.monotonic()
+            redis = fleet.settings.redis.client()
+            try:
+                await ModelRegistry(redis, Names(fleet.settings.namespace)).remove(removed)
+            finally:
+                await redis.aclose()
+            await asyncio.sleep(args.change_settle_s)
+        finally:
+            stopping.set()
+
+    async with FleetClient(fleet.url, timeout_s=10.0, max_connections=args.concurrency + 1) as client:
+        await asyncio.gather(script(client), *(loop(client) for _ in range(args.concurrency)))
+
+    before = sorted(ms for t, ms in sent if t < events["add"])
+    baseline = quantile(before, 0.99)
+    figures: dict[str, Any] = {
+        "added_model": extra[0],
+        "removed_model": removed,
+        "window_s": args.change_settle_s,
+        "answered": len(sent),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors.most_common(5)),
+        "before_p99_ms": baseline,
+        "add_answered_after_s": round(events["add_answered"] - events["add"], 1) if "add_answered" in events else None,
+    }
+    for change in ("add", "remove"):
+        if change not in events:
+            continue
+        start, end = events[change], events[change] + args.change_settle_s
+        if change == "add" and "add_answered" in events:
+            end = max(end, events["add_answered"])
+        during = sorted(ms for t, ms in sent if start <= t < end)
+        worst = round(during[-1], 1) if during else None
+        figures[change] = {
+            "requests": len(during),
+            "p99_ms": quantile(during, 0.99),
+            "max_ms": worst,
+            "added_ms": None if worst is None or baseline is None else round(worst - baseline, 1),
+        }
+    return figures
+
+
 # the run ------------------------------------------------------------------------------------------
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = set(args.phase.split(","))
@@ -452,6 +546,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="fleet-bench-many-"))
     models = [f"m{i:04d}" for i in range(args.models)]
     artifacts = [(m, tiny_mlp(home / "models" / f"{m}.onnx", seed=i)) for i, m in enumerate(models)]
+    extra = ("added", tiny_mlp(home / "models" / "added.onnx", seed=args.models))
     broker, redis_server = LocalBroker(log_dir=home / "logs"), LocalRedis(log_dir=home / "logs")
     report: dict[str, Any] = {
         "benchmark": "many_models",
@@ -541,9 +636,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 worker_env["FLEET_WORKER_MEMORY_BUDGET_MB"] = str(args.budget_mb)
             fleet.spawn(worker_id, "workers", worker_env)
         if "first" in phases:
-            first = await first_answers(fleet, models, started, args.first_timeout, args.first_concurrency, answered)
+            first = await first_answers(fleet, models, started, args, answered)
             report["first"] = first
-            print(f"first answers: {first['answered']}/{args.models}, all after {first['all_answered_s']}s", flush=True)
+            print(f"first answers: {first['answered']} of {args.models} after {first['last_answer_s']} s", flush=True)
         else:
             await wait_for("workers", lambda: _workers_ready(redis, names, worker_ids), fleet, 120)
         fleet.check_alive()
@@ -579,6 +674,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"hit rate {skew['hit_rate']}",
                 flush=True,
             )
+        if "change" in phases:
+            sampler.phase = "change"
+            served = report.get("first", {}).get("answered_models") or models
+            change = await change_under_load(fleet, served, extra, args)
+            report["change"] = change
+            print(f"change under load: {change}", flush=True)
         fleet.check_alive()
         report["timeline"] = sampler.rows
     finally:
@@ -655,7 +756,17 @@ def verdicts(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rate = skew["hit_rate"]
         row("skew_hit_rate", "skew: hit rate", rate, "—" if rate is None else f"{rate:.1%}",
             rate is not None and rate >= 0.95)  # fmt: skip
-    row("change_under_load_ms", "model added/moved/removed under load", None, "not measured", None)
+    change = report.get("change")
+    if change is None:
+        row("change_under_load_ms", "model added/moved/removed under load", None, "not measured", None)
+    for kind in ("add", "remove"):
+        if change is not None and kind in change:
+            added = change[kind]["added_ms"]
+            shown = f"+{added} ms (max {change[kind]['max_ms']} vs p99 {change['before_p99_ms']} before)"
+            label = {"add": "model added under load", "remove": "model removed under load"}[kind]
+            row("change_under_load_ms", label, added, shown, added is not None and added <= 250)
+    if change is not None:
+        row("change_under_load_ms", "model moved under load", None, "not measured", None)
     row("worker_added_s", "worker added under load", None, "not measured", None)
     return rows
 
@@ -722,8 +833,10 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=30.0, help="seconds of each idle phase T")
     parser.add_argument("--skew-s", type=float, default=30.0, help="seconds of skewed load S")
     parser.add_argument("--first-timeout", type=float, default=120.0, help="seconds after worker start to give up")
+    parser.add_argument("--first-try-s", type=float, default=5.0, help="timeout of one first-request try")
     parser.add_argument("--first-concurrency", type=int, default=64, help="first requests in flight at once")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight during the skewed load")
+    parser.add_argument("--change-settle-s", type=float, default=10.0, help="change phase: seconds around changes")
     parser.add_argument("--budget-mb", type=float, default=0.0, help="worker memory budget (0: the worker default)")
     parser.add_argument("--phase", default=DEFAULT_PHASES, help=f"comma list of {','.join(PHASES)}")
     parser.add_argument("--seed", type=int, default=1)

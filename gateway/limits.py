@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -24,11 +25,13 @@ from .protocol import InferBody, parse_infer
 _TASKS_PER_PROCESS = 100
 
 
-def decode_infer(raw: bytes, header_length: str | None, max_elements: int) -> InferBody | tuple[str, str]:
+def decode_infer(
+    raw: bytes, header_length: str | None, max_elements: int, datatypes: Mapping[str, str] | None = None
+) -> InferBody | tuple[str, str]:
     """``parse_infer`` plus the element limit; a domain error comes back as ``(code, message)`` (the
     gateway's exceptions do not survive pickling, and this runs in a decode process for large bodies)."""
     try:
-        body = parse_infer(raw, header_length)
+        body = parse_infer(raw, header_length, datatypes)
         check_tensor_elements(body, max_elements)
     except FleetError as exc:
         return exc.code.value, exc.message
@@ -50,18 +53,22 @@ class Decoder:
         self._pool: ProcessPoolExecutor | None = None
         self._stopped = False
 
-    async def decode(self, raw: bytes, header_length: str | None) -> InferBody:
-        """The parsed body; GatewayError (400s) for what does not parse."""
+    async def decode(
+        self, raw: bytes, header_length: str | None, datatypes: Mapping[str, str] | None = None
+    ) -> InferBody:
+        """The parsed body; GatewayError (400s) for what does not parse (``datatypes``: see ``parse_infer``)."""
         if len(raw) <= self._inline_bytes:
-            result = decode_infer(raw, header_length, self._max_elements)
+            result = decode_infer(raw, header_length, self._max_elements, datatypes)
         else:
-            result = await self._in_process(raw, header_length)
+            result = await self._in_process(raw, header_length, datatypes)
         if isinstance(result, tuple):
             code, message = result
             raise GatewayError(message, code=ErrorCode(code))
         return result
 
-    async def _in_process(self, raw: bytes, header_length: str | None) -> InferBody | tuple[str, str]:
+    async def _in_process(
+        self, raw: bytes, header_length: str | None, datatypes: Mapping[str, str] | None
+    ) -> InferBody | tuple[str, str]:
         if self._stopped:
             raise GatewayError("the gateway is stopping", code=ErrorCode.BACKEND_UNAVAILABLE)
         if self._pool is None:
@@ -73,7 +80,7 @@ class Decoder:
         pool = self._pool
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                pool, decode_infer, raw, header_length, self._max_elements
+                pool, decode_infer, raw, header_length, self._max_elements, datatypes
             )
         except BrokenProcessPool:  # a decode process died (killed, out of memory): start a fresh pool next time
             if self._pool is pool:

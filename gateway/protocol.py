@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,8 +97,14 @@ class _BinaryCursor:
         return chunk
 
 
-def parse_infer(body: bytes, header_length: str | None = None) -> InferBody:
-    """Parse an infer body (JSON, or binary extension when ``header_length`` is the header's value)."""
+def parse_infer(
+    body: bytes, header_length: str | None = None, datatypes: Mapping[str, str] | None = None
+) -> InferBody:
+    """Parse an infer body (JSON, or binary extension when ``header_length`` is the header's value).
+
+    ``datatypes`` (input name -> the model's datatype), when given, refuses an input of another datatype
+    before its data is converted: millions of elements of the wrong kind cost only the JSON parse.
+    """
     cursor: _BinaryCursor | None = None
     json_part: bytes | memoryview = body
     if header_length is not None:
@@ -108,7 +114,7 @@ def parse_infer(body: bytes, header_length: str | None = None) -> InferBody:
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidRequestError("'inputs' must be a non-empty list")
-    inputs = tuple(_parse_input(raw, i, cursor) for i, raw in enumerate(raw_inputs))
+    inputs = tuple(_parse_input(raw, i, cursor, datatypes or {}) for i, raw in enumerate(raw_inputs))
     if cursor is not None and cursor.remaining:
         raise InvalidRequestError(f"{cursor.remaining} bytes of binary data follow the last binary input")
     request_id = doc.get("id")
@@ -205,7 +211,7 @@ def _parse_outputs(raw: Any) -> tuple[OutputRequest, ...]:
     return tuple(outputs)
 
 
-def _parse_input(raw: Any, index: int, cursor: _BinaryCursor | None) -> Tensor:
+def _parse_input(raw: Any, index: int, cursor: _BinaryCursor | None, datatypes: Mapping[str, str]) -> Tensor:
     if not isinstance(raw, dict):
         raise InvalidRequestError(f"inputs[{index}] must be an object")
     name = raw.get("name")
@@ -214,6 +220,9 @@ def _parse_input(raw: Any, index: int, cursor: _BinaryCursor | None) -> Tensor:
     datatype = raw.get("datatype")
     if datatype not in DATATYPES:
         raise InvalidInputError(name, f"unknown datatype {datatype!r}; expected one of {sorted(DATATYPES)}")
+    expected = datatypes.get(name, datatype)
+    if datatype != expected:  # the same words as schemas.check_inputs
+        raise InvalidInputError(name, f"has datatype {datatype}, the model expects {expected}")
     shape = raw.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInputError(name, f"'shape' must be a list of non-negative integers, got {shape!r}")

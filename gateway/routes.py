@@ -262,9 +262,11 @@ class Routes:
             raw = await self._read_body(request, ticket)
             record = await self._record(request.match_info["model"], request.match_info.get("version"))
             label = record.name
-            body = await self._b.decoder.decode(raw, request.headers.get(HEADER_LENGTH))
+            versioned = request.match_info.get("version") is not None
+            datatypes = await self._datatypes(record, versioned)
+            body = await self._b.decoder.decode(raw, request.headers.get(HEADER_LENGTH), datatypes)
             body = dataclasses.replace(body, lane=choose_lane(body.lane, request.headers.get(LANE_HEADER)))
-            if request.match_info.get("version") is None:  # unversioned: the model's traffic split picks
+            if not versioned:  # unversioned: the model's traffic split picks
                 record = await self._b.cache.routed(record, request.headers.get(REQUEST_ID_HEADER) or body.id)
             version_label = record.version
             settings = self._b.settings
@@ -300,6 +302,13 @@ class Routes:
         if rendered.header_length is not None:
             headers[HEADER_LENGTH] = str(rendered.header_length)
         return web.Response(body=rendered.body, headers=headers)
+
+    async def _datatypes(self, record: ModelRecord, versioned: bool) -> dict[str, str] | None:
+        """The input datatypes a request for ``record`` must have, known before its body is decoded; None when
+        a traffic split may route it to another version (whose signature may differ)."""
+        if versioned or await self._b.cache.split(record.name) is None:
+            return {spec.name: spec.datatype for spec in record.inputs}
+        return None
 
     async def _expect_continue(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: a declared body over the limit gets 413 (a full gateway 503) instead of

@@ -370,3 +370,15 @@ def test_a_bytes_element_that_is_not_unicode_text_is_invalid_input() -> None:
     raw = b'{"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2], "data": ["ok", "\\udc80"]}]}'
     with pytest.raises(InvalidInputError, match="element 1 is not Unicode text"):
         parse_infer(raw)
+
+
+def test_an_input_of_another_datatype_is_refused_before_its_data_is_converted() -> None:
+    # Numbers sent as BYTES to an FP32 input: without the model's datatypes the data itself is refused
+    # (after looking at every element); with them, the datatype is, before the data is touched.
+    raw = body(tensor(datatype="BYTES", shape=[3], data=[1, 2, 3]))
+    with pytest.raises(InvalidInputError, match="BYTES data must be strings"):
+        parse_infer(raw)
+    with pytest.raises(InvalidInputError, match="has datatype BYTES, the model expects FP32"):
+        parse_infer(raw, None, {"x": "FP32"})
+    strings = body(tensor(datatype="BYTES", shape=[3], data=["a", "b", "c"]))
+    assert parse_infer(strings, None, {"other": "FP32"}).inputs[0].datatype == "BYTES"  # names: checked later

@@ -25,7 +25,7 @@ import numpy as np
 
 from bench.drills.fleet import MODEL, DrillFleet, Load, Outcome, tally
 from fleet.modelgen import mlp_onnx, random_mlp
-from schemas import InferenceResponse
+from schemas import BatchingConfig, InferenceResponse
 
 #: Request timeout of the drills below: short, so "answered within timeout + 1 s" is a tight promise.
 TIMEOUT_MS = 5_000
@@ -33,9 +33,14 @@ SLACK_S = 1.0
 INFER = f"/v2/models/{MODEL}/infer"
 
 
+#: Connections an open-loop client may hold: a generous pool, as a real client has (not one per request).
+CLIENT_CONNECTIONS = 1024
+
+
 def slow_mlp(path: Path) -> Path:
-    """16 -> 3 x 1536 -> 4 MLP: a few ms per row, so a Python load generator can offer 3x what a worker serves."""
-    return mlp_onnx(path, random_mlp([16, 1536, 1536, 1536, 4], seed=11))
+    """16 -> 4096 -> 4096 -> 4 MLP (~17 M multiply-adds a row): a worker serves ~100-200 requests/s, so a
+    Python load generator on the same two cores can offer 3x that."""
+    return mlp_onnx(path, random_mlp([16, 4096, 4096, 4], seed=11))
 
 
 def promises(outcomes: list[Outcome], timeout_ms: int = TIMEOUT_MS) -> dict[str, Any]:
@@ -320,16 +325,17 @@ async def _open_loop(rate: float, seconds: float, send: Callable[[int], Awaitabl
 async def drill_overload(root: Path) -> dict[str, Any]:
     """3x the measured capacity for 60 s of sync requests, then 60 s of async submissions."""
     seconds = 60.0
-    fleet = DrillFleet(root / "overload", workers=1, model=slow_mlp)
+    fleet = DrillFleet(root / "overload", workers=1, model=slow_mlp, batching=BatchingConfig(8, 2))
     await fleet.start()
     jobs = Jobs(fleet)
     try:
         capacity = await _capacity(fleet)
         rate = 3 * capacity
-        async with Load(fleet, concurrency=0, prefix="ov", timeout_ms=TIMEOUT_MS, connections=0) as load:
+        load = Load(fleet, concurrency=0, prefix="ov", timeout_ms=TIMEOUT_MS, connections=CLIENT_CONNECTIONS)
+        async with load:
             await _open_loop(rate, seconds, lambda n: load.one(f"ov-{n}", n % len(fleet.inputs)))
             figures = promises(load.outcomes)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CLIENT_CONNECTIONS)) as http:
             await _open_loop(rate, seconds, lambda n: jobs.submit(http, f"ov-job-{n}", n % len(fleet.inputs)))
         final = await jobs.outcomes(timeout_s=300.0)
     finally:
@@ -401,7 +407,7 @@ async def _big_bodies(url: str, body: bytes, stop: asyncio.Event, statuses: Coun
         while not stop.is_set():
             try:
                 async with http.post(
-                    url, data=body, headers={"Content-Type": "application/json"}, timeout=aiohttp.ClientTimeout(60)
+                    url, data=body, headers={"Content-Type": "application/json"}, timeout=aiohttp.ClientTimeout(120)
                 ) as response:
                     doc = await response.json(content_type=None)
                     statuses[f"{response.status} {doc.get('code', '') if isinstance(doc, dict) else ''}"] += 1
@@ -449,8 +455,11 @@ def _bucket(seconds: float) -> str:
 
 
 async def drill_heavy_bodies(root: Path) -> dict[str, Any]:
-    """Normal traffic beside 15 MiB bad bodies and 200 slow connections: its p99 stays within 2x of idle."""
-    fleet = DrillFleet(root / "heavy-bodies", workers=1)
+    """Normal traffic beside 15 MiB bad bodies and 200 slow connections: its p99 stays within 2x of idle, and
+    the slow connections are closed by the gateway's read timeouts (10 s here)."""
+    # Read timeouts short enough to see the slow connections closed within the drill.
+    timeouts = {"FLEET_GATEWAY_HEADER_TIMEOUT_S": "10", "FLEET_GATEWAY_BODY_TIMEOUT_S": "10"}
+    fleet = DrillFleet(root / "heavy-bodies", workers=1, gateway_env=timeouts)
     await fleet.start()
     big: Counter[str] = Counter()
     slow: Counter[str] = Counter()

@@ -24,7 +24,7 @@ import aiohttp
 import numpy as np
 
 from bench.drills.fleet import MODEL, DrillFleet, Load, Outcome, tally
-from fleet.modelgen import mlp_onnx, random_mlp
+from fleet.demo.modelgen import mlp_onnx, random_mlp
 from schemas import BatchingConfig, InferenceResponse
 
 #: Request timeout of the drills below: short, so "answered within timeout + 1 s" is a tight promise.

@@ -34,7 +34,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from schemas import ENVELOPE_VERSION, InferenceRequest, KafkaSettings
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 
-from .errors import BackendDownError, PayloadTooLargeError
+from .errors import BackendDownError, OverloadedError, PayloadTooLargeError
 from .limits import check_queued_size
 
 log = logging.getLogger("fleet.gateway")
@@ -91,8 +91,10 @@ class RequestPublisher:
     async def publish(self, topic: str, request: InferenceRequest) -> None:
         """Produce ``request`` keyed by its id and wait until it is delivered.
 
-        PayloadTooLargeError (413) when the record is over the size limit; BackendDownError (503) when the
-        breaker is open, the hand-over took over ``timeout_s`` (not queued), or the delivery failed. Bound
+        PayloadTooLargeError (413) when the record is over the size limit; OverloadedError (503) when the
+        hand-over took over ``timeout_s`` (not queued) while the cluster answers (this gateway's producer is
+        backed up); BackendDownError (503) when the breaker is open, the hand-over timed out and the cluster
+        does not answer either, or the delivery failed. Bound
         the call by the request's deadline: cancelled after the hand-over, the record may still land.
         """
         producer = self._producer
@@ -107,7 +109,11 @@ class RequestPublisher:
             async with asyncio.timeout(self._timeout_s):
                 delivery = await producer.send(topic, value, key=key, headers=headers)
         except TimeoutError:
-            self._verify_soon()
+            if await self._cluster_answers():  # Kafka is fine: this gateway's producer is backed up (overload)
+                raise OverloadedError(
+                    f"publishing to {topic} waited over {self._timeout_s:g} s for the Kafka producer (the request "
+                    "was not queued)"
+                ) from None
             raise BackendDownError(
                 "kafka", f"publishing to {topic} timed out after {self._timeout_s:g} s (the request was not queued)"
             ) from None
@@ -135,6 +141,15 @@ class RequestPublisher:
         if exc is not None:
             await asyncio.shield(self._verify_soon())
             raise BackendDownError("kafka", f"publishing to {topic} failed: {exc or type(exc).__name__}") from exc
+
+    async def _cluster_answers(self) -> bool:
+        """After a slow hand-over: does the cluster answer a metadata request within ``timeout_s``? (A failed
+        check trips the breaker, as after any failed publish.)"""
+        verify = self._verify_soon()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await asyncio.shield(verify)
+        return verify.done() and self._probe_task is None
 
     def _verify_soon(self) -> asyncio.Task[None]:
         """One metadata check (shared by the publishes that ask at once); trips the breaker when it fails."""

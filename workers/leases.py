@@ -17,24 +17,35 @@ from typing import Any
 
 from schemas import Names
 
-# Set when free, extend when ours; 1 when the caller holds the lease afterwards.
+# Each key: set when free, extend when ours; 1 where the caller holds the lease afterwards.
 _CLAIM = """
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-elseif v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+local held = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    held[i] = 1
+  elseif v == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
 end
-return 0
+return held
 """
+# Each key: delete when ours.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    n = n + redis.call('DEL', key)
+  end
 end
-return 0
+return n
 """
+#: Keys per script call (one call renews a whole batch: a worker's renewals cost a few commands, not one each).
+_BATCH = 500
 
 
 def owned_partitions(worker_id: str, replicas: Sequence[str], partitions: int) -> list[int]:
@@ -45,31 +56,29 @@ def owned_partitions(worker_id: str, replicas: Sequence[str], partitions: int) -
 
 
 class PartitionLeases:
-    """Claims, renews and releases one worker's partition leases (each call is one pipeline)."""
+    """Claims, renews and releases one worker's partition leases (one script call per 500 partitions)."""
 
     def __init__(self, redis: Any, names: Names, worker_id: str, ttl_ms: int) -> None:
         self._redis = redis
         self._names = names
         self.worker_id = worker_id
         self.ttl_ms = ttl_ms
+        self._claim = redis.register_script(_CLAIM)  # EVALSHA, loaded on first use
+        self._release = redis.register_script(_RELEASE)
 
     async def claim(self, partitions: Sequence[tuple[str, int]]) -> list[bool]:
         """Claim (or renew) each ``(topic, partition)``; True where this worker holds it now. Raises RedisError."""
-        if not partitions:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for topic, partition in partitions:
-                pipe.eval(_CLAIM, 1, self._names.lease_key(topic, partition), self.worker_id, self.ttl_ms)
-            return [bool(r) for r in await pipe.execute()]
+        held: list[bool] = []
+        for start in range(0, len(partitions), _BATCH):
+            keys = [self._names.lease_key(t, p) for t, p in partitions[start : start + _BATCH]]
+            held.extend(bool(r) for r in await self._claim(keys=keys, args=[self.worker_id, self.ttl_ms]))
+        return held
 
     async def release(self, partitions: Sequence[tuple[str, int]]) -> None:
         """Delete the leases of ``partitions`` this worker holds (others' are left alone). Raises RedisError."""
-        if not partitions:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for topic, partition in partitions:
-                pipe.eval(_RELEASE, 1, self._names.lease_key(topic, partition), self.worker_id)
-            await pipe.execute()
+        for start in range(0, len(partitions), _BATCH):
+            keys = [self._names.lease_key(t, p) for t, p in partitions[start : start + _BATCH]]
+            await self._release(keys=keys, args=[self.worker_id])
 
     async def holders(self, partitions: Sequence[tuple[str, int]]) -> list[str | None]:
         """Who holds each lease (None: nobody). Raises RedisError."""

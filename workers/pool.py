@@ -64,6 +64,10 @@ from .window import fill_window
 log = logging.getLogger("fleet.workers")
 
 _LANES = (Lane.INTERACTIVE, Lane.BULK)
+#: Seconds a topic's partition count is trusted before it is asked again (partitions can be added).
+_COUNTS_TTL_S = 60.0
+#: Longest idle fetch wait of a lane with many partitions (see ``PoolConsumer._set_idle``).
+_IDLE_WAIT_CAP_MS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +148,8 @@ class PoolConsumer:
         self._pos: dict[TopicPartition, int] = {}  # next offset to fetch, once known
         self._held: dict[TopicPartition, float] = {}  # retry partitions paused until (monotonic s)
         self._full: set[TopicPartition] = set()  # paused: their model's queue is full
+        self._counts: dict[str, int] = {}  # partitions per topic
+        self._counts_at = time.monotonic()
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._refresh_lock = asyncio.Lock()
@@ -292,7 +298,7 @@ class PoolConsumer:
     async def _refresh(self, models: list[str]) -> None:
         replicas = await self._replicas(models)
         topics = self._topics(models)
-        counts = await self._offsets.partitions(topics)
+        counts = await self._partition_counts(topics)
         wanted: dict[TopicPartition, _Owned] = {}
         for topic, (model, lane, retry) in topics.items():
             for p in owned_partitions(self.id, replicas[model], counts.get(topic, 0)):
@@ -312,6 +318,18 @@ class PoolConsumer:
             await self._start_at_committed(gained, wanted)
             log.info("pool: worker %s now owns %d more partition(s)", self.id, len(gained))
         self._reassign()
+
+    async def _partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
+        """Partition counts, asked of the broker for topics not seen yet and for all every ``_COUNTS_TTL_S``."""
+        topics = list(topics)
+        now = time.monotonic()
+        if now - self._counts_at > _COUNTS_TTL_S:
+            self._counts, self._counts_at = {}, now
+        unknown = [t for t in topics if t not in self._counts]
+        if unknown:
+            found = await self._offsets.partitions(unknown)
+            self._counts.update(found)  # missing topics are asked again next round (created on first use)
+        return {t: self._counts[t] for t in topics if t in self._counts}
 
     async def _start_at_committed(self, gained: Sequence[TopicPartition], wanted: dict[TopicPartition, _Owned]) -> None:
         by_group: dict[str, list[TopicPartition]] = {}
@@ -483,15 +501,22 @@ class PoolConsumer:
             self._set_idle(lane, False)
 
     def _set_idle(self, lane: Lane, idle: bool) -> None:
-        """The longer fetch wait while a lane is idle (see `workers.lane_scheduler`)."""
+        """The longer fetch wait while a lane is idle (see `workers.lane_scheduler`), scaled with its partitions.
+
+        An idle fetch costs the worker (and the broker) per partition it names, so with hundreds of models the
+        idle wait grows with the partitions (half a millisecond each, at most ``_IDLE_WAIT_CAP_MS``) to keep
+        the idle cost flat. Only a broker that does not wake a waiting fetch on new data (the local Tansu)
+        turns that wait into latency for the first request after a quiet spell; Kafka answers at once.
+        """
         self._idle[lane] = idle
         idle_wait = self._settings.idle_fetch_wait_ms
         if idle_wait <= 0:
             return
         busy_wait = self._settings.fleet.kafka.fetch_max_wait_ms
+        scaled = max(busy_wait, idle_wait, min(_IDLE_WAIT_CAP_MS, len(self._assigned[lane]) // 2))
         fetcher = getattr(self._consumers[lane], "_fetcher", None)
         if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
-            fetcher._fetch_max_wait_ms = max(busy_wait, idle_wait) if idle else busy_wait
+            fetcher._fetch_max_wait_ms = scaled if idle else busy_wait
 
     # scheduling ----------------------------------------------------------------------------------------------------
     async def _schedule_routine(self) -> None:

@@ -56,13 +56,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import procfs
 from bench.common import git_commit, write_report
-from fleet.artifacts import build_record
 from fleet.client import FleetClient
-from fleet.errors import ClientError
-from fleet.localservers import LocalBroker, LocalRedis, free_port
-from fleet.modelgen import tiny_mlp
-from fleet.procs import ServiceProcess
-from fleet.stack import LOCAL_BROKER_ENV
+from fleet.client.errors import ClientError
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.procs import ServiceProcess
+from fleet.local.servers import LocalBroker, LocalRedis, free_port
+from fleet.local.stack import LOCAL_BROKER_ENV
+from fleet.models.artifacts import build_record
 from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSettings
 from schemas.residency import WorkerResidency
 from schemas.topics import ensure_model_topics
@@ -102,9 +102,10 @@ def fleet_apply_available() -> bool:
 
 
 async def register_with_apply(settings: FleetSettings, artifacts: Sequence[tuple[str, Path]], home: Path) -> str:
-    """``fleet models apply -f models.yaml`` for every model (one YAML list: name, artifact, framework)."""
-    spec = home / "models.yaml"
-    spec.write_text(yaml.safe_dump([{"name": n, "artifact": str(p), "framework": "onnx"} for n, p in artifacts]))
+    """``fleet models apply -f models.yaml`` for every model (one YAML list: name, version 1, artifact, framework)."""
+    spec = home / f"models-{len(artifacts)}-{time.monotonic_ns()}.yaml"
+    entries = [{"name": n, "version": "1", "artifact": str(p), "framework": "onnx"} for n, p in artifacts]
+    spec.write_text(yaml.safe_dump(entries, sort_keys=False))
     argv = [sys.executable, "-c", "from fleet.cli import main; main()", "models", "apply", "-f", str(spec)]
     argv += ["--kafka", settings.kafka.bootstrap, "--redis", settings.redis.url, "--namespace", settings.namespace]
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -129,9 +130,12 @@ async def register_with_api(settings: FleetSettings, artifacts: Sequence[tuple[s
     return "registry API + ensure_model_topics per model"
 
 
-async def register_models(settings: FleetSettings, artifacts: Sequence[tuple[str, Path]], home: Path) -> str:
-    """Register every model (the one switch point: ``fleet models apply`` once it exists); the method used."""
-    if await asyncio.to_thread(fleet_apply_available):
+async def register_models(
+    settings: FleetSettings, artifacts: Sequence[tuple[str, Path]], home: Path, how: str = "auto"
+) -> str:
+    """Register every model; the method used. The one switch point: ``how`` is ``apply`` (``fleet models apply``),
+    ``api`` (one model after another) or ``auto`` (apply when ``fleet models apply --help`` works)."""
+    if how == "apply" or (how == "auto" and await asyncio.to_thread(fleet_apply_available)):
         return await register_with_apply(settings, artifacts, home)
     return await register_with_api(settings, artifacts, home)
 
@@ -216,10 +220,10 @@ class Sampler:
     began: float = field(default_factory=time.monotonic)
 
     async def run(self) -> None:
-        last_cpu, last_machine, last_t = self._cpu(), procfs.machine_jiffies(), time.monotonic()
+        last_cpu, last_machine, last_t = await asyncio.to_thread(self._read)
         while True:
             await asyncio.sleep(SAMPLE_S)
-            cpu, machine, now = self._cpu(), procfs.machine_jiffies(), time.monotonic()
+            cpu, machine, now = await asyncio.to_thread(self._read)
             spent = now - last_t
             busy, total = machine[0] - last_machine[0], machine[1] - last_machine[1]
             groups: dict[str, float] = defaultdict(float)
@@ -236,8 +240,9 @@ class Sampler:
             )
             last_cpu, last_machine, last_t = cpu, machine, now
 
-    def _cpu(self) -> dict[str, float]:
-        return cpu_by_label(self.fleet)
+    def _read(self) -> tuple[dict[str, float], tuple[int, int], float]:
+        """CPU seconds by process, the machine's jiffies and the time (reads /proc: run it in a thread)."""
+        return cpu_by_label(self.fleet), procfs.machine_jiffies(), time.monotonic()
 
 
 def cpu_by_label(fleet: Fleet) -> dict[str, float]:
@@ -284,10 +289,13 @@ class Window:
     async def open(self) -> None:
         self._clients = await redis_clients(self.redis, self.fleet)
         self._calls = await redis_calls(self.redis)
-        self._cpu, self._machine, self._t = cpu_by_label(self.fleet), procfs.machine_jiffies(), time.monotonic()
+        self._cpu, self._machine, self._t = await asyncio.to_thread(self._read)
+
+    def _read(self) -> tuple[dict[str, float], tuple[int, int], float]:
+        return cpu_by_label(self.fleet), procfs.machine_jiffies(), time.monotonic()
 
     async def close(self) -> dict[str, Any]:
-        cpu, machine, now = cpu_by_label(self.fleet), procfs.machine_jiffies(), time.monotonic()
+        cpu, machine, now = await asyncio.to_thread(self._read)
         calls = await redis_calls(self.redis)
         clients = await redis_clients(self.redis, self.fleet)
         spent = now - self._t
@@ -484,7 +492,7 @@ async def change_under_load(
         try:
             await asyncio.sleep(args.change_settle_s)
             events["add"] = time.monotonic()
-            await register_models(fleet.settings, [extra], fleet.home)
+            await register_models(fleet.settings, [extra], fleet.home, args.register_with)
             deadline = time.monotonic() + args.first_timeout
             while time.monotonic() < deadline:
                 try:
@@ -576,7 +584,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         sampler.phase = "register"
         began = time.monotonic()
-        method = await register_models(settings, artifacts, home)
+        method = await register_models(settings, artifacts, home, args.register_with)
         spent = time.monotonic() - began
         report["register"] = {
             "method": method,
@@ -654,6 +662,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(args.idle_s)
             idle = await window.close()
             idle["workers"] = await asyncio.to_thread(worker_shape, fleet)
+            idle["resident_models"] = await residency(redis, names, worker_ids)
             report["idle"] = idle
             print(
                 f"idle: fleet {idle['fleet_cpu_pct']} % CPU, machine {idle['machine_cpu_pct']} %, "
@@ -836,6 +845,8 @@ def main() -> None:
     parser.add_argument("--first-try-s", type=float, default=5.0, help="timeout of one first-request try")
     parser.add_argument("--first-concurrency", type=int, default=64, help="first requests in flight at once")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight during the skewed load")
+    parser.add_argument("--register-with", choices=("auto", "apply", "api"), default="auto",
+                        help="fleet models apply, the registry API per model, or apply when it exists")  # fmt: skip
     parser.add_argument("--change-settle-s", type=float, default=10.0, help="change phase: seconds around changes")
     parser.add_argument("--budget-mb", type=float, default=0.0, help="worker memory budget (0: the worker default)")
     parser.add_argument("--phase", default=DEFAULT_PHASES, help=f"comma list of {','.join(PHASES)}")

@@ -26,10 +26,10 @@ import numpy as np
 
 from bench.common import git_commit, machine, write_report
 from bench.loadgen import cpu_seconds
-from fleet.artifacts import build_record
 from fleet.client import FleetClient
-from fleet.modelgen import tiny_mlp
-from fleet.stack import LocalStack, StackConfig
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.stack import LocalStack, StackConfig
+from fleet.models.artifacts import build_record
 from schemas import BatchingConfig, JobStatus, ModelRegistry, Names
 from schemas.topics import ensure_model_topics
 

@@ -36,9 +36,9 @@ import numpy as np
 
 from bench.common import write_report
 from bench.loadgen import closed_loop
-from fleet.artifacts import build_record
-from fleet.localservers import LocalBroker, LocalRedis, free_port
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.servers import LocalBroker, LocalRedis, free_port
+from fleet.models.artifacts import build_record
 from schemas import BatchingConfig, ModelRegistry, Names, RedisSettings
 from schemas.apikeys import ApiKeyStore
 from schemas.settings import KafkaSettings

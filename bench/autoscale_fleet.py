@@ -1,6 +1,6 @@
 """The fleet under test in the autoscaling benchmark: model, embedded stack, autoscaler, sampler, load.
 
-`harness` starts, for one scenario, a fresh `fleet.stack.LocalStack` (local broker + Redis + gateway, no
+`harness` starts, for one scenario, a fresh `fleet.local.stack.LocalStack` (local broker + Redis + gateway, no
 fixed workers), registers the benchmark model on a topic of `PARTITIONS` partitions, runs the autoscaler in
 this process (`AutoscalerService` with a `RecordingBackend`, i.e. local worker processes whose scale calls
 are noted) on fast settings, samples the fleet every `SAMPLE_S` seconds and holds an open-loop load
@@ -29,9 +29,9 @@ from autoscaler.policy import Decision
 from autoscaler.service import AutoscalerService
 from bench.autoscale_load import OpenLoop
 from bench.autoscale_report import Sample, WorkerMilestones, parse_worker_log, since
-from fleet.artifacts import build_record
-from fleet.modelgen import mlp_onnx, random_mlp
-from fleet.stack import LocalStack, StackConfig
+from fleet.demo.modelgen import mlp_onnx, random_mlp
+from fleet.local.stack import LocalStack, StackConfig
+from fleet.models.artifacts import build_record
 from schemas import BatchingConfig, FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSettings
 from schemas.topics import ensure_model_topics
 

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fleet.client import TIMEOUT_HEADER
-from fleet.wire import HEADER_LENGTH, decode_response, encode_request
+from fleet.client.wire import HEADER_LENGTH, decode_response, encode_request
 
 #: Seconds the client waits beyond the deadline it gives the gateway (so the gateway's 504 arrives first).
 _GRACE_S = 2.0

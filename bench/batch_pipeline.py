@@ -32,7 +32,7 @@ from bench import producer as producer_bench
 from bench.common import git_commit, machine, write_report
 from bench.loadgen import cpu_seconds
 from bench.producer import MODEL, register_tiny, stack_env
-from fleet.stack import LocalStack, StackConfig
+from fleet.local.stack import LocalStack, StackConfig
 
 
 def _make_input(directory: Path, records: int, fmt: str) -> tuple[Path, np.ndarray]:

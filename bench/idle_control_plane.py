@@ -22,9 +22,9 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from autoscaler.backends import settings_env
-from fleet.artifacts import build_record
-from fleet.localservers import LocalBroker, LocalRedis
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.servers import LocalBroker, LocalRedis
+from fleet.models.artifacts import build_record
 from schemas import FleetSettings, KafkaSettings, Lane, ModelRegistry, Names, RedisSettings
 
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -35,9 +35,9 @@ from aiokafka import AIOKafkaProducer
 
 from bench.common import git_commit, machine, write_report
 from bench.loadgen import closed_loop, cpu_seconds
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
-from fleet.stack import LocalStack, StackConfig
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.stack import LocalStack, StackConfig
+from fleet.models.artifacts import build_record
 from schemas import (
     BatchingConfig,
     FleetSettings,

@@ -1,7 +1,7 @@
 """Direct-Kafka producer benchmark (issue 3): requests/s submitted and answered end to end.
 
 Starts the embedded stack without a gateway (local broker + Redis + ``--workers`` worker processes),
-registers the tiny MLP (16 -> 4) with a large dynamic batch, then a :class:`fleet.producer.FleetProducer`
+registers the tiny MLP (16 -> 4) with a large dynamic batch, then a :class:`fleet.client.producer.FleetProducer`
 in this process keeps ``--window`` requests (one row each) in flight for ``--duration`` seconds: every
 request is its own Kafka record, workers batch them, replies come back through the client's reply
 stream. Prints answered requests/s, latency percentiles, errors, the workers' mean batch and CPU use.
@@ -24,10 +24,10 @@ import numpy as np
 
 from bench.common import machine, write_report
 from bench.loadgen import cpu_seconds
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
-from fleet.producer import FleetProducer
-from fleet.stack import LocalStack, StackConfig
+from fleet.client.producer import FleetProducer
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.stack import LocalStack, StackConfig
+from fleet.models.artifacts import build_record
 from schemas import BatchingConfig, FleetSettings, ModelRegistry, Names
 from schemas.topics import ensure_model_topics
 

@@ -36,11 +36,11 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import git_commit, write_report
-from fleet.artifacts import build_record
-from fleet.localservers import free_port
-from fleet.modelgen import mlp_onnx, random_mlp
-from fleet.procs import ServiceProcess
-from fleet.stack import LOCAL_BROKER_ENV, LocalStack, StackConfig
+from fleet.demo.modelgen import mlp_onnx, random_mlp
+from fleet.local.procs import ServiceProcess
+from fleet.local.servers import free_port
+from fleet.local.stack import LOCAL_BROKER_ENV, LocalStack, StackConfig
+from fleet.models.artifacts import build_record
 from schemas import (
     BatchingConfig,
     InferenceRequest,

@@ -21,9 +21,9 @@ from typing import Any
 
 from bench.common import git_commit, machine, write_report
 from bench.loadgen import closed_loop, cpu_seconds, ort_ceiling
-from fleet.artifacts import build_record
-from fleet.modelgen import heavy_mlp, tiny_mlp
-from fleet.stack import LocalStack, StackConfig
+from fleet.demo.modelgen import heavy_mlp, tiny_mlp
+from fleet.local.stack import LocalStack, StackConfig
+from fleet.models.artifacts import build_record
 from schemas import BatchingConfig, ModelRegistry, Names
 from schemas.topics import ensure_model_topics
 

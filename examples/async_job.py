@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 
 from fleet import FleetClient
-from fleet.connection import resolve
+from fleet.client.connection import resolve
 
 
 async def run(url: str, model: str) -> None:

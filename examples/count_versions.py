@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 
 from fleet import FleetClient
-from fleet.connection import resolve
+from fleet.client.connection import resolve
 
 
 async def count(url: str, model: str, requests: int) -> Counter[str]:

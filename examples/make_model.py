@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from fleet import FleetProducer
-from fleet.connection import resolve
+from fleet.client.connection import resolve
 from schemas import FleetSettings
 
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from fleet import FleetClient, infer_sync
-from fleet.connection import resolve
+from fleet.client.connection import resolve
 
 
 async def with_the_client(url: str, model: str, x: np.ndarray) -> None:

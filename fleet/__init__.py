@@ -1,7 +1,9 @@
 """The ``fleet`` command line, the Python client and the local launcher of inference-fleet.
 
-The public names load lazily, so ``import fleet.modelgen`` (tests, benchmarks) does not pull in
-aiohttp and the launcher.
+The public names load lazily, so ``import fleet.demo.modelgen`` (tests, benchmarks) does not pull in
+aiohttp and the launcher. The subpackages: :mod:`fleet.client` (the SDK), :mod:`fleet.models` (registering
+models), :mod:`fleet.pipeline` (batch runs), :mod:`fleet.local` (the local stack), :mod:`fleet.demo` and
+:mod:`fleet.cli` (the command).
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import FleetClient, InferResult, infer_sync
-    from .errors import ClientError, FleetHTTPError, StackError
-    from .jobs import Job
-    from .producer import FleetProducer, ProducerResult
-    from .stack import LocalStack, StackConfig
+    from .client.errors import ClientError, FleetHTTPError, StackError
+    from .client.http import FleetClient, InferResult, infer_sync
+    from .client.jobs import Job
+    from .client.producer import FleetProducer, ProducerResult
+    from .local.stack import LocalStack, StackConfig
 
 __all__ = [
     "ClientError",
@@ -31,17 +33,17 @@ __all__ = [
 ]
 
 _HOMES = {
-    "ClientError": "errors",
-    "FleetClient": "client",
-    "FleetHTTPError": "errors",
-    "FleetProducer": "producer",
-    "InferResult": "client",
-    "Job": "jobs",
-    "LocalStack": "stack",
-    "ProducerResult": "producer",
-    "StackConfig": "stack",
-    "StackError": "errors",
-    "infer_sync": "client",
+    "ClientError": "client.errors",
+    "FleetClient": "client.http",
+    "FleetHTTPError": "client.errors",
+    "FleetProducer": "client.producer",
+    "InferResult": "client.http",
+    "Job": "client.jobs",
+    "LocalStack": "local.stack",
+    "ProducerResult": "client.producer",
+    "StackConfig": "local.stack",
+    "StackError": "client.errors",
+    "infer_sync": "client.http",
 }
 
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from fleet.localservers import LocalBroker, LocalRedis
+from fleet.local.servers import LocalBroker, LocalRedis
 from schemas import FleetSettings, KafkaSettings, Names, RedisSettings
 
 

@@ -46,7 +46,7 @@ def external_data_model(path: Path) -> Path:
     """The tiny MLP saved with its weights in a sidecar file ``<name>.weights`` next to ``path``."""
     import onnx
 
-    from fleet.modelgen import tiny_mlp
+    from fleet.demo.modelgen import tiny_mlp
 
     tiny_mlp(path)
     model = onnx.load(str(path))

@@ -17,11 +17,11 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
-from fleet.artifacts import build_record
-from fleet.heartbeats import read_workers
-from fleet.localservers import LocalBroker, LocalRedis, free_port, wait_for_port
-from fleet.modelgen import tiny_mlp
-from fleet.procs import ServiceProcess
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.heartbeats import read_workers
+from fleet.local.procs import ServiceProcess
+from fleet.local.servers import LocalBroker, LocalRedis, free_port, wait_for_port
+from fleet.models.artifacts import build_record
 from schemas import (
     BatchingConfig,
     FleetSettings,

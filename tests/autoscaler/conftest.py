@@ -16,8 +16,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from autoscaler import LocalProcessBackend
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import (
     BatchingConfig,
     FleetSettings,

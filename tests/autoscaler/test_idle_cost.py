@@ -15,8 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from autoscaler import AutoscalerService, AutoscalerSettings
 from autoscaler.backends import PlacementBackend
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import FleetSettings, Lane, ModelRegistry, Names
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 
 from autoscaler import AutoscalerService, AutoscalerSettings
 from autoscaler.leader import RENEW_DEADLINE, LeaderLease, read_leader
-from fleet.localservers import LocalRedis, free_port
+from fleet.local.servers import LocalRedis, free_port
 from schemas import FleetSettings, ModelRecord, Names, RedisSettings
 
 from .conftest import MODEL, wait_until

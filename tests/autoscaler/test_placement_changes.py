@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.placement_store import PlacementRunner, read_placement
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import ModelRegistry, Names
 
 

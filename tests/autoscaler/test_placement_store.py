@@ -14,8 +14,8 @@ import pytest
 from autoscaler.backends import PlacementBackend
 from autoscaler.placement import MB
 from autoscaler.placement_store import PlacementRunner, demand_of, read_placement
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import FleetSettings, ModelRegistry, Names, now_ms
 from schemas.residency import ResidentModel, WorkerResidency
 from schemas.traffic import TrafficSplit

@@ -20,7 +20,7 @@ from autoscaler import AutoscalerService, AutoscalerSettings, DecisionStore, Loc
 from autoscaler.backends import PlacementBackend, settings_env
 from autoscaler.placement import Placement
 from autoscaler.placement_store import read_placement
-from fleet.localservers import free_port
+from fleet.local.servers import free_port
 from schemas import FleetSettings, ModelRecord, Names, SettingsError
 from workers import Worker, WorkerSettings
 

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 
 from autoscaler import AutoscalerService, AutoscalerSettings
-from fleet.artifacts import build_record
-from fleet.localservers import free_port
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.servers import free_port
+from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
 from schemas import BatchingConfig, FleetSettings, ModelRegistry, Names
 from schemas.topics import ensure_model_topics

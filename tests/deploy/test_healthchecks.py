@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fleet.artifacts import build_record
-from fleet.localservers import free_port
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.servers import free_port
+from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
 from schemas import FleetSettings, ModelRegistry, Names
 from schemas.topics import ensure_model_topics

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from fleet.stackfile import StackInfo
+from fleet.client.stackfile import StackInfo
 
 from .markdown_blocks import ROOT
 

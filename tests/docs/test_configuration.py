@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleet.cli import main
-from fleet.config_docs import render_markdown
+from fleet.cli.config_docs import render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "configuration.md"

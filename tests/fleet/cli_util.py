@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet.cli import main
-from fleet.localservers import free_port
+from fleet.local.servers import free_port
 from schemas import FleetSettings
 
 

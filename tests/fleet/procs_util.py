@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fleet.stackfile import pid_alive
+from fleet.client.stackfile import pid_alive
 
 
 def workers_available() -> bool:

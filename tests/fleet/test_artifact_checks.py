@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import BatchingConfig, ErrorCode, Framework, SchemaError, TensorSpec, parse_spec
 from tests.onnxgraphs import external_data_model, zipmap_model
 from workers import load_runtime

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleet.batch import BatchProgress
-from fleet.batch_cli import progress_line
-from fleet.batch_inputs import JsonlSource, NpySource, input_format
-from fleet.batch_outputs import JsonlWriter, NpyWriter, Outcome, failures_path, output_format
-from fleet.batch_state import BatchError, Checkpoint, ReorderBuffer
+from fleet.cli.batch import progress_line
+from fleet.pipeline.batch import BatchProgress
+from fleet.pipeline.inputs import JsonlSource, NpySource, input_format
+from fleet.pipeline.outputs import JsonlWriter, NpyWriter, Outcome, failures_path, output_format
+from fleet.pipeline.state import BatchError, Checkpoint, ReorderBuffer
 from schemas import Framework, ModelRecord, TensorSpec
 
 MODEL = ModelRecord(

@@ -7,8 +7,8 @@ import argparse
 import pytest
 
 from fleet.cli import build_parser, main
-from fleet.models_cli import label_arg, tensor_spec_arg
-from fleet.stack_cli import csv_arg
+from fleet.cli.models import label_arg, tensor_spec_arg
+from fleet.cli.stack import csv_arg
 from schemas import TensorSpec
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.stackfile import StackInfo, fleet_home
+from fleet.client.stackfile import StackInfo, fleet_home
 from schemas import Names
 from schemas.apikeys import ApiKeyStore
 
@@ -82,7 +82,7 @@ def test_a_running_stack_answers_commands_run_in_a_subdirectory(tmp_path: Path) 
     deep = tmp_path / "src" / "pkg"
     deep.mkdir(parents=True)
     env = {k: v for k, v in clean_env(tmp_path).items() if k != "FLEET_HOME"}
-    code = "from fleet.connection import resolve; import os; t = resolve(os.environ); print(t.home, t.url)"
+    code = "from fleet.client.connection import resolve; import os; t = resolve(os.environ); print(t.home, t.url)"
     out = subprocess.run([sys.executable, "-c", code], cwd=deep, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [str(tmp_path / ".fleet"), "http://127.0.0.1:9"]
 

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleet.artifacts import build_record
 from fleet.client import FleetClient
-from fleet.errors import ClientError, FleetHTTPError
-from fleet.localservers import free_port
-from fleet.modelgen import tiny_mlp
+from fleet.client.errors import ClientError, FleetHTTPError
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.servers import free_port
+from fleet.models.artifacts import build_record
 from schemas import ErrorCode, FleetSettings, ModelRegistry, Names
 from schemas.topics import ensure_model_topics
 from workers.heartbeat import Heartbeat

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.connection import DEFAULT_URL, resolve
-from fleet.stackfile import ProcessInfo, StackInfo, pid_alive
+from fleet.client.connection import DEFAULT_URL, resolve
+from fleet.client.stackfile import ProcessInfo, StackInfo, pid_alive
 
 
 def running_stack(home: Path) -> StackInfo:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.stackfile import StackInfo
+from fleet.client.stackfile import StackInfo
 
 from .procs_util import clean_env, processes_with_env, wait_until, workers_available
 

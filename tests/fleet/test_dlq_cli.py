@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from fleet.artifacts import build_record
-from fleet.dlq import replayed_request
-from fleet.modelgen import tiny_mlp
+from fleet.cli.dlq_entries import replayed_request
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import DeadLetter, ErrorCode, FleetSettings, InferenceRequest, ModelRegistry, Names, now_ms
 from schemas.topics import ensure_model_topics
 from tests.workers.conftest import make_request, read_replies

@@ -27,6 +27,6 @@ def test_all_is_pinned_and_resolves() -> None:
 
 
 def test_importing_modelgen_does_not_load_the_client() -> None:
-    code = "import sys, fleet.modelgen; print('aiohttp' in sys.modules)"
+    code = "import sys, fleet.demo.modelgen; print('aiohttp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -1,4 +1,4 @@
-"""Parsing the gateway's job documents into fleet.jobs.Job (pure)."""
+"""Parsing the gateway's job documents into fleet.client.jobs.Job (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleet.jobs import parse_job
+from fleet.client.jobs import parse_job
 from schemas import ErrorCode, JobStatus, SchemaError
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from fleet.artifacts import build_record
-from fleet.localservers import LocalRedis
-from fleet.modelgen import tiny_mlp
-from fleet.stack import LocalStack, StackConfig
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.servers import LocalRedis
+from fleet.local.stack import LocalStack, StackConfig
+from fleet.models.artifacts import build_record
 from schemas import KafkaSettings, ModelRegistry, Names, RedisSettings
 from schemas.apikeys import ApiKeyStore, hash_secret
 

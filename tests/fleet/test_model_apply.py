@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from fleet.model_apply import (
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.apply import (
     Action,
     Entry,
     EntryError,
@@ -19,7 +20,6 @@ from fleet.model_apply import (
     plan,
     read_models,
 )
-from fleet.modelgen import tiny_mlp
 from schemas import BatchingConfig, FleetSettings, Framework, ModelRecord, ModelRegistry, Names, SchemaError
 from schemas.signature import TensorSpec
 from schemas.traffic import TrafficSplit

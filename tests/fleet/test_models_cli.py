@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from fleet.localservers import free_port
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.servers import free_port
 from schemas import FleetSettings, ModelRegistry, Names
 from tests.fileserver import serve_folder
 

@@ -10,9 +10,9 @@ import pytest
 
 from autoscaler import Decision, DecisionStore, PinStore
 from autoscaler.placement_store import PlacementRunner
-from fleet.artifacts import build_record
 from fleet.cli import main
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import FleetSettings, ModelRegistry, Names, now_ms
 from schemas.limits import MB
 from schemas.residency import ResidentModel, WorkerResidency

@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 
 from autoscaler.placement_store import read_placement
-from fleet.artifacts import build_record
 from fleet.client import FleetClient
-from fleet.modelgen import tiny_mlp
-from fleet.stack import LocalStack, StackConfig
-from fleet.stackfile import StackInfo, pid_alive
-from fleet.verify import verify
+from fleet.client.stackfile import StackInfo, pid_alive
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.stack import LocalStack, StackConfig
+from fleet.models.artifacts import build_record
+from fleet.models.verify import verify
 from schemas import BatchingConfig, FleetSettings, ModelRegistry, Names
 from schemas.topics import ensure_model_topics
 

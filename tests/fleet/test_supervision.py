@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from fleet.artifacts import build_record
 from fleet.client import FleetClient
-from fleet.modelgen import tiny_mlp
-from fleet.procs import Backoff, RestartPolicy
-from fleet.stack import LocalStack, StackConfig
-from fleet.stackfile import StackInfo, pid_alive
+from fleet.client.stackfile import StackInfo, pid_alive
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.procs import Backoff, RestartPolicy
+from fleet.local.stack import LocalStack, StackConfig
+from fleet.models.artifacts import build_record
 from schemas import KafkaSettings, ModelRegistry, Names
 
 from .procs_util import clean_env, processes_with_env, wait_until

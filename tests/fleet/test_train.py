@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from fleet.train import accuracy, make_blobs, predict_numpy, train_model, train_numpy
+from fleet.demo.train import accuracy, make_blobs, predict_numpy, train_model, train_numpy
 
 
 def test_blobs_are_deterministic_and_split() -> None:

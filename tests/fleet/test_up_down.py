@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from fleet.client import infer_sync
-from fleet.modelgen import tiny_mlp
-from fleet.stackfile import StackInfo, pid_alive
+from fleet.client.stackfile import StackInfo, pid_alive
+from fleet.demo.modelgen import tiny_mlp
 
 from .procs_util import clean_env, processes_with_env, wait_until, workers_available
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fleet.verify import check_outputs, compare_outputs, example_array, example_inputs
+from fleet.models.verify import check_outputs, compare_outputs, example_array, example_inputs
 from schemas import Framework, ModelRecord, Tensor, TensorSpec
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fleet.wire import HEADER_LENGTH, decode_response, encode_request
+from fleet.client.wire import HEADER_LENGTH, decode_response, encode_request
 from schemas import SchemaError
 
 ARRAYS = [

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
 from schemas import FleetSettings, InferenceRequest, InferenceResponse, ModelRecord, ModelRegistry, Names, Tensor
 from schemas.constants import REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S, RESULT_TTL_S

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.client import API_KEY_ENV, FleetClient
-from fleet.errors import FleetHTTPError
-from fleet.localservers import free_port
+from fleet.client.errors import FleetHTTPError
+from fleet.local.servers import free_port
 from gateway import Gateway, GatewaySettings
 from schemas import ModelRecord, Names, RedisSettings
 from schemas.apikeys import ApiKeyStore, new_secret

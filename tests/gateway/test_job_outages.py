@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from fleet.localservers import free_port
+from fleet.local.servers import free_port
 from gateway import Gateway, GatewaySettings
 from schemas import KafkaSettings, ModelRecord, Names, RedisSettings
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from fleet.localservers import free_port
+from fleet.local.servers import free_port
 from schemas import FleetSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from fleet.localservers import LocalBroker, free_port
+from fleet.local.servers import LocalBroker, free_port
 from gateway import Gateway, GatewaySettings
 from schemas import KafkaSettings, ModelRecord, Names, RedisSettings
 from schemas.topics import ensure_model_topics

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from fleet.localservers import LocalBroker
+from fleet.local.servers import LocalBroker
 from gateway.errors import BackendDownError
 from gateway.publisher import RequestPublisher
 from schemas import InferenceRequest, KafkaSettings, Names

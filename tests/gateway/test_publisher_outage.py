@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.localservers import LocalBroker
+from fleet.local.servers import LocalBroker
 from gateway.errors import BackendDownError
 from gateway.publisher import RequestPublisher
 from schemas import InferenceRequest, KafkaSettings, Names

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fleet.localservers import free_port
+from fleet.local.servers import free_port
 from gateway.errors import BackendDownError, ModelNotFoundError, VersionNotFoundError
 from gateway.registry_cache import RegistryCache
 from schemas import ModelRecord, ModelRegistry, Names, RedisSettings

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from fleet.localservers import LocalRedis
+from fleet.local.servers import LocalRedis
 from gateway.errors import BackendDownError
 from gateway.replies import ReplyListener
 from schemas import InferenceResponse, RedisSettings

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
 from schemas import BatchingConfig, FleetSettings, ModelRecord, ModelRegistry, Names
 from schemas.topics import ensure_model_topics

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from fleet.client import FleetClient, job_sync, submit_sync, wait_sync
-from fleet.errors import ClientError, FleetHTTPError, JobFailedError
+from fleet.client.errors import ClientError, FleetHTTPError, JobFailedError
 from gateway import Gateway, GatewaySettings
 from schemas import ErrorCode, FleetSettings, InferenceRequest, JobStatus, ModelRecord, Names, ReplyAddress, ReplyKind
 from workers import Worker, WorkerSettings

@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fleet.batch import BatchOptions, BatchRun
-from fleet.batch_outputs import failures_path
-from fleet.batch_state import BatchError, Checkpoint
+from fleet.pipeline.batch import BatchOptions, BatchRun
+from fleet.pipeline.outputs import failures_path
+from fleet.pipeline.state import BatchError, Checkpoint
 from schemas import FleetSettings, ModelRecord
 from workers import Worker, WorkerSettings
 

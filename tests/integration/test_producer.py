@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from fleet.producer import FleetProducer
+from fleet.client.producer import FleetProducer
 from schemas import (
     ErrorCode,
     FleetSettings,

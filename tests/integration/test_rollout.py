@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
 from schemas import BatchingConfig, FleetSettings, ModelRecord, ModelRegistry, Names
 from schemas.traffic import TrafficSplit, bucket_of

@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fleet.artifacts import build_record
 from fleet.client import FleetClient
-from fleet.errors import FleetHTTPError
-from fleet.verify import verify
+from fleet.client.errors import FleetHTTPError
+from fleet.models.artifacts import build_record
+from fleet.models.verify import verify
 from gateway import Gateway
 from schemas import BatchingConfig, FleetSettings, ModelRecord, ModelRegistry, Names, Tensor, sha256_file
 from schemas.topics import ensure_model_topics

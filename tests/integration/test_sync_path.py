@@ -140,7 +140,7 @@ def _failing_model(path: Path) -> Path:
 async def test_model_exception_becomes_error_reply_and_worker_carries_on(
     fleet_settings: FleetSettings, names: Names, redis_client: Any, gateway: Gateway, tmp_path: Path
 ) -> None:
-    from fleet.artifacts import build_record
+    from fleet.models.artifacts import build_record
 
     record = build_record(
         "fails",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.localservers import free_port
+from fleet.local.servers import free_port
 from schemas import ErrorCode
 from schemas.artifact_source import ArtifactFetchError, artifact_suffix, download, fetch_to, is_remote, redacted
 from tests.fileserver import serve_folder

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import ErrorCode, ModelRecord, ModelRegistry, Names, RegistryError, SchemaError, TensorSpec
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import ErrorCode, ModelRegistry, Names, RegistryError
 from schemas.traffic import TrafficSplit
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import (
     BatchingConfig,
     FleetSettings,

@@ -15,8 +15,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from autoscaler.placement_store import PlacementRunner
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import FleetSettings, ModelRegistry, Names, SettingsError
 from schemas.topics import ensure_model_topics
 from workers import Worker, WorkerSettings

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from fleet.artifacts import build_record
-from fleet.modelgen import mlp_onnx, random_mlp
+from fleet.demo.modelgen import mlp_onnx, random_mlp
+from fleet.models.artifacts import build_record
 from schemas import ModelRecord, ModelRegistry, Names
 from workers import Worker
 from workers.footprint import measure, resident_bytes, trim_heap

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from fleet.artifacts import build_record
-from fleet.dlq import read_entries, replay, with_replays
+from fleet.cli.dlq_entries import read_entries, replay, with_replays
+from fleet.models.artifacts import build_record
 from schemas import (
     BatchingConfig,
     DeadLetter,

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from fleet.artifacts import build_record
-from fleet.modelgen import mlp_onnx, random_mlp, tiny_mlp
+from fleet.demo.modelgen import mlp_onnx, random_mlp, tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import ErrorCode, FleetSettings, InferenceResponse, ModelRecord, ModelRegistry, Names
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 from schemas.residency import WorkerResidency

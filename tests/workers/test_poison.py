@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from fleet.artifacts import build_record
+from fleet.models.artifacts import build_record
 from schemas import (
     BatchingConfig,
     ErrorCode,

@@ -17,8 +17,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import FleetSettings, InferenceRequest, InferenceResponse, Lane, ModelRecord, ModelRegistry, Names
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 from workers import Worker, WorkerSettings

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import ErrorCode, FleetSettings, ModelRegistry, Names, sha256_file
 from schemas.topics import ensure_model_topics
 from tests.fileserver import serve_folder

@@ -20,9 +20,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from fleet.artifacts import build_record
-from fleet.localservers import LocalRedis
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.local.servers import LocalRedis
+from fleet.models.artifacts import build_record
 from schemas import (
     BatchingConfig,
     ErrorCode,

@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fleet.artifacts import build_record
-from fleet.modelgen import tiny_mlp
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import BatchingConfig, ErrorCode, Framework, ModelRecord, Tensor, TensorSpec
 from schemas.tensors import encode_bytes_elements
 from tests.onnxgraphs import string_model, words

@@ -1,4 +1,4 @@
-"""fleet.producer.results: ProducerResult and the in-flight table, as pure logic with a fake clock."""
+"""fleet.client.producer.results: ProducerResult and the in-flight table, as pure logic with a fake clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from fleet.producer import PendingTable, ProducerResult, RequestFailedError
+from fleet.client.producer import PendingTable, ProducerResult, RequestFailedError
 from schemas import ErrorCode, InferenceResponse, Tensor
 
 

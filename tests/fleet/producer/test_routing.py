@@ -1,10 +1,10 @@
-"""fleet.producer.routing: defaults, traffic splits, the TTL and outages, against a fake registry."""
+"""fleet.client.producer.routing: defaults, traffic splits, the TTL and outages, against a fake registry."""
 
 from __future__ import annotations
 
 import pytest
 
-from fleet.producer import RoutingCache
+from fleet.client.producer import RoutingCache
 from schemas import (
     BackendUnavailableError,
     ErrorCode,

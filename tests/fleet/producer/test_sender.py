@@ -1,4 +1,4 @@
-"""fleet.producer.sender against the session's real broker."""
+"""fleet.client.producer.sender against the session's real broker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from fleet.producer import RequestSender
+from fleet.client.producer import RequestSender
 from schemas import ENVELOPE_VERSION, BackendUnavailableError, FleetSettings, KafkaSettings, Names
 from schemas.constants import HEADER_ENVELOPE_VERSION
 

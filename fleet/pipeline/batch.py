@@ -1,8 +1,8 @@
 """``fleet batch run``: push a whole file through a model with the direct producer, in order, resumably.
 
-The runner streams the input (:mod:`fleet.batch_inputs`), sends every record as one request through
-a :class:`~fleet.producer.FleetProducer`, and writes each outcome in input order
-(:mod:`fleet.batch_outputs`). Three tasks share the event loop:
+The runner streams the input (:mod:`fleet.pipeline.inputs`), sends every record as one request through
+a :class:`~fleet.client.producer.FleetProducer`, and writes each outcome in input order
+(:mod:`fleet.pipeline.outputs`). Three tasks share the event loop:
 
 * the **submitter** reads chunks of records off the loop and submits them; record *i* is sent only
   while ``i < next_to_write + window``, which bounds both the requests in flight and the reorder
@@ -28,12 +28,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet.client.producer import FleetProducer, ProducerResult
 from schemas import ErrorCode, FleetSettings, Lane, ModelRecord, SchemaError
 
-from .batch_inputs import InputRecord, RecordSource, input_format, open_source
-from .batch_outputs import JsonlWriter, NpyWriter, Outcome, OutputWriter, failures_path, output_format, output_spec
-from .batch_state import BatchError, Checkpoint, ReorderBuffer
-from .producer import FleetProducer, ProducerResult
+from .inputs import InputRecord, RecordSource, input_format, open_source
+from .outputs import JsonlWriter, NpyWriter, Outcome, OutputWriter, failures_path, output_format, output_spec
+from .state import BatchError, Checkpoint, ReorderBuffer
 
 
 @dataclass(frozen=True)

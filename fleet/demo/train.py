@@ -2,7 +2,7 @@
 
 With PyTorch installed the MLP is an ``nn.Module`` trained with Adam, checkpointed with ``torch.save``
 and exported with ``torch.onnx.export``; without it (or when the export needs packages that are not
-installed) the same architecture is trained in numpy and written with :func:`fleet.modelgen.mlp_onnx`.
+installed) the same architecture is trained in numpy and written with :func:`fleet.demo.modelgen.mlp_onnx`.
 """
 
 from __future__ import annotations

@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fleet.client.errors import ClientError
+from fleet.client.http import FleetClient
 from schemas import NUMPY_DTYPES, Framework, ModelRecord, SchemaError, TensorSpec, datatype_of, sha256_file
-
-from .client import FleetClient
-from .errors import ClientError
 
 
 def example_array(spec: TensorSpec, seed: int = 0) -> npt.NDArray[Any]:

@@ -12,9 +12,8 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from fleet.client.connection import Target
 from schemas.apikeys import ApiKey, ApiKeyStore, parse_models
-
-from .connection import Target
 
 
 def _rate(text: str) -> float:

@@ -1,6 +1,6 @@
 """``fleet models ...``: register, apply, list, show, set-default, remove and verify registry records.
 
-``traffic`` and ``rollback`` (canary / A-B splits) live in ``fleet.rollout_cli``.
+``traffic`` and ``rollback`` (canary / A-B splits) live in ``fleet.cli.rollout``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from fleet.client.connection import Target, open_registry
+from fleet.client.http import FleetClient
+from fleet.models import apply as model_apply
+from fleet.models.artifacts import build_record
+from fleet.models.verify import verify
 from schemas import BatchingConfig, Framework, ModelRecord, ModelRegistry, SchemaError, Tensor, TensorSpec, parse_spec
 from schemas.topics import ensure_model_topics
 
-from . import model_apply
-from .artifacts import build_record
-from .client import FleetClient
-from .connection import Target, open_registry
-from .rollout_cli import add_actions as add_rollout_actions
-from .verify import verify
+from .rollout import add_actions as add_rollout_actions
 
 
 def tensor_spec_arg(text: str) -> TensorSpec:

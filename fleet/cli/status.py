@@ -26,13 +26,12 @@ from autoscaler import AutoscalerError, DecisionStore, GpuInventory, LagCollecto
 from autoscaler.leader import read_leader
 from autoscaler.placement_store import read_placement
 from autoscaler.signals import ModelLoad
+from fleet.client.connection import Target
+from fleet.client.http import FleetClient
+from fleet.client.stackfile import StackInfo, pid_alive
+from fleet.local.heartbeats import WorkerView, read_workers
 from schemas import FleetSettings, ModelRegistry, Names, SchemaError, now_ms
 from schemas.residency import WorkerResidency
-
-from .client import FleetClient
-from .connection import Target
-from .heartbeats import WorkerView, read_workers
-from .stackfile import StackInfo, pid_alive
 
 MB = 1 << 20
 #: Longest the live lag snapshot may take (an unreachable broker must not hang the command).

@@ -1,4 +1,4 @@
-"""``fleet batch run``: the command line of :mod:`fleet.batch`, with a progress line on stderr.
+"""``fleet batch run``: the command line of :mod:`fleet.pipeline.batch`, with a progress line on stderr.
 
     fleet batch run --model tiny --input rows.npy --output out.npy [--resume] [--rows-per-request 8]
     fleet batch run --model tiny --input records.jsonl --output out.jsonl
@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from fleet.client.connection import Target
+from fleet.pipeline.batch import BatchOptions, BatchProgress, BatchRun
 from schemas import Lane
-
-from .batch import BatchOptions, BatchProgress, BatchRun
-from .connection import Target
 
 _REFRESH_S = 0.5
 

@@ -1,7 +1,7 @@
 """The ``fleet`` command line: argument parsing, dispatch and the single place errors become exit codes.
 
 Every command that talks to the fleet finds it the same way (flag, then environment, then the
-running local stack's ``stack.json``, then defaults); see :func:`fleet.connection.resolve`.
+running local stack's ``stack.json``, then defaults); see :func:`fleet.client.connection.resolve`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from fleet.client.connection import Target, resolve
+from fleet.demo import run as demo
 from schemas import ErrorCode, FleetError, describe
 
-from . import batch_cli, demo, dlq_cli, keys_cli, models_cli, scale_cli, stack_cli, status
-from .connection import Target, resolve
+from . import batch, dlq, keys, models, scale, stack, status
 
 #: ``fleet config SERVICE`` -> (module, settings class, env prefix).
 SERVICES = {
@@ -68,13 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fleet", parents=[common], description="Run, feed and inspect an inference fleet."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    stack_cli.add_parsers(commands, common)
+    stack.add_parsers(commands, common)
     status.add_parser(commands, common)
-    scale_cli.add_parser(commands, common)
-    models_cli.add_parser(commands, common)
-    dlq_cli.add_parser(commands, common)
-    keys_cli.add_parser(commands, common)
-    batch_cli.add_parser(commands, common)
+    scale.add_parser(commands, common)
+    models.add_parser(commands, common)
+    dlq.add_parser(commands, common)
+    keys.add_parser(commands, common)
+    batch.add_parser(commands, common)
     demo.add_parser(commands, common)
     config = commands.add_parser("config", parents=[common], help="print every setting: variable, default, doc")
     config.add_argument("service", nargs="?", choices=sorted(SERVICES), help="default: all")

@@ -19,18 +19,18 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from fleet.cli.models import next_version
+from fleet.cli.stack import Signals, add_stack_options, foreground, print_stack, request_reload, stack_config
+from fleet.client.connection import Target, open_registry
+from fleet.client.http import FleetClient
+from fleet.local.heartbeats import wait_for_model_worker
+from fleet.local.stack import LocalStack
+from fleet.models.artifacts import build_record
+from fleet.models.verify import verify
 from schemas import FleetSettings, Names, Tensor
 from schemas.topics import ensure_model_topics
 
-from .artifacts import build_record
-from .client import FleetClient
-from .connection import Target, open_registry
-from .heartbeats import wait_for_model_worker
-from .models_cli import next_version
-from .stack import LocalStack
-from .stack_cli import Signals, add_stack_options, foreground, print_stack, request_reload, stack_config
 from .train import INPUT, OUTPUT, Blobs, TrainedModel, make_blobs, train_model
-from .verify import verify
 
 DEMO_MODEL = "demo-blobs"
 QUICK_EPOCHS, FULL_EPOCHS = 2, 150

@@ -18,7 +18,7 @@ A models file (YAML) is a list of entries, or a mapping with ``models:``; a dire
       default: true               # make this version the default
       traffic: {2: 90, 3: 10}     # the model's split of unversioned requests
 
-Each entry is parsed, checked (`fleet.artifact_checks`) and compared with the registry on its own: a bad entry
+Each entry is parsed, checked (`fleet.models.checks`) and compared with the registry on its own: a bad entry
 is reported (its index, name and a one-line reason) and nothing of it is applied; the others are. A version
 already registered with the same artifact sha256 and settings is unchanged; with other content it is an error
 (versions are immutable: bump the version). Defaults and splits are set when they differ. Models and versions

@@ -50,7 +50,7 @@ class RestartBackoff:
         return None if self.failures > self.policy.max_failures else delay
 
 
-#: The name ``fleet.stack`` and its tests import.
+#: The name ``fleet.local.stack`` and its tests import.
 Backoff = RestartBackoff
 
 

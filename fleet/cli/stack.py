@@ -13,12 +13,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from fleet.client.connection import Target, env_first
+from fleet.client.errors import StackError
+from fleet.client.stackfile import StackInfo, pid_alive, pid_cmdline
+from fleet.local.stack import LocalStack, StackConfig
 from schemas.constants import DEFAULT_NAMESPACE
-
-from .connection import Target, env_first
-from .errors import StackError
-from .stack import LocalStack, StackConfig
-from .stackfile import StackInfo, pid_alive, pid_cmdline
 
 UP_HELP = """\
 Start the fleet on this machine: the embedded Kafka-protocol broker and Redis (unless --kafka/--redis
@@ -225,7 +224,7 @@ async def foreground(stack: LocalStack, signals: Signals) -> int:
 async def run_up(target: Target, args: argparse.Namespace) -> int:
     """``fleet up``: start, print the addresses, serve in the foreground, stop cleanly."""
     if args.demo:
-        from .demo import run_demo  # demo builds on this module
+        from fleet.demo.run import run_demo  # demo builds on this module
 
         args.keep, args.trainer, args.concurrency = True, "auto", 8
         return await run_demo(target, args)

@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from schemas import NUMPY_DTYPES, ModelRecord, TensorSpec
 
-from .batch_state import BatchError
+from .state import BatchError
 
 Array = npt.NDArray[Any]
 FORMATS = ("jsonl", "npy", "parquet")

@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fleet.client.connection import Target, open_registry
 from schemas import ErrorCode, SchemaError
 from schemas.traffic import TrafficSplit
-
-from .connection import Target, open_registry
 
 
 def add_actions(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -49,16 +49,16 @@ from autoscaler.errors import StatsError
 from autoscaler.inventory import read_inventory
 from autoscaler.placement import PlacementState
 from autoscaler.placement_store import read_placement
+from fleet.client.errors import StackError
+from fleet.client.http import FleetClient
+from fleet.client.stackfile import ProcessInfo, StackInfo
 from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSettings, load, now_ms
 from schemas.constants import DEFAULT_NAMESPACE
 from schemas.topics import ensure_model_topics
 
-from .client import FleetClient
-from .errors import StackError
 from .heartbeats import read_workers
-from .localservers import LocalBroker, LocalRedis, LocalServer, free_port
 from .procs import Backoff, RestartPolicy, ServiceProcess
-from .stackfile import ProcessInfo, StackInfo
+from .servers import LocalBroker, LocalRedis, LocalServer, free_port
 
 log = logging.getLogger("fleet.stack")
 

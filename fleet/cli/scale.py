@@ -10,9 +10,8 @@ import argparse
 from typing import Any
 
 from autoscaler import PinStore
+from fleet.client.connection import Target
 from schemas import ModelRegistry, Names, check_model_name
-
-from .connection import Target
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:

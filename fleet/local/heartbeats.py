@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fleet.client.errors import StackError
 from schemas import FleetSettings, Names, now_ms
-
-from .errors import StackError
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``list`` prints the newest dead letters of a model: position, request id, reason code, attempts, how
 many times it was replayed, when it landed, and the reason. ``replay`` re-sends the requests (see
-`fleet.dlq`); an entry already replayed is skipped unless ``--force``.
+`fleet.cli.dlq_entries`); an entry already replayed is skipped unless ``--force``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from fleet.client.connection import Target
 from schemas import check_model_name
 
-from .connection import Target
-from .dlq import Entry, read_entries, replay, with_replays
+from .dlq_entries import Entry, read_entries, replay, with_replays
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """Turning a model artifact (a local file or an ``http(s)://`` URL) into a registry record: hashing, size,
-signature discovery and the checks that it can serve as declared (`fleet.artifact_checks`)."""
+signature discovery and the checks that it can serve as declared (`fleet.models.checks`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from schemas import (
 from schemas.artifact_source import artifact_suffix, download, is_remote
 from schemas.errors import ErrorCode
 
-from .artifact_checks import (
+from .checks import (
     check_declared,
     check_onnx_file,
     check_torch_archive,

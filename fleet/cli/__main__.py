@@ -1,0 +1,7 @@
+"""``python -m fleet.cli``: the ``fleet`` command."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""``fleet demo``: a model trained on the spot, served by a local stack; and the tiny ONNX models tests build."""

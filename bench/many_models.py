@@ -26,7 +26,7 @@ models, so at a small N a PASS says little) and writes JSON and a PNG of CPU % a
 The machine is shared: figures from a busy machine are upper bounds of the fleet's own cost.
 
     python -m bench.many_models [--models 50] [--workers 2] [--idle-s 30] [--skew-s 30]
-        [--phase register,idle,first,skew] [--json bench/results/many_models.json]
+        [--phase register,first,idle,skew] [--env FLEET_WORKER_MODE=pool] [--json bench/results/many_models.json]
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ class Fleet:
     gateway_port: int
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     worker_ports: dict[str, int] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # --env: given to every service (wins over ours)
 
     @property
     def url(self) -> str:
@@ -175,6 +176,7 @@ class Fleet:
             FLEET_REDIS_URL=self.settings.redis.url,
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         return env
 
     def spawn(self, label: str, module: str, env: dict[str, str]) -> ServiceProcess:
@@ -564,6 +566,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "phases": sorted(phases, key=PHASES.index),
         "budget_mb": args.budget_mb,
+        "env": dict(args.env),
     }
     fleet: Fleet | None = None
     sampler_task: asyncio.Task[None] | None = None
@@ -576,7 +579,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             kafka=KafkaSettings(bootstrap=broker.bootstrap),
             redis=RedisSettings(url=redis_server.url),
         )
-        fleet = Fleet(home, settings, broker, redis_server, free_port())
+        fleet = Fleet(home, settings, broker, redis_server, free_port(), extra_env=dict(args.env))
         redis = settings.redis.client()
         names = Names(NAMESPACE)
         sampler = Sampler(fleet)
@@ -612,7 +615,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "FLEET_AUTOSCALER_PLACEMENT": "true",
             "FLEET_AUTOSCALER_LOG_DIR": str(home / "logs" / "spawned"),
         }
-        fleet.spawn("autoscaler", "autoscaler", autoscaler_env)
+        fleet.spawn("autoscaler", "autoscaler", {**autoscaler_env, **fleet.extra_env})
         await wait_for("autoscaler", lambda: _has_inventory(redis, names), fleet, 60)
 
         if "idle0" in phases:
@@ -642,6 +645,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             if args.budget_mb:
                 worker_env["FLEET_WORKER_MEMORY_BUDGET_MB"] = str(args.budget_mb)
+            worker_env.update(fleet.extra_env)
             fleet.spawn(worker_id, "workers", worker_env)
         if "first" in phases:
             first = await first_answers(fleet, models, started, args, answered)
@@ -771,7 +775,7 @@ def verdicts(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for kind in ("add", "remove"):
         if change is not None and kind in change:
             added = change[kind]["added_ms"]
-            shown = f"+{added} ms (max {change[kind]['max_ms']} vs p99 {change['before_p99_ms']} before)"
+            shown = f"{added:+} ms (max {change[kind]['max_ms']} vs p99 {change['before_p99_ms']} before)"
             label = {"add": "model added under load", "remove": "model removed under load"}[kind]
             row("change_under_load_ms", label, added, shown, added is not None and added <= 250)
     if change is not None:
@@ -835,6 +839,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     print(f"plot written to {path}")
 
 
+def env_arg(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.startswith("FLEET_"):
+        raise argparse.ArgumentTypeError(f"expected FLEET_NAME=VALUE, got {text!r}")
+    return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=50, help="registered models N (issue targets: 500, 1000)")
@@ -850,6 +861,8 @@ def main() -> None:
     parser.add_argument("--change-settle-s", type=float, default=10.0, help="change phase: seconds around changes")
     parser.add_argument("--budget-mb", type=float, default=0.0, help="worker memory budget (0: the worker default)")
     parser.add_argument("--phase", default=DEFAULT_PHASES, help=f"comma list of {','.join(PHASES)}")
+    parser.add_argument("--env", action="append", type=env_arg, default=[], metavar="FLEET_X=VALUE",
+                        help="setting for every service, e.g. FLEET_WORKER_MODE=pool (repeatable)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder with the logs")
     parser.add_argument("--json", default="bench/results/many_models.json", help="where to write the figures")

@@ -13,7 +13,8 @@ Phases, in this order (``--phase`` picks; the models are always registered, the 
   with the models it holds resident;
 * ``idle``: N models registered, W workers, no traffic for T seconds: CPU % of each process (with its
   children) and of the machine, Redis commands/s (``INFO commandstats`` deltas, split by process through
-  ``CLIENT LIST`` addresses matched to sockets in /proc: the services set no client name), each worker's
+  ``CLIENT LIST`` addresses matched to sockets in /proc: the services set no client name; commands run inside
+  a Lua script count one each, as Redis counts them, and the EVAL/EVALSHA calls are shown apart), each worker's
   TCP connections to the broker and threads;
 * ``skew``: closed loop through the gateway for S seconds, 80 % of requests on 10 hot models and the rest
   spread over all N: errors, the hot models' p50/p99, residency hit rate (workers' /metrics deltas);
@@ -320,6 +321,9 @@ class Window:
             "redis_cmds_per_s": round(services / spent, 1),
             "redis_cmds_per_s_by_process": owners,
             "redis_top_commands_per_s": {c: round(n / spent, 1) for c, n in commands.most_common(8) if n > 0},
+            "redis_script_calls_per_s": round(
+                sum(n for c, n in commands.items() if c.split("|")[0] in ("eval", "evalsha", "fcall")) / spent, 1
+            ),
         }
 
 
@@ -798,7 +802,8 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"  {phase}: CPU % by process {figures['cpu_pct']}, machine {figures['machine_cpu_pct']} % "
                   f"(of {100 * (os.cpu_count() or 1)} %)")  # fmt: skip
             print(f"  {phase}: Redis commands/s by process {figures['redis_cmds_per_s_by_process']}")
-            print(f"  {phase}: top Redis commands/s {figures['redis_top_commands_per_s']}")
+            print(f"  {phase}: top Redis commands/s {figures['redis_top_commands_per_s']} "
+                  f"(script calls {figures['redis_script_calls_per_s']}/s; commands inside scripts count)")  # fmt: skip
     if "idle" in report:
         print(f"  idle: workers {report['idle']['workers']}")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from schemas import ErrorCode, JobStatus, SchemaError
 
-from .wire import Array, tensor_from_json
+from .wire import Array, decode_outputs
 
 #: Statuses after which a job never changes again.
 FINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
@@ -49,13 +49,7 @@ def parse_job(doc: Any) -> Job:
     result = doc.get("result")
     outputs: dict[str, Array] | None = None
     if isinstance(result, dict):
-        outputs = {}
-        for out in result.get("outputs") or []:
-            try:
-                name, datatype, shape = str(out["name"]), str(out["datatype"]), tuple(int(d) for d in out["shape"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise SchemaError(f"malformed output entry {out!r}") from exc
-            outputs[name] = tensor_from_json(out.get("data"), datatype, shape, name)
+        outputs = decode_outputs(result.get("outputs"))
     raw_error = doc.get("error")
     error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
     code = error.get("code")

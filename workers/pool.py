@@ -304,13 +304,14 @@ class PoolConsumer:
             for p in owned_partitions(self.id, replicas[model], counts.get(topic, 0)):
                 wanted[TopicPartition(topic, p)] = _Owned(model, lane, retry, self._names.worker_group(model, lane))
         leaving = [tp for tp in self._owned if tp not in wanted]
-        if leaving:
-            await self._let_go(leaving)
         keep = [tp for tp in self._owned if tp in wanted]
         new = [tp for tp in wanted if tp not in self._owned]
-        held = await self._leases.claim([(tp.topic, tp.partition) for tp in keep + new])
+        # Renew first, the leaving ones too: their rounds in hand finish under a live lease.
+        held = await self._leases.claim([(tp.topic, tp.partition) for tp in keep + leaving + new])
         lost = [tp for tp, ok in zip(keep, held[: len(keep)], strict=True) if not ok]
-        gained = [tp for tp, ok in zip(new, held[len(keep) :], strict=True) if ok]
+        gained = [tp for tp, ok in zip(new, held[len(keep) + len(leaving) :], strict=True) if ok]
+        if leaving:
+            await self._let_go(leaving)
         if lost:
             log.warning("pool: leases lost to another worker: %s", ",".join(f"{t.topic}:{t.partition}" for t in lost))
             await self._let_go(lost, release=False)

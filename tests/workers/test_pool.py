@@ -24,6 +24,7 @@ from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 from workers import Worker, WorkerSettings
 from workers.group_offsets import GroupOffsets
 from workers.pool import PoolConsumer
+from workers.residency import MB
 
 from .conftest import make_request
 
@@ -287,3 +288,27 @@ async def test_interactive_before_bulk_and_a_backlogged_model_does_not_block_ano
     last_bulk = max(replies.arrived[b.id] for b in bulk)
     assert last_busy < last_bulk  # interactive before bulk across models
     assert done_quiet < last_busy
+
+
+async def test_pool_models_load_on_first_use_and_the_lru_budget_evicts_them(
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path, producer: AIOKafkaProducer
+) -> None:
+    models = ["la", "lb", "lc"]
+    records = await _register(fleet_settings, names, redis_client, tmp_path, models)
+    size = int(records["la"].size_bytes * WorkerSettings(models=("la",), fleet=fleet_settings).size_factor)
+    settings = _settings(fleet_settings, tmp_path, "pa", models=tuple(models), memory_budget_mb=2.5 * size / MB)
+    stream = names.reply_stream("pool")
+    x = np.ones((1, 16), np.float32)
+    async with Worker(settings) as worker:
+        await worker.wait_ready(30)
+        assert worker.residency.residency.keys == []  # nothing loaded before its first request
+        replies = _Replies(redis_client, stream)
+        for i, model in enumerate(models):
+            await _send(producer, names.request_topic(model), [make_request(stream, x, model=model, rid=f"{model}-1")])
+            await replies.until(lambda r, n=i + 1: len(r.ids()) >= n)
+        resident = [m for m, _ in worker.residency.residency.keys]
+        assert resident == ["lb", "lc"]  # room for two: the least recently used one went
+        await _send(producer, names.request_topic("la"), [make_request(stream, x, model="la", rid="la-2")])
+        await replies.until(lambda r: "la-2" in r.ids())
+        assert [m for m, _ in worker.residency.residency.keys] == ["lc", "la"]
+    assert all(r.error is None for r in replies.entries)

@@ -19,7 +19,9 @@ from schemas.oip import (
     CONTENT_BINARY,
     CONTENT_JSON,
     HEADER_LENGTH,
+    LANE_HEADER,
     LANE_PARAMETER,
+    TIMEOUT_HEADER,
     TIMEOUT_PARAMETER,
     InferBody,
     OipBodyError,
@@ -51,12 +53,6 @@ __all__ = [
     "parse_timeout_ms",
     "render_infer",
 ]
-
-#: Request header with the client's timeout in milliseconds (the body parameter wins).
-TIMEOUT_HEADER = "X-Fleet-Timeout-Ms"
-#: Priority lane: parameter ``lane`` or header ``X-Fleet-Lane`` (``interactive``, the default, or ``bulk``).
-LANE_HEADER = "X-Fleet-Lane"
-
 
 @contextmanager
 def _gateway_errors() -> Iterator[None]:

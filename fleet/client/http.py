@@ -27,11 +27,10 @@ from schemas import ErrorCode, JobStatus, SchemaError
 from .errors import ClientError, FleetHTTPError, JobFailedError
 from .jobs import Job, parse_job
 from .wire import HEADER_LENGTH, Array, decode_response, encode_request
+from .wire import TIMEOUT_HEADER as TIMEOUT_HEADER  # public: fleet.client.TIMEOUT_HEADER
 
 T = TypeVar("T")
 
-#: Request header that tells the gateway our timeout (its deadline for the workers).
-TIMEOUT_HEADER = "X-Fleet-Timeout-Ms"
 #: Extra seconds the client waits beyond the deadline it gave the gateway.
 DEADLINE_GRACE_S = 1.0
 #: Request header that makes a resubmitted async job return the job it first created.

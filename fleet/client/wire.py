@@ -13,12 +13,13 @@ from typing import Any
 from schemas import oip
 from schemas.oip import CONTENT_BINARY as BINARY_CONTENT
 from schemas.oip import CONTENT_JSON as JSON_CONTENT
-from schemas.oip import HEADER_LENGTH, Array, decode_outputs, decode_response
+from schemas.oip import HEADER_LENGTH, TIMEOUT_HEADER, Array, decode_outputs, decode_response
 
 __all__ = [
     "BINARY_CONTENT",
     "HEADER_LENGTH",
     "JSON_CONTENT",
+    "TIMEOUT_HEADER",
     "Array",
     "decode_outputs",
     "decode_response",

@@ -7,7 +7,7 @@ One codec for both sides: the client encodes requests (``encode_request``) and d
 (codes INVALID_REQUEST / INVALID_INPUT when reading a request, UNDECODABLE when reading a response).
 """
 
-from .body import CONTENT_BINARY, CONTENT_JSON, HEADER_LENGTH, Rendered
+from .body import CONTENT_BINARY, CONTENT_JSON, HEADER_LENGTH, LANE_HEADER, TIMEOUT_HEADER, Rendered
 from .data import MAX_DATA_DEPTH, Array
 from .errors import OipBodyError, OipTensorError, Side
 from .request import (
@@ -27,8 +27,10 @@ __all__ = [
     "CONTENT_BINARY",
     "CONTENT_JSON",
     "HEADER_LENGTH",
+    "LANE_HEADER",
     "LANE_PARAMETER",
     "MAX_DATA_DEPTH",
+    "TIMEOUT_HEADER",
     "TIMEOUT_PARAMETER",
     "Array",
     "InferBody",

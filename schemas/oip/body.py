@@ -19,6 +19,10 @@ from .errors import OipBodyError, OipTensorError, Side
 
 #: Length of the JSON header of a binary-extension body (request and response).
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: Request header with the client's timeout in milliseconds (the body parameter ``timeout_ms`` wins).
+TIMEOUT_HEADER = "X-Fleet-Timeout-Ms"
+#: Request header naming the priority lane, ``interactive`` (the default) or ``bulk`` (the parameter ``lane`` wins).
+LANE_HEADER = "X-Fleet-Lane"
 CONTENT_JSON = "application/json"
 CONTENT_BINARY = "application/octet-stream"
 

@@ -15,19 +15,13 @@ from contextlib import contextmanager
 
 from schemas import Lane
 from schemas.oip import (
-    BINARY_OUTPUT_PARAMETER,
-    CONTENT_BINARY,
-    CONTENT_JSON,
     HEADER_LENGTH,
     LANE_HEADER,
-    LANE_PARAMETER,
     TIMEOUT_HEADER,
-    TIMEOUT_PARAMETER,
     InferBody,
     OipBodyError,
     OipTensorError,
     OutputRequest,
-    Rendered,
     decode_request,
     parse_lane,
 )
@@ -36,23 +30,18 @@ from schemas.oip import encode_response as render_infer
 from .errors import InvalidInputError, InvalidRequestError
 
 __all__ = [
-    "BINARY_OUTPUT_PARAMETER",
-    "CONTENT_BINARY",
-    "CONTENT_JSON",
     "HEADER_LENGTH",
     "LANE_HEADER",
-    "LANE_PARAMETER",
     "TIMEOUT_HEADER",
-    "TIMEOUT_PARAMETER",
     "InferBody",
     "OutputRequest",
-    "Rendered",
     "check_outputs",
     "choose_lane",
     "parse_infer",
     "parse_timeout_ms",
     "render_infer",
 ]
+
 
 @contextmanager
 def _gateway_errors() -> Iterator[None]:

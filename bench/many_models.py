@@ -654,7 +654,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if "first" in phases:
             first = await first_answers(fleet, models, started, args, answered)
             report["first"] = first
-            print(f"first answers: {first['answered']} of {args.models} after {first['last_answer_s']} s", flush=True)
+            last = first["last_answer_s"]
+            when = f", the last {last} s after the workers' start" if last is not None else ""
+            print(f"first answers: {first['answered']} of {args.models}{when}", flush=True)
         else:
             await wait_for("workers", lambda: _workers_ready(redis, names, worker_ids), fleet, 120)
         fleet.check_alive()

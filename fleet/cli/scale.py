@@ -1,6 +1,6 @@
 """``fleet scale MODEL --replicas N | --auto``: pin a model to a fixed number of workers, or hand it back.
 
-Pins are the autoscaler's runtime overrides (`autoscaler.PinStore`, ``names.pins_key``): the autoscaler
+Pins are the autoscaler's runtime overrides (`autoscaler.state.pin`, ``names.pins_key``): the autoscaler
 reads them every round, so a pin takes effect within one interval, whichever backend runs the workers.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autoscaler import PinStore
+from autoscaler import state as autoscaler_state
 from fleet.client.connection import Target
 from schemas import ModelRegistry, Names, check_model_name
 
@@ -34,14 +34,13 @@ async def run_scale(target: Target, args: argparse.Namespace) -> int:
     names = Names(target.settings.namespace)
     redis = target.settings.redis.client()
     try:
-        store = PinStore(redis, names)
         registered = model in await ModelRegistry(redis, names).models()
         if args.auto:
-            was = (await store.pins()).get(model)
-            await store.unpin(model)
+            was = (await autoscaler_state.read_pins(redis, names)).get(model)
+            await autoscaler_state.unpin(redis, names, model)
             print(f"{model}: autoscaled" + ("" if was is None else f" (pin to {was} removed)"))
         else:
-            await store.pin(model, args.replicas)
+            await autoscaler_state.pin(redis, names, model, args.replicas)
             print(f"{model}: pinned to {args.replicas} replicas (autoscaling is off for it; `--auto` undoes it)")
     finally:
         await redis.aclose()

@@ -22,10 +22,8 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from autoscaler import AutoscalerError, DecisionStore, GpuInventory, LagCollector, PinStore, read_inventory
-from autoscaler.leader import read_leader
-from autoscaler.placement_store import read_placement
-from autoscaler.signals import ModelLoad
+from autoscaler import state as autoscaler_state
+from autoscaler.state import GpuInventory, StateError
 from fleet.client.connection import Target
 from fleet.client.http import FleetClient
 from fleet.client.stackfile import StackInfo, pid_alive
@@ -54,7 +52,7 @@ class ModelStatus:
     capped_by_partitions: bool = False
     reason: str = ""
     decided_s_ago: float | None = None
-    placement: str | None = None  # autoscaler.placement.PlacementState (None: no placement scheduler)
+    placement: str | None = None  # autoscaler.state.PlacementState (None: no placement scheduler)
     placement_workers: str = ""
     placement_reason: str = ""
 
@@ -132,9 +130,9 @@ async def gather_status(target: Target) -> StatusReport:
         registry = ModelRegistry(redis, names)
         models = [ModelStatus(m, await registry.default_version(m)) for m in await registry.models()]
         await _add_scaling(redis, names, models, report)
-        inventory = await read_inventory(redis, names)
-        report.autoscaler_leader = await read_leader(redis, names)
-    except (RedisError, AutoscalerError) as exc:
+        inventory = await autoscaler_state.read_gpus(redis, names)
+        report.autoscaler_leader = await autoscaler_state.read_leader(redis, names)
+    except (RedisError, StateError) as exc:
         report.problems.append(f"redis unreachable: {exc}")
         return report
     finally:
@@ -182,9 +180,9 @@ def _residency_lines(states: Sequence[dict[str, Any]]) -> list[str]:
 
 
 async def _add_scaling(redis: Any, names: Names, models: list[ModelStatus], report: StatusReport) -> None:
-    pins = await PinStore(redis, names).pins()
-    decisions = await DecisionStore(redis, names).read([m.model for m in models])
-    placements = await read_placement(redis, names, [m.model for m in models])
+    pins = await autoscaler_state.read_pins(redis, names)
+    decisions = await autoscaler_state.read_decisions(redis, names, [m.model for m in models])
+    placements = await autoscaler_state.read_placements(redis, names, [m.model for m in models])
     now = now_ms()
     for row in models:
         row.pinned = pins.get(row.model)
@@ -211,19 +209,16 @@ async def _add_lag(settings: FleetSettings, models: list[ModelStatus], report: S
     if not models:
         return
     try:
-        loads = await asyncio.wait_for(_snapshot(settings, [m.model for m in models]), LAG_TIMEOUT_S)
-    except (AutoscalerError, KafkaError, OSError, TimeoutError) as exc:
+        loads = await asyncio.wait_for(
+            autoscaler_state.measure_load(settings, [m.model for m in models]), LAG_TIMEOUT_S
+        )
+    except (StateError, KafkaError, OSError, TimeoutError) as exc:
         report.problems.append(f"kafka: no lag snapshot ({type(exc).__name__}: {exc})")
         return
     for row in models:
         load = loads.get(row.model)
         if load is not None and load.topic_exists:
             row.lag, row.partitions = load.lag, load.partition_count
-
-
-async def _snapshot(settings: FleetSettings, models: Sequence[str]) -> dict[str, ModelLoad]:
-    async with LagCollector(settings) as collector:
-        return await collector.collect(models)
 
 
 def _gpu_dict(inventory: GpuInventory) -> dict[str, Any]:

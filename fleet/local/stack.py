@@ -45,10 +45,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from autoscaler.errors import StatsError
-from autoscaler.inventory import read_inventory
-from autoscaler.placement import PlacementState
-from autoscaler.placement_store import read_placement
+from autoscaler import state as autoscaler_state
 from fleet.client.errors import StackError
 from fleet.client.http import FleetClient
 from fleet.client.stackfile import ProcessInfo, StackInfo
@@ -65,10 +62,8 @@ log = logging.getLogger("fleet.stack")
 #: Consumer-group timings that suit the embedded broker (each join waits max(1 s, session/2)).
 #: A placement verdict this long after the workers were ready comes from a round that saw them.
 _PLACEMENT_SETTLE_MS = 1000.0
-#: Placement verdicts that need no worker to serve the model (it could not be placed, or wants none).
 #: How often the supervisor looks for dead processes.
 _SUPERVISE_INTERVAL_S = 0.25
-_PLACED_ELSEWHERE = frozenset({PlacementState.SCHEDULE_FAILED.value, PlacementState.IDLE.value})
 
 LOCAL_BROKER_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
 
@@ -506,8 +501,8 @@ class LocalStack:
         try:
             while True:
                 reports = []
-                with contextlib.suppress(StatsError):
-                    reports = await read_inventory(client, Names(self.config.namespace))
+                with contextlib.suppress(autoscaler_state.StateError):
+                    reports = await autoscaler_state.read_gpus(client, Names(self.config.namespace))
                 yield any(r.ts_ms >= since_ms - 1000 for r in reports)
         finally:
             await client.aclose()
@@ -535,11 +530,11 @@ class LocalStack:
             while True:
                 waiting = set(models)
                 with contextlib.suppress(RedisError):
-                    placements = await read_placement(client, names, models)
+                    placements = await autoscaler_state.read_placements(client, names, models)
                     decided = {
                         m
                         for m, status in placements.items()
-                        if status.get("state") in _PLACED_ELSEWHERE
+                        if status.get("state") in autoscaler_state.UNSERVED_PLACEMENTS
                         and float(status.get("ts_ms") or 0) >= since_ms + _PLACEMENT_SETTLE_MS
                     }
                     waiting = set(models) - await _served_models(client, names) - decided

@@ -21,10 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from fleet.client.connection import Target, resolve
-from fleet.demo import run as demo
 from schemas import ErrorCode, FleetError, describe
 
-from . import batch, dlq, keys, models, scale, stack, status
+from . import batch, demo, dlq, keys, models, scale, stack, status
 
 #: ``fleet config SERVICE`` -> (module, settings class, env prefix).
 SERVICES = {

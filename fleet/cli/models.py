@@ -18,7 +18,8 @@ from fleet.client.http import FleetClient
 from fleet.models import apply as model_apply
 from fleet.models.artifacts import build_record
 from fleet.models.verify import verify
-from schemas import BatchingConfig, Framework, ModelRecord, ModelRegistry, SchemaError, Tensor, TensorSpec, parse_spec
+from fleet.models.versions import next_version
+from schemas import BatchingConfig, Framework, ModelRecord, SchemaError, Tensor, TensorSpec, parse_spec
 from schemas.topics import ensure_model_topics
 
 from .rollout import add_actions as add_rollout_actions
@@ -105,12 +106,6 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     check.set_defaults(handler=verify_model)
 
     add_rollout_actions(sub, common)
-
-
-async def next_version(registry: ModelRegistry, model: str) -> str:
-    """One more than the highest integer version of ``model`` ("1" for a new model)."""
-    numbers = [int(v) for v in await registry.versions(model) if v.isdigit()]
-    return str(max(numbers, default=0) + 1)
 
 
 def _load_example(path: Path) -> tuple[Tensor, ...]:

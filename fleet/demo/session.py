@@ -1,14 +1,9 @@
-"""``fleet demo``: train a small classifier on generated data, serve two versions, send traffic, report.
-
-Where it runs: its own LocalStack (started here, autoscaled unless ``--no-autoscale``, stopped at the end
-unless ``--keep``), or a stack that ``fleet up`` runs (an autoscaled one spawns a worker for the demo model
-by itself; a ``--no-autoscale`` one has its workers reloaded), or any gateway given with ``--url`` whose
-fleet already has (or soon gets) a worker for the demo model.
+"""The ``fleet demo`` session: train a small classifier on generated data, register two versions, serve,
+verify, predict and send traffic, then report. The command (where the stack comes from) is :mod:`fleet.cli.demo`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shutil
 import time
@@ -19,33 +14,18 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from fleet.cli.models import next_version
-from fleet.cli.stack import Signals, add_stack_options, foreground, print_stack, request_reload, stack_config
-from fleet.client.connection import Target, open_registry
+from fleet.client.connection import open_registry
 from fleet.client.http import FleetClient
-from fleet.local.heartbeats import wait_for_model_worker
-from fleet.local.stack import LocalStack
 from fleet.models.artifacts import build_record
 from fleet.models.verify import verify
+from fleet.models.versions import next_version
 from schemas import FleetSettings, Names, Tensor
 from schemas.topics import ensure_model_topics
 
-from .train import INPUT, OUTPUT, Blobs, TrainedModel, make_blobs, train_model
+from .train import INPUT, OUTPUT, Blobs, TrainedModel, train_model
 
 DEMO_MODEL = "demo-blobs"
 QUICK_EPOCHS, FULL_EPOCHS = 2, 150
-
-
-def add_parser(commands: object, common: argparse.ArgumentParser) -> None:
-    """Add ``demo``."""
-    demo = commands.add_parser(  # type: ignore[attr-defined]  # argparse's subparsers action is private
-        "demo", parents=[common], help="train, register, verify and load-test a small model end to end"
-    )
-    add_stack_options(demo, default_port=None)
-    demo.add_argument("--keep", action="store_true", help="keep the stack running afterwards (foreground)")
-    demo.add_argument("--trainer", choices=["auto", "torch", "numpy"], default="auto")
-    demo.add_argument("--concurrency", type=int, default=8, help="requests in flight during the traffic phase")
-    demo.set_defaults(handler=run_demo)
 
 
 def train_versions(data: Blobs, work: Path, trainer: str) -> tuple[TrainedModel, TrainedModel]:
@@ -146,62 +126,8 @@ async def demo_session(
     return all(report.ok for report in reports)
 
 
-async def run_demo(target: Target, args: argparse.Namespace) -> int:
-    """``fleet demo`` (and ``fleet up --demo``)."""
-    data = make_blobs()
-    work = target.home / "demo" / "train"
-    shutil.rmtree(work, ignore_errors=True)
-    print(f"training on {len(data.y_train)} generated points (8-D Gaussian blobs, {data.classes} classes)")
-    if getattr(args, "url", None) or target.stack is not None:
-        trained = await asyncio.to_thread(train_versions, data, work, args.trainer)
-        _print_trained(trained)
-        stack_info = target.stack
-
-        async def serve_external(model: str) -> None:
-            # An autoscaled stack finds the new model by itself; a fixed one restarts its workers for it.
-            if stack_info is not None and not stack_info.autoscale and model not in stack_info.models:
-                info = await request_reload(stack_info, target.home)
-                if model not in info.models:
-                    print(f"the running stack serves only {','.join(info.models)} (started with --models)")
-            await wait_for_model_worker(target.settings, model, timeout_s=60.0)
-
-        print(f"using the running fleet at {target.url}")
-        ok = await demo_session(
-            target.url, target.settings, target.home, data, trained, serve_external, args.concurrency
-        )
-        return 0 if ok else 1
-    # Fixed workers serve the registered models (none yet in a fresh Redis): they restart once the demo
-    # registers. Autoscaled, restart_workers only waits for the autoscaler's first worker of the new model.
-    stack = LocalStack(stack_config(target, args, models=None))
-    with Signals() as signals:
-        try:
-            both = asyncio.gather(asyncio.to_thread(train_versions, data, work, args.trainer), stack.start())
-            if not await signals.run(both):
-                return 130
-            trained = both.result()[0]
-            _print_trained(trained)
-            print_stack(stack, workers=False)
-            session = demo_session(
-                stack.url,
-                stack.settings,
-                target.home,
-                data,
-                trained,
-                lambda _model: stack.restart_workers(),  # the registered models, the demo's included
-                args.concurrency,
-            )
-            if not await signals.run(session):
-                return 130
-            if args.keep:
-                print(f"\nthe stack keeps running at {stack.url}; Ctrl-C or `fleet down` stops it", flush=True)
-                return await foreground(stack, signals)
-            return 0
-        finally:
-            await stack.stop()
-            print("stack stopped", flush=True)
-
-
-def _print_trained(trained: tuple[TrainedModel, TrainedModel]) -> None:
+def print_trained(trained: tuple[TrainedModel, TrainedModel]) -> None:
+    """One line per trained version: epochs, local test accuracy, trainer and exporter."""
     for tag, model in zip(("v1", "v2"), trained, strict=True):
         how = f"{model.trainer}, exported with {model.exporter}"
         saved = f", checkpoint {model.checkpoint}" if model.checkpoint else ""

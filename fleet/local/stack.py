@@ -24,73 +24,42 @@ a worker's heartbeat hash ``state=ready``, in autoscale mode one per model regis
 mode every model placed on a ready worker or its placement failure recorded).
 Stop: SIGTERM the gateway → SIGTERM the autoscaler (it drains its workers) or the workers, and wait while
 they drain → stop Redis and the broker.
+
+``LocalStack`` orders and owns the parts, one job each: :mod:`.servers` (embedded broker and Redis),
+:mod:`.procs` (a service process and its restart backoff), :mod:`.services` (each service's environment, the
+topics of the registered models), :mod:`.readiness` (when a process is ready) and :mod:`.supervisor`
+(restarting what died, giving up on what keeps dying).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import secrets
-import socket
 import sys
-import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
-from redis.exceptions import RedisError
-
-from autoscaler import state as autoscaler_state
 from fleet.client.errors import StackError
-from fleet.client.http import FleetClient
 from fleet.client.stackfile import ProcessInfo, StackInfo
-from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, RedisSettings, load, now_ms
-from schemas.constants import DEFAULT_NAMESPACE
-from schemas.topics import ensure_model_topics
+from schemas import FleetSettings, KafkaSettings, RedisSettings, now_ms
 
-from .heartbeats import read_workers
-from .procs import Backoff, RestartPolicy, ServiceProcess
+from . import readiness, services
+from .config import StackConfig
+from .procs import ServiceProcess
 from .servers import LocalBroker, LocalRedis, LocalServer, free_port
+from .services import LOCAL_BROKER_ENV
+from .supervisor import Supervisor, Unit
 
 log = logging.getLogger("fleet.stack")
 
-#: Consumer-group timings that suit the embedded broker (each join waits max(1 s, session/2)).
-#: A placement verdict this long after the workers were ready comes from a round that saw them.
-_PLACEMENT_SETTLE_MS = 1000.0
 #: How often the supervisor looks for dead processes.
 _SUPERVISE_INTERVAL_S = 0.25
 
-LOCAL_BROKER_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
-
-
-@dataclass(frozen=True)
-class StackConfig:
-    """What :class:`LocalStack` starts."""
-
-    home: Path
-    namespace: str = DEFAULT_NAMESPACE
-    kafka: str | None = None  # external bootstrap servers; None starts the embedded broker
-    redis: str | None = None  # external Redis URL; None starts the embedded Valkey
-    gateway: bool = True
-    host: str = "127.0.0.1"
-    port: int | None = None  # None picks a free port
-    workers: int = 1  # fixed: worker processes; autoscale: fewest workers per model
-    models: tuple[str, ...] | None = None  # None: every model registered (when the workers start, if fixed)
-    autoscale: bool = False  # run the autoscaler (local backend) instead of fixed workers
-    placement: bool = False  # run ``workers`` following workers and the autoscaler's placement scheduler
-    max_workers: int | None = None  # autoscale: most workers per model (None: the autoscaler's default)
-    device: str | None = None
-    durable_redis: bool = True  # the embedded Valkey keeps an append-only file in ``home/redis``
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    ready_timeout_s: float = 60.0
-    drain_timeout_s: float = 30.0
-    supervise: bool = True  # restart a broker, Redis, gateway, autoscaler or fixed worker that dies
-    restart: RestartPolicy = RestartPolicy()  # backoff between restarts, and when to give up
+__all__ = ["LOCAL_BROKER_ENV", "LocalStack", "StackConfig"]
 
 
 class _State(Enum):
@@ -119,7 +88,7 @@ class LocalStack:
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._changing = asyncio.Lock()  # the supervisor's restarts vs restart_workers
-        self._watch: dict[str, _Watch] = {}
+        self._restarts = Supervisor(config.restart)
         self._failure: str | None = None
 
     @property
@@ -158,7 +127,7 @@ class LocalStack:
         if self._state is not _State.NEW:
             raise StackError(f"this stack is {self._state.value}; create a new LocalStack")
         self._state = _State.RUNNING
-        if self.config.gateway and self.config.port and not _can_listen(self.config.host, self.port):
+        if self.config.gateway and self.config.port and not readiness.can_listen(self.config.host, self.port):
             self._state = _State.STOPPED
             raise StackError(
                 f"port {self.port} on {self.config.host} is busy: another process listens there; "
@@ -167,8 +136,9 @@ class LocalStack:
         try:
             await self._start_servers()
             if self.config.gateway:
-                self._gateway = self._spawn("gateway", ["gateway"], self._gateway_env())
-                await self._wait(self._gateway, self._gateway_ready())
+                env = services.gateway_env(self._base_env(), self.config, self.port)
+                self._gateway = self._spawn("gateway", ["gateway"], env)
+                await self._wait(self._gateway, readiness.gateway_ready(self.url))
             if self.config.autoscale or self.config.placement:
                 await self._start_autoscaler()
             await self._start_workers(self.config.models)
@@ -281,54 +251,36 @@ class LocalStack:
             log.exception("the stack's supervisor failed")
             self._failure = f"the stack's supervisor failed: {exc!r}"
 
-    def _units(self) -> list[tuple[str, bool, Path, int | None]]:
-        """(name, running, log, exit status) of every supervised process, servers first."""
-        units = [(srv.name, srv.running, srv.log_path, srv.returncode) for srv in self._servers]
+    def _units(self) -> list[Unit]:
+        """Every supervised process, servers first."""
+        units = [Unit(srv.name, srv.running, srv.log_path, srv.returncode) for srv in self._servers]
         procs = [p for p in (self._gateway, self._autoscaler) if p is not None]
         if not (self.config.autoscale or self.config.placement):
             procs += self._workers  # the autoscaler restarts the workers it runs by itself
-        units += [(p.name, p.running, p.log_path, p.returncode) for p in procs]
+        units += [Unit(p.name, p.running, p.log_path, p.returncode) for p in procs]
         return units
 
     async def _heal(self) -> None:
-        now = time.monotonic()
-        for name, running, log_path, status in self._units():
-            watch = self._watch.setdefault(name, _Watch(Backoff(self.config.restart), now))
-            if running:
-                continue
-            if watch.restart_at is None:
-                ran_s = now - watch.started
-                delay = watch.backoff.next_delay(ran_s)
-                if delay is None:
-                    policy = self.config.restart
-                    self._failure = (
-                        f"the {name} died {policy.max_failures + 1} times in a row, each within "
-                        f"{policy.stable_s:.0f}s of its start (last exit status {status}); giving up; log {log_path}"
-                    )
-                    log.error("%s", self._failure)
-                    return
-                watch.restart_at = now + delay
-                log.warning(
-                    "the %s exited (status %s) after %.1fs; restarting it in %.1fs (quick failure %d of %d); log %s",
-                    name, status, ran_s, delay, watch.backoff.failures, self.config.restart.max_failures, log_path,
-                )  # fmt: skip
-            if now < watch.restart_at:
-                continue
-            watch.restart_at, watch.started = None, time.monotonic()
-            try:
-                await self._restart(name)
-            except (StackError, OSError, RuntimeError, TimeoutError) as exc:
-                log.warning("restarting the %s failed: %s", name, exc)  # the next round counts it as a failure
-                continue
-            log.warning("restarted the %s", name)
+        restarted = await self._restarts.heal(self._units(), self._restart)
+        self._failure = self._restarts.failure
+        if restarted:
             self.info().write(self.config.home)
+
+    def _base_env(self) -> dict[str, str]:
+        return services.base_env(self.config, self.kafka_bootstrap, self.redis_url)
+
+    async def _recreate_topics(self) -> list[str]:
+        return await services.recreate_topics(self.settings, self._base_env())
+
+    async def _wait(self, proc: ServiceProcess, probe: AsyncGenerator[bool, None]) -> None:
+        await readiness.wait_ready(proc, probe, self.config.ready_timeout_s)
 
     async def _restart(self, name: str) -> None:
         """Start the dead process ``name`` again and wait until it is ready (StackError otherwise)."""
         for server in self._servers:
             if server.name == name:
                 server.launch()  # same port; Redis on the same data directory
-                await self._wait_listening(server)
+                await readiness.wait_listening(server, self.config.ready_timeout_s)
                 if isinstance(server, LocalBroker):
                     models = await self._recreate_topics()
                     log.warning(
@@ -340,27 +292,17 @@ class LocalStack:
         if self._gateway is not None and self._gateway.name == name:
             self._gateway = self._gateway.fresh()
             self._gateway.start()
-            await self._wait(self._gateway, self._gateway_ready())
+            await self._wait(self._gateway, readiness.gateway_ready(self.url))
         elif self._autoscaler is not None and self._autoscaler.name == name:
             self._autoscaler = self._autoscaler.fresh()
             self._autoscaler.start()
-            await self._wait(self._autoscaler, self._autoscaler_ready(now_ms()))
+            await self._wait(self._autoscaler, readiness.autoscaler_ready(self.settings, now_ms()))
         else:
             for i, worker in enumerate(self._workers):
                 if worker.name == name:
                     self._workers[i] = worker = worker.fresh()
                     worker.start()
-                    await self._wait(worker, self._worker_ready(worker))
-
-    async def _wait_listening(self, server: LocalServer) -> None:
-        deadline = time.monotonic() + self.config.ready_timeout_s
-        while not await asyncio.to_thread(_accepts, server.port):
-            if not server.running:
-                raise StackError(f"the {server.name} exited with status {server.returncode}; log {server.log_path}")
-            if time.monotonic() > deadline:
-                await asyncio.to_thread(server.stop)
-                raise StackError(f"the {server.name} did not listen on port {server.port}; log {server.log_path}")
-            await asyncio.sleep(0.05)
+                    await self._wait(worker, readiness.worker_ready(self.settings, worker))
 
     # internals ---------------------------------------------------------------
     async def _start_servers(self) -> None:
@@ -380,70 +322,30 @@ class LocalStack:
             if created:
                 log.info("created the topics of the registered models %s on the new embedded broker", created)
 
-    async def _recreate_topics(self) -> list[str]:
-        """Create the topics of every registered model (a new or restarted embedded broker has none)."""
-        models = await self._registered_models()
-        kafka = load(KafkaSettings, self._base_env(), "FLEET_KAFKA_")
-        for model in models:
-            await ensure_model_topics(kafka, Names(self.config.namespace), model)
-        return models
-
-    def _base_env(self) -> dict[str, str]:
-        env = dict(self.config.env)
-        if not self.config.kafka:
-            for key, value in LOCAL_BROKER_ENV.items():
-                env.setdefault(key, value)
-        env.update(
-            FLEET_NAMESPACE=self.config.namespace,
-            FLEET_KAFKA_BOOTSTRAP=self.kafka_bootstrap,
-            FLEET_REDIS_URL=self.redis_url,
-            PYTHONUNBUFFERED="1",
-        )
-        return env
-
-    def _gateway_env(self) -> dict[str, str]:
-        return {**self._base_env(), "FLEET_GATEWAY_HOST": self.config.host, "FLEET_GATEWAY_PORT": str(self.port)}
-
     def _spawn(self, name: str, module: list[str], env: dict[str, str]) -> ServiceProcess:
         proc = ServiceProcess(name, [sys.executable, "-m", *module], env, self.logs / f"{name}.log")
         proc.start()
         log.info("started %s (pid %d), log %s", name, proc.pid, proc.log_path)
         return proc
 
-    def _autoscaler_env(self) -> dict[str, str]:
-        env = {
-            **self._base_env(),
-            "FLEET_AUTOSCALER_BACKEND": "local",
-            # With placement the scheduler assigns replicas to the running workers (one each, unless scaled).
-            "FLEET_AUTOSCALER_MIN_REPLICAS": "1" if self.config.placement else str(self.config.workers),
-            "FLEET_AUTOSCALER_PLACEMENT": "true" if self.config.placement else "false",
-            "FLEET_AUTOSCALER_LOG_DIR": str(self.logs / "workers"),
-            "FLEET_AUTOSCALER_DRAIN_TIMEOUT_S": str(self.config.drain_timeout_s),
-            "FLEET_AUTOSCALER_MODELS": ",".join(self.config.models or ()),
-        }
-        if self.config.max_workers is not None:
-            env["FLEET_AUTOSCALER_MAX_REPLICAS"] = str(self.config.max_workers)
-        if self.config.device:
-            env["FLEET_WORKER_DEVICE"] = self.config.device  # handed on to the workers it spawns
-        return env
-
     async def _start_autoscaler(self) -> None:
-        self._autoscaler = self._spawn("autoscaler", ["autoscaler"], self._autoscaler_env())
-        await self._wait(self._autoscaler, self._autoscaler_ready(now_ms()))
+        env = services.autoscaler_env(self._base_env(), self.config, str(self.logs / "workers"))
+        self._autoscaler = self._spawn("autoscaler", ["autoscaler"], env)
+        await self._wait(self._autoscaler, readiness.autoscaler_ready(self.settings, now_ms()))
 
     async def _start_workers(self, models: Sequence[str] | None) -> None:
         if models is None:
-            models = await self._registered_models()
+            models = await services.registered_models(self.settings)
         self._models = sorted(set(models))
         self._generation += 1
         if self.config.placement:
             if not self._workers and self.config.workers > 0:
                 await self._spawn_workers({"FLEET_WORKER_FOLLOW_ASSIGNMENT": "true"})
             if self._models and self._autoscaler is not None:
-                await self._wait(self._autoscaler, self._placed(self._models, now_ms()))
+                await self._wait(self._autoscaler, readiness.placed(self.settings, self._models, now_ms()))
         elif self._autoscaler is not None:
             if self._models and self.config.workers > 0:
-                await self._wait(self._autoscaler, self._autoscaled_ready(self._models))
+                await self._wait(self._autoscaler, readiness.autoscaled_ready(self.settings, self._models))
         elif self._models and self.config.workers > 0:
             await self._spawn_workers({"FLEET_WORKER_MODELS": ",".join(self._models)})
         self.info().write(self.config.home)
@@ -453,141 +355,13 @@ class LocalStack:
         tag = secrets.token_hex(3)
         for i in range(1, self.config.workers + 1):
             worker_id = f"local-{tag}-w{i}"
-            env = {**self._base_env(), **mode_env, "FLEET_WORKER_ID": worker_id}
-            if self.config.device:
-                env["FLEET_WORKER_DEVICE"] = self.config.device
+            env = services.worker_env(self._base_env(), self.config, mode_env, worker_id)
             self._workers.append(self._spawn(worker_id, ["workers"], env))
-        await asyncio.gather(*(self._wait(w, self._worker_ready(w)) for w in self._workers))
+        await asyncio.gather(*(self._wait(w, readiness.worker_ready(self.settings, w)) for w in self._workers))
 
     async def _stop_workers(self) -> None:
         workers, self._workers = self._workers, []
         # SIGTERM all at once so they drain in parallel.
         await asyncio.gather(*(w.stop(self.config.drain_timeout_s) for w in workers))
 
-    async def _registered_models(self) -> list[str]:
-        client = self.settings.redis.client()
-        try:
-            return await ModelRegistry(client, Names(self.config.namespace)).models()
-        finally:
-            await client.aclose()
 
-    async def _wait(self, proc: ServiceProcess, probe: AsyncGenerator[bool, None]) -> None:
-        """Poll ``probe`` (an async iterator of bools) until True, failing fast if ``proc`` exits."""
-        deadline = time.monotonic() + self.config.ready_timeout_s
-        async with contextlib.aclosing(probe) as readiness:
-            async for ready in readiness:
-                if ready and proc.running:  # an answer while ours is dead came from someone else
-                    return
-                if not proc.running:
-                    raise StackError(
-                        f"{proc.name} exited with status {proc.returncode} before it was ready; "
-                        f"log {proc.log_path}:\n{proc.log_tail()}"
-                    )
-                if time.monotonic() > deadline:
-                    raise StackError(
-                        f"{proc.name} not ready after {self.config.ready_timeout_s:.0f}s; log {proc.log_path}:\n"
-                        f"{proc.log_tail()}"
-                    )
-                await asyncio.sleep(0.05)
-
-    async def _gateway_ready(self) -> AsyncGenerator[bool, None]:
-        async with FleetClient(self.url, timeout_s=2.0) as client:
-            while True:
-                yield await client.ready()
-
-    async def _autoscaler_ready(self, since_ms: float) -> AsyncGenerator[bool, None]:
-        """Ready once it published a GPU inventory (it does so right after connecting, before its loop)."""
-        client = self.settings.redis.client()
-        try:
-            while True:
-                reports = []
-                with contextlib.suppress(autoscaler_state.StateError):
-                    reports = await autoscaler_state.read_gpus(client, Names(self.config.namespace))
-                yield any(r.ts_ms >= since_ms - 1000 for r in reports)
-        finally:
-            await client.aclose()
-
-    async def _autoscaled_ready(self, models: Sequence[str]) -> AsyncGenerator[bool, None]:
-        """Ready once every model has a ready worker (the autoscaler keeps at least ``workers`` of each)."""
-        client = self.settings.redis.client()
-        try:
-            while True:
-                served: set[str] = set()
-                with contextlib.suppress(RedisError):
-                    served = await _served_models(client, Names(self.config.namespace))
-                yield served.issuperset(models)
-        finally:
-            await client.aclose()
-
-    async def _placed(self, models: Sequence[str], since_ms: float) -> AsyncGenerator[bool, None]:
-        """Ready once the scheduler decided about every model: placed models have a ready worker serving
-        them; a model it could not place (``schedule_failed``, the reason in ``fleet status``) does not
-        hold the stack back, once that verdict is from a round that saw the workers (a second after
-        ``since_ms``, when they were ready; an earlier round may have found none)."""
-        client = self.settings.redis.client()
-        names = Names(self.config.namespace)
-        try:
-            while True:
-                waiting = set(models)
-                with contextlib.suppress(RedisError):
-                    placements = await autoscaler_state.read_placements(client, names, models)
-                    decided = {
-                        m
-                        for m, status in placements.items()
-                        if status.get("state") in autoscaler_state.UNSERVED_PLACEMENTS
-                        and float(status.get("ts_ms") or 0) >= since_ms + _PLACEMENT_SETTLE_MS
-                    }
-                    waiting = set(models) - await _served_models(client, names) - decided
-                yield not waiting
-        finally:
-            await client.aclose()
-
-    async def _worker_ready(self, proc: ServiceProcess) -> AsyncGenerator[bool, None]:
-        client = self.settings.redis.client()
-        key = Names(self.config.namespace).worker_key(proc.name)
-        pid = str(proc.pid).encode()
-        try:
-            while True:
-                fields: dict[bytes, bytes] = {}
-                with contextlib.suppress(RedisError):
-                    fields = await client.hgetall(key)
-                # The pid check ignores a stale hash left by an earlier worker with the same id.
-                yield fields.get(b"state") == b"ready" and fields.get(b"pid", pid) == pid
-        finally:
-            await client.aclose()
-
-
-@dataclass
-class _Watch:
-    """The supervisor's view of one process: when it (re)started, its backoff, when to restart it."""
-
-    backoff: Backoff
-    started: float
-    restart_at: float | None = None
-
-
-def _can_listen(host: str, port: int) -> bool:
-    """True when a server may listen on ``host:port`` (bound as the gateway binds: with SO_REUSEADDR,
-    so a port left in TIME_WAIT counts as free and only a listening socket as busy)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc.errno != errno.EADDRINUSE  # other errors (a bad host) are the gateway's to report
-    return True
-
-
-def _accepts(port: int) -> bool:
-    """True when something accepts a TCP connection on 127.0.0.1:``port``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-async def _served_models(redis: Any, names: Names) -> set[str]:
-    """Models that some worker in state ``ready`` serves now (from the heartbeats); raises RedisError."""
-    return {m for view in await read_workers(redis, names) if view.state == "ready" for m in view.models}

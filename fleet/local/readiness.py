@@ -48,9 +48,10 @@ async def wait_ready(proc: ServiceProcess, probe: AsyncGenerator[bool, None], ti
 
 
 async def wait_listening(server: LocalServer, timeout_s: float) -> None:
-    """Wait until ``server`` accepts connections on its port; StackError (and the server stopped) otherwise."""
+    """Wait until ``server`` serves (listens; Redis: has loaded its data); StackError (and the server stopped)
+    otherwise."""
     deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(accepts, server.port):
+    while not await asyncio.to_thread(server.serves):
         if not server.running:
             raise StackError(f"the {server.name} exited with status {server.returncode}; log {server.log_path}")
         if time.monotonic() > deadline:
@@ -148,12 +149,3 @@ def can_listen(host: str, port: int) -> bool:
         except OSError as exc:
             return exc.errno != errno.EADDRINUSE  # other errors (a bad host) are the gateway's to report
     return True
-
-
-def accepts(port: int) -> bool:
-    """True when something accepts a TCP connection on 127.0.0.1:``port``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False

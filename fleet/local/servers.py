@@ -24,6 +24,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def accepts(port: int) -> bool:
+    """True when something accepts a TCP connection on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(port: int, timeout_s: float = 10.0, process: subprocess.Popen[bytes] | None = None) -> None:
     """Block until something accepts TCP connections on ``port`` (or raise TimeoutError)."""
     deadline = time.monotonic() + timeout_s
@@ -67,11 +76,22 @@ class LocalServer:
         return None if self._process is None else self._process.poll()
 
     def start(self, timeout_s: float = 15.0) -> None:
-        """Start the server and wait until it accepts connections."""
+        """Start the server and wait until it serves (``serves()``)."""
         if self.running:
             return
         self.launch()
         wait_for_port(self.port, timeout_s, self._process)
+        deadline = time.monotonic() + timeout_s
+        while not self.serves():
+            if not self.running:
+                raise RuntimeError(f"the {self.name} exited with {self.returncode}; log {self.log_path}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {self.name} on port {self.port} does not serve after {timeout_s}s")
+            time.sleep(0.02)
+
+    def serves(self) -> bool:
+        """True when the server accepts connections and can answer requests."""
+        return accepts(self.port)
 
     def launch(self) -> None:
         """Spawn the server process without waiting for it to listen (a dead earlier one is replaced)."""
@@ -156,6 +176,16 @@ class LocalRedis(LocalServer):
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def serves(self) -> bool:
+        """True once it answers PING: a durable Redis listens while it still loads its append-only file, and
+        answers every command with LOADING until it is done."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def command(self) -> list[str]:
         common = [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--protected-mode", "no"]

@@ -13,7 +13,8 @@ import pytest
 
 from fleet.client.errors import StackError
 from fleet.local.procs import ServiceProcess
-from fleet.local.readiness import accepts, can_listen, wait_ready, worker_ready
+from fleet.local.readiness import can_listen, wait_ready, worker_ready
+from fleet.local.servers import accepts
 from schemas import FleetSettings, Names
 
 

@@ -135,6 +135,6 @@ async def test_past_capacity_late_requests_get_503_at_once_instead_of_504(
     statuses = Counter(status for status, _ in outcomes.elements())
     assert set(statuses) <= {200, 503, 504}, outcomes
     assert outcomes[(503, "OVERLOADED")] >= 300, outcomes  # the excess is refused at the door
-    assert statuses[200] >= 30, outcomes  # the model keeps answering at its capacity
+    assert statuses[200] >= 10, outcomes  # the model keeps answering (about its rate x the timeout)
     # Without shedding most of the burst waits out its timeout and gets 504.
     assert statuses[504] <= 60, outcomes

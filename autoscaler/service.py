@@ -6,9 +6,9 @@ Models: the configured list, or every model of the registry when it is empty. Th
 Leader election (``FLEET_AUTOSCALER_LEADER_ELECTION``, on by default; `autoscaler.leader`): of several
 autoscalers of one namespace only the lease holder measures, scales and places; the others stand by,
 publishing their inventory and metrics, and take over within the lease when it goes.
-Supervision: the service owns its two loops (control, placement). A loop that raises is logged with its
-traceback and started again after a pause that doubles from ``RESTART_BACKOFF_S[0]`` to ``RESTART_BACKOFF_S[1]``
-(back to the first once a run lasted that long). Restarting rather than exiting: every round re-reads its state
+Supervision: the service owns its two loops (control, placement), each run by `common.supervise`: a loop that
+raises is logged with its traceback and started again after a pause that doubles from 0.5 s to 30 s (back to
+0.5 s once a run lasted 30 s). Restarting rather than exiting: every round re-reads its state
 from Redis, so a fresh loop is safe, while an exit would stop scaling and, with the local backend, drain every
 worker the autoscaler runs because one round hit an unexpected error.
 Stop: the control loop ends after its round, then the backend stops (the local backend drains its workers;
@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from redis.exceptions import RedisError
 
+from common import supervise
 from schemas import FleetError, Names, SchemaError
 from schemas.eventloop import AsyncService
 from schemas.limits import ModelLimits
@@ -48,9 +49,6 @@ from .settings import AutoscalerSettings
 from .stats import ServiceStatsReader
 
 log = logging.getLogger("fleet.autoscaler")
-
-#: Pause before a crashed loop is started again: the first, and the most it doubles to.
-RESTART_BACKOFF_S = (0.5, 30.0)
 
 #: Prometheus HTTP service discovery of the local backend's workers, on the metrics port.
 WORKER_SD_PATH = "/sd/workers"
@@ -160,12 +158,14 @@ class AutoscalerService(AsyncService):
             await self._serve_metrics(s.metrics_port)
         autoscaler = self.autoscaler
         self._control_task = asyncio.create_task(
-            self._supervise("control", lambda: self._control_routine(autoscaler)), name="autoscaler-control"
+            supervise("autoscaler control", lambda: self._control_routine(autoscaler), log, stop=self._closing),
+            name="autoscaler-control",
         )
         if isinstance(self.backend, PlacementBackend):
             backend = self.backend
             self._placement_task = asyncio.create_task(
-                self._supervise("placement", lambda: self._placement_routine(backend)), name="placement"
+                supervise("autoscaler placement", lambda: self._placement_routine(backend), log, stop=self._closing),
+                name="placement",
             )
         log.info(
             "autoscaler started: backend %s, models %s, namespace %s",
@@ -179,24 +179,6 @@ class AutoscalerService(AsyncService):
         idempotent."""
         self.autoscaler = None
         await self._close()
-
-    async def _supervise(self, name: str, routine: Callable[[], Awaitable[None]]) -> None:
-        """Run ``routine`` until the service closes; when it raises, log the traceback and run it again after
-        a backoff (see the module docstring). Never raises an Exception: a loop's crash must not end the others."""
-        first, longest = RESTART_BACKOFF_S
-        pause = first
-        loop = asyncio.get_running_loop()
-        while not self._closing.is_set():
-            started = loop.time()
-            try:
-                await routine()
-            except Exception:
-                if loop.time() - started >= longest:
-                    pause = first
-                log.exception("autoscaler %s loop crashed; starting it again in %g s", name, pause)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), pause)
-                pause = min(longest, pause * 2)
 
     async def _control_routine(self, autoscaler: Autoscaler) -> None:
         """Every interval: one autoscaling round (`Autoscaler.step`)."""

@@ -1,4 +1,5 @@
-"""Code the services share that is not wire contract: backoff, bytes-or-str, the Redis reply-stream reader.
+"""Code the services share that is not wire contract: backoff, supervised routines, bytes-or-str, the Redis
+reply-stream reader.
 
 ``schemas/`` stays the contract and imports nothing of ours; ``common/`` may import ``schemas``, and the
 services (gateway, workers, autoscaler, fleet) import ``common`` instead of one another.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from .backoff import Backoff, BackoffPolicy, pause
 from .reply_stream import ReplyStream, ReplyWaiters
+from .supervise import supervise
 from .text import text
 
-__all__ = ["Backoff", "BackoffPolicy", "ReplyStream", "ReplyWaiters", "pause", "text"]
+__all__ = ["Backoff", "BackoffPolicy", "ReplyStream", "ReplyWaiters", "pause", "supervise", "text"]

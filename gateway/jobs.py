@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
+from common import supervise
 from schemas import FleetError, InferenceRequest, JobState, Names, SchemaError, now_ms
 from schemas.jobs import (
     CANCEL_SCRIPT,
@@ -39,33 +40,11 @@ _OUTBOX_SWEEP_INTERVAL_S = 1.0
 _OUTBOX_BATCH = 100
 #: Pause before a crashed background loop runs again: doubles from the first to the second value; it is
 #: back at the first once the loop ran the second value's time without crashing.
-RESTART_BACKOFF_S = (0.5, 30.0)
-
-
 def republish_after_s(backend_timeout_s: float) -> float:
     """How old an outbox entry is before a sweep (re)publishes it: longer than the submitting gateway can
     still be publishing it (its publish and its removal from the outbox are each bounded by the backend
     timeout), plus a second of margin, so a sweep rarely duplicates a record that is on its way."""
     return 2 * backend_timeout_s + 1.0
-
-
-async def supervise(name: str, routine: Callable[[], Awaitable[None]]) -> None:
-    """Run ``routine`` until it returns or this task is cancelled; when it raises, log the traceback and
-    run it again after a backoff (``RESTART_BACKOFF_S``). Never raises an Exception."""
-    first, longest = RESTART_BACKOFF_S
-    pause = first
-    loop = asyncio.get_running_loop()
-    while True:
-        started = loop.time()
-        try:
-            await routine()
-            return
-        except Exception:
-            if loop.time() - started >= longest:
-                pause = first
-            log.exception("gateway %s loop crashed; starting it again in %g s", name, pause)
-        await asyncio.sleep(pause)
-        pause = min(longest, pause * 2)
 
 
 class JobStore:
@@ -210,7 +189,7 @@ class OutboxSweeper:
     async def start(self) -> None:
         """Start sweeping every second (supervised: a crash is logged and the loop restarts)."""
         if self._task is None:
-            routine = supervise("job outbox sweep", self._routine)
+            routine = supervise("gateway job outbox sweep", self._routine, log)
             self._task = asyncio.create_task(routine, name="fleet-gateway-job-outbox")
 
     async def stop(self) -> None:

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from common import Backoff, BackoffPolicy
 from schemas import ENVELOPE_VERSION, InferenceRequest, KafkaSettings
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 
@@ -39,8 +40,8 @@ from .limits import check_queued_size
 
 log = logging.getLogger("fleet.gateway")
 
-_BACKOFF_MIN_S = 0.1
-_BACKOFF_MAX_S = 5.0
+#: Pauses between tries to connect the producer.
+_CONNECT_RETRY = BackoffPolicy(first_s=0.1, max_s=5.0)
 _VERSION_HEADER = (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())
 _PROBE_INTERVAL_S = 0.25
 
@@ -197,14 +198,14 @@ class RequestPublisher:
         return None if updated else f"no broker of {self._kafka.bootstrap} answers"
 
     async def _connect_routine(self) -> None:
-        backoff = _BACKOFF_MIN_S
+        backoff = Backoff(_CONNECT_RETRY)
         while True:
             producer: AIOKafkaProducer | None = None
             try:
                 producer = AIOKafkaProducer(**self._kafka.producer_kwargs())
                 await producer.start()
             except Exception as exc:  # KafkaError/OSError mostly; anything else must not kill the routine
-                if backoff == _BACKOFF_MIN_S:  # log the first failure of a streak, not every retry
+                if backoff.failures == 0:  # log the first failure of a streak, not every retry
                     log.warning(
                         "kafka not reachable, retrying", extra={"bootstrap": self._kafka.bootstrap, "error": str(exc)}
                     )
@@ -212,8 +213,7 @@ class RequestPublisher:
                 if producer is not None:
                     with contextlib.suppress(Exception):
                         await producer.stop()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                await backoff.sleep()
                 continue
             except BaseException:  # cancelled by stop() while starting
                 if producer is not None:

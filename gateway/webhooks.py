@@ -34,12 +34,13 @@ from typing import Any
 import aiohttp
 from redis.exceptions import RedisError, ResponseError
 
+from common import BackoffPolicy, supervise
 from schemas import ErrorCode, ErrorInfo, FleetError, InferenceResponse, Names, now_ms
 from schemas.jobs import CALLBACK_FIELD, CALLBACK_GROUP
 
 from .errors import BackendDownError
 from .job_routes import job_document, job_result_ttl_s
-from .jobs import JobStore, supervise
+from .jobs import JobStore
 from .settings import GatewaySettings
 
 log = logging.getLogger("fleet.gateway")
@@ -52,16 +53,15 @@ _SWEEP_INTERVAL_S = 1.0
 _SWEEP_BATCH = 100
 
 
-def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
-    """Pause after failed try number ``attempt`` (1-based): ``base_s * 2**(attempt-1)``, at most ``cap_s``."""
-    return float(min(cap_s, base_s * 2 ** (attempt - 1)))
+def retry_policy(settings: GatewaySettings) -> BackoffPolicy:
+    """Pauses between the tries of one delivery: ``webhook_backoff_s`` doubling up to ``webhook_backoff_max_s``."""
+    return BackoffPolicy(settings.webhook_backoff_s, settings.webhook_backoff_max_s)
 
 
 def delivery_budget_s(settings: GatewaySettings) -> float:
     """Longest one delivery can take (every try timing out, every pause taken)."""
-    attempts = settings.webhook_max_attempts
-    pauses = sum(backoff_s(n, settings.webhook_backoff_s, settings.webhook_backoff_max_s) for n in range(1, attempts))
-    return attempts * settings.webhook_timeout_s + pauses
+    attempts, policy = settings.webhook_max_attempts, retry_policy(settings)
+    return attempts * settings.webhook_timeout_s + sum(policy.delay(n) for n in range(1, attempts))
 
 
 class WebhookDispatcher:
@@ -86,10 +86,10 @@ class WebhookDispatcher:
         if self._task is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s))
             self._task = asyncio.create_task(
-                supervise("webhook dispatcher", self._routine), name="fleet-gateway-webhooks"
+                supervise("gateway webhook dispatcher", self._routine, log), name="fleet-gateway-webhooks"
             )
             self._sweeper = asyncio.create_task(
-                supervise("webhook expiry sweep", self._sweep_routine), name="fleet-gateway-job-expiry"
+                supervise("gateway webhook expiry sweep", self._sweep_routine, log), name="fleet-gateway-job-expiry"
             )
 
     async def stop(self) -> None:
@@ -219,6 +219,6 @@ class WebhookDispatcher:
             if attempt == settings.webhook_max_attempts:
                 log.error("webhooks: job %s not delivered to %s after %d tries: %s", job_id, url, attempt, problem)
                 return
-            pause = backoff_s(attempt, settings.webhook_backoff_s, settings.webhook_backoff_max_s)
+            pause = retry_policy(settings).delay(attempt)
             log.info("webhooks: job %s try %d to %s failed (%s); again in %.2fs", job_id, attempt, url, problem, pause)
             await asyncio.sleep(pause)

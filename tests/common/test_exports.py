@@ -9,7 +9,7 @@ import common
 
 
 def test_all_is_pinned_and_resolves() -> None:
-    assert common.__all__ == ["Backoff", "BackoffPolicy", "ReplyStream", "ReplyWaiters", "pause", "text"]
+    assert common.__all__ == ["Backoff", "BackoffPolicy", "ReplyStream", "ReplyWaiters", "pause", "supervise", "text"]
     for name in common.__all__:
         assert getattr(common, name).__name__ == name
 

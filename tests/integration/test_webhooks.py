@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from gateway import Gateway, GatewaySettings
-from gateway.webhooks import backoff_s, delivery_budget_s
+from gateway.webhooks import delivery_budget_s, retry_policy
 from schemas import FleetSettings, ModelRecord, Names
 from schemas.jobs import CALLBACK_GROUP
 from workers import Worker, WorkerSettings
@@ -144,7 +144,8 @@ async def test_webhooks_are_refused_when_off_or_malformed(
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
-    assert [backoff_s(n, 0.5, 3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    policy = retry_policy(GatewaySettings(webhook_backoff_s=0.5, webhook_backoff_max_s=3.0))
+    assert [policy.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     settings = GatewaySettings(webhook_max_attempts=3, webhook_backoff_s=1.0, webhook_timeout_s=2.0)
     assert delivery_budget_s(settings) == 3 * 2.0 + 1.0 + 2.0
 

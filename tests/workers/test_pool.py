@@ -221,6 +221,13 @@ async def test_moving_a_model_between_pool_workers_under_load_loses_and_duplicat
         await loading
         replies = _Replies(redis_client, stream)
         await replies.until(lambda r: len(r.ids()) >= len(sent), timeout_s=60)
+        # each record was taken into a round exactly once over both workers (no redelivery to hide behind the
+        # result markers, which would stop a second reply reaching the stream)
+        labels = {"model": "moved", "lane": "interactive"}
+        taken = sum(
+            w.metrics.registry.get_sample_value("fleet_worker_lane_requests_total", labels) or 0 for w in (a, b)
+        )
+        assert taken == sum(1 for rid in sent if rid.startswith("moved-"))
     counts = Counter(r.id for r in replies.entries)
     assert set(counts) == set(sent) and max(counts.values()) == 1  # every request answered once
     assert all(r.error is None for r in replies.entries)

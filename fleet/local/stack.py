@@ -340,7 +340,9 @@ class LocalStack:
         self._generation += 1
         if self.config.placement:
             if not self._workers and self.config.workers > 0:
-                await self._spawn_workers({"FLEET_WORKER_FOLLOW_ASSIGNMENT": "true"})
+                # Pool workers (one multiplexed consumer for every model) unless FLEET_WORKER_MODE says otherwise.
+                mode = self._base_env().get("FLEET_WORKER_MODE", "pool")
+                await self._spawn_workers({"FLEET_WORKER_FOLLOW_ASSIGNMENT": "true", "FLEET_WORKER_MODE": mode})
             if self._models and self._autoscaler is not None:
                 await self._wait(self._autoscaler, readiness.placed(self.settings, self._models, now_ms()))
         elif self._autoscaler is not None:

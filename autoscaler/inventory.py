@@ -20,6 +20,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common import text
 from schemas import Names
 from schemas.eventloop import AsyncService
 from workers.gpu import gpu_stats
@@ -179,7 +180,7 @@ async def read_inventory(redis: Any, names: Names, *, max_age_s: float = 60.0) -
     index = inventory_index_key(names)
     try:
         members = await redis.zrangebyscore(index, int(cutoff), "+inf")
-        hosts = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        hosts = sorted(text(m) for m in members)
         if not hosts:
             return []
         async with redis.pipeline(transaction=False) as pipe:

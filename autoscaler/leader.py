@@ -26,6 +26,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common import text
 from schemas import Names
 from schemas.eventloop import AsyncService
 
@@ -158,4 +159,4 @@ async def read_leader(redis: Any, names: Names) -> str | None:
     value = await redis.get(names.autoscaler_leader_key)
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return text(value)

@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common import text
 from schemas import FleetError, ModelRecord, Names, SchemaError, now_ms
 from schemas.constants import CPU, GPU
 from schemas.limits import ModelLimits
@@ -78,10 +79,6 @@ def demand_of(
     )
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class PlacementRunner:
     """One placement round per ``run()``; keeps the registry cache and what it wrote between rounds."""
 
@@ -123,7 +120,7 @@ class PlacementRunner:
         return result
 
     async def _workers(self) -> tuple[list[WorkerSlot], list[str]]:
-        ids = [_text(i) for i in await self._redis.zrange(self._names.workers_key, 0, -1)]
+        ids = [text(i) for i in await self._redis.zrange(self._names.workers_key, 0, -1)]
         if not ids:
             return [], []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -134,7 +131,7 @@ class PlacementRunner:
         slots: list[WorkerSlot] = []
         gone: list[str] = []
         for i, worker in enumerate(ids):
-            beat = {_text(k): _text(v) for k, v in raw[2 * i].items()}
+            beat = {text(k): text(v) for k, v in raw[2 * i].items()}
             if not beat:
                 gone.append(worker)
                 continue
@@ -162,7 +159,7 @@ class PlacementRunner:
             for worker in workers:
                 pipe.smembers(self._names.assignment_key(worker))
             sets = await pipe.execute()
-        return {w: {_text(m) for m in s} for w, s in zip(workers, sets, strict=True)}
+        return {w: {text(m) for m in s} for w, s in zip(workers, sets, strict=True)}
 
     async def _write(self, result: Placement, current: Mapping[str, set[str]], gone: Sequence[str]) -> None:
         ts = str(int(now_ms()))
@@ -212,8 +209,8 @@ async def read_placement(redis: Any, names: Names, models: Sequence[str]) -> dic
         for model in models:
             pipe.hgetall(names.placement_key(model))
         stamp, *hashes = await pipe.execute()
-    statuses = {m: {_text(k): _text(v) for k, v in h.items()} for m, h in zip(models, hashes, strict=True) if h}
-    round_ms = _text(stamp) if stamp is not None else ""
+    statuses = {m: {text(k): text(v) for k, v in h.items()} for m, h in zip(models, hashes, strict=True) if h}
+    round_ms = text(stamp) if stamp is not None else ""
     if round_ms.isdigit():
         for status in statuses.values():
             if int(round_ms) > int(float(status.get("ts_ms") or 0)):

@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common import text
 from schemas import Names
 from schemas.stats import DEFAULT_STATS_TTL_S, WorkerReport, publish_service_stats, publish_worker_stats
 
@@ -74,7 +75,7 @@ class ServiceStatsReader:
                 pipe.zremrangebyscore(index, "-inf", f"({int(cutoff)}")
                 pipe.zrangebyscore(index, int(cutoff), "+inf")
                 _, members = await pipe.execute()
-            worker_ids = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+            worker_ids = [text(m) for m in members]
             if not worker_ids:
                 return []
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -104,7 +105,7 @@ class ServiceStatsReader:
                     pipe.zrangebyscore(index, int(cutoff), "+inf")
                 listed = await pipe.execute()
             wanted = [
-                (model, m.decode() if isinstance(m, bytes) else str(m))
+                (model, text(m))
                 for model, members in zip(models, listed[1::2], strict=True)
                 for m in members
             ]

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
-from common import supervise
+from common import supervise, text
 from schemas import FleetError, InferenceRequest, JobState, Names, SchemaError, now_ms
 from schemas.jobs import (
     CANCEL_SCRIPT,
@@ -163,7 +163,7 @@ class JobStore:
         raw = await self._bounded(
             self._redis.zrangebyscore(self._names.job_deadlines_key, "-inf", int(now_ms), start=0, num=limit)
         )
-        return [bytes(item).decode() if isinstance(item, bytes) else str(item) for item in raw]
+        return [text(item) for item in raw]
 
     async def expire(self, job_id: str, expired: bytes, result_ttl_s: int) -> str:
         """Run the expiry script: 'taken', 'missing', 'finished' or 'expired' (see ``EXPIRE_SCRIPT``)."""

@@ -23,6 +23,7 @@ callers share one read.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common import text
 from schemas import ErrorCode, ModelRecord, Names, SchemaError, now_ms
 from schemas.limits import ModelLimits
 from schemas.load_failures import LoadFailure
@@ -275,8 +277,8 @@ class ServiceabilityView:
         return VersionFacts(failure, pinned_to_zero, placement_failed)
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+#: What workers and the autoscaler wrote, as str; a corrupt value reads as something, never an exception.
+_text = functools.partial(text, errors="replace")
 
 
 def _names(value: Any) -> Iterable[str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from common import text
 from schemas import (
     DeadLetter,
     FleetSettings,
@@ -106,7 +107,7 @@ async def _caught_up(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]) 
 async def with_replays(redis: Any, names: Names, model: str, entries: Sequence[Entry]) -> list[Entry]:
     """``entries`` with their replay counts from Redis."""
     counts = await redis.hgetall(names.dlq_replays_key(model))
-    seen = {key.decode() if isinstance(key, bytes) else key: int(value) for key, value in counts.items()}
+    seen = {text(key): int(value) for key, value in counts.items()}
     return [dataclasses.replace(e, replays=seen.get(e.position, 0)) for e in entries]
 
 

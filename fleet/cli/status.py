@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from autoscaler import state as autoscaler_state
 from autoscaler.state import GpuInventory, StateError
+from common import text
 from fleet.client.connection import Target
 from fleet.client.http import FleetClient
 from fleet.client.stackfile import StackInfo, pid_alive
@@ -146,7 +147,7 @@ async def gather_status(target: Target) -> StatusReport:
 
 async def _read_residency(redis: Any, names: Names, report: StatusReport) -> list[dict[str, Any]]:
     """Each worker's published residency (memory budget, resident models by last use)."""
-    ids = sorted(i.decode() if isinstance(i, bytes) else str(i) for i in await redis.zrange(names.workers_key, 0, -1))
+    ids = sorted(text(i) for i in await redis.zrange(names.workers_key, 0, -1))
     states = []
     for worker_id, raw in zip(ids, await redis.mget([names.residency_key(i) for i in ids]) if ids else [], strict=True):
         if raw is None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common import text
 from fleet.client.errors import StackError
 from schemas import FleetSettings, Names, now_ms
 
@@ -47,7 +48,7 @@ def compact_partitions(partitions: Sequence[str]) -> str:
 
 async def read_workers(redis: Any, names: Names) -> list[WorkerView]:
     """Every worker with a live heartbeat hash, by id."""
-    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await redis.zrange(names.workers_key, 0, -1)]
+    ids = [text(i) for i in await redis.zrange(names.workers_key, 0, -1)]
     views = []
     now = now_ms()
     for worker_id in sorted(ids):

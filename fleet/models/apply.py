@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 import yaml
 from redis.exceptions import RedisError
 
+from common import text
 from schemas import (
     BatchingConfig,
     FleetError,
@@ -187,9 +188,9 @@ def read_models(path: Path) -> tuple[list[Entry], list[EntryError]]:
 
 def _raw_entries(file: Path) -> list[Any]:
     try:
-        text = file.read_text(encoding="utf-8")
+        source = file.read_text(encoding="utf-8")
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # never the unsafe loader
-        document = yaml.load(text, Loader=loader)
+        document = yaml.load(source, Loader=loader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelsFileError(f"{file.name}: not a readable YAML file: {first}") from None
@@ -521,17 +522,13 @@ async def read_state(redis: aioredis.Redis, names: Names, entries: list[Entry]) 
         raise FleetError(f"Redis unavailable: {exc}", code=ErrorCode.BACKEND_UNAVAILABLE) from exc
     for i, model in enumerate(models):
         versions, default, split = replies[3 * i : 3 * i + 3]
-        state.versions[model] = {_text(v) for v in versions}
-        state.defaults[model] = _text(default) if default is not None else None
+        state.versions[model] = {text(v) for v in versions}
+        state.defaults[model] = text(default) if default is not None else None
         state.traffic[model] = TrafficSplit.from_hash(split)
     for (model, version), raw in zip(wanted, replies[3 * len(models) :], strict=True):
         if raw is not None:
             state.records[(model, version)] = ModelRecord.from_bytes(raw if isinstance(raw, bytes) else raw.encode())
     return state
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass

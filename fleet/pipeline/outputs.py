@@ -25,6 +25,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from common import text
 from schemas import NUMPY_DTYPES, ErrorCode, ModelRecord, TensorSpec
 
 from .state import BatchError
@@ -112,7 +113,7 @@ def _jsonable(array: Array, squeeze: bool) -> Any:
     if squeeze and array.ndim > 0 and array.shape[0] == 1:
         array = array[0]
     if array.dtype == object:
-        return [x.decode(errors="replace") if isinstance(x, bytes) else x for x in array.reshape(-1)]
+        return [text(x, errors="replace") for x in array.reshape(-1)]
     return array.tolist()
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,6 +39,18 @@ def decode_infer(
     except FleetError as exc:
         return exc.code.value, exc.message
     return body
+
+
+def exit_with_parent(parent: int) -> None:
+    """Initializer of a decode process: exit once the gateway that spawned it is gone. A SIGKILLed gateway
+    cannot shut its pool down, and its decode processes would otherwise wait for work forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="fleet-decode-parent-watch", daemon=True).start()
 
 
 class Decoder:
@@ -76,6 +91,8 @@ class Decoder:
                 self._processes,
                 mp_context=multiprocessing.get_context("spawn"),  # never fork a process with running threads
                 max_tasks_per_child=_TASKS_PER_PROCESS,
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
             )
         pool = self._pool
         try:

@@ -41,9 +41,16 @@ def decode_infer(
     return body
 
 
-def exit_with_parent(parent: int) -> None:
-    """Initializer of a decode process: exit once the gateway that spawned it is gone. A SIGKILLed gateway
-    cannot shut its pool down, and its decode processes would otherwise wait for work forever."""
+#: How much lower a decode process runs than its gateway: on a machine the gateway shares with the broker and
+#: workers, a huge body's decoding takes the CPU that is left over, not the requests' share.
+DECODE_NICENESS = 10
+
+
+def decode_process_init(parent: int) -> None:
+    """Initializer of a decode process: run at a lower priority (``DECODE_NICENESS``), and exit once the
+    gateway that spawned it is gone (a SIGKILLed gateway cannot shut its pool down, and its decode processes
+    would otherwise wait for work forever)."""
+    os.nice(DECODE_NICENESS)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -91,7 +98,7 @@ class Decoder:
                 self._processes,
                 mp_context=multiprocessing.get_context("spawn"),  # never fork a process with running threads
                 max_tasks_per_child=_TASKS_PER_PROCESS,
-                initializer=exit_with_parent,
+                initializer=decode_process_init,
                 initargs=(os.getpid(),),
             )
         pool = self._pool

@@ -1,5 +1,5 @@
-"""A gateway's decode processes end with it, even when it is SIGKILLed and cannot shut its pool down (they
-used to wait for work forever, orphaned)."""
+"""A gateway's decode processes run below its priority and end with it, even when it is SIGKILLed and cannot
+shut its pool down (they used to wait for work forever, orphaned)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 import time
 
 import pytest
+
+from gateway.limits import DECODE_NICENESS
 
 GATEWAY = """
 import asyncio, multiprocessing, time
@@ -23,6 +25,11 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])
 
 
 def _alive(pid: int) -> bool:
@@ -42,6 +49,7 @@ def test_decode_processes_exit_when_the_gateway_is_killed() -> None:
         children = [int(pid) for pid in gateway.stdout.readline().split()]
         assert children, "no decode process was started"
         assert all(_alive(pid) for pid in children)
+        assert all(_nice(pid) == _nice(gateway.pid) + DECODE_NICENESS for pid in children)
         os.kill(gateway.pid, signal.SIGKILL)
         gateway.wait(10)
         deadline = time.monotonic() + 15

@@ -38,9 +38,6 @@ NAMESPACE = "drill"
 #: Consumer-group timings for the local broker (a SIGKILLed worker's partitions move after the session timeout).
 KAFKA_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
 REQUEST_TIMEOUT_MS = 30_000
-#: The gateway bounds a publish by FLEET_GATEWAY_BACKEND_TIMEOUT_S (1 s); the client sees that plus its own
-#: HTTP round trip, which this margin allows for.
-HTTP_MARGIN_S = 0.05
 
 
 @dataclass

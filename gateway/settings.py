@@ -53,7 +53,7 @@ class GatewaySettings:
         60.0,
     )
     shed_late_requests: bool = doc(
-        "Refuse at once (503 OVERLOADED) a sync request that would wait for its model longer than its timeout, "
+        "Refuse at once (503 OVERLOADED) a sync request that would wait for its model longer than half its timeout, "
         "judged from the replies this gateway sees.",
         True,
     )

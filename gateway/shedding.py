@@ -1,11 +1,11 @@
-"""Deadline-aware load shedding: a sync request that would wait longer than its timeout is refused at once.
+"""Deadline-aware load shedding: a sync request that would wait too long for its timeout is refused at once.
 
 Past a model's capacity, sync requests queue in Kafka and each waits longer than the one before until
 they time out with 504, after holding a connection and a slot for their whole timeout. ``ModelQueues``
 counts, per model, the sync requests this gateway is waiting on and the rate their replies arrive; when
-``waiting / rate`` (the expected wait of a new request) exceeds the new request's timeout, the request
-is refused with 503 ``OVERLOADED`` and a ``Retry-After`` before anything is published. Requests that can
-be answered in time are still admitted, so the model keeps serving at its capacity and the answers
+``waiting / rate`` (the expected wait of a new request) exceeds ``HEADROOM`` (half) of the new request's
+timeout, the request is refused with 503 ``OVERLOADED`` and a ``Retry-After`` before anything is
+published. Requests that can be answered in time are still admitted, so the model keeps serving at its capacity and the answers
 that come back are timely ones.
 
 Each gateway judges from what it sees itself (the replies to its own requests): no Redis or Kafka call
@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 
 from .errors import OverloadedError
 
+#: A request is admitted while its expected wait is at most this share of its timeout: the rest absorbs the
+#: estimate's error and the time to run and answer it, so admitted requests are answered, not timed out.
+HEADROOM = 0.5
 #: Replies are counted in buckets of this many seconds.
 _BUCKET_S = 0.5
 
@@ -46,15 +49,15 @@ class ModelQueues:
         self._models: dict[str, _Model] = {}
 
     def admit(self, model: str, timeout_s: float) -> None:
-        """Count one more request waiting on ``model``; OverloadedError when it would wait past its timeout."""
+        """Count one more request waiting on ``model``; OverloadedError when it would wait past half its timeout."""
         state = self._models.setdefault(model, _Model())
         wait_s = self.expected_wait_s(model)
-        if wait_s is not None and wait_s > timeout_s:
+        if wait_s is not None and wait_s > timeout_s * HEADROOM:
             rate = self.rate(model) or 0.0
             raise OverloadedError(
                 f"model {model!r} answers about {rate:.0f} requests/s and {state.waiting} are waiting at this "
-                f"gateway: a new one would wait about {wait_s:.1f} s, longer than its {timeout_s:g} s timeout",
-                retry_after_s=max(1, math.ceil(wait_s - timeout_s)),
+                f"gateway: a new one would wait about {wait_s:.1f} s, too long for its {timeout_s:g} s timeout",
+                retry_after_s=max(1, math.ceil(wait_s - timeout_s * HEADROOM)),
             )
         state.waiting += 1
 

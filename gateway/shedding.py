@@ -5,8 +5,8 @@ they time out with 504, after holding a connection and a slot for their whole ti
 counts, per model, the sync requests this gateway is waiting on and the rate their replies arrive; when
 ``waiting / rate`` (the expected wait of a new request) exceeds ``HEADROOM`` (half) of the new request's
 timeout, the request is refused with 503 ``OVERLOADED`` and a ``Retry-After`` before anything is
-published. Requests that can be answered in time are still admitted, so the model keeps serving at its capacity and the answers
-that come back are timely ones.
+published. Requests that can be answered in time are still admitted, so the model keeps serving at its
+capacity and the answers that come back are timely ones.
 
 Each gateway judges from what it sees itself (the replies to its own requests): no Redis or Kafka call
 on the hot path. Until a model has answered ``min_answers`` requests in the window the gateway knows

@@ -73,7 +73,11 @@ class GatewaySettings:
     decode_inline_bytes: int = doc(
         "Bodies up to this size are decoded on the event loop; larger ones in the decode processes.", 256 << 10
     )
-    decode_processes: int = doc("Processes that decode large bodies (off the event loop).", 2)
+    decode_processes: int = doc(
+        "Processes that decode large bodies (off the event loop, at a lower priority). Each takes a core while it "
+        "decodes; raise it where the gateway has cores to spare.",
+        1,
+    )
     shutdown_grace_s: float = doc("On stop, how long in-flight requests may take to finish.", 10.0)
     job_ttl_s: int = doc(
         "Seconds an async job (status, result, idempotency key) is kept after submission; also the "

@@ -10,12 +10,13 @@ the msgpack decode limits of ``schemas.codec`` on everything read from Kafka or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -47,10 +48,13 @@ DECODE_NICENESS = 10
 
 
 def decode_process_init(parent: int) -> None:
-    """Initializer of a decode process: run at a lower priority (``DECODE_NICENESS``), and exit once the
+    """Initializer of a decode process: run at a lower priority (``DECODE_NICENESS``; on Linux the idle
+    scheduling class, which takes only CPU time no other process wants), and exit once the
     gateway that spawned it is gone (a SIGKILLed gateway cannot shut its pool down, and its decode processes
     would otherwise wait for work forever)."""
     os.nice(DECODE_NICENESS)
+    with contextlib.suppress(AttributeError, OSError):  # Linux: run only on CPU time nobody else wants
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -118,6 +122,41 @@ class Decoder:
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+
+
+class LargeBodies:
+    """At most ``slots`` bodies over ``inline_bytes`` (by their Content-Length) are read and decoded at once.
+
+    A large body waits for its turn without being read (the client's sends stall in TCP), and one that has
+    waited ``wait_s`` is refused with 503 ``OVERLOADED``: a few clients sending huge bodies are served in turn
+    instead of taking the event loop's reads and the CPU from every other request. A body without a
+    Content-Length (chunked) is not known to be large and does not wait.
+    """
+
+    def __init__(self, slots: int, inline_bytes: int, wait_s: float) -> None:
+        self._slots = slots
+        self._inline_bytes = inline_bytes
+        self._wait_s = wait_s
+        self._turns = asyncio.Semaphore(slots)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, declared_bytes: int | None) -> AsyncIterator[None]:
+        """Hold a turn while a body of ``declared_bytes`` is read and decoded; OverloadedError after ``wait_s``."""
+        if declared_bytes is None or declared_bytes <= self._inline_bytes:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._wait_s):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise OverloadedError(
+                f"{self._slots} large bod{'y is' if self._slots == 1 else 'ies are'} being read and decoded "
+                f"(FLEET_GATEWAY_DECODE_PROCESSES={self._slots}); this one waited {self._wait_s:g} s"
+            ) from None
+        try:
+            yield
+        finally:
+            self._turns.release()
 
 
 class Admission:

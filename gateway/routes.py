@@ -56,7 +56,7 @@ from .job_routes import (
     wants_async,
 )
 from .jobs import JobStore
-from .limits import Admission, Decoder, Ticket, check_declared_body
+from .limits import Admission, Decoder, LargeBodies, Ticket, check_declared_body
 from .metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from .protocol import (
     HEADER_LENGTH,
@@ -123,6 +123,11 @@ class Routes:
         )
         self.draining = False
         self.admission = Admission(backends.settings.max_in_flight, backends.settings.max_in_flight_bytes)
+        settings = backends.settings
+        #: Bodies over the inline size take turns (as many as there are decode processes).
+        self.large_bodies = LargeBodies(
+            settings.decode_processes, settings.decode_inline_bytes, settings.backend_timeout_s
+        )
         #: Sync requests waiting per model and their reply rate (deadline-aware shedding).
         self.queues = ModelQueues() if backends.settings.shed_late_requests else None
 
@@ -259,12 +264,13 @@ class Routes:
                 if not is_async:
                     raise InvalidRequestError(f"{IDEMPOTENCY_HEADER} applies to async requests only")
                 check_idempotency_key(idempotency_key)
-            raw = await self._read_body(request, ticket)
-            record = await self._record(request.match_info["model"], request.match_info.get("version"))
-            label = record.name
             versioned = request.match_info.get("version") is not None
-            datatypes = await self._datatypes(record, versioned)
-            body = await self._b.decoder.decode(raw, request.headers.get(HEADER_LENGTH), datatypes)
+            async with self.large_bodies.turn(request.content_length):
+                raw = await self._read_body(request, ticket)
+                record = await self._record(request.match_info["model"], request.match_info.get("version"))
+                label = record.name
+                datatypes = await self._datatypes(record, versioned)
+                body = await self._b.decoder.decode(raw, request.headers.get(HEADER_LENGTH), datatypes)
             body = dataclasses.replace(body, lane=choose_lane(body.lane, request.headers.get(LANE_HEADER)))
             if not versioned:  # unversioned: the model's traffic split picks
                 record = await self._b.cache.routed(record, request.headers.get(REQUEST_ID_HEADER) or body.id)

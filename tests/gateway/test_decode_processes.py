@@ -27,9 +27,14 @@ asyncio.run(main())
 """
 
 
-def _nice(pid: int) -> int:
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat from the state on (the third field)."""
     with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[16])
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def _nice(pid: int) -> int:
+    return int(_stat(pid)[16])
 
 
 def _alive(pid: int) -> bool:
@@ -50,6 +55,7 @@ def test_decode_processes_exit_when_the_gateway_is_killed() -> None:
         assert children, "no decode process was started"
         assert all(_alive(pid) for pid in children)
         assert all(_nice(pid) == _nice(gateway.pid) + DECODE_NICENESS for pid in children)
+        assert all(_stat(pid)[38] == str(os.SCHED_IDLE) for pid in children)  # the scheduling policy
         os.kill(gateway.pid, signal.SIGKILL)
         gateway.wait(10)
         deadline = time.monotonic() + 15

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from gateway import Gateway, GatewaySettings
-from schemas import ModelRecord, Names
+from gateway.errors import OverloadedError
+from gateway.limits import LargeBodies
+from schemas import ErrorCode, ModelRecord, Names
 
 from .conftest import wait_ready
 
@@ -41,3 +44,19 @@ async def test_small_requests_are_answered_while_a_large_bad_body_is_decoded(
         assert answered_meanwhile >= 100, answered_meanwhile
         async with http.get(gw.url + "/v2/health/ready") as resp:
             assert resp.status == 200  # and never concluded that its backends were down
+
+
+async def test_large_bodies_take_turns_and_one_that_waits_too_long_is_overloaded() -> None:
+    bodies = LargeBodies(slots=1, inline_bytes=1000, wait_s=0.05)
+    async with bodies.turn(5000):
+        async with bodies.turn(10):  # small bodies never wait
+            pass
+        async with bodies.turn(None):  # nor chunked ones (not known to be large)
+            pass
+        with pytest.raises(OverloadedError) as info:
+            async with bodies.turn(5000):
+                pass
+        assert info.value.code is ErrorCode.OVERLOADED
+        assert "1 large body is being read and decoded" in info.value.message
+    async with bodies.turn(5000):  # the turn was given back
+        pass

@@ -1,6 +1,6 @@
 """GPU inventory: total, allocated and available GPUs of a host, with per-GPU utilization and memory.
 
-NVML (nvidia-ml-py) is read through ``workers.gpu`` (the same reading the workers export as metrics); a
+NVML (nvidia-ml-py) is read through ``common.gpu`` (the same reading the workers export as metrics); a
 missing library, driver or GPU means zero GPUs, never an error. The autoscaler publishes one report per
 host to Redis (key layout in `autoscaler.keys`) every few seconds with a TTL, so a host that stops
 reporting disappears; ``fleet status`` reads them with `read_inventory`.
@@ -21,9 +21,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from common import text
+from common.gpu import gpu_stats
 from schemas import Names
 from schemas.eventloop import AsyncService
-from workers.gpu import gpu_stats
 
 from .errors import StatsError
 from .keys import inventory_index_key, inventory_key

@@ -31,8 +31,6 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 
 #: Known exceptions (importer module -> imported module), each with its reason.
 EXCEPTIONS: dict[tuple[str, str], str] = {
-    # NVML reading is platform code both services use; it moves to common.gpu (then drop this line).
-    ("autoscaler.inventory", "workers.gpu"): "NVML reading, to move to common",
     # Registration checks that an artifact loads and runs with the worker's own runtime loader, so that
     # "it loads here" means "a worker will load it" (a function-level import: only `fleet models` pays for it).
     ("fleet.models.checks", "workers.errors"): "the worker's runtime loader checks an artifact",

@@ -13,11 +13,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common.gpu import device_kind_of
 from schemas import Names, check_model_name
 from schemas.constants import GPU
 from schemas.errors import SchemaError
 
-from .gpu import device_kind_of
 from .settings import WorkerSettings
 
 log = logging.getLogger("fleet.workers")

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .gpu import GpuStats, gpu_stats, stat_for_device, torch_cuda_uuid
+from common.gpu import GpuStats, gpu_stats, stat_for_device, torch_cuda_uuid
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ def gpu_used_bytes(
 ) -> int | None:
     """Memory in use on the GPU behind CUDA ``device`` (None on the CPU, without NVML or when unknown).
 
-    The CUDA index is mapped to its NVML GPU by ``workers.gpu.stat_for_device`` (NVML numbers GPUs in PCI
+    The CUDA index is mapped to its NVML GPU by ``common.gpu.stat_for_device`` (NVML numbers GPUs in PCI
     order, CUDA fastest first or as ``CUDA_VISIBLE_DEVICES`` lists them); ``visible``/``cuda_uuid`` are its seams.
     """
     stat = stat_for_device(device, gpu_stats() if stats is None else stats, visible=visible, cuda_uuid=cuda_uuid)

@@ -3,7 +3,7 @@
 ``fleet_worker_inference_count_total / fleet_worker_execution_count_total`` is the mean batch size
 (requests per model execution). The HTTP endpoint runs only when ``metrics_port > 0``.
 
-GPU utilization and memory come from NVML at scrape time (``workers.gpu``), one series per GPU the
+GPU utilization and memory come from NVML at scrape time (``common.gpu``), one series per GPU the
 worker's NVML sees, labelled ``device="cuda:N"``; without NVIDIA GPUs (CPU workers) those families are
 exported with no samples.
 """
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .gpu import GpuStats, gpu_stats
+from common.gpu import GpuStats, gpu_stats
 
 log = logging.getLogger("fleet.workers")
 

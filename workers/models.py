@@ -17,6 +17,7 @@ import sys
 import time
 from concurrent.futures import Executor
 
+from common.gpu import device_kind_of
 from schemas import BatchingConfig, FleetError, ModelRecord, ModelRegistry, SchemaError, now_ms
 from schemas.limits import MB, ModelLimits
 from schemas.load_failures import LoadFailures
@@ -24,7 +25,6 @@ from schemas.load_failures import LoadFailures
 from .artifact_cache import ArtifactCache, CachedArtifact
 from .errors import ModelLoadError
 from .footprint import measure, trim_heap
-from .gpu import device_kind_of
 from .residency_manager import ResidencyManager
 from .runtimes import Runtime, load_runtime
 from .settings import WorkerSettings

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
+from common.gpu import stat_for_device
 from schemas import Names, now_ms
 from schemas.residency import ResidentModel, WorkerResidency
 
 from .errors import ModelLoadError
-from .gpu import stat_for_device
 from .residency import MB, Capacity, Key, Residency
 from .residency_metrics import ResidencyMetrics
 

@@ -23,10 +23,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common.gpu import mean_utilization
 from schemas import Names, now_ms
 from schemas.stats import DEFAULT_STATS_TTL_S, WorkerReport, publish_worker_stats, withdraw_service_stats
-
-from .gpu import mean_utilization
 
 log = logging.getLogger("fleet.workers")
 

@@ -7,7 +7,7 @@ import urllib.request
 
 from prometheus_client import generate_latest
 
-from workers.gpu import GpuStats
+from common.gpu import GpuStats
 from workers.metrics import WorkerMetrics
 
 

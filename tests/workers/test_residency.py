@@ -8,10 +8,10 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from common.gpu import gpu_stats
 from schemas import Names, SchemaError
 from schemas.residency import ResidentModel, WorkerResidency
 from workers.errors import ModelLoadError
-from workers.gpu import gpu_stats
 from workers.residency import MB, Capacity, Residency
 from workers.residency_manager import ResidencyManager, worker_capacity
 from workers.residency_metrics import ResidencyMetrics

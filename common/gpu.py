@@ -19,7 +19,7 @@ from typing import Any
 
 from schemas.constants import CPU, GPU, device_kind
 
-log = logging.getLogger("fleet.workers")
+log = logging.getLogger("fleet.gpu")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.gpu import device_kind_of, gpu_count, gpu_stats, mean_utilization, stat_for_device
+from common.gpu import device_kind_of, gpu_count, gpu_stats, mean_utilization, stat_for_device
 
 
 def test_gpu_stats_never_raise() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
+from common import Backoff
 from schemas import FleetError, Lane, ModelRegistry, Names, SchemaError
 from schemas.load_failures import LoadFailures
 
@@ -33,7 +34,7 @@ from .pacing import BulkPacer
 from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
 from .retries import RetryPolicy
-from .round import BACKOFF_MAX_S, BACKOFF_MIN_S, RoundRunner
+from .round import BACKEND_RETRY, RoundRunner
 from .settings import WorkerSettings
 from .stats import ModelStats
 
@@ -221,16 +222,16 @@ class ModelConsumer:
         finally:
             for future in waits:
                 future.cancel()
-        backoff = BACKOFF_MIN_S
+        backoff = Backoff(BACKEND_RETRY)
         while not self._closing.is_set():
             try:
                 fetched, taken_from = await self._scheduler.collect()
             except KafkaError as exc:
-                log.warning("model %s: fetch failed (%s); retrying in %.2fs", self.model, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                pause = backoff.next()
+                log.warning("model %s: fetch failed (%s); retrying in %.2fs", self.model, exc, pause)
+                await asyncio.sleep(pause)
                 continue
-            backoff = BACKOFF_MIN_S
+            backoff.reset()
             if fetched:
                 lane = self._interactive if taken_from is self._interactive else self._bulk
                 async with self._round_lock:

@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from redis.exceptions import RedisError
 
+from common import Backoff
 from schemas import Lane, ModelRegistry, Names, now_ms
 from schemas.load_failures import LoadFailures
 
@@ -55,7 +56,7 @@ from .pacing import BulkPacer
 from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
 from .retries import RetryPolicy
-from .round import BACKOFF_MAX_S, BACKOFF_MIN_S, RoundRunner
+from .round import BACKEND_RETRY, RoundRunner
 from .serial import SerialExecutor
 from .settings import WorkerSettings
 from .stats import ModelStats
@@ -401,7 +402,7 @@ class PoolConsumer:
     # fetching ------------------------------------------------------------------------------------------------------
     async def _fetch_routine(self, lane: Lane) -> None:
         consumer = self._consumers[lane]
-        backoff = BACKOFF_MIN_S
+        backoff = Backoff(BACKEND_RETRY)
         while not self._closing.is_set():
             self._release_due(lane)
             poll_ms = IDLE_POLL_MS
@@ -414,11 +415,11 @@ class PoolConsumer:
             try:
                 data = await consumer.getmany(timeout_ms=poll_ms, max_records=self._settings.max_fetch_records)
             except KafkaError as exc:
-                log.warning("pool %s lane: fetch failed (%s); retrying in %.2fs", lane.value, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                pause = backoff.next()
+                log.warning("pool %s lane: fetch failed (%s); retrying in %.2fs", lane.value, exc, pause)
+                await asyncio.sleep(pause)
                 continue
-            backoff = BACKOFF_MIN_S
+            backoff.reset()
             if data:
                 self._route(lane, data)
                 self._note_records(lane)

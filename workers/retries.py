@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common import BackoffPolicy
 from schemas import InferenceRequest
 
 #: Exception types that say "this input cannot work", whatever the number of tries.
@@ -46,11 +47,7 @@ def backoff_ms(
 
     ``jitter`` in [0, 1] takes up to that fraction off (so concurrent failures spread out and the cap holds).
     """
-    if attempt < 1:
-        raise ValueError(f"attempt must be >= 1, got {attempt}")
-    exponent = min(attempt - 1, 62)  # 2**62 already exceeds any cap; avoids huge floats
-    delay = min(max_ms, base_ms * float(2**exponent))
-    return delay * (1.0 - jitter * rand())
+    return BackoffPolicy(base_ms, max_ms, jitter=jitter).delay(attempt, rand)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 
+from common import Backoff, BackoffPolicy
 from schemas import ENVELOPE_VERSION, BackendUnavailableError, DeadLetter, InferenceRequest, Lane, now_ms
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 
@@ -34,8 +35,8 @@ log = logging.getLogger("fleet.workers")
 
 T = TypeVar("T")
 
-BACKOFF_MIN_S = 0.05
-BACKOFF_MAX_S = 2.0
+#: Pauses between tries to get past a Kafka or Redis outage (fetch, handle, deliver).
+BACKEND_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
 
 Commit = Callable[[Sequence[Fetched]], Awaitable[None]]
 
@@ -66,14 +67,14 @@ class Undelivered:
 
 async def retrying(model: str, what: str, step: Callable[[], Awaitable[T]]) -> T:
     """Run ``step`` until it gets past a backend outage (the caller cancels it to give up)."""
-    backoff = BACKOFF_MIN_S
+    backoff = Backoff(BACKEND_RETRY)
     while True:
         try:
             return await step()
         except (BackendDownError, BackendUnavailableError) as exc:
-            log.warning("model %s: %s failed (%s); retrying in %.2fs", model, what, exc.message, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(BACKOFF_MAX_S, backoff * 2)
+            pause = backoff.next()
+            log.warning("model %s: %s failed (%s); retrying in %.2fs", model, what, exc.message, pause)
+            await asyncio.sleep(pause)
 
 
 class RoundRunner:

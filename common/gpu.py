@@ -19,6 +19,8 @@ from typing import Any
 
 from schemas.constants import CPU, GPU, device_kind
 
+from .text import text
+
 log = logging.getLogger("fleet.gpu")
 
 
@@ -60,11 +62,11 @@ def gpu_stats(nvml: Any | None = None) -> list[GpuStats]:
             stats.append(
                 GpuStats(
                     index=index,
-                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    name=text(name),
                     utilization=float(util.gpu),
                     memory_used=int(memory.used),
                     memory_total=int(memory.total),
-                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                    uuid=text(uuid),
                 )
             )
     except Exception as exc:  # any NVML error: report what we have, never fail the caller

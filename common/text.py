@@ -1,10 +1,8 @@
-"""Values read back from Redis (bytes or str, depending on the client's ``decode_responses``) as ``str``."""
+"""Values read back from Redis (bytes or str, depending on the client's ``decode_responses``) as ``str``
+(implemented in ``schemas.redis_values``, which ``schemas`` itself uses and which must not import ``common``)."""
 
 from __future__ import annotations
 
+from schemas.redis_values import text
 
-def text(value: object, *, errors: str = "strict") -> str:
-    """``value`` as str: bytes-like values decoded as UTF-8 (``errors`` as in ``bytes.decode``), others ``str()``."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", errors)
-    return value if isinstance(value, str) else str(value)
+__all__ = ["text"]

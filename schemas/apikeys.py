@@ -22,6 +22,7 @@ from typing import Any
 from .envelopes import now_ms
 from .errors import ErrorCode, SchemaError
 from .names import Names, check_model_name
+from .redis_values import text
 
 PREFIX = "fk"
 _SECRET = re.compile(r"^fk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -95,7 +96,7 @@ class ApiKey:
     @classmethod
     def from_fields(cls, key_id: str, raw: dict[Any, Any]) -> ApiKey:
         """Decode a HASH read from Redis (bytes or str fields); SchemaError when it is damaged."""
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {text(k): text(v) for k, v in raw.items()}
         try:
             revoked = fields.get("revoked_ms")
             return cls(
@@ -110,9 +111,6 @@ class ApiKey:
         except (KeyError, ValueError) as exc:
             raise SchemaError(f"API key record {key_id!r} is damaged ({exc})", code=ErrorCode.INTERNAL) from None
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class ApiKeyStore:
@@ -145,7 +143,7 @@ class ApiKeyStore:
 
     async def list(self) -> list[ApiKey]:
         """Every key, oldest first."""
-        ids = sorted(_text(i) for i in await self._redis.smembers(self._names.apikeys_key))
+        ids = sorted(text(i) for i in await self._redis.smembers(self._names.apikeys_key))
         keys = [key for key in [await self.get(i) for i in ids] if key is not None]
         return sorted(keys, key=lambda k: (k.created_ms, k.key_id))
 

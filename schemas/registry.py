@@ -22,6 +22,7 @@ from .envelopes import now_ms
 from .errors import ErrorCode, FleetError, SchemaError
 from .limits import ModelLimits
 from .names import Names, check_model_name, check_version
+from .redis_values import text
 from .signature import BatchingConfig, TensorSpec
 from .tensors import Tensor
 from .traffic import ROLLBACK_SCRIPT, SET_DEFAULT_SCRIPT, SET_TRAFFIC_SCRIPT, TrafficSplit, version_order
@@ -217,7 +218,7 @@ class ModelRegistry:
                 raw_default = await self._redis.get(n.default_key(model))
                 if raw_default is None:
                     raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
-                version = raw_default.decode() if isinstance(raw_default, bytes) else str(raw_default)
+                version = text(raw_default)
             raw, *sizes = await self._redis.mget(
                 n.record_key(model, version), *(n.measured_key(model, version, kind) for kind in DEVICE_KINDS)
             )
@@ -256,7 +257,7 @@ class ModelRegistry:
             raw = await self._redis.smembers(self._names.models_key)
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
-        return sorted(x.decode() if isinstance(x, bytes) else x for x in raw)
+        return sorted(text(x) for x in raw)
 
     async def versions(self, model: str) -> list[str]:
         """Registered versions of ``model``, sorted (numerically when they are numbers)."""
@@ -264,7 +265,7 @@ class ModelRegistry:
             raw = await self._redis.smembers(self._names.versions_key(model))
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
-        values = [x.decode() if isinstance(x, bytes) else x for x in raw]
+        values = [text(x) for x in raw]
         return sorted(values, key=version_order)
 
     async def default_version(self, model: str) -> str | None:
@@ -273,7 +274,7 @@ class ModelRegistry:
             raw = await self._redis.get(self._names.default_key(model))
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
-        return None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+        return None if raw is None else (text(raw))
 
     async def set_default(self, model: str, version: str) -> None:
         """Point the default of ``model`` at an existing ``version`` (the old one becomes the rollback target)."""
@@ -291,7 +292,7 @@ class ModelRegistry:
             raw = await self._redis.get(self._names.previous_default_key(model))
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
-        return None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+        return None if raw is None else (text(raw))
 
     async def traffic(self, model: str) -> TrafficSplit | None:
         """The traffic split of ``model``'s unversioned requests, or None (all go to the default)."""
@@ -319,11 +320,11 @@ class ModelRegistry:
             outcome = await self._set_traffic(keys=keys, args=args)
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
-        status = _text(outcome[0])
+        status = text(outcome[0])
         if status == "missing":
             if not await self.exists(model):
                 raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
-            version = _text(outcome[1])
+            version = text(outcome[1])
             raise RegistryError(f"model {model!r} has no version {version!r}", code=ErrorCode.VERSION_NOT_FOUND)
         if status == "nomodel":
             raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
@@ -358,16 +359,16 @@ class ModelRegistry:
             outcome = await self._rollback(keys=keys, args=[])
         except RedisError as exc:
             raise BackendUnavailableError(f"Redis unavailable: {exc}") from exc
-        status = _text(outcome[0])
+        status = text(outcome[0])
         if status == "nomodel":
             raise RegistryError(f"unknown model {model!r}", code=ErrorCode.MODEL_NOT_FOUND)
         if status == "nothing":
             raise RegistryError(
                 f"nothing to roll back: {model!r} has no traffic split and no previous default "
-                f"(all traffic already goes to version {_text(outcome[1])!r})",
+                f"(all traffic already goes to version {text(outcome[1])!r})",
                 code=ErrorCode.INVALID_REQUEST,
             )
-        return _text(outcome[1]), _text(outcome[2])
+        return text(outcome[1]), text(outcome[2])
 
     async def record_measured_size(self, model: str, version: str, size_bytes: int, device_kind: str = CPU) -> None:
         """Store the footprint a worker measured after loading on a ``device_kind`` device (replaces the
@@ -437,9 +438,6 @@ return 1
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _by_kind(values: list[Any]) -> dict[str, int]:
     """Measured sizes read for ``DEVICE_KINDS`` (in that order) -> {kind: bytes}, the missing ones left out."""
@@ -498,7 +496,7 @@ class RegistryCache:
 
     async def _reload(self) -> None:
         n = self._names
-        models = sorted(_text(m) for m in await self._redis.smembers(n.models_key))
+        models = sorted(text(m) for m in await self._redis.smembers(n.models_key))
         entries: dict[str, _Entry] = {}
         if models:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -516,9 +514,9 @@ class RegistryCache:
                 except SchemaError as exc:
                     error = exc.message
                 entries[model] = _Entry(
-                    None if default is None else _text(default),
+                    None if default is None else text(default),
                     split,
-                    frozenset(_text(v) for v in versions),
+                    frozenset(text(v) for v in versions),
                     error,
                 )
         for table in (self._records, self._bad):

@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import ErrorCode, SchemaError
 from .names import check_version
+from .redis_values import text
 
 #: The percentages of a split add up to this.
 TOTAL_PERCENT = 100
@@ -71,15 +72,15 @@ class TrafficSplit:
         """A split from ``VERSION=PERCENT`` words, e.g. ``["1=90", "2=10"]`` (the CLI's syntax)."""
         shares: dict[str, int] = {}
         for item in items:
-            version, sep, text = item.partition("=")
-            version, text = version.strip(), text.strip()
+            version, sep, share = item.partition("=")
+            version, share = version.strip(), share.strip()
             if not sep or not version:
                 raise SchemaError(f"{item!r} must look like VERSION=PERCENT", code=ErrorCode.INVALID_REQUEST)
             try:
-                percent = int(text)
+                percent = int(share)
             except ValueError:
                 raise SchemaError(
-                    f"the share of version {version!r} must be a whole percentage, got {text!r}",
+                    f"the share of version {version!r} must be a whole percentage, got {share!r}",
                     code=ErrorCode.INVALID_REQUEST,
                 ) from None
             if version in shares:
@@ -92,7 +93,7 @@ class TrafficSplit:
         """The split stored in a Redis HASH (None when the hash is empty); SchemaError when it is malformed."""
         if not raw:
             return None
-        decoded = {_text(k): _text(v) for k, v in raw.items()}
+        decoded = {text(k): text(v) for k, v in raw.items()}
         try:
             return cls.of({version: int(percent) for version, percent in decoded.items()})
         except ValueError:
@@ -120,9 +121,6 @@ class TrafficSplit:
         """``1=90 2=10``: the CLI's syntax."""
         return " ".join(f"{version}={percent}" for version, percent in self.weights)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 _RANDOM = random.Random()

@@ -13,6 +13,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common import text
 from common.gpu import device_kind_of
 from schemas import Names, check_model_name
 from schemas.constants import GPU
@@ -44,7 +45,7 @@ async def read_assignment(redis: Any, names: Names, worker_id: str) -> frozenset
     """The models assigned to ``worker_id`` (illegal names are logged and skipped); raises RedisError."""
     models: set[str] = set()
     for raw in await redis.smembers(names.assignment_key(worker_id)):
-        model = raw.decode() if isinstance(raw, bytes) else str(raw)
+        model = text(raw)
         try:
             models.add(check_model_name(model))
         except SchemaError as exc:

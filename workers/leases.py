@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from common import text
 from schemas import Names
 
 # Each key: set when free, extend when ours; 1 where the caller holds the lease afterwards.
@@ -83,4 +84,4 @@ class PartitionLeases:
     async def holders(self, partitions: Sequence[tuple[str, int]]) -> list[str | None]:
         """Who holds each lease (None: nobody). Raises RedisError."""
         values = await self._redis.mget([self._names.lease_key(t, p) for t, p in partitions]) if partitions else []
-        return [None if v is None else (v.decode() if isinstance(v, bytes) else str(v)) for v in values]
+        return [None if v is None else (text(v)) for v in values]

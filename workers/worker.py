@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -23,7 +24,7 @@ from schemas.eventloop import AsyncService
 from schemas.topics import ensure_model_topics
 
 from .artifact_cache import ArtifactCache, default_cache_dir
-from .assignment import AssignmentWatcher, read_assignment, worker_labels
+from .assignment import Apply, AssignmentWatcher, read_assignment, worker_labels
 from .consumer import ModelConsumer
 from .errors import BackendDownError, WorkerError, start_kafka_client
 from .heartbeat import Heartbeat, WorkerState
@@ -32,7 +33,7 @@ from .pool import PoolConsumer
 from .residency_manager import ResidencyManager, worker_capacity
 from .residency_metrics import ResidencyMetrics
 from .settings import WorkerSettings
-from .stats import StatsPublisher
+from .stats import ModelStats, StatsPublisher
 
 log = logging.getLogger("fleet.workers")
 
@@ -147,26 +148,34 @@ class Worker(AsyncService):
             await consumer.start()
             if consumer.task is not None:
                 consumer.task.add_done_callback(self._routine_done)
-        self._stats = StatsPublisher(
-            self._redis,
-            self.names,
-            self.id,
+        await self._start_routines(
+            models,
             lambda: {c.model: c.stats for c in self._consumers},
             lambda: sorted({d for c in self._consumers for d in c.cache.devices}),
-            settings.heartbeat_interval_s,
+            self._apply_assignment,
         )
+        log.info("worker %s serving %s", self.id, ",".join(models) or "(nothing assigned yet)")
+
+    async def _start_routines(
+        self,
+        models: tuple[str, ...],
+        stats: Callable[[], dict[str, ModelStats]],
+        devices: Callable[[], Sequence[str]],
+        apply: Apply,
+    ) -> None:
+        """What both modes run beside their consumers: service stats, the assignment watcher (when following),
+        the readiness routine and the metrics endpoint."""
+        settings = self.settings
+        self._stats = StatsPublisher(self._redis, self.names, self.id, stats, devices, settings.heartbeat_interval_s)
         await self._stats.start()
         if settings.follow_assignment:
-            self._watcher = AssignmentWatcher(
-                self._redis, self.names, self.id, settings.heartbeat_interval_s, self._apply_assignment
-            )
+            self._watcher = AssignmentWatcher(self._redis, self.names, self.id, settings.heartbeat_interval_s, apply)
             self._watcher.start(frozenset(models))
             if self._watcher.task is not None:
                 self._watcher.task.add_done_callback(self._routine_done)
         self._ready_task = asyncio.create_task(self._ready_routine(), name=f"ready-{self.id}")
         if settings.metrics_port > 0:
             self.metrics.serve(settings.metrics_port)
-        log.info("worker %s serving %s", self.id, ",".join(models) or "(nothing assigned yet)")
 
     async def _start_pool(self, models: tuple[str, ...]) -> None:
         """Pool mode: the topics exist from registration; one consumer serves every model, loaded on first use."""
@@ -181,20 +190,7 @@ class Worker(AsyncService):
         await pool.start(models)
         for task in pool.tasks:
             task.add_done_callback(self._routine_done)
-        self._stats = StatsPublisher(
-            self._redis, self.names, self.id, pool.stats, pool.devices, settings.heartbeat_interval_s
-        )
-        await self._stats.start()
-        if settings.follow_assignment:
-            self._watcher = AssignmentWatcher(
-                self._redis, self.names, self.id, settings.heartbeat_interval_s, self._apply_pool_assignment
-            )
-            self._watcher.start(frozenset(models))
-            if self._watcher.task is not None:
-                self._watcher.task.add_done_callback(self._routine_done)
-        self._ready_task = asyncio.create_task(self._ready_routine(), name=f"ready-{self.id}")
-        if settings.metrics_port > 0:
-            self.metrics.serve(settings.metrics_port)
+        await self._start_routines(models, pool.stats, pool.devices, self._apply_pool_assignment)
         log.info("worker %s serving %d model(s) in pool mode", self.id, len(models))
 
     async def _apply_pool_assignment(self, wanted: frozenset[str]) -> frozenset[str]:

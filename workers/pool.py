@@ -28,10 +28,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -53,6 +51,7 @@ from .leases import PartitionLeases, owned_partitions
 from .metrics import WorkerMetrics
 from .models import ModelCache
 from .pacing import BulkPacer
+from .pool_state import LANES, OwnedPartition, PoolModel, QueuedRecord
 from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
 from .retries import RetryPolicy
@@ -64,53 +63,10 @@ from .window import fill_window
 
 log = logging.getLogger("fleet.workers")
 
-_LANES = (Lane.INTERACTIVE, Lane.BULK)
 #: Seconds a topic's partition count is trusted before it is asked again (partitions can be added).
 _COUNTS_TTL_S = 60.0
 #: Longest idle fetch wait of a lane with many partitions (see ``PoolConsumer._set_idle``).
 _IDLE_WAIT_CAP_MS = 500
-
-
-@dataclass(frozen=True, slots=True)
-class _Owned:
-    """What an owned partition carries."""
-
-    model: str
-    lane: Lane
-    retry: bool
-    group: str
-
-
-@dataclass
-class _Queued:
-    arrived: float  # monotonic s
-    item: Fetched
-
-
-@dataclass
-class _PoolModel:
-    """One assigned model: its queues, cache and round runner (no thread and no Kafka client of its own)."""
-
-    name: str
-    executor: SerialExecutor
-    cache: ModelCache
-    stats: ModelStats
-    rounds: RoundRunner
-    pacer: BulkPacer
-    queues: dict[Lane, deque[_Queued]] = field(default_factory=lambda: {lane: deque() for lane in _LANES})
-    more: asyncio.Event = field(default_factory=asyncio.Event)
-    round: asyncio.Task[None] | None = None
-    round_lane: Lane | None = None
-
-    def head(self, lane: Lane) -> float | None:
-        """Arrival of the oldest queued record of ``lane`` (None when empty)."""
-        queue = self.queues[lane]
-        return queue[0].arrived if queue else None
-
-    def take(self, lane: Lane, limit: int) -> list[Fetched]:
-        """Up to ``limit`` queued records of ``lane``, oldest first."""
-        queue = self.queues[lane]
-        return [queue.popleft().item for _ in range(min(limit, len(queue)))]
 
 
 class PoolConsumer:
@@ -136,16 +92,16 @@ class PoolConsumer:
         self.id = settings.worker_id
         kafka = settings.fleet.kafka
         kwargs = {**kafka.consumer_kwargs(""), "group_id": None}
-        self._consumers = {lane: AIOKafkaConsumer(**kwargs) for lane in _LANES}
+        self._consumers = {lane: AIOKafkaConsumer(**kwargs) for lane in LANES}
         self._offsets = GroupOffsets(kafka)
         self._leases = PartitionLeases(redis, names, self.id, int(3 * settings.heartbeat_interval_s * 1000))
         self._threads = ThreadPoolExecutor(settings.pool_threads, thread_name_prefix="models")
         self._replies = ReplyWriter(redis, names, producer)
         self._dead_letters = DeadLetterWriter(producer, names)
         self._claims = JobClaims(redis, names, self.id)
-        self.models: dict[str, _PoolModel] = {}
-        self._owned: dict[TopicPartition, _Owned] = {}
-        self._assigned: dict[Lane, frozenset[TopicPartition]] = {lane: frozenset() for lane in _LANES}
+        self.models: dict[str, PoolModel] = {}
+        self._owned: dict[TopicPartition, OwnedPartition] = {}
+        self._assigned: dict[Lane, frozenset[TopicPartition]] = {lane: frozenset() for lane in LANES}
         self._pos: dict[TopicPartition, int] = {}  # next offset to fetch, once known
         self._held: dict[TopicPartition, float] = {}  # retry partitions paused until (monotonic s)
         self._full: set[TopicPartition] = set()  # paused: their model's queue is full
@@ -157,8 +113,8 @@ class PoolConsumer:
         self._rounds: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._crash: BaseException | None = None
-        self._last_records = {lane: time.monotonic() for lane in _LANES}
-        self._idle = dict.fromkeys(_LANES, False)
+        self._last_records = {lane: time.monotonic() for lane in LANES}
+        self._idle = dict.fromkeys(LANES, False)
         #: Set after the first ownership round (the partitions this worker could claim are being fetched).
         self.ready = asyncio.Event()
 
@@ -197,7 +153,7 @@ class PoolConsumer:
         await self.refresh()
         self.ready.set()
         self._tasks = [
-            *(asyncio.create_task(self._fetch_routine(lane), name=f"pool-fetch-{lane.value}") for lane in _LANES),
+            *(asyncio.create_task(self._fetch_routine(lane), name=f"pool-fetch-{lane.value}") for lane in LANES),
             asyncio.create_task(self._schedule_routine(), name="pool-scheduler"),
             asyncio.create_task(self._lease_routine(), name="pool-leases"),
         ]
@@ -232,7 +188,7 @@ class PoolConsumer:
         # Off the event loop: a batch still on a thread must not stop the loop.
         await asyncio.to_thread(self._threads.shutdown, wait=True)
 
-    def _new_model(self, name: str) -> _PoolModel:
+    def _new_model(self, name: str) -> PoolModel:
         settings = self._settings
         executor = SerialExecutor(self._threads)
         cache = ModelCache(
@@ -250,7 +206,7 @@ class PoolConsumer:
         )
         handler = RequestHandler(name, cache, executor, self.id, self._metrics, stats, self._claims, retry)
         rounds = RoundRunner(name, handler, self._producer, self._replies, self._dead_letters, self._metrics, stats)
-        return _PoolModel(name, executor, cache, stats, rounds, BulkPacer(settings.bulk_share))
+        return PoolModel(name, executor, cache, stats, rounds, BulkPacer(settings.bulk_share))
 
     async def set_models(self, wanted: frozenset[str]) -> frozenset[str]:
         """Serve ``wanted`` from now on (the assignment changed); returns the models served afterwards."""
@@ -282,7 +238,7 @@ class PoolConsumer:
     def _topics(self, models: Iterable[str]) -> dict[str, tuple[str, Lane, bool]]:
         topics: dict[str, tuple[str, Lane, bool]] = {}
         for model in models:
-            for lane in _LANES:
+            for lane in LANES:
                 request, retry = self._names.lane_topics(model, lane)
                 topics[request] = (model, lane, False)
                 topics[retry] = (model, lane, True)
@@ -300,10 +256,11 @@ class PoolConsumer:
         replicas = await self._replicas(models)
         topics = self._topics(models)
         counts = await self._partition_counts(topics)
-        wanted: dict[TopicPartition, _Owned] = {}
+        wanted: dict[TopicPartition, OwnedPartition] = {}
         for topic, (model, lane, retry) in topics.items():
             for p in owned_partitions(self.id, replicas[model], counts.get(topic, 0)):
-                wanted[TopicPartition(topic, p)] = _Owned(model, lane, retry, self._names.worker_group(model, lane))
+                group = self._names.worker_group(model, lane)
+                wanted[TopicPartition(topic, p)] = OwnedPartition(model, lane, retry, group)
         leaving = [tp for tp in self._owned if tp not in wanted]
         keep = [tp for tp in self._owned if tp in wanted]
         new = [tp for tp in wanted if tp not in self._owned]
@@ -333,7 +290,9 @@ class PoolConsumer:
             self._counts.update(found)  # missing topics are asked again next round (created on first use)
         return {t: self._counts[t] for t in topics if t in self._counts}
 
-    async def _start_at_committed(self, gained: Sequence[TopicPartition], wanted: dict[TopicPartition, _Owned]) -> None:
+    async def _start_at_committed(
+        self, gained: Sequence[TopicPartition], wanted: dict[TopicPartition, OwnedPartition]
+    ) -> None:
         by_group: dict[str, list[TopicPartition]] = {}
         for tp in gained:
             by_group.setdefault(wanted[tp].group, []).append(tp)
@@ -363,7 +322,7 @@ class PoolConsumer:
             model = self.models.get(name)
             if model is None:
                 continue
-            for lane in _LANES:
+            for lane in LANES:
                 queue = model.queues[lane]
                 kept = [q for q in queue if (q.item.record.topic, q.item.record.partition) not in keys]
                 queue.clear()
@@ -375,7 +334,7 @@ class PoolConsumer:
 
     def _reassign(self) -> None:
         """Give each lane's consumer the owned partitions, at their positions, paused where they should be."""
-        for lane in _LANES:
+        for lane in LANES:
             tps = frozenset(tp for tp, owned in self._owned.items() if owned.lane is lane)
             if tps == self._assigned[lane]:
                 continue
@@ -442,7 +401,7 @@ class PoolConsumer:
                 if owned.retry and request is not None and not request.due(now):
                     self._hold(lane, tp, record.offset, (request.not_before_ms or now) - now)
                     break  # the rest of this partition comes again after the seek
-                queue.append(_Queued(arrived, item))
+                queue.append(QueuedRecord(arrived, item))
                 self._pos[tp] = record.offset + 1
             touched.add(model.name)
         cap = self._settings.pool_queue_records
@@ -475,7 +434,7 @@ class PoolConsumer:
     def _model_partitions(self, model: str, lane: Lane) -> list[TopicPartition]:
         return [tp for tp, o in self._owned.items() if o.model == model and o.lane is lane]
 
-    def _pause_full(self, model: _PoolModel, lane: Lane) -> None:
+    def _pause_full(self, model: PoolModel, lane: Lane) -> None:
         tps = [tp for tp in self._model_partitions(model.name, lane) if tp not in self._full]
         if tps:
             self._full.update(tps)
@@ -487,7 +446,7 @@ class PoolConsumer:
                 len(model.queues[lane]),
             )
 
-    def _resume_drained(self, model: _PoolModel, lane: Lane) -> None:
+    def _resume_drained(self, model: PoolModel, lane: Lane) -> None:
         if len(model.queues[lane]) > self._settings.pool_queue_records // 2:
             return
         tps = [tp for tp in self._model_partitions(model.name, lane) if tp in self._full]
@@ -532,7 +491,7 @@ class PoolConsumer:
         if self._crash is not None:
             raise self._crash
 
-    def _pick(self) -> tuple[_PoolModel, Lane] | None:
+    def _pick(self) -> tuple[PoolModel, Lane] | None:
         """The next round: the oldest interactive record's model, else (within the bulk slots) the oldest bulk."""
         free = [m for m in self.models.values() if m.round is None]
         waiting = [(head, m) for m in free if (head := m.head(Lane.INTERACTIVE)) is not None]
@@ -560,7 +519,7 @@ class PoolConsumer:
             self._rounds.add(task)
             task.add_done_callback(functools.partial(self._round_done, model=model))
 
-    def _round_done(self, task: asyncio.Task[None], *, model: _PoolModel) -> None:
+    def _round_done(self, task: asyncio.Task[None], *, model: PoolModel) -> None:
         self._rounds.discard(task)
         if model.round is task:
             model.round, model.round_lane = None, None
@@ -568,7 +527,7 @@ class PoolConsumer:
             self._crash = task.exception()
         self._wake.set()
 
-    async def _round(self, model: _PoolModel, lane: Lane) -> None:
+    async def _round(self, model: PoolModel, lane: Lane) -> None:
         settings = self._settings
         limit = (
             settings.max_fetch_records

@@ -1,0 +1,62 @@
+"""What the pool worker keeps per owned partition and per assigned model (`workers.pool`): plain state, no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from schemas import Lane
+
+from .handler import Fetched
+from .models import ModelCache
+from .pacing import BulkPacer
+from .round import RoundRunner
+from .serial import SerialExecutor
+from .stats import ModelStats
+
+LANES = (Lane.INTERACTIVE, Lane.BULK)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedPartition:
+    """What an owned partition carries."""
+
+    model: str
+    lane: Lane
+    retry: bool
+    group: str
+
+
+@dataclass
+class QueuedRecord:
+    """A fetched record waiting in its model's queue."""
+
+    arrived: float  # monotonic s
+    item: Fetched
+
+
+@dataclass
+class PoolModel:
+    """One assigned model: its queues, cache and round runner (no thread and no Kafka client of its own)."""
+
+    name: str
+    executor: SerialExecutor
+    cache: ModelCache
+    stats: ModelStats
+    rounds: RoundRunner
+    pacer: BulkPacer
+    queues: dict[Lane, deque[QueuedRecord]] = field(default_factory=lambda: {lane: deque() for lane in LANES})
+    more: asyncio.Event = field(default_factory=asyncio.Event)
+    round: asyncio.Task[None] | None = None
+    round_lane: Lane | None = None
+
+    def head(self, lane: Lane) -> float | None:
+        """Arrival of the oldest queued record of ``lane`` (None when empty)."""
+        queue = self.queues[lane]
+        return queue[0].arrived if queue else None
+
+    def take(self, lane: Lane, limit: int) -> list[Fetched]:
+        """Up to ``limit`` queued records of ``lane``, oldest first."""
+        queue = self.queues[lane]
+        return [queue.popleft().item for _ in range(min(limit, len(queue)))]

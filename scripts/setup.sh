@@ -19,5 +19,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[${extras}]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import aiokafka, redis, onnxruntime, schemas, gateway, workers, fleet" \
+.venv/bin/python -c "import aiokafka, redis, onnxruntime, schemas, common, gateway, workers, autoscaler, fleet" \
   || { echo "setup: install incomplete" >&2; exit 1; }

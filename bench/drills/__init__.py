@@ -26,7 +26,7 @@ and normal traffic's p99 beside large or slow bodies stays within 2x of its idle
 
 * ``gateway-kill``  SIGKILL the gateway every 1-3 s for 30 s while 8 clients submit async jobs, each under its
   own Idempotency-Key and retrying that key until it gets a 202; the gateway restarts at once.
-* ``redis-kill``    SIGKILL the local stack's Redis (append-only file, fsync every second) under sync load and
+* ``redis-kill``    SIGKILL the local stack's Redis (append-only file, fsynced before each answer) under sync load and
   async submissions and start it again: the registry and every accepted job survive.
 * ``freeze``        SIGSTOP the broker for 5 s, then Redis for 5 s (a GC pause, a stuck disk, a VM migration).
 * ``overload``      3x the measured capacity for 60 s of sync requests, then 60 s of async submissions: the

@@ -81,7 +81,7 @@ class DrillFleet:
     def __post_init__(self) -> None:
         logs = self.root / "logs"
         self.broker = LocalBroker(log_dir=logs)
-        # persistent: the local stack's durable default (an append-only file, fsync every second)
+        # persistent: the local stack's durable default (an append-only file, fsynced before each answer)
         data_dir = self.root / "redis-data" if self.persistent_redis else None
         self.redis_server = LocalRedis(log_dir=logs, data_dir=data_dir)
 

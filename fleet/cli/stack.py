@@ -25,7 +25,7 @@ a log under $FLEET_HOME/logs (default: the nearest .fleet directory, else ./.fle
 foreground; Ctrl-C or `fleet down` stops it.
 
 The embedded Redis is durable: models, API keys and jobs are kept in an append-only file under
-$FLEET_HOME/redis (fsync every second) and survive `fleet down` / `fleet up` and a crash of Redis.
+$FLEET_HOME/redis (fsynced before each answer) and survive `fleet down` / `fleet up` and a crash of Redis.
 The embedded broker keeps nothing: requests still queued in it are lost when it stops; each start
 re-creates the topics of every registered model.
 

@@ -151,9 +151,12 @@ class LocalBroker(LocalServer):
 class LocalRedis(LocalServer):
     """A Valkey server (Redis protocol); durable when it has a ``data_dir``, else it keeps nothing.
 
-    With a ``data_dir`` it writes an append-only file there (``appendfsync everysec``): a restart on
-    the same directory, even after a SIGKILL, gets back every write except those of the last second
-    at most. Without one (the test fixtures) nothing is written to disk.
+    With a ``data_dir`` it writes an append-only file there and fsyncs it before it answers
+    (``appendfsync always``, one fsync per event-loop turn for all the writes of that turn): a restart on
+    the same directory, even after a SIGKILL or a machine crash, gets back every write it acknowledged.
+    (``everysec`` lost acknowledged writes to a SIGKILL: with an fsync in progress, Valkey postpones the
+    file write for up to two seconds and answers meanwhile.) Without one (the test fixtures) nothing is
+    written to disk.
     """
 
     name = "redis"
@@ -192,11 +195,11 @@ class LocalRedis(LocalServer):
         if self.data_dir is None:
             return [*common, "--save", "", "--appendonly", "no", "--dir", str(self._log_dir)]
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # AOF only (no RDB snapshots): every write is logged and fsynced once a second.
+        # AOF only (no RDB snapshots): every acknowledged write is logged and fsynced.
         return [
             *common,
             "--save", "",
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", "always",
             "--dir", str(self.data_dir),
         ]  # fmt: skip

@@ -19,24 +19,21 @@ from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from common import Backoff
-from schemas import FleetError, Lane, ModelRegistry, Names, SchemaError
-from schemas.load_failures import LoadFailures
+from schemas import FleetError, Lane, Names, SchemaError
 
 from .artifact_cache import ArtifactCache
 from .deadletter import DeadLetterWriter
-from .handler import Fetched, RequestHandler
+from .handler import Fetched
 from .jobs import JobClaims
 from .lane_scheduler import IDLE_AFTER_S, IDLE_POLL_MS, LaneScheduler
 from .lanes import LaneConsumer
 from .metrics import WorkerMetrics
-from .models import ModelCache
+from .model_serving import WorkerBackends
 from .pacing import BulkPacer
 from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
-from .retries import RetryPolicy
-from .round import BACKEND_RETRY, RoundRunner
+from .round import BACKEND_RETRY
 from .settings import WorkerSettings
-from .stats import ModelStats
 
 log = logging.getLogger("fleet.workers")
 
@@ -79,33 +76,23 @@ class ModelConsumer:
         self._names = names
         # One thread per model: runtimes are not thread-safe, and the event loop never runs a model.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model}")
-        self.cache = ModelCache(
-            model,
-            ModelRegistry(redis, names),
-            self._executor,
+        backends = WorkerBackends(
             settings,
+            names,
+            redis,
+            producer,
+            metrics,
             residency,
             artifacts,
-            LoadFailures(redis, names, settings.worker_id),
-        )
-        #: What the worker publishes for the autoscaler (schemas.stats).
-        self.stats = ModelStats()
-        claims = JobClaims(redis, names, settings.worker_id)
-        retry = RetryPolicy(
-            settings.retry_attempts, settings.retry_base_ms, settings.retry_max_ms, settings.retry_jitter
-        )
-        handler = RequestHandler(
-            model, self.cache, self._executor, settings.worker_id, metrics, self.stats, claims, retry
-        )
-        self._rounds = RoundRunner(
-            model,
-            handler,
-            producer,
+            JobClaims(redis, names, settings.worker_id),
             ReplyWriter(redis, names, producer),
             DeadLetterWriter(producer, names),
-            metrics,
-            self.stats,
         )
+        serving = backends.serve(model, self._executor)
+        self.cache = serving.cache
+        #: What the worker publishes for the autoscaler (schemas.stats).
+        self.stats = serving.stats
+        self._rounds = serving.rounds
         kafka = settings.fleet.kafka
         self._interactive = LaneConsumer(model, Lane.INTERACTIVE, names, kafka)
         self._bulk = LaneConsumer(model, Lane.BULK, names, kafka)

@@ -37,25 +37,23 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from redis.exceptions import RedisError
 
 from common import Backoff
-from schemas import Lane, ModelRegistry, Names, now_ms
-from schemas.load_failures import LoadFailures
+from schemas import Lane, Names, now_ms
 
 from .artifact_cache import ArtifactCache
 from .deadletter import DeadLetterWriter
 from .errors import BackendDownError, start_kafka_client
 from .group_offsets import GroupOffsets
-from .handler import Fetched, RequestHandler, decode
+from .handler import Fetched, decode
 from .jobs import JobClaims
 from .lane_scheduler import IDLE_AFTER_S, IDLE_POLL_MS
 from .leases import PartitionLeases, owned_partitions
 from .metrics import WorkerMetrics
-from .models import ModelCache
+from .model_serving import WorkerBackends
 from .pacing import BulkPacer
 from .pool_state import LANES, OwnedPartition, PoolModel, QueuedRecord
 from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
-from .retries import RetryPolicy
-from .round import BACKEND_RETRY, RoundRunner
+from .round import BACKEND_RETRY
 from .serial import SerialExecutor
 from .settings import WorkerSettings
 from .stats import ModelStats
@@ -96,9 +94,18 @@ class PoolConsumer:
         self._offsets = GroupOffsets(kafka)
         self._leases = PartitionLeases(redis, names, self.id, int(3 * settings.heartbeat_interval_s * 1000))
         self._threads = ThreadPoolExecutor(settings.pool_threads, thread_name_prefix="models")
-        self._replies = ReplyWriter(redis, names, producer)
-        self._dead_letters = DeadLetterWriter(producer, names)
-        self._claims = JobClaims(redis, names, self.id)
+        self._backends = WorkerBackends(
+            settings,
+            names,
+            redis,
+            producer,
+            metrics,
+            residency,
+            artifacts,
+            JobClaims(redis, names, self.id),
+            ReplyWriter(redis, names, producer),
+            DeadLetterWriter(producer, names),
+        )
         self.models: dict[str, PoolModel] = {}
         self._owned: dict[TopicPartition, OwnedPartition] = {}
         self._assigned: dict[Lane, frozenset[TopicPartition]] = {lane: frozenset() for lane in LANES}
@@ -189,24 +196,11 @@ class PoolConsumer:
         await asyncio.to_thread(self._threads.shutdown, wait=True)
 
     def _new_model(self, name: str) -> PoolModel:
-        settings = self._settings
         executor = SerialExecutor(self._threads)
-        cache = ModelCache(
-            name,
-            ModelRegistry(self._redis, self._names),
-            executor,
-            settings,
-            self._residency,
-            self._artifacts,
-            LoadFailures(self._redis, self._names, self.id),
+        serving = self._backends.serve(name, executor)
+        return PoolModel(
+            name, executor, serving.cache, serving.stats, serving.rounds, BulkPacer(self._settings.bulk_share)
         )
-        stats = ModelStats()
-        retry = RetryPolicy(
-            settings.retry_attempts, settings.retry_base_ms, settings.retry_max_ms, settings.retry_jitter
-        )
-        handler = RequestHandler(name, cache, executor, self.id, self._metrics, stats, self._claims, retry)
-        rounds = RoundRunner(name, handler, self._producer, self._replies, self._dead_letters, self._metrics, stats)
-        return PoolModel(name, executor, cache, stats, rounds, BulkPacer(settings.bulk_share))
 
     async def set_models(self, wanted: frozenset[str]) -> frozenset[str]:
         """Serve ``wanted`` from now on (the assignment changed); returns the models served afterwards."""

@@ -82,11 +82,15 @@ async def closed_loop(
     warmup_s: float = 1.0,
     rows: int = 1,
     headers: dict[str, str] | None = None,
+    sample_shape: tuple[int, ...] | None = None,
 ) -> LoadResult:
     """``concurrency`` clients each sending one request after another for ``duration_s``
-    (``headers``: sent with every request, e.g. an API key)."""
+    (``headers``: sent with every request, e.g. an API key; ``sample_shape``: the input's shape when it is not
+    ``(rows, features)``, e.g. an image batch)."""
     rng = np.random.default_rng(0)
-    bodies = [binary_body(input_name, rng.standard_normal((rows, features)).astype(np.float32)) for _ in range(64)]
+    shape = sample_shape or (rows, features)
+    count = 64 if np.prod(shape) < 1 << 16 else 8  # large inputs: a few bodies are enough
+    bodies = [binary_body(input_name, rng.standard_normal(shape).astype(np.float32)) for _ in range(count)]
     endpoint = f"{url}/v2/models/{model}/infer"
     latencies: list[float] = []
     batch_sizes: list[int] = []

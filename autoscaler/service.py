@@ -36,7 +36,7 @@ from schemas.eventloop import AsyncService
 from schemas.limits import ModelLimits
 from schemas.registry import RegistryCache
 
-from .backends import KubernetesBackend, LocalProcessBackend, PlacementBackend
+from .backends import KubernetesBackend, LocalProcessBackend, PlacementBackend, PoolBackend
 from .collector import LagCollector
 from .controller import Autoscaler, Backend
 from .decisions import DEFAULT_DECISION_TTL_S, DecisionStore
@@ -45,6 +45,7 @@ from .inventory import InventoryPublisher
 from .leader import LeaderLease
 from .metrics import AutoscalerMetrics
 from .overrides import PinStore
+from .pool_size import PoolSizer
 from .settings import AutoscalerSettings
 from .stats import ServiceStatsReader
 
@@ -67,12 +68,31 @@ class ServiceBackend(Backend, Protocol):
 
 
 def make_backend(settings: AutoscalerSettings, *, worker_env: Mapping[str, str] | None = None) -> ServiceBackend:
-    """The backend that ``settings.backend`` names (placements when ``settings.placement``); ``worker_env`` is
-    added to local workers' environment."""
+    """The backend that ``settings.backend`` names (placements on a sized pool of it when ``settings.pool``,
+    on workers run by others when ``settings.placement``); ``worker_env`` is added to local workers' environment."""
+    if settings.pool:
+        sizer = PoolSizer(
+            settings.pool_min_workers,
+            settings.pool_max_workers,
+            worker_bytes=int(settings.pool_worker_memory_mb * (1 << 20)),
+            scale_down_stabilization_s=settings.scale_down_stabilization_s,
+        )
+        if settings.backend == "kubernetes":
+            runner: KubernetesBackend | LocalProcessBackend = KubernetesBackend(settings.k8s_namespace, "{model}")
+            key = settings.k8s_pool_deployment
+        else:
+            runner, key = _local_backend(settings, worker_env, pool=True), "pool"
+        return PoolBackend(settings.fleet, runner, sizer, pool_key=key, size_factor=settings.placement_size_factor)
     if settings.placement:
         return PlacementBackend(settings.fleet, size_factor=settings.placement_size_factor)
     if settings.backend == "kubernetes":
         return KubernetesBackend(settings.k8s_namespace, settings.k8s_deployment_template)
+    return _local_backend(settings, worker_env)
+
+
+def _local_backend(
+    settings: AutoscalerSettings, worker_env: Mapping[str, str] | None, *, pool: bool = False
+) -> LocalProcessBackend:
     log_dir = settings.log_dir or Path(tempfile.gettempdir()) / f"fleet-{settings.fleet.namespace}" / "workers"
     return LocalProcessBackend(
         settings.fleet,
@@ -82,7 +102,15 @@ def make_backend(settings: AutoscalerSettings, *, worker_env: Mapping[str, str] 
         drain_timeout_s=settings.drain_timeout_s,
         ready_timeout_s=settings.ready_timeout_s,
         metrics_ports=settings.worker_metrics_port_range(),
+        pool=pool,
     )
+
+
+def local_workers(backend: object) -> LocalProcessBackend | None:
+    """The local process backend that runs ``backend``'s workers (itself, or a pool's runner), if any."""
+    if isinstance(backend, PoolBackend):
+        backend = backend.runner
+    return backend if isinstance(backend, LocalProcessBackend) else None
 
 
 class AutoscalerService(AsyncService):
@@ -131,7 +159,8 @@ class AutoscalerService(AsyncService):
         await self.backend.start()
         self._collector = LagCollector(s.fleet, half_life_s=s.smoothing_half_life_s)
         await self._collector.start()
-        allocation = self.backend.gpu_allocation if isinstance(self.backend, LocalProcessBackend) else dict
+        local = local_workers(self.backend)
+        allocation = local.gpu_allocation if local is not None else dict
         self.inventory = InventoryPublisher(self._redis, self.names, allocation, interval_s=s.inventory_interval_s)
         await self.inventory.start()
         metrics = AutoscalerMetrics()
@@ -192,11 +221,19 @@ class AutoscalerService(AsyncService):
                 await asyncio.wait_for(self._closing.wait(), pause)
 
     async def _placement_routine(self, backend: PlacementBackend) -> None:
-        """Every interval: place every model's desired replicas on the workers that follow an assignment."""
+        """Every interval: place every model's desired replicas on the workers that follow an assignment (with a
+        pool: size the pool for the latest per-model decisions first)."""
         while not self._closing.is_set():
             try:
                 if self._leads():
-                    await backend.place(list(await self._models()))
+                    models = list(await self._models())
+                    if isinstance(backend, PoolBackend) and self.autoscaler is not None:
+                        decisions = self.autoscaler.decisions
+                        try:
+                            await backend.size_pool([decisions[m] for m in models if m in decisions])
+                        except BackendError as exc:  # the pool keeps its size; its workers are still placed
+                            log.warning("pool sizing skipped: %s", exc)
+                    await backend.place(models)
             except BackendError as exc:
                 log.warning("placement round skipped: %s", exc)
             with contextlib.suppress(TimeoutError):
@@ -274,10 +311,11 @@ class AutoscalerService(AsyncService):
         """Prometheus HTTP service discovery: the /metrics of every live local worker, labelled with its
         model and id (``[]`` with another backend or without ``worker_metrics_ports``)."""
         groups: list[dict[str, Any]] = []
-        if isinstance(self.backend, LocalProcessBackend):
+        local = local_workers(self.backend)
+        if local is not None:
             host = self.settings.worker_metrics_host
             host = f"[{host}]" if ":" in host else host  # an IPv6 address
-            for worker in self.backend.workers():
+            for worker in local.workers():
                 if worker.metrics_port is not None:
                     labels = {"model": worker.model, "worker_id": worker.worker_id}
                     groups.append({"targets": [f"{host}:{worker.metrics_port}"], "labels": labels})

@@ -70,6 +70,20 @@ class AutoscalerSettings:
     placement_size_factor: float = doc(
         "Placement: size of a model never measured = its artifact size x this (as FLEET_WORKER_SIZE_FACTOR).", 3.0
     )
+    pool: bool = doc(
+        "Run a pool of multi-model workers (FLEET_WORKER_MODE=pool, following their assignment) through "
+        "FLEET_AUTOSCALER_BACKEND, sized from the measured work between POOL_MIN_WORKERS and POOL_MAX_WORKERS, "
+        "and place every model's replicas on it (implies PLACEMENT).",
+        False,
+    )
+    pool_min_workers: int = doc("Pool: fewest pool workers (0 allows scale to zero: a request wakes one).", 1)
+    pool_max_workers: int = doc("Pool: most pool workers.", 4)
+    pool_worker_memory_mb: float = doc(
+        "Pool: MB of models one pool worker may hold (its FLEET_WORKER_MEMORY_BUDGET_MB x (1 + overcommit)); the "
+        "pool grows until the wanted replicas fit. 0: models' sizes do not size the pool.",
+        0.0,
+    )
+    k8s_pool_deployment: str = doc("Pool, kubernetes backend: the pool workers' Deployment.", "fleet-worker-pool")
     leader_election: bool = doc(
         "Only the autoscaler holding a lease in Redis scales and places; others stand by (several replicas = HA).",
         True,
@@ -101,6 +115,13 @@ class AutoscalerSettings:
                 f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
                 f"{self.min_replicas}..{self.max_replicas}"
             )
+        if self.pool_min_workers < 0 or self.pool_max_workers < 1 or self.pool_min_workers > self.pool_max_workers:
+            raise SettingsError(
+                f"need 0 <= pool_min_workers <= pool_max_workers and pool_max_workers >= 1, got "
+                f"{self.pool_min_workers}..{self.pool_max_workers}"
+            )
+        if self.pool_worker_memory_mb < 0:
+            raise SettingsError("pool_worker_memory_mb must be >= 0 (0: sizes do not count)")
         if self.placement_size_factor < 1:
             raise SettingsError("placement_size_factor must be >= 1")
         if self.activation_lag < 1:

@@ -45,15 +45,23 @@ def worker_env(
     ``base`` (normally the parent's environment) minus every ``FLEET_*`` variable, then ``extra``
     (e.g. ``FLEET_WORKER_DEVICE``), then every fleet setting (namespace, Kafka, Redis), then the model,
     the worker id and, when ``gpu`` is given, ``CUDA_VISIBLE_DEVICES``, which no earlier layer overrides.
+    An empty ``model`` is a pool worker: it follows its assignment in pool mode (``POOL_WORKER_ENV``).
     """
     env = {k: v for k, v in (base or {}).items() if not k.startswith("FLEET_")}
     env.update(extra or {})
     env.update(settings_env(fleet))
-    env["FLEET_WORKER_MODELS"] = model
+    if model:
+        env["FLEET_WORKER_MODELS"] = model
+    else:
+        env.update(POOL_WORKER_ENV)
     env["FLEET_WORKER_ID"] = worker_id
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     return env
+
+
+#: What makes a worker a pool worker: one multiplexed consumer serving whatever the placement assigns it.
+POOL_WORKER_ENV = {"FLEET_WORKER_MODE": "pool", "FLEET_WORKER_FOLLOW_ASSIGNMENT": "true", "FLEET_WORKER_MODELS": ""}
 
 
 #: Run as ``python -c``: on Linux the worker asks the kernel for SIGTERM when the autoscaler dies (even by

@@ -145,8 +145,11 @@ class LocalProcessBackend(AsyncService):
         drain_timeout_s: float = 60.0,
         ready_timeout_s: float = 120.0,
         metrics_ports: range | None = None,
+        pool: bool = False,
     ) -> None:
         self.fleet_settings = fleet_settings
+        #: Spawn pool workers (multi-model, following their assignment) whatever the model key says.
+        self.pool = pool
         #: Ports handed to workers for their /metrics, one each (None: workers serve none).
         self.metrics_ports = metrics_ports
         self.names = Names(fleet_settings.namespace)
@@ -250,14 +253,14 @@ class LocalProcessBackend(AsyncService):
         return sorted(procs, key=lambda p: p.spawned_at)
 
     async def _spawn(self, model: str) -> None:
-        worker_id = f"{model}-{secrets.token_hex(4)}"
+        worker_id = f"{'pool' if self.pool else model}-{secrets.token_hex(4)}"
         gpu = pick_gpu((p.gpu for p in self._procs.values() if p.alive), self.gpu_count)
         base = os.environ if self._base_env is None else self._base_env
         metrics_port = self._free_metrics_port()
         extra = self.extra_env
         if metrics_port is not None:
             extra = {**extra, "FLEET_WORKER_METRICS_PORT": str(metrics_port)}
-        env = worker_env(self.fleet_settings, model, worker_id, gpu=gpu, base=base, extra=extra)
+        env = worker_env(self.fleet_settings, "" if self.pool else model, worker_id, gpu=gpu, base=base, extra=extra)
         log_path = self.log_dir / f"{worker_id}.log"
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)

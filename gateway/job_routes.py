@@ -23,7 +23,6 @@ is done, failed, expired (answered by a worker) or cancelled (``gateway.webhooks
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import uuid
 from typing import Any
@@ -48,11 +47,12 @@ from schemas import (
 )
 from schemas.constants import RESULT_TTL_S
 from schemas.jobs import F_CALLBACK, F_CLIENT_ID, F_CREATED, F_DEADLINE, F_EXPIRES, F_MODEL, F_VERSION
+from schemas.oip.response import response_document
 
 from .auth import API_KEY
 from .errors import BackendDownError, ConflictError, InvalidRequestError, JobNotFoundError, WorkerReplyError
 from .jobs import JobStore, OutboxSweeper, republish_after_s
-from .protocol import HEADER_LENGTH, InferBody, render_infer
+from .protocol import HEADER_LENGTH, InferBody, json_response, render_infer
 from .publisher import RequestPublisher
 from .settings import GatewaySettings
 
@@ -131,8 +131,9 @@ def job_result_ttl_s(settings: GatewaySettings) -> int:
     return max(RESULT_TTL_S, settings.job_ttl_s)
 
 
-def job_document(state: JobState, now: float) -> dict[str, Any]:
-    """The JSON body of ``GET /v2/jobs/{id}``."""
+def job_document(state: JobState, now: float, *, plain: bool = True) -> dict[str, Any]:
+    """The JSON body of ``GET /v2/jobs/{id}`` (and of its webhook); ``plain``: data in lists, for the standard
+    library's ``json``, else numpy arrays for :func:`~gateway.protocol.json_response`."""
     status = state.status(now)
     doc: dict[str, Any] = {
         "job_id": state.job_id,
@@ -145,8 +146,9 @@ def job_document(state: JobState, now: float) -> dict[str, Any]:
         "expires_ms": state.expires_ms,
     }
     if status is JobStatus.DONE and state.response is not None:
-        rendered = render_infer(state.response, InferBody(inputs=()), state.client_id or state.job_id)
-        doc["result"] = json.loads(rendered.body)
+        # The result as the sync answer's JSON, built once (not rendered and parsed back).
+        blobs: list[bytes] | None = None if plain else []
+        doc["result"] = response_document(state.response, InferBody(inputs=()), state.client_id or state.job_id, blobs)
     error = state.error(now)
     if error is not None:
         doc["error"] = {"code": error.code.value, "message": error.message}
@@ -275,7 +277,7 @@ class JobRoutes:
         """``GET /v2/jobs/{id}``: status, timestamps, and the result (done) or error (failed, ...)."""
         job_id = request.match_info["job_id"]
         state = _visible(request, job_id, await self._store.read(_check_job_id(job_id)))
-        return web.json_response(job_document(state, now_ms()))
+        return json_response(job_document(state, now_ms(), plain=False))
 
     async def get_result(self, request: web.Request) -> web.Response:
         """``GET /v2/jobs/{id}/result``: the infer response of a done job (``?binary=true``: every output
@@ -311,7 +313,7 @@ class JobRoutes:
         now = now_ms()
         status = state.status(now)
         if outcome == "cancelled" or status is JobStatus.CANCELLED:  # cancelling twice is not an error
-            return web.json_response(job_document(state, now))
+            return json_response(job_document(state, now, plain=False))
         raise ConflictError(f"job {job_id} is {status.value}; only a pending job can be cancelled")
 
 
@@ -342,4 +344,4 @@ def _accepted(job_id: str, status: JobStatus, *, replayed: bool, prefer_applied:
         headers[REPLAYED_HEADER] = "true"
     if prefer_applied:
         headers["Preference-Applied"] = RESPOND_ASYNC
-    return web.json_response({"job_id": job_id, "status": status.value}, status=202, headers=headers)
+    return json_response({"job_id": job_id, "status": status.value}, status=202, headers=headers)

@@ -12,9 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
+
+from aiohttp import web
 
 from schemas import Lane
 from schemas.oip import (
+    CONTENT_JSON,
     HEADER_LENGTH,
     LANE_HEADER,
     TIMEOUT_HEADER,
@@ -26,6 +30,7 @@ from schemas.oip import (
     parse_lane,
 )
 from schemas.oip import encode_response as render_infer
+from schemas.oip.body import dumps
 
 from .errors import InvalidInputError, InvalidRequestError
 
@@ -37,10 +42,19 @@ __all__ = [
     "OutputRequest",
     "check_outputs",
     "choose_lane",
+    "json_response",
     "parse_infer",
     "parse_timeout_ms",
     "render_infer",
 ]
+
+
+def json_response(doc: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON answer rendered with orjson (``schemas.oip.body.dumps``; numpy arrays allowed)."""
+    response = web.Response(body=dumps(doc), status=status, content_type=CONTENT_JSON, charset="utf-8")
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 @contextmanager
@@ -54,9 +68,7 @@ def _gateway_errors() -> Iterator[None]:
         raise InvalidInputError(exc.tensor, exc.problem) from None
 
 
-def parse_infer(
-    body: bytes, header_length: str | None = None, datatypes: Mapping[str, str] | None = None
-) -> InferBody:
+def parse_infer(body: bytes, header_length: str | None = None, datatypes: Mapping[str, str] | None = None) -> InferBody:
     """Parse an infer body (JSON, or binary extension when ``header_length`` is the header's value).
 
     ``datatypes`` (input name -> the model's datatype), when given, refuses an input of another datatype

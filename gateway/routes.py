@@ -65,6 +65,7 @@ from .protocol import (
     InferBody,
     check_outputs,
     choose_lane,
+    json_response,
     parse_timeout_ms,
     render_infer,
 )
@@ -149,11 +150,11 @@ class Routes:
     # server ------------------------------------------------------------------------------------
     async def server_metadata(self, request: web.Request) -> web.Response:
         """``GET /v2``: name, version and extensions."""
-        return web.json_response({"name": SERVER_NAME, "version": self._b.version, "extensions": list(EXTENSIONS)})
+        return json_response({"name": SERVER_NAME, "version": self._b.version, "extensions": list(EXTENSIONS)})
 
     async def live(self, request: web.Request) -> web.Response:
         """``GET /v2/health/live``: the process answers (no backend needed)."""
-        return web.json_response({"live": True})
+        return json_response({"live": True})
 
     async def readiness_problems(self) -> list[str]:
         """Why the gateway cannot serve now (a backend unreachable, replies not flowing, stopping); [] when ready."""
@@ -170,8 +171,8 @@ class Routes:
     async def ready(self, request: web.Request) -> web.Response:
         """``GET /v2/health/ready``: 200 only when Redis and Kafka are reachable and replies flow."""
         if problems := await self.readiness_problems():
-            return web.json_response({"error": "not ready: " + "; ".join(problems)}, status=503)
-        return web.json_response({"ready": True})
+            return json_response({"error": "not ready: " + "; ".join(problems)}, status=503)
+        return json_response({"ready": True})
 
     async def metrics(self, request: web.Request) -> web.Response:
         """``GET /metrics``: Prometheus text format."""
@@ -197,7 +198,7 @@ class Routes:
             versions = await self._versions(record.name)
         else:
             versions = [record.version]
-        return web.json_response(
+        return json_response(
             {
                 "name": record.name,
                 "versions": versions,
@@ -216,10 +217,10 @@ class Routes:
         verdict = await self.serviceability.verdict(record)
         body: dict[str, Any] = {"name": record.name, "version": record.version, "ready": verdict.ready}
         if verdict.ready:
-            return web.json_response(body)
+            return json_response(body)
         code = verdict.code or ErrorCode.MODEL_UNAVAILABLE
         body.update(state=verdict.state.value, error=verdict.reason, code=code.value)
-        return web.json_response(body, status=503)
+        return json_response(body, status=503)
 
     async def _record(self, model: str, version: str | None) -> ModelRecord:
         try:

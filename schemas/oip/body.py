@@ -3,6 +3,14 @@
 Binary extension: the ``Inference-Header-Content-Length`` header gives the length of the JSON header at
 the start of the body; the raw tensors follow in the order of the entries that carry
 ``parameters.binary_data_size`` instead of ``data``.
+
+JSON is read and written with orjson (an OIP body of 64 floats parses about 4x faster than with the standard
+library, numpy data renders 16-27x faster). What orjson refuses to read and the standard library reads (the
+bare ``NaN``/``Infinity`` tokens a request may carry, numbers beyond the double range, escaped lone
+surrogates), and any body that is not JSON at all, is read again by the standard library, so the language
+the gateway accepts and its error messages are the standard library's. An integer beyond 64 bits reads
+as a float either way (as orjson reads it): the integer datatypes refuse it as out of range, a parameter
+holds the float (msgpack has no such integer to forward).
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from ..envelopes import ParameterValue
 from ..tensors import DATATYPES
@@ -92,7 +102,7 @@ def split_body(body: bytes, header_length: str | int | None, side: Side) -> tupl
         return _load_json(body, side), None
     length = _parse_header_length(header_length, len(body), side)
     view = memoryview(body)
-    return _load_json(bytes(view[:length]), side), BinaryCursor(view[length:], side)
+    return _load_json(view[:length], side), BinaryCursor(view[length:], side)
 
 
 def _parse_header_length(value: str | int, body_length: int, side: Side) -> int:
@@ -110,16 +120,32 @@ def _parse_header_length(value: str | int, body_length: int, side: Side) -> int:
     return length
 
 
-def _load_json(data: bytes, side: Side) -> dict[str, Any]:
+def _load_json(data: bytes | memoryview, side: Side) -> dict[str, Any]:
     if not data:
         raise OipBodyError("empty body; expected a JSON object", side)
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise OipBodyError(f"body is not valid JSON ({exc})", side) from None
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = _load_json_stdlib(bytes(data), side)
     if not isinstance(doc, dict):
         raise OipBodyError(f"body must be a JSON object, got {type(doc).__name__}", side)
     return doc
+
+
+def _load_json_stdlib(data: bytes, side: Side) -> Any:
+    """What orjson refused, read by the standard library (see the module doc): the same language and errors
+    as before orjson; a body that really is invalid costs a second parse."""
+    try:
+        doc = json.loads(data, parse_int=_int_within_64_bits)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise OipBodyError(f"body is not valid JSON ({exc})", side) from None
+    return doc
+
+
+def _int_within_64_bits(text: str) -> int | float:
+    """An integer literal as orjson reads it: an int within 64 bits (signed or unsigned), else a float."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
 
 
 def parameters(raw: Any, where: str, side: Side) -> dict[str, ParameterValue]:
@@ -171,21 +197,58 @@ def read_entry(
 
 
 def write_entry(
-    name: str, datatype: str, shape: tuple[int, ...], raw: bytes, binary: bool, blobs: list[bytes], side: Side
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    raw: bytes,
+    binary: bool,
+    blobs: list[bytes],
+    side: Side,
+    *,
+    plain: bool = False,
 ) -> dict[str, Any]:
-    """The entry of one tensor (raw bytes): JSON ``data``, or ``binary_data_size`` with ``raw`` added to ``blobs``."""
+    """The entry of one tensor (raw bytes): JSON ``data``, or ``binary_data_size`` with ``raw`` added to ``blobs``.
+
+    JSON ``data`` of finite numbers is the numpy array itself, for :func:`dumps` (a list with ``plain``).
+    """
     entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(shape)}
     if binary:
         entry["parameters"] = {"binary_data_size": len(raw)}
         blobs.append(raw)
     else:
-        entry["data"] = json_data(name, datatype, shape, raw, side)
+        entry["data"] = json_data(name, datatype, shape, raw, side, plain=plain)
     return entry
 
 
-def render(doc: dict[str, Any], blobs: list[bytes], *, allow_nan: bool, binary: bool = False) -> Rendered:
-    """``doc`` as compact JSON followed by ``blobs``: a binary-extension body when there are any (or ``binary``)."""
-    header = json.dumps(doc, separators=(",", ":"), allow_nan=allow_nan).encode()
+def dumps(doc: Any) -> bytes:
+    """Compact JSON of ``doc``, whose values may be numpy arrays.
+
+    orjson writes numpy arrays directly; what it cannot write (an integer beyond 64 bits) the standard
+    library does. orjson writes a non-finite float as ``null``: tensor data never holds one here
+    (:func:`~schemas.oip.data.json_data` spells them, or asks for ``render(bare_non_finite=True)``).
+    """
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False, default=_plain).encode()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def render(doc: dict[str, Any], blobs: list[bytes], *, bare_non_finite: bool = False, binary: bool = False) -> Rendered:
+    """``doc`` as compact JSON followed by ``blobs``: a binary-extension body when there are any (or ``binary``).
+
+    ``bare_non_finite``: the document holds non-finite floats, written as the bare ``NaN``/``Infinity`` tokens
+    Python's parser reads (a client's request; the standard library writes it). Otherwise :func:`dumps`.
+    """
+    if bare_non_finite:
+        header = json.dumps(doc, separators=(",", ":"), allow_nan=True, default=_plain).encode()
+    else:
+        header = dumps(doc)
     if not blobs and not binary:
         return Rendered(header, CONTENT_JSON)
     return Rendered(b"".join([header, *blobs]), CONTENT_BINARY, len(header))

@@ -8,7 +8,7 @@ little-endian and row-major; BYTES elements are 4-byte length-prefixed; BOOL byt
 Non-finite floats: JSON has no number for them. A response spells them ``"NaN"``, ``"Infinity"`` and
 ``"-Infinity"`` (what ``float()`` and ``numpy.array(..., dtype=float32)`` read back, so tritonclient's
 ``as_numpy`` still works), never the bare tokens strict parsers reject; a response reader accepts those
-strings. A request keeps Python's bare tokens, which the gateway's parser reads.
+strings. A request keeps Python's bare tokens, which the gateway reads (with the standard library: ``body``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ Array = npt.NDArray[Any]
 MAX_DATA_DEPTH = 32
 _INT_TYPES = frozenset(name for name, dtype in NUMPY_DTYPES.items() if dtype.kind in "iu")
 _FLOAT_TYPES = frozenset(name for name, dtype in NUMPY_DTYPES.items() if dtype.kind == "f")
+_BEYOND_64_BITS = 2.0**64
 _SPELLED = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _SPELLINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -152,6 +153,9 @@ def _encodable(text: str) -> bool:
 
 def _exact_integers(name: str, datatype: str, flat: list[Any], side: Side) -> Array:
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in flat):
+        if any(isinstance(x, float) and (x >= _BEYOND_64_BITS or x <= -_BEYOND_64_BITS / 2) for x in flat):
+            # what orjson reads an integer literal beyond 64 bits as (a float; rounding may reach the edge)
+            raise OipTensorError(name, f"values out of range for {datatype}", side)
         raise OipTensorError(name, f"{datatype} data must be integers", side)
     try:
         return np.array(flat, dtype=NUMPY_DTYPES[datatype])
@@ -225,12 +229,13 @@ def tensor_bytes(array: Array, datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=NUMPY_DTYPES[datatype]).tobytes()
 
 
-def json_data(name: str, datatype: str, shape: tuple[int, ...], data: bytes, side: Side) -> list[Any]:
-    """The flat JSON ``data`` list of raw tensor bytes.
+def json_data(name: str, datatype: str, shape: tuple[int, ...], data: bytes, side: Side, *, plain: bool = False) -> Any:
+    """The flat JSON ``data`` of raw tensor bytes: finite numbers as the flat numpy array itself (orjson writes
+    it straight, ``body.dumps``), or as a list with ``plain`` (for the standard library's ``json``).
 
     A response (the gateway's) replaces invalid UTF-8 in BYTES elements and spells non-finite floats; a
     request (the client's) refuses BYTES that are not UTF-8 text (they would change on the way: send them
-    binary) and keeps non-finite floats as floats.
+    binary) and keeps non-finite floats as floats (a list: see :func:`has_non_finite`).
     """
     if datatype == "BYTES":
         items = decode_bytes_elements(data, math.prod(shape))
@@ -238,10 +243,17 @@ def json_data(name: str, datatype: str, shape: tuple[int, ...], data: bytes, sid
             return [item.decode("utf-8", "replace") for item in items]
         return _text(name, items, side)
     array = np.frombuffer(data, dtype=NUMPY_DTYPES[datatype])
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return array.tolist() if plain else array
     values: list[Any] = array.tolist()
-    if side is Side.RESPONSE and array.dtype.kind == "f" and not np.isfinite(array).all():
+    if side is Side.RESPONSE:
         return [x if math.isfinite(x) else _SPELLED.get(x, "NaN") for x in values]
     return values
+
+
+def has_non_finite(array: Array) -> bool:
+    """Whether a numeric array holds NaN or an infinity (a request body then needs the bare tokens)."""
+    return array.dtype.kind == "f" and not bool(np.isfinite(array).all())
 
 
 def _text(name: str, items: list[bytes], side: Side) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from ..errors import SchemaError
 from ..names import Lane
 from ..tensors import Tensor, datatype_of
 from .body import BinaryCursor, Entry, Rendered, parameters, read_entry, render, split_body, write_entry
-from .data import Array, tensor_bytes, tensor_from_binary, tensor_from_json
+from .data import Array, has_non_finite, tensor_bytes, tensor_from_binary, tensor_from_json
 from .errors import OipBodyError, Side
 
 #: Request parameters the gateway consumes itself (never forwarded to workers).
@@ -139,11 +140,13 @@ def encode_request(
     """
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    bare_non_finite = False
     for name, value in inputs.items():
         array = np.asarray(value)
         datatype = datatype_of(array)
         raw = tensor_bytes(array, datatype)
         entries.append(write_entry(name, datatype, array.shape, raw, binary, blobs, Side.REQUEST))
+        bare_non_finite = bare_non_finite or (not binary and has_non_finite(array))
     doc: dict[str, Any] = {"inputs": entries}
     if request_id is not None:
         doc["id"] = request_id
@@ -152,7 +155,9 @@ def encode_request(
         params[BINARY_OUTPUT_PARAMETER] = True
     if params:
         doc["parameters"] = params
+        bare_non_finite = bare_non_finite or any(isinstance(v, float) and not math.isfinite(v) for v in params.values())
     if outputs:
         extra = {"parameters": {"binary_data": True}} if binary else {}
         doc["outputs"] = [{"name": n, **extra} for n in outputs]
-    return render(doc, blobs, allow_nan=True, binary=binary)  # the gateway reads Python's NaN/Infinity tokens
+    # Non-finite floats go as Python's NaN/Infinity tokens, which the gateway reads (orjson would write null).
+    return render(doc, blobs, bare_non_finite=bare_non_finite, binary=binary)

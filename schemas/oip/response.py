@@ -18,15 +18,28 @@ def encode_response(response: InferenceResponse, body: InferBody, request_id: st
 
     Only the outputs ``body`` asks for (all when it names none); non-finite floats are spelled (strict JSON).
     """
-    wanted = {o.name for o in body.outputs}
-    entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    return render(response_document(response, body, request_id, blobs), blobs)
+
+
+def response_document(
+    response: InferenceResponse, body: InferBody, request_id: str, blobs: list[bytes] | None = None
+) -> dict[str, Any]:
+    """The JSON part of the response (binary outputs' bytes go to ``blobs``). Without ``blobs`` every output
+    is JSON ``data`` in plain lists (a document the standard library's ``json`` writes, e.g. an async job's);
+    with them, finite numeric data stays numpy arrays for :func:`~schemas.oip.body.dumps`."""
+    wanted = {o.name for o in body.outputs}
+    plain = blobs is None
+    sink: list[bytes] = [] if blobs is None else blobs
+    entries: list[dict[str, Any]] = []
     for tensor in response.outputs:
         if wanted and tensor.name not in wanted:
             continue
-        binary = body.binary_for(tensor.name)
-        entries.append(write_entry(tensor.name, tensor.datatype, tensor.shape, tensor.data, binary, blobs, _SIDE))
-    doc = {
+        binary = not plain and body.binary_for(tensor.name)
+        entries.append(
+            write_entry(tensor.name, tensor.datatype, tensor.shape, tensor.data, binary, sink, _SIDE, plain=plain)
+        )
+    return {
         "model_name": response.model,
         "model_version": response.version,
         "id": request_id,
@@ -38,7 +51,6 @@ def encode_response(response: InferenceResponse, body: InferBody, request_id: st
         },
         "outputs": entries,
     }
-    return render(doc, blobs, allow_nan=False)
 
 
 def decode_response(body: bytes, header_length: str | int | None) -> tuple[dict[str, Any], dict[str, Array]]:

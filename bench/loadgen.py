@@ -61,6 +61,12 @@ def binary_body(name: str, array: np.ndarray) -> tuple[bytes, dict[str, str]]:
     return header + raw, headers
 
 
+def json_body(name: str, array: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """An OIP v2 JSON infer body for one FP32 input (outputs come back as JSON too)."""
+    doc = {"inputs": [{"name": name, "datatype": "FP32", "shape": list(array.shape), "data": array.ravel().tolist()}]}
+    return json.dumps(doc).encode(), {"Content-Type": "application/json"}
+
+
 def _batch_size_of(body: bytes, header_length: str | None) -> int | None:
     head = body[: int(header_length)] if header_length else body
     try:
@@ -83,14 +89,16 @@ async def closed_loop(
     rows: int = 1,
     headers: dict[str, str] | None = None,
     sample_shape: tuple[int, ...] | None = None,
+    json_bodies: bool = False,
 ) -> LoadResult:
     """``concurrency`` clients each sending one request after another for ``duration_s``
     (``headers``: sent with every request, e.g. an API key; ``sample_shape``: the input's shape when it is not
-    ``(rows, features)``, e.g. an image batch)."""
+    ``(rows, features)``, e.g. an image batch; ``json_bodies``: JSON bodies both ways instead of binary tensors)."""
     rng = np.random.default_rng(0)
     shape = sample_shape or (rows, features)
     count = 64 if np.prod(shape) < 1 << 16 else 8  # large inputs: a few bodies are enough
-    bodies = [binary_body(input_name, rng.standard_normal(shape).astype(np.float32)) for _ in range(count)]
+    encode = json_body if json_bodies else binary_body
+    bodies = [encode(input_name, rng.standard_normal(shape).astype(np.float32)) for _ in range(count)]
     endpoint = f"{url}/v2/models/{model}/infer"
     latencies: list[float] = []
     batch_sizes: list[int] = []

@@ -11,6 +11,11 @@ Hash fields (all text)::
     gpu_util    GPU utilization in percent; -1 = no GPU
     queue       requests fetched but not answered yet
     ts_ms       epoch ms of the report
+    executions  model executions (batches run) since the worker started
+    succeeded   requests the model ran successfully since the worker started
+    queue_total_ms    sum of those requests' queue times (created -> batch started), ms
+    compute_total_ms  sum of those requests' compute times (each request counts its batch's run), ms
+    last_ms     epoch ms of the last successful execution; 0 = none yet
 
 Readers ignore fields they do not know, so fields can be added without a version bump.
 """
@@ -47,6 +52,11 @@ class WorkerReport:
     gpu_utilization: float | None
     queue_depth: int
     ts_ms: float
+    executions: int = 0
+    succeeded: int = 0
+    queue_total_ms: float = 0.0
+    compute_total_ms: float = 0.0
+    last_inference_ms: float = 0.0
 
     def to_fields(self) -> dict[str, str]:
         """The hash fields (see the module docstring)."""
@@ -58,6 +68,11 @@ class WorkerReport:
             "gpu_util": repr(-1.0 if self.gpu_utilization is None else float(self.gpu_utilization)),
             "queue": str(int(self.queue_depth)),
             "ts_ms": str(int(self.ts_ms)),
+            "executions": str(int(self.executions)),
+            "succeeded": str(int(self.succeeded)),
+            "queue_total_ms": repr(float(self.queue_total_ms)),
+            "compute_total_ms": repr(float(self.compute_total_ms)),
+            "last_ms": str(int(self.last_inference_ms)),
         }
 
     @classmethod
@@ -75,10 +90,21 @@ class WorkerReport:
                 gpu_utilization=None if gpu < 0 else gpu,
                 queue_depth=int(fields.get("queue", "0")),
                 ts_ms=float(fields["ts_ms"]),
+                executions=int(fields.get("executions", "0")),
+                succeeded=int(fields.get("succeeded", "0")),
+                queue_total_ms=float(fields.get("queue_total_ms", "0")),
+                compute_total_ms=float(fields.get("compute_total_ms", "0")),
+                last_inference_ms=float(fields.get("last_ms", "0")),
             )
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
-        numbers = (report.per_request_service_s, report.mean_batch_size, report.p95_latency_ms)
+        numbers = (
+            report.per_request_service_s,
+            report.mean_batch_size,
+            report.p95_latency_ms,
+            report.queue_total_ms,
+            report.compute_total_ms,
+        )
         return report if all(math.isfinite(x) for x in numbers) else None
 
 

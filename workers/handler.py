@@ -314,7 +314,7 @@ class RequestHandler:
         self._metrics.observe_batch(self._model, version, len(requests), done.compute_s, [q / 1000 for q in queue_ms])
         self._metrics.success.labels(self._model, version).inc(len(requests))
         if self._stats is not None:
-            self._stats.observe_batch(len(requests))
+            self._stats.observe_batch(len(requests), done.compute_s, sum(queue_ms))
         log.debug("model %s:%s ran a batch of %d in %.3f ms", self._model, version, len(requests), done.compute_s * 1e3)
         for request, outputs, queued in zip(requests, done.outputs, queue_ms, strict=True):
             response = InferenceResponse(

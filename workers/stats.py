@@ -53,15 +53,28 @@ class ModelStats:
         self.completed = 0
         #: Records fetched but not answered yet.
         self.in_hand = 0
+        #: Cumulative since the worker started (Triton's model statistics): model executions, requests run
+        #: successfully, their summed queue and compute ms, and the epoch ms of the last execution.
+        self.executions = 0
+        self.succeeded = 0
+        self.queue_total_ms = 0.0
+        self.compute_total_ms = 0.0
+        self.last_inference_ms = 0.0
         self._rounds: deque[tuple[float, int, float]] = deque(maxlen=_MAX_SAMPLES)  # (at, requests, busy s)
         self._batches: deque[tuple[float, int]] = deque(maxlen=_MAX_SAMPLES)  # (at, requests in the batch)
         self._latencies: deque[tuple[float, float]] = deque(maxlen=_MAX_SAMPLES)  # (at, created -> reply ms)
         self._service_s = 0.0
         self._batch = 0.0
 
-    def observe_batch(self, requests: int) -> None:
-        """One model execution of ``requests`` requests."""
+    def observe_batch(self, requests: int, compute_s: float = 0.0, queue_ms: float = 0.0) -> None:
+        """One successful model execution of ``requests`` requests that took ``compute_s`` seconds, after the
+        requests waited ``queue_ms`` in total."""
         self._batches.append((self._clock(), requests))
+        self.executions += 1
+        self.succeeded += requests
+        self.queue_total_ms += max(0.0, queue_ms)
+        self.compute_total_ms += max(0.0, compute_s) * 1000.0 * requests
+        self.last_inference_ms = now_ms()
 
     def observe_round(self, requests: int, busy_s: float, latencies_ms: Iterable[float]) -> None:
         """A finished round: ``requests`` answered in ``busy_s`` seconds, with their end-to-end latencies."""
@@ -91,6 +104,11 @@ class ModelStats:
             gpu_utilization=gpu_utilization,
             queue_depth=self.in_hand,
             ts_ms=ts_ms,
+            executions=self.executions,
+            succeeded=self.succeeded,
+            queue_total_ms=self.queue_total_ms,
+            compute_total_ms=self.compute_total_ms,
+            last_inference_ms=self.last_inference_ms,
         )
 
 

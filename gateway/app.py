@@ -26,8 +26,12 @@ from schemas.logs import request_context
 
 from .auth import Guard
 from .errors import REQUEST_ID_HEADER, WIRE_ID_KEY, Handler, error_middleware
+from .grpc_server import GrpcServer, ReadinessHealth
+from .grpc_service import GrpcInferenceService
+from .infer_path import InferPath
 from .limits import Decoder
 from .metrics import GatewayMetrics
+from .model_config import ModelConfigRoutes, ModelDescriptions
 from .openapi import add_route as add_openapi_route
 from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
@@ -39,6 +43,7 @@ from .webhooks import WebhookDispatcher
 log = logging.getLogger("fleet.gateway")
 
 _READY_POLL_S = 0.02
+_GRPC_STOP_GRACE_S = 1.0
 
 
 class _State(enum.Enum):
@@ -66,6 +71,8 @@ class Gateway(AsyncService):
         self._routes: Routes | None = None
         self._backends: Backends | None = None
         self._port = settings.port
+        self._grpc: GrpcServer | None = None
+        self._grpc_port: int | None = None
         # Wire ids: a random per-process prefix plus a counter, unique across gateways and restarts
         # (a reused id would hit a previous request's first-result marker) and cheap to make.
         self._id_prefix = secrets.token_hex(8)
@@ -81,6 +88,13 @@ class Gateway(AsyncService):
             host = f"[{host}]"
         return f"http://{host}:{self._port}"
 
+    @property
+    def grpc_target(self) -> str | None:
+        """``host:port`` of the running gRPC server; None when it is off (``grpc_port`` 0)."""
+        if self._grpc_port is None:
+            return None
+        return self.url.removeprefix("http://").rpartition(":")[0] + f":{self._grpc_port}"
+
     async def start(self) -> None:
         """Bind the HTTP server and start connecting to Kafka and Redis."""
         if self._state is not _State.NEW:
@@ -93,6 +107,9 @@ class Gateway(AsyncService):
             middlewares=[self._request_middleware, error_middleware, guard.middleware],
         )
         self._routes = Routes(self._backends)
+        path = InferPath(self._backends, self._routes, self._new_wire_id)
+        descriptions = ModelDescriptions(path, self._backends.redis, self.names, self.settings.backend_timeout_s)
+        ModelConfigRoutes(descriptions).add_to(app)  # before the model routes: /v2/models/stats names no model
         self._routes.add_to(app)
         add_openapi_route(app, self._backends.version)
         app.cleanup_ctx.append(self._backends_ctx)
@@ -114,15 +131,23 @@ class Gateway(AsyncService):
             await runner.setup()
             site = web.TCPSite(runner, self.settings.host, self.settings.port)
             await site.start()
+            addresses = runner.addresses
+            if addresses:
+                self._port = int(addresses[0][1])
+            if self.settings.grpc_port:
+                version = self._backends.version
+                await self._start_grpc(GrpcInferenceService(path, descriptions, guard, self.metrics, version))
         except BaseException:
             await self.stop()
             raise
-        addresses = runner.addresses
-        if addresses:
-            self._port = int(addresses[0][1])
         log.info(
             "gateway started",
-            extra={"url": self.url, "gateway_id": self.settings.gateway_id, "namespace": self.names.namespace},
+            extra={
+                "url": self.url,
+                "grpc": self.grpc_target,
+                "gateway_id": self.settings.gateway_id,
+                "namespace": self.names.namespace,
+            },
         )
 
     async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
@@ -148,6 +173,8 @@ class Gateway(AsyncService):
             self._routes.draining = True
         if self._backends is not None:
             await self._drain_waiting(self._backends.listener)
+        if self._grpc is not None:
+            await self._grpc.stop(_GRPC_STOP_GRACE_S)  # the calls still running were just answered
         runner, self._runner = self._runner, None
         if runner is not None:
             # Stops the sites, waits for running handlers up to shutdown_timeout, then runs the
@@ -165,6 +192,17 @@ class Gateway(AsyncService):
         failed = listener.fail_waiting("the gateway stopped before the reply arrived; retry the request")
         if failed:
             log.warning("answered requests still waiting with 503", extra={"requests": failed})
+
+    async def _start_grpc(self, service: GrpcInferenceService) -> None:
+        assert self._routes is not None
+        settings = self.settings
+        health = ReadinessHealth(self._routes.readiness_problems)
+        self._grpc = GrpcServer([service.handler()], health, settings.max_body_bytes)
+        # An HTTP port of 0 (tests, embedders) means free ports for both servers.
+        self._grpc_port = await self._grpc.start(settings.host, 0 if settings.port == 0 else settings.grpc_port)
+
+    def _new_wire_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._counter)}"
 
     def _make_backends(self) -> Backends:
         settings = self.settings
@@ -207,7 +245,7 @@ class Gateway(AsyncService):
 
     @web.middleware
     async def _request_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        wire_id = f"{self._id_prefix}-{next(self._counter)}"
+        wire_id = self._new_wire_id()
         request[WIRE_ID_KEY] = wire_id
         client_id = request.headers.get(REQUEST_ID_HEADER)
         began = time.perf_counter()

@@ -170,7 +170,22 @@ class Guard:
             return None
         if path == METRICS_PATH and not self._settings.auth_metrics:
             return None
-        secret = presented_secret(request)
+        return await self._verify(presented_secret(request))
+
+    async def authorize(self, secret: str | None, model: str | None, *, infer: bool) -> ApiKey | None:
+        """The middleware's checks for a caller outside aiohttp (the gRPC service): the key ``secret`` (None:
+        none presented) when auth is on, its allow-list for ``model``, the rate limits of an infer request.
+        Raises the AuthError the middleware would answer with."""
+        key = None
+        if self._settings.auth:
+            key = await self._verify(secret)
+            if model is not None and not key.allows(model):
+                raise ForbiddenError(key, model)
+        if infer and model is not None:
+            await self._limit(key, model)
+        return key
+
+    async def _verify(self, secret: str | None) -> ApiKey:
         if secret is None:
             raise UnauthenticatedError(f"an API key is required (Authorization: Bearer <key> or {API_KEY_HEADER})")
         key_id = parse_secret(secret)

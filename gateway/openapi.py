@@ -302,6 +302,23 @@ def _model_operations(versioned: bool) -> dict[str, dict[str, Any]]:
     }
 
 
+def _triton_operation(kind: str, versioned: bool | None, summary: str) -> dict[str, Any]:
+    """``GET .../config`` or ``.../stats`` (``gateway.model_config``); ``versioned`` None: no model in the path."""
+    params = [] if versioned is None else [_MODEL, _VERSION] if versioned else [_MODEL]
+    scope = "All" if versioned is None else "Version" if versioned else ""
+    return {
+        "get": {
+            "summary": summary,
+            "operationId": f"model{scope}{kind.capitalize()}",
+            "parameters": params,
+            "responses": {
+                "200": _json({"type": "object"}, "The document in the shape Triton's clients read."),
+                **_errors(*_AUTH, *_LOOKUP, ErrorCode.VERSION_NOT_FOUND),
+            },
+        }
+    }
+
+
 def document(version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of this gateway (``version``: the package version)."""
     paths: dict[str, Any] = {
@@ -447,6 +464,9 @@ def document(version: str) -> dict[str, Any]:
         paths[prefix] = ops["metadata"]
         paths[prefix + "/ready"] = ops["ready"]
         paths[prefix + "/infer"] = ops["infer"]
+        paths[prefix + "/config"] = _triton_operation("config", versioned, "Model configuration (Triton's extension)")
+        paths[prefix + "/stats"] = _triton_operation("stats", versioned, "Model statistics (Triton's extension)")
+    paths["/v2/models/stats"] = _triton_operation("stats", None, "Statistics of every model (Triton's extension)")
     return {
         "openapi": "3.1.0",
         "info": {

@@ -27,6 +27,11 @@ class GatewaySettings:
 
     host: str = doc("Address the HTTP server binds to.", "127.0.0.1")
     port: int = doc("TCP port of the HTTP server (0 picks a free port).", 8000)
+    grpc_port: int = doc(
+        "TCP port of the OIP v2 gRPC server (Triton's inference.GRPCInferenceService and grpc.health.v1), on "
+        "the same address; 0 turns it off. With FLEET_GATEWAY_PORT=0 it also takes a free port unless it is 0.",
+        8001,
+    )
     gateway_id: str = doc(
         "Identity of this process; names its Redis reply stream (default host-pid-random).",
         default_factory=default_gateway_id,
@@ -123,6 +128,8 @@ class GatewaySettings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is not in 0..65535")
+        if not 0 <= self.grpc_port <= 65535:
+            raise SettingsError(f"grpc_port {self.grpc_port} is not in 0..65535")
         if not _GATEWAY_ID.match(self.gateway_id):
             raise SettingsError(f"gateway id {self.gateway_id!r} must be 1-128 of [A-Za-z0-9_.-]")
         for name in ("max_body_bytes", "max_in_flight", "max_in_flight_bytes", "decode_processes"):

@@ -17,6 +17,7 @@ from typing import Any
 from fleet.client.connection import Target, env_first
 from fleet.client.errors import StackError
 from fleet.client.stackfile import StackInfo
+from fleet.local.services import pool_max_workers
 from fleet.local.stack import LocalStack, StackConfig
 from schemas.constants import DEFAULT_NAMESPACE
 
@@ -24,13 +25,24 @@ from schemas.constants import DEFAULT_NAMESPACE
 def add_stack_options(parser: argparse.ArgumentParser, default_port: int | None) -> None:
     """Options shared by ``up`` and ``demo``."""
     parser.add_argument(
+        "--min-workers",
         "--workers",
+        dest="workers",
         type=int,
         default=1,
-        help="fewest workers per model (default 1); --no-autoscale or --placement: worker processes",
+        help="fewest pool workers (default 1; 0: a request wakes the pool); --per-model-workers: fewest per model; "
+        "--no-autoscale: worker processes",
     )
     parser.add_argument(
-        "--max-workers", type=int, help="most workers per model (default FLEET_AUTOSCALER_MAX_REPLICAS or 16)"
+        "--max-workers",
+        type=int,
+        help="most pool workers (default: one per CPU, at most 4); --per-model-workers: most per model "
+        "(default FLEET_AUTOSCALER_MAX_REPLICAS or 16)",
+    )
+    parser.add_argument(
+        "--per-model-workers",
+        action="store_true",
+        help="run one worker process per model (autoscaled per model) instead of the pool of multi-model workers",
     )
     parser.add_argument(
         "--no-autoscale",
@@ -41,7 +53,7 @@ def add_stack_options(parser: argparse.ArgumentParser, default_port: int | None)
     parser.add_argument(
         "--placement",
         action="store_true",
-        help="run --workers multi-model workers that follow the placement scheduler's assignment",
+        help="the pool of multi-model workers with the placement scheduler (the default; kept for old scripts)",
     )
     parser.add_argument("--port", type=int, default=default_port, help="gateway port")
     parser.add_argument("--host", default="127.0.0.1", help="gateway listen address")
@@ -56,10 +68,14 @@ def stack_config(target: Target, args: argparse.Namespace, models: tuple[str, ..
         raise StackError(f"a stack already runs from {home} (pid {existing.pid}, {existing.gateway_url}); `fleet down`")
     if args.workers < 0:
         raise StackError("--workers must be >= 0")
-    if args.placement and not args.autoscale:
-        raise StackError("--placement runs the autoscaler's scheduler; it cannot go with --no-autoscale")
+    per_model = getattr(args, "per_model_workers", False)
+    if args.placement and per_model:
+        raise StackError("--placement (the pool, the default) and --per-model-workers exclude each other")
+    if (args.placement or per_model) and not args.autoscale:
+        flag = "--placement" if args.placement else "--per-model-workers"
+        raise StackError(f"{flag} runs the autoscaler; it cannot go with --no-autoscale")
     if args.autoscale and args.max_workers is not None and args.max_workers < max(1, args.workers):
-        raise StackError(f"--max-workers must be >= max(1, --workers {args.workers})")
+        raise StackError(f"--max-workers must be >= max(1, --min-workers {args.workers})")
     return StackConfig(
         home=home,
         namespace=getattr(args, "namespace", None)
@@ -71,8 +87,8 @@ def stack_config(target: Target, args: argparse.Namespace, models: tuple[str, ..
         port=args.port,
         workers=args.workers,
         models=models,
-        autoscale=args.autoscale and not args.placement,
-        placement=args.placement,
+        autoscale=args.autoscale and per_model,
+        pool=args.autoscale and not per_model,
         max_workers=args.max_workers if args.autoscale else None,
         device=args.device,
         env=dict(env),
@@ -138,7 +154,12 @@ def print_stack(stack: LocalStack, *, workers: bool = True) -> None:
     print(f"redis     {stack.redis_url}")
     print(f"namespace {stack.config.namespace}")
     print(f"logs      {stack.logs}")
-    if stack.config.autoscale:
+    if stack.config.pool:
+        pool_most = pool_max_workers(stack.config)
+        which = ",".join(stack.config.models or ()) or "every registered model, placed as they are registered"
+        print(f"workers   a pool of {stack.config.workers}..{pool_most} multi-model workers, autoscaled: {which}")
+        print(f"          autoscaler log {stack.autoscaler_log}; `fleet status` shows the pool and the placement")
+    elif stack.config.autoscale:
         most = stack.config.max_workers or "max"
         which = ",".join(stack.config.models or ()) or "every registered model, found as they are registered"
         print(f"workers   autoscaled, {stack.config.workers}..{most} per model: {which}")
@@ -159,7 +180,7 @@ async def foreground(stack: LocalStack, signals: Signals) -> int:
         if signals.reload_requested:
             signals.reload_requested = False
             models = await stack.restart_workers(None)
-            automatic = stack.config.autoscale or stack.config.placement
+            automatic = stack.config.autoscale or stack.config.placement or stack.config.pool
             what = "autoscaled models" if automatic else "workers restarted, serving"
             print(f"{what} {','.join(models) or '(no models)'}", flush=True)
         if stack.failure is not None:

@@ -29,21 +29,25 @@ $FLEET_HOME/redis (fsynced before each answer) and survive `fleet down` / `fleet
 The embedded broker keeps nothing: requests still queued in it are lost when it stops; each start
 re-creates the topics of every registered model.
 
-By default the autoscaler (`python -m autoscaler`, local backend) runs the workers: one-model worker
-processes, between --workers (default 1) and --max-workers per model, scaled on Kafka lag and the
-workers' measured service time. It finds models registered later in the registry by itself: register
-one and send requests, no reload needed. `fleet scale MODEL --replicas N` pins a model, `--auto`
-unpins it; `fleet status` shows desired vs actual workers and why. FLEET_AUTOSCALER_* variables tune it
-(`fleet config autoscaler`).
+By default the autoscaler (`python -m autoscaler`, local backend) runs a pool of multi-model workers
+(one multiplexed Kafka consumer each), between --min-workers (default 1) and --max-workers (default one
+per CPU, at most 4): it adds a worker when the measured work, the most replicas a model wants or the
+models' sizes need one, and drains one (it finishes, commits and hands its models over) when the pool
+is idle. Its placement scheduler assigns every registered model's replicas to the pool's workers (a hot
+model gets replicas on several); each worker keeps what fits its memory budget resident (half of this
+machine's memory split over --max-workers, unless FLEET_WORKER_MEMORY_BUDGET_MB says otherwise), evicts
+the least recently used model and reloads it from its disk cache on demand. With --min-workers 0 an idle
+fleet runs no worker at all and a request for any model starts one. Models registered later are found
+by themselves: register one and send requests, no reload needed. `fleet scale MODEL --replicas N` pins
+a model's replicas, `--auto` unpins it; `fleet status` shows the pool's workers, where each model is
+placed and why. FLEET_AUTOSCALER_* variables tune it (`fleet config autoscaler`). --placement is
+accepted and means this default.
+
+With --per-model-workers the autoscaler runs one worker process per model instead, between
+--min-workers and --max-workers per model, scaled on Kafka lag and the workers' measured service time.
 
 With --no-autoscale, N fixed workers serve a fixed model list instead: --models, or every model
 registered when they start; after registering a model, `fleet reload` drains and restarts them.
-
-With --placement, --workers multi-model workers follow their assignment and the autoscaler's placement
-scheduler assigns every registered model to workers with room (labels, memory budget with overcommit,
-prefer where it is resident); each worker keeps what fits its FLEET_WORKER_MEMORY_BUDGET_MB resident,
-evicts the least recently used model and reloads it from its disk cache on demand. `fleet status`
-shows where each model is placed, or why it could not be.
 """
 
 

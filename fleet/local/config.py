@@ -23,11 +23,12 @@ class StackConfig:
     gateway: bool = True
     host: str = "127.0.0.1"
     port: int | None = None  # None picks a free port
-    workers: int = 1  # fixed: worker processes; autoscale: fewest workers per model
+    workers: int = 1  # fixed, placement: worker processes; autoscale: fewest per model; pool: fewest pool workers
     models: tuple[str, ...] | None = None  # None: every model registered (when the workers start, if fixed)
     autoscale: bool = False  # run the autoscaler (local backend) instead of fixed workers
     placement: bool = False  # run ``workers`` following workers and the autoscaler's placement scheduler
-    max_workers: int | None = None  # autoscale: most workers per model (None: the autoscaler's default)
+    pool: bool = False  # the autoscaler runs and sizes a pool of multi-model workers (the default of ``fleet up``)
+    max_workers: int | None = None  # autoscale: most per model (None: the autoscaler's default); pool: most workers
     device: str | None = None
     durable_redis: bool = True  # the embedded Valkey keeps an append-only file in ``home/redis``
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

@@ -3,6 +3,7 @@ broker's topics: a new or restarted embedded broker has none, so every registere
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, load
@@ -35,8 +36,66 @@ def gateway_env(base: Mapping[str, str], config: StackConfig, port: int) -> dict
     return {**base, "FLEET_GATEWAY_HOST": config.host, "FLEET_GATEWAY_PORT": str(port)}
 
 
+#: Share of the machine's memory the pool workers' model budgets add up to (the rest: broker, Redis, gateway,
+#: the workers' own runtime, and the overcommit on top of the budget).
+POOL_MEMORY_SHARE = 0.5
+#: Most pool workers when ``--max-workers`` is not given: one per CPU, at most this many.
+POOL_MAX_WORKERS = 4
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine (0 when the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def pool_max_workers(config: StackConfig, cpus: int | None = None) -> int:
+    """Most pool workers: ``max_workers``, else one per CPU up to POOL_MAX_WORKERS, at least ``workers`` (pure)."""
+    if config.max_workers is not None:
+        return config.max_workers
+    return max(1, config.workers, min(POOL_MAX_WORKERS, cpus or os.cpu_count() or 1))
+
+
+def pool_budget_mb(memory_bytes: int, max_workers: int) -> float:
+    """Each pool worker's FLEET_WORKER_MEMORY_BUDGET_MB: POOL_MEMORY_SHARE of the machine's memory split over the
+    most workers the pool may have, so a full pool fits; 0 (unlimited) when the memory is unknown (pure)."""
+    if memory_bytes <= 0:
+        return 0.0
+    return float(int(memory_bytes * POOL_MEMORY_SHARE / max(1, max_workers) / (1 << 20)))
+
+
+def pool_env(config: StackConfig, memory_bytes: int | None = None) -> dict[str, str]:
+    """The autoscaler's pool settings and its pool workers' memory budget (``FLEET_WORKER_*`` are handed on to
+    the workers it spawns); a budget or overcommit set in the caller's environment is kept."""
+    most = pool_max_workers(config)
+    memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
+    budget = _number(config.env.get("FLEET_WORKER_MEMORY_BUDGET_MB"), pool_budget_mb(memory, most))
+    overcommit = _number(config.env.get("FLEET_WORKER_OVERCOMMIT_PCT"), 10.0)
+    return {
+        "FLEET_AUTOSCALER_POOL": "true",
+        "FLEET_AUTOSCALER_POOL_MIN_WORKERS": str(config.workers),
+        "FLEET_AUTOSCALER_POOL_MAX_WORKERS": str(most),
+        "FLEET_AUTOSCALER_POOL_WORKER_MEMORY_MB": f"{budget * (1 + overcommit / 100):g}",
+        # One replica of every model while the pool runs (an idle model costs nothing in a pool worker); with
+        # no fewest workers, idle models go to zero and a request wakes its model and the pool.
+        "FLEET_AUTOSCALER_MIN_REPLICAS": "1" if config.workers > 0 else "0",
+        "FLEET_AUTOSCALER_MAX_REPLICAS": str(most),
+        "FLEET_WORKER_MEMORY_BUDGET_MB": f"{budget:g}",
+    }
+
+
+def _number(value: str | None, default: float) -> float:
+    """``value`` as a number; ``default`` when unset or not a number (the worker reports a bad setting itself)."""
+    try:
+        return float(value) if value else default
+    except ValueError:
+        return default
+
+
 def autoscaler_env(base: Mapping[str, str], config: StackConfig, worker_logs: str) -> dict[str, str]:
-    """The autoscaler's: local backend, replica bounds, placement on or off, where its workers log."""
+    """The autoscaler's: local backend, replica bounds, pool or placement on or off, where its workers log."""
     env = {
         **base,
         "FLEET_AUTOSCALER_BACKEND": "local",
@@ -49,6 +108,8 @@ def autoscaler_env(base: Mapping[str, str], config: StackConfig, worker_logs: st
     }
     if config.max_workers is not None:
         env["FLEET_AUTOSCALER_MAX_REPLICAS"] = str(config.max_workers)
+    if config.pool:
+        env.update(pool_env(config))
     if config.device:
         env["FLEET_WORKER_DEVICE"] = config.device  # handed on to the workers it spawns
     return env

@@ -5,12 +5,16 @@ Two ways to run the workers:
 * fixed (``StackConfig.autoscale`` False, the default of this Python API): ``workers`` processes serve a
   fixed model list (``FLEET_WORKER_MODELS``); :meth:`LocalStack.restart_workers` replaces them when models
   are registered later (``fleet reload`` asks a running ``fleet up`` to do it);
-* autoscaled (``autoscale`` True, the default of ``fleet up``): one ``python -m autoscaler`` process with the
-  local backend spawns and drains one-model workers on measured lag, between ``workers`` (its
+* autoscaled per model (``autoscale`` True, ``fleet up --per-model-workers``): one ``python -m autoscaler``
+  process with the local backend spawns and drains one-model workers on measured lag, between ``workers`` (its
   ``FLEET_AUTOSCALER_MIN_REPLICAS``) and ``max_workers`` per model, and finds models registered later in the
   registry by itself (no reload);
-* placed (``placement`` True, ``fleet up --placement``): ``workers`` multi-model processes follow their
-  assignment (``FLEET_WORKER_FOLLOW_ASSIGNMENT``) and the autoscaler runs the placement scheduler
+* pooled (``pool`` True, the default of ``fleet up``): the autoscaler runs a pool of multi-model workers
+  (``FLEET_AUTOSCALER_POOL``: pool mode, following their assignment), between ``workers`` and ``max_workers``
+  of them, sized from the measured work and the models' sizes, and places every registered model's replicas
+  on them; each worker's memory budget is a share of the machine's memory (`services.pool_env`);
+* placed (``placement`` True): ``workers`` fixed multi-model processes follow their assignment
+  (``FLEET_WORKER_FOLLOW_ASSIGNMENT``) and the autoscaler runs the placement scheduler
   (``FLEET_AUTOSCALER_PLACEMENT``): it assigns each registered model's replicas to workers with room, and
   the workers load, evict and serve what they are assigned (budget: ``FLEET_WORKER_MEMORY_BUDGET_MB``).
 
@@ -21,7 +25,7 @@ re-creates the topics of every registered model.
 Start: LocalBroker + LocalRedis (unless external addresses are given) → gateway → autoscaler or workers,
 each waited on by its readiness signal (``/v2/health/ready``; the autoscaler's first GPU inventory report;
 a worker's heartbeat hash ``state=ready``, in autoscale mode one per model registered at start, in placement
-mode every model placed on a ready worker or its placement failure recorded).
+and pool mode every model placed on a ready worker or its placement failure recorded).
 Stop: SIGTERM the gateway → SIGTERM the autoscaler (it drains its workers) or the workers, and wait while
 they drain → stop Redis and the broker.
 
@@ -139,7 +143,7 @@ class LocalStack:
                 env = services.gateway_env(self._base_env(), self.config, self.port)
                 self._gateway = self._spawn("gateway", ["gateway"], env)
                 await self._wait(self._gateway, readiness.gateway_ready(self.url))
-            if self.config.autoscale or self.config.placement:
+            if self._automatic:
                 await self._start_autoscaler()
             await self._start_workers(self.config.models)
         except BaseException:
@@ -147,6 +151,11 @@ class LocalStack:
             raise
         if self.config.supervise:
             self._supervisor = asyncio.create_task(self._supervise(), name="fleet-stack-supervisor")
+
+    @property
+    def _automatic(self) -> bool:
+        """Whether the autoscaler runs (and the registered models are found without a reload)."""
+        return self.config.autoscale or self.config.placement or self.config.pool
 
     @property
     def failure(self) -> str | None:
@@ -162,7 +171,7 @@ class LocalStack:
         if self._state is not _State.RUNNING:
             raise StackError("the stack is not running")
         async with self._changing:
-            if self.config.autoscale or self.config.placement:
+            if self._automatic:
                 await self._start_workers(tuple(models) if models is not None else self.config.models)
                 return self.models
             await self._stop_workers()
@@ -230,7 +239,7 @@ class LocalStack:
             started_ms=self._started_ms,
             generation=self._generation,
             models=list(self._models),
-            autoscale=self.config.autoscale or self.config.placement,
+            autoscale=self._automatic,
             processes=procs,
         )
 
@@ -255,7 +264,7 @@ class LocalStack:
         """Every supervised process, servers first."""
         units = [Unit(srv.name, srv.running, srv.log_path, srv.returncode) for srv in self._servers]
         procs = [p for p in (self._gateway, self._autoscaler) if p is not None]
-        if not (self.config.autoscale or self.config.placement):
+        if not self._automatic:
             procs += self._workers  # the autoscaler restarts the workers it runs by itself
         units += [Unit(p.name, p.running, p.log_path, p.returncode) for p in procs]
         return units
@@ -338,7 +347,10 @@ class LocalStack:
             models = await services.registered_models(self.settings)
         self._models = sorted(set(models))
         self._generation += 1
-        if self.config.placement:
+        if self.config.pool:
+            if self._models and self.config.workers > 0 and self._autoscaler is not None:
+                await self._wait(self._autoscaler, readiness.placed(self.settings, self._models, now_ms()))
+        elif self.config.placement:
             if not self._workers and self.config.workers > 0:
                 # Pool workers (one multiplexed consumer for every model) unless FLEET_WORKER_MODE says otherwise.
                 mode = self._base_env().get("FLEET_WORKER_MODE", "pool")

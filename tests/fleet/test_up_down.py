@@ -76,35 +76,47 @@ def test_down_cleans_up_after_a_killed_owner(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not workers_available(), reason="workers/ is not there yet")
-def test_autoscaled_up_serves_a_model_registered_later(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [(), ("--per-model-workers",)], ids=["pool", "per-model"])
+def test_autoscaled_up_serves_models_registered_later(tmp_path: Path, mode: tuple[str, ...]) -> None:
     env = clean_env(tmp_path)
     up = subprocess.Popen(
-        [*FLEET, "up", "--port", "0", "--max-workers", "2"],
+        [*FLEET, "up", "--port", "0", "--max-workers", "2", *mode],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    pool = not mode
+    models = ("tiny", "tiny2") if pool else ("tiny",)
     try:
         wait_until(lambda: StackInfo.read(tmp_path) is not None or up.poll() is not None, 60, "stack.json")
         info = StackInfo.read(tmp_path)
         assert info is not None and info.autoscale, up.communicate()[0]
-        path = tiny_mlp(tmp_path / "tiny.onnx")
-        register = run(env, "models", "register", "tiny", "--artifact", str(path), "--partitions", "2")
-        assert register.returncode == 0, register.stdout + register.stderr
-        assert "autoscaler starts its workers" in register.stdout
-        # No reload: the autoscaler finds the model in the registry and spawns a worker; the request waits
-        # in Kafka meanwhile (generous timeout: a worker start takes a few seconds on a small machine).
+        for seed, model in enumerate(models):
+            path = tiny_mlp(tmp_path / f"{model}.onnx", seed=seed)
+            register = run(env, "models", "register", model, "--artifact", str(path), "--partitions", "2")
+            assert register.returncode == 0, register.stdout + register.stderr
+            assert "autoscaler starts its workers" in register.stdout
+        # No reload: the autoscaler finds the models in the registry and places them on its pool (or spawns a
+        # worker per model); a request waits in Kafka meanwhile (generous timeout: a worker start takes a few
+        # seconds on a small machine).
         x = np.ones((2, 16), np.float32)
-        assert infer_sync(info.gateway_url, "tiny", {"x": x}, timeout_s=60)["y"].shape == (2, 4)
+        for model in models:
+            assert infer_sync(info.gateway_url, model, {"x": x}, timeout_s=60)["y"].shape == (2, 4)
 
         status = run(env, "status", "--json")
         assert status.returncode == 0, status.stdout + status.stderr
         report = json.loads(status.stdout)
-        (model,) = report["models"]
-        assert model["model"] == "tiny" and model["desired"] >= 1 and model["actual"] >= 1 and model["reason"]
-        assert model["partitions"] == 2 and model["pinned"] is None
-        assert any(w["models"] == ["tiny"] and w["state"] == "ready" for w in report["workers"])
+        assert [m["model"] for m in report["models"]] == list(models)
+        for model in report["models"]:
+            assert model["desired"] >= 1 and model["actual"] >= 1 and model["reason"]
+            assert model["partitions"] == 2 and model["pinned"] is None
+        if pool:  # one pool worker (the fewest) serves both models, following its assignment
+            (worker,) = [w for w in report["workers"] if w["state"] == "ready"]
+            assert sorted(worker["models"]) == list(models) and worker["follows"], worker
+            assert worker["id"].startswith("pool-")
+        else:
+            assert any(w["models"] == ["tiny"] and w["state"] == "ready" for w in report["workers"])
         assert report["stack"]["autoscale"] and report["gpus"][0]["total"] == 0
         assert run(env, "reload").stdout.startswith("the stack autoscales")
 
@@ -115,6 +127,7 @@ def test_autoscaled_up_serves_a_model_registered_later(tmp_path: Path) -> None:
             up.kill()
             up.wait()
     assert up.returncode == 0, out
+    assert ("a pool of 1..2 multi-model workers" in out) is pool, out
     assert processes_with_env(f"FLEET_HOME={tmp_path}") == []
 
 
@@ -122,5 +135,5 @@ def test_placement_without_the_autoscaler_is_refused_before_anything_starts(tmp_
     env = clean_env(tmp_path)
     result = run(env, "up", "--port", "0", "--placement", "--no-autoscale", timeout_s=30)
     assert result.returncode != 0
-    assert "--placement runs the autoscaler's scheduler" in result.stderr
+    assert "--placement runs the autoscaler; it cannot go with --no-autoscale" in result.stderr
     assert StackInfo.read(tmp_path) is None and not (tmp_path / "logs").exists()

@@ -14,6 +14,9 @@ from fleet.local.services import (
     autoscaler_env,
     base_env,
     gateway_env,
+    pool_budget_mb,
+    pool_env,
+    pool_max_workers,
     recreate_topics,
     registered_models,
     worker_env,
@@ -58,6 +61,26 @@ def test_autoscaler_env_autoscaled_and_placed() -> None:
     assert (placed["FLEET_AUTOSCALER_PLACEMENT"], placed["FLEET_AUTOSCALER_MIN_REPLICAS"]) == ("true", "1")
     assert placed["FLEET_AUTOSCALER_MODELS"] == "" and "FLEET_AUTOSCALER_MAX_REPLICAS" not in placed
     assert placed["FLEET_WORKER_DEVICE"] == "cuda:0"
+
+
+def test_pool_env_sizes_the_pool_and_the_workers_budget_from_the_machine() -> None:
+    gib = 1 << 30
+    env = autoscaler_env({}, config(pool=True, workers=0, max_workers=4), "/l")
+    assert env["FLEET_AUTOSCALER_POOL"] == "true"
+    assert (env["FLEET_AUTOSCALER_POOL_MIN_WORKERS"], env["FLEET_AUTOSCALER_POOL_MAX_WORKERS"]) == ("0", "4")
+    assert env["FLEET_AUTOSCALER_MIN_REPLICAS"] == "0"  # no fewest workers: idle models go to zero
+    assert pool_budget_mb(16 * gib, 4) == 2048.0  # half of 16 GiB over 4 workers
+    assert pool_budget_mb(0, 4) == 0.0  # memory unknown: unlimited
+    sized = pool_env(config(pool=True, workers=1, max_workers=2), memory_bytes=8 * gib)
+    assert sized["FLEET_WORKER_MEMORY_BUDGET_MB"] == "2048"
+    assert sized["FLEET_AUTOSCALER_POOL_WORKER_MEMORY_MB"] == "2252.8"  # x (1 + 10 % overcommit)
+    assert (sized["FLEET_AUTOSCALER_MIN_REPLICAS"], sized["FLEET_AUTOSCALER_MAX_REPLICAS"]) == ("1", "2")
+    own = StackConfig(home=Path("/tmp/home"), pool=True, env={"FLEET_WORKER_MEMORY_BUDGET_MB": "300"})
+    mine = pool_env(own, memory_bytes=8 * gib)
+    assert mine["FLEET_WORKER_MEMORY_BUDGET_MB"] == "300"  # the caller's budget wins
+    assert pool_max_workers(config(pool=True, workers=1), cpus=2) == 2
+    assert pool_max_workers(config(pool=True, workers=1), cpus=64) == 4
+    assert pool_max_workers(config(pool=True, workers=6), cpus=2) == 6
 
 
 def test_worker_env_carries_mode_id_and_device() -> None:

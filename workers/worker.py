@@ -23,6 +23,7 @@ from schemas import FleetError, Names, SchemaError
 from schemas.eventloop import AsyncService
 from schemas.topics import ensure_model_topics
 
+from . import proctitle
 from .artifact_cache import ArtifactCache, default_cache_dir
 from .assignment import Apply, AssignmentWatcher, read_assignment, worker_labels
 from .consumer import ModelConsumer
@@ -277,6 +278,7 @@ class Worker(AsyncService):
             await self._heartbeat.set_state(WorkerState.READY)
         self._ready.set()
         log.info("worker %s ready", self.id)
+        await proctitle.keep_title(self, self.settings.heartbeat_interval_s)  # `ps` shows what it serves
 
     def _routine_done(self, task: asyncio.Task[None]) -> None:
         retired = task in self._retired

@@ -176,7 +176,11 @@ class ServiceabilityView:
         if cached is not None and (cached.state is not Serviceability.UNAVAILABLE):
             return cached
         async with self._lock:
-            fresh = self._cached(record, asked, since=asked)
+            # A positive verdict read while this caller waited for the lock answers it too: otherwise every
+            # request that arrived during a refresh read Redis again, one after another under the lock.
+            fresh = self._cached(record, self._clock())
+            if fresh is None or fresh.state is Serviceability.UNAVAILABLE:
+                fresh = self._cached(record, asked, since=asked)
             if fresh is not None:
                 return fresh
             try:

@@ -56,6 +56,12 @@ async def test_pool_wakes_grows_for_a_hot_model_and_drains_when_idle(
             return len([w for w in status.get("workers", "").split(",") if w]) == 2
 
         await wait_until(on_two_workers, 30, "the hot model placed on both pool workers")
+
+        def titles() -> list[str]:  # what `ps` shows (workers.proctitle)
+            return [Path(f"/proc/{w.pid}/cmdline").read_bytes().split(b"\0")[0].decode() for w in runner.workers()]
+
+        expected = [f"fleet-worker {w.worker_id} pool: 1 models, " for w in runner.workers()]
+        await wait_until(lambda: all(t.startswith(e) for t, e in zip(titles(), expected, strict=True)), 10, "titles")
         keys = [names.result_key(r.id) for r in requests]
 
         async def all_results() -> bool:

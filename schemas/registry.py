@@ -33,7 +33,12 @@ class Framework(StrEnum):
 
     ONNX = "onnx"  # an .onnx file, run by ONNX Runtime
     TORCHSCRIPT = "torchscript"  # a TorchScript archive (torch.jit.save)
-    TORCH = "torch"  # a state_dict checkpoint + a ``module:function`` factory that builds the nn.Module
+    TORCH = "torch"  # a state dict (torch.save or safetensors) + a ``module:function`` factory building the module
+    TORCH_EXPORT = "torch-export"  # a torch.export archive (.pt2, torch.export.save)
+    PYTHON = "python"  # any Python class ``module:Class`` built with the artifact's path (workers.runtimes.python)
+    SKLEARN = "sklearn"  # a scikit-learn estimator saved with skops (never pickle)
+    XGBOOST = "xgboost"  # an XGBoost booster saved as JSON or UBJ
+    LIGHTGBM = "lightgbm"  # a LightGBM model text file
 
 
 class RegistryError(FleetError):
@@ -70,19 +75,23 @@ class ModelRecord:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     batching: BatchingConfig = BatchingConfig()
-    factory: str | None = None  # "module:function" for Framework.TORCH
+    factory: str | None = None  # "module:function" for Framework.TORCH, "module:Class" for Framework.PYTHON
     labels: dict[str, str] = field(default_factory=dict)
     size_bytes: int = 0  # artifact size until a worker measures the loaded footprint
     size_measured: bool = False
     example: tuple[Tensor, ...] = ()  # example inputs used by `fleet models verify`
     created_ms: float = field(default_factory=now_ms)
     v: int = ENVELOPE_VERSION
+    #: Framework.SKLEARN: the types beyond skops' defaults that its loader may build (listed at registration).
+    trusted_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
         check_version(self.version)
         if self.framework is Framework.TORCH and not self.factory:
             raise SchemaError("a torch checkpoint needs a factory 'module:function'", code=ErrorCode.INVALID_REQUEST)
+        if self.framework is Framework.PYTHON and not self.factory:
+            raise SchemaError("a python model needs a factory 'module:Class'", code=ErrorCode.INVALID_REQUEST)
         if not self.inputs or not self.outputs:
             raise SchemaError("a model needs at least one input and one output", code=ErrorCode.INVALID_REQUEST)
         if self.batching.max_batch_size > 1:
@@ -100,7 +109,7 @@ class ModelRecord:
 
     def identity(self) -> tuple[Any, ...]:
         """What must match for a re-register of the same version to be accepted as a no-op."""
-        return (self.framework, self.sha256, self.inputs, self.outputs, self.factory)
+        return (self.framework, self.sha256, self.inputs, self.outputs, self.factory, self.trusted_types)
 
     def to_bytes(self) -> bytes:
         return pack(
@@ -120,6 +129,7 @@ class ModelRecord:
                 "size_measured": self.size_measured,
                 "example": [t.to_wire() for t in self.example],
                 "created_ms": self.created_ms,
+                "trusted_types": list(self.trusted_types),
             }
         )
 
@@ -154,7 +164,17 @@ class ModelRecord:
             example=tuple(Tensor.from_wire(t) for t in (obj.get("example") or [])),
             created_ms=read(obj, "created_ms", float),
             v=obj["v"],
+            trusted_types=_strings(obj.get("trusted_types"), "trusted_types"),
         )
+
+
+def _strings(value: Any, name: str) -> tuple[str, ...]:
+    """A list-of-strings field (absent in older records: empty)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SchemaError(f"field {name!r} must be a list of strings")
+    return tuple(value)
 
 
 class ModelRegistry:

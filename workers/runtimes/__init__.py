@@ -1,4 +1,5 @@
-"""Model runtimes: ONNX Runtime and PyTorch behind one ``Runtime`` contract, and the checked loader."""
+"""Model runtimes: ONNX Runtime, PyTorch, Python classes, scikit-learn, XGBoost and LightGBM behind one
+``Runtime`` contract, and the checked loader."""
 
 from __future__ import annotations
 
@@ -12,24 +13,59 @@ from schemas.tensors import decode_bytes_elements, decode_text, element_count
 from ..errors import ModelLoadError
 from .base import Runtime, choose_device
 from .onnx import OnnxRuntime
+from .python import PermanentModelError, PythonRuntime, TransientModelError, batchable, import_factory, texts
+from .tabular import (
+    LightGBMRuntime,
+    SklearnRuntime,
+    XGBoostRuntime,
+    booster_kind,
+    lightgbm_objective,
+    output_problem,
+    xgboost_objective,
+)
 from .torch import TorchRuntime
 
 __all__ = [
+    "LightGBMRuntime",
     "OnnxRuntime",
+    "PermanentModelError",
+    "PythonRuntime",
     "Runtime",
+    "SklearnRuntime",
     "TorchRuntime",
+    "TransientModelError",
+    "XGBoostRuntime",
+    "batchable",
+    "booster_kind",
     "bytes_input_problems",
     "choose_device",
+    "import_factory",
+    "lightgbm_objective",
     "load_runtime",
+    "output_problem",
     "runtime_class",
+    "texts",
+    "xgboost_objective",
 ]
 
 log = logging.getLogger("fleet.workers")
 
 
+_RUNTIMES: dict[Framework, type[Runtime]] = {
+    Framework.ONNX: OnnxRuntime,
+    Framework.TORCHSCRIPT: TorchRuntime,
+    Framework.TORCH: TorchRuntime,
+    Framework.TORCH_EXPORT: TorchRuntime,
+    Framework.PYTHON: PythonRuntime,
+    Framework.SKLEARN: SklearnRuntime,
+    Framework.XGBOOST: XGBoostRuntime,
+    Framework.LIGHTGBM: LightGBMRuntime,
+}
+
+
 def runtime_class(framework: Framework) -> type[Runtime]:
     """The Runtime class that serves ``framework``."""
-    return OnnxRuntime if framework is Framework.ONNX else TorchRuntime
+    return _RUNTIMES[framework]
 
 
 def bytes_input_problems(record: ModelRecord, requests: Sequence[Sequence[Tensor]]) -> list[str | None]:

@@ -1,4 +1,5 @@
-"""PyTorch backend: TorchScript archives, and state_dict checkpoints built by a ``module:function`` factory.
+"""PyTorch backend: TorchScript archives, ``torch.export`` archives (.pt2), and state dicts (``torch.save``
+checkpoints or safetensors files) loaded into the module a ``module:function`` factory builds.
 
 torch is imported only when such a model is loaded, so the worker runs without it.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas import Framework
+from schemas.artifact_formats import is_safetensors
 
 from ..errors import ModelExecutionError, ModelLoadError
 from .base import Arrays, Runtime, cast_outputs, choose_device, map_positionally
@@ -43,9 +45,13 @@ class TorchRuntime(Runtime):
                     # torch >= 2.10 deprecates TorchScript, but registered archives must keep loading.
                     warnings.simplefilter("ignore", DeprecationWarning)
                     module = torch.jit.load(self.record.artifact, map_location=device)
+                module.eval()
+            elif self.record.framework is Framework.TORCH_EXPORT:
+                # An exported program is already in inference form (its module refuses eval()).
+                module = torch.export.load(self.record.artifact).module().to(device)
             else:
                 module = self._build(torch, device)
-            module.eval()
+                module.eval()
         except ModelLoadError:
             raise
         except Exception as exc:  # torch raises many unrelated types for bad archives
@@ -60,7 +66,15 @@ class TorchRuntime(Runtime):
             raise ModelLoadError(self.record.name, self.record.version, f"bad factory {self.record.factory!r}")
         factory = getattr(importlib.import_module(module_name), function)
         module = factory()
-        state = torch.load(self.record.artifact, map_location=device, weights_only=True)
+        if is_safetensors(self.record.artifact):
+            try:
+                from safetensors.torch import load_file
+            except ImportError as exc:
+                problem = "safetensors is not installed (pip install inference-fleet[torch])"
+                raise ModelLoadError(self.record.name, self.record.version, problem) from exc
+            state = load_file(self.record.artifact, device=device)
+        else:
+            state = torch.load(self.record.artifact, map_location=device, weights_only=True)
         module.load_state_dict(state)
         return module.to(device)
 

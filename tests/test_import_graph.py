@@ -35,6 +35,7 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     # "it loads here" means "a worker will load it" (a function-level import: only `fleet models` pays for it).
     ("fleet.models.checks", "workers.errors"): "the worker's runtime loader checks an artifact",
     ("fleet.models.checks", "workers.runtimes"): "the worker's runtime loader checks an artifact",
+    ("fleet.models.checks_frameworks", "workers.runtimes"): "the runtimes' readers of boosters and Python classes",
 }
 
 

@@ -51,12 +51,21 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     reg.add_argument(
         "--artifact",
         required=True,
-        help="model file (.onnx, TorchScript or checkpoint): a local path, or an http(s):// URL the workers "
-        "download from (e.g. a pre-signed object-store URL)",
+        help="model file (.onnx, .pt2, TorchScript, a torch checkpoint or .safetensors, .skops, an XGBoost .json/.ubj, "
+        "a LightGBM model .txt, or any file a --framework python class reads): a local path, or an http(s):// URL "
+        "the workers download from (e.g. a pre-signed object-store URL)",
     )
     reg.add_argument("--version", help="version label (default: the next integer)")
-    reg.add_argument("--framework", choices=[f.value for f in Framework], help="default: from the file suffix")
-    reg.add_argument("--factory", help="module:function that builds the nn.Module (framework torch)")
+    reg.add_argument("--framework", choices=[f.value for f in Framework], help="default: inferred from the artifact")
+    reg.add_argument(
+        "--factory",
+        help="module:function that builds the nn.Module (framework torch), or module:Class serving the model "
+        "(framework python)",
+    )
+    reg.add_argument(
+        "--trust", action="append", default=[], metavar="TYPE",
+        help="a type the skops file may hold beyond skops' defaults (framework sklearn; repeat per type)",
+    )  # fmt: skip
     reg.add_argument("--input", action="append", type=tensor_spec_arg, default=[], metavar="NAME:TYPE:DIMS")
     reg.add_argument("--output", action="append", type=tensor_spec_arg, default=[], metavar="NAME:TYPE:DIMS")
     batching = BatchingConfig()
@@ -130,6 +139,7 @@ async def register(target: Target, args: argparse.Namespace) -> int:
             labels=dict(args.label),
             example=_load_example(args.example) if args.example else (),
             load=True,
+            trusted_types=tuple(args.trust),
         )
         await ensure_model_topics(target.settings.kafka, target.names, args.name, args.partitions)
         created = await registry.register(record, make_default=args.default)
@@ -198,6 +208,7 @@ def record_json(record: ModelRecord, default: str | None) -> dict[str, Any]:
             "max_queue_delay_ms": record.batching.max_queue_delay_ms,
         },
         "factory": record.factory,
+        "trusted_types": list(record.trusted_types),
         "labels": record.labels,
         "size_bytes": record.size_bytes,
         "size_measured": record.size_measured,

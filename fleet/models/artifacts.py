@@ -17,17 +17,28 @@ from schemas import (
     TensorSpec,
     sha256_file,
 )
+from schemas.artifact_formats import is_safetensors
 from schemas.artifact_source import artifact_suffix, download, is_remote
 from schemas.errors import ErrorCode
 
 from .checks import (
     check_declared,
     check_onnx_file,
+    check_serves,
     check_torch_archive,
-    check_torch_serves,
     check_torch_specs,
     onnx_session_signature,
     refuse,
+)
+from .checks_frameworks import (
+    Found,
+    cannot_infer_signature,
+    check_tabular_specs,
+    check_trusted,
+    framework_signature,
+    infer_framework,
+    is_tabular,
+    python_class_signature,
 )
 
 
@@ -44,13 +55,17 @@ def build_record(
     labels: dict[str, str] | None = None,
     example: tuple[Tensor, ...] = (),
     load: bool = False,
+    trusted_types: tuple[str, ...] = (),
 ) -> ModelRecord:
-    """A ModelRecord for an artifact; ONNX signatures are discovered when not given.
+    """A ModelRecord for an artifact; the framework and signature are inferred where the artifact says them.
 
     SchemaError (one line, the fix named) for an artifact that cannot serve as declared: an ONNX file
     that does not load, keeps external data, has sequence/map types or contradicts the declared specs;
-    a checkpoint given as TorchScript or the reverse; BYTES on a torch model. With ``load`` a torch model
-    is also loaded and run on a dummy batch whose outputs must fit the signature (``fleet models register``).
+    a checkpoint given as TorchScript or the reverse; BYTES on a torch model; a skops file holding types
+    not in ``trusted_types``; a framework or signature that can be neither inferred nor is given (the
+    flag to supply named). With ``load`` every model but ONNX is also loaded and run on a dummy batch
+    whose outputs must fit the signature (``fleet models register``); a Python class that declares
+    ``batchable = False`` is then registered with a batch size of 1.
 
     A local artifact is recorded by its absolute path; an ``http(s)://`` URL is downloaded once (to a
     temporary file) for its hash, size and signature and recorded as the URL, which workers download
@@ -58,7 +73,7 @@ def build_record(
     """
     options: dict[str, Any] = dict(
         framework=framework, inputs=inputs, outputs=outputs, factory=factory, batching=batching, labels=labels,
-        load=load,
+        load=load, trusted_types=trusted_types,
     )
     if is_remote(str(artifact)):
         url = str(artifact)
@@ -71,28 +86,38 @@ def build_record(
     if not path.is_file():
         raise SchemaError(f"artifact {str(path)!r} does not exist", code=ErrorCode.INVALID_REQUEST)
     if framework is None:
-        framework = (
-            Framework.ONNX if path.suffix == ".onnx" else (Framework.TORCH if factory else Framework.TORCHSCRIPT)
-        )
-    batched = (batching or BatchingConfig()).max_batch_size > 1
+        framework = infer_framework(path, factory)
+    batching = batching or BatchingConfig()
+    batched = batching.max_batch_size > 1
+    trusted_types = check_trusted(framework, path, trusted_types)
+    why = ""  # what the artifact could not say of its signature
     if framework is Framework.ONNX:
         check_onnx_file(path)
         found_in, found_out = onnx_session_signature(path)
         check_declared(inputs, found_in, "input", batched=batched)
         check_declared(outputs, found_out, "output", batched=batched)
         inputs, outputs = inputs or found_in, outputs or found_out
-        fixed = [spec for spec in (*inputs, *outputs) if batched and spec.shape and spec.shape[0] != -1]
-        if fixed:
-            raise refuse(
-                f"{path.name}: {fixed[0].describe()} has a fixed batch dimension: register with --max-batch-size 1, "
-                "or export the model with a dynamic batch dimension"
-            )
+    elif framework is Framework.PYTHON:
+        if not factory:
+            raise refuse("a python model needs --factory package.module:Class (the class that serves it)")
+        found, can_batch = python_class_signature(factory) if load else (Found(why="the class is not loaded"), True)
+        inputs, outputs, why = inputs or found.inputs, outputs or found.outputs, found.why
+        if not can_batch and batched:
+            batching, batched = BatchingConfig(1, batching.max_queue_delay_ms), False
     else:
-        check_torch_archive(path, torchscript=framework is Framework.TORCHSCRIPT)
+        if framework in (Framework.TORCH, Framework.TORCHSCRIPT) and not is_safetensors(path):
+            check_torch_archive(path, torchscript=framework is Framework.TORCHSCRIPT)
+        found = framework_signature(framework, path, trusted_types)
+        inputs, outputs, why = inputs or found.inputs, outputs or found.outputs, found.why
+        if is_tabular(framework):
+            check_tabular_specs(framework, inputs, outputs, found.has_proba)
     if not (inputs and outputs):
-        raise SchemaError(
-            f"{framework.value} models need --input and --output specs (name:DATATYPE:dims)",
-            code=ErrorCode.INVALID_REQUEST,
+        raise cannot_infer_signature(framework, why or "the artifact does not record its tensors")
+    fixed = [spec for spec in (*inputs, *outputs) if batched and spec.shape and spec.shape[0] != -1]
+    if fixed and framework in (Framework.ONNX, Framework.TORCH_EXPORT):
+        raise refuse(
+            f"{path.name}: {fixed[0].describe()} has a fixed batch dimension: register with --max-batch-size 1, "
+            "or export the model with a dynamic batch dimension"
         )
     record = ModelRecord(
         name=name,
@@ -102,14 +127,16 @@ def build_record(
         sha256=sha256_file(path),
         inputs=inputs,
         outputs=outputs,
-        batching=batching or BatchingConfig(),
+        batching=batching,
         factory=factory,
         labels=labels or {},
         size_bytes=path.stat().st_size,
         example=example,
+        trusted_types=trusted_types,
     )
     if framework is not Framework.ONNX:
-        check_torch_specs(record)
+        if framework in (Framework.TORCH, Framework.TORCHSCRIPT, Framework.TORCH_EXPORT):
+            check_torch_specs(record)
         if load:
-            check_torch_serves(record)
+            check_serves(record)
     return record

@@ -3,8 +3,9 @@ named, what a worker would otherwise fail on at the first request (or answer wro
 
 ONNX files are parsed (external data, sequence/map types) and loaded once by ONNX Runtime, and declared
 specs must agree with the file. TorchScript archives and torch checkpoints are told apart without torch
-(by their zip layout); with ``load`` they are loaded as a worker would, and a dummy batch checks the
-outputs against the signature. Every failure is a SchemaError(INVALID_REQUEST). Blocking: call from a thread.
+(by their zip layout); with ``load`` every other model is loaded as a worker would, and a dummy batch checks
+the outputs against the signature (the other frameworks' checks: ``fleet.models.checks_frameworks``).
+Every failure is a SchemaError(INVALID_REQUEST). Blocking: call from a thread.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def check_torch_specs(record: ModelRecord) -> None:
                 raise refuse(f"--{kind} {spec.describe()}: torch models take and return numeric tensors only")
 
 
-def check_torch_serves(record: ModelRecord) -> None:
+def check_serves(record: ModelRecord) -> None:
     """Load ``record`` as a worker would (on the CPU) and run one dummy batch when its input sizes are known.
 
     The batch is the record's example, else one generated row when every non-batch dimension is fixed.

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 from bench.common import git_commit, machine, write_report
 from bench.loadgen import closed_loop, cpu_seconds, ort_ceiling
 from bench.procfs import descendants
+from gateway.settings import GatewaySettings
 from schemas import BatchingConfig, ModelRegistry, Names
 from schemas.topics import ensure_model_topics
 
@@ -60,6 +63,13 @@ async def _register(stack: LocalStack, directory: Path) -> dict[str, str]:
     finally:
         await redis.aclose()
     return paths
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _worker_pid(stack: LocalStack) -> int:
@@ -113,6 +123,8 @@ async def run(
     in memory and gets slower as it grows (see ``--soak``), which a real Kafka cluster does not."""
     env = dict(os.environ)
     env.setdefault("FLEET_WORKER_INTRA_OP_THREADS", "1")
+    if "grpc_port" in {f.name for f in dataclasses.fields(GatewaySettings)}:  # a tree with the gRPC server
+        env.setdefault("FLEET_GATEWAY_GRPC_PORT", str(_free_port()))  # not 8001: other stacks may run
     report: dict[str, Any] = {
         "benchmark": "sync_http",
         "commit": git_commit(),

@@ -49,6 +49,7 @@ CASES = {
     "default": values("values.yaml"),
     "gpu": values("values.yaml", "values-gpu.yaml"),
     "all-on": values("values.yaml", **ALL_ON),
+    "pool": values("values.yaml", workers={"pools": [], "pool": {"enabled": True}}),
 }
 
 
@@ -215,3 +216,24 @@ def test_no_autoscaler_without_a_pool_for_it() -> None:
     docs = render(values("values.yaml", workers={"pools": pools}, keda={"enabled": True}, metrics=ALL_ON["metrics"]))
     assert not [d for d in docs if "autoscaler" in d["metadata"]["name"]]
     assert set(by_kind(docs, "Deployment")) == {"fleet-inference-fleet-gateway", "fleet-worker-a", "fleet-worker-b"}
+
+
+def test_pool_mode_runs_one_multi_model_deployment_that_the_autoscaler_sizes() -> None:
+    pool = {"enabled": True, "minWorkers": 0, "maxWorkers": 6, "memoryBudgetMB": 1000, "overcommitPct": 20}
+    docs = render(values("values.yaml", workers={"pools": [], "pool": pool}))
+    deployments = by_kind(docs, "Deployment")
+    worker = deployments["fleet-worker-pool"]
+    env = container_env(worker)
+    assert (env["FLEET_WORKER_MODE"], env["FLEET_WORKER_FOLLOW_ASSIGNMENT"]) == ("pool", "true")
+    assert env["FLEET_WORKER_MEMORY_BUDGET_MB"] == "1000" and "FLEET_WORKER_MODELS" not in env
+    assert "replicas" not in worker["spec"]  # the autoscaler's
+    scaler = container_env(deployments["fleet-inference-fleet-autoscaler"])
+    assert scaler["FLEET_AUTOSCALER_POOL"] == "true" and "FLEET_AUTOSCALER_MODELS" not in scaler  # every model
+    assert scaler["FLEET_AUTOSCALER_K8S_POOL_DEPLOYMENT"] == "fleet-worker-pool"
+    assert (scaler["FLEET_AUTOSCALER_POOL_MIN_WORKERS"], scaler["FLEET_AUTOSCALER_POOL_MAX_WORKERS"]) == ("0", "6")
+    assert scaler["FLEET_AUTOSCALER_POOL_WORKER_MEMORY_MB"] == "1200"
+
+
+def test_pool_mode_refuses_a_per_model_pool_scaled_by_the_autoscaler() -> None:
+    with pytest.raises(Exception, match="scaler fleet pools are refused"):
+        render(values("values.yaml", workers={"pool": {"enabled": True}}))

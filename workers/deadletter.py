@@ -1,4 +1,8 @@
-"""Dead letters: records a worker cannot answer, kept with the reason on the model's DLQ topic.
+"""Dead letters: records a worker cannot answer, kept with the reason on the namespace's dead-letter topic.
+
+The topic is shared by every model (``Names.dlq_topic``); each record's headers name the model
+(``fleet-model``) and, when the request decodes, its version (``fleet-version``), so ``fleet dlq`` shows
+one model's dead letters without decoding the others.
 
 A record lands here when it does not decode (``UNDECODABLE`` / ``UNSUPPORTED_ENVELOPE``), or when it
 decodes but cannot be answered and nobody waits for an answer (no reply address). ``send_some`` returns
@@ -14,8 +18,8 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from schemas import DeadLetter, ErrorCode, Names
-from schemas.constants import CONTENT_TYPE_MSGPACK, HEADER_CONTENT_TYPE
+from schemas import DeadLetter, ErrorCode, InferenceRequest, Names, SchemaError
+from schemas.constants import CONTENT_TYPE_MSGPACK, HEADER_CONTENT_TYPE, HEADER_MODEL, HEADER_VERSION
 
 from .errors import BackendDownError
 
@@ -39,7 +43,7 @@ def dead_letter(record: Any, code: ErrorCode, reason: str, worker: str) -> DeadL
 
 
 class DeadLetterWriter:
-    """Produces dead letters to ``names.dlq_topic(model)`` and waits until the broker has them."""
+    """Produces dead letters to ``names.dlq_topic`` (headers: the model, the version) and waits for the broker."""
 
     def __init__(self, producer: Any, names: Names) -> None:
         self._producer = producer
@@ -55,11 +59,14 @@ class DeadLetterWriter:
         """Produce ``letters`` and wait for the acks; returns those Kafka did not take (send them again)."""
         if not letters:
             return []
-        topic = self._names.dlq_topic(model)
-        headers = [(HEADER_CONTENT_TYPE, CONTENT_TYPE_MSGPACK.encode())]
+        topic = self._names.dlq_topic
+        base = [(HEADER_CONTENT_TYPE, CONTENT_TYPE_MSGPACK.encode()), (HEADER_MODEL, model.encode())]
+        # Off the event loop: a dead-lettered request may be large, and only decoding it tells its version.
+        versions = await asyncio.to_thread(lambda: [request_version(letter.value) for letter in letters])
         sent: list[tuple[DeadLetter, Any]] = []
         pending: list[DeadLetter] = []
-        for letter in letters:
+        for letter, version in zip(letters, versions, strict=True):
+            headers = [*base, (HEADER_VERSION, version.encode())] if version else base
             try:
                 future = await self._producer.send(topic, letter.to_bytes(), key=letter.key, headers=headers)
             except KafkaError as exc:
@@ -85,6 +92,14 @@ class DeadLetterWriter:
                 letter.reason,
             )
         return pending
+
+
+def request_version(value: bytes) -> str:
+    """The version of the request envelope ``value`` ("" when it does not decode)."""
+    try:
+        return InferenceRequest.from_bytes(value).version
+    except SchemaError:
+        return ""
 
 
 def _log_pending(letter: DeadLetter, exc: BaseException) -> None:

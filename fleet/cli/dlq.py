@@ -1,7 +1,9 @@
 """``fleet dlq list MODEL [--limit N]`` and ``fleet dlq replay MODEL (--id ID ... | --all) [--force]``.
 
-``list`` prints the newest dead letters of a model: position, request id, reason code, attempts, how
-many times it was replayed, when it landed, and the reason. ``replay`` re-sends the requests (see
+The dead letters of every model share the namespace's topic; each command shows and replays those of
+one model (the ``fleet-model`` header of each record). ``list`` prints the newest dead letters of a
+model: position (``partition:offset`` in the shared topic), request id, reason code, attempts, how many
+times it was replayed, when it landed, and the reason. ``replay`` re-sends the requests (see
 `fleet.cli.dlq_entries`); an entry already replayed is skipped unless ``--force``.
 """
 
@@ -73,11 +75,11 @@ async def run_list(target: Target, args: argparse.Namespace) -> int:
     finally:
         await redis.aclose()
     if not entries:
-        print(f"{target.names.dlq_topic(model)}: no dead letters")
+        print(f"{model}: no dead letters on {target.names.dlq_topic}")
         return 0
     print("\n".join(format_entries(entries, args.limit)))
     shown = min(args.limit, len(entries))
-    print(f"{len(entries)} dead letter(s) on {target.names.dlq_topic(model)}; newest {shown} shown")
+    print(f"{len(entries)} dead letter(s) of {model} on {target.names.dlq_topic}; newest {shown} shown")
     return 0
 
 

@@ -1,6 +1,8 @@
-"""Reading a model's dead-letter topic and replaying its requests (the library behind ``fleet dlq``).
+"""Reading a model's dead letters and replaying its requests (the library behind ``fleet dlq``).
 
-The topic is read from the beginning by a throwaway, group-less consumer until every partition's
+Every model's dead letters share the namespace's topic (``Names.dlq_topic``); a model's are the records
+whose ``fleet-model`` header names it (a record without one counts for the model of its request, when that
+decodes). The topic is read from the beginning by a throwaway, group-less consumer until every partition's
 position reaches the high watermark of its last fetch response (the log end that is right on every
 broker; ListOffsets is not used). Nothing is ever unpickled: a record that is not a ``DeadLetter``
 envelope, or whose request does not decode, is listed as undecodable and never replayed.
@@ -8,8 +10,9 @@ envelope, or whose request does not decode, is listed as undecodable and never r
 A replay re-publishes the stored request to its lane's request topic with ``attempt`` reset to 1, a
 new ``created_ms`` and, when it had a deadline, the same time budget from now. Its stored result (the
 error reply it got) is deleted first, so the new answer is the one kept; ``HINCRBY`` on
-``names.dlq_replays_key(model)`` records the replay, which ``list`` shows, and a dead letter already
-replayed is skipped unless forced.
+``names.dlq_replays_key(model)`` (field: the entry's ``partition:offset`` in the shared topic) records the
+replay, which ``list`` shows, and a dead letter already replayed is skipped unless forced. A replay to the
+bulk lane creates the model's bulk topic when it is missing (``schemas.topics.BulkTopics``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from schemas import (
     SchemaError,
     now_ms,
 )
-from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REPLAY, HEADER_REQUEST_ID
+from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_MODEL, HEADER_REPLAY, HEADER_REQUEST_ID
+from schemas.topics import BulkTopics
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +70,24 @@ def decode_entry(partition: int, offset: int, timestamp_ms: int, value: bytes | 
     return Entry(partition, offset, timestamp_ms, letter, request)
 
 
+def header_model(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
+    """The model a dead-letter record's ``fleet-model`` header names (None without one)."""
+    for key, value in headers or ():
+        if key == HEADER_MODEL and value:
+            return bytes(value).decode("utf-8", "replace")
+    return None
+
+
+def _of_model(entry: Entry, headers: Sequence[tuple[str, bytes]] | None, model: str) -> bool:
+    named = header_model(headers)
+    if named is not None:
+        return named == model
+    return entry.request is not None and entry.request.model == model
+
+
 async def read_entries(settings: FleetSettings, names: Names, model: str, timeout_s: float = 30.0) -> list[Entry]:
-    """Every record of ``model``'s dead-letter topic, oldest first per partition, with its replay count."""
-    topic = names.dlq_topic(model)
+    """Every dead letter of ``model`` in the namespace's dead-letter topic, oldest first per partition."""
+    topic = names.dlq_topic
     consumer = AIOKafkaConsumer(
         **settings.kafka.client_kwargs(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
     )
@@ -86,7 +105,13 @@ async def read_entries(settings: FleetSettings, names: Names, model: str, timeou
         while True:
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
             for records in batch.values():
-                entries.extend(decode_entry(r.partition, r.offset, r.timestamp, r.value) for r in records)
+                for r in records:
+                    named = header_model(r.headers)
+                    if named is not None and named != model:
+                        continue  # another model's: not decoded
+                    entry = decode_entry(r.partition, r.offset, r.timestamp, r.value)
+                    if _of_model(entry, r.headers, model):
+                        entries.append(entry)
             if await _caught_up(consumer, tps):
                 break
             if time.monotonic() > deadline:
@@ -134,6 +159,7 @@ async def replay(
 ) -> list[ReplayResult]:
     """Re-publish the requests of ``entries`` (see the module docstring); one result per entry."""
     results: list[ReplayResult] = []
+    bulk_topics = BulkTopics(settings.kafka, names)
     producer = AIOKafkaProducer(**settings.kafka.producer_kwargs())
     await producer.start()
     try:
@@ -151,6 +177,7 @@ async def replay(
             await redis.delete(names.result_key(request.id))
             key = request.id.encode()
             headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, b"1"), (HEADER_REPLAY, str(count).encode())]
+            await bulk_topics.ensure(topic)
             await producer.send_and_wait(topic, request.to_bytes(), key=key, headers=headers)
             results.append(ReplayResult(dataclasses.replace(entry, replays=count), True, topic))
     finally:

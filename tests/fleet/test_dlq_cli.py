@@ -14,6 +14,7 @@ from fleet.cli.dlq_entries import replayed_request
 from fleet.demo.modelgen import tiny_mlp
 from fleet.models.artifacts import build_record
 from schemas import DeadLetter, ErrorCode, FleetSettings, InferenceRequest, ModelRegistry, Names, now_ms
+from schemas.constants import HEADER_MODEL
 from schemas.topics import ensure_model_topics
 from tests.workers.conftest import make_request, read_replies
 from workers import Worker, WorkerSettings
@@ -63,11 +64,23 @@ async def test_list_and_replay(
         failed.to_bytes(),
     )
     bad_request = DeadLetter(ErrorCode.UNDECODABLE, "not msgpack", names.request_topic("tiny"), 1, 3, b"\xc1")
+    other = dataclasses.replace(letter, topic=names.request_topic("other"), value=b"other's request")
+    lost2 = dataclasses.replace(failed, id="lost-2")
+    untagged = DeadLetter(ErrorCode.MODEL_ERROR, "no header", names.request_topic("tiny"), 1, 4, lost2.to_bytes())
+    tiny, tagged_other = [(HEADER_MODEL, b"tiny")], [(HEADER_MODEL, b"other")]
     producer = AIOKafkaProducer(**fleet_settings.kafka.producer_kwargs())
     await producer.start()
-    try:
-        for value in (letter.to_bytes(), b"\x93not a dead letter", bad_request.to_bytes()):
-            await producer.send_and_wait(names.dlq_topic("tiny"), value, partition=0)
+    try:  # one shared topic: the dead letters of both models, interleaved
+        for value, headers in (
+            (letter.to_bytes(), tiny),
+            (other.to_bytes(), tagged_other),
+            (b"\x93not a dead letter", tiny),
+            (bad_request.to_bytes(), tiny),
+            (b"\x93no header, no model", []),
+        ):
+            await producer.send_and_wait(names.dlq_topic, value, partition=0, headers=headers)
+        # a record without the header counts for the model of its request
+        await producer.send_and_wait(names.dlq_topic, untagged.to_bytes(), partition=1)
     finally:
         await producer.stop()
     await redis_client.set(names.result_key("lost-1"), b"the error reply")
@@ -77,9 +90,13 @@ async def test_list_and_replay(
     lines = out.splitlines()
     row = next(line for line in lines if "lost-1" in line)
     assert "MODEL_ERROR" in row and " 3 " in row and "RuntimeError: boom" in row and row.startswith("0:0 ")
-    assert any(line.startswith("0:1 ") and "undecodable dead letter" in line for line in lines)
-    assert any(line.startswith("0:2 ") and "undecodable request" in line and "UNDECODABLE" in line for line in lines)
-    assert "3 dead letter(s)" in out
+    assert any(line.startswith("0:2 ") and "undecodable dead letter" in line for line in lines)
+    assert any(line.startswith("0:3 ") and "undecodable request" in line and "UNDECODABLE" in line for line in lines)
+    assert any(line.startswith("1:0 ") and "no header" in line for line in lines)
+    assert not any(line.startswith(("0:1 ", "0:4 ")) for line in lines)  # another model's; nobody's
+    assert "4 dead letter(s) of tiny" in out
+    code, out = await fleet(capsys, "dlq", "list", "other", *fleet_args)
+    assert code == 0 and "1 dead letter(s) of other" in out and "0:1 " in out and "0:0 " not in out, out
 
     settings = WorkerSettings(models=("tiny",), fleet=fleet_settings, heartbeat_interval_s=0.5)
     async with Worker(settings) as worker:
@@ -94,8 +111,11 @@ async def test_list_and_replay(
         assert code == 1 and "replayed 1x already" in out, out
         code, out = await fleet(capsys, "dlq", "replay", "tiny", "--all", "--force", *fleet_args)
         assert code == 0 and "(replay #2)" in out and out.count("skipped") == 2, out
-        replies = await read_replies(redis_client, stream, 2)
-        assert [r.id for r in replies] == ["lost-1", "lost-1"] and replies[1].error is None
+        replies = await read_replies(redis_client, stream, 3)  # 0:0 again and 1:0
+        assert sorted(r.id for r in replies) == ["lost-1", "lost-1", "lost-2"]
+        assert all(r.error is None for r in replies), [r.error for r in replies]
+    assert await redis_client.hgetall(names.dlq_replays_key("tiny")) == {b"0:0": b"2", b"1:0": b"1"}
+    assert await redis_client.exists(names.dlq_replays_key("other")) == 0
 
     code, out = await fleet(capsys, "dlq", "list", "tiny", "--limit", "1", *fleet_args)
     assert code == 0 and "newest 1 shown" in out
@@ -117,4 +137,4 @@ async def test_list_of_a_model_without_dead_letters(
     fleet_args: list[str], capsys: pytest.CaptureFixture[str], names: Names
 ) -> None:
     code, out = await fleet(capsys, "dlq", "list", "nothing-here", *fleet_args)
-    assert code == 0 and f"{names.dlq_topic('nothing-here')}: no dead letters" in out
+    assert code == 0 and f"nothing-here: no dead letters on {names.dlq_topic}" in out

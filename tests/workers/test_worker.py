@@ -23,6 +23,7 @@ from schemas import (
     Names,
     now_ms,
 )
+from schemas.constants import HEADER_MODEL, HEADER_VERSION
 from workers import Worker, WorkerSettings
 
 from .conftest import make_request, produce, read_replies
@@ -71,7 +72,7 @@ async def test_heartbeat_reports_ready_then_stopped(
         fields = await redis_client.hgetall(names.worker_key(worker.id))
         assert fields[b"state"] == b"ready" and fields[b"models"] == b"tiny" and fields[b"device"] == b"cpu"
         topics = {p.rsplit(b":", 1)[0] for p in fields[b"partitions"].split(b",")}
-        assert topics == {t.encode() for t in names.model_topics("tiny") if t != names.dlq_topic("tiny")}
+        assert topics == {names.request_topic("tiny").encode(), names.bulk_topic("tiny").encode()}
         assert await redis_client.zscore(names.workers_key, worker.id) is not None
         assert 0 < await redis_client.pttl(names.worker_key(worker.id)) <= 1500
     finally:
@@ -95,7 +96,7 @@ async def test_undecodable_record_is_dead_lettered_and_the_worker_carries_on(
     (reply,) = await read_replies(redis_client, stream, 1)
     assert reply.error is None
     dlq = AIOKafkaConsumer(
-        names.dlq_topic("tiny"), **{**fleet_settings.kafka.client_kwargs(), "auto_offset_reset": "earliest"}
+        names.dlq_topic, **{**fleet_settings.kafka.client_kwargs(), "auto_offset_reset": "earliest"}
     )
     await dlq.start()
     try:
@@ -104,6 +105,7 @@ async def test_undecodable_record_is_dead_lettered_and_the_worker_carries_on(
     finally:
         await dlq.stop()
     letter = DeadLetter.from_bytes(record.value)
+    assert dict(record.headers)[HEADER_MODEL] == b"tiny" and HEADER_VERSION not in dict(record.headers)
     assert letter.code is ErrorCode.UNDECODABLE and "msgpack" in letter.reason
     assert letter.value == garbage and letter.worker == worker.id
     assert (letter.topic, letter.partition, letter.offset) == (meta.topic, meta.partition, meta.offset)

@@ -13,6 +13,9 @@ request's deadline is the deadline in its envelope: a record that lands after th
 is answered DEADLINE_EXCEEDED by the worker without running) and never answers 503 for a record that
 may still land. A failed delivery is a 503 for that request.
 
+A model's bulk-lane topic is created on first use: the first publish to it (``schemas.topics.BulkTopics``,
+with ``names``) creates it when it is missing, within ``timeout_s`` (503 otherwise), and later ones skip that.
+
 The breaker (answer 503 at once, no request waits on a dead broker) trips only on evidence that the
 cluster is unreachable: a failed publish, or one slower than ``timeout_s``, makes the publisher ask the
 cluster for metadata, and only when that fails do publishes fail fast, until a background metadata
@@ -32,8 +35,9 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from common import Backoff, BackoffPolicy
-from schemas import ENVELOPE_VERSION, InferenceRequest, KafkaSettings
+from schemas import ENVELOPE_VERSION, FleetError, InferenceRequest, KafkaSettings, Names
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
+from schemas.topics import BulkTopics
 
 from .errors import BackendDownError, OverloadedError, PayloadTooLargeError
 from .limits import check_queued_size
@@ -49,8 +53,12 @@ _PROBE_INTERVAL_S = 0.25
 class RequestPublisher:
     """One shared AIOKafkaProducer for every request of the process."""
 
-    def __init__(self, kafka: KafkaSettings, timeout_s: float, max_bytes: int | None = None) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, timeout_s: float, max_bytes: int | None = None, names: Names | None = None
+    ) -> None:
         self._kafka = kafka
+        #: Creates bulk-lane topics on their first publish (None: every topic is taken to exist).
+        self._bulk_topics = BulkTopics(kafka, names) if names is not None else None
         self._timeout_s = timeout_s
         if max_bytes is None or max_bytes > kafka.max_request_bytes:
             self._max_bytes, self._limit_name = kafka.max_request_bytes, "FLEET_KAFKA_MAX_REQUEST_BYTES"
@@ -106,6 +114,8 @@ class RequestPublisher:
         headers = [(HEADER_REQUEST_ID, key), _VERSION_HEADER]
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
         check_queued_size(size, self._max_bytes, self._limit_name)
+        if self._bulk_topics is not None:
+            await self._ensure_topic(self._bulk_topics, topic)
         try:
             async with asyncio.timeout(self._timeout_s):
                 delivery = await producer.send(topic, value, key=key, headers=headers)
@@ -127,6 +137,18 @@ class RequestPublisher:
             raise BackendDownError("kafka", f"publishing to {topic} failed: {exc}") from exc
         delivery.add_done_callback(_retrieve)  # also when the caller stops waiting (its deadline passed)
         await self._delivered(topic, delivery)
+
+    async def _ensure_topic(self, bulk_topics: BulkTopics, topic: str) -> None:
+        """Create ``topic`` when it is a missing bulk-lane topic (503 when that fails or takes over ``timeout_s``)."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await bulk_topics.ensure(topic)
+        except TimeoutError:
+            raise BackendDownError(
+                "kafka", f"creating topic {topic} took over {self._timeout_s:g} s (the request was not queued)"
+            ) from None
+        except FleetError as exc:
+            raise BackendDownError("kafka", f"{exc.message} (the request was not queued)") from exc
 
     async def _delivered(self, topic: str, delivery: asyncio.Future[Any]) -> None:
         """Wait for aiokafka's report on a handed-over record; 503 only when it says the record failed."""

@@ -132,7 +132,9 @@ class Worker(AsyncService):
             return
         for model in models:
             try:
-                await ensure_model_topics(fleet.kafka, self.names, model)
+                # bulk=True: the bulk lane subscribes by name, and that would auto-create a missing bulk topic
+                # with the broker's default partition count (created here with the request topic's count).
+                await ensure_model_topics(fleet.kafka, self.names, model, bulk=True)
             except FleetError as exc:
                 log.warning("could not check the topics of %s: %s", model, exc.message)
         producer = AIOKafkaProducer(**fleet.kafka.producer_kwargs())
@@ -224,7 +226,7 @@ class Worker(AsyncService):
                 break
             consumer = self._new_consumer(model)
             try:
-                await ensure_model_topics(self.settings.fleet.kafka, self.names, model)
+                await ensure_model_topics(self.settings.fleet.kafka, self.names, model, bulk=True)
                 if self.settings.preload:
                     await consumer.preload()
                 await consumer.start()

@@ -89,7 +89,9 @@ class FleetProducer(AsyncService):
         self._delete_stream = delete_stream
         self._routing_ttl_s = routing_ttl_s
         self._table = PendingTable(max_in_flight, timeout_s)
-        self._sender = RequestSender(settings.kafka, linger_ms=linger_ms, max_batch_bytes=max_batch_bytes)
+        self._sender = RequestSender(
+            settings.kafka, linger_ms=linger_ms, max_batch_bytes=max_batch_bytes, names=self._names
+        )
         self._reader: ReplyStream | None = None
         if reply is ReplyKind.STREAM:
             self._reader = ReplyStream(

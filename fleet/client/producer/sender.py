@@ -5,7 +5,8 @@ tracks delivery with a callback), so many requests share one produce request. Re
 over the topic's partitions: the same spread as hashing the key, without aiokafka's pure-Python murmur2.
 ``linger_ms`` and ``max_batch_bytes`` (per partition) let aiokafka fill bigger produce requests: with
 aiokafka's 16 KiB default a full batch makes ``send()`` wait, which caps a one-row-per-record stream well
-below 10,000 records/s. Kafka errors come out as ``BackendUnavailableError``.
+below 10,000 records/s. Kafka errors come out as ``BackendUnavailableError``. The first send to a model's
+bulk-lane topic creates it when it is missing (``schemas.topics.BulkTopics``, given ``names``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from schemas import ENVELOPE_VERSION, BackendUnavailableError, KafkaSettings
+from schemas import ENVELOPE_VERSION, BackendUnavailableError, FleetError, KafkaSettings, Names
 from schemas.constants import HEADER_ENVELOPE_VERSION
+from schemas.topics import BulkTopics
 
 _VERSION_HEADER = [(HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())]
 
@@ -26,8 +28,16 @@ _VERSION_HEADER = [(HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())]
 class RequestSender:
     """One ``AIOKafkaProducer`` sending request envelopes; ``start()`` once, ``stop()`` (idempotent) flushes."""
 
-    def __init__(self, kafka: KafkaSettings, *, linger_ms: int = 5, max_batch_bytes: int = 256 * 1024) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        linger_ms: int = 5,
+        max_batch_bytes: int = 256 * 1024,
+        names: Names | None = None,
+    ) -> None:
         self._kafka = kafka
+        self._bulk_topics = BulkTopics(kafka, names) if names is not None else None
         self._options = {"linger_ms": linger_ms, "max_batch_size": max_batch_bytes}
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
@@ -82,6 +92,11 @@ class RequestSender:
             await self._producer.flush()
 
     async def _topic_partitions(self, producer: AIOKafkaProducer, topic: str) -> list[int]:
+        if self._bulk_topics is not None:  # before asking for its partitions: that would auto-create it
+            try:
+                await self._bulk_topics.ensure(topic)
+            except FleetError as exc:
+                raise BackendUnavailableError(exc.message) from exc
         partitions = sorted(await producer.partitions_for(topic))
         if not partitions:
             raise KafkaError(f"topic {topic} has no partitions")

@@ -41,6 +41,17 @@ def label_arg(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def partitions_arg(text: str) -> int:
+    """argparse type of ``--partitions``: a whole number >= 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"partitions must be a whole number >= 1, not {text!r}")
+    return count
+
+
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``models`` and its subcommands to the top-level subparsers."""
     models = commands.add_parser("models", help="manage the model registry", parents=[common])
@@ -74,7 +85,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     reg.add_argument("--label", action="append", type=label_arg, default=[], metavar="KEY=VALUE")
     reg.add_argument("--example", type=Path, help=".npz of example inputs (by input name) kept for verify")
     reg.add_argument("--default", action="store_true", help="make this version the default")
-    reg.add_argument("--partitions", type=int, help="partitions of a new request topic")
+    reg.add_argument(
+        "--partitions",
+        type=partitions_arg,
+        help="partitions of the model's request topic when it is created (default FLEET_KAFKA_PARTITIONS): the most "
+        "workers that can serve the model at once; its bulk topic gets as many",
+    )
     reg.set_defaults(handler=register)
 
     bulk = sub.add_parser(

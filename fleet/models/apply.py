@@ -14,7 +14,9 @@ A models file (YAML) is a list of entries, or a mapping with ``models:``; a dire
       batching: {max_batch_size: 8, max_queue_delay_ms: 2}
       labels: {team: risk, max_replicas: 4, memory_cap_mb: 512, gpus: "0,1"}
       example: fraud-example.npz  # example inputs kept for `fleet models verify`
-      partitions: 4               # partitions of the model's topics when they are created
+      partitions: 4               # partitions of the model's request topic when it is created (default
+                                  # FLEET_KAFKA_PARTITIONS): the most workers of the model; the bulk topic,
+                                  # created on first use, gets as many
       default: true               # make this version the default
       traffic: {2: 90, 3: 10}     # the model's split of unversioned requests
 

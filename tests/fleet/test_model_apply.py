@@ -21,7 +21,9 @@ from fleet.models.apply import (
     read_models,
 )
 from schemas import BatchingConfig, FleetSettings, Framework, ModelRecord, ModelRegistry, Names, SchemaError
+from schemas.constants import DEFAULT_PARTITIONS
 from schemas.signature import TensorSpec
+from schemas.topics import topic_partitions
 from schemas.traffic import TrafficSplit
 
 from .cli_util import connection_args
@@ -301,7 +303,7 @@ async def test_apply_is_idempotent_and_reports_errors_per_entry_without_half_ent
 
     code, out, _ = await fleet(capsys, "models", "apply", "-f", str(path), *fleet_args)
     assert code == 1
-    assert out.splitlines()[-1] == "applied: 3 created, 0 unchanged, 0 changed, 3 errors; 10 topics created"
+    assert out.splitlines()[-1] == "applied: 3 created, 0 unchanged, 0 changed, 3 errors; 2 topics created"
     assert await registry.models() == ["m1", "m2"]  # nothing of m3, m4 or m5: not even its topics
     assert await registry.default_version("m1") == "2"
     assert await registry.traffic("m1") == TrafficSplit.of({"1": 90, "2": 10})
@@ -351,7 +353,7 @@ async def test_apply_recreates_the_missing_topics_of_registered_models(
     admin = AIOKafkaAdminClient(**fleet_settings.kafka.client_kwargs())
     await admin.start()
     try:
-        await admin.delete_topics([names.dlq_topic("solo")])
+        await admin.delete_topics([names.request_topic("solo")])
     finally:
         await admin.close()
     code, out, _ = await fleet(capsys, "models", "apply", "-f", str(path), *fleet_args)
@@ -360,4 +362,24 @@ async def test_apply_recreates_the_missing_topics_of_registered_models(
         "= unchanged solo v1",
         "applied: 0 created, 1 unchanged, 0 changed, 0 errors; 1 topics created",
     ]
-    assert names.dlq_topic("solo") in await _topics(fleet_settings)
+    assert names.request_topic("solo") in await _topics(fleet_settings)
+
+
+@pytest.mark.integration
+async def test_apply_creates_each_request_topic_with_its_partitions_and_no_bulk_topic(
+    fleet_args: list[str], fleet_settings: FleetSettings, names: Names, tmp_path: Path, redis_client: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    tiny_mlp(tmp_path / "w.onnx", seed=5)
+    path = tmp_path / "models.yml"
+    path.write_text(
+        "- {name: hot, version: '1', artifact: w.onnx, partitions: 3}\n- {name: cold, version: '1', artifact: w.onnx}\n"
+    )
+    code, out, _ = await fleet(capsys, "models", "apply", "-f", str(path), *fleet_args)
+    assert code == 0 and out.splitlines()[-1].endswith("; 2 topics created"), out
+    wanted = [names.request_topic("hot"), names.request_topic("cold"), names.bulk_topic("hot"), names.dlq_topic]
+    assert await topic_partitions(fleet_settings.kafka, wanted) == {
+        names.request_topic("hot"): 3,
+        names.request_topic("cold"): DEFAULT_PARTITIONS,  # the CLI's settings: the small default
+        names.dlq_topic: fleet_settings.kafka.dlq_partitions,
+    }

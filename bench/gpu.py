@@ -117,8 +117,8 @@ def save_artifacts(model: Any, image: int, directory: Path, stem: str) -> dict[s
     try:
         batch = torch.export.Dim("batch", min=1, max=1024)
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        paths["torch_export"] = directory / f"{stem}.pt2"
-        torch.export.save(program, str(paths["torch_export"]))
+        paths["torch-export"] = directory / f"{stem}.pt2"
+        torch.export.save(program, str(paths["torch-export"]))
     except Exception as exc:  # an export failure only drops that column
         print(f"torch.export not available for this network here ({type(exc).__name__}: {exc})", flush=True)
     return paths

@@ -10,6 +10,7 @@ from schemas import FleetSettings, KafkaSettings, ModelRegistry, Names, load
 from schemas.topics import ensure_model_topics
 
 from .config import StackConfig
+from .servers import free_port
 
 #: Consumer-group timings that suit the embedded broker (each join waits max(1 s, session/2)).
 LOCAL_BROKER_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
@@ -32,8 +33,15 @@ def base_env(config: StackConfig, kafka_bootstrap: str, redis_url: str) -> dict[
 
 
 def gateway_env(base: Mapping[str, str], config: StackConfig, port: int) -> dict[str, str]:
-    """The gateway's: listen address and port."""
-    return {**base, "FLEET_GATEWAY_HOST": config.host, "FLEET_GATEWAY_PORT": str(port)}
+    """The gateway's: listen address, HTTP port and gRPC port (the caller's FLEET_GATEWAY_GRPC_PORT, else a free one:
+    two stacks on one machine must not both bind the default 8001)."""
+    grpc_port = base.get("FLEET_GATEWAY_GRPC_PORT") or str(free_port())
+    return {
+        **base,
+        "FLEET_GATEWAY_HOST": config.host,
+        "FLEET_GATEWAY_PORT": str(port),
+        "FLEET_GATEWAY_GRPC_PORT": grpc_port,
+    }
 
 
 #: Share of the machine's memory the pool workers' model budgets add up to (the rest: broker, Redis, gateway,

@@ -48,7 +48,13 @@ def test_the_caller_may_override_the_broker_timings() -> None:
 
 def test_gateway_env_listens_where_configured() -> None:
     env = gateway_env({"A": "1"}, config(host="0.0.0.0"), 8123)
+    grpc_port = env.pop("FLEET_GATEWAY_GRPC_PORT")
     assert env == {"A": "1", "FLEET_GATEWAY_HOST": "0.0.0.0", "FLEET_GATEWAY_PORT": "8123"}
+    assert int(grpc_port) > 0 and grpc_port != "8001"  # a free port: two stacks on a machine must not clash
+
+
+def test_gateway_env_keeps_the_callers_grpc_port() -> None:
+    assert gateway_env({"FLEET_GATEWAY_GRPC_PORT": "9001"}, config(), 8000)["FLEET_GATEWAY_GRPC_PORT"] == "9001"
 
 
 def test_autoscaler_env_autoscaled_and_placed() -> None:

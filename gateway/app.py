@@ -4,7 +4,8 @@ Lifecycle: ``start()`` binds the HTTP server and starts the backends in the back
 answers even while Kafka or Redis are down); ``stop()`` stops accepting connections, lets in-flight
 requests finish within ``shutdown_grace_s``, then closes the reply listener, the producer and Redis.
 The backends are tied to the aiohttp app's lifetime through ``cleanup_ctx``; so is the webhook
-dispatcher of async jobs (``gateway.webhooks``) when ``webhooks`` is on.
+dispatcher of async jobs (``gateway.webhooks``) when ``webhooks`` is on, and the retry relay
+(``gateway.retry_relay``) when ``retry_relay`` is on.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .openapi import add_route as add_openapi_route
 from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
+from .retry_relay import RetryRelay
 from .routes import SERVER_NAME, Backends, Routes
 from .settings import GatewaySettings
 from .webhooks import WebhookDispatcher
@@ -228,14 +230,21 @@ class Gateway(AsyncService):
         webhooks = None
         if self.settings.webhooks:
             webhooks = WebhookDispatcher(self.settings, self.names, backends.redis, self.settings.gateway_id)
+        relay = None
+        if self.settings.retry_relay:
+            relay = RetryRelay(self.settings.fleet, self.names, backends.redis, self.settings.gateway_id)
         try:
             await backends.listener.start()
             await backends.publisher.start()
             if webhooks is not None:
                 await webhooks.start()
+            if relay is not None:
+                await relay.start()
             yield
         finally:
             await backends.decoder.stop()  # no request handler is left to use it
+            if relay is not None:
+                await relay.stop()
             if webhooks is not None:
                 await webhooks.stop()
             await backends.listener.stop()

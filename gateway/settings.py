@@ -104,6 +104,11 @@ class GatewaySettings:
         "gateway, and the webhook fires with status expired.",
         30.0,
     )
+    retry_relay: bool = doc(
+        "Relay due retries from the namespace's shared retry topics to their models' request topics (every "
+        "gateway takes a share of the retry topics' partitions). Turn off only where other gateways relay them.",
+        True,
+    )
     auth: bool = doc(
         "Require an API key (Authorization: Bearer or X-API-Key; `fleet keys create`) on every route but "
         "/v2/health/*, /v2, /v2/openapi.json and /metrics. Off for the local stack; on in deploy/.",

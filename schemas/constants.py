@@ -30,6 +30,11 @@ HEADER_CONTENT_TYPE = "content-type"
 #: Set on a request re-sent by `fleet dlq replay`: how many times that dead letter has been replayed.
 HEADER_REPLAY = "fleet-replay"
 CONTENT_TYPE_MSGPACK = "application/x-msgpack"
+#: Set on a record of a shared retry topic: the model (and version) it retries and when it is due (epoch ms),
+#: so the gateways' retry relay routes it without decoding the envelope.
+HEADER_MODEL = "fleet-model"
+HEADER_VERSION = "fleet-version"
+HEADER_NOT_BEFORE = "fleet-not-before"
 
 #: Decode limits applied to every msgpack payload read from the wire.
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024

@@ -5,11 +5,15 @@ Layout for namespace ``ns`` (default ``fleet``)::
     Kafka
       {ns}.requests.{model}            request topic of a model (all versions): the interactive lane
       {ns}.bulk.{model}                bulk lane of a model (served when the interactive lane is empty)
-      {ns}.retry.{model}               interactive requests waiting for a retry (not_before_ms)
-      {ns}.bulk-retry.{model}          bulk requests waiting for a retry
+      {ns}.retry                       interactive requests of every model waiting for a retry: shared by the
+                                       namespace (FLEET_KAFKA_RETRY_PARTITIONS partitions), key = request id,
+                                       headers fleet-model, fleet-version, fleet-not-before (epoch ms)
+      {ns}.bulk-retry                  bulk requests waiting for a retry (same layout)
       {ns}.dlq.{model}                 dead letters of a model
-      {ns}.workers.{model}             consumer group of the model's workers (interactive lane + its retries)
-      {ns}.bulk-workers.{model}        consumer group of the model's workers on the bulk lane (+ its retries)
+      {ns}.workers.{model}             consumer group of the model's workers (interactive lane)
+      {ns}.bulk-workers.{model}        consumer group of the model's workers on the bulk lane
+      {ns}.retry-relay                 consumer group of the gateways' retry relay over both retry topics: it
+                                       produces each retry, once due, to its model's request topic of its lane
     Redis
       {ns}:models                      SET of registered model names
       {ns}:model:{m}:versions          SET of the model's versions
@@ -163,25 +167,30 @@ class Names:
         """Bulk-lane request topic of ``model``."""
         return f"{self.namespace}.bulk.{check_model_name(model)}"
 
-    def retry_topic(self, model: str, lane: Lane | str = Lane.INTERACTIVE) -> str:
-        """Topic where failed requests of ``lane`` wait for their next attempt (``not_before_ms``)."""
+    def retry_topic(self, lane: Lane | str = Lane.INTERACTIVE) -> str:
+        """The namespace's shared topic where failed requests of ``lane`` (every model) wait for their next try."""
         prefix = "bulk-retry" if Lane.parse(lane) is Lane.BULK else "retry"
-        return f"{self.namespace}.{prefix}.{check_model_name(model)}"
+        return f"{self.namespace}.{prefix}"
 
-    def lane_topics(self, model: str, lane: Lane | str) -> tuple[str, str]:
-        """(request topic, retry topic) of ``model`` on ``lane``: what one lane's consumer subscribes to."""
-        return self.request_topic(model, lane), self.retry_topic(model, lane)
+    def retry_topics(self) -> tuple[str, ...]:
+        """Both shared retry topics (interactive, bulk)."""
+        return tuple(self.retry_topic(lane) for lane in Lane)
+
+    @property
+    def retry_relay_group(self) -> str:
+        """Consumer group of the gateways' retry relay (`gateway.retry_relay`)."""
+        return f"{self.namespace}.retry-relay"
 
     def lane_of_topic(self, model: str, topic: str) -> Lane | None:
-        """The lane whose request or retry topic is ``topic`` (None when it is no lane topic of ``model``)."""
+        """The lane whose request topic of ``model``, or shared retry topic, is ``topic`` (else None)."""
         for lane in Lane:
-            if topic in self.lane_topics(model, lane):
+            if topic in (self.request_topic(model, lane), self.retry_topic(lane)):
                 return lane
         return None
 
     def model_topics(self, model: str) -> tuple[str, ...]:
-        """Every topic of ``model``: both lanes, their retry topics and the dead-letter topic."""
-        return (*self.lane_topics(model, Lane.INTERACTIVE), *self.lane_topics(model, Lane.BULK), self.dlq_topic(model))
+        """Every topic of ``model``: both lanes and the dead-letter topic (retry topics are shared, not per model)."""
+        return (self.request_topic(model), self.bulk_topic(model), self.dlq_topic(model))
 
     def dlq_topic(self, model: str) -> str:
         """Dead-letter topic of ``model``."""

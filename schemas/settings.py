@@ -147,7 +147,14 @@ class KafkaSettings:
     linger_ms: int = doc("Producer linger: >0 trades latency for fewer, bigger produce requests.", 0)
     compression: str = doc("Producer compression: none, gzip, snappy, lz4 or zstd.", "none")
     partitions: int = doc("Partitions of a new model topic (caps useful workers per model).", DEFAULT_PARTITIONS)
+    retry_partitions: int = doc(
+        "Partitions of each of the namespace's two shared retry topics (caps the gateways relaying retries).", 4
+    )
     replication_factor: int = doc("Replication factor of new topics.", 1)
+
+    def __post_init__(self) -> None:
+        if self.retry_partitions < 1:
+            raise SettingsError("FLEET_KAFKA_RETRY_PARTITIONS must be >= 1")
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS context when the protocol uses SSL, else None."""

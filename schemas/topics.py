@@ -2,6 +2,9 @@
 
 ``ensure_topics_for_models`` creates the topics of many models with one admin client, one topic listing and one
 CreateTopics request per batch of topics (``fleet models apply``); ``ensure_model_topics`` is the one-model form.
+Both also create the namespace's two shared retry topics (``Names.retry_topics``, ``kafka.retry_partitions`` each)
+when they are missing (``shared_topics``); ``ensure_shared_topics`` creates only those (the gateways' retry relay,
+at its start).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ async def ensure_model_topics(
     *,
     admin_client: Callable[..., Any] = AIOKafkaAdminClient,
 ) -> None:
-    """Create the topics of ``model`` (both lanes, their retry topics, dead letters) if they do not exist yet.
+    """Create the topics of ``model`` (both lanes, dead letters; and the shared retry topics) if they do not exist yet.
 
     Producing to a missing topic would auto-create it with the broker's default partition count,
     which silently caps the model's useful workers; so registration creates them explicitly. A topic the
@@ -69,15 +72,57 @@ async def ensure_topics_for_models(
 
     A topic the broker refuses (as in ``ensure_model_topics``) fails its model(s) in ``failed``; the other
     models' topics are still created. A broker that cannot be reached at all raises FleetError(BACKEND_UNAVAILABLE).
+    The shared retry topics are created too when missing; one refused fails every model of the call (their
+    retries could not be stored), and they are listed in no model's ``created``.
     """
-    if batch_topics < 1:
-        raise ValueError("batch_topics must be >= 1")
     owners: dict[str, list[str]] = {}  # topic -> the models it belongs to (a shared topic has several)
     counts: dict[str, int] = {}
     for model, count in partitions.items():
         for topic in names.model_topics(model):
             owners.setdefault(topic, []).append(model)
             counts[topic] = max(counts.get(topic, 0), count or kafka.partitions)
+    shared = shared_topics(kafka, names)
+    for topic, count in shared.items():
+        owners[topic] = list(partitions)
+        counts[topic] = count
+    missing, refused = await _create_missing(kafka, counts, batch_topics, admin_client)
+    outcome = TopicsOutcome()
+    for topic, error in refused.items():
+        for model in owners[topic]:
+            outcome.failed.setdefault(model, error)
+    created: dict[str, list[str]] = {}
+    for topic in missing:
+        if topic not in refused and topic not in shared:
+            for model in owners[topic]:
+                created.setdefault(model, []).append(topic)
+    outcome.created.update({model: tuple(topics) for model, topics in created.items()})
+    if missing:
+        log.info("created %d topics of %d models", len(missing) - len(refused), len(created))
+    return outcome
+
+
+def shared_topics(kafka: KafkaSettings, names: Names) -> dict[str, int]:
+    """The namespace's shared topics -> their partition counts: both retry topics."""
+    return dict.fromkeys(names.retry_topics(), kafka.retry_partitions)
+
+
+async def ensure_shared_topics(
+    kafka: KafkaSettings, names: Names, *, admin_client: Callable[..., Any] = AIOKafkaAdminClient
+) -> None:
+    """Create the namespace's shared topics (``shared_topics``) if they do not exist yet (FleetError as
+    ``ensure_model_topics`` when the broker refuses one or cannot be reached)."""
+    _, refused = await _create_missing(kafka, shared_topics(kafka, names), CREATE_TOPICS_BATCH, admin_client)
+    if refused:
+        raise next(iter(refused.values()))
+
+
+async def _create_missing(
+    kafka: KafkaSettings, counts: Mapping[str, int], batch_topics: int, admin_client: Callable[..., Any]
+) -> tuple[list[str], dict[str, FleetError]]:
+    """Create the topics of ``counts`` (topic -> partitions) that do not exist; returns (the missing ones, a
+    FleetError per topic the broker refused)."""
+    if batch_topics < 1:
+        raise ValueError("batch_topics must be >= 1")
     refused: dict[str, FleetError] = {}
     unsure: dict[str, FleetError] = {}  # topics of a request that raised: the broker may have created them
     kwargs = kafka.client_kwargs()
@@ -86,7 +131,7 @@ async def ensure_topics_for_models(
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        missing = [topic for topic in owners if topic not in existing]
+        missing = [topic for topic in counts if topic not in existing]
         for start in range(0, len(missing), batch_topics):
             chunk = missing[start : start + batch_topics]
             new = [NewTopic(t, num_partitions=counts[t], replication_factor=kafka.replication_factor) for t in chunk]
@@ -111,19 +156,7 @@ async def ensure_topics_for_models(
         raise FleetError(f"Kafka unavailable at {kafka.bootstrap}: {exc}", code=ErrorCode.BACKEND_UNAVAILABLE) from exc
     finally:
         await admin.close()
-    outcome = TopicsOutcome()
-    for topic, error in refused.items():
-        for model in owners[topic]:
-            outcome.failed.setdefault(model, error)
-    created: dict[str, list[str]] = {}
-    for topic in missing:
-        if topic not in refused:
-            for model in owners[topic]:
-                created.setdefault(model, []).append(topic)
-    outcome.created.update({model: tuple(topics) for model, topics in created.items()})
-    if missing:
-        log.info("created %d topics of %d models", len(missing) - len(refused), len(created))
-    return outcome
+    return missing, refused
 
 
 def _refused(response: Any) -> dict[str, FleetError]:

@@ -36,10 +36,6 @@ class Lane(Protocol):
     @property
     def consumer(self) -> Any: ...
 
-    def release_due(self) -> None: ...
-
-    def next_release_s(self) -> float | None: ...
-
     async def take(self, timeout_ms: int, max_records: int) -> list[Fetched]: ...
 
     def sort(self, data: Any) -> list[Fetched]: ...
@@ -79,8 +75,6 @@ class LaneScheduler:
 
     async def collect(self) -> tuple[list[Fetched], Lane]:
         """Records of one round and their lane: interactive first, else a bounded bulk round, else wait."""
-        for lane in (self.interactive, self.bulk):
-            lane.release_due()
         fetched = await self.interactive.take(0, self._limit)
         if fetched:
             return await self._fill(fetched), self.interactive
@@ -107,10 +101,6 @@ class LaneScheduler:
     async def _wait_any(self) -> tuple[list[Fetched], Lane]:
         """Block until either lane has records (or the poll ends); interactive wins when both do."""
         poll_ms = IDLE_POLL_MS
-        for lane in (self.interactive, self.bulk):
-            release = lane.next_release_s()
-            if release is not None:
-                poll_ms = max(1, min(poll_ms, int(release * 1000) + 1))
         waits = {
             asyncio.ensure_future(self.interactive.consumer.getmany(timeout_ms=poll_ms, max_records=self._limit)): (
                 self.interactive

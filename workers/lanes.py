@@ -1,24 +1,23 @@
-"""One priority lane of one model: its consumer group, its request and retry topics, held-back retries.
+"""One priority lane of one model: its consumer group and its request topic.
 
 Each lane has its own consumer in its own group (``Names.worker_group(model, lane)``), so records a
 lane holds in aiokafka's prefetch buffer never hold back the other lane's fetches: bulk records waiting
-in memory do not delay the next interactive fetch. ``take()`` returns decoded records; a retry whose
-``not_before_ms`` is still ahead is not returned: its partition is rewound to it and paused until it is
-due (head-of-line: retries on one partition come out in order), so nothing is committed past it.
+in memory do not delay the next interactive fetch. ``take()`` returns decoded records. Retries wait on
+the namespace's shared retry topics, not here: the gateways' retry relay (`gateway.retry_relay`) puts
+each one back on its model's request topic once it is due.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 
-from schemas import KafkaSettings, Lane, Names, now_ms
+from schemas import KafkaSettings, Lane, Names
 
 from .errors import BackendDownError, start_kafka_client
 from .handler import Fetched, decode
@@ -27,17 +26,17 @@ log = logging.getLogger("fleet.workers")
 
 
 class LaneConsumer:
-    """The consumer of one lane of one model (request topic + retry topic, one group)."""
+    """The consumer of one lane of one model (its request topic, in the lane's group)."""
 
     def __init__(self, model: str, lane: Lane, names: Names, kafka: KafkaSettings) -> None:
         self.model = model
         self.lane = lane
         self._names = names
         self._kafka = kafka
-        self.request_topic, self.retry_topic = names.lane_topics(model, lane)
+        self.request_topic = names.request_topic(model, lane)
+        #: Where this lane's failed requests wait for their next try (shared by every model of the namespace).
+        self.retry_topic = names.retry_topic(lane)
         self._consumer: AIOKafkaConsumer | None = None
-        #: Partitions of the retry topic paused until a held-back retry is due (monotonic seconds).
-        self._held: dict[TopicPartition, float] = {}
         #: Records taken from Kafka but not yet run (when a wait returned both lanes' records).
         self.carried: list[Fetched] = []
         self._partitions: list[str] = []
@@ -48,7 +47,7 @@ class LaneConsumer:
     async def start(self, listener: ConsumerRebalanceListener) -> None:
         """Join the lane's group; raises BackendDownError when Kafka is unreachable."""
         consumer = AIOKafkaConsumer(**self._kafka.consumer_kwargs(self._names.worker_group(self.model, self.lane)))
-        consumer.subscribe([self.request_topic, self.retry_topic], listener=listener)
+        consumer.subscribe([self.request_topic], listener=listener)
         await start_kafka_client(consumer, self._kafka.bootstrap)
         self._consumer = consumer
 
@@ -73,11 +72,9 @@ class LaneConsumer:
     def forget(self) -> None:
         """A rebalance: positions restart from the committed offsets, so records in memory are dropped."""
         self.carried.clear()
-        self._held.clear()
 
     def note_assignment(self, assigned: Any) -> None:
         """Record the partitions the group gave this lane."""
-        self._held.clear()
         self._partitions = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)
         self.assigned_once = True
         log.info(
@@ -90,23 +87,6 @@ class LaneConsumer:
         return list(self._partitions)
 
     # fetching --------------------------------------------------------------------
-    def next_release_s(self) -> float | None:
-        """Seconds until the first held-back retry is due (None when none is held)."""
-        if not self._held:
-            return None
-        return max(0.0, min(self._held.values()) - time.monotonic())
-
-    def release_due(self) -> None:
-        """Resume the retry partitions whose held-back record is due."""
-        if not self._held or self._consumer is None:
-            return
-        now = time.monotonic()
-        due = [tp for tp, at in self._held.items() if at <= now]
-        for tp in due:
-            del self._held[tp]
-        if due:
-            self._consumer.resume(*due)
-
     async def take(self, timeout_ms: int, max_records: int) -> list[Fetched]:
         """Records carried over first, else up to ``max_records`` fetched (waiting at most ``timeout_ms``)."""
         if self.carried:
@@ -115,28 +95,10 @@ class LaneConsumer:
         data = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return self.sort(data)
 
-    def sort(self, data: dict[TopicPartition, Sequence[Any]]) -> list[Fetched]:
-        """Decode fetched records; hold back retries that are not due yet (rewind and pause their partition)."""
-        taken: list[Fetched] = []
-        now = now_ms()
-        for tp, records in data.items():
-            for record in records:
-                item = decode(record)
-                request = item.request
-                if tp.topic == self.retry_topic and request is not None and not request.due(now):
-                    self._hold(tp, record.offset, (request.not_before_ms or now) - now)
-                    break  # the rest of this partition comes again after the seek
-                taken.append(item)
-        return taken
-
-    def _hold(self, tp: TopicPartition, offset: int, wait_ms: float) -> None:
-        consumer = self.consumer
-        try:
-            consumer.seek(tp, offset)
-        except IllegalStateError:  # the partition was revoked meanwhile: its new owner reads it
-            return
-        consumer.pause(tp)
-        self._held[tp] = time.monotonic() + wait_ms / 1000
+    @staticmethod
+    def sort(data: dict[TopicPartition, Sequence[Any]]) -> list[Fetched]:
+        """Decode fetched records, partition by partition in offset order."""
+        return [decode(record) for records in data.values() for record in records]
 
     def set_fetch_wait(self, wait_ms: int) -> None:
         """Change the fetch wait of this lane's consumer (see ``ModelConsumer._set_idle``).

@@ -33,11 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from common import Backoff
-from schemas import Lane, Names, now_ms
+from schemas import Lane, Names
 
 from .artifact_cache import ArtifactCache
 from .deadletter import DeadLetterWriter
@@ -110,7 +110,6 @@ class PoolConsumer:
         self._owned: dict[TopicPartition, OwnedPartition] = {}
         self._assigned: dict[Lane, frozenset[TopicPartition]] = {lane: frozenset() for lane in LANES}
         self._pos: dict[TopicPartition, int] = {}  # next offset to fetch, once known
-        self._held: dict[TopicPartition, float] = {}  # retry partitions paused until (monotonic s)
         self._full: set[TopicPartition] = set()  # paused: their model's queue is full
         self._counts: dict[str, int] = {}  # partitions per topic
         self._counts_at = time.monotonic()
@@ -229,14 +228,9 @@ class PoolConsumer:
             replicas[model] = sorted({w for w in text.split(",") if w} | {self.id})
         return replicas
 
-    def _topics(self, models: Iterable[str]) -> dict[str, tuple[str, Lane, bool]]:
-        topics: dict[str, tuple[str, Lane, bool]] = {}
-        for model in models:
-            for lane in LANES:
-                request, retry = self._names.lane_topics(model, lane)
-                topics[request] = (model, lane, False)
-                topics[retry] = (model, lane, True)
-        return topics
+    def _topics(self, models: Iterable[str]) -> dict[str, tuple[str, Lane]]:
+        """Request topic -> (model, lane) of each lane of ``models`` (retries come back on the request topics)."""
+        return {self._names.request_topic(model, lane): (model, lane) for model in models for lane in LANES}
 
     async def refresh(self, models: Iterable[str] | None = None) -> None:
         """One ownership round: renew or claim the partitions this worker should own, let go of the others."""
@@ -251,10 +245,10 @@ class PoolConsumer:
         topics = self._topics(models)
         counts = await self._partition_counts(topics)
         wanted: dict[TopicPartition, OwnedPartition] = {}
-        for topic, (model, lane, retry) in topics.items():
+        for topic, (model, lane) in topics.items():
             for p in owned_partitions(self.id, replicas[model], counts.get(topic, 0)):
                 group = self._names.worker_group(model, lane)
-                wanted[TopicPartition(topic, p)] = OwnedPartition(model, lane, retry, group)
+                wanted[TopicPartition(topic, p)] = OwnedPartition(model, lane, group)
         leaving = [tp for tp in self._owned if tp not in wanted]
         keep = [tp for tp in self._owned if tp in wanted]
         new = [tp for tp in wanted if tp not in self._owned]
@@ -309,7 +303,6 @@ class PoolConsumer:
         for tp in gone:
             del self._owned[tp]
             self._pos.pop(tp, None)
-            self._held.pop(tp, None)
             self._full.discard(tp)
         self._reassign()
         for name in models:
@@ -338,7 +331,7 @@ class PoolConsumer:
                 position = self._pos.get(tp)
                 if position is not None:
                     consumer.seek(tp, position)
-            paused = [tp for tp in tps if tp in self._held or tp in self._full]
+            paused = [tp for tp in tps if tp in self._full]
             if paused:
                 consumer.pause(*paused)
             self._assigned[lane] = tps
@@ -357,16 +350,11 @@ class PoolConsumer:
         consumer = self._consumers[lane]
         backoff = Backoff(BACKEND_RETRY)
         while not self._closing.is_set():
-            self._release_due(lane)
-            poll_ms = IDLE_POLL_MS
-            due = [at for tp, at in self._held.items() if tp in self._assigned[lane]]
-            if due:
-                poll_ms = max(1, min(poll_ms, int((min(due) - time.monotonic()) * 1000) + 1))
             if not self._assigned[lane]:
-                await asyncio.sleep(poll_ms / 1000)
+                await asyncio.sleep(IDLE_POLL_MS / 1000)
                 continue
             try:
-                data = await consumer.getmany(timeout_ms=poll_ms, max_records=self._settings.max_fetch_records)
+                data = await consumer.getmany(timeout_ms=IDLE_POLL_MS, max_records=self._settings.max_fetch_records)
             except KafkaError as exc:
                 pause = backoff.next()
                 log.warning("pool %s lane: fetch failed (%s); retrying in %.2fs", lane.value, exc, pause)
@@ -380,23 +368,16 @@ class PoolConsumer:
                 self._set_idle(lane, True)
 
     def _route(self, lane: Lane, data: dict[TopicPartition, list[Any]]) -> None:
-        """Sort fetched records into their models' queues; hold back retries that are not due yet."""
-        now, arrived = now_ms(), time.monotonic()
+        """Sort fetched records into their models' queues."""
+        arrived = time.monotonic()
         touched: set[str] = set()
         for tp, records in data.items():
             owned = self._owned.get(tp)
             model = self.models.get(owned.model) if owned is not None else None
-            if owned is None or model is None:
+            if owned is None or model is None or not records:
                 continue  # let go meanwhile: its new owner reads it from the committed offset
-            queue = model.queues[lane]
-            for record in records:
-                item = decode(record)
-                request = item.request
-                if owned.retry and request is not None and not request.due(now):
-                    self._hold(lane, tp, record.offset, (request.not_before_ms or now) - now)
-                    break  # the rest of this partition comes again after the seek
-                queue.append(QueuedRecord(arrived, item))
-                self._pos[tp] = record.offset + 1
+            model.queues[lane].extend(QueuedRecord(arrived, decode(record)) for record in records)
+            self._pos[tp] = records[-1].offset + 1
             touched.add(model.name)
         cap = self._settings.pool_queue_records
         for name in touched:
@@ -405,25 +386,6 @@ class PoolConsumer:
             if len(model.queues[lane]) >= cap:
                 self._pause_full(model, lane)
         self._wake.set()
-
-    def _hold(self, lane: Lane, tp: TopicPartition, offset: int, wait_ms: float) -> None:
-        consumer = self._consumers[lane]
-        try:
-            consumer.seek(tp, offset)
-            consumer.pause(tp)
-        except IllegalStateError:  # no longer assigned
-            return
-        self._pos[tp] = offset
-        self._held[tp] = time.monotonic() + wait_ms / 1000
-
-    def _release_due(self, lane: Lane) -> None:
-        now = time.monotonic()
-        due = [tp for tp, at in self._held.items() if at <= now and tp in self._assigned[lane]]
-        for tp in due:
-            del self._held[tp]
-        resume = [tp for tp in due if tp not in self._full]
-        if resume:
-            self._consumers[lane].resume(*resume)
 
     def _model_partitions(self, model: str, lane: Lane) -> list[TopicPartition]:
         return [tp for tp, o in self._owned.items() if o.model == model and o.lane is lane]
@@ -446,9 +408,7 @@ class PoolConsumer:
         tps = [tp for tp in self._model_partitions(model.name, lane) if tp in self._full]
         if tps:
             self._full.difference_update(tps)
-            resume = [tp for tp in tps if tp not in self._held]
-            if resume:
-                self._consumers[lane].resume(*resume)
+            self._consumers[lane].resume(*tps)
 
     def _note_records(self, lane: Lane) -> None:
         self._last_records[lane] = time.monotonic()
@@ -547,7 +507,7 @@ class PoolConsumer:
                 fetched, model.cache.batching_hint(version), limit, take, closing=self._closing.is_set, opened=opened
             )
         self._resume_drained(model, lane)
-        retry_topic = self._names.retry_topic(model.name, lane)
+        retry_topic = self._names.retry_topic(lane)
         group = self._names.worker_group(model.name, lane)
         spent = await model.rounds.run(fetched, lane, retry_topic, lambda done: self._commit(model.name, group, done))
         if lane is Lane.BULK:

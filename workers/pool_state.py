@@ -24,7 +24,6 @@ class OwnedPartition:
 
     model: str
     lane: Lane
-    retry: bool
     group: str
 
 

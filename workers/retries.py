@@ -1,9 +1,11 @@
 """Retries of transient model failures: which failures retry, the backoff schedule, and the decision.
 
 A batch that fails with a *retriable* error (the model raised a runtime error, not an input error)
-does not answer its requests yet: each request is re-published to its lane's retry topic with
-``attempt + 1`` and ``not_before_ms = now + backoff``. After ``max_attempts`` tries, or when the next
-try could not start before the request's deadline, the request gets its error reply and a dead letter.
+does not answer its requests yet: each request is re-published to its lane's shared retry topic
+(``Names.retry_topic(lane)``) with ``attempt + 1`` and ``not_before_ms = now + backoff``, and headers
+(`retry_headers`) that let the gateways' retry relay route it, once due, to the model's request topic
+without decoding it. After ``max_attempts`` tries, or when the next try could not start before the
+request's deadline, the request gets its error reply and a dead letter.
 Everything here is pure (the clock and the random source are arguments), so it is tested with tables.
 """
 
@@ -14,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common import BackoffPolicy
-from schemas import InferenceRequest
+from schemas import ENVELOPE_VERSION, InferenceRequest
+from schemas.constants import (
+    HEADER_ENVELOPE_VERSION,
+    HEADER_MODEL,
+    HEADER_NOT_BEFORE,
+    HEADER_REQUEST_ID,
+    HEADER_VERSION,
+)
 
 #: Exception types that say "this input cannot work", whatever the number of tries.
 _PERMANENT_TYPES: tuple[type[BaseException], ...] = (
@@ -89,3 +98,14 @@ class RetryPolicy:
                 False, why_not=f"failed on try {request.attempt}; no retry, the deadline passes before the next try"
             )
         return RetryDecision(True, not_before_ms=not_before)
+
+
+def retry_headers(model: str, request: InferenceRequest) -> list[tuple[str, bytes]]:
+    """Headers of a retry record: the usual request headers, plus the model, version and due time (epoch ms)."""
+    return [
+        (HEADER_REQUEST_ID, request.id.encode()),
+        (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode()),
+        (HEADER_MODEL, model.encode()),
+        (HEADER_VERSION, request.version.encode()),
+        (HEADER_NOT_BEFORE, str(int(request.not_before_ms or 0)).encode()),
+    ]

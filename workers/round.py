@@ -1,9 +1,9 @@
 """One round of one model's records: handle, deliver (retried through outages), commit, record metrics.
 
 The handler answers every record; all replies go out in one Redis round trip, with the dead letters
-and the retries (re-published to the lane's retry topic); only then are the offsets of exactly those
-records committed (``commit``, the caller's). If Redis or Kafka is down, delivery is retried with
-backoff and nothing is committed until it succeeds (the owner cancels the round after its drain
+and the retries (re-published to the lane's shared retry topic, see `workers.retries`); only then are the
+offsets of exactly those records committed (``commit``, the caller's). If Redis or Kafka is down, delivery
+is retried with backoff and nothing is committed until it succeeds (the owner cancels the round after its drain
 timeout, leaving the records to be redelivered). Each step happens once: a handle interrupted by a
 registry outage resumes with the records not answered yet, and a retried delivery produces only the
 dead letters and retry records Kafka did not take and delivers only the replies Redis did not store.
@@ -21,14 +21,14 @@ from typing import Any, TypeVar
 from aiokafka.errors import KafkaError
 
 from common import Backoff, BackoffPolicy
-from schemas import ENVELOPE_VERSION, BackendUnavailableError, DeadLetter, InferenceRequest, Lane, now_ms
-from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
+from schemas import BackendUnavailableError, DeadLetter, InferenceRequest, Lane, now_ms
 
 from .deadletter import DeadLetterWriter
 from .errors import BackendDownError
 from .handler import Fetched, Reply, RequestHandler, RoundOutcome
 from .metrics import WorkerMetrics
 from .replies import ReplyWriter
+from .retries import retry_headers
 from .stats import ModelStats
 
 log = logging.getLogger("fleet.workers")
@@ -99,7 +99,8 @@ class RoundRunner:
         self.stats = stats
 
     async def run(self, fetched: Sequence[Fetched], lane: Lane, retry_topic: str, commit: Commit) -> float:
-        """Handle, deliver and commit ``fetched`` (records of one lane); returns the seconds the round took."""
+        """Handle, deliver and commit ``fetched`` (records of one lane; retries go to ``retry_topic``, the lane's
+        shared retry topic); returns the seconds the round took."""
         began = time.perf_counter()
         self.stats.in_hand = len(fetched)
         self._metrics.lane_requests.labels(self.model, lane.value).inc(len(fetched))
@@ -141,8 +142,7 @@ class RoundRunner:
         sent: list[tuple[InferenceRequest, Any]] = []
         pending: list[InferenceRequest] = []
         for request in retries:
-            key = request.id.encode()
-            headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())]
+            key, headers = request.id.encode(), retry_headers(self.model, request)
             try:
                 sent.append((request, await self._producer.send(topic, request.to_bytes(), key=key, headers=headers)))
             except KafkaError as exc:

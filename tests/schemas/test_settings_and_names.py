@@ -52,11 +52,12 @@ def test_lane_names() -> None:
     assert names.request_topic("m", Lane.BULK) == names.request_topic("m", "bulk") == names.bulk_topic("m")
     assert names.bulk_topic("m") == "ns1.bulk.m"
     assert names.request_topic("m", "INTERACTIVE") == "ns1.requests.m"
-    assert names.retry_topic("m") == "ns1.retry.m" and names.retry_topic("m", Lane.BULK) == "ns1.bulk-retry.m"
+    assert names.retry_topic() == "ns1.retry" and names.retry_topic(Lane.BULK) == "ns1.bulk-retry"
+    assert names.retry_topics() == ("ns1.retry", "ns1.bulk-retry") and names.retry_relay_group == "ns1.retry-relay"
     assert names.worker_group("m", Lane.BULK) == "ns1.bulk-workers.m"
-    assert names.model_topics("m") == ("ns1.requests.m", "ns1.retry.m", "ns1.bulk.m", "ns1.bulk-retry.m", "ns1.dlq.m")
-    assert [names.lane_of_topic("m", t) for t in names.model_topics("m")] == [
-        Lane.INTERACTIVE, Lane.INTERACTIVE, Lane.BULK, Lane.BULK, None,
+    assert names.model_topics("m") == ("ns1.requests.m", "ns1.bulk.m", "ns1.dlq.m")
+    assert [names.lane_of_topic("m", t) for t in (*names.model_topics("m"), *names.retry_topics())] == [
+        Lane.INTERACTIVE, Lane.BULK, None, Lane.INTERACTIVE, Lane.BULK,
     ]  # fmt: skip
     assert names.lane_of_topic("m", "ns1.requests.other") is None
     with pytest.raises(SchemaError, match="unknown lane") as info:

@@ -129,12 +129,6 @@ class _FakeLane:
     def consumer(self) -> Any:
         return _FakeConsumer(self)
 
-    def release_due(self) -> None:
-        pass
-
-    def next_release_s(self) -> float | None:
-        return None
-
     async def take(self, timeout_ms: int, max_records: int) -> list[Fetched]:
         if self.carried:
             taken, self.carried = self.carried[:max_records], self.carried[max_records:]

@@ -32,6 +32,7 @@ from schemas import (
 )
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 from schemas.topics import ensure_model_topics
+from tests.relay import running_relay
 from workers import Worker, WorkerSettings
 
 from .conftest import make_request, read_replies
@@ -178,17 +179,23 @@ async def test_transient_failure_is_retried_then_answered(
     lane: Lane,
 ) -> None:
     await flaky_model("1", fails=2)
-    async with Worker(retry_settings) as worker:
+    async with running_relay(fleet_settings, names, redis_client), Worker(retry_settings) as worker:
         await worker.wait_ready(30)
         await produce_to(producer, names.request_topic("flaky", lane), [_flaky_request(stream, "r1", "1")])
         (reply,) = await read_replies(redis_client, stream, 1)
     assert reply.id == "r1" and reply.error is None and reply.outputs[0].shape == (1, 3)
     labels = {"model": "flaky", "version": "1"}
     assert worker.metrics.registry.get_sample_value("fleet_worker_request_retries_total", labels) == 2
-    retries = await read_topic(fleet_settings, names.retry_topic("flaky", lane), 2)
+    # Both retries waited on the lane's shared retry topic, and came back through the model's request topic.
+    retries = await read_topic(fleet_settings, names.retry_topic(lane), 2)
     tries = [InferenceRequest.from_bytes(r.value) for r in retries]
     assert [t.attempt for t in tries] == [2, 3] and all(t.id == "r1" and t.not_before_ms for t in tries)
     assert tries[1].not_before_ms > tries[0].not_before_ms  # type: ignore[operator]
+    headers = [dict(r.headers) for r in retries]
+    assert [(h["fleet-model"], h["fleet-version"]) for h in headers] == [(b"flaky", b"1")] * 2
+    assert [int(h["fleet-not-before"]) for h in headers] == [int(t.not_before_ms or 0) for t in tries]
+    relayed = await read_topic(fleet_settings, names.request_topic("flaky", lane), 3)
+    assert [InferenceRequest.from_bytes(r.value).attempt for r in relayed] == [1, 2, 3]
 
 
 async def test_exhausted_retries_answer_the_error_and_dead_letter(
@@ -201,7 +208,7 @@ async def test_exhausted_retries_answer_the_error_and_dead_letter(
     stream: str,
 ) -> None:
     await flaky_model("1", fails=100)
-    async with Worker(retry_settings) as worker:
+    async with running_relay(fleet_settings, names, redis_client), Worker(retry_settings) as worker:
         await worker.wait_ready(30)
         await produce_to(producer, names.request_topic("flaky"), [_flaky_request(stream, "doomed", "1")])
         (reply,) = await read_replies(redis_client, stream, 1)
@@ -210,7 +217,7 @@ async def test_exhausted_retries_answer_the_error_and_dead_letter(
     assert "failed on all 3 tries" in reply.error.message and "RuntimeError" in reply.error.message
     letter = DeadLetter.from_bytes(record.value)
     assert letter.code is ErrorCode.MODEL_ERROR and letter.reason == reply.error.message
-    assert letter.topic == names.retry_topic("flaky")
+    assert letter.topic == names.request_topic("flaky")  # the last try came back there through the relay
     request = InferenceRequest.from_bytes(letter.value)
     assert request.id == "doomed" and request.attempt == 3
 
@@ -248,16 +255,17 @@ async def test_a_retry_whose_deadline_passes_while_it_waits_is_reported_expired(
     flaky_model: Any,
     retry_settings: WorkerSettings,
     producer: AIOKafkaProducer,
+    fleet_settings: FleetSettings,
     names: Names,
     redis_client: Any,
     stream: str,
 ) -> None:
     await flaky_model("1", fails=100)
-    async with Worker(retry_settings) as worker:
+    async with running_relay(fleet_settings, names, redis_client), Worker(retry_settings) as worker:
         await worker.wait_ready(30)
-        # A retry record written by an earlier worker: due now, but its deadline has passed.
+        # A retry record without the relay's headers: due now (read from its envelope), but its deadline has passed.
         stale = _flaky_request(stream, "stale", "1", attempt=2, not_before_ms=now_ms() - 10, deadline_ms=now_ms() - 5)
-        await produce_to(producer, names.retry_topic("flaky", Lane.BULK), [stale])
+        await produce_to(producer, names.retry_topic(Lane.BULK), [stale])
         (reply,) = await read_replies(redis_client, stream, 1)
     assert reply.error is not None and reply.error.code is ErrorCode.DEADLINE_EXCEEDED
 
@@ -272,7 +280,7 @@ async def test_out_of_retries_then_replayed_from_the_dlq_is_answered(
     stream: str,
 ) -> None:
     await flaky_model("1", fails=3)  # exactly the three tries fail; the fourth run succeeds
-    async with Worker(retry_settings) as worker:
+    async with running_relay(fleet_settings, names, redis_client), Worker(retry_settings) as worker:
         await worker.wait_ready(30)
         await produce_to(producer, names.request_topic("flaky", Lane.BULK), [_flaky_request(stream, "again", "1")])
         (failed,) = await read_replies(redis_client, stream, 1)

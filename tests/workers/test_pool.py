@@ -131,7 +131,7 @@ async def test_one_pool_worker_serves_200_models_with_a_fixed_set_of_kafka_clien
         assert isinstance(pool, PoolConsumer) and worker.consumers == []
         # two lane consumers and one offsets client for 200 models (plus the worker's producer), no model thread
         assert len(pool.kafka_clients) == 3
-        assert len(pool.partitions) == 200 * 4 * PARTITIONS  # alone on every lane topic of every model
+        assert len(pool.partitions) == 200 * 2 * PARTITIONS  # alone on both lane topics of every model
         requests = {m: make_request(stream, x, model=m, rid=f"{m}-r") for m in models}
         for model, request in requests.items():
             await _send(producer, names.request_topic(model), [request])
@@ -172,7 +172,7 @@ async def _assign(redis: Any, names: Names, assignment: dict[str, Sequence[str]]
 
 
 async def _owners(redis: Any, names: Names, model: str) -> set[str]:
-    keys = [names.lease_key(t, p) for t in names.lane_topics(model, Lane.INTERACTIVE) for p in range(PARTITIONS)]
+    keys = [names.lease_key(names.request_topic(model, Lane.INTERACTIVE), p) for p in range(PARTITIONS)]
     return {v.decode() if isinstance(v, bytes) else str(v) for v in await redis.mget(keys) if v is not None}
 
 

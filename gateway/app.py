@@ -216,7 +216,9 @@ class Gateway(AsyncService):
             cache=RegistryCache(
                 ModelRegistry(redis, self.names), settings.registry_cache_ttl_s, settings.backend_timeout_s
             ),
-            publisher=RequestPublisher(settings.fleet.kafka, settings.backend_timeout_s, settings.max_body_bytes),
+            publisher=RequestPublisher(
+                settings.fleet.kafka, settings.backend_timeout_s, settings.max_body_bytes, names=self.names
+            ),
             listener=ReplyListener(settings.fleet.redis, self.names.reply_stream(settings.gateway_id)),
             metrics=self.metrics,
             version=_package_version(),

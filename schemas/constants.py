@@ -53,5 +53,6 @@ REPLY_STREAM_TTL_S = 600
 #: Seconds the first-result marker of a request is kept (deduplicates redelivered work).
 RESULT_TTL_S = 3600
 
-#: Default partitions of a model's request topic (caps the number of useful workers per model).
-DEFAULT_PARTITIONS = 8
+#: Default partitions of a model's request topic (caps the number of useful workers per model): small, since a
+#: fleet may hold thousands of models; registration names more for a hot model.
+DEFAULT_PARTITIONS = 2

@@ -4,12 +4,15 @@ Layout for namespace ``ns`` (default ``fleet``)::
 
     Kafka
       {ns}.requests.{model}            request topic of a model (all versions): the interactive lane
-      {ns}.bulk.{model}                bulk lane of a model (served when the interactive lane is empty)
+      {ns}.bulk.{model}                bulk lane of a model (served when the interactive lane is empty);
+                                       created by the first publisher of a bulk request (`schemas.topics`)
       {ns}.retry                       interactive requests of every model waiting for a retry: shared by the
                                        namespace (FLEET_KAFKA_RETRY_PARTITIONS partitions), key = request id,
                                        headers fleet-model, fleet-version, fleet-not-before (epoch ms)
       {ns}.bulk-retry                  bulk requests waiting for a retry (same layout)
-      {ns}.dlq.{model}                 dead letters of a model
+      {ns}.dlq                         dead letters of every model of the namespace (FLEET_KAFKA_DLQ_PARTITIONS
+                                       partitions), headers fleet-model and fleet-version (version when the
+                                       request decoded); `fleet dlq` filters it by model
       {ns}.workers.{model}             consumer group of the model's workers (interactive lane)
       {ns}.bulk-workers.{model}        consumer group of the model's workers on the bulk lane
       {ns}.retry-relay                 consumer group of the gateways' retry relay over both retry topics: it
@@ -51,7 +54,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:apikeys                     SET of every API key id (revoked ones included)
       {ns}:ratelimit:key:{key_id}      HASH token bucket of a key's rate limit (t tokens, ts ms; PEXPIRE when full)
       {ns}:ratelimit:model:{m}         HASH token bucket of a model's rate limit (`gateway.ratelimit`)
-      {ns}:dlq:{m}:replays             HASH "partition:offset" of a dead letter -> times `fleet dlq replay` re-sent it
+      {ns}:dlq:{m}:replays             HASH "partition:offset" of a dead letter of model m in {ns}.dlq -> times
+                                       `fleet dlq replay` re-sent it
       {ns}:worker:{worker_id}          HASH heartbeat of a worker (state, models, partitions)
       {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
       {ns}:residency:{worker_id}       STRING (JSON `schemas.residency.WorkerResidency`, EXPIRE 3x heartbeat):
@@ -61,10 +65,15 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}:placement:{m}               HASH placement status of a model (`autoscaler.placement_store`): state
                                        (placed, partial, schedule_failed, idle), workers, replicas, reason, ts_ms
                                        (written when it changes; the last round's time is in placements:round)
-      {ns}:lease:{topic}:{p}           STRING id of the pool worker consuming that partition (PX 3x heartbeat;
-                                       `workers.leases`: claimed when free, renewed each beat, deleted on a move)
+      {ns}:lease:{topic}:{p}           STRING id of the pool worker consuming that partition (`workers.leases`:
+                                       valid while its holder's leaseholder key exists; claimed when free or its
+                                       holder's liveness lapsed, deleted on a move; no PX of its own)
+      {ns}:leaseholder:{worker_id}     STRING liveness of a pool worker's leases (PX 3x heartbeat, refreshed
+                                       every beat): its leases are taken over once it is gone
       {ns}:placements:round            STRING epoch ms of the placement scheduler's last round (it confirmed
                                        every stored placement status then)
+      {ns}:placements:epoch            STRING counter bumped with every changed placement status (in the same
+                                       transaction): pool workers re-read their models' placements when it moved
       {ns}:stats:{m}                   ZSET worker id -> epoch ms of its last service-stats report
       {ns}:stats:{m}:{worker_id}       HASH one worker's service stats for a model (EXPIRE; fields in
                                        `schemas.stats`): written by workers, read by the autoscaler
@@ -189,12 +198,21 @@ class Names:
         return None
 
     def model_topics(self, model: str) -> tuple[str, ...]:
-        """Every topic of ``model``: both lanes and the dead-letter topic (retry topics are shared, not per model)."""
-        return (self.request_topic(model), self.bulk_topic(model), self.dlq_topic(model))
+        """The topics registration creates for ``model``: its request topic (the bulk topic comes on first use;
+        retry and dead-letter topics are shared by the namespace)."""
+        return (self.request_topic(model),)
 
-    def dlq_topic(self, model: str) -> str:
-        """Dead-letter topic of ``model``."""
-        return f"{self.namespace}.dlq.{check_model_name(model)}"
+    def bulk_model(self, topic: str) -> str | None:
+        """The model whose bulk-lane topic is ``topic`` (None for any other topic)."""
+        prefix = f"{self.namespace}.bulk."
+        if not topic.startswith(prefix) or not _MODEL_NAME.match(topic[len(prefix) :]):
+            return None
+        return topic[len(prefix) :]
+
+    @property
+    def dlq_topic(self) -> str:
+        """The namespace's dead-letter topic (every model; the model and version are in each record's headers)."""
+        return f"{self.namespace}.dlq"
 
     def worker_group(self, model: str, lane: Lane | str = Lane.INTERACTIVE) -> str:
         """Consumer group shared by the workers of ``model`` on ``lane`` (each lane has its own group)."""
@@ -293,7 +311,7 @@ class Names:
         return f"{self.namespace}:jobs:callbacks"
 
     def dlq_replays_key(self, model: str) -> str:
-        """HASH ``partition:offset`` of a dead letter of ``model`` -> how many times it was replayed."""
+        """HASH ``partition:offset`` (in ``dlq_topic``) of a dead letter of ``model`` -> times it was replayed."""
         return f"{self.namespace}:dlq:{model}:replays"
 
     def apikey_key(self, key_id: str) -> str:
@@ -330,8 +348,18 @@ class Names:
         return f"{self.namespace}:placement:{model}"
 
     def lease_key(self, topic: str, partition: int) -> str:
-        """STRING id of the pool worker that consumes ``topic`` partition ``partition`` (PX = its lease TTL)."""
+        """STRING id of the pool worker that consumes ``topic`` partition ``partition`` (valid while that
+        worker's ``lease_holder_key`` exists)."""
         return f"{self.namespace}:lease:{topic}:{partition}"
+
+    def lease_holder_key(self, worker_id: str) -> str:
+        """STRING liveness of a pool worker's partition leases (PX = the lease TTL, refreshed every beat)."""
+        return f"{self.namespace}:leaseholder:{worker_id}"
+
+    @property
+    def placement_epoch_key(self) -> str:
+        """STRING counter bumped with every changed placement status (readers re-read placements when it moved)."""
+        return f"{self.namespace}:placements:epoch"
 
     @property
     def placement_round_key(self) -> str:

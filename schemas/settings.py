@@ -146,7 +146,12 @@ class KafkaSettings:
     max_request_bytes: int = doc("Largest record a producer sends (bigger requests are refused first).", 16 << 20)
     linger_ms: int = doc("Producer linger: >0 trades latency for fewer, bigger produce requests.", 0)
     compression: str = doc("Producer compression: none, gzip, snappy, lz4 or zstd.", "none")
-    partitions: int = doc("Partitions of a new model topic (caps useful workers per model).", DEFAULT_PARTITIONS)
+    partitions: int = doc(
+        "Partitions of a new model's request topic, unless registration names a count (caps the model's useful "
+        "workers; its bulk topic, created on first use, gets as many).",
+        DEFAULT_PARTITIONS,
+    )
+    dlq_partitions: int = doc("Partitions of the namespace's shared dead-letter topic.", 2)
     retry_partitions: int = doc(
         "Partitions of each of the namespace's two shared retry topics (caps the gateways relaying retries).", 4
     )
@@ -155,6 +160,8 @@ class KafkaSettings:
     def __post_init__(self) -> None:
         if self.retry_partitions < 1:
             raise SettingsError("FLEET_KAFKA_RETRY_PARTITIONS must be >= 1")
+        if self.partitions < 1 or self.dlq_partitions < 1:
+            raise SettingsError("FLEET_KAFKA_PARTITIONS and FLEET_KAFKA_DLQ_PARTITIONS must be >= 1")
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS context when the protocol uses SSL, else None."""

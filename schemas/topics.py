@@ -3,19 +3,26 @@
 ``ensure_topics_for_models`` creates the topics of many models with one admin client, one topic listing and one
 CreateTopics request per batch of topics (``fleet models apply``); ``ensure_model_topics`` is the one-model form.
 Both also create the namespace's two shared retry topics (``Names.retry_topics``, ``kafka.retry_partitions`` each)
-when they are missing (``shared_topics``); ``ensure_shared_topics`` creates only those (the gateways' retry relay,
-at its start).
+and its shared dead-letter topic (``Names.dlq_topic``, ``kafka.dlq_partitions``) when they are missing
+(``shared_topics``); ``ensure_shared_topics`` creates only those (the gateways' retry relay, at its start).
+
+A model's topics at registration are only its request topic (``Names.model_topics``). Its bulk-lane topic is
+created on first use: by whatever publishes the first bulk request (``BulkTopics`` in the gateway's publisher
+and the producer client; ``ensure_bulk_topic``), with as many partitions as the request topic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.protocol.metadata import MetadataRequest
 
 from .errors import ErrorCode, FleetError
 from .names import Names
@@ -44,9 +51,11 @@ async def ensure_model_topics(
     model: str,
     partitions: int | None = None,
     *,
+    bulk: bool = False,
     admin_client: Callable[..., Any] = AIOKafkaAdminClient,
 ) -> None:
-    """Create the topics of ``model`` (both lanes, dead letters; and the shared retry topics) if they do not exist yet.
+    """Create the topics of ``model`` (its request topic, its bulk topic too when ``bulk``; and the namespace's
+    shared topics) if they do not exist yet.
 
     Producing to a missing topic would auto-create it with the broker's default partition count,
     which silently caps the model's useful workers; so registration creates them explicitly. A topic the
@@ -57,6 +66,8 @@ async def ensure_model_topics(
     outcome = await ensure_topics_for_models(kafka, names, {model: partitions}, admin_client=admin_client)
     if model in outcome.failed:
         raise outcome.failed[model]
+    if bulk:
+        await ensure_bulk_topic(kafka, names, model, admin_client=admin_client)
 
 
 async def ensure_topics_for_models(
@@ -102,8 +113,8 @@ async def ensure_topics_for_models(
 
 
 def shared_topics(kafka: KafkaSettings, names: Names) -> dict[str, int]:
-    """The namespace's shared topics -> their partition counts: both retry topics."""
-    return dict.fromkeys(names.retry_topics(), kafka.retry_partitions)
+    """The namespace's shared topics -> their partition counts: both retry topics and the dead-letter topic."""
+    return {**dict.fromkeys(names.retry_topics(), kafka.retry_partitions), names.dlq_topic: kafka.dlq_partitions}
 
 
 async def ensure_shared_topics(
@@ -173,3 +184,89 @@ def _refused(response: Any) -> dict[str, FleetError]:
             code=ErrorCode.BACKEND_UNAVAILABLE if error.retriable else ErrorCode.INTERNAL,
         )
     return refused
+
+
+async def topic_partitions(kafka: KafkaSettings, topics: Sequence[str]) -> dict[str, int]:
+    """Partition count of each of ``topics`` that exists (one metadata request; a missing topic is left out and
+    never auto-created, which a consumer's or producer's metadata request would do on most brokers)."""
+    client = AIOKafkaClient(**kafka.client_kwargs())
+    try:
+        await client.bootstrap()
+        request = MetadataRequest(list(topics), allow_auto_topic_creation=False)
+        response = await client.send(client.get_random_node(), request)
+    except KafkaError as exc:
+        raise FleetError(f"Kafka unavailable at {kafka.bootstrap}: {exc}", code=ErrorCode.BACKEND_UNAVAILABLE) from exc
+    finally:
+        await client.close()
+    counts: dict[str, int] = {}
+    for entry in response.topics:
+        error_code, topic = entry[0], entry[1]
+        found = next((field for field in entry[2:] if isinstance(field, list)), [])
+        if not error_code and found:
+            counts[topic] = len(found)
+    return counts
+
+
+async def ensure_bulk_topic(
+    kafka: KafkaSettings, names: Names, model: str, *, admin_client: Callable[..., Any] = AIOKafkaAdminClient
+) -> bool:
+    """Create ``model``'s bulk-lane topic unless it exists, with as many partitions as its request topic
+    (``kafka.partitions`` when that is missing too); True when this call created it.
+
+    Registration creates only the request topic: the bulk topic comes with the first bulk request (most
+    models never get one). FleetError as ``ensure_model_topics`` when the broker refuses it or is unreachable.
+    """
+    bulk, request = names.bulk_topic(model), names.request_topic(model)
+    counts = await topic_partitions(kafka, [bulk, request])
+    if bulk in counts:
+        return False
+    count = counts.get(request, kafka.partitions)
+    new = NewTopic(bulk, num_partitions=count, replication_factor=kafka.replication_factor)
+    admin = admin_client(**kafka.client_kwargs())
+    try:
+        await admin.start()
+        response = await admin.create_topics([new])
+    except TopicAlreadyExistsError:  # another process created it meanwhile
+        return False
+    except KafkaError as exc:
+        raise FleetError(
+            f"Kafka did not create topic {bulk!r} at {kafka.bootstrap}: {exc}", code=ErrorCode.BACKEND_UNAVAILABLE
+        ) from exc
+    finally:
+        await admin.close()
+    refused = _refused(response)
+    if bulk in refused:
+        raise refused[bulk]
+    created = not any(entry[1] == TopicAlreadyExistsError.errno for entry in getattr(response, "topic_errors", ()))
+    if created:
+        log.info("created bulk topic %s (%d partitions) on first use", bulk, new.num_partitions)
+    return created
+
+
+class BulkTopics:
+    """Publishers' view of the bulk-lane topics: ``ensure(topic)`` before the first send to a model's bulk topic
+    creates it when it is missing (``ensure_bulk_topic``); afterwards the topic is known and costs nothing.
+
+    Any other topic passes untouched. Concurrent first sends to one topic share one creation.
+    """
+
+    def __init__(
+        self, kafka: KafkaSettings, names: Names, *, admin_client: Callable[..., Any] = AIOKafkaAdminClient
+    ) -> None:
+        self._kafka = kafka
+        self._names = names
+        self._admin_client = admin_client
+        self._ready: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def ensure(self, topic: str) -> None:
+        """Make sure ``topic`` exists when it is a bulk-lane topic (FleetError when it cannot be created)."""
+        if topic in self._ready:
+            return
+        model = self._names.bulk_model(topic)
+        if model is None:
+            return
+        async with self._locks.setdefault(topic, asyncio.Lock()):
+            if topic not in self._ready:
+                await ensure_bulk_topic(self._kafka, self._names, model, admin_client=self._admin_client)
+                self._ready.add(topic)

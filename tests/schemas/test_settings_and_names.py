@@ -36,7 +36,7 @@ def test_every_setting_is_documented() -> None:
 def test_names_are_namespaced() -> None:
     names = Names("ns1")
     assert names.request_topic("m") == "ns1.requests.m"
-    assert names.dlq_topic("m") == "ns1.dlq.m"
+    assert names.dlq_topic == "ns1.dlq"
     assert names.worker_group("m") == "ns1.workers.m"
     assert names.reply_stream("g") == "ns1:replies:g"
     with pytest.raises(SchemaError):
@@ -55,8 +55,11 @@ def test_lane_names() -> None:
     assert names.retry_topic() == "ns1.retry" and names.retry_topic(Lane.BULK) == "ns1.bulk-retry"
     assert names.retry_topics() == ("ns1.retry", "ns1.bulk-retry") and names.retry_relay_group == "ns1.retry-relay"
     assert names.worker_group("m", Lane.BULK) == "ns1.bulk-workers.m"
-    assert names.model_topics("m") == ("ns1.requests.m", "ns1.bulk.m", "ns1.dlq.m")
-    assert [names.lane_of_topic("m", t) for t in (*names.model_topics("m"), *names.retry_topics())] == [
+    assert names.model_topics("m") == ("ns1.requests.m",)  # the bulk topic comes on first use
+    assert names.bulk_model("ns1.bulk.m") == "m"
+    assert [names.bulk_model(t) for t in ("ns1.requests.m", "ns2.bulk.m", "ns1.bulk-retry", "ns1.bulk.")] == [None] * 4
+    topics = ("ns1.requests.m", "ns1.bulk.m", names.dlq_topic, *names.retry_topics())
+    assert [names.lane_of_topic("m", t) for t in topics] == [
         Lane.INTERACTIVE, Lane.BULK, None, Lane.INTERACTIVE, Lane.BULK,
     ]  # fmt: skip
     assert names.lane_of_topic("m", "ns1.requests.other") is None

@@ -9,7 +9,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas import ErrorCode, FleetSettings, Names
-from schemas.topics import ensure_topics_for_models
+from schemas.topics import ensure_topics_for_models, shared_topics
 
 
 class _CountingAdmin(AIOKafkaAdminClient):  # type: ignore[misc]  # aiokafka is untyped
@@ -50,16 +50,22 @@ async def test_many_models_take_one_client_one_listing_and_one_create_per_batch(
     assert not outcome.failed
     assert {m: len(t) for m, t in outcome.created.items()} == dict.fromkeys(partitions, per_model)
     assert (counting.built, counting.listings) == (1, 1)
-    total = 30 * per_model + len(names.retry_topics())  # the namespace's shared retry topics come along once
+    total = 30 * per_model + len(shared_topics(fleet_settings.kafka, names))  # the shared ones come along once
     assert counting.creates == [40] * (total // 40) + ([total % 40] if total % 40 else [])
     admin = AIOKafkaAdminClient(**fleet_settings.kafka.client_kwargs())
     await admin.start()
     try:
-        described = await admin.describe_topics([names.request_topic("m1"), names.request_topic("m2")])
+        described = await admin.describe_topics([names.request_topic("m1"), names.request_topic("m2"), names.dlq_topic])
+        listed = set(await admin.list_topics())
     finally:
         await admin.close()
     counts = {d["topic"]: len(d["partitions"]) for d in described}
-    assert counts == {names.request_topic("m1"): 2, names.request_topic("m2"): fleet_settings.kafka.partitions}
+    assert counts == {
+        names.request_topic("m1"): 2,
+        names.request_topic("m2"): fleet_settings.kafka.partitions,
+        names.dlq_topic: fleet_settings.kafka.dlq_partitions,
+    }
+    assert not any(names.bulk_model(topic) for topic in listed)  # bulk topics come on first use
 
     again = await ensure_topics_for_models(fleet_settings.kafka, names, partitions, admin_client=counting)
     assert again.created == {} and again.failed == {}

@@ -34,11 +34,12 @@ PARTITIONS = 2
 
 
 async def _create_topics(settings: FleetSettings, names: Names, models: Iterable[str]) -> None:
-    """Every topic of ``models`` in one admin call (2 partitions each: 200 models are 2,000 partitions)."""
+    """Both lane topics of ``models`` in one admin call (2 partitions each: 200 models are 800 partitions; the bulk
+    topic up front, as after a first bulk request)."""
     admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
-        topics = [NewTopic(t, PARTITIONS, 1) for m in models for t in names.model_topics(m)]
+        topics = [NewTopic(t, PARTITIONS, 1) for m in models for t in (names.request_topic(m), names.bulk_topic(m))]
         await admin.create_topics(topics)
     finally:
         await admin.close()

@@ -266,7 +266,7 @@ async def test_a_retried_delivery_produces_each_dead_letter_and_retry_once(
         assert reply.error.code is ErrorCode.DEADLINE_EXCEEDED
         labels = {"model": "flaky", "version": "1"}
         assert worker.metrics.registry.get_sample_value("fleet_worker_request_retries_total", labels) == 1
-    assert await _count(own_settings, names.dlq_topic("flaky")) == 1
+    assert await _count(own_settings, names.dlq_topic) == 1
     assert await _count(own_settings, names.retry_topic()) == 1
 
 

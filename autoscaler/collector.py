@@ -1,6 +1,8 @@
 """Lag collector: per model and partition, the log-end offset, the worker group's committed offset, the lag
-and smoothed arrival and completion rates, for both lanes (request topic and bulk topic, each with its group;
-retry topics are not counted: their records wait on purpose).
+and smoothed arrival and completion rates, for both lanes (request topic and bulk topic, each with its group).
+Retries are counted once they are due: until then they wait on the namespace's shared retry topics, which no
+model's workers could serve yet, and the gateways' relay then puts each on its model's request topic, where it
+is lag like any request (so a model with no worker is scaled up for its retries too).
 
 Only standard Kafka requests are used, chosen so the numbers are right on Apache Kafka and on the local
 broker alike (see KAFKA_LOCAL.md):

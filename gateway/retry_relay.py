@@ -13,7 +13,7 @@ Per fetched partition, in offset order:
 * a due record of a registered model is produced unchanged (value, key, headers) to the model's request
   topic of the lane (`Names.request_topic`);
 * a due record of a model that is no longer registered becomes a dead letter (MODEL_NOT_FOUND) on the
-  model's dead-letter topic (`Names.dlq_topic`; removing a model keeps its topics), so `fleet dlq` shows it;
+  namespace's dead-letter topic (`Names.dlq_topic`, headers: the model and version), so `fleet dlq` shows it;
 * a record that names no model (no ``fleet-model`` header, and it does not decode as a request) is dropped
   with an error log line: there is no model to file it under.
 
@@ -289,7 +289,7 @@ class RetryRelay(AsyncService):
                 sent: asyncio.Future[Any] = await producer.send(topic, record.value, key=record.key, headers=headers)
                 return sent
             reason = f"model {route.model!r} is no longer registered; its retry was not run"
-            dlq = self._names.dlq_topic(route.model)
+            dlq = self._names.dlq_topic
             letter = DeadLetter(
                 code=ErrorCode.MODEL_NOT_FOUND,
                 reason=reason,

@@ -212,7 +212,7 @@ async def test_exhausted_retries_answer_the_error_and_dead_letter(
         await worker.wait_ready(30)
         await produce_to(producer, names.request_topic("flaky"), [_flaky_request(stream, "doomed", "1")])
         (reply,) = await read_replies(redis_client, stream, 1)
-        (record,) = await read_topic(fleet_settings, names.dlq_topic("flaky"), 1)
+        (record,) = await read_topic(fleet_settings, names.dlq_topic, 1)
     assert reply.error is not None and reply.error.code is ErrorCode.MODEL_ERROR
     assert "failed on all 3 tries" in reply.error.message and "RuntimeError" in reply.error.message
     letter = DeadLetter.from_bytes(record.value)
@@ -240,7 +240,7 @@ async def test_permanent_failure_and_a_deadline_too_close_are_not_retried(
         hurried = _flaky_request(stream, "hurried", "2", deadline_ms=now_ms() + 3000)
         await produce_to(producer, names.request_topic("flaky"), [permanent, hurried])
         replies = {r.id: r for r in await read_replies(redis_client, stream, 2, timeout_s=2.5)}
-        (record,) = await read_topic(fleet_settings, names.dlq_topic("flaky"), 1)
+        (record,) = await read_topic(fleet_settings, names.dlq_topic, 1)
     assert {rid: r.error.code for rid, r in replies.items() if r.error} == {
         "permanent": ErrorCode.MODEL_ERROR,
         "hurried": ErrorCode.MODEL_ERROR,
@@ -285,7 +285,7 @@ async def test_out_of_retries_then_replayed_from_the_dlq_is_answered(
         await produce_to(producer, names.request_topic("flaky", Lane.BULK), [_flaky_request(stream, "again", "1")])
         (failed,) = await read_replies(redis_client, stream, 1)
         assert failed.error is not None and "failed on all 3 tries" in failed.error.message
-        await read_topic(fleet_settings, names.dlq_topic("flaky"), 1)
+        await read_topic(fleet_settings, names.dlq_topic, 1)
         entries = await with_replays(redis_client, names, "flaky", await read_entries(fleet_settings, names, "flaky"))
         (entry,) = entries
         assert entry.request is not None and entry.request.attempt == 3 and entry.replays == 0

@@ -1,10 +1,11 @@
-"""Errors of the fleet tools: the HTTP client's and the local stack's.
+"""Errors of the fleet tools: the gateway client's (HTTP or gRPC) and the local stack's.
 
 Hierarchy::
 
     schemas.FleetError
      ├── ClientError              the gateway could not be asked (unreachable, timed out)
-     │    └── FleetHTTPError      the gateway answered with a non-2xx status
+     │    └── FleetHTTPError      the gateway answered with a non-2xx status (over gRPC: an error status,
+     │                            ``status`` the HTTP status of its code, ``grpc_status`` its name)
      ├── JobFailedError           an async job ended without outputs (failed, cancelled, expired)
      └── StackError               the local stack could not start, or a child died
 """
@@ -32,11 +33,15 @@ class ClientError(FleetError):
 class FleetHTTPError(ClientError):
     """A non-2xx answer; ``message`` is the gateway's ``{"error": ...}`` text."""
 
-    def __init__(self, status: int, message: str, *, code: ErrorCode | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, code: ErrorCode | None = None, grpc_status: str | None = None
+    ) -> None:
         super().__init__(f"HTTP {status}: {message}", code=code or _CODES_BY_STATUS.get(status, ErrorCode.INTERNAL))
         self.status = status
         self.message = message
         self.retriable = status in (429, 502, 503, 504)
+        #: Over gRPC: the call's status code name (e.g. ``NOT_FOUND``); ``status`` is the HTTP status of ``code``.
+        self.grpc_status = grpc_status
 
 
 class JobFailedError(FleetError):

@@ -1,4 +1,4 @@
-"""Async HTTP client of the gateway (Open Inference Protocol v2, JSON or binary tensors).
+"""Async client of the gateway (Open Inference Protocol v2): HTTP (JSON or binary tensors) or gRPC.
 
 One :class:`FleetClient` holds one ``aiohttp.ClientSession`` (keep-alive connection pool) for its
 lifetime; the benchmark drives it at high concurrency, so the request path stays lean: encode, one
@@ -8,6 +8,9 @@ Async jobs: :meth:`FleetClient.submit` (202 → job id; an ``idempotency_key`` m
 return the same job), :meth:`~FleetClient.job` (status document), :meth:`~FleetClient.result`
 (outputs once done), :meth:`~FleetClient.wait` (polls with backoff until the job finishes) and
 :meth:`~FleetClient.cancel`; ``submit_sync``/``wait_sync``/``cancel_sync`` for scripts.
+
+A ``grpc://host:port`` URL (``grpcs://`` for TLS), or ``grpc=True``, makes the same client speak the gateway's
+OIP v2 gRPC service instead (:mod:`.grpc`): same calls and results, same exceptions; async jobs are HTTP only.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import aiohttp
 from schemas import ErrorCode, JobStatus, SchemaError
 
 from .errors import ClientError, FleetHTTPError, JobFailedError
+from .grpc import GrpcTransport, infer_request, is_grpc_url, response_arrays, response_parameters
 from .jobs import Job, parse_job
 from .wire import HEADER_LENGTH, Array, decode_response, encode_request
 from .wire import TIMEOUT_HEADER as TIMEOUT_HEADER  # public: fleet.client.TIMEOUT_HEADER
@@ -61,12 +65,21 @@ class FleetClient:
     """Client of one gateway: ``async with FleetClient(url) as client: await client.infer(...)``."""
 
     def __init__(
-        self, base_url: str, *, timeout_s: float = 30.0, max_connections: int = 64, api_key: str | None = None
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        max_connections: int = 64,
+        api_key: str | None = None,
+        grpc: bool | None = None,
     ) -> None:
-        """``api_key``: sent as ``Authorization: Bearer`` on every request (default: env ``FLEET_API_KEY``)."""
+        """``api_key``: sent as ``Authorization: Bearer`` on every request (default: env ``FLEET_API_KEY``).
+        ``grpc``: speak gRPC to ``base_url`` (``host:port``); None (default): gRPC for a ``grpc://`` URL."""
         self.base_url = base_url.rstrip("/")
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        use_grpc = is_grpc_url(base_url) if grpc is None else grpc
+        self._grpc = GrpcTransport(base_url, self._headers) if use_grpc else None
         self.timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._infer_timeout = aiohttp.ClientTimeout(total=timeout_s + DEADLINE_GRACE_S)
@@ -76,12 +89,16 @@ class FleetClient:
 
     async def start(self) -> None:
         """Open the connection pool (done on first use as well)."""
-        if self._session is None:
+        if self._grpc is not None:
+            await self._grpc.start()
+        elif self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
 
     async def close(self) -> None:
         """Close the connection pool; idempotent."""
+        if self._grpc is not None:
+            await self._grpc.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -107,7 +124,12 @@ class FleetClient:
         request_id: str | None = None,
         parameters: Mapping[str, Any] | None = None,
     ) -> InferResult:
-        """Run ``model`` (its default version unless ``version``) on ``inputs``; FleetHTTPError on non-2xx."""
+        """Run ``model`` (its default version unless ``version``) on ``inputs``; FleetHTTPError on non-2xx.
+
+        Over gRPC, tensors always travel raw (``binary`` does not apply) and ``timeout_s`` is the call's deadline.
+        """
+        if self._grpc is not None:
+            return await self._grpc_infer(model, inputs, version, outputs, timeout_s, request_id, parameters)
         body, headers = encode_request(
             inputs, binary=binary, outputs=outputs, request_id=request_id, parameters=parameters
         )
@@ -128,6 +150,33 @@ class FleetClient:
             outputs=arrays,
             headers=reply_headers,
             parameters=dict(meta.get("parameters") or {}),
+        )
+
+    async def _grpc_infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Array],
+        version: str | None,
+        outputs: Sequence[str] | None,
+        timeout_s: float | None,
+        request_id: str | None,
+        parameters: Mapping[str, Any] | None,
+    ) -> InferResult:
+        assert self._grpc is not None
+        request = infer_request(
+            model, inputs, version=version, outputs=outputs, request_id=request_id, parameters=parameters
+        )
+        answer = await self._grpc.infer(request, self.timeout_s if timeout_s is None else timeout_s)
+        try:
+            arrays = response_arrays(answer)
+        except SchemaError as exc:
+            raise ClientError(f"ModelInfer of {model}: {exc.message}") from exc
+        return InferResult(
+            model=answer.model_name or model,
+            model_version=answer.model_version or version or "",
+            id=answer.id,
+            outputs=arrays,
+            parameters=response_parameters(answer),
         )
 
     # async jobs ----------------------------------------------------------------------------------
@@ -208,6 +257,8 @@ class FleetClient:
 
     async def ready(self) -> bool:
         """True when the gateway answers ``/v2/health/ready`` with 200; False when it is down or not ready."""
+        if self._grpc is not None:
+            return await self._grpc.ready()
         try:
             status, _, _ = await self._request("GET", "/v2/health/ready", None, {}, None, check=False)
         except ClientError:
@@ -216,11 +267,28 @@ class FleetClient:
 
     async def server_metadata(self) -> dict[str, Any]:
         """``GET /v2``: server name, version and extensions."""
+        if self._grpc is not None:
+            return await self._grpc.server_metadata(self.timeout_s)
         return await self._get_json("/v2")
 
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
         """``GET /v2/models/{model}[/versions/{version}]``: platform, versions, inputs and outputs."""
-        return await self._get_json(f"/v2/models/{model}/versions/{version}" if version else f"/v2/models/{model}")
+        if self._grpc is not None:
+            return await self._grpc.model_metadata(model, version, self.timeout_s)
+        return await self._get_json(_model_path(model, version))
+
+    async def model_ready(self, model: str, version: str | None = None) -> bool:
+        """Whether a live worker serves the model (version) now (``GET .../ready``); FleetHTTPError 404 for an
+        unknown model over HTTP (gRPC's ModelReady answers False for it, as Triton does)."""
+        if self._grpc is not None:
+            return await self._grpc.model_ready(model, version, self.timeout_s)
+        status, _, raw = await self._request("GET", _model_path(model, version) + "/ready", None, {}, None, check=False)
+        if status == 200:
+            return True
+        if status == 503 and _json_object(raw, "GET .../ready").get("ready") is False:
+            return False
+        message, code = _error_body(raw, status)
+        raise FleetHTTPError(status, message, code=code)
 
     async def _get_json(self, path: str) -> dict[str, Any]:
         _, _, raw = await self._request("GET", path, None, {}, None)
@@ -237,6 +305,8 @@ class FleetClient:
         check: bool = True,
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One HTTP exchange; transport failures become ClientError, non-2xx FleetHTTPError."""
+        if self._grpc is not None:
+            raise ClientError(f"{method} {path} has no gRPC equivalent (async jobs are HTTP only): use the HTTP URL")
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -256,6 +326,10 @@ class FleetClient:
             message, code = _error_body(raw, status)
             raise FleetHTTPError(status, message, code=code)
         return status, reply_headers, raw
+
+
+def _model_path(model: str, version: str | None) -> str:
+    return f"/v2/models/{model}/versions/{version}" if version else f"/v2/models/{model}"
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:

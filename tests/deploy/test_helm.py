@@ -32,11 +32,25 @@ ALL_ON: dict[str, Any] = {
     "extraVolumes": [{"name": "kafka-ca", "secret": {"secretName": "kafka-ca"}}],
     "extraVolumeMounts": [{"name": "kafka-ca", "mountPath": "/etc/fleet", "readOnly": True}],
     "workers": {
+        # The pool serves my_model; KEDA and a fixed per-model Deployment serve the others.
+        "pool": {"models": ["my_model"]},
+        "pools": [
+            {"name": "ranking", "models": ["rank-a", "rank-b"], "scaler": "keda", "maxReplicas": 4},
+            {"models": ["fixed"], "scaler": "none", "replicas": 3},
+        ],
+    },
+}
+
+#: One process per model (the option): the autoscaler sizes a Deployment per model, KEDA and none beside it.
+PER_MODEL: dict[str, Any] = {
+    "keda": {"enabled": True},
+    "workers": {
+        "pool": {"enabled": False},
         "pools": [
             {"models": ["my_model"], "scaler": "fleet"},
             {"name": "ranking", "models": ["rank-a", "rank-b"], "scaler": "keda", "maxReplicas": 4},
             {"models": ["fixed"], "scaler": "none", "replicas": 3},
-        ]
+        ],
     },
 }
 
@@ -49,7 +63,8 @@ CASES = {
     "default": values("values.yaml"),
     "gpu": values("values.yaml", "values-gpu.yaml"),
     "all-on": values("values.yaml", **ALL_ON),
-    "pool": values("values.yaml", workers={"pools": [], "pool": {"enabled": True}}),
+    "per-model": values("values.yaml", **PER_MODEL),
+    "grpc-probe": values("values.yaml", gateway={"grpc": {"readinessProbe": True}}),
 }
 
 
@@ -117,11 +132,13 @@ def test_keda_triggers_use_the_fleet_topic_and_group_names() -> None:
 
 
 def test_autoscaler_finds_the_deployments_of_its_pools_and_only_those() -> None:
-    docs = render(CASES["all-on"])
+    docs = render(CASES["per-model"])
     deployments = by_kind(docs, "Deployment")
+    assert "fleet-worker-pool" not in deployments
     env = container_env(deployments["fleet-inference-fleet-autoscaler"])
     assert env["FLEET_AUTOSCALER_BACKEND"] == "kubernetes"
     assert env["FLEET_AUTOSCALER_K8S_NAMESPACE"] == "inference"
+    assert "FLEET_AUTOSCALER_POOL" not in env
     assert env["FLEET_AUTOSCALER_MODELS"] == "my_model"  # the KEDA and fixed pools are not its business
     target = deployment_name(env["FLEET_AUTOSCALER_K8S_DEPLOYMENT_TEMPLATE"], "my_model")
     assert target == "fleet-worker-my-model" and target in deployments
@@ -156,13 +173,17 @@ def test_worker_grace_period_exceeds_the_drain_timeout(case: tuple[str, list[dic
     assert set(workers) <= set(budgets)
 
 
-def test_gpu_values_request_gpus_and_land_on_gpu_nodes() -> None:
+def test_gpu_values_run_the_pool_on_gpus_and_land_on_gpu_nodes() -> None:
     deployments = by_kind(render(CASES["gpu"]), "Deployment")
-    gpu = deployments["fleet-worker-my-model"]["spec"]["template"]["spec"]
+    gpu = deployments["fleet-worker-pool"]["spec"]["template"]["spec"]
     (container,) = gpu["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["image"].endswith(":0.1.0-cuda")
-    assert container_env(deployments["fleet-worker-my-model"])["FLEET_WORKER_DEVICE"] == "cuda"
+    env = container_env(deployments["fleet-worker-pool"])
+    assert (env["FLEET_WORKER_DEVICE"], env["FLEET_WORKER_MODE"]) == ("cuda", "pool")
+    assert env["FLEET_WORKER_MEMORY_BUDGET_MB"] == "0"  # the GPU's free memory (NVML)
+    scaler = container_env(deployments["fleet-inference-fleet-autoscaler"])
+    assert scaler["FLEET_AUTOSCALER_MODELS"] == "my-model"  # small-model is the CPU pool's
     assert gpu["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert gpu["tolerations"][0]["key"] == "nvidia.com/gpu"
     cpu = deployments["fleet-worker-small-cpu"]["spec"]["template"]["spec"]
@@ -193,7 +214,7 @@ def test_pods_run_as_non_root_and_read_the_shared_config(case: tuple[str, list[d
     ],
 )
 def test_bad_pools_fail_with_a_clear_message(pools: list[dict[str, Any]], keda: bool, message: str) -> None:
-    vals = values("values.yaml", workers={"pools": pools}, keda={"enabled": keda})
+    vals = values("values.yaml", workers={"pools": pools, "pool": {"enabled": False}}, keda={"enabled": keda})
     with pytest.raises(helm_python.HelmError, match=message):
         render(vals)
 
@@ -213,14 +234,23 @@ def test_plain_manifests_validate_against_the_kubernetes_schemas() -> None:
 def test_no_autoscaler_without_a_pool_for_it() -> None:
     """An autoscaler with an empty model list would scale every registered model, KEDA's pools included."""
     pools = [{"models": ["a"], "scaler": "keda"}, {"models": ["b"], "scaler": "none"}]
-    docs = render(values("values.yaml", workers={"pools": pools}, keda={"enabled": True}, metrics=ALL_ON["metrics"]))
+    workers = {"pools": pools, "pool": {"enabled": False}}
+    docs = render(values("values.yaml", workers=workers, keda={"enabled": True}, metrics=ALL_ON["metrics"]))
     assert not [d for d in docs if "autoscaler" in d["metadata"]["name"]]
     assert set(by_kind(docs, "Deployment")) == {"fleet-inference-fleet-gateway", "fleet-worker-a", "fleet-worker-b"}
 
 
+def test_pool_mode_is_the_default() -> None:
+    deployments = by_kind(render(CASES["default"]), "Deployment")
+    expected = {"fleet-inference-fleet-gateway", "fleet-inference-fleet-autoscaler", "fleet-worker-pool"}
+    assert set(deployments) == expected
+    scaler = container_env(deployments["fleet-inference-fleet-autoscaler"])
+    assert scaler["FLEET_AUTOSCALER_POOL"] == "true" and "FLEET_AUTOSCALER_MODELS" not in scaler  # every model
+
+
 def test_pool_mode_runs_one_multi_model_deployment_that_the_autoscaler_sizes() -> None:
-    pool = {"enabled": True, "minWorkers": 0, "maxWorkers": 6, "memoryBudgetMB": 1000, "overcommitPct": 20}
-    docs = render(values("values.yaml", workers={"pools": [], "pool": pool}))
+    pool = {"minWorkers": 0, "maxWorkers": 6, "memoryBudgetMB": 1000, "overcommitPct": 20}
+    docs = render(values("values.yaml", workers={"pool": pool}))
     deployments = by_kind(docs, "Deployment")
     worker = deployments["fleet-worker-pool"]
     env = container_env(worker)
@@ -228,12 +258,72 @@ def test_pool_mode_runs_one_multi_model_deployment_that_the_autoscaler_sizes() -
     assert env["FLEET_WORKER_MEMORY_BUDGET_MB"] == "1000" and "FLEET_WORKER_MODELS" not in env
     assert "replicas" not in worker["spec"]  # the autoscaler's
     scaler = container_env(deployments["fleet-inference-fleet-autoscaler"])
-    assert scaler["FLEET_AUTOSCALER_POOL"] == "true" and "FLEET_AUTOSCALER_MODELS" not in scaler  # every model
     assert scaler["FLEET_AUTOSCALER_K8S_POOL_DEPLOYMENT"] == "fleet-worker-pool"
     assert (scaler["FLEET_AUTOSCALER_POOL_MIN_WORKERS"], scaler["FLEET_AUTOSCALER_POOL_MAX_WORKERS"]) == ("0", "6")
     assert scaler["FLEET_AUTOSCALER_POOL_WORKER_MEMORY_MB"] == "1200"
 
 
+def test_the_pool_takes_its_own_overrides_of_the_worker_settings() -> None:
+    pool = {"device": "cpu", "nodeSelector": {"pool": "yes"}, "env": {"FLEET_WORKER_POOL_THREADS": "8"}}
+    deployments = by_kind(render(values("values.yaml", workers={"pool": pool})), "Deployment")
+    spec = deployments["fleet-worker-pool"]["spec"]["template"]["spec"]
+    env = container_env(deployments["fleet-worker-pool"])
+    assert (env["FLEET_WORKER_DEVICE"], env["FLEET_WORKER_POOL_THREADS"]) == ("cpu", "8")
+    assert spec["nodeSelector"] == {"pool": "yes"}
+
+
+def test_pool_beside_per_model_deployments_is_limited_to_its_listed_models() -> None:
+    deployments = by_kind(render(CASES["all-on"]), "Deployment")
+    assert {"fleet-worker-pool", "fleet-worker-ranking", "fleet-worker-fixed"} <= set(deployments)
+    scaler = container_env(deployments["fleet-inference-fleet-autoscaler"])
+    assert scaler["FLEET_AUTOSCALER_POOL"] == "true"
+    assert scaler["FLEET_AUTOSCALER_MODELS"] == "my_model"  # never rank-a, rank-b or fixed: they have workers
+
+
+def test_pool_beside_per_model_deployments_without_its_model_list_is_refused() -> None:
+    """With no list the autoscaler would place every registered model on the pool, the per-model ones too."""
+    with pytest.raises(helm_python.HelmError, match="workers.pool.models must list the pool's models"):
+        render(values("values.yaml", workers={"pools": [{"models": ["a"], "scaler": "none"}]}))
+
+
 def test_pool_mode_refuses_a_per_model_pool_scaled_by_the_autoscaler() -> None:
-    with pytest.raises(Exception, match="scaler fleet pools are refused"):
-        render(values("values.yaml", workers={"pool": {"enabled": True}}))
+    workers = {"pool": {"models": ["b"]}, "pools": [{"models": ["a"], "scaler": "fleet"}]}
+    with pytest.raises(helm_python.HelmError, match="scaler fleet pools are refused"):
+        render(values("values.yaml", workers=workers))
+
+
+def _gateway(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    deployment = by_kind(docs, "Deployment")["fleet-inference-fleet-gateway"]
+    return deployment, by_kind(docs, "Service")["fleet-inference-fleet-gateway"]
+
+
+def test_gateway_exposes_its_grpc_port() -> None:
+    deployment, service = _gateway(render(CASES["default"]))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container_env(deployment)["FLEET_GATEWAY_GRPC_PORT"] == "8001"
+    assert {"name": "grpc", "containerPort": 8001} in container["ports"]
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["grpc"] == {"name": "grpc", "port": 8001, "targetPort": "grpc", "appProtocol": "grpc"}
+    assert "httpGet" in container["readinessProbe"]
+
+
+def test_gateway_readiness_probe_can_ask_grpc_health() -> None:
+    deployment, _ = _gateway(render(CASES["grpc-probe"]))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    probe = container["readinessProbe"]
+    assert probe["grpc"] == {"port": 8001} and "httpGet" not in probe
+
+
+def test_gateway_grpc_off() -> None:
+    deployment, service = _gateway(render(values("values.yaml", gateway={"grpc": {"enabled": False}})))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container_env(deployment)["FLEET_GATEWAY_GRPC_PORT"] == "0"
+    assert [p["name"] for p in container["ports"]] == ["http"]
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+
+
+def test_pool_mode_alone_has_the_worker_and_autoscaler_service_monitors() -> None:
+    docs = render(values("values.yaml", metrics=ALL_ON["metrics"]))
+    monitors = by_kind(docs, "ServiceMonitor")
+    assert sorted(monitors) == ["fleet-inference-fleet-autoscaler", "fleet-inference-fleet-gateway",
+                                "fleet-inference-fleet-worker"]  # fmt: skip

@@ -6,7 +6,12 @@ worker owns (separate clients, since aiokafka stops fetching a connection while 
 wait), and `workers.group_offsets` to commit and read offsets under each model's own group. Ownership
 comes from Redis leases (`workers.leases`), recomputed every heartbeat from the assignment and the
 models' replicas: adding, moving or removing a model changes only its partitions, never a group
-rebalance, so the other models never pause.
+rebalance, so the other models never pause. An idle beat costs a few Redis commands whatever the number
+of models: leases live as long as the worker's liveness key, replicas are read again when the placement
+epoch moves, claims and releases follow ownership changes; the held leases are checked (batched MGETs)
+every ``LEASE_CHECK_BEATS`` beats and after the liveness lapsed: a lost one is let go of. A fenced worker
+(`PartitionLeases.fenced`: liveness about to lapse, or a lapse not checked yet) fetches nothing and starts
+no round.
 
 Fetched records are sorted into per-model in-memory queues (bounded: a full queue pauses that model's
 partitions of that lane, so the others keep flowing). A scheduler starts rounds: interactive before bulk
@@ -65,6 +70,8 @@ log = logging.getLogger("fleet.workers")
 _COUNTS_TTL_S = 60.0
 #: Longest idle fetch wait of a lane with many partitions (see ``PoolConsumer._set_idle``).
 _IDLE_WAIT_CAP_MS = 500
+#: Every this many heartbeats the worker checks that it still holds each lease it consumes (batched MGETs).
+LEASE_CHECK_BEATS = 30
 
 
 class PoolConsumer:
@@ -93,6 +100,10 @@ class PoolConsumer:
         self._consumers = {lane: AIOKafkaConsumer(**kwargs) for lane in LANES}
         self._offsets = GroupOffsets(kafka)
         self._leases = PartitionLeases(redis, names, self.id, int(3 * settings.heartbeat_interval_s * 1000))
+        self._wanted: dict[TopicPartition, OwnedPartition] = {}
+        self._wanted_from: tuple[object, ...] | None = None  # (models, replicas, counts) it was computed from
+        self._beats = 0
+        self._recheck = asyncio.Event()  # the liveness lapsed: take ownership again now
         self._threads = ThreadPoolExecutor(settings.pool_threads, thread_name_prefix="models")
         self._backends = WorkerBackends(
             settings,
@@ -162,17 +173,23 @@ class PoolConsumer:
             *(asyncio.create_task(self._fetch_routine(lane), name=f"pool-fetch-{lane.value}") for lane in LANES),
             asyncio.create_task(self._schedule_routine(), name="pool-scheduler"),
             asyncio.create_task(self._lease_routine(), name="pool-leases"),
+            asyncio.create_task(
+                self._leases.keep_alive_routine(self._settings.heartbeat_interval_s, self._recheck.set),
+                name="pool-alive",
+            ),
         ]
 
     async def stop(self, timeout_s: float) -> None:
         """Stop fetching, finish (within ``timeout_s``) and commit the rounds in hand, release the leases."""
         self._closing.set()
         self._wake.set()
-        for task in self._tasks:
+        # The liveness routine runs on until the rounds in hand are done: their leases must not lapse meanwhile.
+        alive = [t for t in self._tasks if t.get_name() == "pool-alive"]
+        routines = [t for t in self._tasks if t not in alive]
+        for task in routines:
             if task.get_name() != "pool-scheduler":
                 task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*routines, return_exceptions=True)
         rounds = set(self._rounds)
         if rounds:
             _, pending = await asyncio.wait(rounds, timeout=timeout_s)
@@ -180,11 +197,16 @@ class PoolConsumer:
                 log.warning("pool: %s not finished after %.1fs; cancelling (redelivered)", task.get_name(), timeout_s)
                 task.cancel()
             await asyncio.gather(*rounds, return_exceptions=True)
+        for task in alive:
+            task.cancel()
+        await asyncio.gather(*alive, return_exceptions=True)
+        self._tasks = []
         owned, self._owned = list(self._owned), {}
         try:
             await self._leases.release([(tp.topic, tp.partition) for tp in owned])
+            await self._leases.retire()
         except RedisError as exc:
-            log.warning("pool: leases not released (they expire): %s", exc)
+            log.warning("pool: leases not released (taken over once the liveness lapses): %s", exc)
         for consumer in self._consumers.values():
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
@@ -233,7 +255,8 @@ class PoolConsumer:
         return {self._names.request_topic(model, lane): (model, lane) for model in models for lane in LANES}
 
     async def refresh(self, models: Iterable[str] | None = None) -> None:
-        """One ownership round: renew or claim the partitions this worker should own, let go of the others."""
+        """One ownership round: claim the partitions this worker should own and does not, let go of the
+        others (and of those found held by another worker)."""
         async with self._refresh_lock:
             try:
                 await self._refresh(sorted(self.models if models is None else models))
@@ -244,27 +267,52 @@ class PoolConsumer:
         replicas = await self._replicas(models)
         topics = self._topics(models)
         counts = await self._partition_counts(topics)
+        wanted = self._wanted_partitions(models, replicas, topics, counts)
+        if self._leases.lapsed or self._beats >= LEASE_CHECK_BEATS:
+            await self._check_held()
+        leaving = [tp for tp in self._owned if tp not in wanted]
+        if leaving:
+            await self._let_go(leaving)
+        new = [tp for tp in wanted if tp not in self._owned]
+        if not new:
+            return
+        held = await self._leases.claim([(tp.topic, tp.partition) for tp in new])
+        gained = [tp for tp, ok in zip(new, held, strict=True) if ok]
+        if gained:
+            await self._start_at_committed(gained, wanted)
+            log.info("pool: worker %s now owns %d more partition(s)", self.id, len(gained))
+            self._reassign()
+
+    def _wanted_partitions(
+        self,
+        models: list[str],
+        replicas: dict[str, list[str]],
+        topics: dict[str, tuple[str, Lane]],
+        counts: dict[str, int],
+    ) -> dict[TopicPartition, OwnedPartition]:
+        """The partitions this worker should own (computed again only when one of its inputs changed)."""
+        inputs = (models, replicas, counts)
+        if inputs == self._wanted_from:
+            return self._wanted
         wanted: dict[TopicPartition, OwnedPartition] = {}
         for topic, (model, lane) in topics.items():
             for p in owned_partitions(self.id, replicas[model], counts.get(topic, 0)):
                 group = self._names.worker_group(model, lane)
                 wanted[TopicPartition(topic, p)] = OwnedPartition(model, lane, group)
-        leaving = [tp for tp in self._owned if tp not in wanted]
-        keep = [tp for tp in self._owned if tp in wanted]
-        new = [tp for tp in wanted if tp not in self._owned]
-        # Renew first, the leaving ones too: their rounds in hand finish under a live lease.
-        held = await self._leases.claim([(tp.topic, tp.partition) for tp in keep + leaving + new])
-        lost = [tp for tp, ok in zip(keep, held[: len(keep)], strict=True) if not ok]
-        gained = [tp for tp, ok in zip(new, held[len(keep) + len(leaving) :], strict=True) if ok]
-        if leaving:
-            await self._let_go(leaving)
+        self._wanted, self._wanted_from = wanted, (list(models), dict(replicas), dict(counts))
+        return wanted
+
+    async def _check_held(self) -> None:
+        """Let go of the partitions whose lease someone else holds now (taken over while this worker's liveness
+        had lapsed, or deleted by hand); one still ours was touched by nobody meanwhile."""
+        lapses, self._beats = self._leases.lapses, 0
+        owned = list(self._owned)
+        holders = await self._leases.holders([(tp.topic, tp.partition) for tp in owned])
+        lost = [tp for tp, holder in zip(owned, holders, strict=True) if holder != self.id]
         if lost:
             log.warning("pool: leases lost to another worker: %s", ",".join(f"{t.topic}:{t.partition}" for t in lost))
             await self._let_go(lost, release=False)
-        if gained:
-            await self._start_at_committed(gained, wanted)
-            log.info("pool: worker %s now owns %d more partition(s)", self.id, len(gained))
-        self._reassign()
+        self._leases.checked(lapses)  # fenced until now, after a lapse
 
     async def _partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
         """Partition counts, asked of the broker for topics not seen yet and for all every ``_COUNTS_TTL_S``."""
@@ -341,8 +389,10 @@ class PoolConsumer:
         interval = self._settings.heartbeat_interval_s
         while not self._closing.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), interval)
+                await asyncio.wait_for(self._recheck.wait(), interval)
+            self._recheck.clear()
             if not self._closing.is_set():
+                self._beats += 1
                 await self.refresh()
 
     # fetching ------------------------------------------------------------------------------------------------------
@@ -350,7 +400,7 @@ class PoolConsumer:
         consumer = self._consumers[lane]
         backoff = Backoff(BACKEND_RETRY)
         while not self._closing.is_set():
-            if not self._assigned[lane]:
+            if not self._assigned[lane] or self._leases.fenced:
                 await asyncio.sleep(IDLE_POLL_MS / 1000)
                 continue
             try:
@@ -463,6 +513,8 @@ class PoolConsumer:
         return None
 
     def _start_rounds(self) -> None:
+        if self._leases.fenced:
+            return  # another worker may take these partitions over soon: start nothing it would redo
         while len(self._rounds) < self._settings.pool_threads and not self._closing.is_set():
             picked = self._pick()
             if picked is None:

@@ -249,10 +249,11 @@ async def test_a_killed_workers_partitions_are_taken_over_after_the_lease_ttl(
     # A hard stop: the worker ends without releasing its leases (what a SIGKILL leaves behind).
     assert a.pool is not None
 
-    async def keep(_: Any) -> None:
+    async def keep(*_: Any) -> None:
         return None
 
     a.pool._leases.release = keep  # type: ignore[method-assign,assignment]
+    a.pool._leases.retire = keep  # type: ignore[method-assign,assignment]
     await a.stop()
     await redis_client.delete(names.worker_key("pa"))
     assert await _owners(redis_client, names, "m") == {"pa"}  # still leased to the dead worker

@@ -78,9 +78,9 @@ async def test_leases_are_claimed_renewed_and_released_only_by_their_holder(redi
     assert await a.holders(parts) == ["a", "a"]
     await a.release([("t", 0)])
     assert await b.claim(parts) == [True, False]
-    ttl = await redis_client.pttl(names.lease_key("t", 1))
-    assert 0 < ttl <= 300
-    await asyncio.sleep(0.35)  # a's lease of t:1 expires (a crashed worker)
+    assert await redis_client.pttl(names.lease_key("t", 1)) == -1  # a lease lives as long as its holder's liveness
+    assert 0 < await redis_client.pttl(names.lease_holder_key("a")) <= 300
+    await asyncio.sleep(0.35)  # a's liveness expires (a crashed worker): its lease of t:1 is free to take
     assert await b.claim(parts) == [True, True]
 
 

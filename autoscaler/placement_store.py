@@ -4,7 +4,8 @@ then writes ``Names.assignment_key`` per worker and ``Names.placement_key`` per 
 
 What a round costs does not grow with idle models: the registry is read through a `RegistryCache` (one GET of
 the registry epoch while nothing changed), an assignment or a placement status is written only when it
-changed (one transaction for all the writes), and ``Names.placement_round_key`` is stamped every round, which
+changed (one transaction for all the writes, which also bumps ``Names.placement_epoch_key`` when a placement
+status changed), and ``Names.placement_round_key`` is stamped every round, which
 `read_placement` reports as the status's ``ts_ms`` (that round confirmed it). The workers and their
 assignments are read back from Redis on each round, so a restarted scheduler keeps the placement it finds
 (the rules are stable). Model labels it reads (`schemas.limits`): ``requires`` (comma list of
@@ -188,6 +189,8 @@ class PlacementRunner:
                 key = self._names.placement_key(model)
                 pipe.delete(key)
                 pipe.hset(key, mapping={**fields, "ts_ms": ts})
+            if changed:  # pool workers re-read their models' placements only when this moved
+                pipe.incr(self._names.placement_epoch_key)
             pipe.set(self._names.placement_round_key, ts)
             try:
                 await pipe.execute()

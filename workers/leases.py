@@ -22,6 +22,8 @@ nobody claims afterwards (a model removed meanwhile), a few bytes each, free to 
 
 Which partitions a worker should own is pure arithmetic on the model's replicas (the sorted ids of the
 workers that serve it): partition p of each of the model's topics goes to ``replicas[p % len(replicas)]``.
+The replicas come from the models' placement statuses, read again only when the placement epoch moved
+(`PlacementReplicas`).
 """
 
 from __future__ import annotations
@@ -193,3 +195,34 @@ class PartitionLeases:
             values += await self._redis.mget(keys)
         return [None if v is None else text(v) for v in values]
 
+
+class PlacementReplicas:
+    """Each model's replicas, the sorted ids of the workers its placement status lists (``worker_id`` always
+    among them), read again only when ``Names.placement_epoch_key`` moved (every model's) or for models not
+    read before: one GET per call while nothing changes."""
+
+    def __init__(self, redis: Any, names: Names, worker_id: str) -> None:
+        self._redis = redis
+        self._names = names
+        self._worker_id = worker_id
+        self._epoch: Any = None
+        self._read = False
+        self._cache: dict[str, list[str]] = {}
+
+    async def read(self, models: Sequence[str]) -> dict[str, list[str]]:
+        """The replicas of each of ``models``. Raises RedisError."""
+        epoch = await self._redis.get(self._names.placement_epoch_key)
+        moved = not self._read or epoch != self._epoch
+        stale = list(models) if moved else [m for m in models if m not in self._cache]
+        if stale:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for model in stale:
+                    pipe.hget(self._names.placement_key(model), "workers")
+                found = await pipe.execute()
+            for model, raw in zip(stale, found, strict=True):
+                self._cache[model] = sorted({w for w in text(raw or b"").split(",") if w} | {self._worker_id})
+            # Read after the epoch: a change in between moves it again, so it is read again next time.
+            self._epoch, self._read = epoch, True
+        wanted = set(models)
+        self._cache = {m: r for m, r in self._cache.items() if m in wanted}
+        return {m: self._cache[m] for m in models}

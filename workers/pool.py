@@ -51,7 +51,7 @@ from .group_offsets import GroupOffsets
 from .handler import Fetched, decode
 from .jobs import JobClaims
 from .lane_scheduler import IDLE_AFTER_S, IDLE_POLL_MS
-from .leases import PartitionLeases, owned_partitions
+from .leases import PartitionLeases, PlacementReplicas, owned_partitions
 from .metrics import WorkerMetrics
 from .model_serving import WorkerBackends
 from .pacing import BulkPacer
@@ -100,6 +100,7 @@ class PoolConsumer:
         self._consumers = {lane: AIOKafkaConsumer(**kwargs) for lane in LANES}
         self._offsets = GroupOffsets(kafka)
         self._leases = PartitionLeases(redis, names, self.id, int(3 * settings.heartbeat_interval_s * 1000))
+        self._placements = PlacementReplicas(redis, names, self.id)
         self._wanted: dict[TopicPartition, OwnedPartition] = {}
         self._wanted_from: tuple[object, ...] | None = None  # (models, replicas, counts) it was computed from
         self._beats = 0
@@ -240,15 +241,7 @@ class PoolConsumer:
         """Workers serving each model, from its placement status (this worker alone when it has none)."""
         if not self._settings.follow_assignment or not models:
             return {m: [self.id] for m in models}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for model in models:
-                pipe.hget(self._names.placement_key(model), "workers")
-            found = await pipe.execute()
-        replicas: dict[str, list[str]] = {}
-        for model, raw in zip(models, found, strict=True):
-            text = raw.decode() if isinstance(raw, bytes) else (raw or "")
-            replicas[model] = sorted({w for w in text.split(",") if w} | {self.id})
-        return replicas
+        return await self._placements.read(models)
 
     def _topics(self, models: Iterable[str]) -> dict[str, tuple[str, Lane]]:
         """Request topic -> (model, lane) of each lane of ``models`` (retries come back on the request topics)."""

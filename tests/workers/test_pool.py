@@ -170,6 +170,7 @@ async def _assign(redis: Any, names: Names, assignment: dict[str, Sequence[str]]
             replicas.setdefault(model, []).append(worker)
     for model, workers in replicas.items():
         await redis.hset(names.placement_key(model), mapping={"workers": ",".join(sorted(workers))})
+    await redis.incr(names.placement_epoch_key)  # as the scheduler does with every changed placement
 
 
 async def _owners(redis: Any, names: Names, model: str) -> set[str]:

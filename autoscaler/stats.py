@@ -2,8 +2,12 @@
 
 The record and its writer are the shared contract in `schemas.stats` (re-exported here for existing
 callers). Each worker overwrites its own hash (with a TTL, so a dead worker's stats vanish) and refreshes its
-score in the model's index ZSET; the reader takes the fresh entries of the index, reads their hashes in one
-pipelined round trip and aggregates them into a `ServiceStats`.
+score in the model's index ZSET when its report changed (`workers.stats`): an idle model's last report is not
+written again. So a report is current when it is recent (within ``max_age_s``) or when its worker is live
+(its heartbeat in ``Names.workers_key`` is that recent): a crashed worker's reports stop counting as they did
+when every report was rewritten each beat. The reader lists the live workers and the model's index, reads
+the current entries' hashes in one pipelined round trip (pruning the others from the index) and aggregates
+them into a `ServiceStats`.
 """
 
 from __future__ import annotations
@@ -67,59 +71,52 @@ class ServiceStatsReader:
         self._clock_ms = clock_ms
 
     async def reports(self, model: str) -> list[WorkerReport]:
-        """The parsed reports of the workers of ``model`` that published within ``max_age_s``."""
-        cutoff = self._clock_ms() - self.max_age_s * 1000.0
-        index = self._names.stats_index_key(model)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(index, "-inf", f"({int(cutoff)}")
-                pipe.zrangebyscore(index, int(cutoff), "+inf")
-                _, members = await pipe.execute()
-            worker_ids = [text(m) for m in members]
-            if not worker_ids:
-                return []
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for worker_id in worker_ids:
-                    pipe.hgetall(self._names.stats_key(model, worker_id))
-                hashes = await pipe.execute()
-        except RedisError as exc:
-            raise StatsError(f"reading service stats of {model!r} failed: {exc}") from exc
-        reports = [WorkerReport.from_hash(w, h) for w, h in zip(worker_ids, hashes, strict=True)]
-        return [r for r in reports if r is not None and r.ts_ms >= cutoff]
+        """The parsed current reports of the workers of ``model`` (recent, or from a live worker)."""
+        return (await self._read([model]))[model]
 
     async def read(self, model: str) -> ServiceStats:
         """Aggregated `ServiceStats` of ``model`` (all zero when no worker reports)."""
         return aggregate_service_stats(await self.reports(model))
 
     async def read_many(self, models: Sequence[str]) -> dict[str, ServiceStats]:
-        """`read` of several models in two pipelined round trips (one to trim and list each model's fresh
-        reporters, one for their hashes); raises StatsError."""
+        """`read` of several models in two pipelined round trips (one to list the live workers and each
+        model's reporters, one for the current ones' hashes and to prune the others); raises StatsError."""
         if not models:
             return {}
-        cutoff = self._clock_ms() - self.max_age_s * 1000.0
+        return {model: aggregate_service_stats(found) for model, found in (await self._read(models)).items()}
+
+    async def _read(self, models: Sequence[str]) -> dict[str, list[WorkerReport]]:
+        cutoff = int(self._clock_ms() - self.max_age_s * 1000.0)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(self._names.workers_key, cutoff, "+inf")
                 for model in models:
-                    index = self._names.stats_index_key(model)
-                    pipe.zremrangebyscore(index, "-inf", f"({int(cutoff)}")
-                    pipe.zrangebyscore(index, int(cutoff), "+inf")
-                listed = await pipe.execute()
-            wanted = [
-                (model, text(m))
-                for model, members in zip(models, listed[1::2], strict=True)
-                for m in members
-            ]
+                    pipe.zrange(self._names.stats_index_key(model), 0, -1, withscores=True)
+                live_raw, *listed = await pipe.execute()
+            live = {text(w) for w in live_raw}
+            wanted: list[tuple[str, str]] = []
+            stale: dict[str, list[str]] = {}
+            for model, members in zip(models, listed, strict=True):
+                for member, score in members:
+                    worker_id = text(member)
+                    if score >= cutoff or worker_id in live:
+                        wanted.append((model, worker_id))
+                    else:
+                        stale.setdefault(model, []).append(worker_id)
             hashes: list[Any] = []
-            if wanted:
+            if wanted or stale:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for model, worker_id in wanted:
                         pipe.hgetall(self._names.stats_key(model, worker_id))
-                    hashes = await pipe.execute()
+                    for model, workers in stale.items():
+                        pipe.zrem(self._names.stats_index_key(model), *workers)
+                    hashes = (await pipe.execute())[: len(wanted)]
         except RedisError as exc:
-            raise StatsError(f"reading service stats of {len(models)} models failed: {exc}") from exc
+            what = repr(models[0]) if len(models) == 1 else f"{len(models)} models"
+            raise StatsError(f"reading service stats of {what} failed: {exc}") from exc
         reports: dict[str, list[WorkerReport]] = {model: [] for model in models}
         for (model, worker_id), raw in zip(wanted, hashes, strict=True):
             report = WorkerReport.from_hash(worker_id, raw)
-            if report is not None and report.ts_ms >= cutoff:
+            if report is not None and (report.ts_ms >= cutoff or worker_id in live):
                 reports[model].append(report)
-        return {model: aggregate_service_stats(found) for model, found in reports.items()}
+        return reports

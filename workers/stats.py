@@ -1,7 +1,14 @@
 """Service stats the worker publishes for the autoscaler (record and keys: `schemas.stats`, `schemas.names`).
 
-`ModelStats` measures one served model (pure, fed by the consumer and the handler); `StatsPublisher` writes
-every model's report every heartbeat interval in one pipelined round trip, and withdraws them on stop.
+`ModelStats` measures one served model (pure, fed by the consumer and the handler); `StatsPublisher` looks
+at every model's report every heartbeat interval and writes, in one pipelined round trip, those that changed
+(a report's time aside; GPU utilization in steps of ``GPU_STEP_PCT``), or were written more than
+``STATS_REFRESH_S`` ago; it withdraws the reports of models it stopped serving, and all of them on stop.
+So an idle worker writes nothing per model: its models' last reports stay (with a TTL of two refresh
+periods), and the autoscaler counts a report as current while it is recent or its worker's heartbeat is
+live (`autoscaler.stats`). An idle model's last report says what it was doing last: its windowed figures
+(p95, queue) go back to zero as the window drains, and those changes are written too. A model that
+never measured anything has no report (the autoscaler reads a missing one as all zeros, as that report).
 
 Per-request service time is the worker's *busy* time per request: the wall time of a round (handle, run the
 batches, deliver, commit) divided by the requests it answered, over a recent window. Compute time alone
@@ -32,6 +39,12 @@ log = logging.getLogger("fleet.workers")
 #: Seconds of history behind the service time, batch size and p95 latency.
 STATS_WINDOW_S = 30.0
 _MAX_SAMPLES = 4096
+#: An unchanged report is written again after this many seconds (its keys live twice as long), so one lost
+#: to a Redis restart comes back and a crashed worker's reports are gone within the hour.
+STATS_REFRESH_S = 1800.0
+#: GPU utilization changes smaller than this many points do not count as a change of a report.
+GPU_STEP_PCT = 5.0
+_UNCHANGING = ("ts_ms", "gpu_util")  # fields left out when comparing reports (GPU utilization is compared apart)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -118,8 +131,25 @@ def _gpu_utilization(devices: Sequence[str]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _quiet(fields: dict[str, str]) -> bool:
+    """Whether a report measured nothing yet (every figure zero)."""
+    try:
+        return all(float(v) == 0 for k, v in fields.items() if k not in _UNCHANGING)
+    except ValueError:
+        return False
+
+
+def _same(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Whether two reports' fields say the same (their times aside, GPU utilization within ``GPU_STEP_PCT``)."""
+    if {k: v for k, v in a.items() if k not in _UNCHANGING} != {k: v for k, v in b.items() if k not in _UNCHANGING}:
+        return False
+    gpu_a, gpu_b = float(a.get("gpu_util", "-1")), float(b.get("gpu_util", "-1"))
+    return (gpu_a < 0) == (gpu_b < 0) and abs(gpu_a - gpu_b) < GPU_STEP_PCT
+
+
 class StatsPublisher:
-    """Publishes each model's `ModelStats` every ``interval_s`` (failures are logged, never fatal)."""
+    """Publishes each model's `ModelStats` when it changed, looking every ``interval_s`` (failures are logged,
+    never fatal)."""
 
     def __init__(
         self,
@@ -129,6 +159,8 @@ class StatsPublisher:
         stats: Callable[[], dict[str, ModelStats]],
         devices: Callable[[], Sequence[str]],
         interval_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
         self._names = names
@@ -136,7 +168,10 @@ class StatsPublisher:
         self._stats = stats
         self._devices = devices
         self.interval_s = interval_s
-        self._ttl_s = max(DEFAULT_STATS_TTL_S, math.ceil(5 * interval_s))
+        self._ttl_s = max(DEFAULT_STATS_TTL_S, math.ceil(5 * interval_s), math.ceil(2 * STATS_REFRESH_S))
+        self._clock = clock
+        #: Per model, the fields of the report last written and when (clock s).
+        self._written: dict[str, tuple[dict[str, str], float]] = {}
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -147,17 +182,37 @@ class StatsPublisher:
         self._task = asyncio.create_task(self._publish_routine(), name=f"stats-{self._worker_id}")
 
     async def publish_once(self) -> bool:
-        """Publish every model's report now; False (and a warning) when Redis refused."""
+        """Publish the reports that changed (or are due again) now and withdraw those of models no longer
+        served; False (and a warning) when Redis refused (they are all tried again next time)."""
         devices = list(self._devices())
         # NVML calls block; on the CPU there is nothing to ask.
         gpu = await asyncio.to_thread(_gpu_utilization, devices) if any(d.startswith("cuda") for d in devices) else None
-        ts = now_ms()
+        ts, now = now_ms(), self._clock()
         reports = {model: s.report(self._worker_id, gpu, ts) for model, s in self._stats().items()}
+        due: dict[str, WorkerReport] = {}
+        fields: dict[str, dict[str, str]] = {}
+        for model, report in reports.items():
+            fields[model] = report.to_fields()
+            last = self._written.get(model)
+            if last is None and _quiet(fields[model]):
+                continue
+            if last is not None and _same(last[0], fields[model]) and now - last[1] < STATS_REFRESH_S:
+                continue
+            due[model] = report
+        gone = [m for m in self._written if m not in reports]
+        if not due and not gone:
+            return True
         try:
-            await publish_worker_stats(self._redis, self._names, reports, ttl_s=self._ttl_s)
+            await publish_worker_stats(self._redis, self._names, due, ttl_s=self._ttl_s)
+            await withdraw_service_stats(self._redis, self._names, gone, self._worker_id)
         except RedisError as exc:
             log.warning("service stats not published: %s", exc)
+            for model in due:  # unknown what was stored: write them next time, whatever they say then
+                self._written[model] = ({}, -math.inf)
             return False
+        for model in gone:
+            del self._written[model]
+        self._written.update((model, (fields[model], now)) for model in due)
         return True
 
     async def stop(self) -> None:
@@ -168,7 +223,8 @@ class StatsPublisher:
             return
         await task
         try:
-            await withdraw_service_stats(self._redis, self._names, list(self._stats()), self._worker_id)
+            models = sorted(set(self._stats()) | set(self._written))
+            await withdraw_service_stats(self._redis, self._names, models, self._worker_id)
         except RedisError as exc:
             log.warning("service stats not withdrawn (they expire by themselves): %s", exc)
 

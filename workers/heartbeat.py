@@ -1,6 +1,11 @@
 """The worker heartbeat: ``HSET names.worker_key(id)`` (state, models, partitions, device, labels, follows,
 pid, host, ts_ms), ``EXPIRE`` 3x the interval, ``ZADD names.workers_key ts_ms id`` (docs/ARCHITECTURE.md).
 
+A beat writes only the fields that changed since the last beat that reached Redis (``ts_ms`` always): a
+pool worker's ``models`` and ``partitions`` run to thousands of entries and rarely change. Every field is
+written again after a failed beat (the hash may have expired meanwhile) and when the hash turns out to
+be gone (HSET added ``ts_ms`` as a new field: it expired or Redis lost it).
+
 Each beat also prunes ``names.workers_key``: entries whose last beat is older than ``PRUNE_AFTER_INTERVALS``
 intervals (at least ``PRUNE_AFTER_MIN_MS``) belong to workers that died without stopping; a worker that
 stops cleanly removes its own entry (its hash, state ``stopped``, expires on its own).
@@ -67,6 +72,7 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._prune_after_ms = max(PRUNE_AFTER_MIN_MS, int(PRUNE_AFTER_INTERVALS * 1000 * interval_s))
+        self._written: dict[str, str] = {}  # the fields the last successful beat left in the hash
 
     @property
     def state(self) -> WorkerState:
@@ -102,16 +108,21 @@ class Heartbeat:
             "ts_ms": str(ts),
         }
         key = self._names.worker_key(self._worker_id)
+        written, self._written = self._written, {}  # unknown what the hash holds until this beat succeeds
+        changed = {k: v for k, v in fields.items() if written.get(k) != v}
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping=fields)
+                pipe.hset(key, mapping=changed)
                 pipe.pexpire(key, max(1000, int(3000 * self._interval_s)))
                 pipe.zadd(self._names.workers_key, {self._worker_id: ts})
                 pipe.zremrangebyscore(self._names.workers_key, "-inf", f"({ts - self._prune_after_ms}")
-                await pipe.execute()
+                added, *_ = await pipe.execute()
+                if added > sum(1 for k in changed if k not in written):  # fields we left there were gone
+                    await self._redis.hset(key, mapping=fields)
         except RedisError as exc:
             log.warning("heartbeat not written: %s", exc)
             return False
+        self._written = fields
         return True
 
     async def _beat_routine(self) -> None:

@@ -1,7 +1,8 @@
 """Kubernetes backend: one worker Deployment per model, sized through its ``scale`` subresource.
 
 The autoscaler only reads and patches ``deployments/scale`` (RBAC in ``deploy/kubernetes/autoscaler-rbac.yaml``);
-the Deployments themselves come from ``deploy/kubernetes/worker-deployment.yaml``. On scale-down Kubernetes
+the Deployments themselves come from ``deploy/kubernetes/worker-pool.yaml`` (the pool) or
+``deploy/kubernetes/per-model/worker-deployment.yaml`` (one per model). On scale-down Kubernetes
 sends SIGTERM to the pods it removes and waits ``terminationGracePeriodSeconds``: the worker drains in that
 time (stop fetching, finish the batch, reply, commit, leave the group), so the grace period must exceed
 the worker's ``FLEET_WORKER_DRAIN_TIMEOUT_S``.
@@ -106,6 +107,11 @@ class KubernetesBackend:
             return await asyncio.to_thread(call, **kwargs)
         except Exception as exc:  # the adapter's translation point: any client error becomes a BackendError
             what = _describe(exc)
-            hint = " (create it from deploy/kubernetes/worker-deployment.yaml)" if what.startswith("HTTP 404") else ""
+            hint = (
+                " (create it from deploy/kubernetes/: worker-pool.yaml for the pool, per-model/worker-deployment.yaml "
+                "for one model)"
+                if what.startswith("HTTP 404")
+                else ""
+            )
             target = f"{self.namespace}/{kwargs.get('name')}"
             raise BackendError(f"{method} of deployment {target} failed: {what}{hint}") from exc

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
+from autoscaler import AutoscalerSettings
 from autoscaler.backends.kubernetes import deployment_name
 from schemas import Names
+from workers import WorkerSettings
 
 from .manifests import CHART, KUBE_VERSIONS, by_kind, container_env, render, values
 
@@ -219,16 +221,50 @@ def test_bad_pools_fail_with_a_clear_message(pools: list[dict[str, Any]], keda: 
         render(vals)
 
 
+def plain_manifests() -> dict[str, list[dict[str, Any]]]:
+    """deploy/kubernetes/ (and its per-model/ option) by file, relative to the folder."""
+    folder = CHART.parent.parent / "kubernetes"
+    return {str(p.relative_to(folder)): [d for d in load_all(p) if d] for p in sorted(folder.rglob("*.yaml"))}
+
+
 def test_plain_manifests_validate_against_the_kubernetes_schemas() -> None:
     """deploy/kubernetes/ (for clusters without Helm) stays valid too."""
-    docs = [d for path in sorted((CHART.parent.parent / "kubernetes").glob("*.yaml")) for d in load_all(path) if d]
+    docs = [d for file_docs in plain_manifests().values() for d in file_docs]
     assert {d["kind"] for d in docs} == {"Deployment", "ServiceAccount", "Role", "RoleBinding"}
     for doc in docs:
         for version in KUBE_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
-    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > float(container_env(deployment)["FLEET_WORKER_DRAIN_TIMEOUT_S"])
+    for deployment in [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "fleet-autoscaler"]:
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > float(container_env(deployment)["FLEET_WORKER_DRAIN_TIMEOUT_S"])
+
+
+def test_plain_manifests_run_the_pool_that_the_autoscaler_sizes() -> None:
+    """`kubectl apply -f deploy/kubernetes/` (not recursive): the pool, the autoscaler in pool mode, its RBAC;
+    the settings they set parse, and the autoscaler's names and sizes match the pool's."""
+    files = plain_manifests()
+    top = [d for name, file_docs in files.items() if "/" not in name for d in file_docs]
+    deployments = by_kind(top, "Deployment")
+    assert set(deployments) == {"fleet-worker-pool", "fleet-autoscaler"}
+    pool, scaler = deployments["fleet-worker-pool"], deployments["fleet-autoscaler"]
+    assert "replicas" not in pool["spec"]  # the autoscaler's, not reset by a re-apply
+    worker_env = container_env(pool)
+    assert "FLEET_WORKER_MODELS" not in worker_env
+    worker = WorkerSettings.from_env({k: v for k, v in worker_env.items() if v != "<from>"})
+    assert worker.mode == "pool" and worker.follow_assignment
+    env = AutoscalerSettings.from_env({k: v for k, v in container_env(scaler).items() if v != "<from>"})
+    assert env.pool and env.backend == "kubernetes" and env.k8s_pool_deployment == "fleet-worker-pool"
+    assert env.models == ()  # every registered model
+    room = worker.memory_budget_mb * (1 + worker.overcommit_pct / 100)
+    assert env.pool_worker_memory_mb == pytest.approx(room, abs=1)
+    (account,) = by_kind(top, "ServiceAccount")
+    assert scaler["spec"]["template"]["spec"]["serviceAccountName"] == account
+    (role,) = by_kind(top, "Role").values()
+    allowed = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
+    assert {("deployments/scale", "get"), ("deployments/scale", "patch")} <= allowed
+    (per_model,) = by_kind(files["per-model/worker-deployment.yaml"], "Deployment").values()
+    assert container_env(per_model)["FLEET_WORKER_MODELS"] == "my-model"
+    assert per_model["metadata"]["name"] == deployment_name(AutoscalerSettings().k8s_deployment_template, "my-model")
 
 
 def test_no_autoscaler_without_a_pool_for_it() -> None:

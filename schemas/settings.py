@@ -127,6 +127,12 @@ def describe(cls: Any, prefix: str) -> list[tuple[str, str, str]]:
     return rows
 
 
+#: FLEET_KAFKA_BROKER values.
+BROKER_KINDS = ("auto", "kafka", "embedded")
+#: The cluster id the embedded broker (Tansu) reports by default.
+EMBEDDED_CLUSTER_ID_PREFIX = "tansu"
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """Connection and client tuning for the Kafka cluster (read from ``FLEET_KAFKA_*``)."""
@@ -155,13 +161,50 @@ class KafkaSettings:
     retry_partitions: int = doc(
         "Partitions of each of the namespace's two shared retry topics (caps the gateways relaying retries).", 4
     )
-    replication_factor: int = doc("Replication factor of new topics.", 1)
+    replication_factor: int = doc(
+        "Replication factor of new topics; 0 follows the cluster (3 with 3 brokers or more, else the broker count).", 0
+    )
+    broker: str = doc(
+        "What the cluster runs: auto (ask it: the embedded broker names its cluster tansu_cluster), kafka (Kafka "
+        "and compatible: lag from ListOffsets, the idempotent producer) or embedded (lag from fetch probes).",
+        "auto",
+    )
+    idempotence: str = doc(
+        "Idempotent request producer (a broker retry cannot duplicate a request): auto (on unless the broker is the "
+        "embedded one, which lacks it), on or off.",
+        "auto",
+    )
 
     def __post_init__(self) -> None:
         if self.retry_partitions < 1:
             raise SettingsError("FLEET_KAFKA_RETRY_PARTITIONS must be >= 1")
         if self.partitions < 1 or self.dlq_partitions < 1:
             raise SettingsError("FLEET_KAFKA_PARTITIONS and FLEET_KAFKA_DLQ_PARTITIONS must be >= 1")
+        if self.replication_factor < 0:
+            raise SettingsError("FLEET_KAFKA_REPLICATION_FACTOR must be >= 0 (0: follow the cluster)")
+        if self.broker not in BROKER_KINDS:
+            raise SettingsError(f"FLEET_KAFKA_BROKER must be one of {', '.join(BROKER_KINDS)}, not {self.broker!r}")
+        if self.idempotence not in ("auto", "on", "off"):
+            raise SettingsError(f"FLEET_KAFKA_IDEMPOTENCE must be auto, on or off, not {self.idempotence!r}")
+
+    def embedded(self, cluster_id: str | None) -> bool:
+        """Whether the cluster is the embedded broker (Tansu): FLEET_KAFKA_BROKER, or with auto the cluster id the
+        cluster reports (DescribeCluster / Metadata); its ListOffsets and idempotent producer are not usable."""
+        if self.broker != "auto":
+            return self.broker == "embedded"
+        return (cluster_id or "").startswith(EMBEDDED_CLUSTER_ID_PREFIX)
+
+    def idempotent(self, cluster_id: str | None) -> bool:
+        """Whether request producers enable idempotence on the cluster that reports ``cluster_id``."""
+        if self.idempotence != "auto":
+            return self.idempotence == "on"
+        return not self.embedded(cluster_id)
+
+    def replication_for(self, brokers: int) -> int:
+        """Replication factor of a new topic on a cluster of ``brokers`` brokers (the setting, unless 0)."""
+        if self.replication_factor > 0:
+            return self.replication_factor
+        return max(1, min(3, brokers))
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS context when the protocol uses SSL, else None."""
@@ -190,15 +233,19 @@ class KafkaSettings:
             )
         return kwargs
 
-    def producer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for an AIOKafkaProducer."""
-        return {
+    def producer_kwargs(self, *, idempotent: bool = False) -> dict[str, Any]:
+        """Keyword arguments for an AIOKafkaProducer (``idempotent``: one whose broker-side retries cannot
+        duplicate a record; see ``idempotent()``)."""
+        kwargs: dict[str, Any] = {
             **self.client_kwargs(),
             "linger_ms": self.linger_ms,
             "max_request_size": self.max_request_bytes,
             "compression_type": None if self.compression == "none" else self.compression,
             "acks": "all",
         }
+        if idempotent:
+            kwargs["enable_idempotence"] = True
+        return kwargs
 
     def consumer_kwargs(self, group_id: str) -> dict[str, Any]:
         """Keyword arguments for a worker's AIOKafkaConsumer in ``group_id`` (manual commits)."""

@@ -9,6 +9,9 @@ and its shared dead-letter topic (``Names.dlq_topic``, ``kafka.dlq_partitions``)
 A model's topics at registration are only its request topic (``Names.model_topics``). Its bulk-lane topic is
 created on first use: by whatever publishes the first bulk request (``BulkTopics`` in the gateway's publisher
 and the producer client; ``ensure_bulk_topic``), with as many partitions as the request topic.
+
+New topics get ``kafka.replication_factor`` replicas, or when it is 0 (the default) the cluster's own choice: 3 on a
+cluster of 3 brokers or more, else one per broker (``replication_factor``, from the Metadata answer's brokers).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import InvalidReplicationFactorError, KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.protocol.metadata import MetadataRequest
 
 from .errors import ErrorCode, FleetError
@@ -143,9 +146,10 @@ async def _create_missing(
         await admin.start()
         existing = set(await admin.list_topics())
         missing = [topic for topic in counts if topic not in existing]
+        replicas = await replication_factor(kafka) if missing else 0
         for start in range(0, len(missing), batch_topics):
             chunk = missing[start : start + batch_topics]
-            new = [NewTopic(t, num_partitions=counts[t], replication_factor=kafka.replication_factor) for t in chunk]
+            new = [NewTopic(t, num_partitions=counts[t], replication_factor=replicas) for t in chunk]
             try:
                 response = await admin.create_topics(new)
             except TopicAlreadyExistsError:  # another process won the race for some of them
@@ -179,6 +183,8 @@ def _refused(response: Any) -> dict[str, FleetError]:
             continue
         error = for_code(code)
         reason = (entry[2] if len(entry) > 2 else None) or error.description
+        if code == InvalidReplicationFactorError.errno:
+            reason += " (FLEET_KAFKA_REPLICATION_FACTOR: 0 follows the cluster's broker count)"
         refused[topic] = FleetError(
             f"Kafka did not create topic {topic!r}: {error.__name__} (error {code}): {reason}",
             code=ErrorCode.BACKEND_UNAVAILABLE if error.retriable else ErrorCode.INTERNAL,
@@ -186,9 +192,26 @@ def _refused(response: Any) -> dict[str, FleetError]:
     return refused
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    """What a Metadata answer says about the cluster: its live brokers and its id (None when not reported)."""
+
+    brokers: int
+    cluster_id: str | None
+
+
+async def cluster_info(kafka: KafkaSettings) -> ClusterInfo:
+    """The cluster's broker count and id (one metadata request for no topic; FleetError when unreachable)."""
+    return (await _metadata(kafka, []))[1]
+
+
 async def topic_partitions(kafka: KafkaSettings, topics: Sequence[str]) -> dict[str, int]:
     """Partition count of each of ``topics`` that exists (one metadata request; a missing topic is left out and
     never auto-created, which a consumer's or producer's metadata request would do on most brokers)."""
+    return (await _metadata(kafka, topics))[0]
+
+
+async def _metadata(kafka: KafkaSettings, topics: Sequence[str]) -> tuple[dict[str, int], ClusterInfo]:
     client = AIOKafkaClient(**kafka.client_kwargs())
     try:
         await client.bootstrap()
@@ -204,7 +227,17 @@ async def topic_partitions(kafka: KafkaSettings, topics: Sequence[str]) -> dict[
         found = next((field for field in entry[2:] if isinstance(field, list)), [])
         if not error_code and found:
             counts[topic] = len(found)
-    return counts
+    return counts, ClusterInfo(len(response.brokers), getattr(response, "cluster_id", None) or None)
+
+
+async def replication_factor(kafka: KafkaSettings, info: ClusterInfo | None = None) -> int:
+    """Replication factor of new topics: ``FLEET_KAFKA_REPLICATION_FACTOR``, or when it is 0 the cluster's
+    (3 with 3 brokers or more, else the broker count; ``info`` when known, else one metadata request)."""
+    if kafka.replication_factor > 0:
+        return kafka.replication_factor
+    if info is None:
+        info = await cluster_info(kafka)
+    return kafka.replication_for(info.brokers)
 
 
 async def ensure_bulk_topic(
@@ -217,11 +250,11 @@ async def ensure_bulk_topic(
     models never get one). FleetError as ``ensure_model_topics`` when the broker refuses it or is unreachable.
     """
     bulk, request = names.bulk_topic(model), names.request_topic(model)
-    counts = await topic_partitions(kafka, [bulk, request])
+    counts, info = await _metadata(kafka, [bulk, request])
     if bulk in counts:
         return False
     count = counts.get(request, kafka.partitions)
-    new = NewTopic(bulk, num_partitions=count, replication_factor=kafka.replication_factor)
+    new = NewTopic(bulk, num_partitions=count, replication_factor=await replication_factor(kafka, info))
     admin = admin_client(**kafka.client_kwargs())
     try:
         await admin.start()

@@ -8,9 +8,12 @@ Only standard Kafka requests are used, chosen so the numbers are right on Apache
 broker alike (see KAFKA_LOCAL.md):
 
 * partitions: Metadata (``list_topics`` first, because describing a missing topic can auto-create it);
-* log-end offsets: the high watermark that every Fetch response carries. ListOffsets(latest) is *not*
-  used: some brokers answer it with the start of the last batch. A group-less consumer is assigned every
-  partition, seeks to the last known log end (always inside the log), fetches at most one byte with a
+* log-end offsets (``LagMethod``, chosen once at start from ``FLEET_KAFKA_BROKER``, with ``auto`` from the
+  cluster id the cluster reports): on Kafka, ListOffsets(latest) for every partition in one batched call
+  (one request per leader broker; when it fails, one call per topic, so a topic without a leader fails only
+  its own partitions). On the embedded broker ListOffsets answers the start of the last batch, so the log
+  end is the high watermark that every Fetch response carries instead: a group-less consumer is assigned
+  every partition, seeks to the last known log end (always inside the log), fetches at most one byte with a
   short wait, and reads ``highwater()``; between rounds its partitions are paused so it fetches nothing;
 * committed offsets: OffsetFetch with an explicit partition list (``list_consumer_group_offsets``);
 * log start: ListOffsets(earliest), so a partition without a commit counts its whole retained log as lag.
@@ -19,12 +22,12 @@ Lag = log end - max(committed, log start), clamped at 0; a commit beyond the log
 anomaly and counts as no lag (it must never look like a huge backlog).
 
 Cost per round, so that idle models cost almost nothing: one Metadata request (topic partitions are
-described once, and again every ``metadata_refresh_s``), one Fetch per broker for every partition (the probe
-fetches them all at once), and ListOffsets and OffsetFetch only for partitions that may have moved: one
-whose log end did not move and that had no lag keeps its committed offset and log start from the last round.
-A partition without a fresh Fetch answer within ``probe_timeout_s`` keeps its last known log end (a warning
-says how many), and one never answered is left out of its model's load: the round decides on the partitions
-it has data for instead of failing as a whole.
+described once, and again every ``metadata_refresh_s``), one ListOffsets (or on the embedded broker one Fetch)
+per broker for every partition, and ListOffsets(earliest) and OffsetFetch only for partitions that may have
+moved: one whose log end did not move and that had no lag keeps its committed offset and log start from the
+last round. A partition without a fresh log end within ``probe_timeout_s`` keeps its last known one (a
+warning says how many), and one never answered is left out of its model's load: the round decides on the
+partitions it has data for instead of failing as a whole (it fails only when no partition answered).
 """
 
 from __future__ import annotations
@@ -41,13 +44,28 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from schemas import FleetSettings, Lane, Names
+from schemas import FleetError, FleetSettings, KafkaSettings, Lane, Names
 from schemas.eventloop import AsyncService
+from schemas.topics import cluster_info
 
 from .errors import CollectorError
 from .signals import ModelLoad, PartitionLoad, ewma
 
 log = logging.getLogger("fleet.autoscaler")
+
+
+class LagMethod(enum.Enum):
+    """How the collector reads log-end offsets."""
+
+    #: Batched ListOffsets(latest): right on Kafka and compatible brokers.
+    LIST_OFFSETS = "list_offsets"
+    #: The high watermark of a one-byte Fetch per partition: the embedded broker, whose ListOffsets is wrong.
+    FETCH_PROBE = "fetch_probe"
+
+
+def lag_method(kafka: KafkaSettings, cluster_id: str | None) -> LagMethod:
+    """The log-end method for a cluster that reports ``cluster_id`` (``FLEET_KAFKA_BROKER`` decides unless auto)."""
+    return LagMethod.FETCH_PROBE if kafka.embedded(cluster_id) else LagMethod.LIST_OFFSETS
 
 
 class _State(enum.Enum):
@@ -76,14 +94,16 @@ class _Sample:
 class RoundCost:
     """What one `LagCollector.collect` asked the brokers (for tests and the autoscaler's logs)."""
 
-    #: Partitions probed with the one Fetch per broker.
+    #: Partitions whose log end was asked (one ListOffsets or Fetch per broker).
     partitions: int = 0
     #: Partitions whose log end or lag may have moved: their log start and committed offsets were read.
     moving: int = 0
     #: OffsetFetch requests sent (one per model and lane with a moving partition).
     offset_fetches: int = 0
-    #: Partitions without a fresh Fetch answer (their last known log end was used, or they were left out).
+    #: Partitions without a fresh log end (their last known one was used, or they were left out).
     stale: int = 0
+    #: How the log ends were read.
+    method: LagMethod = LagMethod.FETCH_PROBE
 
 
 class LagCollector(AsyncService):
@@ -116,6 +136,8 @@ class LagCollector(AsyncService):
         self._known_end: dict[TopicPartition, int] = {}
         self._samples: dict[TopicPartition, _Sample] = {}
         self._anomalies: dict[TopicPartition, str] = {}
+        #: How log ends are read (decided in ``start``).
+        self.method = LagMethod.FETCH_PROBE
 
     async def start(self) -> None:
         """Connect the admin client and the probe consumer."""
@@ -138,9 +160,12 @@ class LagCollector(AsyncService):
                 max_partition_fetch_bytes=1,
             )
             await self._probe.start()
-        except KafkaError as exc:
+            cluster_id = (await cluster_info(kafka)).cluster_id if kafka.broker == "auto" else None
+        except (KafkaError, FleetError) as exc:
             await self.stop()
             raise CollectorError("connect", exc) from exc
+        self.method = lag_method(kafka, cluster_id)
+        log.info("lag collector reads log ends by %s", self.method.value, extra={"cluster_id": cluster_id})
 
     async def stop(self) -> None:
         """Close both clients; idempotent."""
@@ -189,7 +214,7 @@ class LagCollector(AsyncService):
                 *(self._committed(admin, m, lane, wanted) for (m, lane), wanted in by_lane.items())
             ):
                 committed.update(offsets)
-            self.last_round = RoundCost(len(tps), len(moving), len(by_lane), self._stale)
+            self.last_round = RoundCost(len(tps), len(moving), len(by_lane), self._stale, self.method)
         except KafkaError as exc:
             raise CollectorError(f"models {list(models)}", exc) from exc
         now = self._clock()
@@ -237,18 +262,68 @@ class LagCollector(AsyncService):
         return {t: self._described[t] for t in wanted if t in self._described}
 
     async def _log_ends(self, probe: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """High watermark of a fresh Fetch response for every partition (one Fetch per broker for all of
-        them); a partition without a fresh answer in ``probe_timeout_s`` gets its last known log end, or is
-        left out when it has none. CollectorError when no partition at all answered."""
+        """A fresh log end for every partition (``self.method``); a partition without a fresh answer in
+        ``probe_timeout_s`` gets its last known log end, or is left out when it has none. CollectorError when
+        no partition at all answered."""
         if not tps:
             return {}
         if frozenset(tps) != self._assigned:
-            probe.assign(tps)
+            if self.method is LagMethod.FETCH_PROBE:
+                probe.assign(tps)
             self._assigned = frozenset(tps)
             # Forget partitions no longer measured (deleted topics, removed models).
             for table in (self._known_end, self._samples, self._anomalies):
                 for gone in [tp for tp in table if tp not in self._assigned]:
                     del table[gone]
+        if self.method is LagMethod.LIST_OFFSETS:
+            fresh = await self._list_offsets(probe, tps)
+        else:
+            fresh = await self._fetch_highwaters(probe, tps)
+        pending = [tp for tp in tps if tp not in fresh]
+        if pending and len(pending) == len(tps):
+            raise CollectorError(f"no log end within {self.probe_timeout_s}s for {pending[:5]}")
+        self._stale = len(pending)
+        if pending:
+            log.warning(
+                "no fresh log end within %gs for %d of %d partitions (e.g. %s): their last known log "
+                "end is used, those never measured are left out this round",
+                self.probe_timeout_s,
+                len(pending),
+                len(tps),
+                pending[:3],
+            )
+        self._known_end.update(fresh)
+        return {tp: self._known_end[tp] for tp in tps if tp in self._known_end}
+
+    async def _list_offsets(self, probe: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """ListOffsets(latest) for ``tps`` in one batched call; when that fails or times out, one call per topic
+        (a topic whose leader is gone fails only its partitions, which are left out of the answer)."""
+        try:
+            async with asyncio.timeout(self.probe_timeout_s):
+                return {tp: int(end) for tp, end in (await probe.end_offsets(tps)).items()}
+        except (KafkaError, TimeoutError) as exc:
+            log.debug("batched ListOffsets failed (%s); asking per topic", exc)
+        by_topic: dict[str, list[TopicPartition]] = {}
+        for tp in tps:
+            by_topic.setdefault(tp.topic, []).append(tp)
+
+        async def one(topic_tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            try:
+                async with asyncio.timeout(self.probe_timeout_s):
+                    return {tp: int(end) for tp, end in (await probe.end_offsets(topic_tps)).items()}
+            except (KafkaError, TimeoutError):
+                return {}
+
+        fresh: dict[TopicPartition, int] = {}
+        for answer in await asyncio.gather(*(one(group) for group in by_topic.values())):
+            fresh.update(answer)
+        return fresh
+
+    async def _fetch_highwaters(
+        self, probe: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """High watermark of a fresh Fetch response for every partition that answers within ``probe_timeout_s``
+        (one Fetch per broker for all of them)."""
         probe.resume(*tps)
         for tp in tps:
             probe.seek(tp, self._known_end.get(tp, 0))
@@ -266,29 +341,13 @@ class LagCollector(AsyncService):
                     break
         finally:
             probe.pause(*tps)  # no background fetching between rounds
-        if pending and len(pending) == len(tps):
-            raise CollectorError(f"no fetch response within {self.probe_timeout_s}s for {pending[:5]}")
         stale = set(pending)
-        self._stale = len(stale)
-        if stale:
-            log.warning(
-                "no fresh fetch response within %gs for %d of %d partitions (e.g. %s): their last known log "
-                "end is used, those never measured are left out this round",
-                self.probe_timeout_s,
-                len(stale),
-                len(tps),
-                pending[:3],
-            )
-        ends: dict[TopicPartition, int] = {}
+        fresh: dict[TopicPartition, int] = {}
         for tp in tps:
-            if tp in stale:
-                if tp in self._known_end:
-                    ends[tp] = self._known_end[tp]
-                continue
-            end = probe.highwater(tp)
-            ends[tp] = int(end) if end is not None else 0
-            self._known_end[tp] = ends[tp]
-        return ends
+            if tp not in stale:
+                end = probe.highwater(tp)
+                fresh[tp] = int(end) if end is not None else 0
+        return fresh
 
     async def _committed(
         self, admin: AIOKafkaAdminClient, model: str, lane: Lane, tps: list[TopicPartition]

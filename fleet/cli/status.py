@@ -1,7 +1,8 @@
 """``fleet status``: the stack's processes, the workers' heartbeats, per-model load and scaling, and the GPUs.
 
 Sources: ``stack.json`` (processes), the gateway's readiness probe, the worker heartbeat hashes, each
-worker's resident models (`schemas.residency`), the model registry, a live `LagCollector` snapshot (lag
+worker's resident models (`schemas.residency`), the pool (workers that follow the placement: how many
+models each is assigned, serves and holds resident), the model registry, a live `LagCollector` snapshot (lag
 per model), the autoscaler's last decision per model (desired vs actual, the smoothed arrival and
 completion rates, the reason), the placement status per model (where its replicas are assigned, or why
 not: ScheduleFailed), the runtime pins and the GPU inventory. Plain aligned text, or ``--json``
@@ -59,6 +60,21 @@ class ModelStatus:
 
 
 @dataclass
+class PoolWorker:
+    """One worker of the pool (it follows the placement scheduler's assignment): its models by count."""
+
+    worker: str
+    state: str
+    device: str
+    assigned: int | None  # in its assignment set (None: unreadable)
+    serving: int  # in its heartbeat: the assigned models it has picked up
+    resident: int | None  # loaded now (None: no residency published)
+    resident_bytes: int | None = None
+    budget_bytes: int | None = None  # None: unlimited, or no residency published
+    heartbeat_s_ago: float = 0.0
+
+
+@dataclass
 class StatusReport:
     """Everything ``fleet status`` shows."""
 
@@ -70,6 +86,7 @@ class StatusReport:
     stack: dict[str, Any] | None = None
     workers: list[dict[str, Any]] = field(default_factory=list)
     residency: list[dict[str, Any]] = field(default_factory=list)  # schemas.residency.WorkerResidency per worker
+    pool: list[dict[str, Any]] = field(default_factory=list)  # PoolWorker per worker following the placement
     models: list[ModelStatus] = field(default_factory=list)
     gpus: list[dict[str, Any]] = field(default_factory=list)
     autoscaler_leader: str | None = None  # holder of the autoscalers' leader lease (None: nobody leads)
@@ -128,6 +145,7 @@ async def gather_status(target: Target) -> StatusReport:
     try:
         workers = await read_workers(redis, names)
         report.residency = await _read_residency(redis, names, report)
+        report.pool = await _read_pool(redis, names, workers, report.residency)
         registry = ModelRegistry(redis, names)
         models = [ModelStatus(m, await registry.default_version(m)) for m in await registry.models()]
         await _add_scaling(redis, names, models, report)
@@ -159,6 +177,73 @@ async def _read_residency(redis: Any, names: Names, report: StatusReport) -> lis
             continue
         states.append(dataclasses.asdict(state))
     return states
+
+
+async def _read_pool(
+    redis: Any, names: Names, workers: Sequence[WorkerView], residency: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The pool: each worker that follows its assignment, with its assigned (one pipelined SCARD each), served
+    and resident model counts."""
+    followers = [w for w in workers if w.follows]
+    if not followers:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for view in followers:
+            pipe.scard(names.assignment_key(view.id))
+        counts = await pipe.execute()
+    resident = {state["worker"]: state for state in residency}
+    pool = []
+    for view, assigned in zip(followers, counts, strict=True):
+        state = resident.get(view.id)
+        pool.append(
+            PoolWorker(
+                view.id,
+                view.state,
+                view.device,
+                int(assigned),
+                len(view.models),
+                None if state is None else len(state["models"]),
+                None if state is None else state["resident_bytes"],
+                None if state is None else state["budget_bytes"],
+                round(view.age_s, 1),
+            )
+        )
+    return [dataclasses.asdict(p) for p in pool]
+
+
+def _pool_lines(pool: Sequence[dict[str, Any]]) -> list[str]:
+    """``pool`` section of the text report: a summary line, then one row per pool worker (pure)."""
+    if not pool:
+        return []
+    states: dict[str, int] = {}
+    for worker in pool:
+        states[worker["state"]] = states.get(worker["state"], 0) + 1
+    by_state = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    lines = [f"pool      {len(pool)} worker{'s' if len(pool) != 1 else ''} following the placement: {by_state}"]
+    rows = [["WORKER", "STATE", "ASSIGNED", "SERVING", "RESIDENT", "MEMORY", "DEVICE", "HEARTBEAT"]]
+    for w in pool:
+        if w["resident_bytes"] is None:
+            memory = "-"
+        else:
+            budget = "unlimited" if w["budget_bytes"] is None else f"{w['budget_bytes'] / MB:.0f} MB"
+            memory = f"{w['resident_bytes'] / MB:.0f} MB of {budget}"
+        rows.append(
+            [w["worker"], w["state"], _num(w["assigned"]), str(w["serving"]), _num(w["resident"]), memory,
+             w["device"] or "-", f"{w['heartbeat_s_ago']:.1f}s ago"]
+        )  # fmt: skip
+    return lines + table(rows)
+
+
+#: A pool worker's line in the workers list names its models up to this many (then their count: see ``pool``).
+WORKER_LINE_MODELS = 5
+
+
+def _worker_line(worker: dict[str, Any]) -> str:
+    """A worker's line; a pool worker serving many models shows their count instead of the list."""
+    view = WorkerView(**worker)
+    if view.follows and len(view.models) > WORKER_LINE_MODELS:
+        view = dataclasses.replace(view, models=(f"<{len(view.models)} models>",))
+    return view.line()
 
 
 def _ago(now: float, then_ms: float) -> str:
@@ -272,7 +357,8 @@ def render(report: StatusReport) -> str:
     lines.append(f"redis     {report.redis}")
     lines.append(f"namespace {report.namespace}")
     lines.append(f"workers   {len(report.workers)}")
-    lines += [f"  {WorkerView(**w).line()}" for w in report.workers]
+    lines += [f"  {_worker_line(w)}" for w in report.workers]
+    lines += _pool_lines(report.pool)
     if report.residency:
         lines.append("residency")
         lines += _residency_lines(report.residency)

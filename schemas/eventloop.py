@@ -1,7 +1,7 @@
 """Running a service's main coroutine on the fastest event loop available, and stopping it on signals.
 
-uvloop (optional extra ``speed``) cuts the per-request cost of socket I/O roughly in half; without
-it the standard asyncio loop is used. ``FLEET_EVENT_LOOP=asyncio`` forces the standard loop.
+uvloop (a base dependency) cuts the per-request cost of socket I/O roughly in half; where it is missing
+the standard asyncio loop is used. ``FLEET_EVENT_LOOP=asyncio`` forces the standard loop.
 `stop_signals` is how every ``python -m`` entry point turns SIGTERM/SIGINT into a graceful stop, and
 `AsyncService` gives every service with ``start()``/``stop()`` its ``async with``.
 """

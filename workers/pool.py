@@ -378,6 +378,11 @@ class PoolConsumer:
             self._assigned[lane] = tps
             self._wake.set()
 
+    @property
+    def fenced(self) -> bool:
+        """True while this worker may not consume (its liveness may lapse, or a lapse is not checked yet)."""
+        return self._leases.fenced
+
     async def _lease_routine(self) -> None:
         interval = self._settings.heartbeat_interval_s
         while not self._closing.is_set():

@@ -16,11 +16,24 @@ may still land. A failed delivery is a 503 for that request.
 A model's bulk-lane topic is created on first use: the first publish to it (``schemas.topics.BulkTopics``,
 with ``names``) creates it when it is missing, within ``timeout_s`` (503 otherwise), and later ones skip that.
 
-The breaker (answer 503 at once, no request waits on a dead broker) trips only on evidence that the
-cluster is unreachable: a failed publish, or one slower than ``timeout_s``, makes the publisher ask the
-cluster for metadata, and only when that fails do publishes fail fast, until a background metadata
-probe reaches the cluster again (every ``_PROBE_INTERVAL_S``). A slow publish to one topic on a
-reachable cluster fails nothing else.
+Records go to partitions that have a leader: the key (the request id) orders nothing, so the partitioner
+(``LeaderPartitioner``) spreads records at random over the topic's partitions with a leader, and over all of
+them only when none has one (aiokafka's default hashes the key over every partition, so during a broker
+restart a share of records waited on, and failed for, partitions without a leader).
+
+Two breakers answer 503 at once so that no request waits on what is known to be down. The cluster's trips
+only on evidence that the cluster is unreachable: a failed publish, or one slower than ``timeout_s``, makes
+the publisher ask the cluster for metadata, and only when that fails do all publishes fail fast, until a
+background metadata probe reaches the cluster again (every ``_PROBE_INTERVAL_S``). A topic's trips when its
+publish failed or its metadata (partitions with a leader) did not come within ``timeout_s`` while the cluster
+answers: publishes to that topic fail fast (503 BACKEND_UNAVAILABLE naming it) until a probe of that topic
+finds a partition with a leader (every ``_TOPIC_PROBE_INTERVAL_S``, the first after that long), and every
+other topic keeps flowing. A hand-over that waits past ``timeout_s`` on a topic whose metadata is there
+waits on this gateway's own producer (its buffer is full): 503 OVERLOADED.
+
+The producer is idempotent (``enable_idempotence``: a broker-side retry cannot write a request twice, which
+would run it twice) per ``FLEET_KAFKA_IDEMPOTENCE``: with ``auto``, unless the cluster is the embedded broker,
+which lacks it (``KafkaSettings.idempotent``).
 """
 
 from __future__ import annotations
@@ -28,6 +41,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -37,7 +52,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from common import Backoff, BackoffPolicy
 from schemas import ENVELOPE_VERSION, FleetError, InferenceRequest, KafkaSettings, Names
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
-from schemas.topics import BulkTopics
+from schemas.topics import BulkTopics, cluster_info
 
 from .errors import BackendDownError, OverloadedError, PayloadTooLargeError
 from .limits import check_queued_size
@@ -48,15 +63,42 @@ log = logging.getLogger("fleet.gateway")
 _CONNECT_RETRY = BackoffPolicy(first_s=0.1, max_s=5.0)
 _VERSION_HEADER = (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())
 _PROBE_INTERVAL_S = 0.25
+#: Pause between probes of a tripped topic (and before the first): how long its publishes fail fast at least.
+_TOPIC_PROBE_INTERVAL_S = 1.0
+
+
+class LeaderPartitioner:
+    """aiokafka partitioner that ignores the key: a random partition among those with a leader (``available``),
+    or among all of them when none has one (the record then waits for a leader as it would anyway)."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def __call__(self, key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]) -> int:
+        """The partition of the next record of a topic (``all_partitions`` sorted, ``available`` any order)."""
+        return self._rng.choice(list(available) if available else list(all_partitions))
 
 
 class RequestPublisher:
     """One shared AIOKafkaProducer for every request of the process."""
 
     def __init__(
-        self, kafka: KafkaSettings, timeout_s: float, max_bytes: int | None = None, names: Names | None = None
+        self,
+        kafka: KafkaSettings,
+        timeout_s: float,
+        max_bytes: int | None = None,
+        names: Names | None = None,
+        *,
+        producer_factory: Callable[..., AIOKafkaProducer] = AIOKafkaProducer,
     ) -> None:
         self._kafka = kafka
+        #: Builds the producer from keyword arguments (a seam for tests).
+        self._producer_factory = producer_factory
+        #: Whether the producer is idempotent (decided when it connects).
+        self.idempotent = False
+        #: Tripped topics -> why their publishes fail fast; each has a probe in ``_topic_probes``.
+        self._topic_trips: dict[str, str] = {}
+        self._topic_probes: dict[str, asyncio.Task[None]] = {}
         #: Creates bulk-lane topics on their first publish (None: every topic is taken to exist).
         self._bulk_topics = BulkTopics(kafka, names) if names is not None else None
         self._timeout_s = timeout_s
@@ -83,9 +125,16 @@ class RequestPublisher:
         if self._connect_task is None:
             self._connect_task = asyncio.create_task(self._connect_routine(), name="fleet-gateway-kafka-connect")
 
+    def topic_problem(self, topic: str) -> str | None:
+        """Why publishes to ``topic`` fail fast now (its breaker is open), or None."""
+        return self._topic_trips.get(topic)
+
     async def stop(self) -> None:
         """Stop connecting, flush what was sent and close the producer; idempotent."""
-        for task in (self._connect_task, self._probe_task, self._verify_task):
+        probes = list(self._topic_probes.values())
+        self._topic_probes.clear()
+        self._topic_trips.clear()
+        for task in (self._connect_task, self._probe_task, self._verify_task, *probes):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -101,14 +150,18 @@ class RequestPublisher:
         """Produce ``request`` keyed by its id and wait until it is delivered.
 
         PayloadTooLargeError (413) when the record is over the size limit; OverloadedError (503) when the
-        hand-over took over ``timeout_s`` (not queued) while the cluster answers (this gateway's producer is
-        backed up); BackendDownError (503) when the breaker is open, the hand-over timed out and the cluster
-        does not answer either, or the delivery failed. Bound
-        the call by the request's deadline: cancelled after the hand-over, the record may still land.
+        hand-over took over ``timeout_s`` (not queued) while the cluster answers and the topic's metadata is
+        there (this gateway's producer is backed up); BackendDownError (503) when the cluster's or the topic's
+        breaker is open, the topic's metadata did not come in time, the hand-over timed out and the cluster does
+        not answer either, or the delivery failed. Bound the call by the request's deadline: cancelled after
+        the hand-over, the record may still land.
         """
         producer = self._producer
         if producer is None or self._probe_task is not None:
             raise BackendDownError("kafka", self._last_error)
+        tripped = self._topic_trips.get(topic)
+        if tripped is not None:
+            raise BackendDownError("kafka", f"{tripped} (failing fast until the topic has a leader again)")
         key = request.id.encode()
         value = request.to_bytes()
         headers = [(HEADER_REQUEST_ID, key), _VERSION_HEADER]
@@ -116,8 +169,27 @@ class RequestPublisher:
         check_queued_size(size, self._max_bytes, self._limit_name)
         if self._bulk_topics is not None:
             await self._ensure_topic(self._bulk_topics, topic)
+        loop = asyncio.get_running_loop()
+        budget_end = loop.time() + self._timeout_s
         try:
             async with asyncio.timeout(self._timeout_s):
+                # The topic's partitions and leaders first (at once when known): a topic without them is a
+                # problem of that topic, a wait after them one of this gateway's producer.
+                await producer.partitions_for(topic)
+        except TimeoutError:
+            if await self._cluster_answers():
+                self._trip_topic(topic, f"no partition of {topic} with a leader within {self._timeout_s:g} s")
+            raise BackendDownError(
+                "kafka",
+                f"publishing to {topic}: no topic metadata within {self._timeout_s:g} s (the request was not queued)",
+            ) from None
+        except KafkaError as exc:
+            await asyncio.shield(self._verify_soon())
+            if self._probe_task is None:
+                self._trip_topic(topic, f"metadata of {topic} failed: {exc}")
+            raise BackendDownError("kafka", f"publishing to {topic} failed: {exc}") from exc
+        try:
+            async with asyncio.timeout(max(0.0, budget_end - loop.time())):
                 delivery = await producer.send(topic, value, key=key, headers=headers)
         except TimeoutError:
             if await self._cluster_answers():  # Kafka is fine: this gateway's producer is backed up (overload)
@@ -134,6 +206,8 @@ class RequestPublisher:
             ) from None
         except KafkaError as exc:
             await asyncio.shield(self._verify_soon())
+            if self._probe_task is None:
+                self._trip_topic(topic, f"publishing to {topic} failed: {exc}")
             raise BackendDownError("kafka", f"publishing to {topic} failed: {exc}") from exc
         delivery.add_done_callback(_retrieve)  # also when the caller stops waiting (its deadline passed)
         await self._delivered(topic, delivery)
@@ -163,6 +237,8 @@ class RequestPublisher:
         exc = delivery.exception()
         if exc is not None:
             await asyncio.shield(self._verify_soon())
+            if self._probe_task is None:  # the cluster answers: this topic failed
+                self._trip_topic(topic, f"delivery to {topic} failed: {exc or type(exc).__name__}")
             raise BackendDownError("kafka", f"publishing to {topic} failed: {exc or type(exc).__name__}") from exc
 
     async def _cluster_answers(self) -> bool:
@@ -198,6 +274,37 @@ class RequestPublisher:
             log.warning("kafka looks down; answering 503 until it is back", extra={"error": reason})
             self._probe_task = asyncio.create_task(self._probe_routine(), name="fleet-gateway-kafka-probe")
 
+    def _trip_topic(self, topic: str, reason: str) -> None:
+        """Fail publishes to ``topic`` fast until its probe finds a partition with a leader."""
+        self._topic_trips[topic] = reason
+        if topic not in self._topic_probes:
+            log.warning("kafka topic failing; answering 503 for it until it has a leader", extra={"error": reason})
+            self._topic_probes[topic] = asyncio.create_task(
+                self._topic_probe_routine(topic), name=f"fleet-gateway-kafka-topic-probe-{topic}"
+            )
+
+    async def _topic_probe_routine(self, topic: str) -> None:
+        try:
+            while True:
+                await asyncio.sleep(_TOPIC_PROBE_INTERVAL_S)
+                producer = self._producer
+                if producer is None:
+                    continue
+                try:
+                    async with asyncio.timeout(self._timeout_s):
+                        await producer.client.force_metadata_update()
+                        await producer.partitions_for(topic)
+                except (TimeoutError, KafkaError) as exc:
+                    self._topic_trips[topic] = f"{topic} has no partition with a leader: {exc or type(exc).__name__}"
+                    continue
+                if producer.client.cluster.available_partitions_for_topic(topic):
+                    break
+                self._topic_trips[topic] = f"{topic} has no partition with a leader"
+        finally:
+            self._topic_probes.pop(topic, None)
+            self._topic_trips.pop(topic, None)
+        log.info("kafka topic reachable again", extra={"topic": topic})
+
     async def _probe_routine(self) -> None:
         try:
             while (problem := await self.check()) is not None:
@@ -224,7 +331,9 @@ class RequestPublisher:
         while True:
             producer: AIOKafkaProducer | None = None
             try:
-                producer = AIOKafkaProducer(**self._kafka.producer_kwargs())
+                idempotent = await self._idempotence()
+                kwargs = self._kafka.producer_kwargs(idempotent=idempotent)
+                producer = self._producer_factory(**kwargs, partitioner=LeaderPartitioner())
                 await producer.start()
             except Exception as exc:  # KafkaError/OSError mostly; anything else must not kill the routine
                 if backoff.failures == 0:  # log the first failure of a streak, not every retry
@@ -242,9 +351,18 @@ class RequestPublisher:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(producer.stop())
                 raise
-            log.info("kafka producer connected", extra={"bootstrap": self._kafka.bootstrap})
+            log.info("kafka producer connected", extra={"bootstrap": self._kafka.bootstrap, "idempotent": idempotent})
+            self.idempotent = idempotent
             self._producer = producer
             return
+
+    async def _idempotence(self) -> bool:
+        """Whether to enable idempotence (``FLEET_KAFKA_IDEMPOTENCE``; with auto, ask the cluster's id when
+        ``FLEET_KAFKA_BROKER`` is auto too). FleetError when the cluster cannot be asked."""
+        kafka = self._kafka
+        if kafka.idempotence != "auto" or kafka.broker != "auto":
+            return kafka.idempotent(None)
+        return kafka.idempotent((await cluster_info(kafka)).cluster_id)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

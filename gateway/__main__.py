@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from common import tracing
 from schemas import SettingsError, eventloop
 
 from .app import Gateway
@@ -42,7 +43,8 @@ def main() -> int:
     except (SettingsError, ValueError) as exc:
         log.error("invalid settings", extra={"error": str(exc)})
         return 2
-    eventloop.run(serve(settings))
+    with tracing.configured(settings.fleet.tracing, "fleet-gateway"):  # before the gateway registers its routes
+        eventloop.run(serve(settings))
     return 0
 
 

@@ -21,6 +21,7 @@ import grpc
 from google.protobuf.json_format import ParseDict
 from google.protobuf.message import Message
 
+from common import tracing
 from schemas import FleetError
 from schemas.apikeys import ApiKey
 from schemas.oip_grpc import METHODS, SERVICE, config_pb, pb
@@ -187,11 +188,12 @@ class GrpcInferenceService:
         return await self._infer(request, context)
 
     async def _infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        await self._authorize(context, request.model_name, infer=True)
-        body = decode_infer(request)
-        served = await self._path.infer(
-            request.model_name, request.model_version or None, body, request.ByteSize(), context.time_remaining()
-        )
+        with tracing.grpc_span("ModelInfer", context, request.model_name, request.model_version):
+            await self._authorize(context, request.model_name, infer=True)
+            body = decode_infer(request)
+            served = await self._path.infer(
+                request.model_name, request.model_version or None, body, request.ByteSize(), context.time_remaining()
+            )
         record, response = served.record, served.response
         return encode_infer(response.outputs, record.name, record.version, request.id, (o.name for o in body.outputs))
 

@@ -49,7 +49,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from common import Backoff, BackoffPolicy
+from common import Backoff, BackoffPolicy, tracing
 from schemas import ENVELOPE_VERSION, FleetError, InferenceRequest, KafkaSettings, Names
 from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
 from schemas.topics import BulkTopics, cluster_info
@@ -165,6 +165,7 @@ class RequestPublisher:
         key = request.id.encode()
         value = request.to_bytes()
         headers = [(HEADER_REQUEST_ID, key), _VERSION_HEADER]
+        tracing.inject(headers)  # the request's trace context, when tracing is on
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
         check_queued_size(size, self._max_bytes, self._limit_name)
         if self._bulk_topics is not None:

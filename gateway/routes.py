@@ -13,6 +13,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
+from common import tracing
 from schemas import (
     ErrorCode,
     FleetError,
@@ -143,7 +144,8 @@ class Routes:
         for prefix in (model, versioned):
             app.router.add_get(prefix, self.model_metadata)
             app.router.add_get(prefix + "/ready", self.model_ready)
-            app.router.add_post(prefix + "/infer", self.infer, expect_handler=self._expect_continue)
+            infer = tracing.traced_http(self.infer)  # self.infer itself when tracing is off
+            app.router.add_post(prefix + "/infer", infer, expect_handler=self._expect_continue)
         self.jobs.add_to(app)
         RepositoryRoutes(self._b.cache.registry, self._b.settings.backend_timeout_s).add_to(app)
 

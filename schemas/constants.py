@@ -35,6 +35,9 @@ CONTENT_TYPE_MSGPACK = "application/x-msgpack"
 HEADER_MODEL = "fleet-model"
 HEADER_VERSION = "fleet-version"
 HEADER_NOT_BEFORE = "fleet-not-before"
+#: W3C trace context of the request's trace, set on a request record when tracing is on (``common.tracing``).
+HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
 
 #: Decode limits applied to every msgpack payload read from the wire.
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024

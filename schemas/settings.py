@@ -332,6 +332,34 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry traces (read from ``FLEET_TRACING_*``): off unless an OTLP endpoint is set."""
+
+    otlp_endpoint: str = doc(
+        "OTLP/HTTP (protobuf) collector, e.g. http://otel-collector:4318 (spans go to its /v1/traces); empty: "
+        "tracing off (no spans are made).",
+        "",
+    )
+    sample_ratio: float = doc(
+        "Share of new traces recorded; a request that brings a traceparent follows its sampled flag.", 1.0
+    )
+    export_delay_ms: int = doc("Longest a finished span waits before its batch is exported.", 1000)
+
+    def __post_init__(self) -> None:
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise SettingsError(f"FLEET_TRACING_OTLP_ENDPOINT={self.otlp_endpoint!r} must be an http(s):// URL")
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise SettingsError("FLEET_TRACING_SAMPLE_RATIO must be within 0..1")
+        if self.export_delay_ms < 1:
+            raise SettingsError("FLEET_TRACING_EXPORT_DELAY_MS must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        """True when spans are made and exported."""
+        return bool(self.otlp_endpoint)
+
+
+@dataclass(frozen=True)
 class FleetSettings:
     """What every process needs to find the deployment: namespace, Kafka and Redis."""
 
@@ -342,3 +370,4 @@ class FleetSettings:
     )
     kafka: KafkaSettings = doc("Kafka connection.", prefix="FLEET_KAFKA_", default_factory=KafkaSettings)
     redis: RedisSettings = doc("Redis connection.", prefix="FLEET_REDIS_", default_factory=RedisSettings)
+    tracing: TracingSettings = doc("OpenTelemetry tracing.", prefix="FLEET_TRACING_", default_factory=TracingSettings)

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from common import tracing
 from schemas import FleetError, SettingsError, eventloop
 from schemas.logs import configure_from_env
 
@@ -39,7 +40,8 @@ def main() -> int:
     except SettingsError as exc:
         print(f"workers: {exc}", file=sys.stderr)
         return 2
-    return eventloop.run(serve(settings))
+    with tracing.configured(settings.fleet.tracing, "fleet-worker"):
+        return eventloop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import tracing
 from schemas import (
     DeadLetter,
     ErrorCode,
@@ -315,6 +316,7 @@ class RequestHandler:
         self._metrics.success.labels(self._model, version).inc(len(requests))
         if self._stats is not None:
             self._stats.observe_batch(len(requests), done.compute_s, sum(queue_ms))
+        tracing.batch_ran(items, self._worker_id, done.started_ms, done.compute_s)
         log.debug("model %s:%s ran a batch of %d in %.3f ms", self._model, version, len(requests), done.compute_s * 1e3)
         for request, outputs, queued in zip(requests, done.outputs, queue_ms, strict=True):
             response = InferenceResponse(

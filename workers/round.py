@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 
-from common import Backoff, BackoffPolicy
+from common import Backoff, BackoffPolicy, tracing
 from schemas import BackendUnavailableError, DeadLetter, InferenceRequest, Lane, now_ms
 
 from .deadletter import DeadLetterWriter
@@ -109,6 +109,7 @@ class RoundRunner:
         undelivered = Undelivered.of(outcome)
         await retrying(self.model, "deliver", lambda: self.deliver(undelivered, retry_topic))
         delivered_ms = now_ms()
+        tracing.delivered(fetched, self.model, delivered_ms)  # nothing when tracing is off
         self.stats.in_hand = 0
         await commit(fetched)
         spent = time.perf_counter() - began

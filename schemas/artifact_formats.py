@@ -1,4 +1,5 @@
-"""What kind of model file an artifact is, read from its first bytes and its layout (no ML library needed).
+"""What kind of model file (or directory) an artifact is, read from its first bytes and its layout (no ML
+library needed).
 
 Used at registration to infer the framework and by the workers' loaders to pick a reader.
 """
@@ -19,6 +20,7 @@ CHECKPOINT = "checkpoint"  # torch.save (zip without code/, or a legacy pickle)
 SKOPS = "skops"
 XGBOOST = "xgboost"
 LIGHTGBM = "lightgbm"
+TRANSFORMERS = "transformers"  # a Hugging Face model directory (config.json + safetensors weights)
 
 
 def is_safetensors(path: str | Path) -> bool:
@@ -87,4 +89,33 @@ def sniff(path: str | Path) -> str | None:
         return XGBOOST  # JSON, or UBJSON ({ L <len> learner ...)
     if head[:1] == b"\x80":
         return CHECKPOINT  # a legacy torch.save pickle (never unpickled here)
+    return None
+
+
+def onnx_model_file(directory: str | Path) -> Path | None:
+    """The ONNX model of a directory artifact: its ``model.onnx``, else its only top-level ``*.onnx``; or None."""
+    root = Path(directory)
+    if (root / "model.onnx").is_file():
+        return root / "model.onnx"
+    found = sorted(path for path in root.glob("*.onnx") if path.is_file())
+    return found[0] if len(found) == 1 else None
+
+
+def hf_config(directory: str | Path) -> dict[str, object] | None:
+    """A Hugging Face model directory's ``config.json`` as a dict, or None when it has none (or it is not JSON)."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def sniff_directory(directory: str | Path) -> str | None:
+    """The kind of a directory artifact: TRANSFORMERS (config.json and safetensors weights), ONNX (one model
+    file, :func:`onnx_model_file`), or None."""
+    root = Path(directory)
+    if hf_config(root) is not None and any(root.glob("*.safetensors")):
+        return TRANSFORMERS
+    if onnx_model_file(root) is not None:
+        return ONNX
     return None

@@ -39,6 +39,13 @@ class Framework(StrEnum):
     SKLEARN = "sklearn"  # a scikit-learn estimator saved with skops (never pickle)
     XGBOOST = "xgboost"  # an XGBoost booster saved as JSON or UBJ
     LIGHTGBM = "lightgbm"  # a LightGBM model text file
+    TRANSFORMERS = "transformers"  # a Hugging Face model directory (config, tokenizer, safetensors) and a task
+
+
+#: How a record's artifact is stored and hashed.
+FILE = "file"  # one file, its sha256
+DIRECTORY = "directory"  # a directory, an archive of one or a store prefix: the sha256 of its manifest
+LAYOUTS = (FILE, DIRECTORY)
 
 
 class RegistryError(FleetError):
@@ -70,7 +77,7 @@ class ModelRecord:
     name: str
     version: str
     framework: Framework
-    artifact: str  # absolute path of the artifact file
+    artifact: str  # absolute path of the artifact (file, directory or archive), or the URL workers fetch it from
     sha256: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -84,10 +91,20 @@ class ModelRecord:
     v: int = ENVELOPE_VERSION
     #: Framework.SKLEARN: the types beyond skops' defaults that its loader may build (listed at registration).
     trusted_types: tuple[str, ...] = ()
+    #: FILE, or DIRECTORY (`schemas.artifact_tree`: cached as a directory, sha256 over its manifest).
+    layout: str = FILE
+    #: Framework.TRANSFORMERS: the pipeline task (text-classification, feature-extraction, token-classification).
+    task: str | None = None
+    #: Runtime options (transformers: pooling, normalize, max_length).
+    options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
         check_version(self.version)
+        if self.layout not in LAYOUTS:
+            raise SchemaError(f"layout {self.layout!r} is not one of {list(LAYOUTS)}", code=ErrorCode.INVALID_REQUEST)
+        if self.framework is Framework.TRANSFORMERS and not self.task:
+            raise SchemaError("a transformers model needs a task", code=ErrorCode.INVALID_REQUEST)
         if self.framework is Framework.TORCH and not self.factory:
             raise SchemaError("a torch checkpoint needs a factory 'module:function'", code=ErrorCode.INVALID_REQUEST)
         if self.framework is Framework.PYTHON and not self.factory:
@@ -109,7 +126,10 @@ class ModelRecord:
 
     def identity(self) -> tuple[Any, ...]:
         """What must match for a re-register of the same version to be accepted as a no-op."""
-        return (self.framework, self.sha256, self.inputs, self.outputs, self.factory, self.trusted_types)
+        return (
+            self.framework, self.sha256, self.inputs, self.outputs, self.factory, self.trusted_types, self.layout,
+            self.task, tuple(sorted(self.options.items())),
+        )  # fmt: skip
 
     def to_bytes(self) -> bytes:
         return pack(
@@ -130,6 +150,9 @@ class ModelRecord:
                 "example": [t.to_wire() for t in self.example],
                 "created_ms": self.created_ms,
                 "trusted_types": list(self.trusted_types),
+                "layout": self.layout,
+                "task": self.task,
+                "options": self.options,
             }
         )
 
@@ -139,11 +162,8 @@ class ModelRecord:
         batching = obj.get("batching")
         if not (isinstance(batching, list) and len(batching) == 2):
             raise SchemaError("field 'batching' must be [max_batch_size, max_queue_delay_ms]")
-        labels = obj.get("labels") or {}
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise SchemaError("field 'labels' must map strings to strings")
+        labels = _string_map(obj.get("labels"), "labels")
+        options = _string_map(obj.get("options"), "options")
         try:
             framework = Framework(read(obj, "framework", str))
         except ValueError:
@@ -165,7 +185,18 @@ class ModelRecord:
             created_ms=read(obj, "created_ms", float),
             v=obj["v"],
             trusted_types=_strings(obj.get("trusted_types"), "trusted_types"),
+            layout=read(obj, "layout", str, optional=True) or FILE,
+            task=read(obj, "task", str, optional=True),
+            options=options,
         )
+
+
+def _string_map(value: Any, name: str) -> dict[str, str]:
+    """A string-to-string map field (absent: empty)."""
+    value = value or {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SchemaError(f"field {name!r} must map strings to strings")
+    return dict(value)
 
 
 def _strings(value: Any, name: str) -> tuple[str, ...]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import sys
 import time
 from concurrent.futures import Executor
@@ -208,9 +207,9 @@ class ModelCache:
         runtime, footprint = measure(
             lambda: load_runtime(local, self._device, self._threads, verified=True),
             lambda rt: rt.device,
-            os.path.getsize(cached.path),
+            cached.size_bytes,
         )
-        footprint = max(footprint, os.path.getsize(cached.path))
+        footprint = max(footprint, cached.size_bytes)
         return runtime, footprint, cached
 
     async def _evict(self, version: str) -> None:

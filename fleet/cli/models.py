@@ -20,6 +20,7 @@ from fleet.models.artifacts import build_record
 from fleet.models.verify import verify
 from fleet.models.versions import next_version
 from schemas import BatchingConfig, Framework, ModelRecord, SchemaError, Tensor, TensorSpec, parse_spec
+from schemas.text_models import TASKS
 from schemas.topics import ensure_model_topics
 
 from .rollout import add_actions as add_rollout_actions
@@ -63,8 +64,10 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "--artifact",
         required=True,
         help="model file (.onnx, .pt2, TorchScript, a torch checkpoint or .safetensors, .skops, an XGBoost .json/.ubj, "
-        "a LightGBM model .txt, or any file a --framework python class reads): a local path, or an http(s):// URL "
-        "the workers download from (e.g. a pre-signed object-store URL)",
+        "a LightGBM model .txt, or any file a --framework python class reads), or a directory (a Hugging Face model, "
+        "an ONNX model with its external data) or a .tar/.tar.gz/.tgz/.zip archive of one: a local path, or a URL the "
+        "workers fetch with their own credentials (s3://, gs://, az://, file://, http(s)://; a store prefix ending "
+        "in / is a directory)",
     )
     reg.add_argument("--version", help="version label (default: the next integer)")
     reg.add_argument("--framework", choices=[f.value for f in Framework], help="default: inferred from the artifact")
@@ -76,6 +79,15 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     reg.add_argument(
         "--trust", action="append", default=[], metavar="TYPE",
         help="a type the skops file may hold beyond skops' defaults (framework sklearn; repeat per type)",
+    )  # fmt: skip
+    reg.add_argument(
+        "--task", choices=TASKS,
+        help="framework transformers: what the model does (default: from its config's architectures)",
+    )  # fmt: skip
+    reg.add_argument(
+        "--option", action="append", type=label_arg, default=[], metavar="KEY=VALUE",
+        help="framework transformers: pooling=mean|cls and normalize=true|false (feature-extraction), "
+        "max_length=TOKENS",
     )  # fmt: skip
     reg.add_argument("--input", action="append", type=tensor_spec_arg, default=[], metavar="NAME:TYPE:DIMS")
     reg.add_argument("--output", action="append", type=tensor_spec_arg, default=[], metavar="NAME:TYPE:DIMS")
@@ -156,6 +168,8 @@ async def register(target: Target, args: argparse.Namespace) -> int:
             example=_load_example(args.example) if args.example else (),
             load=True,
             trusted_types=tuple(args.trust),
+            task=args.task,
+            options=dict(args.option),
         )
         await ensure_model_topics(target.settings.kafka, target.names, args.name, args.partitions)
         created = await registry.register(record, make_default=args.default)
@@ -225,6 +239,9 @@ def record_json(record: ModelRecord, default: str | None) -> dict[str, Any]:
         },
         "factory": record.factory,
         "trusted_types": list(record.trusted_types),
+        "layout": record.layout,
+        "task": record.task,
+        "options": record.options,
         "labels": record.labels,
         "size_bytes": record.size_bytes,
         "size_measured": record.size_measured,

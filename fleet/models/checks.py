@@ -1,7 +1,7 @@
 """Registration-time checks that an artifact can serve as declared: refuse now, in one line with the fix
 named, what a worker would otherwise fail on at the first request (or answer wrongly).
 
-ONNX files are parsed (external data, sequence/map types) and loaded once by ONNX Runtime, and declared
+ONNX files are parsed (external data beside the file, sequence/map types) and loaded once by ONNX Runtime, and declared
 specs must agree with the file. TorchScript archives and torch checkpoints are told apart without torch
 (by their zip layout); with ``load`` every other model is loaded as a worker would, and a dummy batch checks
 the outputs against the signature (the other frameworks' checks: ``fleet.models.checks_frameworks``).
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import ModelRecord, SchemaError, TensorSpec
+from schemas.artifact_tree import safe_relative
 from schemas.errors import ErrorCode
 
 #: ONNX Runtime type strings -> OIP datatypes.
@@ -60,8 +61,12 @@ def _tensors(graph: Any) -> Iterator[Any]:
                 yield from _tensors(subgraph)
 
 
-def check_onnx_file(path: Path) -> None:
-    """Refuse an ONNX file that keeps weights in external data files, or has sequence/map inputs or outputs."""
+def check_onnx_file(path: Path, directory: Path | None = None) -> None:
+    """Refuse an ONNX file whose external data files are not beside it, or that has sequence/map inputs or outputs.
+
+    ``directory``: the artifact is that directory (``path`` its model file), whose files travel with it; a
+    single-file artifact that keeps external data is refused with the fix (register its directory).
+    """
     try:
         import onnx
     except ImportError:  # onnxruntime alone still loads it below; these checks need the onnx package
@@ -74,12 +79,17 @@ def check_onnx_file(path: Path) -> None:
         {entry.value for t in _tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL
          for entry in t.external_data if entry.key == "location"}
     )  # fmt: skip
-    if external:
+    if external and directory is None:
         raise refuse(
-            f"{path.name} keeps its weights in external data files ({', '.join(external)}); a registered "
-            f"artifact is one file: save it as one with onnx.save_model(onnx.load({path.name!r}), path, "
-            "save_as_external_data=False) (models under 2 GB)"
+            f"{path.name} keeps its weights in external data files ({', '.join(external)}): register the directory "
+            f"that holds {path.name} and them (or a .tar.gz/.zip archive of it, or an object-store prefix)"
         )
+    for location in external:
+        relative = safe_relative(location)
+        if relative is None or not (path.parent / relative).is_file():
+            raise refuse(
+                f"{path.name}: its external data file {location!r} is not a file inside the artifact directory"
+            )
     for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
         for value in values:
             which = value.type.WhichOneof("value")

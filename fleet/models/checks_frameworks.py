@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas import Framework, SchemaError, TensorSpec, parse_spec
+from schemas import Framework, SchemaError, TensorSpec, parse_spec, text_models
 from schemas import artifact_formats as formats
 
 from .checks import refuse
@@ -37,11 +37,26 @@ _EXTRAS = {Framework.SKLEARN: "sklearn", Framework.XGBOOST: "xgboost", Framework
 _LIBRARIES = {Framework.SKLEARN: "skops.io", Framework.XGBOOST: "xgboost", Framework.LIGHTGBM: "lightgbm"}
 
 
+#: The frameworks whose artifact may be a directory (or an archive, or a store prefix).
+DIRECTORY_FRAMEWORKS = (Framework.ONNX, Framework.TRANSFORMERS, Framework.PYTHON)
+
+
 def infer_framework(path: Path, factory: str | None) -> Framework:
-    """The framework of the artifact at ``path``, from its suffix and first bytes; refuses naming --framework.
+    """The framework of the artifact at ``path``, from its suffix and first bytes (a directory: from its files);
+    refuses naming --framework.
 
     A file that is not recognised is the state dict of a torch factory when ``factory`` is given.
     """
+    if path.is_dir():
+        by_files = {formats.TRANSFORMERS: Framework.TRANSFORMERS, formats.ONNX: Framework.ONNX}
+        found = by_files.get(formats.sniff_directory(path) or "")
+        if found is None:
+            raise refuse(
+                f"could not infer the framework of the directory {path.name} (neither a Hugging Face model with "
+                "config.json and *.safetensors weights, nor one holding model.onnx): supply --framework (python "
+                "for a class of your own, with --factory)"
+            )
+        return found
     kind = formats.sniff(path)
     framework = _BY_KIND.get(kind or "")
     if factory and (framework is None or framework is Framework.TORCHSCRIPT):
@@ -272,3 +287,56 @@ def framework_signature(framework: Framework, path: Path, trusted: tuple[str, ..
 def is_tabular(framework: Framework) -> bool:
     """True for scikit-learn, XGBoost and LightGBM."""
     return framework in _TABULAR
+
+
+def check_directory_framework(framework: Framework, path: Path) -> None:
+    """Refuse a directory artifact for a framework that loads one file, and a file for transformers."""
+    if path.is_dir() and framework not in DIRECTORY_FRAMEWORKS:
+        allowed = ", ".join(f.value for f in DIRECTORY_FRAMEWORKS)
+        raise refuse(f"a {framework.value} artifact is one file, not a directory (directories serve {allowed})")
+    if framework is Framework.TRANSFORMERS and not path.is_dir():
+        raise refuse(
+            f"{path.name}: a transformers model is a directory (config.json, tokenizer files, *.safetensors weights, "
+            "as save_pretrained writes them), an archive of one (.tar.gz, .zip) or an object-store prefix"
+        )
+
+
+def transformers_signature(
+    path: Path, task: str | None, options: dict[str, str]
+) -> tuple[str, Found]:
+    """The task (``task``, else from the config's architectures) and signature of a Hugging Face model directory.
+
+    Refuses a directory without safetensors weights (a pytorch_model.bin pickle is never loaded), a task
+    that is not served or cannot be inferred, and options the task does not take.
+    """
+    config = formats.hf_config(path)
+    if config is None:
+        raise refuse(f"{path.name} has no readable config.json: save the model with save_pretrained(directory)")
+    if not any(path.glob("*.safetensors")):
+        raise refuse(
+            f"{path.name} has no *.safetensors weights (a pytorch_model.bin pickle is never loaded): save them with "
+            "model.save_pretrained(directory, safe_serialization=True)"
+        )
+    task = task or text_models.task_from_config(config)
+    if task is None:
+        raise refuse(
+            f"could not infer the task of {path.name} from its config's architectures: supply --task "
+            f"({' | '.join(text_models.TASKS)})"
+        )
+    try:
+        checked = text_models.text_options(task, options, config)
+    except SchemaError as exc:
+        raise refuse(exc.message) from None
+    inputs, outputs = text_models.text_signature(checked, config)
+    return task, Found(inputs, outputs)
+
+
+def check_text_specs(task: str, inputs: Specs, outputs: Specs) -> None:
+    """Refuse specs a transformers model cannot serve: one BYTES input, outputs its task produces."""
+    if len(inputs) != 1 or inputs[0].datatype != "BYTES":
+        declared = [spec.describe() for spec in inputs]
+        raise refuse(f"a transformers model takes one BYTES input (the texts), declared {declared}")
+    known = text_models.TASK_OUTPUTS[task]
+    for spec in outputs:
+        if spec.name not in known:
+            raise refuse(f"--output {spec.name!r}: a {task} model produces {list(known)}")

@@ -34,9 +34,13 @@ def test_a_corrupt_onnx_file_is_refused(tmp_path: Path) -> None:
     assert refused(junk).startswith("junk.onnx is not an ONNX model")
 
 
-def test_onnx_with_external_data_is_refused_with_the_fix(tmp_path: Path) -> None:
-    message = refused(external_data_model(tmp_path / "big.onnx"))
-    assert "external data files (big.weights)" in message and "save_as_external_data=False" in message
+def test_onnx_with_external_data_is_refused_alone_with_the_fix_and_registers_as_its_directory(tmp_path: Path) -> None:
+    model = external_data_model(tmp_path / "d" / "big.onnx")
+    message = refused(model)
+    assert "external data files (big.weights)" in message and "register the directory that holds big.onnx" in message
+    assert build_record("m", "1", tmp_path / "d").layout == "directory"
+    (tmp_path / "d" / "big.weights").unlink()
+    assert "external data file 'big.weights' is not a file inside the artifact directory" in refused(tmp_path / "d")
 
 
 def test_zipmap_outputs_are_refused_with_the_fix(tmp_path: Path) -> None:

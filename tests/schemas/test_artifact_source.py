@@ -16,7 +16,8 @@ from tests.fileserver import serve_folder
 def test_urls_are_remote_and_paths_are_not() -> None:
     assert is_remote("https://bucket.s3.amazonaws.com/m/model.onnx?X-Amz-Signature=abc")
     assert is_remote("HTTP://host/model.onnx")
-    assert not is_remote("/models/model.onnx") and not is_remote("s3://bucket/model.onnx")
+    assert not is_remote("/models/model.onnx") and not is_remote("C:/models/model.onnx")
+    assert is_remote("s3://bucket/model.onnx") and is_remote("gs://b/m/") and is_remote("file:///m.onnx")
 
 
 def test_suffix_ignores_the_query_and_redaction_hides_secrets() -> None:

@@ -1,5 +1,5 @@
-"""Model runtimes: ONNX Runtime, PyTorch, Python classes, scikit-learn, XGBoost and LightGBM behind one
-``Runtime`` contract, and the checked loader."""
+"""Model runtimes: ONNX Runtime, PyTorch, Hugging Face transformers, Python classes, scikit-learn, XGBoost and
+LightGBM behind one ``Runtime`` contract, and the checked loader."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 from collections.abc import Sequence
 
 from schemas import Framework, ModelRecord, SchemaError, Tensor, sha256_file
+from schemas.artifact_tree import manifest_sha256
+from schemas.registry import DIRECTORY
 from schemas.tensors import decode_bytes_elements, decode_text, element_count
 
 from ..errors import ModelLoadError
@@ -24,6 +26,7 @@ from .tabular import (
     xgboost_objective,
 )
 from .torch import TorchRuntime
+from .transformers import TransformersRuntime
 
 __all__ = [
     "LightGBMRuntime",
@@ -33,6 +36,7 @@ __all__ = [
     "Runtime",
     "SklearnRuntime",
     "TorchRuntime",
+    "TransformersRuntime",
     "TransientModelError",
     "XGBoostRuntime",
     "batchable",
@@ -60,6 +64,7 @@ _RUNTIMES: dict[Framework, type[Runtime]] = {
     Framework.SKLEARN: SklearnRuntime,
     Framework.XGBOOST: XGBoostRuntime,
     Framework.LIGHTGBM: LightGBMRuntime,
+    Framework.TRANSFORMERS: TransformersRuntime,
 }
 
 
@@ -102,15 +107,21 @@ def _bytes_problem(tensor: Tensor, text: bool) -> str | None:
 
 
 def load_runtime(record: ModelRecord, device: str = "auto", threads: int = 1, *, verified: bool = False) -> Runtime:
-    """Verify the artifact against the record's sha256, then load it on ``device``; raises ModelLoadError.
+    """Verify the artifact against the record's sha256 (a DIRECTORY's manifest), then load it on ``device``;
+    raises ModelLoadError. ``record.artifact`` is the local file or directory.
 
     ``verified``: the caller has just checked the sha256 (the worker's artifact cache does), skip it.
     Blocking (hashing and loading can take seconds): call it from a worker thread.
     """
-    if not os.path.isfile(record.artifact):
-        raise ModelLoadError(record.name, record.version, f"artifact {record.artifact!r} does not exist")
+    tree = record.layout == DIRECTORY
+    if not (os.path.isdir(record.artifact) if tree else os.path.isfile(record.artifact)):
+        what = "directory" if tree else "artifact"
+        raise ModelLoadError(record.name, record.version, f"{what} {record.artifact!r} does not exist")
     try:
-        digest = record.sha256 if verified else sha256_file(record.artifact)
+        if verified:
+            digest = record.sha256
+        else:
+            digest = manifest_sha256(record.artifact) if tree else sha256_file(record.artifact)
     except OSError as exc:
         raise ModelLoadError(record.name, record.version, f"cannot read artifact: {exc}") from exc
     if digest != record.sha256:

@@ -1,4 +1,7 @@
-"""ONNX Runtime backend: CUDA when asked for and present (verified), else the CPU provider."""
+"""ONNX Runtime backend: CUDA when asked for and present (verified), else the CPU provider.
+
+A DIRECTORY artifact holds the model file (``model.onnx``, or its only ``*.onnx``) beside its external
+data files, which ONNX Runtime reads relative to the model file."""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy.typing as npt
+
+from schemas.artifact_formats import onnx_model_file
+from schemas.registry import DIRECTORY
 
 from ..errors import ModelExecutionError, ModelLoadError
 from .base import Arrays, Runtime, as_text, cast_outputs, choose_device
@@ -44,8 +50,16 @@ class OnnxRuntime(Runtime):
         if device.startswith("cuda"):
             index = int(device.partition(":")[2] or 0)
             providers = [(_CUDA, {"device_id": index}), _CPU]
+        model_file = self.record.artifact
+        if self.record.layout == DIRECTORY:
+            found = onnx_model_file(model_file)
+            if found is None:
+                raise ModelLoadError(
+                    self.record.name, self.record.version, "the artifact directory has no model.onnx (nor one *.onnx)"
+                )
+            model_file = str(found)
         try:
-            session = ort.InferenceSession(self.record.artifact, options, providers=providers)
+            session = ort.InferenceSession(model_file, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
             raise ModelLoadError(self.record.name, self.record.version, f"{type(exc).__name__}: {exc}") from exc
         active = tuple(session.get_providers())

@@ -6,9 +6,13 @@ A models file (YAML) is a list of entries, or a mapping with ``models:``; a dire
 
     - name: fraud                 # required
       version: 3                  # required: versions are immutable, so the file names them
-      artifact: fraud-v3.onnx     # required: a path (relative to the file's directory) or an http(s):// URL
+      artifact: fraud-v3.onnx     # required: a path (relative to the file's directory; a file, directory or
+                                  # archive) or a URL (http(s)://, s3://, gs://, az://, file://)
       framework: onnx             # onnx | torchscript | torch (default: from the suffix)
-      factory: pkg.mod:build      # torch checkpoints
+      factory: pkg.mod:build      # torch checkpoints, python classes
+      trust: [pkg.mod.Type]       # skops types to trust (scikit-learn), as --trust
+      task: feature-extraction    # transformers, as --task
+      options: {pooling: cls, normalize: true}  # transformers, as --option
       inputs: [x:FP32:-1,16]      # overrides, as --input (or {name, datatype, shape} mappings)
       outputs: [y:FP32:-1,4]
       batching: {max_batch_size: 8, max_queue_delay_ms: 2}
@@ -69,7 +73,7 @@ from .artifacts import build_record
 #: Keys an entry may have.
 ENTRY_KEYS = frozenset(
     {"name", "version", "artifact", "framework", "factory", "inputs", "outputs", "batching", "labels", "example",
-     "partitions", "default", "traffic"}
+     "partitions", "default", "traffic", "trust", "task", "options"}
 )  # fmt: skip
 BATCHING_KEYS = frozenset({"max_batch_size", "max_queue_delay_ms"})
 SPEC_KEYS = frozenset({"name", "datatype", "shape"})
@@ -100,6 +104,9 @@ class Entry:
     partitions: int | None = None
     default: bool = False
     traffic: TrafficSplit | None = None
+    trust: tuple[str, ...] = ()
+    task: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +265,9 @@ def parse_entry(raw: Any, *, index: int, source: str, base: Path) -> Entry:
         partitions=_positive(raw.get("partitions"), "partitions"),
         default=_flag(raw.get("default"), "default"),
         traffic=_traffic(traffic) if traffic is not None else None,
+        trust=_trust(raw.get("trust")),
+        task=_string(raw, "task") if raw.get("task") is not None else None,
+        options=_options(raw.get("options")),
     )
 
 
@@ -303,6 +313,30 @@ def _labels(value: Any) -> dict[str, str]:
             raise _bad(f"label {key}={item!r} must be a string or a number")
         labels[key.strip()] = str(item).strip()
     return labels
+
+
+def _trust(value: Any) -> tuple[str, ...]:
+    """``trust``: one type name or a list of them."""
+    items = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+    if value is None:
+        return ()
+    if items is None or not all(isinstance(item, str) and item.strip() for item in items):
+        raise _bad("'trust' must be a type name or a list of type names (the skops types to trust)")
+    return tuple(item.strip() for item in items)
+
+
+def _options(value: Any) -> dict[str, str]:
+    """``options``: a mapping of key: value (true/false and numbers as their text)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(f"'options' must be a mapping of key: value, got {type(value).__name__}")
+    options: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str | int | float):
+            raise _bad(f"option {key}={item!r} must be a string, a number or true/false")
+        options[key] = str(item).lower() if isinstance(item, bool) else str(item)
+    return options
 
 
 def _specs(value: Any, key: str) -> tuple[TensorSpec, ...]:
@@ -403,6 +437,9 @@ def differences(new: ModelRecord, old: ModelRecord) -> list[str]:
         "inputs": (new.inputs, old.inputs),
         "outputs": (new.outputs, old.outputs),
         "factory": (new.factory, old.factory),
+        "trust": (new.trusted_types, old.trusted_types),
+        "task": (new.task, old.task),
+        "options": (new.options, old.options),
         "batching": (new.batching, old.batching),
         "labels": (new.labels, old.labels),
         "example": (new.example, old.example),
@@ -493,7 +530,7 @@ def build_entry(entry: Entry) -> ModelRecord | str:
         return build_record(
             entry.name, entry.version, entry.artifact, framework=entry.framework, inputs=entry.inputs,
             outputs=entry.outputs, factory=entry.factory, batching=entry.batching, labels=entry.labels,
-            example=example, load=True,
+            example=example, load=True, trusted_types=entry.trust, task=entry.task, options=entry.options,
         )  # fmt: skip
     except FleetError as exc:
         return exc.message

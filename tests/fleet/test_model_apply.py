@@ -294,7 +294,7 @@ async def test_apply_is_idempotent_and_reports_errors_per_entry_without_half_ent
         "+ create m1 v2 (default), traffic m1 1=90 2=10",
         "+ create m2 v1",
         "! error m3 v1 (entry 4, fleet.yaml): unknown key 'colour' (known: artifact, batching, default, example, "
-        "factory, framework, inputs, labels, name, outputs, partitions, traffic, version)",
+        "factory, framework, inputs, labels, name, options, outputs, partitions, task, traffic, trust, version)",
         "! error m5 v1 (entry 6, fleet.yaml): traffic names version '7', which is neither registered nor applied here",
         "dry run, nothing applied: 3 to create, 0 unchanged, 0 to change, 3 errors",
     ]

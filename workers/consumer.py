@@ -32,7 +32,7 @@ from .model_serving import WorkerBackends
 from .pacing import BulkPacer
 from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
-from .round import BACKEND_RETRY
+from .round import BACKEND_RETRY, RoundPipeline
 from .settings import WorkerSettings
 
 log = logging.getLogger("fleet.workers")
@@ -93,6 +93,7 @@ class ModelConsumer:
         #: What the worker publishes for the autoscaler (schemas.stats).
         self.stats = serving.stats
         self._rounds = serving.rounds
+        self._pipeline = RoundPipeline(serving.rounds, settings.pipeline_depth)
         kafka = settings.fleet.kafka
         self._interactive = LaneConsumer(model, Lane.INTERACTIVE, names, kafka)
         self._bulk = LaneConsumer(model, Lane.BULK, names, kafka)
@@ -116,7 +117,7 @@ class ModelConsumer:
         )
 
     def _set_in_hand(self, count: int) -> None:
-        self.stats.in_hand = count
+        self.stats.in_hand = count + self._rounds.in_hand  # the round being collected and those in flight
 
     # lifecycle -------------------------------------------------------------
     async def preload(self) -> None:
@@ -147,12 +148,17 @@ class ModelConsumer:
         return self._executor
 
     @property
+    def pipeline(self) -> RoundPipeline:
+        """The rounds in flight (``FLEET_WORKER_PIPELINE_DEPTH`` at most)."""
+        return self._pipeline
+
+    @property
     def task(self) -> asyncio.Task[None] | None:
         """The consume routine (done early only when it crashed)."""
         return self._task
 
     def request_stop(self) -> None:
-        """Stop fetching; the round in hand is still finished, delivered and committed."""
+        """Stop fetching; the rounds in hand are still finished, delivered and committed."""
         self._closing.set()
 
     async def stop(self, timeout_s: float) -> None:
@@ -184,6 +190,10 @@ class ModelConsumer:
             log.warning("model %s: rebalance proceeds with a round still in hand", self.model)
             return
         try:
+            await asyncio.wait_for(self._pipeline.wait_idle(), timeout_s)
+        except TimeoutError:
+            log.warning("model %s: rebalance proceeds with rounds still in flight", self.model)
+        try:
             await asyncio.wait_for(asyncio.gather(*(lane.flush_commits() for lane in self._lanes)), timeout_s)
         except TimeoutError:
             log.warning("model %s: rebalance proceeds with a commit still in flight", self.model)
@@ -209,22 +219,34 @@ class ModelConsumer:
         finally:
             for future in waits:
                 future.cancel()
+        pipeline = self._pipeline
         backoff = Backoff(BACKEND_RETRY)
-        while not self._closing.is_set():
-            try:
-                fetched, taken_from = await self._scheduler.collect()
-            except KafkaError as exc:
-                pause = backoff.next()
-                log.warning("model %s: fetch failed (%s); retrying in %.2fs", self.model, exc, pause)
-                await asyncio.sleep(pause)
-                continue
-            backoff.reset()
-            if fetched:
-                lane = self._interactive if taken_from is self._interactive else self._bulk
-                async with self._round_lock:
-                    await self._run_round(fetched, lane)
+        try:
+            while not self._closing.is_set():
+                await pipeline.ready()  # raises when a round crashed
+                if self._closing.is_set():
+                    break
+                try:
+                    fetched, taken_from = await self._scheduler.collect(
+                        pipeline.model_idle if pipeline.depth > 1 else None
+                    )
+                except KafkaError as exc:
+                    pause = backoff.next()
+                    log.warning("model %s: fetch failed (%s); retrying in %.2fs", self.model, exc, pause)
+                    await asyncio.sleep(pause)
+                    continue
+                backoff.reset()
+                if fetched:
+                    lane = self._interactive if taken_from is self._interactive else self._bulk
+                    async with self._round_lock:  # a rebalance holds it while the rounds in flight finish
+                        self._submit(fetched, lane)
+            await pipeline.drain()  # a stop: every round in hand is delivered and committed
+        finally:
+            await pipeline.cancel()  # only when the drain was cancelled or a round crashed: redelivered
 
-    async def _run_round(self, fetched: list[Fetched], lane: LaneConsumer) -> None:
-        spent = await self._rounds.run(fetched, lane.lane, lane.retry_topic, lane.commit_soon)
-        if lane is self._bulk:
-            self._scheduler.pacer.note_bulk_round(spent, time.monotonic())
+    def _submit(self, fetched: list[Fetched], lane: LaneConsumer) -> None:
+        on_done = self._note_bulk_round if lane is self._bulk else None
+        self._pipeline.submit(fetched, lane.lane, lane.retry_topic, lane.commit_soon, on_done)
+
+    def _note_bulk_round(self, busy_s: float) -> None:
+        self._scheduler.pacer.note_bulk_round(busy_s, time.monotonic())

@@ -20,7 +20,7 @@ from schemas import BatchingConfig
 
 from .handler import Fetched
 from .pacing import BulkPacer
-from .window import fill_window
+from .window import fill_window, while_busy
 
 #: Longest one idle fetch waits before the routine checks whether it should stop.
 IDLE_POLL_MS = 200
@@ -73,11 +73,19 @@ class LaneScheduler:
         self._last_records = time.monotonic()
         self.idle = False
 
-    async def collect(self) -> tuple[list[Fetched], Lane]:
-        """Records of one round and their lane: interactive first, else a bounded bulk round, else wait."""
+    async def collect(self, model_idle: asyncio.Event | None = None) -> tuple[list[Fetched], Lane]:
+        """Records of one round and their lane: interactive first, else a bounded bulk round, else wait.
+
+        ``model_idle`` (a pipelined consumer, `workers.round.RoundPipeline`): while it is not set, a round is on
+        the model and only an interactive round is collected (kept open while the model is busy, up to a full
+        batch); the wait ends empty when the model frees up, so a bulk round is collected only then.
+        """
         fetched = await self.interactive.take(0, self._limit)
         if fetched:
-            return await self._fill(fetched), self.interactive
+            return await self._fill(fetched, model_idle), self.interactive
+        if model_idle is not None and not model_idle.is_set():
+            fetched = await self._interactive_while_busy(model_idle)
+            return (await self._fill(fetched, model_idle) if fetched else fetched), self.interactive
         rest_ms = self.pacer.rest_ms(time.monotonic())
         if rest_ms > 0:
             # Bulk rests (FLEET_WORKER_BULK_SHARE) while interactive traffic flows; interactive ends the rest.
@@ -97,6 +105,18 @@ class LaneScheduler:
             return await self._fill(fetched), lane
         self._note_records()
         return fetched, lane
+
+    async def _interactive_while_busy(self, model_idle: asyncio.Event) -> list[Fetched]:
+        """Interactive records, waiting until some arrive, the model frees up or the poll ends."""
+        taking = asyncio.ensure_future(self.interactive.take(IDLE_POLL_MS, self._limit))
+        freed = asyncio.ensure_future(model_idle.wait())
+        try:
+            await asyncio.wait({taking, freed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (taking, freed):
+                future.cancel()  # a fetch cancelled loses nothing: aiokafka hands records over only when it returns
+            await asyncio.gather(taking, freed, return_exceptions=True)
+        return [] if taking.cancelled() else taking.result()
 
     async def _wait_any(self) -> tuple[list[Fetched], Lane]:
         """Block until either lane has records (or the poll ends); interactive wins when both do."""
@@ -145,19 +165,28 @@ class LaneScheduler:
         if self.idle:
             self._set_idle(False)
 
-    async def _fill(self, fetched: list[Fetched]) -> list[Fetched]:
-        """An interactive round: keep fetching until the batch is full or the batching window closes."""
+    async def _fill(self, fetched: list[Fetched], model_idle: asyncio.Event | None = None) -> list[Fetched]:
+        """An interactive round: keep fetching until the batch is full or the batching window closes (and, with
+        ``model_idle``, while the model is still busy with the round before)."""
         self.pacer.note_interactive(time.monotonic())
         self._on_in_hand(len(fetched))
         self._note_records()
         version = next((f.request.version for f in fetched if f.request is not None), None)
-        return await fill_window(
+        batching = self._batching_hint(version)
+        fetched = await fill_window(
+            fetched, batching, self._limit, self.interactive.take, closing=self._closing, on_more=self._on_in_hand
+        )
+        if model_idle is None:
+            return fetched
+        return await while_busy(
             fetched,
-            self._batching_hint(version),
+            batching,
             self._limit,
             self.interactive.take,
+            model_idle,
             closing=self._closing,
             on_more=self._on_in_hand,
+            poll_ms=IDLE_POLL_MS,
         )
 
     def _set_idle(self, idle: bool) -> None:

@@ -15,12 +15,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 
-from common import Backoff, BackoffPolicy, tracing
+from common import Backoff, BackoffPolicy
 from schemas import BackendUnavailableError, DeadLetter, InferenceRequest, Lane, now_ms
 
 from .deadletter import DeadLetterWriter
@@ -97,29 +97,50 @@ class RoundRunner:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self.stats = stats
+        #: Records of the rounds in flight, not delivered yet.
+        self.in_hand = 0
 
     async def run(self, fetched: Sequence[Fetched], lane: Lane, retry_topic: str, commit: Commit) -> float:
         """Handle, deliver and commit ``fetched`` (records of one lane; retries go to ``retry_topic``, the lane's
         shared retry topic); returns the seconds the round took."""
         began = time.perf_counter()
-        self.stats.in_hand = len(fetched)
+        self.hold(len(fetched))
+        try:
+            outcome = await self.handle(fetched, lane)
+            delivered_ms = await self.deliver_outcome(outcome, retry_topic)
+        finally:
+            self.hold(-len(fetched))
+        await commit(fetched)
+        spent = time.perf_counter() - began
+        self.observe(fetched, delivered_ms, spent)
+        return spent
+
+    def hold(self, records: int) -> None:
+        """Count ``records`` more (fewer, when negative) in hand: fetched, not delivered yet."""
+        self.in_hand = max(0, self.in_hand + records)
+        self.stats.in_hand = self.in_hand
+
+    async def handle(self, fetched: Sequence[Fetched], lane: Lane) -> RoundOutcome:
+        """Answer every record of ``fetched`` (the model runs here), through registry outages."""
         self._metrics.lane_requests.labels(self.model, lane.value).inc(len(fetched))
         outcome = RoundOutcome()
         await retrying(self.model, "handle", lambda: self._handler.handle(fetched, outcome))
+        return outcome
+
+    async def deliver_outcome(self, outcome: RoundOutcome, retry_topic: str) -> float:
+        """Deliver all of ``outcome`` through outages; returns when it was delivered (epoch ms)."""
         undelivered = Undelivered.of(outcome)
         await retrying(self.model, "deliver", lambda: self.deliver(undelivered, retry_topic))
-        delivered_ms = now_ms()
-        tracing.delivered(fetched, self.model, delivered_ms)  # nothing when tracing is off
-        self.stats.in_hand = 0
-        await commit(fetched)
-        spent = time.perf_counter() - began
+        return now_ms()
+
+    def observe(self, fetched: Sequence[Fetched], delivered_ms: float, busy_s: float) -> None:
+        """Record a committed round: its requests' latencies and ``busy_s``, the time it kept the worker busy."""
         latencies = [delivered_ms - f.request.created_ms for f in fetched if f.request is not None]
         self._metrics.observe_delivered(
             self.model,
             [(f.request.version, (delivered_ms - f.request.created_ms) / 1000) for f in fetched if f.request],
         )
-        self.stats.observe_round(len(fetched), spent, latencies)
-        return spent
+        self.stats.observe_round(len(fetched), busy_s, latencies)
 
     async def deliver(self, undelivered: Undelivered, retry_topic: str) -> None:
         """Send what is still undelivered; BackendDownError (retry) while anything is left."""
@@ -159,3 +180,153 @@ class RoundRunner:
         if len(pending) < len(retries):
             log.info("model %s: %d request(s) to retry on %s", self.model, len(retries) - len(pending), topic)
         return pending
+
+
+class RoundAbandoned(Exception):
+    """A round not committed because a round before it was not (its offsets would skip the earlier records)."""
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One round in a pipeline: submitted, on the model, handled, delivered, committed."""
+
+    fetched: Sequence[Fetched]
+    previous: _Flight | None
+    on_model: bool = False
+    handled: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class RoundPipeline:
+    """Rounds of one model in flight at once (``depth`` at most), so the model never waits for I/O.
+
+    Each round runs on the model after the round before it has left the model (``handle``, in submission
+    order); its replies, dead letters and retries are then delivered while the next round runs; it commits
+    only after every round submitted before it has committed, so no offset past an undelivered record is
+    ever committed (a round whose predecessor failed or was cancelled commits nothing: `RoundAbandoned`).
+    The caller collects the next round once ``ready()`` returns: a slot is free and no round is waiting for
+    the model, so while one round runs the next one is fetched, decoded and its batching window filled.
+    ``model_idle`` is set while no round is on or waiting for the model (a bulk round is collected only then,
+    so an interactive round never waits behind more than one bulk round). Depth 1 is the serial round.
+    """
+
+    def __init__(self, runner: RoundRunner, depth: int) -> None:
+        self._runner = runner
+        self.depth = max(1, depth)
+        self._flights: list[_Flight] = []
+        self._last: _Flight | None = None
+        self._changed = asyncio.Event()
+        #: Set while no round is on the model or waiting for it.
+        self.model_idle = asyncio.Event()
+        self.model_idle.set()
+        self._failure: BaseException | None = None
+        self._busy_until = 0.0  # perf_counter when the last committed round ended (busy time is not counted twice)
+
+    @property
+    def in_flight(self) -> int:
+        """Rounds submitted and not finished (committed, failed or cancelled)."""
+        return len(self._flights)
+
+    def _may_collect(self) -> bool:
+        waiting = sum(1 for f in self._flights if not f.handled.is_set() and not f.on_model)
+        return waiting == 0 and len(self._flights) < self.depth
+
+    async def ready(self) -> None:
+        """Wait until the next round may be collected; raises the failure of a round (the routine's crash)."""
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._may_collect():
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    def submit(
+        self,
+        fetched: Sequence[Fetched],
+        lane: Lane,
+        retry_topic: str,
+        commit: Commit,
+        on_done: Callable[[float], None] | None = None,
+    ) -> None:
+        """Start a round of ``fetched`` (see `RoundRunner.run`); ``on_done(busy_s)`` once it has committed."""
+        flight = _Flight(fetched, self._last)
+        self._last = flight
+        self._flights.append(flight)
+        self.model_idle.clear()
+        self._runner.hold(len(fetched))
+        flight.task = asyncio.create_task(
+            self._run(flight, lane, retry_topic, commit, on_done), name=f"round-{self._runner.model}-{lane.value}"
+        )
+        flight.task.add_done_callback(lambda task: self._finished(flight, task))
+
+    async def _run(
+        self,
+        flight: _Flight,
+        lane: Lane,
+        retry_topic: str,
+        commit: Commit,
+        on_done: Callable[[float], None] | None,
+    ) -> None:
+        previous, runner = flight.previous, self._runner
+        try:
+            if previous is not None:
+                await previous.handled.wait()
+            flight.on_model = True
+            began = time.perf_counter()
+            try:
+                outcome = await runner.handle(flight.fetched, lane)
+            finally:
+                self._left_model(flight)
+            delivered_ms = await runner.deliver_outcome(outcome, retry_topic)
+        finally:
+            runner.hold(-len(flight.fetched))
+        if previous is not None and previous.task is not None:
+            await asyncio.wait({previous.task})
+            if previous.task.cancelled() or previous.task.exception() is not None:
+                raise RoundAbandoned(f"model {runner.model}: a round before this one was not committed")
+        await commit(flight.fetched)
+        ended = time.perf_counter()
+        busy = ended - max(began, self._busy_until)
+        self._busy_until = ended
+        runner.observe(flight.fetched, delivered_ms, busy)
+        if on_done is not None:
+            on_done(busy)
+
+    def _left_model(self, flight: _Flight) -> None:
+        flight.on_model = False
+        flight.handled.set()
+        if all(f.handled.is_set() for f in self._flights):
+            self.model_idle.set()
+        self._changed.set()
+
+    def _finished(self, flight: _Flight, task: asyncio.Task[None]) -> None:
+        self._flights.remove(flight)
+        if not flight.handled.is_set():  # cancelled before it reached the model: the next may not wait for it
+            self._left_model(flight)
+        if self._last is flight:
+            self._last = None
+        if not task.cancelled():
+            failure = task.exception()
+            if failure is not None and not isinstance(failure, RoundAbandoned) and self._failure is None:
+                self._failure = failure
+        self._changed.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until every round submitted so far has finished (committed, failed or cancelled)."""
+        tasks = [f.task for f in self._flights if f.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def drain(self) -> None:
+        """Finish every round in flight (a stop); raises the failure of a round, if any."""
+        await self.wait_idle()
+        if self._failure is not None:
+            raise self._failure
+
+    async def cancel(self) -> None:
+        """Cancel the rounds in flight (their records are redelivered) and wait for them to end."""
+        tasks = [f.task for f in self._flights if f.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

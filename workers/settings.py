@@ -52,6 +52,11 @@ class WorkerSettings:
         "take (0-1]; the rest is left idle for the interactive path (on shared CPUs). 1 = all idle capacity.",
         0.5,
     )
+    pipeline_depth: int = doc(
+        "Rounds of a model in flight at once: while one runs on the model, the next is fetched and decoded and the "
+        "replies of the one before are delivered (offsets still committed in order). 1 = one round at a time.",
+        2,
+    )
     retry_attempts: int = doc("Tries of a request whose model failed transiently (1 = no retry) before the DLQ.", 3)
     retry_base_ms: float = doc("Backoff before the second try; doubles for each further try.", 200.0)
     retry_max_ms: float = doc("Cap of the retry backoff.", 10_000.0)
@@ -137,6 +142,8 @@ class WorkerSettings:
             raise SettingsError("bulk_max_batch must be >= 1")
         if not 0.0 < self.bulk_share <= 1.0:
             raise SettingsError("bulk_share must be in (0, 1]")
+        if self.pipeline_depth < 1:
+            raise SettingsError("pipeline_depth must be >= 1")
         if self.retry_attempts < 1:
             raise SettingsError("retry_attempts must be >= 1")
         if not 0 <= self.retry_base_ms <= self.retry_max_ms:

@@ -8,6 +8,7 @@ per-model consumer and the pool worker share this logic.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -50,6 +51,44 @@ async def fill_window(
         if remaining_ms <= 0:
             break
         more = await take(remaining_ms, limit - len(fetched))
+        fetched.extend(more)
+        on_more(len(fetched))
+        rows += rows_of(more)
+    return fetched
+
+
+async def while_busy(
+    fetched: list[Fetched],
+    batching: BatchingConfig | None,
+    limit: int,
+    take: Take,
+    idle: asyncio.Event,
+    *,
+    closing: Callable[[], bool] = lambda: False,
+    on_more: Callable[[int], None] = lambda n: None,
+    poll_ms: int = 200,
+) -> list[Fetched]:
+    """Extend ``fetched`` (in place, and return it) while the model is busy with the round before (``idle`` not
+    set): the round would wait for the model anyway, so records arriving meanwhile join it, up to a full batch.
+
+    A take still waiting when the model frees up is cancelled, which loses nothing: the lane's consumer hands
+    records over only when its fetch returns.
+    """
+    if batching is None or batching.max_batch_size <= 1:
+        return fetched
+    rows = rows_of(fetched)
+    while not idle.is_set() and rows < batching.max_batch_size and len(fetched) < limit and not closing():
+        taking = asyncio.ensure_future(take(poll_ms, limit - len(fetched)))
+        freed = asyncio.ensure_future(idle.wait())
+        try:
+            await asyncio.wait({taking, freed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (taking, freed):
+                future.cancel()
+            await asyncio.gather(taking, freed, return_exceptions=True)
+        if taking.cancelled():
+            break
+        more = taking.result()  # a fetch failure propagates (the caller's backoff)
         fetched.extend(more)
         on_more(len(fetched))
         rows += rows_of(more)

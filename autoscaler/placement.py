@@ -31,6 +31,7 @@ class PlacementState(StrEnum):
     PLACED = "placed"  # every desired replica has a worker
     PARTIAL = "partial"  # some replicas placed, not all (the reason says why)
     SCHEDULE_FAILED = "schedule_failed"  # no replica placed (the reason says why)
+    PENDING = "pending"  # short of replicas while the pool starts the workers that can hold them
     IDLE = "idle"  # zero replicas desired
 
 
@@ -122,8 +123,18 @@ class _Room:
         return free is None or size <= free
 
 
-def place(demands: Sequence[ModelDemand], workers: Sequence[WorkerSlot], current: Mapping[str, set[str]]) -> Placement:
-    """Assign ``demands`` to ``workers``, keeping ``current`` (worker -> models) where it is still fine."""
+def place(
+    demands: Sequence[ModelDemand],
+    workers: Sequence[WorkerSlot],
+    current: Mapping[str, set[str]],
+    *,
+    growing: bool = False,
+) -> Placement:
+    """Assign ``demands`` to ``workers``, keeping ``current`` (worker -> models) where it is still fine.
+
+    ``growing``: more workers are starting (a pool the autoscaler is growing), so a model short of replicas for
+    want of workers or room is PENDING, not a failure; one that no worker's labels allow still fails.
+    """
     rooms = {w.worker: _Room(w) for w in workers}
     by_model = {d.model: d for d in demands}
     out = Placement(assignments={w.worker: set() for w in workers})
@@ -153,26 +164,29 @@ def place(demands: Sequence[ModelDemand], workers: Sequence[WorkerSlot], current
             room.used += demand.size_on(room.slot)
             holders[demand.model].append(room.slot.worker)
             out.assignments[room.slot.worker].add(demand.model)
-        out.status[demand.model] = _status(demand, holders[demand.model], rooms, labelled)
+        out.status[demand.model] = _status(demand, holders[demand.model], rooms, labelled, growing)
     return out
 
 
 def _status(
-    demand: ModelDemand, holders: list[str], rooms: Mapping[str, _Room], labelled: list[_Room]
+    demand: ModelDemand, holders: list[str], rooms: Mapping[str, _Room], labelled: list[_Room], growing: bool
 ) -> ModelPlacement:
     placed = tuple(sorted(holders))
     if demand.replicas <= 0:
         return ModelPlacement(PlacementState.IDLE, placed, 0)
     if len(placed) >= demand.replicas:
         return ModelPlacement(PlacementState.PLACED, placed, demand.replicas)
+    capacity = True  # short for want of workers or room (which more workers bring), not of labels
     if not rooms:
         reason = "no live worker follows an assignment"
     elif not labelled and not any(demand.requires <= r.slot.labels for r in rooms.values()):
         missing = sorted(demand.requires - set().union(*(r.slot.labels for r in rooms.values())))
         what = ",".join(missing) if missing else ",".join(sorted(demand.requires))
         reason = f"no worker has label {what}" if missing else f"no worker has all the labels {what}"
+        capacity = False
     elif not labelled:
         reason = f"no worker on an allowed GPU ({','.join(f'cuda:{i}' for i in sorted(demand.gpus or ()))})"
+        capacity = False
     else:
         others = [r for r in labelled if r.slot.worker not in holders]
         if not others:
@@ -182,6 +196,8 @@ def _status(
             needs = demand.size_on(roomiest.slot)
             reason = f"needs {_mb(needs)}, largest free {_mb(max(0, roomiest.free_or_max()))}"
     state = PlacementState.PARTIAL if placed else PlacementState.SCHEDULE_FAILED
+    if growing and capacity:
+        state, reason = PlacementState.PENDING, f"{reason}; the pool is starting more workers"
     if placed:
         reason = f"{len(placed)} of {demand.replicas} replicas placed: {reason}"
     return ModelPlacement(state, placed, demand.replicas, reason)

@@ -91,8 +91,14 @@ class PlacementRunner:
         #: The placement status this runner last wrote per model (without its time).
         self._written: dict[str, dict[str, str]] = {}
 
-    async def run(self, models: Sequence[str], desired: Mapping[str, int]) -> Placement:
-        """Place ``models`` (``desired`` replicas each, 1 when absent) and store the result; raises RedisError."""
+    async def run(
+        self, models: Sequence[str], desired: Mapping[str, int], *, expected_workers: int | None = None
+    ) -> Placement:
+        """Place ``models`` (``desired`` replicas each, 1 when absent) and store the result; raises RedisError.
+
+        ``expected_workers``: how many workers the pool is meant to have; while fewer are live, a model short of
+        room is PENDING (they are starting), not a failure that the gateway would answer 503 for.
+        """
         workers, gone = await self._workers()
         current = await self._current([w.worker for w in workers])
         registry = self._registry
@@ -114,7 +120,8 @@ class PlacementRunner:
                 demands.append(demand_of(record, desired.get(model, 1), self._size_factor, measured, others))
             except (FleetError, SchemaError) as exc:
                 unreadable[model] = exc.message
-        result = place(demands, workers, current)
+        growing = expected_workers is not None and expected_workers > len(workers)
+        result = place(demands, workers, current, growing=growing)
         for model, why in unreadable.items():
             result.status[model] = ModelPlacement(PlacementState.SCHEDULE_FAILED, (), 0, f"unusable record: {why}")
         await self._write(result, current, gone)

@@ -75,13 +75,18 @@ class PlacementBackend:
         """Place ``replicas`` of ``model`` from the next round on."""
         self._desired[model] = replicas
 
+    def expected_workers(self) -> int | None:
+        """Workers meant to run (None: whatever follows an assignment; the operator runs them)."""
+        return None
+
     async def place(self, models: Sequence[str]) -> Placement:
         """One placement round over ``models``; raises BackendError when Redis is unreachable."""
         if self._runner is None:
             raise BackendError("the placement backend is not started")
         await self._load(models)
         try:
-            result = await self._runner.run(models, {m: self._desired[m] for m in models})
+            desired = {m: self._desired[m] for m in models}
+            result = await self._runner.run(models, desired, expected_workers=self.expected_workers())
         except RedisError as exc:
             raise BackendError(f"placement round failed: {exc}") from exc
         for model in models:

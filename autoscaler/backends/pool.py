@@ -88,6 +88,10 @@ class PoolBackend(PlacementBackend):
             self._sizes = None
             await super().stop()
 
+    def expected_workers(self) -> int | None:
+        """The pool size last decided: while fewer workers are live, models short of room are pending."""
+        return None if self.last_size is None else self.last_size.desired
+
     async def pool_workers(self) -> int:
         """Pool workers running or starting now."""
         try:

@@ -134,3 +134,17 @@ def test_small_sizes_keep_their_precision_in_the_reason() -> None:
     tiny = ModelDemand("t", 12 * 1024, 1)
     slot = WorkerSlot("w1", 4 * 1024, frozenset({"cpu"}))
     assert place([tiny], [slot], {}).status["t"].reason == "needs 12 KB, largest free 4 KB"
+
+
+def test_a_growing_pool_makes_a_model_short_of_room_pending_not_failed() -> None:
+    # No pool worker is live yet, but the autoscaler is starting one: the gateway must not answer 503 meanwhile.
+    none = place([_d("a", 100)], [], {}, growing=True)
+    assert none.status["a"].state is PlacementState.PENDING
+    assert none.status["a"].reason == "no live worker follows an assignment; the pool is starting more workers"
+    short = place([_d("a", 100, replicas=2)], [_w("w1", 1000)], {}, growing=True)
+    assert short.status["a"].state is PlacementState.PENDING and short.status["a"].workers == ("w1",)
+    # Labels no pool worker has are not fixed by more of the same workers: still a failure.
+    labels = place([_d("g", 100, requires="gpu")], [_w("w1", 1000)], {}, growing=True)
+    assert labels.status["g"].state is PlacementState.SCHEDULE_FAILED
+    # Not growing: the failure stands.
+    assert place([_d("a", 100)], [], {}).status["a"].state is PlacementState.SCHEDULE_FAILED

@@ -139,3 +139,28 @@ async def test_a_canary_split_counts_every_version_it_sends_traffic_to(
     await registry.set_default("canary", "2")
     await PlacementRunner(redis_client, names).run(["canary"], {})
     assert (await read_placement(redis_client, names, ["canary"]))["canary"]["state"] == "placed"  # v2: 200 MB
+
+
+async def test_a_pool_still_starting_its_workers_stores_pending_and_the_gateway_waits(
+    redis_client: Any, names: Names, registered: list[str]
+) -> None:
+    """Right after a pool decision no worker is live yet: the stored status must not be a failure, which the
+    gateway's serviceability turns into 503 MODEL_UNAVAILABLE for requests that a moment later are served."""
+    from gateway.serviceability import Serviceability, ServiceabilityView
+
+    runner = PlacementRunner(redis_client, names)
+    await runner.run(["ma"], {"ma": 1}, expected_workers=1)
+    stored = await read_placement(redis_client, names, ["ma"])
+    assert stored["ma"]["state"] == "pending", stored
+    assert "the pool is starting more workers" in stored["ma"]["reason"]
+    await redis_client.set(names.autoscaler_leader_key, "a1")  # an autoscaler is alive (it wrote the above)
+    record = await ModelRegistry(redis_client, names).get("ma")
+    verdict = await ServiceabilityView(redis_client, names).verdict(record)
+    assert verdict.state is Serviceability.STARTING, verdict
+    # Once the pool's worker is live the model is placed; with no growth expected a lack of workers is a failure.
+    await _beat(redis_client, names, "w1", 400)
+    await runner.run(["ma"], {"ma": 1}, expected_workers=1)
+    assert (await read_placement(redis_client, names, ["ma"]))["ma"]["state"] == "placed"
+    await redis_client.delete(names.worker_key("w1"), names.workers_key)
+    await runner.run(["ma"], {"ma": 1})
+    assert (await read_placement(redis_client, names, ["ma"]))["ma"]["state"] == "schedule_failed"

@@ -1,58 +1,74 @@
-"""Token buckets held in Redis, so every gateway of a fleet draws from the same ones.
+"""Token buckets held in Redis, shared by every gateway of a fleet, leased to each gateway in blocks.
 
-One Lua script call checks all the buckets a request needs (its API key's and its model's) in one
-round trip: each bucket refills at ``rate`` tokens per second up to ``capacity`` since its last use
-(Redis ``TIME`` is the clock, so gateways need not agree on theirs); the request takes one token from
-each only when every bucket has one. Otherwise nothing is taken and the answer says how long until
-the emptiest bucket holds a token again. A bucket key expires once it would be full again (a missing
-bucket is a full one), so idle keys and models leave nothing behind.
+A bucket refills at ``rate`` tokens per second up to ``capacity`` since its last use (Redis ``TIME`` is the
+clock, so gateways need not agree on theirs); a missing bucket is a full one, and a bucket key expires once it
+would be full again, so idle keys and models leave nothing behind.
+
+A gateway does not ask Redis for every request: it leases a block of ``k`` tokens per Redis call (``LEASE_LUA``,
+one bucket key per call, so each call touches one hash slot of a Redis Cluster) and serves requests from the
+block locally. ``k`` follows the gateway's own rate on that bucket (about ``lease_s`` seconds of it: one token
+while it is slow, more as it speeds up, never over a quarter of the bucket's capacity nor ``max_lease``), so a
+model limited to L req/s costs each gateway about 1/``lease_s`` Redis calls per second instead of one per
+request. A block not used up within ``lease_s`` is given back with the next lease call of that gateway for that
+bucket (in the same script call). A refusal comes with the time until the bucket holds a token again; the
+gateway then refuses locally for that long, and at least ``lease_s``, without asking again (so a refused
+gateway asks Redis at most 1/``lease_s`` times a second per bucket however many requests it refuses; the
+``Retry-After`` answered is whole seconds, at least 1, so a client that honours it is never refused locally).
+
+What an outside observer sees: over a window of W seconds the fleet accepts at most ``rate * W + capacity``
+requests of a bucket, as with one shared bucket; it may accept less by the blocks other gateways hold unused
+(at most ``k`` per gateway, given back within ``lease_s`` while that gateway keeps serving the bucket). The test
+(``tests/gateway/test_ratelimit_lease.py``) holds 4 gateways at ±10 % of the limit over a 3 s window.
+
+A request needs a token of every bucket it draws from (its API key's and its model's): each bucket's block is
+checked, the empty ones leased (one call per bucket, concurrently), and the request takes one token of each
+only when every bucket has one; a refused bucket takes nothing from the others (tokens leased meanwhile stay in
+this gateway's blocks for its next requests).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-#: KEYS: bucket keys. ARGV: rate_1, capacity_1, rate_2, capacity_2, ... (tokens/s, tokens).
-#: Returns {allowed (1/0), retry_after_ms, index of the limiting bucket (1-based; 0 when allowed)}.
-TOKEN_BUCKET_LUA = """
+#: KEYS[1]: one bucket. ARGV: rate (tokens/s), capacity (tokens), wanted (whole tokens >= 1), given back
+#: (unused tokens of this gateway's previous block). Returns {granted tokens, ms until one token when none}.
+LEASE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS
-local tokens = {}
-local wait, worst = 0, 0
-for i = 1, n do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local capacity = tonumber(ARGV[2 * i])
-  local state = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local level = tonumber(state[1])
-  local last = tonumber(state[2])
-  if level == nil or last == nil then
-    level = capacity
-  elseif now > last then
-    level = math.min(capacity, level + (now - last) * rate / 1000)
-  end
-  tokens[i] = level
-  if level < 1 then
-    local need = math.ceil((1 - level) * 1000 / rate)
-    if need > wait then
-      wait, worst = need, i
-    end
-  end
+local rate = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3])
+local back = tonumber(ARGV[4])
+local state = redis.call('HMGET', KEYS[1], 't', 'ts')
+local level = tonumber(state[1])
+local last = tonumber(state[2])
+if level == nil or last == nil then
+  level = capacity
+elseif now > last then
+  level = math.min(capacity, level + (now - last) * rate / 1000)
 end
-if worst > 0 then
-  return {0, wait, worst}
+level = math.min(capacity, level + back)
+local granted = math.min(wanted, math.floor(level))
+level = level - granted
+redis.call('HSET', KEYS[1], 't', tostring(level), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - level) * 1000 / rate) + 1000)
+if granted < 1 then
+  return {0, math.ceil((1 - level) * 1000 / rate)}
 end
-for i = 1, n do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local capacity = tonumber(ARGV[2 * i])
-  local level = tokens[i] - 1
-  redis.call('HSET', KEYS[i], 't', tostring(level), 'ts', now)
-  redis.call('PEXPIRE', KEYS[i], math.ceil((capacity - level) * 1000 / rate) + 1000)
-end
-return {1, 0, 0}
+return {granted, 0}
 """
+
+#: Longest a leased block is held before its unused tokens are given back (and the block's target duration).
+LEASE_S = 0.1
+#: Most tokens one lease call takes.
+MAX_LEASE = 1000
+#: Half-life of a gateway's rate estimate per bucket (seconds).
+_RATE_HALF_LIFE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +87,7 @@ class Bucket:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The script's answer: whether the request may go, and if not, which bucket and for how long."""
+    """The answer: whether the request may go, and if not, which bucket and for how long."""
 
     allowed: bool
     retry_after_ms: int = 0
@@ -83,20 +99,127 @@ class Verdict:
         return max(1, math.ceil(self.retry_after_ms / 1000)) if not self.allowed else 0
 
 
-class TokenBuckets:
-    """Runs the token-bucket script (``redis.asyncio`` client); one round trip per ``take``."""
+@dataclass(slots=True)
+class _Block:
+    """This gateway's leased tokens of one bucket and its rate on it."""
 
-    def __init__(self, redis: Any) -> None:
-        self._script = redis.register_script(TOKEN_BUCKET_LUA)
+    tokens: int = 0
+    #: When the tokens were leased (monotonic s); unused ones are given back after ``lease_s``.
+    leased_at: float = -math.inf
+    #: Refuse locally until then (monotonic s): Redis said the bucket is empty.
+    refused_until: float = -math.inf
+    #: Tokens taken since the last lease call, and when that call was made.
+    taken: int = 0
+    since: float = field(default_factory=time.monotonic)
+    #: Estimated requests per second of this gateway on the bucket (None until measured).
+    rate: float | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class TokenBuckets:
+    """One gateway's view of the shared buckets (``redis.asyncio`` client): ``take`` serves from leased blocks
+    and leases more with one Redis call per empty bucket."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        lease_s: float = LEASE_S,
+        max_lease: int = MAX_LEASE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._script = redis.register_script(LEASE_LUA)
+        self._lease_s = lease_s
+        self._max_lease = max(1, max_lease)
+        self._clock = clock
+        self._blocks: dict[str, _Block] = {}
+        #: Lease calls made (for tests and benchmarks).
+        self.lease_calls = 0
 
     async def take(self, buckets: list[Bucket]) -> Verdict:
         """Take one token from every bucket, or none when one of them is empty."""
         if not buckets:
             return Verdict(True)
-        args: list[str] = []
-        for bucket in buckets:
-            args += [repr(float(bucket.rate)), repr(float(bucket.capacity))]
-        allowed, wait_ms, index = await self._script(keys=[b.key for b in buckets], args=args)
-        if int(allowed):
-            return Verdict(True)
-        return Verdict(False, int(wait_ms), buckets[int(index) - 1])
+        blocks = [self._block(bucket) for bucket in buckets]
+        now = self._clock()
+        for bucket, block in zip(buckets, blocks, strict=True):
+            if block.refused_until > now:
+                return Verdict(False, _wait_ms(block, now), bucket)
+        empty = [(b, k) for b, k in zip(buckets, blocks, strict=True) if not self._usable(k, now)]
+        if empty:
+            refusals = await asyncio.gather(*(self._lease(bucket, block) for bucket, block in empty))
+            refused = [(wait, bucket) for wait, bucket in refusals if wait]
+            if refused:
+                wait, bucket = max(refused, key=lambda r: r[0])
+                return Verdict(False, wait, bucket)
+            if not all(block.tokens >= 1 for block in blocks):  # taken meanwhile by concurrent requests
+                return await self.take(buckets)
+        for block in blocks:
+            block.tokens -= 1
+            block.taken += 1
+        return Verdict(True)
+
+    def _block(self, bucket: Bucket) -> _Block:
+        block = self._blocks.get(bucket.key)
+        if block is None:
+            block = self._blocks[bucket.key] = _Block()
+            if len(self._blocks) > 10_000:  # forget idle buckets (keys and models come and go)
+                self._forget(self._clock())
+        return block
+
+    def _forget(self, now: float) -> None:
+        for key in [k for k, b in self._blocks.items() if b.tokens == 0 and now - b.since > 10 * self._lease_s]:
+            del self._blocks[key]
+
+    def _usable(self, block: _Block, now: float) -> bool:
+        return block.tokens >= 1 and now - block.leased_at <= self._lease_s
+
+    async def _lease(self, bucket: Bucket, block: _Block) -> tuple[int, Bucket]:
+        """Lease a new block of ``bucket`` (giving back an expired one's tokens); (ms to wait, bucket) when
+        Redis has no token for it, else (0, bucket)."""
+        async with block.lock:
+            now = self._clock()
+            if self._usable(block, now):  # a concurrent request leased meanwhile
+                return 0, bucket
+            if block.refused_until > now:
+                return _wait_ms(block, now), bucket
+            self._measure(block, now)
+            back, block.tokens = block.tokens, 0
+            wanted = self._wanted(bucket, block)
+            self.lease_calls += 1
+            granted, wait_ms = await self._script(
+                keys=[bucket.key], args=[repr(float(bucket.rate)), repr(float(bucket.capacity)), wanted, back]
+            )
+            block.leased_at = self._clock()
+            if int(granted) < 1:
+                # Not before the bucket holds a token, nor within lease_s: refused gateways ask Redis about
+                # 1/lease_s times a second each, however many requests they refuse.
+                block.refused_until = block.leased_at + max(int(wait_ms) / 1000, self._lease_s)
+                return _wait_ms(block, block.leased_at), bucket
+            block.tokens = int(granted)
+            return 0, bucket
+
+    def _measure(self, block: _Block, now: float) -> None:
+        """Fold the tokens taken since the last lease call into the block's rate estimate."""
+        elapsed = now - block.since
+        if elapsed <= 0:
+            return
+        observed = block.taken / elapsed
+        if block.rate is None:
+            block.rate = observed
+        else:
+            weight = 1 - 0.5 ** (elapsed / _RATE_HALF_LIFE_S)
+            block.rate += weight * (observed - block.rate)
+        block.taken, block.since = 0, now
+
+    def _wanted(self, bucket: Bucket, block: _Block) -> int:
+        """Tokens to lease: about ``lease_s`` of this gateway's rate, within 1..capacity/4 and ``max_lease``."""
+        rate = block.rate or 0.0
+        cap = max(1, min(self._max_lease, math.floor(bucket.capacity / 4)))
+        return max(1, min(cap, math.ceil(rate * self._lease_s)))
+
+
+def _wait_ms(block: _Block, now: float) -> int:
+    """Milliseconds until a refused ``block`` may ask again: until its bucket holds a token, and at least
+    ``lease_s`` after the refusal (never over the ``Retry-After`` answered, which is at least 1 s)."""
+    return max(1, math.ceil((block.refused_until - now) * 1000))

@@ -150,6 +150,8 @@ class Signals:
 def print_stack(stack: LocalStack, *, workers: bool = True) -> None:
     """The addresses a user needs (and what the workers serve)."""
     print(f"gateway   {stack.url}" if stack.config.gateway else "gateway   (none)")
+    if stack.config.gateway:
+        print(f"          grpc://{stack.config.host}:{stack.grpc_port} (OIP v2 gRPC: FleetClient, tritonclient.grpc)")
     print(f"kafka     {stack.kafka_bootstrap}")
     print(f"redis     {stack.redis_url}")
     print(f"namespace {stack.config.namespace}")

@@ -32,15 +32,19 @@ def base_env(config: StackConfig, kafka_bootstrap: str, redis_url: str) -> dict[
     return env
 
 
-def gateway_env(base: Mapping[str, str], config: StackConfig, port: int) -> dict[str, str]:
-    """The gateway's: listen address, HTTP port and gRPC port (the caller's FLEET_GATEWAY_GRPC_PORT, else a free one:
-    two stacks on one machine must not both bind the default 8001)."""
-    grpc_port = base.get("FLEET_GATEWAY_GRPC_PORT") or str(free_port())
+def grpc_port(base: Mapping[str, str]) -> int:
+    """The gateway's gRPC port: the caller's FLEET_GATEWAY_GRPC_PORT, else a free one (two stacks on one machine
+    must not both bind the default 8001)."""
+    return int(base.get("FLEET_GATEWAY_GRPC_PORT") or free_port())
+
+
+def gateway_env(base: Mapping[str, str], config: StackConfig, port: int, grpc: int | None = None) -> dict[str, str]:
+    """The gateway's: listen address, HTTP port and gRPC port (``grpc``, else as `grpc_port` picks)."""
     return {
         **base,
         "FLEET_GATEWAY_HOST": config.host,
         "FLEET_GATEWAY_PORT": str(port),
-        "FLEET_GATEWAY_GRPC_PORT": grpc_port,
+        "FLEET_GATEWAY_GRPC_PORT": str(grpc if grpc is not None else grpc_port(base)),
     }
 
 

@@ -89,6 +89,7 @@ class LocalStack:
         self.kafka_bootstrap = config.kafka or ""
         self.redis_url = config.redis or ""
         self.port = config.port or free_port()
+        self.grpc_port = services.grpc_port(config.env)
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._changing = asyncio.Lock()  # the supervisor's restarts vs restart_workers
@@ -140,7 +141,7 @@ class LocalStack:
         try:
             await self._start_servers()
             if self.config.gateway:
-                env = services.gateway_env(self._base_env(), self.config, self.port)
+                env = services.gateway_env(self._base_env(), self.config, self.port, self.grpc_port)
                 self._gateway = self._spawn("gateway", ["gateway"], env)
                 await self._wait(self._gateway, readiness.gateway_ready(self.url))
             if self._automatic:

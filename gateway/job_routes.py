@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -200,7 +199,7 @@ class JobRoutes:
         owner = _caller(request)
         prefer = wants_async(None, request.headers.get(PREFER_HEADER))
         ttl_s = self._settings.job_ttl_s
-        job_id = uuid.uuid4().hex
+        job_id = self._names.new_job_id(key, owner)  # with a key: in its job shard (one hash slot)
         print_ = fingerprint(record.name, request.match_info.get("version"), request.headers.get(HEADER_LENGTH), raw)
         callback = callback_url(
             request.headers.get(CALLBACK_HEADER) or request.query.get(CALLBACK_QUERY), self._settings.webhooks

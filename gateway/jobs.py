@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, TypeVar
+
+from redis.crc import key_slot
 
 from common import supervise, text
 from schemas import FleetError, InferenceRequest, JobState, Names, SchemaError, now_ms
@@ -45,6 +47,15 @@ def republish_after_s(backend_timeout_s: float) -> float:
     still be publishing it (its publish and its removal from the outbox are each bounded by the backend
     timeout), plus a second of margin, so a sweep rarely duplicates a record that is on its way."""
     return 2 * backend_timeout_s + 1.0
+
+
+async def _every(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Await every call (one per job shard) together; the first error is raised once all have ended."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes  # type: ignore[return-value]
 
 
 class JobStore:
@@ -80,10 +91,14 @@ class JobStore:
         Returns None when the job was created, else the value the idempotency key already holds.
         """
         n = self._names
-        keys = [n.job_key(job_id), n.job_deadlines_key, n.job_outbox_key, n.job_request_key(job_id)]
+        shard = n.job_shard(job_id)
+        keys = [n.job_key(job_id), n.job_deadlines_key(shard), n.job_outbox_key(shard), n.job_request_key(job_id)]
         value = ""
         if idempotency is not None:
             keys.append(n.idempotency_key(idempotency[0], owner))
+            if key_slot(keys[-1].encode()) != key_slot(keys[0].encode()):
+                # One script, one hash slot: the id must come from names.new_job_id(key, owner).
+                raise ValueError(f"job id {job_id!r} is not in the job shard of its idempotency key")
             value = idempotency[1]
         expire_at = "" if expire_at_ms is None else str(int(expire_at_ms))
         args: list[str | int | bytes] = [ttl_s, value, expire_at, job_id, int(republish_at_ms), topic]
@@ -99,18 +114,22 @@ class JobStore:
 
         async def both() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(n.job_outbox_key, job_id)
+                pipe.zrem(n.job_outbox_key(n.job_shard(job_id)), job_id)
                 pipe.delete(n.job_request_key(job_id))
                 await pipe.execute()
 
         await self._bounded(both())
 
     async def claim_outbox(self, now: float, lease_s: float, limit: int) -> list[str]:
-        """Ids of outbox entries due at ``now`` (epoch ms), oldest first, claimed for ``lease_s``: no other
-        sweep takes them before the lease ends (then they are due again unless ``published``)."""
+        """Ids of outbox entries due at ``now`` (epoch ms), at most ``limit`` of each job shard, oldest first,
+        claimed for ``lease_s``: no other sweep takes them before the lease ends (then they are due again
+        unless ``published``)."""
         args = [int(now), int(now + lease_s * 1000), limit]
-        raw = await self._bounded(self._claim(keys=[self._names.job_outbox_key], args=args))
-        return [bytes(item).decode() for item in raw]
+        n = self._names
+        shards = await self._bounded(
+            _every(self._claim(keys=[n.job_outbox_key(s)], args=args) for s in n.job_shards)
+        )
+        return [bytes(item).decode() for raw in shards for item in raw]
 
     async def outbox_entry(self, job_id: str) -> tuple[str, InferenceRequest] | None:
         """The topic and request of an outboxed job; None when it is gone (published meanwhile, or its TTL
@@ -130,8 +149,8 @@ class JobStore:
             keys.append(n.idempotency_key(idempotency_key, owner))
         try:
             await self._bounded(self._redis.delete(*keys))
-            await self._bounded(self._redis.zrem(n.job_deadlines_key, job_id))
-            await self._bounded(self._redis.zrem(n.job_outbox_key, job_id))
+            await self._bounded(self._redis.zrem(n.job_deadlines_key(n.job_shard(job_id)), job_id))
+            await self._bounded(self._redis.zrem(n.job_outbox_key(n.job_shard(job_id)), job_id))
         except BackendDownError:
             pass  # the job expires with its TTL; a sweep drops its outbox entry once the request is gone
 
@@ -154,21 +173,28 @@ class JobStore:
 
     async def cancel(self, job_id: str, cancelled: bytes, result_ttl_s: int, now_ms: float) -> str:
         """Run the cancel script: 'missing', 'finished', 'running', 'expired' or 'cancelled'."""
-        keys = [self._names.job_key(job_id), self._names.result_key(job_id), self._names.callbacks_stream]
+        n = self._names
+        keys = [n.job_key(job_id), n.result_key(job_id), n.callbacks_stream(n.job_shard(job_id))]
         outcome = await self._bounded(self._cancel(keys=keys, args=[cancelled, result_ttl_s, int(now_ms), job_id]))
         return bytes(outcome).decode()
 
     async def due(self, now_ms: float, limit: int) -> list[str]:
-        """Ids of jobs with a webhook whose expiry time (deadline + grace) has come, oldest first."""
-        raw = await self._bounded(
-            self._redis.zrangebyscore(self._names.job_deadlines_key, "-inf", int(now_ms), start=0, num=limit)
+        """Ids of jobs with a webhook whose expiry time (deadline + grace) has come, at most ``limit`` of each
+        job shard, oldest first."""
+        n = self._names
+        shards = await self._bounded(
+            _every(
+                self._redis.zrangebyscore(n.job_deadlines_key(s), "-inf", int(now_ms), start=0, num=limit)
+                for s in n.job_shards
+            )
         )
-        return [text(item) for item in raw]
+        return [text(item) for raw in shards for item in raw]
 
     async def expire(self, job_id: str, expired: bytes, result_ttl_s: int) -> str:
         """Run the expiry script: 'taken', 'missing', 'finished' or 'expired' (see ``EXPIRE_SCRIPT``)."""
         n = self._names
-        keys = [n.job_deadlines_key, n.job_key(job_id), n.result_key(job_id), n.callbacks_stream]
+        shard = n.job_shard(job_id)
+        keys = [n.job_deadlines_key(shard), n.job_key(job_id), n.result_key(job_id), n.callbacks_stream(shard)]
         outcome = await self._bounded(self._expire(keys=keys, args=[expired, result_ttl_s, job_id]))
         return bytes(outcome).decode()
 
@@ -203,14 +229,15 @@ class OutboxSweeper:
     async def _routine(self) -> None:
         while True:
             try:
-                while await self.sweep() == _OUTBOX_BATCH:  # more are due: go on at once
+                while await self.sweep() >= _OUTBOX_BATCH:  # more may be due: go on at once
                     pass
             except BackendDownError as exc:  # Kafka or Redis down or slow: the claimed entries come due again
                 log.warning("job outbox sweep stopped: %s", exc.message)
             await asyncio.sleep(_OUTBOX_SWEEP_INTERVAL_S)
 
     async def sweep(self) -> int:
-        """Publish the due outbox entries (claimed first); returns how many were due."""
+        """Publish the due outbox entries (claimed first, up to a batch per job shard); returns how many were
+        due."""
         now = now_ms()
         claimed = await self._store.claim_outbox(now, self._lease_s, _OUTBOX_BATCH)
         for job_id in claimed:

@@ -1,10 +1,11 @@
 """Completion webhooks of async jobs: the gateways POST each finished job's document to its callback URL.
 
 Who sees completion: whoever stores a job's first result (the worker's ``deliver`` script, or the
-cancel script) appends the job id to ``names.callbacks_stream`` in the same script when the job hash
-names a ``callback_url`` — so an announcement exists exactly when a first result does, and nobody polls.
-Every gateway with ``webhooks`` on runs one dispatcher in consumer group ``webhooks`` on that stream:
-it reads new entries (``XREADGROUP``), delivers each in its own task (at most ``webhook_concurrency``
+cancel script) appends the job id to its job shard's ``names.callbacks_stream(shard)`` in the same script
+when the job hash names a ``callback_url`` — so an announcement exists exactly when a first result does,
+and nobody polls. Every gateway with ``webhooks`` on runs one dispatcher in consumer group ``webhooks`` on
+every shard's stream (one reader per shard: on a Redis Cluster each stream is in its own hash slot): it
+reads new entries (``XREADGROUP``), delivers each in its own task (at most ``webhook_concurrency``
 at once) with retries — ``webhook_backoff_s`` doubling up to ``webhook_backoff_max_s``, at most
 ``webhook_max_attempts`` tries, each bounded by ``webhook_timeout_s`` — then ``XACK``s it (a delivery
 given up is logged). Entries left unacknowledged by a gateway that died are taken over with
@@ -13,7 +14,7 @@ carries ``X-Fleet-Job-Id`` (and ``X-Fleet-Delivery-Attempt``) so receivers can d
 answer counts as delivered.
 
 A job nobody answers (no worker ever took it, or the one that did died and no other took it over) would
-never be announced: every second the dispatcher also sweeps ``names.job_deadlines_key`` and gives the jobs
+never be announced: every second the dispatcher also sweeps each shard's ``names.job_deadlines_key`` and gives the jobs
 unanswered ``webhook_expiry_grace_s`` after their deadline a ``DEADLINE_EXCEEDED`` result
 (``schemas.jobs.EXPIRE_SCRIPT``: one gateway wins each job), which announces them like any other result.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from typing import Any
@@ -74,29 +76,32 @@ class WebhookDispatcher:
         self._consumer = consumer
         self._store = JobStore(redis, names, settings.backend_timeout_s)
         self._deliveries: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._readers: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
-        self._group_ready = False
         self._session: aiohttp.ClientSession | None = None
         #: Entries idle longer than this belong to a gateway that stopped: take them over.
         self._reclaim_ms = int((delivery_budget_s(settings) + 10.0) * 1000)
 
     async def start(self) -> None:
         """Start the reading routine (the consumer group is created on first use)."""
-        if self._task is None:
+        if not self._readers:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s))
-            self._task = asyncio.create_task(
-                supervise("gateway webhook dispatcher", self._routine, log), name="fleet-gateway-webhooks"
-            )
+            self._readers = [
+                asyncio.create_task(
+                    supervise("gateway webhook dispatcher", functools.partial(self._routine, shard), log),
+                    name=f"fleet-gateway-webhooks-{shard}",
+                )
+                for shard in self._names.job_shards
+            ]
             self._sweeper = asyncio.create_task(
                 supervise("gateway webhook expiry sweep", self._sweep_routine, log), name="fleet-gateway-job-expiry"
             )
 
     async def stop(self) -> None:
         """Stop reading and cancel deliveries in progress (they stay pending and are taken over later)."""
-        task, self._task = self._task, None
+        readers, self._readers = self._readers, []
         sweeper, self._sweeper = self._sweeper, None
-        tasks = [t for t in (task, sweeper, *self._deliveries) if t is not None]
+        tasks = [t for t in (*readers, sweeper, *self._deliveries) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -104,30 +109,31 @@ class WebhookDispatcher:
         if session is not None:
             await session.close()
 
-    async def _routine(self) -> None:
-        stream = self._names.callbacks_stream
-        self._group_ready = False  # also after a crash: the group may be what went wrong
+    async def _routine(self, shard: int) -> None:
+        stream = self._names.callbacks_stream(shard)
+        group_ready = False  # also after a crash: the group may be what went wrong
         while True:
             try:
-                if not self._group_ready:
+                if not group_ready:
                     await self._ensure_group(stream)
-                    self._group_ready = True
+                    group_ready = True
                 await self._reclaim(stream)
-                free = await self._free_slots()
+                # Every shard's reader shares the delivery slots: each takes its part of the free ones.
+                free = max(1, await self._free_slots() // len(self._names.job_shards))
                 reply = await self._redis.xreadgroup(
                     CALLBACK_GROUP, self._consumer, {stream: ">"}, count=free, block=_READ_BLOCK_MS
                 )
                 for _, entries in reply or []:
-                    self._spawn(entries)
+                    self._spawn(stream, entries)
             except (RedisError, OSError) as exc:
                 log.warning("webhooks: reading %s failed: %s", stream, exc)
-                self._group_ready = False  # the stream (and its group) may be gone: NOGROUP
+                group_ready = False  # the stream (and its group) may be gone: NOGROUP
                 await asyncio.sleep(_ERROR_PAUSE_S)
 
     async def _sweep_routine(self) -> None:
         while True:
             try:
-                while await self.sweep() == _SWEEP_BATCH:  # more are due: go on at once
+                while await self.sweep() >= _SWEEP_BATCH:  # more may be due: go on at once
                     pass
             except FleetError as exc:  # Redis down or slow (503), a stored result that does not decode
                 log.warning("webhooks: job expiry sweep failed: %s", exc.message)
@@ -166,7 +172,7 @@ class WebhookDispatcher:
             start_id="0-0",
             count=self._settings.webhook_concurrency,
         )
-        self._spawn(reply[1] if reply else [])
+        self._spawn(stream, reply[1] if reply else [])
 
     async def _free_slots(self) -> int:
         """Wait until fewer than ``webhook_concurrency`` deliveries run; how many more may start."""
@@ -174,22 +180,22 @@ class WebhookDispatcher:
             await asyncio.wait(set(self._deliveries), return_when=asyncio.FIRST_COMPLETED)
         return self._settings.webhook_concurrency - len(self._deliveries)
 
-    def _spawn(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
+    def _spawn(self, stream: str, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
         for entry_id, fields in entries:
             if not fields:  # deleted entry left in the pending list
                 continue
             job_id = fields.get(CALLBACK_FIELD.encode(), b"").decode(errors="replace")
-            task = asyncio.create_task(self._deliver(entry_id, job_id))
+            task = asyncio.create_task(self._deliver(stream, entry_id, job_id))
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
 
-    async def _deliver(self, entry_id: Any, job_id: str) -> None:
+    async def _deliver(self, stream: str, entry_id: Any, job_id: str) -> None:
         try:
-            await self._deliver_once(entry_id, job_id)
+            await self._deliver_once(stream, entry_id, job_id)
         except Exception:  # a bug: left pending, so another try comes with a takeover (XAUTOCLAIM)
             log.exception("webhooks: delivering job %s crashed; it stays pending", job_id)
 
-    async def _deliver_once(self, entry_id: Any, job_id: str) -> None:
+    async def _deliver_once(self, stream: str, entry_id: Any, job_id: str) -> None:
         try:
             state = await self._store.read(job_id) if job_id else None
         except BackendDownError as exc:
@@ -200,7 +206,7 @@ class WebhookDispatcher:
         else:
             await self._post(job_id, state.callback_url, job_document(state, now_ms()))
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.xack(self._names.callbacks_stream, CALLBACK_GROUP, entry_id)
+            await self._redis.xack(stream, CALLBACK_GROUP, entry_id)
 
     async def _post(self, job_id: str, url: str, document: dict[str, Any]) -> None:
         settings = self._settings

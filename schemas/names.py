@@ -18,82 +18,97 @@ Layout for namespace ``ns`` (default ``fleet``)::
       {ns}.retry-relay                 consumer group of the gateways' retry relay over both retry topics: it
                                        produces each retry, once due, to its model's request topic of its lane
     Redis
-      {ns}:models                      SET of registered model names
-      {ns}:model:{m}:versions          SET of the model's versions
-      {ns}:model:{m}:v:{v}             msgpack ModelRecord (immutable once written)
-      {ns}:model:{m}:v:{v}:measured:{kind}  footprint a worker measured after loading, on a device of
+      Every key starts with ``{ns}:`` and carries a hash tag ``{{ns}.PART}`` (written ``[PART]`` below): the
+      keys that one Lua script or MULTI touches share PART, hence one hash slot, so the fleet runs on a Redis
+      Cluster as on one server. Tags: ``registry`` (the whole registry: small, read through the epoch cache;
+      register/remove/default/split/rollback change several of its keys at once), ``replies.{gw}`` (a
+      gateway's reply stream, alone), ``jobs.{shard}`` (``JOB_SHARDS`` job shards: a job's keys, its result
+      and emitted markers and the shard's deadlines, outbox and callbacks stream; shard = crc32(job id) mod
+      ``JOB_SHARDS``; an idempotency key's shard is that of "owner:key", and its job id is drawn in it),
+      ``workers``, ``placement``, ``leases``, ``apikeys``, ``autoscaler``, ``inventory`` (small control
+      sets), ``stats.{m}``, ``decision.{m}``, ``dlq.{m}``, ``ratelimit.key.{id}``, ``ratelimit.model.{m}``.
+
+      [registry]:models                SET of registered model names
+      [registry]:model:{m}:versions    SET of the model's versions
+      [registry]:model:{m}:v:{v}       msgpack ModelRecord (immutable once written)
+      [registry]:model:{m}:v:{v}:measured:{kind}  footprint a worker measured after loading, on a device of
                                        that kind (cpu or gpu; bytes)
-      {ns}:model:{m}:v:{v}:load_failed STRING (JSON `schemas.load_failures.LoadFailure`: reason, ts_ms, worker;
-                                       EXPIRE 60 s) the last failed load of the version; deleted by a load
-                                       that succeeds. The gateway's model readiness reads it
-      {ns}:model:{m}:default           the version served when none is asked for
-      {ns}:model:{m}:traffic           HASH version -> percent of unversioned requests (a canary / A-B
+      [registry]:model:{m}:v:{v}:load_failed STRING (JSON `schemas.load_failures.LoadFailure`: reason, ts_ms,
+                                       worker; EXPIRE 60 s) the last failed load of the version; deleted by a
+                                       load that succeeds. The gateway's model readiness reads it
+      [registry]:model:{m}:default     the version served when none is asked for
+      [registry]:model:{m}:traffic     HASH version -> percent of unversioned requests (a canary / A-B
                                        split; absent = all to the default; see `schemas.traffic`)
-      {ns}:model:{m}:previous_default  the default before the last change: what `rollback` returns to
-      {ns}:registry:epoch              STRING counter bumped in the same step as every registry write a reader
+      [registry]:model:{m}:previous_default  the default before the last change: what `rollback` returns to
+      [registry]:epoch                 STRING counter bumped in the same step as every registry write a reader
                                        may have cached (register, remove, default, split, rollback, a changed
                                        measured size): readers re-read only when it moved (`schemas.registry`)
-      {ns}:replies:{gateway_id}        STREAM of replies for one gateway process
-      {ns}:client:{client_id}:replies  STREAM of replies for one direct producer client (`fleet.producer`)
-      {ns}:result:{request_id}         first result stored for a request (dedups redelivery; an async
-                                       job's result, or its CANCELLED marker)
-      {ns}:emitted:{request_id}        marker: the request's first result was produced to its reply topic
-      {ns}:job:{job_id}                HASH of an async job (EXPIRE = job TTL; fields in `schemas.jobs`)
-      {ns}:idem:{owner}:{key}          STRING idempotency key of one API key id ("-" without auth) ->
-                                       "job_id fingerprint" (EXPIRE = job TTL)
-      {ns}:jobs:callbacks              STREAM of finished jobs that have a webhook (field ``j`` = job id);
-                                       consumer group ``webhooks`` of the gateways delivers them
-      {ns}:jobs:deadlines              ZSET job id -> deadline + grace (epoch ms) of jobs with a webhook: a
-                                       gateway expires the ones no worker answered (`EXPIRE_SCRIPT`)
-      {ns}:jobs:outbox                 ZSET job id -> when a gateway's sweep (re)publishes it (epoch ms): jobs
+      [replies.{gateway_id}]           STREAM of replies for one gateway process (a sync reply is this
+                                       entry only: the gateway drops a duplicate or late reply by id)
+      [client.{client_id}]:replies     STREAM of replies for one direct producer client (`fleet.producer`)
+      [jobs.{s}]:result:{request_id}   first result stored for a request whose result is fetched later (an
+                                       async job's result or CANCELLED marker, a producer's result-kind
+                                       request, a topic reply): dedups redelivery
+      [jobs.{s}]:emitted:{request_id}  marker: the request's first result was produced to its reply topic
+      [jobs.{s}]:job:{job_id}          HASH of an async job (EXPIRE = job TTL; fields in `schemas.jobs`)
+      [jobs.{s}]:idem:{owner}:{key}    STRING idempotency key of one API key id ("-" without auth) ->
+                                       "job_id fingerprint" (EXPIRE = job TTL); s is the shard of "owner:key"
+      [jobs.{s}]:callbacks             STREAM of the shard's finished jobs that have a webhook (field ``j`` =
+                                       job id); consumer group ``webhooks`` of the gateways delivers them
+      [jobs.{s}]:deadlines             ZSET job id -> deadline + grace (epoch ms) of the shard's jobs with a
+                                       webhook: a gateway expires the ones no worker answered (`EXPIRE_SCRIPT`)
+      [jobs.{s}]:outbox                ZSET job id -> when a gateway's sweep (re)publishes it (epoch ms): jobs
                                        stored but not known to be published yet (`schemas.jobs`)
-      {ns}:job:{job_id}:request        HASH of an outboxed job: ``t`` topic, ``r`` request envelope (EXPIRE = job
+      [jobs.{s}]:job:{job_id}:request  HASH of an outboxed job: ``t`` topic, ``r`` request envelope (EXPIRE = job
                                        TTL; deleted once published)
-      {ns}:apikey:{key_id}             HASH of an API key: sha256 of its secret, name, models, rate, created_ms,
+      [apikeys]:apikey:{key_id}        HASH of an API key: sha256 of its secret, name, models, rate, created_ms,
                                        revoked_ms (`schemas.apikeys`; the secret is never stored)
-      {ns}:apikeys                     SET of every API key id (revoked ones included)
-      {ns}:ratelimit:key:{key_id}      HASH token bucket of a key's rate limit (t tokens, ts ms; PEXPIRE when full)
-      {ns}:ratelimit:model:{m}         HASH token bucket of a model's rate limit (`gateway.ratelimit`)
-      {ns}:dlq:{m}:replays             HASH "partition:offset" of a dead letter of model m in {ns}.dlq -> times
+      [apikeys]:apikeys                SET of every API key id (revoked ones included)
+      [ratelimit.key.{key_id}]         HASH token bucket of a key's rate limit (`gateway.ratelimit`)
+      [ratelimit.model.{m}]            HASH token bucket of a model's rate limit (`gateway.ratelimit`)
+      [dlq.{m}]:replays                HASH "partition:offset" of a dead letter of model m in {ns}.dlq -> times
                                        `fleet dlq replay` re-sent it
-      {ns}:worker:{worker_id}          HASH heartbeat of a worker (state, models, partitions)
-      {ns}:workers                     ZSET of worker ids by last heartbeat (ms)
-      {ns}:residency:{worker_id}       STRING (JSON `schemas.residency.WorkerResidency`, EXPIRE 3x heartbeat):
+      [workers]:worker:{worker_id}     HASH heartbeat of a worker (state, models, partitions)
+      [workers]:workers                ZSET of worker ids by last heartbeat (ms)
+      [workers]:residency:{worker_id}  STRING (JSON `schemas.residency.WorkerResidency`, EXPIRE 3x heartbeat):
                                        the worker's memory budget and its resident models (size, last use)
-      {ns}:assignment:{worker_id}      SET of the models the placement scheduler assigned to a worker that
+      [placement]:assignment:{worker_id}  SET of the models the placement scheduler assigned to a worker that
                                        follows its assignment (no EXPIRE: survives restarts of either side)
-      {ns}:placement:{m}               HASH placement status of a model (`autoscaler.placement_store`): state
+      [placement]:placement:{m}        HASH placement status of a model (`autoscaler.placement_store`): state
                                        (placed, partial, schedule_failed, idle), workers, replicas, reason, ts_ms
-                                       (written when it changes; the last round's time is in placements:round)
-      {ns}:lease:{topic}:{p}           STRING id of the pool worker consuming that partition (`workers.leases`:
+                                       (written when it changes; the last round's time is in [placement]:round)
+      [placement]:round                STRING epoch ms of the placement scheduler's last round (it confirmed
+                                       every stored placement status then)
+      [placement]:epoch                STRING counter bumped with every changed placement status (in the same
+                                       transaction): pool workers re-read their models' placements when it moved
+      {ns}:assignments                 pub/sub channel (no key): `schemas.assignment_news` (placement changes)
+      [leases]:lease:{topic}:{p}       STRING id of the pool worker consuming that partition (`workers.leases`:
                                        valid while its holder's leaseholder key exists; claimed when free or its
                                        holder's liveness lapsed, deleted on a move; no PX of its own)
-      {ns}:leaseholder:{worker_id}     STRING liveness of a pool worker's leases (PX 3x heartbeat, refreshed
+      [leases]:leaseholder:{worker_id} STRING liveness of a pool worker's leases (PX 3x heartbeat, refreshed
                                        every beat): its leases are taken over once it is gone
-      {ns}:placements:round            STRING epoch ms of the placement scheduler's last round (it confirmed
-                                       every stored placement status then)
-      {ns}:placements:epoch            STRING counter bumped with every changed placement status (in the same
-                                       transaction): pool workers re-read their models' placements when it moved
-      {ns}:stats:{m}                   ZSET worker id -> epoch ms of its last service-stats report
-      {ns}:stats:{m}:{worker_id}       HASH one worker's service stats for a model (EXPIRE; fields in
+      [stats.{m}]:workers              ZSET worker id -> epoch ms of its last service-stats report
+      [stats.{m}]:worker:{worker_id}   HASH one worker's service stats for a model (EXPIRE; fields in
                                        `schemas.stats`): written by workers, read by the autoscaler
-      {ns}:autoscaler:pins             HASH model -> pinned replicas (manual override; absent = autoscaled)
-      {ns}:autoscaler:decision:{m}     HASH the autoscaler's last decision for a model (EXPIRE): desired,
+      [autoscaler]:pins                HASH model -> pinned replicas (manual override; absent = autoscaled)
+      [decision.{m}]:decision          HASH the autoscaler's last decision for a model (EXPIRE): desired,
                                        actual, reason, inputs (JSON), capped_by_partitions, pinned, ts_ms
-                                       (written when it changes; current while decisions:round exists)
-      {ns}:autoscaler:decisions:round  STRING epoch ms of the autoscaler's last round (EXPIRE): the stored
+                                       (written when it changes; current while [autoscaler]:decisions:round exists)
+      [autoscaler]:decisions:round     STRING epoch ms of the autoscaler's last round (EXPIRE): the stored
                                        decisions are current while it exists
-      {ns}:autoscaler:leader           STRING id of the autoscaler that holds the leader lease (PEXPIRE =
+      [autoscaler]:leader              STRING id of the autoscaler that holds the leader lease (PEXPIRE =
                                        lease; `autoscaler.leader`): only that one scales and places
-      {ns}:inventory                   ZSET host -> epoch ms of its last GPU inventory report
-      {ns}:inventory:{host}            HASH the GPU inventory of one host (EXPIRE; see `autoscaler.inventory`)
+      [inventory]:hosts                ZSET host -> epoch ms of its last GPU inventory report
+      [inventory]:host:{host}          HASH the GPU inventory of one host (EXPIRE; see `autoscaler.inventory`)
 
-Model names never contain ':', so ``{ns}:stats:{m}`` and ``{ns}:stats:{m}:{worker_id}`` cannot collide.
+Model names never contain ':' or '}', so a model's keys cannot collide with another's.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -106,6 +121,15 @@ _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+#: Async jobs (and every per-request marker) are spread over this many job shards, each its own hash slot
+#: (``{ns}:{ns.jobs.N}``): a job's keys share its shard's slot with the shard's callbacks stream, deadlines
+#: and outbox, so each job script touches one slot. Fixed, because every process must agree on it.
+JOB_SHARDS = 8
+
+
+def _shard(value: str) -> int:
+    return zlib.crc32(value.encode()) % JOB_SHARDS
 
 
 def check_model_name(name: str) -> str:
@@ -164,6 +188,45 @@ class Names:
     def __post_init__(self) -> None:
         if not _NAMESPACE.match(self.namespace):
             raise ValueError(f"invalid namespace {self.namespace!r}: use 1-64 of [A-Za-z0-9_-]")
+
+    # Hash tags -------------------------------------------------------------
+    def tag(self, part: str) -> str:
+        """``{ns}:{{ns.part}}``: the prefix of every key of one hash slot (on a Redis Cluster, a script or a
+        transaction may touch only the keys of one slot: keys that one touches share ``part``)."""
+        return f"{self.namespace}:{{{self.namespace}.{part}}}"
+
+    @property
+    def _registry(self) -> str:
+        return self.tag("registry")
+
+    @staticmethod
+    def job_shard(job_id: str) -> int:
+        """The job shard of a request id (``JOB_SHARDS`` of them): its job, result and outbox keys live there."""
+        return _shard(job_id)
+
+    @property
+    def job_shards(self) -> range:
+        """Every job shard (a gateway sweeps and reads each one's sets and callbacks stream)."""
+        return range(JOB_SHARDS)
+
+    def _shard_tag(self, shard: int) -> str:
+        if not 0 <= shard < JOB_SHARDS:
+            raise ValueError(f"job shard {shard} is not in 0..{JOB_SHARDS - 1}")
+        return self.tag(f"jobs.{shard}")
+
+    def _job_tag(self, job_id: str) -> str:
+        return self._shard_tag(_shard(job_id))
+
+    def new_job_id(self, idempotency_key: str | None = None, owner: str = "") -> str:
+        """A random job id (uuid4 hex); with an idempotency key, one in that key's job shard, so the submit
+        script's keys (idempotency key, job, outbox) share one hash slot."""
+        if idempotency_key is None:
+            return uuid.uuid4().hex
+        want = _shard(f"{owner or '-'}:{idempotency_key}")
+        while True:  # JOB_SHARDS tries on average
+            job_id = uuid.uuid4().hex
+            if _shard(job_id) == want:
+                return job_id
 
     # Kafka -----------------------------------------------------------------
     def request_topic(self, model: str, lane: Lane | str = Lane.INTERACTIVE) -> str:
@@ -224,64 +287,64 @@ class Names:
     @property
     def models_key(self) -> str:
         """SET of registered model names."""
-        return f"{self.namespace}:models"
+        return f"{self._registry}:models"
 
     def versions_key(self, model: str) -> str:
         """SET of a model's versions."""
-        return f"{self.namespace}:model:{model}:versions"
+        return f"{self._registry}:model:{model}:versions"
 
     def record_key(self, model: str, version: str) -> str:
         """msgpack ModelRecord of one version."""
-        return f"{self.namespace}:model:{model}:v:{version}"
+        return f"{self._registry}:model:{model}:v:{version}"
 
     def measured_key(self, model: str, version: str, kind: str = CPU) -> str:
         """Measured footprint in bytes of a loaded version on a ``kind`` device (written by workers)."""
         if kind not in DEVICE_KINDS:
             raise ValueError(f"device kind {kind!r} is not one of {', '.join(DEVICE_KINDS)}")
-        return f"{self.namespace}:model:{model}:v:{version}:measured:{kind}"
+        return f"{self._registry}:model:{model}:v:{version}:measured:{kind}"
 
     def load_failure_key(self, model: str, version: str) -> str:
         """The last failed load of a version (reason, time, worker; deleted once a worker loads it)."""
-        return f"{self.namespace}:model:{model}:v:{version}:load_failed"
+        return f"{self._registry}:model:{model}:v:{version}:load_failed"
 
     def default_key(self, model: str) -> str:
         """Default version pointer of a model."""
-        return f"{self.namespace}:model:{model}:default"
+        return f"{self._registry}:model:{model}:default"
 
     def traffic_key(self, model: str) -> str:
         """HASH version -> percent: the traffic split of a model's unversioned requests."""
-        return f"{self.namespace}:model:{model}:traffic"
+        return f"{self._registry}:model:{model}:traffic"
 
     def previous_default_key(self, model: str) -> str:
         """The default version before the last change of a model's default or split (rollback target)."""
-        return f"{self.namespace}:model:{model}:previous_default"
+        return f"{self._registry}:model:{model}:previous_default"
 
     @property
     def registry_epoch_key(self) -> str:
         """STRING counter bumped by every registry write a reader may have cached (`schemas.registry`)."""
-        return f"{self.namespace}:registry:epoch"
+        return f"{self._registry}:epoch"
 
     def reply_stream(self, gateway_id: str) -> str:
         """Reply stream read by one gateway process."""
-        return f"{self.namespace}:replies:{gateway_id}"
+        return self.tag(f"replies.{gateway_id}")
 
     def client_reply_stream(self, client_id: str) -> str:
         """Reply stream read by one direct Kafka producer client (``fleet.producer.FleetProducer``)."""
         if not _CLIENT_ID.match(client_id):
             raise ValueError(f"invalid client id {client_id!r}: use 1-128 of [A-Za-z0-9_.-]")
-        return f"{self.namespace}:client:{client_id}:replies"
+        return f"{self.tag(f'client.{client_id}')}:replies"
 
     def result_key(self, request_id: str) -> str:
         """First stored result of a request (later duplicates are dropped)."""
-        return f"{self.namespace}:result:{request_id}"
+        return f"{self._job_tag(request_id)}:result:{request_id}"
 
     def emitted_key(self, request_id: str) -> str:
         """Marker set once a request's first result was produced to its reply topic (reply kind ``topic``)."""
-        return f"{self.namespace}:emitted:{request_id}"
+        return f"{self._job_tag(request_id)}:emitted:{request_id}"
 
     def job_key(self, job_id: str) -> str:
         """HASH of an async job (its id is the request id; see `schemas.jobs`)."""
-        return f"{self.namespace}:job:{job_id}"
+        return f"{self._job_tag(job_id)}:job:{job_id}"
 
     def idempotency_key(self, key: str, owner: str = "") -> str:
         """Client idempotency key -> the job it created (``"job_id fingerprint"``).
@@ -289,120 +352,124 @@ class Names:
         ``owner`` is the API key id of the caller ("" without auth): two tenants' identical
         idempotency keys are two different keys, so one can never replay or probe the other's job.
         """
-        return f"{self.namespace}:idem:{owner or '-'}:{key}"
+        owner = owner or "-"
+        return f"{self._shard_tag(_shard(owner + ':' + key))}:idem:{owner}:{key}"
 
-    @property
-    def job_deadlines_key(self) -> str:
-        """ZSET of jobs with a webhook, scored by when to give up on a worker answer (`schemas.jobs`)."""
-        return f"{self.namespace}:jobs:deadlines"
+    def job_deadlines_key(self, shard: int) -> str:
+        """ZSET of a job shard's jobs with a webhook, scored by when to give up on a worker answer (`schemas.jobs`)."""
+        return f"{self._shard_tag(shard)}:deadlines"
 
-    @property
-    def job_outbox_key(self) -> str:
-        """ZSET of stored jobs not known to be published yet, scored by when a sweep (re)publishes them."""
-        return f"{self.namespace}:jobs:outbox"
+    def job_outbox_key(self, shard: int) -> str:
+        """ZSET of a job shard's stored jobs not known to be published yet, scored by when a sweep (re)publishes
+        them."""
+        return f"{self._shard_tag(shard)}:outbox"
 
     def job_request_key(self, job_id: str) -> str:
         """HASH of an outboxed job's topic (``t``) and request envelope (``r``) (`schemas.jobs`)."""
-        return f"{self.namespace}:job:{job_id}:request"
+        return f"{self._job_tag(job_id)}:job:{job_id}:request"
 
-    @property
-    def callbacks_stream(self) -> str:
-        """STREAM of finished jobs whose completion webhook is to be delivered (field ``j`` = job id)."""
-        return f"{self.namespace}:jobs:callbacks"
+    def callbacks_stream(self, shard: int) -> str:
+        """STREAM of a job shard's finished jobs whose completion webhook is to be delivered (field ``j`` = job id)."""
+        return f"{self._shard_tag(shard)}:callbacks"
 
     def dlq_replays_key(self, model: str) -> str:
         """HASH ``partition:offset`` (in ``dlq_topic``) of a dead letter of ``model`` -> times it was replayed."""
-        return f"{self.namespace}:dlq:{model}:replays"
+        return f"{self.tag(f'dlq.{model}')}:replays"
 
     def apikey_key(self, key_id: str) -> str:
         """HASH of one API key: sha256 of its secret, name, models, rate, created/revoked (``schemas.apikeys``)."""
-        return f"{self.namespace}:apikey:{key_id}"
+        return f"{self.tag('apikeys')}:apikey:{key_id}"
 
     @property
     def apikeys_key(self) -> str:
         """SET of every API key id (revoked ones included)."""
-        return f"{self.namespace}:apikeys"
+        return f"{self.tag('apikeys')}:apikeys"
 
     def key_bucket_key(self, key_id: str) -> str:
         """HASH token bucket (``t`` tokens, ``ts`` last refill ms) of one API key's rate limit."""
-        return f"{self.namespace}:ratelimit:key:{key_id}"
+        return self.tag(f"ratelimit.key.{key_id}")
 
     def model_bucket_key(self, model: str) -> str:
         """HASH token bucket of one model's rate limit (shared by every key and gateway)."""
-        return f"{self.namespace}:ratelimit:model:{model}"
+        return self.tag(f"ratelimit.model.{model}")
 
     def worker_key(self, worker_id: str) -> str:
         """Heartbeat hash of a worker."""
-        return f"{self.namespace}:worker:{worker_id}"
+        return f"{self.tag('workers')}:worker:{worker_id}"
 
     def residency_key(self, worker_id: str) -> str:
         """What a worker holds in memory (``schemas.residency.WorkerResidency`` as JSON)."""
-        return f"{self.namespace}:residency:{worker_id}"
+        return f"{self.tag('workers')}:residency:{worker_id}"
 
     def assignment_key(self, worker_id: str) -> str:
         """SET of the models assigned to a worker by the placement scheduler."""
-        return f"{self.namespace}:assignment:{worker_id}"
+        return f"{self.tag('placement')}:assignment:{worker_id}"
 
     def placement_key(self, model: str) -> str:
         """HASH placement status of a model (state, workers, replicas, reason, ts_ms)."""
-        return f"{self.namespace}:placement:{model}"
+        return f"{self.tag('placement')}:placement:{model}"
 
     def lease_key(self, topic: str, partition: int) -> str:
         """STRING id of the pool worker that consumes ``topic`` partition ``partition`` (valid while that
         worker's ``lease_holder_key`` exists)."""
-        return f"{self.namespace}:lease:{topic}:{partition}"
+        return f"{self.tag('leases')}:lease:{topic}:{partition}"
 
     def lease_holder_key(self, worker_id: str) -> str:
         """STRING liveness of a pool worker's partition leases (PX = the lease TTL, refreshed every beat)."""
-        return f"{self.namespace}:leaseholder:{worker_id}"
+        return f"{self.tag('leases')}:leaseholder:{worker_id}"
 
     @property
     def placement_epoch_key(self) -> str:
         """STRING counter bumped with every changed placement status (readers re-read placements when it moved)."""
-        return f"{self.namespace}:placements:epoch"
+        return f"{self.tag('placement')}:epoch"
 
     @property
     def placement_round_key(self) -> str:
         """STRING epoch ms of the placement scheduler's last round (it confirmed every placement status)."""
-        return f"{self.namespace}:placements:round"
+        return f"{self.tag('placement')}:round"
+
+    @property
+    def assignments_channel(self) -> str:
+        """Pub/sub channel of placement news (`schemas.assignment_news`); a channel needs no hash tag."""
+        return f"{self.namespace}:assignments"
 
     @property
     def workers_key(self) -> str:
         """ZSET of worker ids scored by last heartbeat (epoch ms)."""
-        return f"{self.namespace}:workers"
+        return f"{self.tag('workers')}:workers"
 
     def stats_index_key(self, model: str) -> str:
         """ZSET of the workers that reported service stats for ``model``, scored by report time (epoch ms)."""
-        return f"{self.namespace}:stats:{model}"
+        return f"{self.tag(f'stats.{model}')}:workers"
 
     def stats_key(self, model: str, worker_id: str) -> str:
         """HASH of one worker's service stats for ``model`` (see `schemas.stats`)."""
-        return f"{self.namespace}:stats:{model}:{worker_id}"
+        return f"{self.tag(f'stats.{model}')}:worker:{worker_id}"
 
     @property
     def pins_key(self) -> str:
         """HASH model -> pinned replica count (manual overrides of the autoscaler)."""
-        return f"{self.namespace}:autoscaler:pins"
+        return f"{self.tag('autoscaler')}:pins"
 
     @property
     def autoscaler_leader_key(self) -> str:
         """STRING: holder id of the autoscalers' leader lease (PEXPIRE = the lease)."""
-        return f"{self.namespace}:autoscaler:leader"
+        return f"{self.tag('autoscaler')}:leader"
 
     def decision_key(self, model: str) -> str:
         """HASH of the autoscaler's last decision for ``model``."""
-        return f"{self.namespace}:autoscaler:decision:{model}"
+        return f"{self.tag(f'decision.{model}')}:decision"
 
     @property
     def decision_round_key(self) -> str:
         """STRING epoch ms of the autoscaler's last round (EXPIRE): stored decisions are current while it exists."""
-        return f"{self.namespace}:autoscaler:decisions:round"
+        return f"{self.tag('autoscaler')}:decisions:round"
 
     @property
     def inventory_index_key(self) -> str:
         """ZSET of the hosts that reported a GPU inventory, scored by report time (epoch ms)."""
-        return f"{self.namespace}:inventory"
+        return f"{self.tag('inventory')}:hosts"
 
     def inventory_key(self, host: str) -> str:
         """HASH of one host's GPU inventory."""
-        return f"{self.namespace}:inventory:{host}"
+        return f"{self.tag('inventory')}:host:{host}"

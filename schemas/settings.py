@@ -290,8 +290,14 @@ class RedisSettings:
     """Connection to the Redis (or Valkey) server (read from ``FLEET_REDIS_*``)."""
 
     url: str = doc(
-        "redis:// or rediss:// (TLS) URL; put a password in it as redis://:PASS@host:port/0.",
+        "redis:// or rediss:// (TLS) URL; put a password in it as redis://:PASS@host:port/0. A Redis Cluster: "
+        "redis+cluster:// or rediss+cluster:// and the address of any of its nodes (or FLEET_REDIS_CLUSTER).",
         "redis://127.0.0.1:6379/0",
+    )
+    cluster: bool = doc(
+        "The server is a Redis (or Valkey) Cluster: use the cluster client, which follows the slot map and "
+        "redirects (also implied by a +cluster URL scheme).",
+        False,
     )
     socket_timeout_s: float = doc("Timeout of one Redis command (a dead server fails within it).", 2.0)
     connect_timeout_s: float = doc("Timeout of connecting to Redis.", 1.0)
@@ -314,11 +320,19 @@ class RedisSettings:
         """Settings for ``url`` with every other field at its default."""
         return cls(url=url)
 
+    @property
+    def is_cluster(self) -> bool:
+        """Whether the server is a Redis Cluster (``cluster``, or a ``redis+cluster`` or ``rediss+cluster`` URL)."""
+        return self.cluster or self.url.split("://", 1)[0].endswith("+cluster")
+
     def client(self) -> Any:
         """A new ``redis.asyncio.Redis`` (bytes in, bytes out) bounded by these timeouts, on its own pool of
-        ``max_connections``, where a call waits up to ``pool_timeout_s`` for a connection when all are busy."""
+        ``max_connections``, where a call waits up to ``pool_timeout_s`` for a connection when all are busy;
+        on a Redis Cluster a ``redis.asyncio.cluster.RedisCluster`` (``max_connections`` per node)."""
         import redis.asyncio as aioredis
 
+        if self.is_cluster:
+            return self._cluster_client()
         kwargs: dict[str, Any] = {
             "socket_timeout": self.socket_timeout_s,
             "socket_connect_timeout": self.connect_timeout_s,
@@ -329,6 +343,21 @@ class RedisSettings:
         if self.url.startswith("rediss://") and self.ssl_ca_certs:
             kwargs["ssl_ca_certs"] = self.ssl_ca_certs
         return aioredis.Redis.from_pool(_BlockingPool.from_url(self.url, **kwargs))
+
+    def _cluster_client(self) -> Any:
+        from redis.asyncio.cluster import RedisCluster
+
+        scheme, rest = self.url.split("://", 1)
+        url = f"{scheme.removesuffix('+cluster')}://{rest}"
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout_s,
+            "socket_connect_timeout": self.connect_timeout_s,
+            "max_connections": self.max_connections,
+            "health_check_interval": 15,
+        }
+        if url.startswith("rediss://") and self.ssl_ca_certs:
+            kwargs["ssl_ca_certs"] = self.ssl_ca_certs
+        return RedisCluster.from_url(url, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ group and key names never clash.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -53,6 +54,74 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+class ClusterNode(LocalRedis):
+    """One master of a test Redis Cluster (Valkey with ``--cluster-enabled yes``; keeps nothing on disk)."""
+
+    def command(self) -> list[str]:
+        return [
+            *super().command(),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", f"nodes-{self.port}.conf",
+            "--cluster-node-timeout", "2000",
+        ]  # fmt: skip
+
+
+class LocalCluster:
+    """A Redis Cluster of ``masters`` Valkey masters on this machine, every slot covered (no replicas)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [ClusterNode() for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        clients = [redis.Redis(port=node.port) for node in self.nodes]
+        try:
+            per_node = 16384 // len(self.nodes)
+            for i, client in enumerate(clients):
+                last = 16383 if i == len(clients) - 1 else (i + 1) * per_node - 1
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per_node, last)
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            deadline = time.monotonic() + timeout_s
+            while not all(
+                b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
+                and len(c.execute_command("CLUSTER", "SLOTS")) == len(self.nodes)
+                for c in clients
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the test cluster is not ready after {timeout_s}s")
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """URL (``redis+cluster://``) of the session's 3-master Redis Cluster (``REDIS_CLUSTER_URL`` for a real one)."""
+    external = os.environ.get("REDIS_CLUSTER_URL")
+    if external:
+        yield external
+        return
+    cluster = LocalCluster()
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Claiming async jobs before running them: one Redis round trip per round that holds any.
+"""Claiming async jobs before running them: one Redis round trip per round that holds any (a script call per
+job shard, sent together).
 
 Only requests with reply kind ``result`` (async jobs, polled later) are claimed; sync traffic pays
 nothing. The ``claim`` script (``schemas.jobs.CLAIM_SCRIPT``) skips a request whose result is already
@@ -8,6 +9,7 @@ job hash ``started_ms``/``worker``, which is what makes a job show as running.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -38,14 +40,28 @@ class JobClaims:
         jobs = [r for r in requests if r.reply.kind is ReplyKind.RESULT]
         if not jobs:
             return set()
-        keys: list[str] = []
-        for request in jobs:
-            keys += [self._names.result_key(request.id), self._names.job_key(request.id)]
-        try:
-            flags = await self._script(keys=keys, args=[int(now_ms()), self._worker_id])
-        except RedisError as exc:
-            raise BackendDownError(f"Redis unavailable, jobs not claimed: {exc}") from exc
-        skipped = {request.id for request, flag in zip(jobs, flags, strict=True) if not flag}
+        by_shard: dict[int, list[InferenceRequest]] = {}
+        for request in jobs:  # one script call per job shard: its keys share one hash slot
+            by_shard.setdefault(self._names.job_shard(request.id), []).append(request)
+        args = [int(now_ms()), self._worker_id]
+        calls = []
+        for shard_jobs in by_shard.values():
+            keys = [k for r in shard_jobs for k in (self._names.result_key(r.id), self._names.job_key(r.id))]
+            calls.append(self._script(keys=keys, args=args))
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        flags: list[Any] = []
+        for outcome in outcomes:
+            if isinstance(outcome, RedisError):
+                raise BackendDownError(f"Redis unavailable, jobs not claimed: {outcome}") from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+            flags.append(outcome)
+        skipped = {
+            request.id
+            for shard_jobs, shard_flags in zip(by_shard.values(), flags, strict=True)
+            for request, flag in zip(shard_jobs, shard_flags, strict=True)
+            if not flag
+        }
         if skipped:
             log.info("skipping %d request(s) that already have a result (cancelled or answered)", len(skipped))
         return skipped

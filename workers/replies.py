@@ -1,26 +1,22 @@
 """Delivering responses to Redis: every response of a round in one pipelined round trip.
 
-Each response goes through the ``deliver`` script (docs/ARCHITECTURE.md): ``SET result NX EX`` and,
-only when that SET won (the first result of a request) and the reply kind is ``stream``, ``XADD``
-to the reply stream (field ``r``) and ``EXPIRE`` it; for kind ``result`` (an async job) whose job
-hash names a webhook, ``XADD`` the job id to the callbacks stream. A redelivered request therefore never reaches
-its client twice. The scripts run as ``EVALSHA`` in one non-transactional pipeline; when the server
-does not know the script yet (``NOSCRIPT``: first use, restart, ``SCRIPT FLUSH``) it is loaded and the
-pipeline is sent again, which the ``NX`` marker makes harmless.
+A sync reply (kind ``stream`` with no ``ttl_s``: a gateway's reply stream) stores nothing per request:
+the ``deliver_stream`` script ``XADD``s it to the reply stream (field ``r``) and ``EXPIRE``s the stream,
+both keys of the stream's own hash slot. A redelivered request (its worker died after delivering, before
+the commit) runs again and its second reply reaches the stream too: the gateway hands each request id
+only its first reply and drops any later one (it no longer waits for that id), so the caller never gets
+two answers. A reply kind ``stream`` with ``ttl_s`` (a producer client that may resume: ``fleet batch
+run``) also stores its first result with ``SET result NX EX ttl`` in the same pipeline (another slot,
+so not in the script; the client drops a second reply by id as well).
 
-Reply kind ``topic`` (streaming pipelines) goes through the ``deliver_topic`` script instead, in the
-same pipeline: ``SET result NX EX``, returning 1 when that SET won, else the result already stored.
-The script returns 1 when that SET won, 0 when the stored result was already produced (the
-``emitted`` marker exists), else the stored first result. The worker produces **the first stored
-result** (its own when it won) to the named topic, key = request id, waits for the broker's acks, then
-sets the ``emitted`` markers (one more pipelined round trip, only for rounds with topic replies) before
-the round is committed. A failed produce fails the delivery (nothing is committed; the round is retried
-or redelivered, and the stored first result is produced again). So a topic never loses a result and
-never carries two *different* results for one request; a redelivered request is not emitted twice;
-only a crash between the broker's ack and the marker can repeat the same record, which consumers drop
-by key (request id).
+Kind ``result`` (an async job, or a producer's stored result) goes through the ``deliver`` script on
+the keys of the request's job shard (``names.job_shard``): ``SET result NX EX`` and, only when that
+SET won and the job hash names a webhook, ``XADD`` the job id to the shard's callbacks stream. Kind
+``none`` stores nothing. The scripts run as ``EVALSHA`` in one non-transactional pipeline; when the
+server does not know a script yet (``NOSCRIPT``: first use, restart, ``SCRIPT FLUSH``) the scripts are
+loaded and the pipeline is sent again, which the ``NX`` markers make harmless.
 
-The result key is kept ``max(RESULT_TTL_S, reply.ttl_s)`` seconds: async jobs ask for at least their TTL.
+A result key is kept ``max(RESULT_TTL_S, reply.ttl_s)`` seconds: async jobs ask for at least their TTL.
 
 A per-command error is permanent only when retrying cannot fix it (``WRONGTYPE``: a reply target of the
 wrong type): it is logged and the round goes on. Server states that pass (``OOM`` under ``maxmemory`` with
@@ -56,23 +52,26 @@ from .errors import BackendDownError
 
 log = logging.getLogger("fleet.workers")
 
-#: KEYS[1] result key; kind stream: KEYS[2] reply stream; kind result (async job): KEYS[2] job hash,
-#: KEYS[3] callbacks stream. ARGV[1] response bytes, ARGV[2] result TTL s, ARGV[3] stream MAXLEN,
-#: ARGV[4] stream TTL s, ARGV[5] reply kind, ARGV[6] request id. A first result of a job whose hash
-#: names a webhook is announced on the callbacks stream (``schemas.jobs``).
+#: KEYS[1] result key, KEYS[2] job hash, KEYS[3] the job shard's callbacks stream (one hash slot). ARGV[1]
+#: response bytes, ARGV[2] result TTL s, ARGV[3] request id. 1 when the SET won (a first result; a job
+#: whose hash names a webhook is then announced on the callbacks stream, ``schemas.jobs``), else 0.
 DELIVER_SCRIPT = f"""
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  if ARGV[5] == 'stream' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[1])
-    redis.call('EXPIRE', KEYS[2], ARGV[4])
-  elseif ARGV[5] == 'result' and redis.call('HEXISTS', KEYS[2], '{F_CALLBACK}') == 1 then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', {CALLBACK_STREAM_MAXLEN}, '*', '{CALLBACK_FIELD}', ARGV[6])
+  if redis.call('HEXISTS', KEYS[2], '{F_CALLBACK}') == 1 then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', {CALLBACK_STREAM_MAXLEN}, '*', '{CALLBACK_FIELD}', ARGV[3])
   end
   return 1
 end
 return 0
 """
 DELIVER_SHA = hashlib.sha1(DELIVER_SCRIPT.encode()).hexdigest()
+#: KEYS[1] reply stream; ARGV[1] response bytes, ARGV[2] stream MAXLEN, ARGV[3] stream TTL s. Returns 1.
+DELIVER_STREAM_SCRIPT = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'r', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+DELIVER_STREAM_SHA = hashlib.sha1(DELIVER_STREAM_SCRIPT.encode()).hexdigest()
 #: KEYS[1] result key, KEYS[2] emitted marker; ARGV[1] response bytes, ARGV[2] result TTL s.
 #: 1 when the SET won, 0 when the stored result was produced already, else the stored first result.
 DELIVER_TOPIC_SCRIPT = """
@@ -162,8 +161,8 @@ class ReplyWriter:
         try:
             results = await self._send(items)
             if any(isinstance(r, NoScriptError) for r in results):
-                await self._redis.script_load(DELIVER_SCRIPT)
-                await self._redis.script_load(DELIVER_TOPIC_SCRIPT)
+                for script in (DELIVER_SCRIPT, DELIVER_STREAM_SCRIPT, DELIVER_TOPIC_SCRIPT):
+                    await self._redis.script_load(script)
                 results = await self._send(items)
         except RedisError as exc:
             raise BackendDownError(f"Redis unavailable, replies not delivered: {exc}") from exc
@@ -203,34 +202,41 @@ class ReplyWriter:
             raise BackendDownError(f"Redis unavailable, topic replies not marked: {exc}") from exc
 
     async def _send(self, items: Sequence[Reply]) -> list[Any]:
+        """One pipelined round trip; per item the outcome: 1 (a first result, or a reply stored nowhere), 0
+        (a result was stored already), the stored first result (kind topic), or the error of a command."""
+        n = self._names
+        outcomes: list[Any] = []
+        slots: list[tuple[int, int]] = []  # per item: its first command's index and its command count
+        commands = 0
         async with self._redis.pipeline(transaction=False) as pipe:
             for address, response in items:
-                result_key = self._names.result_key(response.id)
                 ttl = max(RESULT_TTL_S, address.ttl_s)
                 if address.kind is ReplyKind.TOPIC:
-                    emitted = self._names.emitted_key(response.id)
+                    result_key, emitted = n.result_key(response.id), n.emitted_key(response.id)
                     pipe.evalsha(DELIVER_TOPIC_SHA, 2, result_key, emitted, response.to_bytes(), ttl)
-                    continue
-                keys = [result_key]
-                kind = address.kind.value
-                if address.kind is ReplyKind.STREAM and address.target:
-                    keys.append(address.target)
+                    slots.append((commands, 1))
                 elif address.kind is ReplyKind.RESULT:
-                    keys += [self._names.job_key(response.id), self._names.callbacks_stream]
-                else:
-                    kind = ReplyKind.NONE.value
-                pipe.evalsha(
-                    DELIVER_SHA,
-                    len(keys),
-                    *keys,
-                    response.to_bytes(),
-                    ttl,
-                    REPLY_STREAM_MAXLEN,
-                    REPLY_STREAM_TTL_S,
-                    kind,
-                    response.id,
-                )
-            return list(await pipe.execute(raise_on_error=False))
+                    shard = n.job_shard(response.id)
+                    keys = (n.result_key(response.id), n.job_key(response.id), n.callbacks_stream(shard))
+                    pipe.evalsha(DELIVER_SHA, 3, *keys, response.to_bytes(), ttl, response.id)
+                    slots.append((commands, 1))
+                elif address.kind is ReplyKind.STREAM and address.target:
+                    value = response.to_bytes()
+                    pipe.evalsha(DELIVER_STREAM_SHA, 1, address.target, value, REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S)
+                    if address.ttl_s:  # a producer that may resume reads the first result back later
+                        pipe.set(n.result_key(response.id), value, nx=True, ex=ttl)
+                    slots.append((commands, 2 if address.ttl_s else 1))
+                else:  # nobody reads a reply: nothing to store
+                    slots.append((commands, 0))
+                commands += slots[-1][1]
+            results = list(await pipe.execute(raise_on_error=False)) if commands else []
+        for start, count in slots:
+            if count == 0:
+                outcomes.append(1)
+                continue
+            errors = [r for r in results[start : start + count] if isinstance(r, Exception)]
+            outcomes.append(errors[0] if errors else results[start])
+        return outcomes
 
     async def _emit(self, emits: Sequence[tuple[str, str, bytes]]) -> None:
         """Produce topic replies and wait for the acks; BackendDownError when Kafka is unreachable."""

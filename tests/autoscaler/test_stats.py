@@ -48,7 +48,7 @@ async def test_publish_and_read(redis_client: Any, names: Names) -> None:
     await publish_service_stats(redis_client, names, "m", "old", 1.0, 1.0, 1, at_ms=now - 60_000)
     await publish_service_stats(redis_client, names, "other", "w3", 0.5, 1.0, 1, at_ms=now)
     await redis_client.hset(stats_key(names, "m", "broken"), mapping={"service_s": "nan?", "ts_ms": str(int(now))})
-    await redis_client.zadd(f"{names.namespace}:stats:m", {"broken": int(now)})
+    await redis_client.zadd(names.stats_index_key("m"), {"broken": int(now)})
 
     reader = ServiceStatsReader(redis_client, names, max_age_s=15.0)
     reports = await reader.reports("m")
@@ -58,7 +58,7 @@ async def test_publish_and_read(redis_client: Any, names: Names) -> None:
     assert stats.per_replica_throughput == pytest.approx(75.0)
     assert stats.p95_latency_ms == 40.0 and stats.gpu_utilization == 70.0 and stats.queue_depth == 2
     # the stale worker was pruned from the index
-    assert await redis_client.zscore(f"{names.namespace}:stats:m", "old") is None
+    assert await redis_client.zscore(names.stats_index_key("m"), "old") is None
     assert (await reader.read("nobody")).replicas_reporting == 0
 
 

@@ -28,7 +28,7 @@ async def test_kafka_down_submit_is_503_and_leaves_no_job(
         async with http.post(gw.url + INFER, json=BODY, headers={"Idempotency-Key": "k1"}) as resp:
             answer = await resp.json()
         assert resp.status == 503 and answer["code"] == "BACKEND_UNAVAILABLE" and "kafka" in answer["error"]
-    leftovers = [k async for k in redis_client.scan_iter(match=f"{names.namespace}:job:*")]
+    leftovers = [k async for k in redis_client.scan_iter(match=f"{names.namespace}:*:job:*")]
     leftovers += [k async for k in redis_client.scan_iter(match=f"{names.namespace}:idem:*")]
     assert leftovers == []  # a retry with the same key creates the job afresh
 

@@ -106,7 +106,8 @@ async def _job(http: aiohttp.ClientSession, url: str, job_id: str) -> dict[str, 
 
 async def _outbox_empties(redis: Any, names: Names, job_id: str) -> None:
     deadline = time.monotonic() + 10
-    while await redis.zcard(names.job_outbox_key) or await redis.exists(names.job_request_key(job_id)):
+    outbox = names.job_outbox_key(names.job_shard(job_id))
+    while await redis.zcard(outbox) or await redis.exists(names.job_request_key(job_id)):
         assert time.monotonic() < deadline, "the published job is still in the outbox"
         await asyncio.sleep(0.02)
 
@@ -173,16 +174,19 @@ async def test_a_request_that_can_never_be_published_is_forgotten(
     url = await submit_only(RequestPublisher(tiny_records, 1.0))
     status, answer, _ = await _submit(http, url, "k-big")
     assert status == 413 and answer["code"] == "PAYLOAD_TOO_LARGE", answer
-    leftovers = [k async for k in redis_client.scan_iter(match=f"{names.namespace}:job*")]
-    leftovers += [k async for k in redis_client.scan_iter(match=f"{names.namespace}:idem:*")]
+    leftovers = [k async for k in redis_client.scan_iter(match=f"{names.namespace}:*:job*")]
+    leftovers += [k async for k in redis_client.scan_iter(match=f"{names.namespace}:*:idem:*")]
+    for shard in names.job_shards:
+        leftovers += [k for k in [names.job_outbox_key(shard)] if await redis_client.zcard(k)]
     assert leftovers == []  # no job, no request, no idempotency key, no outbox entry: a retry starts afresh
 
 
 async def test_each_due_outbox_entry_is_claimed_by_one_sweep(redis_client: Any, names: Names) -> None:
     stores = [JobStore(redis_client, names, 1.0) for _ in range(4)]
     now = now_ms()
-    await redis_client.zadd(names.job_outbox_key, {f"job-{i}": now - 1000 for i in range(50)})
-    await redis_client.zadd(names.job_outbox_key, {"later": now + 60_000})
+    for i in range(50):
+        await redis_client.zadd(names.job_outbox_key(names.job_shard(f"job-{i}")), {f"job-{i}": now - 1000})
+    await redis_client.zadd(names.job_outbox_key(names.job_shard("later")), {"later": now + 60_000})
     claims = await asyncio.gather(*(store.claim_outbox(now, 5.0, 100) for store in stores))
     claimed = [job_id for batch in claims for job_id in batch]
     assert sorted(claimed) == sorted(f"job-{i}" for i in range(50))  # each once, none twice, "later" not yet

@@ -64,7 +64,7 @@ async def _cancel_job_with_webhook(redis: Any, names: Names, job_id: str, url: s
     await redis.hset(names.job_key(job_id), F_CALLBACK, url)
     cancelled = InferenceResponse(job_id, "tiny", "1", error=ErrorInfo(ErrorCode.CANCELLED, "cancelled"))
     script = redis.register_script(CANCEL_SCRIPT)
-    keys = [names.job_key(job_id), names.result_key(job_id), names.callbacks_stream]
+    keys = [names.job_key(job_id), names.result_key(job_id), names.callbacks_stream(names.job_shard(job_id))]
     assert await script(keys=keys, args=[cancelled.to_bytes(), 600, int(now_ms()), job_id]) == b"cancelled"
 
 

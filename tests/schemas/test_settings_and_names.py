@@ -38,7 +38,7 @@ def test_names_are_namespaced() -> None:
     assert names.request_topic("m") == "ns1.requests.m"
     assert names.dlq_topic == "ns1.dlq"
     assert names.worker_group("m") == "ns1.workers.m"
-    assert names.reply_stream("g") == "ns1:replies:g"
+    assert names.reply_stream("g") == "ns1:{ns1.replies.g}"
     with pytest.raises(SchemaError):
         names.request_topic("bad name!")
     with pytest.raises(ValueError):
@@ -77,7 +77,7 @@ def test_sasl_ssl_kwargs() -> None:
 
 
 def test_client_reply_stream_names() -> None:
-    assert Names("ns").client_reply_stream("batch-ab12") == "ns:client:batch-ab12:replies"
+    assert Names("ns").client_reply_stream("batch-ab12") == "ns:{ns.client.batch-ab12}:replies"
     for bad in ("", "a:b", "-x", "x" * 129):
         with pytest.raises(ValueError):
             Names("ns").client_reply_stream(bad)

@@ -10,11 +10,12 @@ from schemas import Names, WorkerReport, publish_worker_stats, withdraw_service_
 
 def test_stats_and_autoscaler_keys() -> None:
     names = Names("ns1")
-    assert names.stats_index_key("m") == "ns1:stats:m"
-    assert names.stats_key("m", "w1") == "ns1:stats:m:w1"
-    assert names.pins_key == "ns1:autoscaler:pins"
-    assert names.decision_key("m") == "ns1:autoscaler:decision:m"
-    assert (names.inventory_index_key, names.inventory_key("h")) == ("ns1:inventory", "ns1:inventory:h")
+    assert names.stats_index_key("m") == "ns1:{ns1.stats.m}:workers"
+    assert names.stats_key("m", "w1") == "ns1:{ns1.stats.m}:worker:w1"
+    assert names.pins_key == "ns1:{ns1.autoscaler}:pins"
+    assert names.decision_key("m") == "ns1:{ns1.decision.m}:decision"
+    assert names.inventory_index_key == "ns1:{ns1.inventory}:hosts"
+    assert names.inventory_key("h") == "ns1:{ns1.inventory}:host:h"
 
 
 def test_report_fields_round_trip() -> None:

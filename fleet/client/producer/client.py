@@ -34,6 +34,7 @@ from schemas import (
     check_inputs,
     now_ms,
 )
+from schemas.constants import RESULT_TTL_S
 from schemas.eventloop import AsyncService
 
 from .results import GRACE_S, Array, PendingTable, ProducerResult, stored_results
@@ -83,7 +84,9 @@ class FleetProducer(AsyncService):
         self.client_id = client_id or f"p-{secrets.token_hex(6)}"
         self.stream = self._names.client_reply_stream(self.client_id)
         target = self.stream if reply is ReplyKind.STREAM else (reply_topic or "")
-        self._reply = ReplyAddress(reply, target, result_ttl_s)
+        # A stream reply stores its result only when asked (ttl_s): this client may resume (stored_results).
+        ttl_s = result_ttl_s or (RESULT_TTL_S if reply is ReplyKind.STREAM else 0)
+        self._reply = ReplyAddress(reply, target, ttl_s)
         self._lane = Lane.parse(lane)
         self._timeout_s = timeout_s
         self._delete_stream = delete_stream
@@ -209,7 +212,7 @@ class FleetProducer(AsyncService):
         return self._table.results(count)
 
     async def stored_results(self, request_ids: Sequence[str]) -> dict[str, ProducerResult]:
-        """Results already stored in Redis for ``request_ids`` (one MGET); ids without one are left out."""
+        """Results already stored in Redis for ``request_ids`` (one round trip); ids without one are left out."""
         if self._redis is None:
             raise RuntimeError("the producer is not started")
         try:

@@ -78,13 +78,17 @@ class ProducerResult:
 
 
 async def stored_results(redis: Any, names: Names, request_ids: Sequence[str]) -> dict[str, ProducerResult]:
-    """Results stored under ``names.result_key`` for ``request_ids`` (one MGET); ids without one are left out.
+    """Results stored under ``names.result_key`` for ``request_ids`` (one pipelined round trip of GETs: the keys
+    lie in several hash slots); ids without one are left out.
 
     Raises what the Redis client raises.
     """
     if not request_ids:
         return {}
-    raw = await redis.mget([names.result_key(i) for i in request_ids])
+    async with redis.pipeline(transaction=False) as pipe:
+        for request_id in request_ids:
+            pipe.get(names.result_key(request_id))
+        raw = await pipe.execute()
     found: dict[str, ProducerResult] = {}
     for request_id, value in zip(request_ids, raw, strict=True):
         if value is not None:

@@ -124,6 +124,9 @@ class Decoder:
             await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
 
 
+_NO_TURN: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
+
 class LargeBodies:
     """At most ``slots`` bodies over ``inline_bytes`` (by their Content-Length) are read and decoded at once.
 
@@ -139,12 +142,14 @@ class LargeBodies:
         self._wait_s = wait_s
         self._turns = asyncio.Semaphore(slots)
 
-    @contextlib.asynccontextmanager
-    async def turn(self, declared_bytes: int | None) -> AsyncIterator[None]:
+    def turn(self, declared_bytes: int | None) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold a turn while a body of ``declared_bytes`` is read and decoded; OverloadedError after ``wait_s``."""
         if declared_bytes is None or declared_bytes <= self._inline_bytes:
-            yield
-            return
+            return _NO_TURN  # shared and stateless: a small body costs no generator per request
+        return self._large_turn()
+
+    @contextlib.asynccontextmanager
+    async def _large_turn(self) -> AsyncIterator[None]:
         try:
             async with asyncio.timeout(self._wait_s):
                 await self._turns.acquire()

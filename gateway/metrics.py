@@ -10,6 +10,27 @@ METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
+class InFlight:
+    """A count of requests in flight: ``inc()``/``dec()`` on the hot path, read by the gauge when scraped."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def inc(self) -> None:
+        """One more request in flight."""
+        self.count += 1
+
+    def dec(self) -> None:
+        """One request fewer in flight."""
+        self.count -= 1
+
+    def value(self) -> float:
+        """The count, as the gauge reads it."""
+        return float(self.count)
+
+
 class GatewayMetrics:
     """Request counters and a latency histogram per model and version, and the requests in flight.
 
@@ -38,11 +59,14 @@ class GatewayMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge(
+        #: Infer requests being handled right now (a plain count read when scraped, not a locked gauge update
+        #: on every request).
+        self.in_flight = InFlight()
+        Gauge(
             "fleet_gateway_requests_in_flight",
             "Infer requests being handled right now.",
             registry=self.registry,
-        )
+        ).set_function(self.in_flight.value)
 
         # Children per (model, version), so the hot path skips prometheus_client's locked label lookup.
         self._per_model: dict[tuple[str, str], tuple[Counter, Histogram]] = {}

@@ -101,6 +101,9 @@ class VersionFacts:
     placement_failed: str | None = None  # the placement scheduler's reason when it placed no replica
 
 
+_SERVED = Verdict(Serviceability.SERVED)
+
+
 def judge(
     record: ModelRecord, fleet: FleetSnapshot, facts: VersionFacts, *, awaited: str | None = None
 ) -> Verdict:
@@ -111,7 +114,7 @@ def judge(
     """
     model, version = record.name, record.version
     if (model, version) in fleet.resident:
-        return Verdict(Serviceability.SERVED)
+        return _SERVED
     if facts.failure is not None:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(facts.failure.ts_ms / 1000.0))
         where = f" on worker {facts.failure.worker}" if facts.failure.worker else ""
@@ -212,7 +215,11 @@ class ServiceabilityView:
         oldest = min(self._fleet[0], facts[0])
         if (since is not None and oldest < since) or now - oldest >= self._ttl_s:
             return None
-        verdict = judge(record, self._fleet[1], facts[1], awaited=self._awaited(record.name, now))
+        fleet = self._fleet[1]
+        if (record.name, record.version) in fleet.resident:  # judge's first rule, without its arguments' cost
+            verdict = _SERVED
+        else:
+            verdict = judge(record, fleet, facts[1], awaited=self._awaited(record.name, now))
         if verdict.state is Serviceability.SERVED:
             if len(self._served_at) >= 10_000 and record.name not in self._served_at:
                 self._served_at.clear()

@@ -10,7 +10,7 @@ uncached key with Redis unreachable is ``503 BACKEND_UNAVAILABLE`` (never 401).
 
 Rate limits apply to infer requests (``POST .../infer``, sync and async): the key's rate (from its
 record) and the model's (``model_rate_limits``) are token buckets in Redis (``gateway.ratelimit``),
-checked together in one script call; an empty bucket is ``429 RATE_LIMITED`` with ``Retry-After``
+checked against this gateway's leased blocks of each bucket (`gateway.ratelimit`); an empty bucket is ``429 RATE_LIMITED`` with ``Retry-After``
 (whole seconds, rounded up). Without any limit for the request no Redis call is made.
 """
 

@@ -35,6 +35,8 @@ _BUCKET_S = 0.5
 class _Model:
     waiting: int = 0
     buckets: dict[int, int] = field(default_factory=dict)  # bucket index -> replies in it
+    answers: int = 0  # the sum of ``buckets``
+    trimmed_at: int | None = None  # the bucket index ``buckets`` were last trimmed at
 
 
 class ModelQueues:
@@ -50,7 +52,9 @@ class ModelQueues:
 
     def admit(self, model: str, timeout_s: float) -> None:
         """Count one more request waiting on ``model``; OverloadedError when it would wait past half its timeout."""
-        state = self._models.setdefault(model, _Model())
+        state = self._models.get(model)
+        if state is None:
+            state = self._models[model] = _Model()
         wait_s = self.expected_wait_s(model)
         if wait_s is not None and wait_s > timeout_s * HEADROOM:
             rate = self.rate(model) or 0.0
@@ -70,6 +74,7 @@ class ModelQueues:
         if answered:
             now = self._bucket()
             state.buckets[now] = state.buckets.get(now, 0) + 1
+            state.answers += 1
             self._trim(state, now)
         if state.waiting == 0 and not state.buckets:
             del self._models[model]
@@ -81,7 +86,7 @@ class ModelQueues:
             return None
         now = self._bucket()
         self._trim(state, now)
-        answers = sum(state.buckets.values())
+        answers = state.answers
         if answers < self._min_answers:
             return None
         # Over the span the answers cover, not the whole window: a model that just started answering has
@@ -101,5 +106,8 @@ class ModelQueues:
         return int(self._clock() / _BUCKET_S)
 
     def _trim(self, state: _Model, now: int) -> None:
+        if state.trimmed_at == now:  # buckets move on every _BUCKET_S: once per bucket is enough
+            return
+        state.trimmed_at = now
         for index in [i for i in state.buckets if i <= now - self._window]:
-            del state.buckets[index]
+            state.answers -= state.buckets.pop(index)

@@ -578,14 +578,16 @@ class RegistryCache:
         measured: dict[tuple[str, str], dict[str, int]] = {}
         if wanted:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for model, version in wanted:
-                    pipe.mget([n.measured_key(model, version, kind) for kind in DEVICE_KINDS])
+                for model, version in wanted:  # GETs, not MGET: a cluster client refuses MGET in a pipeline
+                    for kind in DEVICE_KINDS:
+                        pipe.get(n.measured_key(model, version, kind))
                 for model, version in missing:
                     pipe.get(n.record_key(model, version))
                 raw = await pipe.execute()
-            for key, sizes in zip(wanted, raw[: len(wanted)], strict=True):
-                measured[key] = _by_kind(sizes)
-            for key, data in zip(missing, raw[len(wanted) :], strict=True):
+            kinds = len(DEVICE_KINDS)
+            for i, key in enumerate(wanted):
+                measured[key] = _by_kind(raw[i * kinds : (i + 1) * kinds])
+            for key, data in zip(missing, raw[len(wanted) * kinds :], strict=True):
                 if data is None:
                     continue  # removed between the reads: the next epoch says so
                 try:

@@ -13,10 +13,11 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
-from fleet.local.servers import LocalBroker, LocalRedis
+from fleet.local.servers import LocalBroker, LocalRedis, free_port
 from schemas import FleetSettings, KafkaSettings, Names, RedisSettings
 
 
@@ -59,10 +60,15 @@ def redis_url() -> Iterator[str]:
 class ClusterNode(LocalRedis):
     """One master of a test Redis Cluster (Valkey with ``--cluster-enabled yes``; keeps nothing on disk)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.bus_port = free_port()  # the default (port + 10000) is out of range for a high port
+
     def command(self) -> list[str]:
         return [
             *super().command(),
             "--cluster-enabled", "yes",
+            "--cluster-port", str(self.bus_port),
             "--cluster-config-file", f"nodes-{self.port}.conf",
             "--cluster-node-timeout", "2000",
         ]  # fmt: skip
@@ -83,14 +89,14 @@ class LocalCluster:
 
         for node in self.nodes:
             node.start()
-        clients = [redis.Redis(port=node.port) for node in self.nodes]
+        clients: list[Any] = [redis.Redis(port=node.port) for node in self.nodes]
         try:
             per_node = 16384 // len(self.nodes)
             for i, client in enumerate(clients):
                 last = 16383 if i == len(clients) - 1 else (i + 1) * per_node - 1
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per_node, last)
             for node in self.nodes[1:]:
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
             deadline = time.monotonic() + timeout_s
             while not all(
                 b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
@@ -122,6 +128,16 @@ def redis_cluster_url() -> Iterator[str]:
         yield cluster.url
     finally:
         cluster.stop()
+
+
+def single_or_cluster(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Body of a module's ``redis_url`` override that runs each of its tests on the single server and on the
+    3-master cluster: ``redis_url = pytest.fixture(params=REDIS_KINDS, name="redis_url")(single_or_cluster)``."""
+    return redis_url if request.param == "single" else str(request.getfixturevalue("redis_cluster_url"))
+
+
+#: The parameters of ``single_or_cluster``.
+REDIS_KINDS = ("single", "cluster")
 
 
 @pytest.fixture

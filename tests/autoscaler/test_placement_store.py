@@ -19,6 +19,10 @@ from fleet.models.artifacts import build_record
 from schemas import FleetSettings, ModelRegistry, Names, now_ms
 from schemas.residency import ResidentModel, WorkerResidency
 from schemas.traffic import TrafficSplit
+from tests.conftest import REDIS_KINDS, single_or_cluster
+
+#: Every test here runs on one Redis server and on a 3-master Redis Cluster.
+redis_url = pytest.fixture(params=REDIS_KINDS, name="redis_url")(single_or_cluster)
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,12 @@ from gateway.jobs import JobStore
 from gateway.protocol import parse_infer
 from gateway.publisher import RequestPublisher
 from schemas import InferenceRequest, ModelRecord, Names, now_ms
+from tests.conftest import REDIS_KINDS, single_or_cluster
 
 from .conftest import serve_one
+
+#: Every test here runs on one Redis server and on a 3-master Redis Cluster.
+redis_url = pytest.fixture(params=REDIS_KINDS, name="redis_url")(single_or_cluster)
 
 INFER = "/v2/models/tiny/infer?async=true"
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}

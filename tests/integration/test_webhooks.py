@@ -16,7 +16,11 @@ from gateway import Gateway, GatewaySettings
 from gateway.webhooks import delivery_budget_s, retry_policy
 from schemas import FleetSettings, ModelRecord, Names
 from schemas.jobs import CALLBACK_GROUP
+from tests.conftest import REDIS_KINDS, single_or_cluster
 from workers import Worker, WorkerSettings
+
+#: Every test here runs on one Redis server and on a 3-master Redis Cluster.
+redis_url = pytest.fixture(params=REDIS_KINDS, name="redis_url")(single_or_cluster)
 
 
 class Receiver:

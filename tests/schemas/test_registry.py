@@ -10,6 +10,10 @@ import pytest
 from fleet.demo.modelgen import tiny_mlp
 from fleet.models.artifacts import build_record
 from schemas import ErrorCode, ModelRecord, ModelRegistry, Names, RegistryError, SchemaError, TensorSpec
+from tests.conftest import REDIS_KINDS, single_or_cluster
+
+#: Every test here runs on one Redis server and on a 3-master Redis Cluster.
+redis_url = pytest.fixture(params=REDIS_KINDS, name="redis_url")(single_or_cluster)
 
 
 @pytest.fixture

@@ -7,7 +7,11 @@ from typing import Any
 import pytest
 
 from schemas import Names
+from tests.conftest import REDIS_KINDS, single_or_cluster
 from workers.leases import PartitionLeases, PlacementReplicas
+
+#: Every test here runs on one Redis server and on a 3-master Redis Cluster.
+redis_url = pytest.fixture(params=REDIS_KINDS, name="redis_url")(single_or_cluster)
 
 pytestmark = pytest.mark.integration
 

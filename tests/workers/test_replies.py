@@ -7,8 +7,12 @@ from typing import Any
 import pytest
 
 from schemas import InferenceResponse, Names, RedisSettings, ReplyAddress, ReplyKind
+from tests.conftest import REDIS_KINDS, single_or_cluster
 from workers import BackendDownError
 from workers.replies import ReplyWriter
+
+#: Every test here runs on one Redis server and on a 3-master Redis Cluster.
+redis_url = pytest.fixture(params=REDIS_KINDS, name="redis_url")(single_or_cluster)
 
 
 def _response(rid: str, worker: str = "w") -> InferenceResponse:

@@ -34,6 +34,7 @@ from .limits import Decoder
 from .metrics import GatewayMetrics
 from .model_config import ModelConfigRoutes, ModelDescriptions
 from .openapi import add_route as add_openapi_route
+from .pipeline_routes import PipelineRoutes
 from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
@@ -113,6 +114,7 @@ class Gateway(AsyncService):
         descriptions = ModelDescriptions(path, self._backends.redis, self.names, self.settings.backend_timeout_s)
         ModelConfigRoutes(descriptions).add_to(app)  # before the model routes: /v2/models/stats names no model
         self._routes.add_to(app)
+        PipelineRoutes(self._backends, self._routes).add_to(app)
         add_openapi_route(app, self._backends.version)
         app.cleanup_ctx.append(self._backends_ctx)
         runner = web.AppRunner(

@@ -12,6 +12,7 @@ from .codec import pack, unpack_envelope
 from .constants import ENVELOPE_VERSION
 from .errors import ErrorCode, SchemaError
 from .names import check_topic_name
+from .pipeline_plan import PipelinePlan
 from .tensors import Tensor
 
 ParameterValue = str | int | float | bool
@@ -30,6 +31,7 @@ class ReplyKind(StrEnum):
     RESULT = "result"  # only store it under the request's result key (polled later: async jobs)
     TOPIC = "topic"  # also produce it to a Kafka topic; target = topic name (streaming pipelines)
     NONE = "none"  # fire and forget: nobody waits
+    STEP = "step"  # a pipeline step: the outputs go on to the next steps (target = pipeline name, see ``route``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,20 +40,27 @@ class ReplyAddress:
 
     ``ttl_s`` = 0 means the worker's default (``RESULT_TTL_S``); a larger value keeps the result key
     (and so an async job's result) at least that long. On the wire: ``[kind, target]``, or
-    ``[kind, target, ttl_s]`` when ``ttl_s`` is set.
+    ``[kind, target, ttl_s]`` when ``ttl_s`` is set; kind ``step`` adds its ``route``:
+    ``[kind, target, ttl_s, route]``.
     """
 
     kind: ReplyKind = ReplyKind.NONE
     target: str = ""
     ttl_s: int = 0
+    #: Kind ``step`` only: the pipeline the request is a step of, and where its answer goes in the end.
+    route: PipelineRoute | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind is ReplyKind.TOPIC:
             check_topic_name(self.target)
         if isinstance(self.ttl_s, bool) or not isinstance(self.ttl_s, int) or self.ttl_s < 0:
             raise SchemaError(f"reply ttl_s must be a non-negative integer, got {self.ttl_s!r}")
+        if (self.kind is ReplyKind.STEP) != (self.route is not None):
+            raise SchemaError("a reply address has a pipeline route exactly when its kind is step")
 
-    def to_wire(self) -> list[str | int]:
+    def to_wire(self) -> list[Any]:
+        if self.route is not None:
+            return [self.kind.value, self.target, self.ttl_s, self.route.to_wire()]
         if self.ttl_s:
             return [self.kind.value, self.target, self.ttl_s]
         return [self.kind.value, self.target]
@@ -60,17 +69,68 @@ class ReplyAddress:
     def from_wire(cls, raw: Any) -> ReplyAddress:
         if not (
             isinstance(raw, list)
-            and len(raw) in (2, 3)
+            and len(raw) in (2, 3, 4)
             and isinstance(raw[0], str)
             and isinstance(raw[1], str)
             and (len(raw) == 2 or (isinstance(raw[2], int) and not isinstance(raw[2], bool)))
         ):
-            raise SchemaError("reply address must be [kind, target] or [kind, target, ttl_s]")
+            raise SchemaError("reply address must be [kind, target], [kind, target, ttl_s] or a step's route")
         try:
             kind = ReplyKind(raw[0])
         except ValueError:
             raise SchemaError(f"unknown reply kind {raw[0]!r}") from None
-        return cls(kind, raw[1], raw[2] if len(raw) == 3 else 0)
+        route = PipelineRoute.from_wire(raw[3]) if len(raw) == 4 else None
+        return cls(kind, raw[1], raw[2] if len(raw) >= 3 else 0, route)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRoute:
+    """What a pipeline step's request carries: the pipeline request it belongs to, the step it is, the plan
+    (versions resolved), the tensors gathered so far that this step or a later one reads (named by their
+    reference, ``inputs.x`` / ``step.y``), the caller's reply address and lane, and when it was sent.
+
+    The caller's answer has the pipeline request's ``request_id`` and goes to ``caller`` (never a step).
+    """
+
+    request_id: str
+    step: str
+    plan: PipelinePlan
+    gathered: tuple[Tensor, ...]
+    caller: ReplyAddress
+    lane: str = "interactive"
+    sent_ms: float = field(default_factory=now_ms)
+    deadline_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.caller.kind is ReplyKind.STEP:
+            raise SchemaError("a pipeline's caller cannot be a step")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.request_id,
+            "step": self.step,
+            "plan": self.plan.to_wire(),
+            "gathered": [t.to_wire() for t in self.gathered],
+            "caller": self.caller.to_wire(),
+            "lane": self.lane,
+            "sent_ms": self.sent_ms,
+            "deadline_ms": self.deadline_ms,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> PipelineRoute:
+        if not isinstance(raw, dict):
+            raise SchemaError("a pipeline route must be a map")
+        return cls(
+            request_id=read(raw, "id", str),
+            step=read(raw, "step", str),
+            plan=PipelinePlan.from_wire(raw.get("plan")),
+            gathered=_tensors(raw.get("gathered"), "gathered"),
+            caller=ReplyAddress.from_wire(raw.get("caller")),
+            lane=read(raw, "lane", str),
+            sent_ms=read(raw, "sent_ms", float),
+            deadline_ms=read(raw, "deadline_ms", float, optional=True),
+        )
 
 
 def _tensors(raw: Any, key: str) -> tuple[Tensor, ...]:

@@ -100,6 +100,15 @@ Layout for namespace ``ns`` (default ``fleet``)::
                                        lease; `autoscaler.leader`): only that one scales and places
       [inventory]:hosts                ZSET host -> epoch ms of its last GPU inventory report
       [inventory]:host:{host}          HASH the GPU inventory of one host (EXPIRE; see `autoscaler.inventory`)
+      [pipelines]:pipelines            SET of applied pipeline names (`schemas.pipelines`)
+      [pipelines]:pipeline:{p}:serial  STRING counter: the last version number given to pipeline p
+      [pipelines]:pipeline:{p}:v:{n}   msgpack version n of pipeline p (its steps and outputs; immutable)
+      [pipelines]:pipeline:{p}:current STRING the version of pipeline p that requests run
+      [jobs.{s}]:step:{rid}:{step}     HASH the first result of one step of pipeline request rid (``r``) and
+                                       whether its outputs were passed on (``e``); EXPIRE past the deadline
+      [jobs.{s}]:join:{rid}:{step}     HASH what a join step of pipeline request rid has gathered: one field per
+                                       step it waits for (its tensors), ``fired``/``done`` once complete and
+                                       passed on; EXPIRE past the deadline (`workers.steps`)
 
 Model names never contain ':' or '}', so a model's keys cannot collide with another's.
 """
@@ -473,3 +482,28 @@ class Names:
     def inventory_key(self, host: str) -> str:
         """HASH of one host's GPU inventory."""
         return f"{self.tag('inventory')}:host:{host}"
+
+    @property
+    def pipelines_key(self) -> str:
+        """SET of the applied pipelines' names."""
+        return f"{self.tag('pipelines')}:pipelines"
+
+    def pipeline_serial_key(self, pipeline: str) -> str:
+        """STRING counter of a pipeline's versions (the last number given)."""
+        return f"{self.tag('pipelines')}:pipeline:{pipeline}:serial"
+
+    def pipeline_key(self, pipeline: str, version: int) -> str:
+        """msgpack of one version of a pipeline (`schemas.pipelines`; immutable)."""
+        return f"{self.tag('pipelines')}:pipeline:{pipeline}:v:{version}"
+
+    def pipeline_current_key(self, pipeline: str) -> str:
+        """STRING: the version of a pipeline that new requests run."""
+        return f"{self.tag('pipelines')}:pipeline:{pipeline}:current"
+
+    def step_key(self, request_id: str, step: str) -> str:
+        """HASH: one step's first result for the pipeline request ``request_id`` and its passed-on marker."""
+        return f"{self._job_tag(request_id)}:step:{request_id}:{step}"
+
+    def join_key(self, request_id: str, step: str) -> str:
+        """HASH: what the join ``step`` (or the pipeline's outputs) of ``request_id`` has gathered so far."""
+        return f"{self._job_tag(request_id)}:join:{request_id}:{step}"

@@ -9,6 +9,7 @@ from typing import Any
 
 from schemas import ModelRegistry, Names
 from schemas.load_failures import LoadFailures
+from schemas.topics import BulkTopics
 
 from .artifact_cache import ArtifactCache
 from .deadletter import DeadLetterWriter
@@ -22,6 +23,7 @@ from .retries import RetryPolicy
 from .round import RoundRunner
 from .settings import WorkerSettings
 from .stats import ModelStats
+from .steps import StepRouter, step_metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,5 +67,16 @@ class WorkerBackends:
             settings.retry_attempts, settings.retry_base_ms, settings.retry_max_ms, settings.retry_jitter
         )
         handler = RequestHandler(model, cache, executor, worker_id, self.metrics, stats, self.claims, retry)
-        rounds = RoundRunner(model, handler, self.producer, self.replies, self.dead_letters, self.metrics, stats)
+        # The rounds' reply writer also passes pipeline steps' answers on to the next steps (workers.steps).
+        replies = StepRouter(
+            model,
+            self.redis,
+            self.names,
+            self.producer,
+            self.dead_letters,
+            step_metrics(self.metrics.registry),
+            worker_id,
+            BulkTopics(settings.fleet.kafka, self.names),
+        )
+        rounds = RoundRunner(model, handler, self.producer, replies, self.dead_letters, self.metrics, stats)
         return ModelServing(cache, stats, rounds)

@@ -123,11 +123,15 @@ class FleetClient:
         timeout_s: float | None = None,
         request_id: str | None = None,
         parameters: Mapping[str, Any] | None = None,
+        pipeline: bool = False,
     ) -> InferResult:
         """Run ``model`` (its default version unless ``version``) on ``inputs``; FleetHTTPError on non-2xx.
 
+        With ``pipeline``, ``model`` names a pipeline (``POST /v2/pipelines/{p}/infer``, HTTP only).
         Over gRPC, tensors always travel raw (``binary`` does not apply) and ``timeout_s`` is the call's deadline.
         """
+        if self._grpc is not None and pipeline:
+            raise ClientError("pipelines are served over HTTP only: use an http:// gateway URL")
         if self._grpc is not None:
             return await self._grpc_infer(model, inputs, version, outputs, timeout_s, request_id, parameters)
         body, headers = encode_request(
@@ -139,7 +143,7 @@ class FleetClient:
         else:
             headers[TIMEOUT_HEADER] = str(int(timeout_s * 1000))
             http_timeout = aiohttp.ClientTimeout(total=timeout_s + DEADLINE_GRACE_S)
-        path = f"/v2/models/{model}/versions/{version}/infer" if version else f"/v2/models/{model}/infer"
+        path = _infer_path(model, version, pipeline)
         _, reply_headers, raw = await self._request("POST", path, body, headers, http_timeout)
         length = reply_headers.get(HEADER_LENGTH)
         meta, arrays = decode_response(raw, int(length) if length is not None else None)
@@ -191,8 +195,11 @@ class FleetClient:
         deadline_s: float | None = None,
         request_id: str | None = None,
         parameters: Mapping[str, Any] | None = None,
+        pipeline: bool = False,
     ) -> str:
         """Submit an async job and return its id at once (the gateway answers 202).
+
+        With ``pipeline``, ``model`` names a pipeline (its jobs take no ``idempotency_key``).
 
         ``idempotency_key``: a resubmit with the same key (and the same request) returns the same job
         and never runs it twice; the same key with another request is FleetHTTPError 409 CONFLICT.
@@ -207,7 +214,7 @@ class FleetClient:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
         if deadline_s is not None:
             headers[TIMEOUT_HEADER] = str(int(deadline_s * 1000))
-        path = f"/v2/models/{model}/versions/{version}/infer" if version else f"/v2/models/{model}/infer"
+        path = _infer_path(model, version, pipeline)
         _, _, raw = await self._request("POST", path + "?async=true", body, headers, None)
         accepted = _json_object(raw, f"POST {path}")
         job_id = accepted.get("job_id")
@@ -326,6 +333,12 @@ class FleetClient:
             message, code = _error_body(raw, status)
             raise FleetHTTPError(status, message, code=code)
         return status, reply_headers, raw
+
+
+def _infer_path(model: str, version: str | None, pipeline: bool) -> str:
+    if pipeline:
+        return f"/v2/pipelines/{model}/infer"
+    return f"{_model_path(model, version)}/infer"
 
 
 def _model_path(model: str, version: str | None) -> str:

@@ -239,6 +239,20 @@ async def run(concurrency: int, duration_s: float, warmup_s: float, json_bodies:
         | {"fleet": round(sum(cpu.values()), 3)},
         "loadgen_cpu_ms_per_request": round(1000 * (cpu_seconds(os.getpid()) - loadgen_before) / n, 3),
     }
+    # One flat entry, for bench.compare (which reads lists of objects named by model and concurrency).
+    report["runs"] = [
+        {
+            "model": model,
+            "concurrency": concurrency,
+            "req_per_s": result.req_per_s,
+            "cpu_ms_per_request": report["cpu_ms_per_request"]["fleet"],
+            "gateway_cpu_ms_per_request": report["cpu_ms_per_request"].get("gateway"),
+            "worker_cpu_ms_per_request": report["cpu_ms_per_request"].get("worker"),
+            "broker_cpu_ms_per_request": report["cpu_ms_per_request"].get("broker"),
+            "redis_commands_per_request": report["redis_commands_per_request_total"],
+            "kafka_records_per_request": report["kafka_records_per_request"],
+        }
+    ]
     print(result.line(), flush=True)
     for key in ("redis_commands_per_request", "redis_by_command_per_request", "kafka_requests_per_request",
                 "cpu_ms_per_request"):

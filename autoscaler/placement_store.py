@@ -5,7 +5,8 @@ then writes ``Names.assignment_key`` per worker and ``Names.placement_key`` per 
 What a round costs does not grow with idle models: the registry is read through a `RegistryCache` (one GET of
 the registry epoch while nothing changed), an assignment or a placement status is written only when it
 changed (one transaction for all the writes, which also bumps ``Names.placement_epoch_key`` when a placement
-status changed), and ``Names.placement_round_key`` is stamped every round, which
+status changed, followed by one PUBLISH on ``Names.assignments_channel`` naming the workers concerned, so they
+act at once rather than on their next poll), and ``Names.placement_round_key`` is stamped every round, which
 `read_placement` reports as the status's ``ts_ms`` (that round confirmed it). The workers and their
 assignments are read back from Redis on each round, so a restarted scheduler keeps the placement it finds
 (the rules are stable). Model labels it reads (`schemas.limits`): ``requires`` (comma list of
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 
 from common import text
 from schemas import FleetError, ModelRecord, Names, SchemaError, now_ms
+from schemas.assignment_news import AssignmentNews
 from schemas.constants import CPU, GPU
 from schemas.limits import ModelLimits
 from schemas.registry import RegistryCache
@@ -181,6 +183,10 @@ class PlacementRunner:
             }
             if self._written.get(model) != fields:
                 changed[model] = fields
+        named: set[str] = set()  # workers whose assignment or a model's replicas (old or new) changed
+        for model, fields in changed.items():
+            was = self._written.get(model, {}).get("workers", "")
+            named.update(w for w in f"{was},{fields['workers']}".split(",") if w)
         async with self._redis.pipeline(transaction=True) as pipe:
             for worker in gone:  # heartbeat expired: its models were placed elsewhere this round
                 pipe.delete(self._names.assignment_key(worker))
@@ -191,6 +197,7 @@ class PlacementRunner:
                 pipe.delete(key)
                 if assigned:
                     pipe.sadd(key, *sorted(assigned))
+                named.add(worker)
                 log.info("placement: worker %s now serves %s", worker, ",".join(sorted(assigned)) or "(nothing)")
             for model, fields in changed.items():
                 key = self._names.placement_key(model)
@@ -206,6 +213,15 @@ class PlacementRunner:
                 raise
         self._written = {m: w for m, w in self._written.items() if m in result.status}
         self._written.update(changed)
+        if named:
+            await self._announce(named)
+
+    async def _announce(self, workers: set[str]) -> None:
+        """Tell ``workers`` their placement changed (they poll as well: a lost message only delays them)."""
+        try:
+            await self._redis.publish(self._names.assignments_channel, AssignmentNews.assigned(workers).to_bytes())
+        except RedisError as exc:
+            log.warning("placement news not published (the workers pick the change up on their next poll): %s", exc)
 
 
 async def read_placement(redis: Any, names: Names, models: Sequence[str]) -> dict[str, dict[str, str]]:

@@ -6,7 +6,8 @@ Models: the configured list, or every model of the registry when it is empty. Th
 Leader election (``FLEET_AUTOSCALER_LEADER_ELECTION``, on by default; `autoscaler.leader`): of several
 autoscalers of one namespace only the lease holder measures, scales and places; the others stand by,
 publishing their inventory and metrics, and take over within the lease when it goes.
-Supervision: the service owns its two loops (control, placement), each run by `common.supervise`: a loop that
+Supervision: the service owns its loops (control, placement, and the placement news listener that wakes the
+placement loop when a worker joins), each run by `common.supervise`: a loop that
 raises is logged with its traceback and started again after a pause that doubles from 0.5 s to 30 s (back to
 0.5 s once a run lasted 30 s). Restarting rather than exiting: every round re-reads its state
 from Redis, so a fresh loop is safe, while an exit would stop scaling and, with the local backend, drain every
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -31,7 +33,9 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from redis.exceptions import RedisError
 
 from common import supervise
+from common.channel import listen_routine
 from schemas import FleetError, Names, SchemaError
+from schemas.assignment_news import AssignmentNews, NewsKind
 from schemas.eventloop import AsyncService
 from schemas.limits import ModelLimits
 from schemas.registry import RegistryCache
@@ -136,7 +140,9 @@ class AutoscalerService(AsyncService):
         self._known_models: list[str] = []
         self._control_task: asyncio.Task[None] | None = None
         self._placement_task: asyncio.Task[None] | None = None
+        self._news_task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self._place_now = asyncio.Event()  # a worker joined (or the service stops): run a placement round now
         self._started = False
         #: Port the metrics endpoint listens on (None when off).
         self.metrics_port: int | None = None
@@ -196,6 +202,12 @@ class AutoscalerService(AsyncService):
                 supervise("autoscaler placement", lambda: self._placement_routine(backend), log, stop=self._closing),
                 name="placement",
             )
+            listen = functools.partial(
+                listen_routine, self._redis, self.names.assignments_channel, self._on_news, log, stop=self._closing
+            )
+            self._news_task = asyncio.create_task(
+                supervise("placement news", listen, log, stop=self._closing), name="placement-news"
+            )
         log.info(
             "autoscaler started: backend %s, models %s, namespace %s",
             s.backend,
@@ -220,9 +232,19 @@ class AutoscalerService(AsyncService):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), pause)
 
+    def _on_news(self, raw: bytes) -> None:
+        """A worker that follows its assignment joined: place now rather than at the end of the interval."""
+        try:
+            news = AssignmentNews.from_bytes(raw)
+        except SchemaError as exc:
+            log.warning("placement news ignored: %s", exc.message)
+            return
+        if news.kind is NewsKind.JOINED:
+            self._place_now.set()
+
     async def _placement_routine(self, backend: PlacementBackend) -> None:
-        """Every interval: place every model's desired replicas on the workers that follow an assignment (with a
-        pool: size the pool for the latest per-model decisions first)."""
+        """Every interval, and at once when a worker joins: place every model's desired replicas on the workers
+        that follow an assignment (with a pool: size the pool for the latest per-model decisions first)."""
         while not self._closing.is_set():
             try:
                 if self._leads():
@@ -237,7 +259,8 @@ class AutoscalerService(AsyncService):
             except BackendError as exc:
                 log.warning("placement round skipped: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self.settings.interval_s)
+                await asyncio.wait_for(self._place_now.wait(), self.settings.interval_s)
+            self._place_now.clear()
 
     def _leads(self) -> bool:
         """Whether this autoscaler may scale and place now (always, without leader election)."""
@@ -245,6 +268,11 @@ class AutoscalerService(AsyncService):
 
     async def _close(self) -> None:
         self._closing.set()
+        self._place_now.set()
+        news, self._news_task = self._news_task, None
+        if news is not None:
+            news.cancel()  # it waits on the channel; nothing of it needs finishing
+            await asyncio.gather(news, return_exceptions=True)
         tasks = [task for task in (self._control_task, self._placement_task) if task is not None]
         self._control_task = self._placement_task = None
         await asyncio.gather(*tasks)  # _supervise never raises an Exception

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -28,6 +28,7 @@ from .artifact_cache import ArtifactCache, default_cache_dir
 from .assignment import Apply, AssignmentWatcher, read_assignment, worker_labels
 from .consumer import ModelConsumer
 from .errors import BackendDownError, WorkerError, start_kafka_client
+from .generation import GenerationConsumer, generative_models
 from .heartbeat import Heartbeat, WorkerState
 from .metrics import WorkerMetrics
 from .pool import PoolConsumer
@@ -78,6 +79,7 @@ class Worker(AsyncService):
         self._failure: WorkerError | None = None
         self._watcher: AssignmentWatcher | None = None
         self._retired: set[asyncio.Task[None]] = set()  # routines of consumers stopped by an assignment change
+        self._generative: set[str] = set()  # text-generation models: served on their own path (workers.generation)
 
     @property
     def id(self) -> str:
@@ -140,6 +142,7 @@ class Worker(AsyncService):
         producer = AIOKafkaProducer(**fleet.kafka.producer_kwargs())
         await start_kafka_client(producer, fleet.kafka.bootstrap)
         self._producer = producer
+        self._generative = await generative_models(self._redis, self.names, models)
         self._consumers = [self._new_consumer(model) for model in models]
         if not settings.follow_assignment:  # the scheduler keeps assignments within budget x (1 + overcommit)
             await self._check_capacity()
@@ -172,7 +175,11 @@ class Worker(AsyncService):
         self._stats = StatsPublisher(self._redis, self.names, self.id, stats, devices, settings.heartbeat_interval_s)
         await self._stats.start()
         if settings.follow_assignment:
-            self._watcher = AssignmentWatcher(self._redis, self.names, self.id, settings.heartbeat_interval_s, apply)
+            # News naming a pool worker whose models did not change: the replicas moved, take ownership again.
+            refresh = self._pool.refresh if self._pool is not None else None
+            self._watcher = AssignmentWatcher(
+                self._redis, self.names, self.id, settings.heartbeat_interval_s, apply, refresh=refresh
+            )
             self._watcher.start(frozenset(models))
             if self._watcher.task is not None:
                 self._watcher.task.add_done_callback(self._routine_done)
@@ -206,6 +213,9 @@ class Worker(AsyncService):
 
     def _new_consumer(self, model: str) -> ModelConsumer:
         assert self._producer is not None
+        if model in self._generative:  # the same interface as far as the worker goes
+            parts = (self.settings, self.names, self._redis, self._producer, self.metrics, self.residency)
+            return cast(ModelConsumer, GenerationConsumer(model, *parts, self._artifacts))
         return ModelConsumer(
             model, self.settings, self.names, self._redis, self._producer, self.metrics, self.residency, self._artifacts
         )
@@ -221,6 +231,7 @@ class Worker(AsyncService):
             await consumer.stop(self.settings.drain_timeout_s)
             log.info("worker %s stopped serving %s (unassigned)", self.id, consumer.model)
         served = {c.model for c in self._consumers}
+        self._generative |= await generative_models(self._redis, self.names, sorted(wanted - served))
         for model in sorted(wanted - served):
             if self._stop_requested.is_set():
                 break

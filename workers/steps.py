@@ -214,15 +214,18 @@ class StepRouter(ReplyWriter):
         )
         passing = _Passing()
         joins: list[tuple[PipelineRoute, InferenceResponse, str, dict[str, Tensor]]] = []
+        seen: set[str] = set()
         for route, (_, response), first in zip(routes, items, firsts, strict=True):
             assert route is not None
-            if first == 0:
-                continue  # passed on already: a redelivered or retried step
+            key = self._n.step_key(route.request_id, route.step)
+            if first == 0 or key in seen:
+                continue  # passed on already (a redelivered or retried step), or twice in this round
+            seen.add(key)
             if isinstance(first, bytes):
                 response = InferenceResponse.from_bytes(first)  # the first answer, stored but not passed on
             else:
                 self._observe(route, response)
-            passing.passed.append(self._n.step_key(route.request_id, route.step))
+            passing.passed.append(key)
             if response.error is not None:
                 self._failed(passing, route, response)
                 continue

@@ -31,8 +31,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     batch = commands.add_parser("batch", help="run a file of records through a model (direct Kafka)", parents=[common])
     sub = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
     run = sub.add_parser("run", parents=[common], help="publish every record, write outputs in input order")
-    run.add_argument("--model", required=True)
-    run.add_argument("--version", help="model version (default: the default version, pinned for --resume)")
+    target = run.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model")
+    target.add_argument("--pipeline", help="run the records through a pipeline (`fleet pipelines`) instead")
+    run.add_argument(
+        "--version", help="model (or pipeline) version (default: the default / current one, pinned for --resume)"
+    )
     run.add_argument("--input", required=True, type=Path, help=".jsonl, .npy or .parquet (with pyarrow)")
     run.add_argument("--output", required=True, type=Path, help=".jsonl, or .npy for an .npy input")
     run.add_argument("--resume", action="store_true", help="continue the interrupted run writing OUTPUT")
@@ -83,7 +87,8 @@ async def _show_progress(run: BatchRun, stream: TextIO) -> None:
 async def run_batch(target: Target, args: argparse.Namespace) -> int:
     """``fleet batch run``."""
     options = BatchOptions(
-        model=args.model,
+        model=args.pipeline or args.model,
+        pipeline=args.pipeline is not None,
         input=args.input,
         output=args.output,
         version=args.version,

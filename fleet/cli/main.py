@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from fleet.client.connection import Target, resolve
 from schemas import ErrorCode, FleetError, describe
 
-from . import batch, demo, dlq, keys, models, scale, stack, status
+from . import batch, demo, dlq, keys, models, pipelines, scale, stack, status
 
 #: ``fleet config SERVICE`` -> (module, settings class, env prefix).
 SERVICES = {
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parser(commands, common)
     scale.add_parser(commands, common)
     models.add_parser(commands, common)
+    pipelines.add_parser(commands, common)
     dlq.add_parser(commands, common)
     keys.add_parser(commands, common)
     batch.add_parser(commands, common)

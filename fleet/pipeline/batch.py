@@ -48,6 +48,7 @@ class BatchOptions:
     overwrite: bool = False
     rows_per_request: int = 1  # .npy input: rows per request
     output_name: str | None = None  # .npy output: which output of the model
+    pipeline: bool = False  # ``model`` names a pipeline (its version pinned for a resume, as a model's)
     window: int = 4096  # records in flight (and most results held for reordering)
     timeout_s: float = 300.0  # a record unanswered this long fails with DEADLINE_EXCEEDED
     checkpoint_interval_s: float = 2.0
@@ -149,7 +150,11 @@ class BatchRun:
             timeout_s=opts.timeout_s,
         )
         async with producer:
-            record = await producer.model_record(opts.model, ckpt.version if ckpt else opts.version)
+            if opts.pipeline:
+                pinned = ckpt.version if ckpt else opts.version
+                _, record = await producer.pipeline(opts.model, int(pinned) if pinned else None)
+            else:
+                record = await producer.model_record(opts.model, ckpt.version if ckpt else opts.version)
             start = ckpt.records_done if ckpt else 0
             offset = ckpt.input_offset if ckpt else 0
             source = await asyncio.to_thread(
@@ -294,7 +299,11 @@ class BatchRun:
             self._deliver(item.index, self._outcome(item.index, found))
             return
         try:
-            await producer.submit(record.name, item.inputs, version=record.version, request_id=request_id)
+            if self.options.pipeline:
+                version = int(record.version)
+                await producer.submit_pipeline(record.name, item.inputs, version=version, request_id=request_id)
+            else:
+                await producer.submit(record.name, item.inputs, version=record.version, request_id=request_id)
         except SchemaError as exc:
             self._deliver(item.index, Outcome.failure(exc.code.value, exc.message))
 

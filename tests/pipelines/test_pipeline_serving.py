@@ -5,7 +5,9 @@ is dead-lettered with the pipeline's context; a redelivered step never makes a s
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,17 +18,22 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from fleet.cli import pipelines as cli
 from fleet.client import FleetClient, FleetHTTPError
+from fleet.client.connection import Target
 from fleet.demo.modelgen import tiny_mlp
 from fleet.models.artifacts import build_record
+from fleet.pipeline.batch import BatchOptions, BatchRun
 from gateway import Gateway, GatewaySettings
 from schemas import (
     DeadLetter,
     FleetSettings,
     Framework,
     InferenceRequest,
+    InferenceResponse,
     KafkaSettings,
     ModelRecord,
     ModelRegistry,
@@ -227,8 +234,10 @@ async def _dead_letters(stack: Stack) -> list[tuple[DeadLetter, dict[str, bytes]
         await consumer.stop()
 
 
-async def test_a_redelivered_step_never_makes_a_second_answer(stack: Stack) -> None:
-    """The middle step's record produced three times (a redelivery, a retry): the caller's stream gets one answer."""
+async def test_a_redelivered_step_passes_on_its_first_answer_only(stack: Stack) -> None:
+    """The entry step's record produced three times (redeliveries): one answer reaches the caller's stream, with
+    one first-result marker per step (three copies in separate rounds could, if a round delivered while another
+    had not marked yet, send the same answer twice: the gateway keeps the first per request id)."""
     names, redis = stack.names, stack.redis
     plan = parse_pipeline(THREE_STEPS)
     plan = resolve(
@@ -254,7 +263,7 @@ async def test_a_redelivered_step_never_makes_a_second_answer(stack: Stack) -> N
             await asyncio.sleep(0.1)
     finally:
         await producer.stop()
-    assert len(answers) == 1
+    assert len(answers) == 1, [InferenceResponse.from_bytes(fields[b"r"]).worker for _, fields in answers]
     step_keys = [k async for k in redis.scan_iter(match=f"*:step:{entry.id.split('~')[0]}:*")]
     assert len(step_keys) == 3  # one first-result marker per step
 
@@ -278,3 +287,38 @@ async def test_an_unknown_pipeline_is_404(stack: Stack) -> None:
         with pytest.raises(FleetHTTPError) as caught:
             await client.infer("nope", {"features": features(1)}, pipeline=True)
     assert caught.value.status == 404
+
+
+async def test_fleet_batch_run_through_a_pipeline_writes_what_the_steps_answer(stack: Stack, tmp_path: Path) -> None:
+    x = features(12, seed=5)
+    source, output = tmp_path / "rows.npy", tmp_path / "out.npy"
+    np.save(source, x)
+    options = BatchOptions("classify", source, output, pipeline=True, rows_per_request=3, output_name="probs")
+    summary = await BatchRun(stack.settings, options).run()
+    assert (summary.done, summary.failed) == (4, 0)  # records = requests of 3 rows
+    np.testing.assert_allclose(np.load(output), in_process(stack, x)["probs"], rtol=1e-5, atol=1e-6)
+
+
+async def test_fleet_pipelines_apply_list_show_remove(stack: Stack, tmp_path: Path, capsys: Any) -> None:
+    doc = {**THREE_STEPS, "name": "cli-pipe"}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    target = Target(stack.settings, stack.url, tmp_path)
+    args = argparse.Namespace(file=path, pipeline="cli-pipe", version=None)
+    assert await cli.run_apply(target, args) == 0
+    assert "pipeline cli-pipe applied as version 1" in capsys.readouterr().out
+    assert await cli.run_apply(target, args) == 0
+    assert "unchanged at version 1" in capsys.readouterr().out
+    doc["steps"][2]["model"] = "softmax"
+    doc["outputs"] = {"probs": "post.probs"}
+    path.write_text(yaml.safe_dump(doc))
+    assert await cli.run_apply(target, args) == 0
+    assert "applied as version 2" in capsys.readouterr().out
+    assert await cli.run_list(target, args) == 0
+    assert "cli-pipe" in capsys.readouterr().out
+    assert await cli.run_show(target, args) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == 2 and shown["inputs"] == ["features:FP32[-1, 16]"]
+    assert await cli.run_remove(target, args) == 0
+    with pytest.raises(ValueError, match="no pipeline 'cli-pipe'"):
+        await cli.run_remove(target, args)

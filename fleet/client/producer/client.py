@@ -19,8 +19,10 @@ from redis.exceptions import RedisError
 from common.reply_stream import ReplyStream
 from schemas import (
     BackendUnavailableError,
+    BatchingConfig,
     ErrorCode,
     FleetSettings,
+    Framework,
     InferenceRequest,
     Lane,
     ModelRecord,
@@ -36,6 +38,8 @@ from schemas import (
 )
 from schemas.constants import RESULT_TTL_S
 from schemas.eventloop import AsyncService
+from schemas.pipeline_plan import PipelinePlan
+from schemas.pipelines import PipelineStore, check_pipeline, first_requests, resolve, step_records
 
 from .results import GRACE_S, Array, PendingTable, ProducerResult, stored_results
 from .routing import RoutingCache
@@ -87,6 +91,7 @@ class FleetProducer(AsyncService):
         # A stream reply stores its result only when asked (ttl_s): this client may resume (stored_results).
         ttl_s = result_ttl_s or (RESULT_TTL_S if reply is ReplyKind.STREAM else 0)
         self._reply = ReplyAddress(reply, target, ttl_s)
+        self._pipelines: dict[tuple[str, int], tuple[PipelinePlan, ModelRecord]] = {}
         self._lane = Lane.parse(lane)
         self._timeout_s = timeout_s
         self._delete_stream = delete_stream
@@ -206,6 +211,70 @@ class FleetProducer(AsyncService):
         chosen = self._lane if lane is None else Lane.parse(lane)
         await self._send(model, inputs, version, None, outputs, parameters, future, chosen)
         return (await future).unwrap()
+
+    async def pipeline(self, name: str, version: int | None = None) -> tuple[PipelinePlan, ModelRecord]:
+        """Pipeline ``name`` (its current version unless ``version``) with its steps' versions resolved, and a
+        record that describes it as one model (its name and version, its inputs and outputs) for callers that
+        read or write tensors by a model's signature (``fleet batch run --pipeline``)."""
+        if self._redis is None:
+            raise RuntimeError("the producer is not started")
+        cached = self._pipelines.get((name, version)) if version is not None else None
+        if cached is not None:  # a stored version never changes; its steps' defaults are read when it is first used
+            return cached
+        plan = await PipelineStore(self._redis, self._names).get(name, version)
+        records = await step_records(plan, self._routes().record)
+        signature = check_pipeline(plan, records)
+        entries = [records[n] for n in plan.entry_steps()]
+        described = ModelRecord(
+            name=plan.name,
+            version=str(plan.version),
+            framework=Framework.PYTHON,
+            artifact=f"pipeline:{plan.name}",
+            sha256="",
+            inputs=signature.inputs,
+            outputs=signature.outputs,
+            batching=entries[0].batching if all(r.batched for r in entries) else BatchingConfig(),
+            factory="pipeline",
+        )
+        resolved = (resolve(plan, records), described)
+        self._pipelines[(name, plan.version)] = resolved
+        return resolved
+
+    async def submit_pipeline(
+        self,
+        name: str,
+        inputs: Mapping[str, Array],
+        *,
+        version: int | None = None,
+        request_id: str | None = None,
+        lane: Lane | str | None = None,
+    ) -> str:
+        """Send one request of pipeline ``name`` to its entry steps; its answer (the pipeline's outputs, from
+        the last step's worker) arrives through :meth:`results` as a model's does."""
+        if not self._started or self._closing:
+            raise RuntimeError("the producer is not started (or stopped)")
+        plan, described = await self.pipeline(name, version)
+        chosen = self._lane if lane is None else Lane.parse(lane)
+        request_id = request_id or secrets.token_hex(12)
+        tensors = tuple(Tensor.from_numpy(n, np.asarray(array)) for n, array in inputs.items())
+        check_inputs(described.inputs, tensors, batched=described.batched)
+        if request_id in self._table:
+            raise ValueError(f"request id {request_id!r} is already in flight")
+        deadline = now_ms() + self._timeout_s * 1000
+        requests = first_requests(plan, request_id, tensors, self._reply, chosen.value, deadline)
+        await self._table.acquire()
+        if self._table.add(request_id, name, described.version, None):
+            return request_id  # answered already (a re-sent request): nothing to send
+        try:
+            sent = [
+                await self._sender.send(self._names.request_topic(r.model, chosen), r.id, r.to_bytes())
+                for r in requests
+            ]
+        except BaseException:
+            self._table.forget(request_id)
+            raise
+        sent[0].add_done_callback(lambda done: self._on_sent(request_id, done))
+        return request_id
 
     def results(self, count: int | None = None) -> AsyncIterator[ProducerResult]:
         """Results of submitted requests as they arrive (any order); ends after ``count`` or on stop."""

@@ -1,17 +1,19 @@
-"""Worker service stats in Redis, the autoscaler's side: read the fresh reports of a model and aggregate them.
+"""Worker service stats in Redis, the autoscaler's side: read the current reports of models and aggregate them.
 
 The record and its writer are the shared contract in `schemas.stats` (re-exported here for existing
-callers). Each worker overwrites its own hash (with a TTL, so a dead worker's stats vanish) and refreshes its
-score in the model's index ZSET when its report changed (`workers.stats`): an idle model's last report is not
-written again. So a report is current when it is recent (within ``max_age_s``) or when its worker is live
-(its heartbeat in ``Names.workers_key`` is that recent): a crashed worker's reports stop counting as they did
-when every report was rewritten each beat. The reader lists the live workers and the model's index, reads
-the current entries' hashes in one pipelined round trip (pruning the others from the index) and aggregates
-them into a `ServiceStats`.
+callers). Each worker overwrites its own hash (with a TTL, so a dead worker's stats vanish), refreshes its
+score in the model's index ZSET and appends an entry to the namespace's change stream when its report changed
+(`workers.stats`): an idle model's last report is not written again. So a report is current when it is recent
+(within ``max_age_s``) or when its worker is live (its heartbeat in ``Names.workers_key`` is that recent): a
+crashed worker's reports stop counting as they did when every report was rewritten each beat. The reader keeps
+the reports it read and, each read, lists the live workers and takes in the change stream since its last read
+(two commands in one round trip), reading again only the reports that changed: an idle fleet's stats cost the
+same whatever its model count. Reports no longer current are forgotten and pruned from their index.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +35,11 @@ __all__ = [
     "publish_service_stats",
     "publish_worker_stats",
 ]
+
+log = logging.getLogger("fleet.autoscaler")
+
+#: Change-stream entries read per XRANGE (more are read in further calls of the same round).
+_CHANGES_BATCH = 1000
 
 
 def _wall_ms() -> float:
@@ -60,7 +67,14 @@ def aggregate_service_stats(reports: Sequence[WorkerReport]) -> ServiceStats:
 
 
 class ServiceStatsReader:
-    """Reads and aggregates the fresh stats of a model's workers."""
+    """Reads and aggregates the current stats of a model's workers, reading again only the reports that changed.
+
+    It keeps the reports it read and follows ``Names.stats_changes_key`` (each entry names a worker and the
+    models whose reports it wrote or withdrew): a read costs the live-worker list and one XRANGE of the changes
+    since the last read, plus one HGETALL per changed report and, for a model read for the first time, its
+    index and reports. When the stream lost entries it had not read (trimmed, or Redis restarted) it forgets
+    every report and reads each model afresh when it is asked for again.
+    """
 
     def __init__(
         self, redis: Any, names: Names, *, max_age_s: float = 15.0, clock_ms: Callable[[], float] = _wall_ms
@@ -69,6 +83,10 @@ class ServiceStatsReader:
         self._names = names
         self.max_age_s = max_age_s
         self._clock_ms = clock_ms
+        #: The id of the last change-stream entry taken in ("0-0": the stream was empty); None: not in step.
+        self._cursor: str | None = None
+        #: Per model read so far: worker id -> its last report (only models in here follow the changes).
+        self._known: dict[str, dict[str, WorkerReport]] = {}
 
     async def reports(self, model: str) -> list[WorkerReport]:
         """The parsed current reports of the workers of ``model`` (recent, or from a live worker)."""
@@ -79,8 +97,9 @@ class ServiceStatsReader:
         return aggregate_service_stats(await self.reports(model))
 
     async def read_many(self, models: Sequence[str]) -> dict[str, ServiceStats]:
-        """`read` of several models in two pipelined round trips (one to list the live workers and each
-        model's reporters, one for the current ones' hashes and to prune the others); raises StatsError."""
+        """`read` of several models: one round trip for the live workers and the changes, one more for the
+        changed reports and the models not read before (and one to list those models' reporters, when there
+        are such models); raises StatsError."""
         if not models:
             return {}
         return {model: aggregate_service_stats(found) for model, found in (await self._read(models)).items()}
@@ -88,35 +107,96 @@ class ServiceStatsReader:
     async def _read(self, models: Sequence[str]) -> dict[str, list[WorkerReport]]:
         cutoff = int(self._clock_ms() - self.max_age_s * 1000.0)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrangebyscore(self._names.workers_key, cutoff, "+inf")
-                for model in models:
-                    pipe.zrange(self._names.stats_index_key(model), 0, -1, withscores=True)
-                live_raw, *listed = await pipe.execute()
-            live = {text(w) for w in live_raw}
-            wanted: list[tuple[str, str]] = []
+            live = await self._take_changes(cutoff)
+            await self._load([m for m in dict.fromkeys(models) if m not in self._known])
             stale: dict[str, list[str]] = {}
-            for model, members in zip(models, listed, strict=True):
-                for member, score in members:
-                    worker_id = text(member)
-                    if score >= cutoff or worker_id in live:
-                        wanted.append((model, worker_id))
-                    else:
-                        stale.setdefault(model, []).append(worker_id)
-            hashes: list[Any] = []
-            if wanted or stale:
+            reports: dict[str, list[WorkerReport]] = {}
+            for model in models:
+                known = self._known[model]
+                reports[model] = [r for r in known.values() if r.ts_ms >= cutoff or r.worker_id in live]
+                gone = [w for w, r in known.items() if not (r.ts_ms >= cutoff or w in live)]
+                if gone:
+                    stale[model] = gone
+                    for worker_id in gone:
+                        del known[worker_id]
+            if stale:  # a dead worker's old reports: out of the index, as they no longer count
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for model, worker_id in wanted:
-                        pipe.hgetall(self._names.stats_key(model, worker_id))
                     for model, workers in stale.items():
                         pipe.zrem(self._names.stats_index_key(model), *workers)
-                    hashes = (await pipe.execute())[: len(wanted)]
+                    await pipe.execute()
         except RedisError as exc:
+            self._cursor, self._known = None, {}  # unknown what was missed: read everything again
             what = repr(models[0]) if len(models) == 1 else f"{len(models)} models"
             raise StatsError(f"reading service stats of {what} failed: {exc}") from exc
-        reports: dict[str, list[WorkerReport]] = {model: [] for model in models}
+        return reports
+
+    async def _take_changes(self, cutoff: int) -> set[str]:
+        """The live workers; reads again the known reports that changed since the last call."""
+        changes = self._names.stats_changes_key
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(self._names.workers_key, cutoff, "+inf")
+            if self._cursor is None:
+                pipe.xrevrange(changes, "+", "-", count=1)
+            else:
+                pipe.xrange(changes, "-" if self._cursor == "0-0" else self._cursor, "+", count=_CHANGES_BATCH)
+            live_raw, entries = await pipe.execute()
+        live = {text(w) for w in live_raw}
+        if self._cursor is None:  # from now on, changes are taken in; what is known so far is read afresh
+            self._cursor, self._known = (text(entries[0][0]) if entries else "0-0"), {}
+            return live
+        changed: set[tuple[str, str]] = set()
+        while True:
+            if self._cursor != "0-0":
+                if not entries or text(entries[0][0]) != self._cursor:
+                    # The last entry taken in is gone (trimmed with others after it, or Redis lost the stream).
+                    log.info("service stats: the change stream has a gap; reading every model's reports afresh")
+                    self._cursor, self._known = (text(entries[-1][0]) if entries else "0-0"), {}
+                    return live
+                entries = entries[1:]
+            for _, fields in entries:
+                decoded = {text(k): text(v) for k, v in fields.items()}
+                worker_id = decoded.get("worker", "")
+                for model in decoded.get("models", "").split(","):
+                    if model in self._known and worker_id:
+                        changed.add((model, worker_id))
+            if not entries:
+                break
+            self._cursor = text(entries[-1][0])
+            if len(entries) < _CHANGES_BATCH - 1:
+                break
+            entries = await self._redis.xrange(changes, self._cursor, "+", count=_CHANGES_BATCH)
+        if changed:
+            pairs = sorted(changed)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for model, worker_id in pairs:
+                    pipe.hgetall(self._names.stats_key(model, worker_id))
+                hashes = await pipe.execute()
+            for (model, worker_id), raw in zip(pairs, hashes, strict=True):
+                report = WorkerReport.from_hash(worker_id, raw)
+                if report is None:  # withdrawn (or unreadable): it no longer counts
+                    self._known[model].pop(worker_id, None)
+                else:
+                    self._known[model][worker_id] = report
+        return live
+
+    async def _load(self, models: Sequence[str]) -> None:
+        """Read every report of ``models`` (not read before): their indexes, then the reports."""
+        if not models:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.zrange(self._names.stats_index_key(model), 0, -1)
+            listed = await pipe.execute()
+        wanted = [(model, text(member)) for model, members in zip(models, listed, strict=True) for member in members]
+        hashes: list[Any] = []
+        if wanted:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for model, worker_id in wanted:
+                    pipe.hgetall(self._names.stats_key(model, worker_id))
+                hashes = await pipe.execute()
+        for model in models:
+            self._known[model] = {}
         for (model, worker_id), raw in zip(wanted, hashes, strict=True):
             report = WorkerReport.from_hash(worker_id, raw)
-            if report is not None and (report.ts_ms >= cutoff or worker_id in live):
-                reports[model].append(report)
-        return reports
+            if report is not None:
+                self._known[model][worker_id] = report

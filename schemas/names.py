@@ -26,7 +26,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
       and emitted markers and the shard's deadlines, outbox and callbacks stream; shard = crc32(job id) mod
       ``JOB_SHARDS``; an idempotency key's shard is that of "owner:key", and its job id is drawn in it),
       ``workers``, ``placement``, ``leases``, ``apikeys``, ``autoscaler``, ``inventory`` (small control
-      sets), ``stats.{m}``, ``decision.{m}``, ``dlq.{m}``, ``ratelimit.key.{id}``, ``ratelimit.model.{m}``.
+      sets), ``stats`` (the stats change stream), ``stats.{m}``, ``decision.{m}``, ``dlq.{m}``,
+      ``ratelimit.key.{id}``, ``ratelimit.model.{m}``.
 
       [registry]:models                SET of registered model names
       [registry]:model:{m}:versions    SET of the model's versions
@@ -90,6 +91,8 @@ Layout for namespace ``ns`` (default ``fleet``)::
       [stats.{m}]:workers              ZSET worker id -> epoch ms of its last service-stats report
       [stats.{m}]:worker:{worker_id}   HASH one worker's service stats for a model (EXPIRE; fields in
                                        `schemas.stats`): written by workers, read by the autoscaler
+      [stats]:changes                  STREAM one entry per write of a worker's reports (``worker``, ``models``):
+                                       the autoscaler reads again only the reports named since its last read
       [autoscaler]:pins                HASH model -> pinned replicas (manual override; absent = autoscaled)
       [decision.{m}]:decision          HASH the autoscaler's last decision for a model (EXPIRE): desired,
                                        actual, reason, inputs (JSON), capped_by_partitions, pinned, ts_ms
@@ -454,6 +457,11 @@ class Names:
     def stats_key(self, model: str, worker_id: str) -> str:
         """HASH of one worker's service stats for ``model`` (see `schemas.stats`)."""
         return f"{self.tag(f'stats.{model}')}:worker:{worker_id}"
+
+    @property
+    def stats_changes_key(self) -> str:
+        """STREAM of service-stats writes: each entry names a worker and the models whose reports it changed."""
+        return f"{self.tag('stats')}:changes"
 
     @property
     def pins_key(self) -> str:

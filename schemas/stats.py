@@ -2,6 +2,9 @@
 
 Each worker overwrites one hash per served model, ``names.stats_key(model, worker_id)``, with an EXPIRE (a
 dead worker's stats vanish), and refreshes its score in the model's index ZSET ``names.stats_index_key(model)``.
+Then it appends one entry to the namespace's change stream ``names.stats_changes_key`` (fields ``worker``
+and ``models``, a comma list of the models whose reports it wrote or withdrew; MAXLEN ~``STATS_CHANGES_MAXLEN``),
+after the writes, so a reader that sees the entry reads the new reports (the autoscaler reads only these).
 Hash fields (all text)::
 
     service_s   mean per-request service time of the worker's busy rounds (busy seconds / requests), s
@@ -34,6 +37,8 @@ from .names import Names
 DEFAULT_STATS_TTL_S = 30
 #: Lifetime of a model's index ZSET (refreshed by every report; stale members are pruned by readers).
 _INDEX_TTL_S = 3600
+#: Entries the change stream keeps (about): a reader that fell further behind reads every report afresh.
+STATS_CHANGES_MAXLEN = 10_000
 
 
 def _wall_ms() -> float:
@@ -123,6 +128,20 @@ async def publish_worker_stats(
             pipe.zadd(index, {report.worker_id: int(report.ts_ms)})
             pipe.expire(index, max(ttl_s, _INDEX_TTL_S))
         await pipe.execute()
+    by_worker: dict[str, list[str]] = {}
+    for model, report in reports.items():
+        by_worker.setdefault(report.worker_id, []).append(model)
+    await _announce(redis, names, by_worker)
+
+
+async def _announce(redis: Any, names: Names, by_worker: Mapping[str, Sequence[str]]) -> None:
+    """One change-stream entry per worker naming its models whose reports changed (sent after the writes: on a
+    Redis Cluster a pipeline's commands to different slots are not ordered). Raises RedisError."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for worker_id, models in by_worker.items():
+            fields = {"worker": worker_id, "models": ",".join(models)}
+            pipe.xadd(names.stats_changes_key, fields, maxlen=STATS_CHANGES_MAXLEN, approximate=True)
+        await pipe.execute()
 
 
 async def publish_service_stats(
@@ -163,3 +182,4 @@ async def withdraw_service_stats(redis: Any, names: Names, models: Sequence[str]
             pipe.delete(names.stats_key(model, worker_id))
             pipe.zrem(names.stats_index_key(model), worker_id)
         await pipe.execute()
+    await _announce(redis, names, {worker_id: models})

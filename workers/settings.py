@@ -57,6 +57,9 @@ class WorkerSettings:
         "replies of the one before are delivered (offsets still committed in order). 1 = one round at a time.",
         2,
     )
+    max_sequences: int = doc(
+        "Text-generation models: most sequences generated at once (the running batch); more wait in Kafka.", 16
+    )
     retry_attempts: int = doc("Tries of a request whose model failed transiently (1 = no retry) before the DLQ.", 3)
     retry_base_ms: float = doc("Backoff before the second try; doubles for each further try.", 200.0)
     retry_max_ms: float = doc("Cap of the retry backoff.", 10_000.0)
@@ -144,6 +147,8 @@ class WorkerSettings:
             raise SettingsError("bulk_share must be in (0, 1]")
         if self.pipeline_depth < 1:
             raise SettingsError("pipeline_depth must be >= 1")
+        if self.max_sequences < 1:
+            raise SettingsError("max_sequences must be >= 1")
         if self.retry_attempts < 1:
             raise SettingsError("retry_attempts must be >= 1")
         if not 0 <= self.retry_base_ms <= self.retry_max_ms:

@@ -11,9 +11,11 @@ from schemas import Framework, ModelRecord, SchemaError, Tensor, sha256_file
 from schemas.artifact_tree import manifest_sha256
 from schemas.registry import DIRECTORY
 from schemas.tensors import decode_bytes_elements, decode_text, element_count
+from schemas.text_models import TEXT_GENERATION
 
 from ..errors import ModelLoadError
 from .base import Runtime, choose_device
+from .generative import GenerationBackend, GenerativeRuntime
 from .onnx import OnnxRuntime
 from .python import PermanentModelError, PythonRuntime, TransientModelError, batchable, import_factory, texts
 from .tabular import (
@@ -29,6 +31,8 @@ from .torch import TorchRuntime
 from .transformers import TransformersRuntime
 
 __all__ = [
+    "GenerationBackend",
+    "GenerativeRuntime",
     "LightGBMRuntime",
     "OnnxRuntime",
     "PermanentModelError",
@@ -130,7 +134,8 @@ def load_runtime(record: ModelRecord, device: str = "auto", threads: int = 1, *,
             record.version,
             f"artifact {record.artifact!r} has sha256 {digest}, the registry expects {record.sha256}",
         )
-    runtime = runtime_class(record.framework)(record, device, threads)
+    generative = record.framework is Framework.TRANSFORMERS and record.task == TEXT_GENERATION
+    runtime = (GenerativeRuntime if generative else runtime_class(record.framework))(record, device, threads)
     runtime.load()
     log.info(
         "loaded model %s:%s (%s) on %s, providers %s",

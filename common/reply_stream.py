@@ -31,6 +31,8 @@ log = logging.getLogger("fleet.common")
 READ_BACKOFF = BackoffPolicy(first_s=0.05, max_s=2.0)
 
 OnReply = Callable[[InferenceResponse], None]
+#: Called with the raw value of an entry's field ``c`` (a generation stream chunk, ``schemas.generation``).
+OnChunk = Callable[[bytes], None]
 
 
 class ReplyStream:
@@ -52,8 +54,10 @@ class ReplyStream:
         trim_every: int = 1000,
         backoff: BackoffPolicy = READ_BACKOFF,
         logger: logging.Logger = log,
+        on_chunk: OnChunk | None = None,
     ) -> None:
         self._settings = redis
+        self._on_chunk = on_chunk
         self._stream = stream
         self._on_reply = on_reply
         self._read_count = read_count
@@ -190,6 +194,9 @@ class ReplyStream:
             for entry_id, fields in stream_entries:
                 self._last_id = text(entry_id)
                 self._since_trim += 1
+                if self._on_chunk is not None and isinstance(fields, dict) and b"c" in fields:
+                    self._on_chunk(fields[b"c"])
+                    continue
                 response = self._decode(fields.get(b"r") if isinstance(fields, dict) else None)
                 if response is not None:
                     self._on_reply(response)

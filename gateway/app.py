@@ -27,12 +27,14 @@ from schemas.logs import request_context
 
 from .auth import Guard
 from .errors import REQUEST_ID_HEADER, WIRE_ID_KEY, Handler, error_middleware
+from .generation_path import GenerationPath
 from .grpc_server import GrpcServer, ReadinessHealth
 from .grpc_service import GrpcInferenceService
 from .infer_path import InferPath
 from .limits import Decoder
 from .metrics import GatewayMetrics
 from .model_config import ModelConfigRoutes, ModelDescriptions
+from .openai_routes import GenerationRoutes
 from .openapi import add_route as add_openapi_route
 from .pipeline_routes import PipelineRoutes
 from .publisher import RequestPublisher
@@ -113,6 +115,7 @@ class Gateway(AsyncService):
         path = InferPath(self._backends, self._routes, self._new_wire_id)
         descriptions = ModelDescriptions(path, self._backends.redis, self.names, self.settings.backend_timeout_s)
         ModelConfigRoutes(descriptions).add_to(app)  # before the model routes: /v2/models/stats names no model
+        GenerationRoutes(GenerationPath(self._backends, self._routes, self._new_wire_id), path, guard).add_to(app)
         self._routes.add_to(app)
         PipelineRoutes(self._backends, self._routes).add_to(app)
         add_openapi_route(app, self._backends.version)

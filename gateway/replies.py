@@ -13,7 +13,8 @@ import asyncio
 import logging
 
 from common.reply_stream import ReplyStream, ReplyWaiters
-from schemas import InferenceResponse, RedisSettings
+from schemas import InferenceResponse, RedisSettings, SchemaError
+from schemas.generation import StreamChunk
 
 from .errors import BackendDownError
 
@@ -28,8 +29,16 @@ class ReplyListener:
 
     def __init__(self, redis: RedisSettings, stream: str) -> None:
         self._waiters = ReplyWaiters()
+        #: Requests that take stream chunks (generation): their chunks, in the order read.
+        self._chunks: dict[str, asyncio.Queue[StreamChunk]] = {}
         self._reader = ReplyStream(
-            redis, stream, self._waiters.resolve, read_count=_READ_COUNT, trim_every=_TRIM_EVERY, logger=log
+            redis,
+            stream,
+            self._waiters.resolve,
+            read_count=_READ_COUNT,
+            trim_every=_TRIM_EVERY,
+            logger=log,
+            on_chunk=self._chunk,
         )
 
     @property
@@ -59,6 +68,23 @@ class ReplyListener:
     def discard(self, request_id: str) -> None:
         """Stop waiting for ``request_id`` (answered, timed out or abandoned)."""
         self._waiters.discard(request_id)
+        self._chunks.pop(request_id, None)
+
+    def expect_chunks(self, request_id: str) -> asyncio.Queue[StreamChunk]:
+        """The queue that receives ``request_id``'s stream chunks (until ``discard``); call before publishing."""
+        queue: asyncio.Queue[StreamChunk] = asyncio.Queue()
+        self._chunks[request_id] = queue
+        return queue
+
+    def _chunk(self, raw: bytes) -> None:
+        try:
+            chunk = StreamChunk.from_bytes(raw)
+        except SchemaError as exc:
+            log.warning("undecodable stream chunk dropped from %s: %s", self.stream, exc.message)
+            return
+        queue = self._chunks.get(chunk.id)
+        if queue is not None:
+            queue.put_nowait(chunk)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no request waits for a reply; False when some still do after ``timeout_s``."""

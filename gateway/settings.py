@@ -84,6 +84,9 @@ class GatewaySettings:
         1,
     )
     shutdown_grace_s: float = doc("On stop, how long in-flight requests may take to finish.", 10.0)
+    stream_idle_timeout_s: float = doc(
+        "Generation: a request whose worker sends no token for this long ends with an error (the worker died).", 30.0
+    )
     job_ttl_s: int = doc(
         "Seconds an async job (status, result, idempotency key) is kept after submission; also the "
         "default and the cap of an async job's deadline. Workers keep its result at least this long.",
@@ -164,6 +167,8 @@ class GatewaySettings:
         for name in ("webhook_backoff_s", "webhook_backoff_max_s", "webhook_timeout_s", "webhook_expiry_grace_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
+        if self.stream_idle_timeout_s <= 0:
+            raise SettingsError("stream_idle_timeout_s must be > 0")
         if self.shutdown_grace_s < 0 or self.worker_return_grace_s < 0:
             raise SettingsError("shutdown_grace_s and worker_return_grace_s must be >= 0")
         if self.default_timeout_s > self.max_timeout_s:

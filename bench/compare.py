@@ -11,6 +11,9 @@ Both sides run this checkout's benchmark code (the ``bench`` package is put in f
 each on a fresh stack as the benchmark starts them) import the side's ``schemas``, ``gateway``, ``workers``
 and the rest. The current side is this working tree, uncommitted changes included, or with ``--current REV``
 a worktree of that commit (to leave out work in progress that is not part of the comparison).
+``--env-baseline`` / ``--env-current KEY=VALUE`` (repeatable) set a variable on one side only, so one tree can be
+compared with itself under two settings (``--baseline HEAD --current HEAD --env-baseline
+FLEET_WORKER_PIPELINE_DEPTH=1``).
 
 The benchmark must write its figures as JSON to the path given with ``--json``; every list of objects in it
 (``runs`` of ``bench.sync_http``) is read, each object named by its ``model`` and ``concurrency``. Printed
@@ -56,22 +59,41 @@ def remove_tree(path: Path) -> None:
     subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True, check=False)
 
 
-def side_env(root: Path, overlay: Path) -> dict[str, str]:
+def side_env(root: Path, overlay: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a side's benchmark process: this checkout's ``bench`` first, then the side's tree
-    (inherited by every service the benchmark starts)."""
-    env = dict(os.environ)
+    (inherited by every service the benchmark starts), and the side's own variables (``extra``)."""
+    env = dict(os.environ) | (extra or {})
     env["PYTHONPATH"] = os.pathsep.join([str(overlay), str(root)])
     return env
 
 
-def run_side(module: str, args: Sequence[str], root: Path, overlay: Path, out: Path, label: str) -> dict[str, Any]:
+def env_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict (SystemExit naming the one without ``=``)."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"compare: {pair!r} is not KEY=VALUE")
+        parsed[key] = value
+    return parsed
+
+
+def run_side(
+    module: str,
+    args: Sequence[str],
+    root: Path,
+    overlay: Path,
+    out: Path,
+    label: str,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run ``python -m module args --json out`` for one side (from a neutral folder, so that the current
     directory does not come first on ``sys.path``); its lines are printed prefixed with ``label``."""
     command = [sys.executable, "-m", module, *args, "--json", str(out)]
     with subprocess.Popen(
         command,
         cwd=out.parent,
-        env=side_env(root, overlay),
+        env=side_env(root, overlay, extra_env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -152,18 +174,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs per side, interleaved")
     parser.add_argument("--figures", default=",".join(DEFAULT_FIGURES), help="comma-separated figures to compare")
     parser.add_argument("--json", default=None, help="where to write the comparison (default: not written)")
+    parser.add_argument("--env-baseline", action="append", default=[], metavar="KEY=VALUE", help="baseline side only")
+    parser.add_argument("--env-current", action="append", default=[], metavar="KEY=VALUE", help="current side only")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- MODULE [ARGS...]: the benchmark to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("name the benchmark module after --, e.g. -- bench.sync_http --models tiny")
     module, bench_args = command[0], command[1:]
-    baseline = _git("rev-parse", "--short", args.baseline)
+    baseline = base_rev = _git("rev-parse", "--short", args.baseline)
+    current_rev = ""
     if args.current is not None:
-        current = _git("rev-parse", "--short", args.current)
+        current = current_rev = _git("rev-parse", "--short", args.current)
     else:
         dirty = bool(_git("status", "--porcelain", "--", "."))
         current = _git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
+    envs = {"baseline": env_pairs(args.env_baseline), "current": env_pairs(args.env_current)}
+    for side, extra in envs.items():
+        if extra:
+            suffix = "+" + ",".join(f"{k}={v}" for k, v in extra.items())
+            baseline, current = (baseline + suffix, current) if side == "baseline" else (baseline, current + suffix)
     wanted = [f for f in args.figures.split(",") if f]
     began = time.perf_counter()
     reports: dict[str, list[dict[str, Any]]] = {"baseline": [], "current": []}
@@ -172,14 +202,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         overlay = work / "overlay"
         overlay.mkdir()
         (overlay / "bench").symlink_to(BENCH, target_is_directory=True)
-        trees = [baseline_tree(baseline, work)] + ([] if args.current is None else [baseline_tree(current, work)])
+        revisions = [base_rev] + ([] if args.current is None or current_rev == base_rev else [current_rev])
+        trees = [baseline_tree(rev, work) for rev in revisions]
         try:
             roots = {"baseline": trees[0], "current": trees[-1] if args.current is not None else REPO}
             for index, side in order(args.rounds):
                 label = f"{side} {baseline if side == 'baseline' else current} #{index + 1}"
                 print(f"--- {label}", flush=True)
                 out = work / f"{side}-{index}.json"
-                reports[side].append(run_side(module, bench_args, roots[side], overlay, out, label))
+                reports[side].append(run_side(module, bench_args, roots[side], overlay, out, label, envs[side]))
         finally:
             for tree in trees:
                 remove_tree(tree)
@@ -193,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "command": [module, *bench_args],
                 "baseline": baseline,
                 "current": current,
+                "env": envs,
                 "machine": machine(),
                 "rounds": args.rounds,
                 "order": [f"{side}#{index + 1}" for index, side in order(args.rounds)],

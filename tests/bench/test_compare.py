@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.compare import figures_of, order, side_env, table
+import pytest
+
+from bench.compare import env_pairs, figures_of, order, side_env, table
 
 
 def test_sides_alternate_which_goes_first() -> None:
@@ -54,3 +56,12 @@ def test_the_table_holds_medians_and_the_ratio_current_over_baseline() -> None:
 def test_the_bench_package_comes_before_the_sides_tree(tmp_path: Path) -> None:
     env = side_env(tmp_path / "tree", tmp_path / "overlay")
     assert env["PYTHONPATH"].split(":") == [str(tmp_path / "overlay"), str(tmp_path / "tree")]
+
+
+def test_a_sides_own_variables_join_its_environment(tmp_path: Path) -> None:
+    extra = env_pairs(["FLEET_WORKER_PIPELINE_DEPTH=1", "EMPTY="])
+    assert extra == {"FLEET_WORKER_PIPELINE_DEPTH": "1", "EMPTY": ""}
+    env = side_env(tmp_path / "tree", tmp_path / "overlay", extra)
+    assert env["FLEET_WORKER_PIPELINE_DEPTH"] == "1" and env["EMPTY"] == ""
+    with pytest.raises(SystemExit, match="'DEPTH' is not KEY=VALUE"):
+        env_pairs(["DEPTH"])

@@ -308,3 +308,45 @@ async def _sse(
 
 
 __all__ = ["GenerationRoutes", "TEXT_GENERATION", "openai_error"]
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The OpenAPI path items of these routes (``gateway.openapi`` adds them to the document)."""
+    json_object = {"type": "object"}
+    error = {
+        "type": "object",
+        "properties": {"error": {"type": ["object", "string"]}, "code": {"type": "string"}},
+        "required": ["error"],
+    }
+    errors = {
+        str(status): {"description": "An error", "content": {"application/json": {"schema": error}}}
+        for status in (400, 401, 403, 404, 429, 499, 503, 504)
+    }
+
+    def operation(summary: str, ident: str, *, stream: bool, model: bool = False, body: bool = True) -> dict[str, Any]:
+        content: dict[str, Any] = {"application/json": {"schema": json_object}}
+        if stream:
+            content["text/event-stream"] = {"schema": {"type": "string"}}
+        op: dict[str, Any] = {
+            "summary": summary,
+            "operationId": ident,
+            "responses": {"200": {"description": summary, "content": content}, **errors},
+        }
+        if model:
+            op["parameters"] = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+        if body:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": json_object}}}
+        return op
+
+    return {
+        "/v2/models/{model}/generate": {
+            "post": operation("Generate text (OIP generate)", "generate", stream=False, model=True)
+        },
+        "/v2/models/{model}/generate_stream": {
+            "post": operation("Generate text as server-sent events", "generateStream", stream=True, model=True)
+        },
+        "/v1/models": {"get": operation("Models (OpenAI)", "openaiModels", stream=False, body=False)},
+        "/v1/completions": {"post": operation("Text completion (OpenAI)", "openaiCompletions", stream=True)},
+        "/v1/chat/completions": {"post": operation("Chat completion (OpenAI)", "openaiChatCompletions", stream=True)},
+        "/v1/embeddings": {"post": operation("Embeddings (OpenAI)", "openaiEmbeddings", stream=False)},
+    }

@@ -10,6 +10,8 @@ from aiohttp import web
 
 from schemas import DATATYPES, HTTP_STATUS, ErrorCode
 
+from .openai_routes import openapi_paths as generation_paths
+
 OPENAPI_PATH = "/v2/openapi.json"
 
 _JSON = "application/json"
@@ -467,6 +469,7 @@ def document(version: str) -> dict[str, Any]:
         paths[prefix + "/config"] = _triton_operation("config", versioned, "Model configuration (Triton's extension)")
         paths[prefix + "/stats"] = _triton_operation("stats", versioned, "Model statistics (Triton's extension)")
     paths["/v2/models/stats"] = _triton_operation("stats", None, "Statistics of every model (Triton's extension)")
+    paths.update(generation_paths())  # gateway.openai_routes
     return {
         "openapi": "3.1.0",
         "info": {

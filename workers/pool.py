@@ -1,17 +1,18 @@
 """The pool mode: one worker serves many models with a fixed set of Kafka clients and no idle per-model cost.
 
-Three Kafka clients whatever the number of models (plus the worker's producer): an interactive-lane
-consumer and a bulk-lane consumer, both in no group with a manual assignment over the partitions this
-worker owns (separate clients, since aiokafka stops fetching a connection while its prefetched records
-wait), and `workers.group_offsets` to commit and read offsets under each model's own group. Ownership
-comes from Redis leases (`workers.leases`), recomputed every heartbeat from the assignment and the
-models' replicas: adding, moving or removing a model changes only its partitions, never a group
-rebalance, so the other models never pause. An idle beat costs a few Redis commands whatever the number
-of models: leases live as long as the worker's liveness key, replicas are read again when the placement
-epoch moves, claims and releases follow ownership changes; the held leases are checked (batched MGETs)
-every ``LEASE_CHECK_BEATS`` beats and after the liveness lapsed: a lost one is let go of. A fenced worker
-(`PartitionLeases.fenced`: liveness about to lapse, or a lapse not checked yet) fetches nothing and starts
-no round.
+Three Kafka clients whatever the number of models (plus the worker's producer): an interactive-lane consumer and
+a bulk-lane consumer, both in no group with a manual assignment over the partitions this worker owns (separate
+clients, since aiokafka stops fetching a connection while its prefetched records wait), and
+`workers.group_offsets` to commit and read offsets under each model's own group. Ownership comes from Redis
+leases (`workers.leases`), recomputed every heartbeat from the assignment and the models' replicas, and at once
+when placement news names the worker (`workers.assignment`; a claim the old owner still holds is tried again
+every 0.1-0.2 s for up to a beat, until it let go): adding, moving or removing a model changes only its
+partitions, never a group rebalance, so the other models never pause. An idle beat costs a few Redis commands
+whatever the number of models: leases live as long as the worker's liveness key, replicas are read again when
+the placement epoch moves, claims and releases follow ownership changes; the held leases are checked (batched
+MGETs) every ``LEASE_CHECK_BEATS`` beats and after the liveness lapsed: a lost one is let go of. A fenced worker
+(`PartitionLeases.fenced`: liveness about to lapse, or a lapse not checked yet) fetches nothing and starts no
+round.
 
 Fetched records are sorted into per-model in-memory queues (bounded: a full queue pauses that model's
 partitions of that lane, so the others keep flowing). A scheduler starts rounds: interactive before bulk
@@ -41,7 +42,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from common import Backoff
+from common import Backoff, BackoffPolicy
 from schemas import Lane, Names
 
 from .artifact_cache import ArtifactCache
@@ -72,6 +73,11 @@ _COUNTS_TTL_S = 60.0
 _IDLE_WAIT_CAP_MS = 500
 #: Every this many heartbeats the worker checks that it still holds each lease it consumes (batched MGETs).
 LEASE_CHECK_BEATS = 30
+#: A claim refused (the old owner has not let go yet: it finishes its round in hand first, then releases) is
+#: tried again after these pauses rather than a heartbeat later, for up to a heartbeat interval or
+#: ``CLAIM_RETRY_WINDOW_S`` after the refusal, whichever is shorter; then once a beat as before.
+CLAIM_RETRY = BackoffPolicy(first_s=0.1, max_s=0.2, factor=1.5)
+CLAIM_RETRY_WINDOW_S = 5.0
 
 
 class PoolConsumer:
@@ -104,7 +110,11 @@ class PoolConsumer:
         self._wanted: dict[TopicPartition, OwnedPartition] = {}
         self._wanted_from: tuple[object, ...] | None = None  # (models, replicas, counts) it was computed from
         self._beats = 0
-        self._recheck = asyncio.Event()  # the liveness lapsed: take ownership again now
+        self._unclaimed: frozenset[TopicPartition] = frozenset()  # wanted, but held by another worker
+        self._refused_at = 0.0  # when these claims were first refused (monotonic)
+        self._claim_retry = Backoff(CLAIM_RETRY)
+        self._recheck = asyncio.Event()  # wakes the lease routine: a lapse (see _lapsed) or claims newly refused
+        self._lapsed = False  # the liveness lapsed: take ownership again now
         self._threads = ThreadPoolExecutor(settings.pool_threads, thread_name_prefix="models")
         self._backends = WorkerBackends(
             settings,
@@ -175,7 +185,7 @@ class PoolConsumer:
             asyncio.create_task(self._schedule_routine(), name="pool-scheduler"),
             asyncio.create_task(self._lease_routine(), name="pool-leases"),
             asyncio.create_task(
-                self._leases.keep_alive_routine(self._settings.heartbeat_interval_s, self._recheck.set),
+                self._leases.keep_alive_routine(self._settings.heartbeat_interval_s, self._on_lapse),
                 name="pool-alive",
             ),
         ]
@@ -268,9 +278,11 @@ class PoolConsumer:
             await self._let_go(leaving)
         new = [tp for tp in wanted if tp not in self._owned]
         if not new:
+            self._note_unclaimed(frozenset())
             return
         held = await self._leases.claim([(tp.topic, tp.partition) for tp in new])
         gained = [tp for tp, ok in zip(new, held, strict=True) if ok]
+        self._note_unclaimed(frozenset(tp for tp, ok in zip(new, held, strict=True) if not ok))
         if gained:
             await self._start_at_committed(gained, wanted)
             log.info("pool: worker %s now owns %d more partition(s)", self.id, len(gained))
@@ -383,14 +395,40 @@ class PoolConsumer:
         """True while this worker may not consume (its liveness may lapse, or a lapse is not checked yet)."""
         return self._leases.fenced
 
+    def _note_unclaimed(self, unclaimed: frozenset[TopicPartition]) -> None:
+        """Claims refused this round: a new refusal starts the quick retries over (`CLAIM_RETRY`)."""
+        if not unclaimed or unclaimed != self._unclaimed:
+            self._claim_retry.reset()
+            self._refused_at = time.monotonic()
+            if unclaimed:
+                self._recheck.set()  # the lease routine may be waiting for a beat: it waits the first pause now
+        self._unclaimed = unclaimed
+
+    def _on_lapse(self) -> None:
+        self._lapsed = True
+        self._recheck.set()
+
+    def _claim_pause(self) -> float | None:
+        """The pause before trying refused claims again, or None when none is due before the next beat."""
+        window = min(self._settings.heartbeat_interval_s, CLAIM_RETRY_WINDOW_S)
+        if not self._unclaimed or time.monotonic() - self._refused_at >= window:
+            return None
+        return self._claim_retry.next()
+
     async def _lease_routine(self) -> None:
         interval = self._settings.heartbeat_interval_s
         while not self._closing.is_set():
+            retry = self._claim_pause()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recheck.wait(), interval)
+                await asyncio.wait_for(self._recheck.wait(), interval if retry is None else min(retry, interval))
+            woken, lapsed = self._recheck.is_set(), self._lapsed
             self._recheck.clear()
+            self._lapsed = False
+            if woken and not lapsed:
+                continue  # claims newly refused: try them again after the first pause
             if not self._closing.is_set():
-                self._beats += 1
+                if retry is None:  # a quick retry of refused claims is no heartbeat
+                    self._beats += 1
                 await self.refresh()
 
     # fetching ------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from common.channel import listen_routine
 from schemas import FleetError, Names, SchemaError
 from schemas.assignment_news import AssignmentNews, NewsKind
 from schemas.eventloop import AsyncService
+from schemas.key_migrator import warn_if_old_layout
 from schemas.limits import ModelLimits
 from schemas.registry import RegistryCache
 
@@ -161,6 +162,7 @@ class AutoscalerService(AsyncService):
     async def _start(self) -> None:
         s = self.settings
         self._redis = s.fleet.redis.client()
+        await warn_if_old_layout(self._redis, self.names, log)
         self._registry = RegistryCache(self._redis, self.names)
         await self.backend.start()
         self._collector = LagCollector(s.fleet, half_life_s=s.smoothing_half_life_s)

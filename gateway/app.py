@@ -23,6 +23,7 @@ from aiohttp import web
 
 from schemas import ModelRegistry, Names
 from schemas.eventloop import AsyncService
+from schemas.key_migrator import warn_if_old_layout
 from schemas.logs import request_context
 
 from .auth import Guard
@@ -241,6 +242,7 @@ class Gateway(AsyncService):
         if self.settings.retry_relay:
             relay = RetryRelay(self.settings.fleet, self.names, backends.redis, self.settings.gateway_id)
         try:
+            await warn_if_old_layout(backends.redis, self.names, log)
             await backends.listener.start()
             await backends.publisher.start()
             if webhooks is not None:

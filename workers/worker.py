@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from schemas import FleetError, Names, SchemaError
 from schemas.eventloop import AsyncService
+from schemas.key_migrator import warn_if_old_layout
 from schemas.topics import ensure_model_topics
 
 from . import proctitle
@@ -111,6 +112,7 @@ class Worker(AsyncService):
     async def _start(self) -> None:
         settings, fleet = self.settings, self.settings.fleet
         self._redis = fleet.redis.client()
+        await warn_if_old_layout(self._redis, self.names, log)
         models = settings.models
         if settings.follow_assignment:
             try:

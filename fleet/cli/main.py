@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from fleet.client.connection import Target, resolve
 from schemas import ErrorCode, FleetError, describe
 
-from . import batch, demo, dlq, keys, models, pipelines, scale, stack, status
+from . import admin, batch, demo, dlq, keys, models, pipelines, scale, stack, status
 
 #: ``fleet config SERVICE`` -> (module, settings class, env prefix).
 SERVICES = {
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser(commands, common)
     batch.add_parser(commands, common)
     demo.add_parser(commands, common)
+    admin.add_parser(commands, common)
     config = commands.add_parser("config", parents=[common], help="print every setting: variable, default, doc")
     config.add_argument("service", nargs="?", choices=sorted(SERVICES), help="default: all")
     config.add_argument("--markdown", action="store_true", help="the reference as markdown (docs/configuration.md)")

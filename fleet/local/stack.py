@@ -49,7 +49,8 @@ from pathlib import Path
 
 from fleet.client.errors import StackError
 from fleet.client.stackfile import ProcessInfo, StackInfo
-from schemas import FleetSettings, KafkaSettings, RedisSettings, now_ms
+from schemas import FleetSettings, KafkaSettings, Names, RedisSettings, now_ms
+from schemas.key_migrator import KeyMigrator, old_layout_present
 
 from . import readiness, services
 from .config import StackConfig
@@ -326,11 +327,25 @@ class LocalStack:
             self._servers.append(redis)
             await asyncio.to_thread(redis.start)
             self.redis_url = redis.url
+            await self._migrate_keys()
         if not self.config.kafka:
             # A new embedded broker has no topics, while a durable Redis may remember models.
             created = await self._recreate_topics()
             if created:
                 log.info("created the topics of the registered models %s on the new embedded broker", created)
+
+    async def _migrate_keys(self) -> None:
+        """Move a durable Redis's keys of the previous key layout (an older version's stack) to their names now."""
+        client = self.settings.redis.client()
+        try:
+            if not await old_layout_present(client, Names(self.config.namespace)):
+                return
+            report = await KeyMigrator(client, Names(self.config.namespace)).run()
+        finally:
+            await client.aclose()
+        for line in report.lines():
+            log.info("key migration: %s", line.strip())
+        log.warning("Redis keys of the previous layout migrated to the current one: %s", report.summary())
 
     def _spawn(self, name: str, module: list[str], env: dict[str, str]) -> ServiceProcess:
         proc = ServiceProcess(name, [sys.executable, "-m", *module], env, self.logs / f"{name}.log")

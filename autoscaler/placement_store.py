@@ -37,6 +37,8 @@ log = logging.getLogger("fleet.autoscaler")
 
 #: Heartbeat states of a worker that may be given models.
 _LIVE_STATES = {"starting", "ready"}
+#: The heartbeat fields placement reads (``ts_ms``: written by every beat, so the hash exists).
+_BEAT_FIELDS = ("ts_ms", "follows", "state", "labels")
 
 
 def label_set(value: str) -> frozenset[str]:
@@ -135,14 +137,15 @@ class PlacementRunner:
             return [], []
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker in ids:
-                pipe.hgetall(self._names.worker_key(worker))
+                # Only the fields placement uses: a pool worker's heartbeat also lists every partition it owns.
+                pipe.hmget(self._names.worker_key(worker), _BEAT_FIELDS)
                 pipe.get(self._names.residency_key(worker))
             raw = await pipe.execute()
         slots: list[WorkerSlot] = []
         gone: list[str] = []
         for i, worker in enumerate(ids):
-            beat = {text(k): text(v) for k, v in raw[2 * i].items()}
-            if not beat:
+            beat = {k: text(v) for k, v in zip(_BEAT_FIELDS, raw[2 * i], strict=True) if v is not None}
+            if not beat:  # every heartbeat has ts_ms: the hash is gone
                 gone.append(worker)
                 continue
             if beat.get("follows") != "1" or beat.get("state") not in _LIVE_STATES or raw[2 * i + 1] is None:

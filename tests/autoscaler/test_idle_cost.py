@@ -1,8 +1,10 @@
 """An idle fleet's control plane costs the same per round whatever its model count (issue: many models).
 
 An in-process `AutoscalerService` against the real broker and Redis runs rounds over 10 and then 300
-registered models with no traffic and no worker; the Redis commands a round sends are counted with
-``INFO commandstats`` and must be the same for both.
+registered models with no traffic; the Redis commands a round sends are counted with ``INFO commandstats`` and
+must be the same for both. Without a worker, and with one following worker that serves every model and has a
+service-stats report for each (what an idle pool looks like after traffic): the stats, the decisions and the
+placement cost the same whatever the model count.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from autoscaler import AutoscalerService, AutoscalerSettings
 from autoscaler.backends import PlacementBackend
 from fleet.demo.modelgen import tiny_mlp
 from fleet.models.artifacts import build_record
-from schemas import FleetSettings, Lane, ModelRegistry, Names
+from schemas import FleetSettings, Lane, ModelRegistry, Names, now_ms
+from schemas.residency import WorkerResidency
+from schemas.stats import WorkerReport, publish_worker_stats
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +41,19 @@ async def _register(
         await admin.create_topics([NewTopic(names.request_topic(m, lane), 1, 1) for m in models for lane in Lane])
     finally:
         await admin.close()
+
+
+async def _worker_with_stats(redis: Any, names: Names, models: list[str]) -> None:
+    """A live following worker (its heartbeat lists many owned partitions, as a pool worker's does) with a
+    service-stats report of each of ``models``."""
+    beat = {"state": "ready", "follows": "1", "labels": "", "ts_ms": str(now_ms())}
+    beat["partitions"] = ",".join(f"{names.request_topic(m)}:0" for m in models)
+    await redis.hset(names.worker_key("w1"), mapping=beat)
+    await redis.zadd(names.workers_key, {"w1": now_ms()})
+    residency = WorkerResidency("w1", None, None, 0, (), now_ms())
+    await redis.set(names.residency_key("w1"), residency.to_bytes())
+    reports = {m: WorkerReport("w1", 0.01, 1.0, 5, 3.0, None, 0, now_ms()) for m in models}
+    await publish_worker_stats(redis, names, reports, ttl_s=600)
 
 
 async def _commands(redis: Any) -> dict[str, int]:
@@ -68,15 +85,21 @@ async def _per_round(service: AutoscalerService, redis: Any, models: list[str]) 
     return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
 
 
-@pytest.mark.parametrize("placement", [False, True], ids=["local-backend", "placement"])
+@pytest.mark.parametrize(
+    "placement,worker",
+    [(False, False), (True, False), (True, True)],
+    ids=["local-backend", "placement", "placement-worker-stats"],
+)
 @pytest.mark.timeout(300)
 async def test_redis_commands_per_round_do_not_grow_with_idle_models(
-    fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path, placement: bool
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path, placement: bool, worker: bool
 ) -> None:
     artifact = tiny_mlp(tmp_path / "tiny.onnx")
     small = [f"idle{i:03d}" for i in range(10)]
     large = [f"idle{i:03d}" for i in range(300)]
     await _register(fleet_settings, redis_client, names, artifact, small)
+    if worker:
+        await _worker_with_stats(redis_client, names, small)
     settings = AutoscalerSettings(
         interval_s=3600.0,  # the test drives the rounds itself
         inventory_interval_s=3600.0,
@@ -89,7 +112,12 @@ async def test_redis_commands_per_round_do_not_grow_with_idle_models(
     async with AutoscalerService(settings) as service:
         with_10 = await _per_round(service, redis_client, small)
         await _register(fleet_settings, redis_client, names, artifact, large[len(small) :])
+        if worker:
+            await _worker_with_stats(redis_client, names, large)
         with_300 = await _per_round(service, redis_client, large)
     assert with_10 == with_300, f"10 models: {with_10}; 300 models: {with_300}"
-    # A handful of commands a round: the registry epoch, the pins, the round stamps (and the worker list).
-    assert sum(with_300.values()) <= 8 * ROUNDS, with_300
+    # A handful of commands a round: the registry epoch, the pins, the round stamps (and the worker list; with
+    # stats reports, the live workers and the stats change stream; with a worker, its heartbeat's few fields
+    # that placement uses, not the whole hash, its residency and its assignment).
+    assert sum(with_300.values()) <= (14 if worker else 8) * ROUNDS, with_300
+    assert with_300.get("cmdstat_hgetall") == ROUNDS, with_300  # the pins' hash alone

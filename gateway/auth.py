@@ -9,9 +9,9 @@ gateway for ``auth_cache_ttl_s`` in a bounded LRU, so a cached key costs no Redi
 uncached key with Redis unreachable is ``503 BACKEND_UNAVAILABLE`` (never 401).
 
 Rate limits apply to infer requests (``POST .../infer``, sync and async): the key's rate (from its
-record) and the model's (``model_rate_limits``) are token buckets in Redis (``gateway.ratelimit``),
-checked against this gateway's leased blocks of each bucket (`gateway.ratelimit`); an empty bucket is ``429 RATE_LIMITED`` with ``Retry-After``
-(whole seconds, rounded up). Without any limit for the request no Redis call is made.
+record) and the model's (``model_rate_limits``) are token buckets in Redis, checked against this gateway's
+leased blocks of each bucket (``gateway.ratelimit``); an empty bucket is ``429 RATE_LIMITED`` with
+``Retry-After`` (whole seconds, rounded up). Without any limit for the request no Redis call is made.
 """
 
 from __future__ import annotations

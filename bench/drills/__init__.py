@@ -18,7 +18,7 @@ every 200 answer is checked against the model's output computed in this process.
   request answered, every bad record in the dead-letter topic with a reason.
 * ``sigterm-all``   SIGTERM the gateway and every worker at once under load: every request in flight gets an
   HTTP answer (200, or 503/504 when its record was still queued), no connection is cut, and the
-  committed offsets equal the records answered (the workers committed what they replied to).
+  committed offsets equal the requests answered 200 (the workers committed what they replied to).
 
 The fault drills (``bench/drills/faults.py``) check four promises each: no accepted (202) job is lost, no answer
 is wrong, every request gets an HTTP answer (a 2xx, or an error with a specific code) within its timeout + 1 s,

@@ -118,7 +118,11 @@ class Jobs:
                 waiting = [j for j in self.accepted if j not in final]
                 for start in range(0, len(waiting), 500):
                     chunk = waiting[start : start + 500]
-                    for job_id, raw in zip(chunk, await redis.mget([names.result_key(j) for j in chunk]), strict=True):
+                    async with redis.pipeline(transaction=False) as pipe:  # GETs: the results are in 8 job shards
+                        for job_id in chunk:
+                            pipe.get(names.result_key(job_id))
+                        stored = await pipe.execute()
+                    for job_id, raw in zip(chunk, stored, strict=True):
                         if raw is not None:
                             final[job_id] = self._judge(job_id, raw)
                 if len(final) < len(self.accepted):

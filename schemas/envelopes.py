@@ -27,8 +27,8 @@ def now_ms() -> float:
 class ReplyKind(StrEnum):
     """Where a worker delivers a response."""
 
-    STREAM = "stream"  # XADD to a Redis stream (a gateway's reply stream); target = stream key
-    RESULT = "result"  # only store it under the request's result key (polled later: async jobs)
+    STREAM = "stream"  # XADD to a Redis stream (a gateway's or a producer client's); target = stream key
+    RESULT = "result"  # only store it under the request's result key (fetched later: async jobs, producers)
     TOPIC = "topic"  # also produce it to a Kafka topic; target = topic name (streaming pipelines)
     NONE = "none"  # fire and forget: nobody waits
     STEP = "step"  # a pipeline step: the outputs go on to the next steps (target = pipeline name, see ``route``)
@@ -36,10 +36,14 @@ class ReplyKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ReplyAddress:
-    """Reply routing of a request: a kind, its target and how long the stored result must be kept.
+    """Reply routing of a request: a kind, its target and how long a stored result must be kept.
 
-    ``ttl_s`` = 0 means the worker's default (``RESULT_TTL_S``); a larger value keeps the result key
-    (and so an async job's result) at least that long. On the wire: ``[kind, target]``, or
+    A worker stores a request's first result (``names.result_key``) only where someone reads it later: kind
+    ``result`` (an async job, a producer's submit-now-fetch-later), kind ``topic`` (with a marker once it is
+    produced, so a redelivery is produced once) and kind ``stream`` with ``ttl_s`` set (a producer client that
+    may resume reads back what was answered). A gateway's sync reply (``stream``, ``ttl_s`` 0) is the stream
+    entry only: the gateway drops a duplicate by its id. Kind ``none`` stores nothing. A stored result is kept
+    ``max(RESULT_TTL_S, ttl_s)`` seconds (an async job asks for its TTL). On the wire: ``[kind, target]``, or
     ``[kind, target, ttl_s]`` when ``ttl_s`` is set; kind ``step`` adds its ``route``:
     ``[kind, target, ttl_s, route]``.
     """

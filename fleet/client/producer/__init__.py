@@ -4,14 +4,18 @@ For services that skip HTTP and publish straight to ``names.request_topic(model)
 schemas. Inputs are checked against the registered signature before anything is sent (a bad input
 raises ``SchemaError(INVALID_INPUT)`` at the call site). Replies come back one of three ways:
 
-* ``ReplyKind.STREAM`` (default): workers ``XADD`` each first result to this client's own reply stream
+* ``ReplyKind.STREAM`` (default): workers ``XADD`` each result to this client's own reply stream
   (``names.client_reply_stream(client_id)``); one routine reads it with ``XREAD BLOCK`` (no per-request
   polling) and hands results to :meth:`FleetProducer.results` or to the caller of :meth:`FleetProducer.infer`.
-* ``ReplyKind.RESULT``: workers only store the result under ``names.result_key(id)``; the caller fetches
-  it later with :meth:`FleetProducer.result` / :meth:`FleetProducer.wait_result` (submit now, come back later;
-  ``result_ttl_s`` keeps it longer than the default hour).
-* ``ReplyKind.TOPIC``: workers store the result and produce it (an ``InferenceResponse``, key = request
-  id) to the Kafka topic ``reply_topic`` that a streaming pipeline consumes.
+  Unlike a gateway's sync reply, which is the stream entry only, a producer's reply also keeps the first
+  result under ``names.result_key(id)`` for ``result_ttl_s`` (default an hour), so a client that restarts
+  (``fleet batch run --resume``) reads back what was answered meanwhile (:meth:`FleetProducer.stored_results`).
+* ``ReplyKind.RESULT``: workers only store the result under ``names.result_key(id)`` (in the request's job
+  shard); the caller fetches it later with :meth:`FleetProducer.result` / :meth:`FleetProducer.wait_result`
+  (submit now, come back later; ``result_ttl_s`` keeps it longer than the default hour).
+* ``ReplyKind.TOPIC``: workers store the first result and a marker once it is produced (so a redelivered
+  request is produced once), and produce it (an ``InferenceResponse``, key = request id) to the Kafka topic
+  ``reply_topic`` that a streaming pipeline consumes.
 
 A request without a version goes where the gateway would send it: to the model's default version, or
 to the version its traffic split picks for the request id (``fleet models traffic``, the same hash as

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -94,6 +95,9 @@ class PipelineRoute:
     reference, ``inputs.x`` / ``step.y``), the caller's reply address and lane, and when it was sent.
 
     The caller's answer has the pipeline request's ``request_id`` and goes to ``caller`` (never a step).
+    ``token`` tells this record from another one of the same step (a step passed on twice): the record that
+    stored a step's first answer is the only one that passes it on (`workers.steps`). ``trace`` is the W3C
+    traceparent of the request's trace ("" when not traced), put on every step's record.
     """
 
     request_id: str
@@ -104,6 +108,8 @@ class PipelineRoute:
     lane: str = "interactive"
     sent_ms: float = field(default_factory=now_ms)
     deadline_ms: float | None = None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    trace: str = ""
 
     def __post_init__(self) -> None:
         if self.caller.kind is ReplyKind.STEP:
@@ -119,6 +125,8 @@ class PipelineRoute:
             "lane": self.lane,
             "sent_ms": self.sent_ms,
             "deadline_ms": self.deadline_ms,
+            "token": self.token,
+            "trace": self.trace,
         }
 
     @classmethod
@@ -134,6 +142,8 @@ class PipelineRoute:
             lane=read(raw, "lane", str),
             sent_ms=read(raw, "sent_ms", float),
             deadline_ms=read(raw, "deadline_ms", float, optional=True),
+            token=read(raw, "token", str, optional=True) or "",
+            trace=read(raw, "trace", str, optional=True) or "",
         )
 
 

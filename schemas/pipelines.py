@@ -364,6 +364,7 @@ def step_request(route: PipelineRoute, node: str, gathered: Mapping[str, Tensor]
         lane=route.lane,
         sent_ms=created,
         deadline_ms=route.deadline_ms,
+        trace=route.trace,
     )
     missing = [ref for _, ref in step.inputs if ref not in gathered]
     if missing:  # cannot happen for a checked plan: every reference is carried to where it is read
@@ -386,9 +387,11 @@ def first_requests(
     caller: ReplyAddress,
     lane: str,
     deadline_ms: float | None,
+    trace: str = "",
 ) -> list[InferenceRequest]:
-    """The requests that start pipeline request ``request_id``: one per entry step (versions resolved)."""
-    start = PipelineRoute(request_id, "", plan, (), caller, lane, deadline_ms=deadline_ms)
+    """The requests that start pipeline request ``request_id``: one per entry step (versions resolved);
+    ``trace`` is the traceparent every step's record carries on."""
+    start = PipelineRoute(request_id, "", plan, (), caller, lane, deadline_ms=deadline_ms, trace=trace)
     gathered = gather(inputs, INPUTS)
     return [step_request(start, node, gathered) for node in plan.entry_steps()]
 

@@ -4,9 +4,14 @@ A request whose reply kind is ``step`` (`schemas.PipelineRoute`) is one step of 
 worker answers it as any other request; `StepRouter` (the round's reply writer) then passes the answer on:
 
 1. **First result wins per step**: the ``step`` script stores the step's first answer under
-   ``names.step_key(request id, step)`` (``HSETNX r``); a redelivered or retried step whose answer was
-   passed on already (``e`` set) stops there, and one stored but not passed on yet (a crash in between)
-   passes on the *stored* answer, so every later step sees one answer per step.
+   ``names.step_key(request id, step)`` (``HSETNX r``) with the token of the record that stored it
+   (``o``, `schemas.PipelineRoute.token`): that record *owns* the step and is the only one that passes
+   it on. A redelivered or retried step whose answer was passed on already (``e`` set) stops there; the
+   owner's redelivery after a crash before ``e`` (its offset was not committed, so it comes again) passes
+   on the *stored* answer again; any other record of the same step (a duplicate that an earlier step
+   passed on twice, across such a crash) is dropped at once, even while the owner is still passing on.
+   So a step passed on twice makes one more record of the next step at most, and that record goes no
+   further: every later step and the caller see one answer per step.
 2. **Successors**: each step (or the pipeline's outputs) that waits for this step alone gets its request
    produced to its model's topic of the caller's lane (key = its request id), carrying the tensors it and
    the steps after it read. A *join* (a step waiting for several) gathers its inputs in
@@ -19,7 +24,9 @@ worker answers it as any other request; `StepRouter` (the round's reply writer) 
    step that no output depends on (a side branch) is only dead-lettered.
 4. Then the markers (``e``, ``done``) are set; only after all of it is the round committed. Anything that
    does not get through raises BackendDownError: the round delivers again, which the markers make safe
-   (at worst a successor's record is produced twice, and its own marker drops the second answer).
+   (at worst a successor's record is produced twice, and the successor's owner rule drops the second). The
+   last step's answer to the caller may then reach the caller's reply address twice with the same id, as a
+   single model's may: a gateway, a job's result (``SET NX``) and the producer client keep the first.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import asyncio
 import hashlib
 import logging
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +56,7 @@ from schemas import (
     now_ms,
 )
 from schemas.codec import pack, unpack_envelope
-from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID, RESULT_TTL_S
+from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID, HEADER_TRACEPARENT, RESULT_TTL_S
 from schemas.pipeline_plan import OUTPUTS, gather
 from schemas.pipelines import pipeline_answer, step_failure, step_request
 from schemas.topics import BulkTopics
@@ -64,14 +71,20 @@ log = logging.getLogger("fleet.workers")
 HEADER_PIPELINE = "fleet-pipeline"
 HEADER_STEP = "fleet-step"
 
-#: KEYS[1] step key; ARGV[1] the step's answer, ARGV[2] TTL ms. 1 when this answer is the first (stored now),
-#: 0 when the first was passed on already, else the first answer (stored, not passed on yet).
+#: KEYS[1] step key; ARGV[1] the step's answer, ARGV[2] TTL ms, ARGV[3] the record's token. 1 when this answer
+#: is the first (stored now, this record owns the step), 0 when the first was passed on already or another record
+#: owns the step, else the first answer (this record's, stored but not passed on yet: a redelivery).
 STEP_SCRIPT = """
 if redis.call('HSETNX', KEYS[1], 'r', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'o', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
 if redis.call('HEXISTS', KEYS[1], 'e') == 1 then
+  return 0
+end
+local owner = redis.call('HGET', KEYS[1], 'o')
+if owner and owner ~= '' and owner ~= ARGV[3] then
   return 0
 end
 return redis.call('HGET', KEYS[1], 'r')
@@ -179,7 +192,11 @@ class StepRouter(ReplyWriter):
         metrics: StepMetrics,
         worker_id: str,
         bulk_topics: BulkTopics | None = None,
+        *,
+        before_mark: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``before_mark`` is a fault seam for tests: awaited once the answers were passed on, before the
+        markers are set (where a crash leaves a step passed on but not marked)."""
         super().__init__(redis, names, producer)
         self._model = model
         self._r = redis
@@ -189,6 +206,7 @@ class StepRouter(ReplyWriter):
         self._metrics = metrics
         self._worker_id = worker_id
         self._bulk_topics = bulk_topics
+        self._before_mark = before_mark
 
     async def deliver_some(self, items: Sequence[Reply]) -> DeliveryReport:
         """Pass the step answers on (all of them, or BackendDownError), then deliver the other replies."""
@@ -207,7 +225,10 @@ class StepRouter(ReplyWriter):
             STEP_SHA,
             STEP_SCRIPT,
             [
-                ([self._n.step_key(route.request_id, route.step)], [response.to_bytes(), _ttl_ms(route)])
+                (
+                    [self._n.step_key(route.request_id, route.step)],
+                    [response.to_bytes(), _ttl_ms(route), route.token],
+                )
                 for route, (_, response) in zip(routes, items, strict=True)
                 if route is not None
             ],
@@ -219,7 +240,7 @@ class StepRouter(ReplyWriter):
             assert route is not None
             key = self._n.step_key(route.request_id, route.step)
             if first == 0 or key in seen:
-                continue  # passed on already (a redelivered or retried step), or twice in this round
+                continue  # passed on already, owned by another record of the step, or twice in this round
             seen.add(key)
             if isinstance(first, bytes):
                 response = InferenceResponse.from_bytes(first)  # the first answer, stored but not passed on
@@ -244,6 +265,8 @@ class StepRouter(ReplyWriter):
             report = await super().deliver_some(passing.answers)
             if report.pending:
                 raise BackendDownError(f"Redis refused pipeline answers for now: {report.error}")
+        if self._before_mark is not None:
+            await self._before_mark()
         await self._mark(passing)
 
     def _observe(self, route: PipelineRoute, response: InferenceResponse) -> None:
@@ -348,6 +371,9 @@ class StepRouter(ReplyWriter):
                     await self._bulk_topics.ensure(topic)
                 key = request.id.encode()
                 headers = [(HEADER_REQUEST_ID, key), (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode())]
+                route = request.reply.route
+                if route is not None and route.trace:  # every step's spans in the caller's trace
+                    headers.append((HEADER_TRACEPARENT, route.trace.encode()))
                 sent.append(await self._kafka.send(topic, request.to_bytes(), key=key, headers=headers))
             outcomes = await asyncio.gather(*sent, return_exceptions=True)
         except KafkaError as exc:

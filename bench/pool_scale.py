@@ -9,10 +9,12 @@ the model on both. For the worker added, it prints, from the decision (the pool 
 
 * ``spawned``: the process started;
 * ``ready``: the worker says ready (its log);
-* ``assigned``: it picked up the model from its assignment (polled each heartbeat, default 2 s);
+* ``assigned``: it picked up the model from its assignment (the worker announces itself once subscribed to
+  the placement news, the autoscaler places at once and its news names the worker: no poll in between);
 * ``consuming``: it owns partitions of the model's topic, positioned at the committed offsets, and fetches
   (the first "now owns ... partition(s)" line of its log; the topic has a backlog, so its first fetch
-  returns records);
+  returns records). The old owner lets those partitions go once its round in hand is done and committed
+  (with this CPU-bound model, up to a round's time); the new one retries its claim every 0.1-0.2 s meanwhile;
 * ``answered``: the first correct answer it computed reached the client (the reply names the worker).
 
 Each run is a fresh stack (``--runs``); it prints each run's figures and their medians, against the target

@@ -56,6 +56,7 @@ from .leases import PartitionLeases, PlacementReplicas, owned_partitions
 from .metrics import WorkerMetrics
 from .model_serving import WorkerBackends
 from .pacing import BulkPacer
+from .partition_counts import PartitionCounts
 from .pool_state import LANES, OwnedPartition, PoolModel, QueuedRecord
 from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
@@ -67,8 +68,6 @@ from .window import fill_window
 
 log = logging.getLogger("fleet.workers")
 
-#: Seconds a topic's partition count is trusted before it is asked again (partitions can be added).
-_COUNTS_TTL_S = 60.0
 #: Longest idle fetch wait of a lane with many partitions (see ``PoolConsumer._set_idle``).
 _IDLE_WAIT_CAP_MS = 500
 #: Every this many heartbeats the worker checks that it still holds each lease it consumes (batched MGETs).
@@ -133,8 +132,7 @@ class PoolConsumer:
         self._assigned: dict[Lane, frozenset[TopicPartition]] = {lane: frozenset() for lane in LANES}
         self._pos: dict[TopicPartition, int] = {}  # next offset to fetch, once known
         self._full: set[TopicPartition] = set()  # paused: their model's queue is full
-        self._counts: dict[str, int] = {}  # partitions per topic
-        self._counts_at = time.monotonic()
+        self._counts = PartitionCounts(self._offsets.partitions, missing_s=settings.pool_missing_topic_recheck_s)
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._refresh_lock = asyncio.Lock()
@@ -320,16 +318,10 @@ class PoolConsumer:
         self._leases.checked(lapses)  # fenced until now, after a lapse
 
     async def _partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
-        """Partition counts, asked of the broker for topics not seen yet and for all every ``_COUNTS_TTL_S``."""
-        topics = list(topics)
-        now = time.monotonic()
-        if now - self._counts_at > _COUNTS_TTL_S:
-            self._counts, self._counts_at = {}, now
-        unknown = [t for t in topics if t not in self._counts]
-        if unknown:
-            found = await self._offsets.partitions(unknown)
-            self._counts.update(found)  # missing topics are asked again next round (created on first use)
-        return {t: self._counts[t] for t in topics if t in self._counts}
+        """Partition counts of the topics the broker has: a new topic is asked at once, every one again every
+        minute, and a missing one (a bulk topic not created yet) every ``pool_missing_topic_recheck_s``
+        (`PartitionCounts`)."""
+        return await self._counts.get(topics)
 
     async def _start_at_committed(
         self, gained: Sequence[TopicPartition], wanted: dict[TopicPartition, OwnedPartition]

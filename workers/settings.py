@@ -108,6 +108,11 @@ class WorkerSettings:
         "Pool mode: records a model may hold in memory per lane; above it its partitions pause so others flow.",
         2048,
     )
+    pool_missing_topic_recheck_s: float = doc(
+        "Pool mode: seconds before a topic the broker did not have (a bulk topic not created yet: it comes with "
+        "the model's first bulk request) is looked for again; its first bulk requests wait up to this long.",
+        10.0,
+    )
     labels: tuple[str, ...] = doc(
         "Comma list of labels published for placement (e.g. gpu,onnx); cpu or gpu and the installed frameworks "
         "(onnx, torch) are added.",
@@ -139,6 +144,8 @@ class WorkerSettings:
             raise SettingsError("pool_threads must be >= 1")
         if self.pool_queue_records < 1:
             raise SettingsError("pool_queue_records must be >= 1")
+        if self.pool_missing_topic_recheck_s < 0:
+            raise SettingsError("pool_missing_topic_recheck_s must be >= 0")
         if self.max_fetch_records < 1:
             raise SettingsError("max_fetch_records must be >= 1")
         if self.bulk_max_batch < 1:

@@ -41,12 +41,14 @@ async def model(fleet_settings: FleetSettings, names: Names, redis_client: Any, 
 
 @pytest.fixture
 async def pool_worker(fleet_settings: FleetSettings, model: ModelRecord, tmp_path: Path) -> AsyncIterator[Worker]:
-    """A pool-mode worker serving ``tiny`` (it never creates topics; it asks again for missing ones each round)."""
+    """A pool-mode worker serving ``tiny`` (it never creates topics; it asks again for missing ones every
+    ``pool_missing_topic_recheck_s``, here a heartbeat)."""
     settings = WorkerSettings(
         fleet=fleet_settings,
         models=("tiny",),
         mode="pool",
         heartbeat_interval_s=0.5,
+        pool_missing_topic_recheck_s=0.5,
         cache_dir=str(tmp_path / "cache"),
         measure_footprint=False,
     )

@@ -67,6 +67,12 @@ def json_body(name: str, array: np.ndarray) -> tuple[bytes, dict[str, str]]:
     return json.dumps(doc).encode(), {"Content-Type": "application/json"}
 
 
+def text_json_body(name: str, texts: list[str]) -> tuple[bytes, dict[str, str]]:
+    """An OIP v2 JSON infer body for one BYTES input holding ``texts`` (shape ``[len(texts)]``)."""
+    doc = {"inputs": [{"name": name, "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+    return json.dumps(doc).encode(), {"Content-Type": "application/json"}
+
+
 def _batch_size_of(body: bytes, header_length: str | None) -> int | None:
     head = body[: int(header_length)] if header_length else body
     try:
@@ -90,15 +96,19 @@ async def closed_loop(
     headers: dict[str, str] | None = None,
     sample_shape: tuple[int, ...] | None = None,
     json_bodies: bool = False,
+    bodies: list[tuple[bytes, dict[str, str]]] | None = None,
 ) -> LoadResult:
     """``concurrency`` clients each sending one request after another for ``duration_s``
     (``headers``: sent with every request, e.g. an API key; ``sample_shape``: the input's shape when it is not
-    ``(rows, features)``, e.g. an image batch; ``json_bodies``: JSON bodies both ways instead of binary tensors)."""
-    rng = np.random.default_rng(0)
-    shape = sample_shape or (rows, features)
-    count = 64 if np.prod(shape) < 1 << 16 else 8  # large inputs: a few bodies are enough
-    encode = json_body if json_bodies else binary_body
-    bodies = [encode(input_name, rng.standard_normal(shape).astype(np.float32)) for _ in range(count)]
+    ``(rows, features)``, e.g. an image batch; ``json_bodies``: JSON bodies both ways instead of binary tensors;
+    ``bodies``: the (body, headers) pairs to send in turn instead of random FP32 tensors, e.g. text_json_body's)."""
+    if bodies is None:
+        rng = np.random.default_rng(0)
+        shape = sample_shape or (rows, features)
+        count = 64 if np.prod(shape) < 1 << 16 else 8  # large inputs: a few bodies are enough
+        encode = json_body if json_bodies else binary_body
+        bodies = [encode(input_name, rng.standard_normal(shape).astype(np.float32)) for _ in range(count)]
+    sent = bodies
     endpoint = f"{url}/v2/models/{model}/infer"
     latencies: list[float] = []
     batch_sizes: list[int] = []
@@ -109,7 +119,7 @@ async def closed_loop(
     async def client(session: aiohttp.ClientSession, index: int) -> None:
         i = index
         while time.perf_counter() < stop_at:
-            body, headers = bodies[i % len(bodies)]
+            body, headers = sent[i % len(sent)]
             i += 1
             start = time.perf_counter()
             try:

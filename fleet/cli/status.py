@@ -4,7 +4,8 @@ Sources: ``stack.json`` (processes), the gateway's readiness probe, the worker h
 worker's resident models (`schemas.residency`), the pool (workers that follow the placement: how many
 models each is assigned, serves and holds resident), the model registry, a live `LagCollector` snapshot (lag
 per model), the autoscaler's last decision per model (desired vs actual, the smoothed arrival and
-completion rates, the reason), the placement status per model (where its replicas are assigned, or why
+completion rates, the reason), each pipeline's steps with their models' lag and workers
+(`fleet.cli.pipeline_status`), the placement status per model (where its replicas are assigned, or why
 not: ScheduleFailed), the runtime pins and the GPU inventory. Plain aligned text, or ``--json``
 for machines. Exit status 0 when the gateway is ready.
 """
@@ -26,6 +27,7 @@ from redis.exceptions import RedisError
 from autoscaler import state as autoscaler_state
 from autoscaler.state import GpuInventory, StateError
 from common import text
+from fleet.cli.pipeline_status import pipeline_lines, pipeline_rows, read_pipelines
 from fleet.client.connection import Target
 from fleet.client.http import FleetClient
 from fleet.client.stackfile import StackInfo, pid_alive
@@ -88,6 +90,7 @@ class StatusReport:
     residency: list[dict[str, Any]] = field(default_factory=list)  # schemas.residency.WorkerResidency per worker
     pool: list[dict[str, Any]] = field(default_factory=list)  # PoolWorker per worker following the placement
     models: list[ModelStatus] = field(default_factory=list)
+    pipelines: list[dict[str, Any]] = field(default_factory=list)  # fleet.cli.pipeline_status.PipelineStatus each
     gpus: list[dict[str, Any]] = field(default_factory=list)
     autoscaler_leader: str | None = None  # holder of the autoscalers' leader lease (None: nobody leads)
     problems: list[str] = field(default_factory=list)
@@ -149,6 +152,7 @@ async def gather_status(target: Target) -> StatusReport:
         registry = ModelRegistry(redis, names)
         models = [ModelStatus(m, await registry.default_version(m)) for m in await registry.models()]
         await _add_scaling(redis, names, models, report)
+        plans = await read_pipelines(redis, names, report.problems)
         inventory = await autoscaler_state.read_gpus(redis, names)
         report.autoscaler_leader = await autoscaler_state.read_leader(redis, names)
     except (RedisError, StateError) as exc:
@@ -160,6 +164,7 @@ async def gather_status(target: Target) -> StatusReport:
     report.gpus = [_gpu_dict(inv) for inv in inventory]
     await _add_lag(settings, models, report)
     report.models = models
+    report.pipelines = pipeline_rows(plans, models, workers)
     return report
 
 
@@ -377,6 +382,7 @@ def render(report: StatusReport) -> str:
         lines += [_placement_line(m) for m in report.models if m.placement]
         if any(m.capped_by_partitions for m in report.models):
             lines.append("  * capped by the topic's partition count")
+    lines += pipeline_lines(report.pipelines, table)
     if report.autoscaler_leader is not None:
         lines.append(f"autoscaler leader {report.autoscaler_leader}")
     if not report.gpus:

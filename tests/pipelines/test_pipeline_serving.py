@@ -22,6 +22,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from fleet.cli import pipelines as cli
+from fleet.cli.status import gather_status, render
 from fleet.client import FleetClient, FleetHTTPError
 from fleet.client.connection import Target
 from fleet.demo.modelgen import tiny_mlp
@@ -322,3 +323,22 @@ async def test_fleet_pipelines_apply_list_show_remove(stack: Stack, tmp_path: Pa
     assert await cli.run_remove(target, args) == 0
     with pytest.raises(ValueError, match="no pipeline 'cli-pipe'"):
         await cli.run_remove(target, args)
+
+
+async def test_fleet_status_shows_each_pipelines_steps_with_their_lag_and_workers(
+    stack: Stack, tmp_path: Path
+) -> None:
+    report = await gather_status(Target(stack.settings, stack.url, tmp_path))
+    pipelines = {p["pipeline"]: p for p in report.pipelines}
+    assert {"classify", "branches", "failing"} <= set(pipelines), report.problems
+    classify = pipelines["classify"]
+    assert [(s["step"], s["model"], s["version"]) for s in classify["steps"]] == [
+        ("pre", "standardize", "1"), ("mlp", "mlp", "1"), ("post", "softmax", "1")
+    ]  # fmt: skip
+    for step in classify["steps"]:
+        assert step["workers"] == 1 and isinstance(step["lag"], int) and step["registered"]
+    assert [s["step"] for s in pipelines["branches"]["steps"]] == ["left", "pre", "right", "both"]
+    lines = render(report).splitlines()
+    at = lines.index(f"  classify v{classify['version']}: pre -> mlp -> post")
+    assert lines[at + 1].split() == ["STEP", "MODEL", "LAG", "WORKERS", "DESIRED"]
+    assert lines[at + 2].split()[:2] == ["pre", "standardize:1"] and lines[at + 2].split()[3] == "1"

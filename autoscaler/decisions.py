@@ -13,15 +13,19 @@ Fields (all text)::
 
 A round writes only the decisions that changed (one pipelined round trip), so an idle fleet costs the same
 whatever its model count; what counts as a change ignores how long an idle model has been idle (``idle_for_s``
-and the "idle for N s" of the reason), which `DecisionStore.read` brings up to date. Every round also stamps
-``names.decision_round_key`` (epoch ms, EXPIRE ``ttl_s``): the stored decisions are those of that round, and
-once a stopped autoscaler's stamp expires `DecisionStore.read` returns none.
+and the "idle for N s" of the reason), which `DecisionStore.read` brings up to date, and the figures' noise: a
+measured input counts to two significant digits, one under ``NEGLIGIBLE`` as zero, and the figures in the
+reason not at all (its wording does). So a model's smoothed rates decaying after its traffic ended (they near
+zero for an hour, never reaching it) change its stored decision for about a minute, not every round. Every
+round also stamps ``names.decision_round_key`` (epoch ms, EXPIRE ``ttl_s``): the stored decisions are those of
+that round, and once a stopped autoscaler's stamp expires `DecisionStore.read` returns none.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -42,15 +46,28 @@ DEFAULT_DECISION_TTL_S = 60
 
 #: The idle time in a reason (`autoscaler.policy`), which grows every round while nothing else changes.
 _IDLE_FOR = re.compile(r"idle for (\d+(?:\.\d+)?)s")
+#: A number in a reason (its figures; the decision's own numbers are compared in their fields).
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+#: A measured input below this (a rate per second, a latency in ms, ...) is no different from zero.
+NEGLIGIBLE = 0.01
+
+
+def _figure(value: object) -> object:
+    """A measured input as a change of the decision sees it: two significant digits, negligible as zero."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return value
+    return 0.0 if abs(value) < NEGLIGIBLE else float(f"{value:.2g}")
 
 
 def _material(fields: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """What a change of the decision is: every field but the time and the idle time (idle or not counts)."""
+    """What a change of the decision is: every field but the time and the idle time (idle or not counts), the
+    inputs' figures to two significant digits and the reason's wording without its figures."""
     inputs = json.loads(fields["inputs"])
     idle = inputs.pop("idle_for_s", 0)
+    inputs = {k: _figure(v) for k, v in inputs.items()}
     inputs["idle"] = isinstance(idle, int | float) and idle > 0
     kept = {k: v for k, v in fields.items() if k not in ("ts_ms", "inputs")}
-    kept["reason"] = _IDLE_FOR.sub("idle for ?s", kept["reason"])
+    kept["reason"] = _NUMBER.sub("#", kept["reason"])
     kept["inputs"] = json.dumps(inputs, sort_keys=True)
     return tuple(sorted(kept.items()))
 

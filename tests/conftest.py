@@ -78,13 +78,37 @@ class LocalCluster:
     """A Redis Cluster of ``masters`` Valkey masters on this machine, every slot covered (no replicas)."""
 
     def __init__(self, masters: int = 3) -> None:
-        self.nodes = [ClusterNode() for _ in range(masters)]
+        self.masters = masters
+        self.nodes = self._new_nodes()
+
+    def _new_nodes(self) -> list[ClusterNode]:
+        """Nodes whose client and bus ports are all distinct (``free_port`` may hand out a number twice)."""
+        while True:
+            nodes = [ClusterNode() for _ in range(self.masters)]
+            ports = [p for node in nodes for p in (node.port, node.bus_port)]
+            if len(set(ports)) == len(ports):
+                return nodes
 
     @property
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
 
-    def start(self, timeout_s: float = 15.0) -> None:
+    def start(self, timeout_s: float = 15.0, attempts: int = 3) -> None:
+        """Start the nodes and join them; a node that cannot start (a port taken between its choice and its
+        bind, on a machine busy with other servers) makes a fresh set of nodes try again."""
+        from redis.exceptions import RedisError
+
+        for attempt in range(attempts):
+            try:
+                self._start(timeout_s)
+                return
+            except (RuntimeError, TimeoutError, OSError, RedisError):
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                self.nodes = self._new_nodes()
+
+    def _start(self, timeout_s: float) -> None:
         import redis
 
         for node in self.nodes:

@@ -72,6 +72,19 @@ def cast_outputs(record: ModelRecord, produced: Mapping[str, npt.NDArray[Any]]) 
     return result
 
 
+def empty_outputs(record: ModelRecord) -> Arrays:
+    """The record's outputs for a batch of no rows: each declared shape with its -1 dimensions 0.
+
+    For libraries that refuse an empty batch (scikit-learn, a booster's class probabilities, a tokenizer):
+    a request of zero rows fits the signature, so it is answered with zero rows like ONNX and torch models do.
+    """
+    result: Arrays = {}
+    for spec in record.outputs:
+        shape = tuple(0 if size == -1 else size for size in spec.shape) or (0,)
+        result[spec.name] = np.empty(shape, dtype=object if spec.datatype == "BYTES" else NUMPY_DTYPES[spec.datatype])
+    return result
+
+
 def as_text(array: npt.NDArray[Any], name: str) -> npt.NDArray[Any]:
     """An object array of BYTES elements as ``str`` (UTF-8), for runtimes whose string tensors take text.
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ModelExecutionError, ModelLoadError
-from .base import Arrays, Runtime, as_text, cast_outputs
+from .base import Arrays, Runtime, as_text, cast_outputs, empty_outputs
 
 #: Output names -> what they answer.
 LABEL_NAMES = frozenset({"label", "predict", "prediction"})
@@ -63,6 +63,8 @@ class _TabularRuntime(Runtime):
             raise ModelExecutionError(f"model {self.record.name}:{self.record.version} is not loaded")
         spec = self.record.inputs[0]
         rows = inputs[spec.name]
+        if rows.shape[:1] == (0,):
+            return empty_outputs(self.record)
         if rows.dtype == object:
             rows = as_text(rows, spec.name)
         answers: dict[bool, npt.NDArray[Any]] = {}  # by "is a probabilities output": each method runs once

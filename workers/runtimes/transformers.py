@@ -28,7 +28,7 @@ from schemas.text_models import (
 )
 
 from ..errors import ModelExecutionError, ModelLoadError
-from .base import Arrays, Runtime, as_text, cast_outputs, choose_device
+from .base import Arrays, Runtime, as_text, cast_outputs, choose_device, empty_outputs
 
 _AUTO_CLASSES = {
     TEXT_CLASSIFICATION: "AutoModelForSequenceClassification",
@@ -90,6 +90,8 @@ class TransformersRuntime(Runtime):
             raise ModelExecutionError(f"model {self.record.name}:{self.record.version} is not loaded")
         name = self.record.inputs[0].name
         texts = [str(text) for text in as_text(inputs[name], name).reshape(-1).tolist()]
+        if not texts:  # the tokenizer fails on no text at all
+            return empty_outputs(self.record)
         options, torch = self._options, self._torch
         try:
             encoded = self._tokenizer(

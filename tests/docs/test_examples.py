@@ -15,13 +15,18 @@ from .stack_util import run_shell, start_stack, stop, user_env, workdir
 pytestmark = pytest.mark.integration
 
 REGISTER = "bash examples/register.sh"
-#: Each command after REGISTER, with what its output must show. Rollout last: it adds version 2.
+#: Each command after REGISTER, with what its output must show. Rollout last: it adds version 2 (the pipeline
+#: example pins tiny 1).
 COMMANDS = {
     "python examples/sync_infer.py": ["FleetClient.infer: tiny v1 -> y[2, 4]", "infer_sync: tiny v1 -> y[2, 4]"],
     "python examples/async_job.py": ["status right after submit: ", "(same job)", "final status: done"],
     "python examples/producer.py": ["infer: y[1, 4]", "submitted 200, answered 200, failed 0"],
     "bash examples/batch_run.sh": [
         "out.npy: 1000 rows of 4, 0 failed", "out.jsonl: 21 lines, errors ['INVALID_INPUT']",
+    ],
+    "bash examples/pipeline.sh": [
+        "pipeline classify applied as version 1", "sync: classify v1 -> probs[3, 4]",
+        "matches the steps run one after another: True", ": done, logits[3, 4]",
     ],
     "bash examples/rollout.sh": [
         "registered: tiny version 2", "PASS tiny v2", "tiny: 1=90 2=10 (default 1)",

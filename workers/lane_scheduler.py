@@ -1,12 +1,12 @@
 """Which lane a model's next round serves: interactive first, bounded bulk rounds, wait on both.
 
 Each round serves one lane: interactive whenever it has records in hand (then the batching window
-fills it, `workers.window`), else at most ``bulk_max_batch`` bulk records, so an interactive request
-waits behind at most one small bulk round and bulk fills the idle capacity. While bulk rests
-(`workers.pacing`), only the interactive lane is waited on. With nothing in hand both lanes are waited
-on at once (blocking, no busy loop); interactive wins when both return records (the bulk ones are
-carried to a later round, never dropped). After ``IDLE_AFTER_S`` without records the lanes switch to
-the longer idle fetch wait.
+fills it, `workers.window`; a round holds one model batch, the records beyond it make the next round),
+else at most ``bulk_max_batch`` bulk records, so an interactive request waits behind at most one small
+bulk round and bulk fills the idle capacity. While bulk rests (`workers.pacing`), only the interactive
+lane is waited on. With nothing in hand both lanes are waited on at once (blocking, no busy loop);
+interactive wins when both return records (the bulk ones are carried to a later round, never dropped).
+After ``IDLE_AFTER_S`` without records the lanes switch to the longer idle fetch wait.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from schemas import BatchingConfig
 
 from .handler import Fetched
 from .pacing import BulkPacer
-from .window import fill_window, while_busy
+from .window import fill_window, one_batch, while_busy
 
 #: Longest one idle fetch waits before the routine checks whether it should stop.
 IDLE_POLL_MS = 200
@@ -176,18 +176,23 @@ class LaneScheduler:
         fetched = await fill_window(
             fetched, batching, self._limit, self.interactive.take, closing=self._closing, on_more=self._on_in_hand
         )
-        if model_idle is None:
-            return fetched
-        return await while_busy(
-            fetched,
-            batching,
-            self._limit,
-            self.interactive.take,
-            model_idle,
-            closing=self._closing,
-            on_more=self._on_in_hand,
-            poll_ms=IDLE_POLL_MS,
-        )
+        if model_idle is not None:
+            fetched = await while_busy(
+                fetched,
+                batching,
+                self._limit,
+                self.interactive.take,
+                model_idle,
+                closing=self._closing,
+                on_more=self._on_in_hand,
+                poll_ms=IDLE_POLL_MS,
+            )
+        # One model batch per round: the rest waits in hand (taken first next round, dropped on a rebalance like
+        # any record not committed), so its replies do not wait for batches queued behind it.
+        fetched, rest = one_batch(fetched, batching)
+        if rest:
+            self.interactive.carried[:0] = rest
+        return fetched
 
     def _set_idle(self, idle: bool) -> None:
         """Lengthen the fetch wait while idle, restore it when records flow.

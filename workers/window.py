@@ -25,6 +25,24 @@ def rows_of(fetched: Sequence[Fetched]) -> int:
     return sum(request_rows(f.request) for f in fetched if f.request is not None)
 
 
+def one_batch(fetched: list[Fetched], batching: BatchingConfig | None) -> tuple[list[Fetched], list[Fetched]]:
+    """Split ``fetched`` into the records of one model batch and the rest (in order).
+
+    The batch holds records while their rows fit ``max_batch_size`` (the first record always), so a round never
+    queues a second batch behind the first: the records after it make the next round, which a pipelined consumer
+    runs as soon as the model frees up while this one's replies are delivered. No batching: all of ``fetched``.
+    """
+    if batching is None or batching.max_batch_size <= 1:
+        return fetched, []
+    rows = 0
+    for index, item in enumerate(fetched):
+        more = request_rows(item.request) if item.request is not None else 0
+        if index and rows + more > batching.max_batch_size:
+            return fetched[:index], fetched[index:]
+        rows += more
+    return fetched, []
+
+
 async def fill_window(
     fetched: list[Fetched],
     batching: BatchingConfig | None,

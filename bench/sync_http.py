@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import git_commit, machine, write_report
+from bench.cpu_model import FEATURES as CONV_FEATURES
+from bench.cpu_model import conv_net
 from bench.loadgen import closed_loop, cpu_seconds, ort_ceiling
 from bench.procfs import descendants
 from gateway.settings import GatewaySettings
@@ -46,6 +48,8 @@ MODELS = {
     # name: (builder, input features, max batch size, max queue delay ms)
     "tiny": (tiny_mlp, 16, 64, 2.0),
     "heavy": (heavy_mlp, 256, 32, 2.0),
+    # CPU-bound: several ms per sample on one thread (not in the default --models: its ceiling is ~100 rows/s)
+    "conv": (conv_net, CONV_FEATURES, 16, 2.0),
 }
 
 

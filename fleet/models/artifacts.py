@@ -36,6 +36,7 @@ from .checks import (
 from .checks_frameworks import (
     Found,
     cannot_infer_signature,
+    cannot_infer_tabular_input,
     check_directory_framework,
     check_tabular_specs,
     check_text_specs,
@@ -139,6 +140,8 @@ def build_record(
         found = framework_signature(framework, path, trusted_types)
         inputs, outputs, why = inputs or found.inputs, outputs or found.outputs, found.why
         if is_tabular(framework):
+            if not inputs:
+                raise cannot_infer_tabular_input(framework, why or "the model does not record its features")
             check_tabular_specs(framework, inputs, outputs, found.has_proba)
     if not (inputs and outputs):
         raise cannot_infer_signature(framework, why or "the artifact does not record its tensors")

@@ -83,6 +83,15 @@ def cannot_infer_signature(framework: Framework, why: str) -> SchemaError:
     )
 
 
+def cannot_infer_tabular_input(framework: Framework, why: str) -> SchemaError:
+    """The one-line refusal of a tabular model whose outputs were read but whose input was not (a text pipeline)."""
+    return refuse(
+        f"could not infer the input of this {framework.value} model ({why}): supply --input NAME:DATATYPE:DIMS, "
+        "e.g. --input features:FP32:-1,N for N numeric features or --input text:BYTES:-1 for a pipeline that "
+        "starts from text"
+    )
+
+
 def check_trusted(framework: Framework, path: Path, trusted: tuple[str, ...]) -> tuple[str, ...]:
     """The skops types to trust when loading ``path`` (those it holds beyond skops' defaults).
 

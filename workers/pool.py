@@ -340,8 +340,9 @@ class PoolConsumer:
                 self._owned[tp] = wanted[tp]
 
     async def _let_go(self, tps: Sequence[TopicPartition], *, release: bool = True) -> None:
-        """Stop fetching ``tps``, drop their records not started, let their rounds in hand finish and commit,
-        then delete the leases (``release``)."""
+        """Stop fetching ``tps``, drop their records not started, let the rounds in hand that took records of
+        them finish and commit, then delete the leases (``release``). A round in hand that holds none of them
+        (only other partitions of the model) is not waited for: the new owner cannot redo any of its records."""
         gone = set(tps)
         keys = _keys(gone)
         models = {self._owned[tp].model for tp in gone}
@@ -359,7 +360,7 @@ class PoolConsumer:
                 kept = [q for q in queue if (q.item.record.topic, q.item.record.partition) not in keys]
                 queue.clear()
                 queue.extend(kept)
-            if model.round is not None and not model.round.done():
+            if model.round is not None and model.round_holds(keys):
                 await asyncio.wait({model.round}, timeout=self._settings.drain_timeout_s)
         if release:
             await self._leases.release([(tp.topic, tp.partition) for tp in gone])

@@ -49,6 +49,9 @@ class PoolModel:
     more: asyncio.Event = field(default_factory=asyncio.Event)
     round: asyncio.Task[None] | None = None
     round_lane: Lane | None = None
+    #: The ``(topic, partition)`` of every record taken while ``_taken_for`` was the round in hand.
+    _taken: set[tuple[str, int]] = field(default_factory=set)
+    _taken_for: asyncio.Task[None] | None = None
 
     def head(self, lane: Lane) -> float | None:
         """Arrival of the oldest queued record of ``lane`` (None when empty)."""
@@ -58,4 +61,14 @@ class PoolModel:
     def take(self, lane: Lane, limit: int) -> list[Fetched]:
         """Up to ``limit`` queued records of ``lane``, oldest first."""
         queue = self.queues[lane]
-        return [queue.popleft().item for _ in range(min(limit, len(queue)))]
+        items = [queue.popleft().item for _ in range(min(limit, len(queue)))]
+        if self._taken_for is not self.round:
+            self._taken_for, self._taken = self.round, set()
+        self._taken.update((f.record.topic, f.record.partition) for f in items)
+        return items
+
+    def round_holds(self, partitions: set[tuple[str, int]]) -> bool:
+        """Whether the round in hand (not done) took records of any of ``partitions`` (``(topic, partition)``)."""
+        if self.round is None or self.round.done() or self._taken_for is not self.round:
+            return False
+        return not self._taken.isdisjoint(partitions)

@@ -27,7 +27,10 @@ from schemas.key_migrator import warn_if_old_layout
 from schemas.logs import request_context
 
 from .auth import Guard
+from .batch_runner import BatchRunner
+from .batch_state import BatchStore
 from .errors import REQUEST_ID_HEADER, WIRE_ID_KEY, Handler, error_middleware
+from .files import FileStore
 from .generation_path import GenerationPath
 from .grpc_server import GrpcServer, ReadinessHealth
 from .grpc_service import GrpcInferenceService
@@ -35,6 +38,7 @@ from .infer_path import InferPath
 from .limits import Decoder
 from .metrics import GatewayMetrics
 from .model_config import ModelConfigRoutes, ModelDescriptions
+from .openai_batches import BatchRoutes
 from .openai_routes import GenerationRoutes
 from .openapi import add_route as add_openapi_route
 from .pipeline_routes import PipelineRoutes
@@ -83,6 +87,7 @@ class Gateway(AsyncService):
         # (a reused id would hit a previous request's first-result marker) and cheap to make.
         self._id_prefix = secrets.token_hex(8)
         self._counter = itertools.count(1)
+        self._batches: BatchRunner | None = None
 
     @property
     def url(self) -> str:
@@ -116,7 +121,13 @@ class Gateway(AsyncService):
         path = InferPath(self._backends, self._routes, self._new_wire_id)
         descriptions = ModelDescriptions(path, self._backends.redis, self.names, self.settings.backend_timeout_s)
         ModelConfigRoutes(descriptions).add_to(app)  # before the model routes: /v2/models/stats names no model
-        GenerationRoutes(GenerationPath(self._backends, self._routes, self._new_wire_id), path, guard).add_to(app)
+        generation = GenerationPath(self._backends, self._routes, self._new_wire_id)
+        GenerationRoutes(generation, path, guard).add_to(app)
+        files = FileStore(self.settings.files_dir)
+        if self.settings.batches:
+            self._batches = BatchRunner(self._backends, generation, files)
+        store = BatchStore(self._backends.redis, self.names)
+        BatchRoutes(files, store, self._batches, self.settings.files_max_bytes).add_to(app)
         self._routes.add_to(app)
         PipelineRoutes(self._backends, self._routes).add_to(app)
         add_openapi_route(app, self._backends.version)
@@ -249,9 +260,13 @@ class Gateway(AsyncService):
                 await webhooks.start()
             if relay is not None:
                 await relay.start()
+            if self._batches is not None:
+                await self._batches.start()
             yield
         finally:
             await backends.decoder.stop()  # no request handler is left to use it
+            if self._batches is not None:
+                await self._batches.stop()
             if relay is not None:
                 await relay.stop()
             if webhooks is not None:

@@ -29,7 +29,7 @@ from schemas.text_models import FEATURE_EXTRACTION, TEXT_GENERATION
 
 from .auth import API_KEY, Guard, presented_secret
 from .errors import WIRE_ID_KEY, InvalidRequestError
-from .generation_path import GenerationPath, chat_messages, generated, sampling
+from .generation_path import Generated, GenerationPath, chat_messages, generated, sampling
 from .infer_path import InferPath
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -154,7 +154,6 @@ class GenerationRoutes:
             return _openai_failure(exc)
         created = int(time.time())
         ident = ("chatcmpl-" if chat else "cmpl-") + request.get(WIRE_ID_KEY, str(created))
-        kind = "chat.completion" if chat else "text_completion"
         items = self._path.generate(record, prompt, params, timeout_ms=self._path.timeout_ms(None))
         if not stream:
             try:
@@ -163,20 +162,7 @@ class GenerationRoutes:
                         result = generated(item)
             except FleetError as exc:
                 return _openai_failure(exc)
-            if chat:
-                choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": result.text}}
-            else:
-                choice = {"index": 0, "text": result.text, "logprobs": None}
-            choice["finish_reason"] = result.finish_reason
-            usage = {
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens,
-            }
-            return web.json_response(
-                {"id": ident, "object": kind, "created": created, "model": record.name, "choices": [choice],
-                 "usage": usage}  # fmt: skip
-            )
+            return web.json_response(completion_body(ident, created, record.name, result, chat=chat))
         chunk_kind = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if isinstance(
             body.get("stream_options"), dict) else False  # fmt: skip
@@ -233,13 +219,30 @@ class GenerationRoutes:
         except FleetError as exc:
             return _openai_failure(exc)
         vectors = {t.name: t.to_numpy() for t in served.response.outputs}["embedding"]
-        data = [
-            {"object": "embedding", "index": i, "embedding": _vector(row, encoding)} for i, row in enumerate(vectors)
-        ]
-        tokens = sum(len(t.split()) for t in texts)  # words: the gateway has no tokenizer
-        return web.json_response(
-            {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-        )
+        return web.json_response(embedding_body(model, vectors, texts, encoding))
+
+
+def completion_body(ident: str, created: int, model: str, result: Generated, *, chat: bool) -> dict[str, Any]:
+    """The body of a (chat) completion that is not streamed."""
+    if chat:
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": result.text}}
+    else:
+        choice = {"index": 0, "text": result.text, "logprobs": None}
+    choice["finish_reason"] = result.finish_reason
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+    kind = "chat.completion" if chat else "text_completion"
+    return {"id": ident, "object": kind, "created": created, "model": model, "choices": [choice], "usage": usage}
+
+
+def embedding_body(model: str, vectors: Any, texts: list[str] | None, encoding: str) -> dict[str, Any]:
+    """The body of an embeddings answer (``usage`` counts the texts' words: the gateway has no tokenizer)."""
+    data = [{"object": "embedding", "index": i, "embedding": _vector(row, encoding)} for i, row in enumerate(vectors)]
+    tokens = sum(len(t.split()) for t in texts or ())
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
@@ -307,7 +310,7 @@ async def _sse(
     return response
 
 
-__all__ = ["GenerationRoutes", "TEXT_GENERATION", "openai_error"]
+__all__ = ["GenerationRoutes", "TEXT_GENERATION", "completion_body", "embedding_body", "openai_error"]
 
 
 def openapi_paths() -> dict[str, Any]:

@@ -87,6 +87,28 @@ class GatewaySettings:
     stream_idle_timeout_s: float = doc(
         "Generation: a request whose worker sends no token for this long ends with an error (the worker died).", 30.0
     )
+    files_dir: str = doc(
+        "Where POST /v1/files keeps uploads and OpenAI batches write their output and error files: a directory or "
+        "an fsspec URL (s3://, gs://, az://: install the store's extra). Every gateway of a fleet must see the same.",
+        "~/.cache/inference-fleet/files",
+    )
+    files_max_bytes: int = doc("Largest file POST /v1/files accepts; larger gets 413.", 200 << 20)
+    batches: bool = doc(
+        "Drive OpenAI batches (POST /v1/batches) in this gateway: each batch is run by one gateway at a time, "
+        "which holds its lease in Redis; another gateway resumes it from its checkpoint when that one dies.",
+        True,
+    )
+    batch_max_running: int = doc("Batches one gateway drives at once (the others wait for a free gateway).", 4)
+    batch_window: int = doc("Lines of one batch in flight at once (sent to the bulk lane, not answered yet).", 256)
+    batch_poll_s: float = doc("How often a gateway looks for batches that nobody drives.", 1.0)
+    batch_lease_s: float = doc(
+        "A batch's lease: a gateway that died is replaced by another within about this plus batch_poll_s.", 10.0
+    )
+    batch_checkpoint_s: float = doc("How often a running batch writes its answered lines and commits progress.", 1.0)
+    batch_line_timeout_s: float = doc(
+        "A batch line unanswered this long is answered in the error file with DEADLINE_EXCEEDED.", 3600.0
+    )
+    batch_cancel_grace_s: float = doc("A cancelled batch keeps the answers of lines in flight this long.", 5.0)
     job_ttl_s: int = doc(
         "Seconds an async job (status, result, idempotency key) is kept after submission; also the "
         "default and the cap of an async job's deadline. Workers keep its result at least this long.",
@@ -167,6 +189,14 @@ class GatewaySettings:
         for name in ("webhook_backoff_s", "webhook_backoff_max_s", "webhook_timeout_s", "webhook_expiry_grace_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
+        for name in ("files_max_bytes", "batch_max_running", "batch_window"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1")
+        for name in ("batch_poll_s", "batch_lease_s", "batch_checkpoint_s", "batch_line_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        if self.batch_cancel_grace_s < 0:
+            raise SettingsError("batch_cancel_grace_s must be >= 0")
         if self.stream_idle_timeout_s <= 0:
             raise SettingsError("stream_idle_timeout_s must be > 0")
         if self.shutdown_grace_s < 0 or self.worker_return_grace_s < 0:

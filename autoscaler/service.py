@@ -108,6 +108,7 @@ def _local_backend(
         ready_timeout_s=settings.ready_timeout_s,
         metrics_ports=settings.worker_metrics_port_range(),
         pool=pool,
+        standby=settings.pool_standby if pool else 0,
     )
 
 

@@ -83,6 +83,11 @@ class AutoscalerSettings:
         "pool grows until the wanted replicas fit. 0: models' sizes do not size the pool.",
         0.0,
     )
+    pool_standby: int = doc(
+        "Pool, local backend: pool worker processes kept started ahead (imports done, not yet members of the "
+        "fleet), so a scale-up activates one instead of starting a process; each costs one idle process. 0: none.",
+        1,
+    )
     k8s_pool_deployment: str = doc("Pool, kubernetes backend: the pool workers' Deployment.", "fleet-worker-pool")
     leader_election: bool = doc(
         "Only the autoscaler holding a lease in Redis scales and places; others stand by (several replicas = HA).",
@@ -120,6 +125,8 @@ class AutoscalerSettings:
                 f"need 0 <= pool_min_workers <= pool_max_workers and pool_max_workers >= 1, got "
                 f"{self.pool_min_workers}..{self.pool_max_workers}"
             )
+        if self.pool_standby < 0:
+            raise SettingsError("pool_standby must be >= 0 (0: no standby)")
         if self.pool_worker_memory_mb < 0:
             raise SettingsError("pool_worker_memory_mb must be >= 0 (0: sizes do not count)")
         if self.placement_size_factor < 1:

@@ -8,7 +8,15 @@ waits for that inside `scale`: a drain task per worker waits for the exit, SIGKI
 ``drain_timeout_s`` (logged) and reaps it. Workers run in their own session, so a Ctrl-C in the terminal
 reaches only the parent, which drives the shutdown; `stop()` drains every worker and reaps it.
 
-Spawn -> ready latency (until the heartbeat hash says ``state=ready``) is measured for every worker.
+With ``pool=True`` and ``standby=N`` the backend keeps N pool workers started ahead (``python -m workers
+--standby``: interpreter started, imports done, not a member of the fleet: no heartbeat, nothing placed on it),
+so a scale-up activates one (a line on its stdin) instead of paying a process start; a new standby is started
+once no worker is starting (after the activated one is ready), so it does not compete with it for CPU. A
+standby exits when its stdin closes or on SIGTERM, so it goes with the parent as the workers do; `stop()`
+stops it with them.
+
+Spawn (or activation) -> ready latency (until the heartbeat hash says ``state=ready``) is measured for every
+worker.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ class LocalWorker:
     gpu: int | None
     phase: WorkerPhase
     log_path: Path
-    #: Seconds from spawn to the heartbeat saying ready; None while not ready.
+    #: Seconds from spawn (a standby: its activation) to the heartbeat saying ready; None while not ready.
     ready_latency_s: float | None
     #: Port of its Prometheus /metrics (None: no metrics port range configured).
     metrics_port: int | None = None
@@ -100,6 +108,11 @@ class _Proc:
     metrics_port: int | None = None
     stop_requested_at: float | None = None
     exited: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    #: A standby not activated yet (its model is ``STANDBY_MODEL`` until then).
+    standby: bool = False
+    #: Started as a standby (activated since when ``standby`` is False).
+    was_standby: bool = False
+    activated: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     @property
     def alive(self) -> bool:
@@ -124,6 +137,10 @@ class _Proc:
         )
 
 
+#: The model key of a standby until a scale-up activates it (its exits are recorded under it).
+STANDBY_MODEL = ""
+
+
 class _State(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
@@ -146,10 +163,15 @@ class LocalProcessBackend(AsyncService):
         ready_timeout_s: float = 120.0,
         metrics_ports: range | None = None,
         pool: bool = False,
+        standby: int = 0,
     ) -> None:
         self.fleet_settings = fleet_settings
         #: Spawn pool workers (multi-model, following their assignment) whatever the model key says.
         self.pool = pool
+        if standby < 0:
+            raise ValueError("standby must be >= 0")
+        #: Pool workers kept started ahead for scale-ups to activate (pool mode only; 0 = none).
+        self.standby = standby if pool else 0
         #: Ports handed to workers for their /metrics, one each (None: workers serve none).
         self.metrics_ports = metrics_ports
         self.names = Names(fleet_settings.namespace)
@@ -162,6 +184,7 @@ class LocalProcessBackend(AsyncService):
         self.drain_timeout_s = drain_timeout_s
         self.ready_timeout_s = ready_timeout_s
         self._state = _State.RUNNING
+        self._stopping = asyncio.Event()
         self._procs: dict[str, _Proc] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._redis: Any = None
@@ -198,10 +221,12 @@ class LocalProcessBackend(AsyncService):
             )
             missing = 0
         for _ in range(missing):
-            await self._spawn(model)
+            if not await self._activate_standby(model):
+                await self._spawn(model)
         # Newest first: they are the likeliest to be still starting, and the old ones keep their partitions.
         for proc in serving[replicas:][::-1]:
             self._request_stop(proc, "scale-down")
+        await self._replenish()
 
     # lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -213,6 +238,7 @@ class LocalProcessBackend(AsyncService):
         """Drain every worker (SIGTERM, SIGKILL after the drain timeout), reap them; idempotent."""
         if self._state is _State.RUNNING:
             self._state = _State.STOPPING
+            self._stopping.set()
             for proc in list(self._procs.values()):
                 self._request_stop(proc, "backend stop")
         while self._tasks:
@@ -224,9 +250,14 @@ class LocalProcessBackend(AsyncService):
 
     # views ------------------------------------------------------------------
     def workers(self, model: str | None = None) -> list[LocalWorker]:
-        """Snapshots of the live workers (draining ones included), oldest first."""
+        """Snapshots of the live workers (draining ones included, standbys not), oldest first."""
         procs = sorted(self._procs.values(), key=lambda p: p.spawned_at)
-        return [p.snapshot() for p in procs if p.alive and (model is None or p.model == model)]
+        return [p.snapshot() for p in procs if p.alive and not p.standby and (model is None or p.model == model)]
+
+    def standbys(self) -> list[LocalWorker]:
+        """Snapshots of the live standbys not activated yet (stopping ones included), oldest first."""
+        procs = sorted(self._procs.values(), key=lambda p: p.spawned_at)
+        return [p.snapshot() for p in procs if p.alive and p.standby]
 
     def gpu_allocation(self) -> dict[int, list[str]]:
         """GPU index -> ids of the live workers assigned to it (draining ones still hold their GPU)."""
@@ -249,10 +280,47 @@ class LocalProcessBackend(AsyncService):
 
     # internals ---------------------------------------------------------------
     def _serving(self, model: str) -> list[_Proc]:
-        procs = (p for p in self._procs.values() if p.model == model and p.alive and p.stop_requested_at is None)
+        procs = (
+            p
+            for p in self._procs.values()
+            if p.model == model and p.alive and p.stop_requested_at is None and not p.standby
+        )
         return sorted(procs, key=lambda p: p.spawned_at)
 
-    async def _spawn(self, model: str) -> None:
+    async def _activate_standby(self, model: str) -> bool:
+        """Make the oldest live standby a worker of ``model`` (a line on its stdin); False when there is none."""
+        for proc in sorted(self._procs.values(), key=lambda p: p.spawned_at):
+            if not (proc.standby and proc.alive and proc.stop_requested_at is None):
+                continue
+            stdin = proc.process.stdin
+            try:
+                assert stdin is not None  # spawned with stdin=PIPE
+                stdin.write(b"activate\n")
+                await stdin.drain()
+                stdin.close()
+            except (OSError, RuntimeError) as exc:  # it died meanwhile (its lifetime routine reaps it)
+                log.info("standby %s could not be activated: %s", proc.worker_id, exc)
+                self._request_stop(proc, "activation failed")
+                continue
+            proc.standby, proc.was_standby, proc.model, proc.spawned_at = False, True, model, time.monotonic()
+            proc.activated.set()
+            log.info("activated standby %s as a worker of %s (pid %d)", proc.worker_id, model, proc.process.pid)
+            return True
+        return False
+
+    async def _replenish(self) -> None:
+        """Start standbys up to ``standby`` while no worker is starting (so they do not compete with it)."""
+        if not self.standby or self._state is not _State.RUNNING:
+            return
+        live = [p for p in self._procs.values() if p.alive and p.stop_requested_at is None]
+        if any(p.phase is WorkerPhase.STARTING and not p.standby for p in live):
+            return  # called again when it is ready
+        if self._respawn_at.get(STANDBY_MODEL, 0.0) > time.monotonic():
+            return  # standbys keep exiting on their own: the crash backoff's timer calls again
+        for _ in range(self.standby - sum(p.standby for p in live)):
+            await self._spawn(STANDBY_MODEL, standby=True)
+
+    async def _spawn(self, model: str, *, standby: bool = False) -> None:
         worker_id = f"{'pool' if self.pool else model}-{secrets.token_hex(4)}"
         gpu = pick_gpu((p.gpu for p in self._procs.values() if p.alive), self.gpu_count)
         base = os.environ if self._base_env is None else self._base_env
@@ -268,8 +336,9 @@ class LocalProcessBackend(AsyncService):
             try:
                 process = await asyncio.create_subprocess_exec(
                     *worker_argv(self.python),
+                    *(["--standby"] if standby else []),
                     env={**env, PARENT_PID_ENV: str(os.getpid())},
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.PIPE if standby else subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: signals reach it only from us
@@ -277,13 +346,18 @@ class LocalProcessBackend(AsyncService):
             finally:
                 os.close(out)  # the child has its own copy
         except OSError as exc:
-            raise BackendError(f"spawning a worker of {model!r} failed: {exc}") from exc
-        proc = _Proc(worker_id, model, gpu, process, log_path, time.monotonic(), metrics_port=metrics_port)
+            what = "a standby" if standby else f"a worker of {model!r}"
+            raise BackendError(f"spawning {what} failed: {exc}") from exc
+        proc = _Proc(
+            worker_id, model, gpu, process, log_path, time.monotonic(), metrics_port=metrics_port, standby=standby
+        )
+        proc.was_standby = standby
         self._procs[worker_id] = proc
         if self._state is not _State.RUNNING:  # stop() began while this spawn was under way
             self._request_stop(proc, "backend stop")
         gpu_text = "" if gpu is None else f" on GPU {gpu}"
-        log.info("spawned worker %s of %s (pid %d)%s, log %s", worker_id, model, process.pid, gpu_text, log_path)
+        what = f"standby {worker_id}" if standby else f"worker {worker_id} of {model}"
+        log.info("spawned %s (pid %d)%s, log %s", what, process.pid, gpu_text, log_path)
         self._own(self._lifetime_routine(proc), f"worker-{worker_id}")
 
     def _free_metrics_port(self) -> int | None:
@@ -328,13 +402,18 @@ class LocalProcessBackend(AsyncService):
 
     async def _lifetime_routine(self, proc: _Proc) -> None:
         try:
-            await self._await_ready(proc)
+            activated = not proc.standby or await self._await_activation(proc)
+            if activated:
+                await self._await_ready(proc)
             returncode = await proc.process.wait()  # reaps it
         finally:
             proc.exited.set()
             self._procs.pop(proc.worker_id, None)
         # Anything the worker left in its process group goes with it (no orphans).
         _kill_group(proc.process.pid)
+        if not activated:
+            self._standby_ended(proc, returncode)
+            return
         requested = proc.stop_requested_at is not None
         killed = returncode == -signal.SIGKILL and requested
         drain_s = time.monotonic() - proc.stop_requested_at if proc.stop_requested_at is not None else 0.0
@@ -355,6 +434,43 @@ class LocalProcessBackend(AsyncService):
                 backoff,
             )
 
+    async def _await_activation(self, proc: _Proc) -> bool:
+        """Wait until the standby is activated (True) or exits (False); it exits after a stop request."""
+        activated = asyncio.ensure_future(proc.activated.wait())
+        exited = asyncio.ensure_future(proc.process.wait())
+        try:
+            await asyncio.wait({activated, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (activated, exited):
+                task.cancel()
+            await asyncio.gather(activated, exited, return_exceptions=True)
+        return proc.activated.is_set()
+
+    def _standby_ended(self, proc: _Proc, returncode: int) -> None:
+        """Note a standby's exit before its activation; one that exits on its own is started again later."""
+        requested = proc.stop_requested_at is not None
+        drain_s = time.monotonic() - proc.stop_requested_at if proc.stop_requested_at is not None else 0.0
+        self.exits.append(WorkerExit(proc.worker_id, STANDBY_MODEL, returncode, requested, False, drain_s))
+        if requested:
+            log.info("standby %s stopped (status %d)", proc.worker_id, returncode)
+            return
+        backoff = self._crashes.setdefault(STANDBY_MODEL, Backoff(CRASH_BACKOFF)).next()
+        self._respawn_at[STANDBY_MODEL] = time.monotonic() + backoff
+        log.warning(
+            "standby %s exited on its own with %d (see %s); another in %.0fs at the earliest",
+            proc.worker_id,
+            returncode,
+            proc.log_path,
+            backoff,
+        )
+        self._own(self._replenish_after(backoff), "standby-respawn")
+
+    async def _replenish_after(self, delay_s: float) -> None:
+        """`_replenish` after ``delay_s``, unless the backend stops first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay_s)
+        await self._replenish()
+
     async def _await_ready(self, proc: _Proc) -> None:
         """Poll the heartbeat until the worker is ready, exits, is asked to stop or times out."""
         if self._redis is None:
@@ -370,9 +486,11 @@ class LocalProcessBackend(AsyncService):
             if state == b"ready":
                 proc.ready_latency_s = time.monotonic() - proc.spawned_at
                 self.ready_latencies.append(proc.ready_latency_s)
-                self._crashes.pop(proc.model, None)
-                self._respawn_at.pop(proc.model, None)
+                for key in (proc.model, STANDBY_MODEL) if proc.was_standby else (proc.model,):
+                    self._crashes.pop(key, None)
+                    self._respawn_at.pop(key, None)
                 log.info("worker %s of %s ready in %.2fs", proc.worker_id, proc.model, proc.ready_latency_s)
+                await self._replenish()
                 return
             if deadline is not None and time.monotonic() > deadline:
                 log.warning("worker %s of %s not ready after %.0fs", proc.worker_id, proc.model, self.ready_timeout_s)

@@ -149,3 +149,18 @@ async def test_a_middle_step_worker_killed_under_load_loses_and_doubles_no_answe
     # Every answer that reached the gateway: one per request, although the killed worker's records ran again.
     counts = await answered()
     assert len(counts) == count and set(counts.values()) == {1}, counts.most_common(3)
+
+
+async def test_a_pipeline_job_reads_running_once_its_first_step_is_taken(fleet: Fleet) -> None:
+    """The first step runs; the middle one has no worker: the job is running, not pending."""
+    x = np.ones((1, 16), dtype=np.float32)
+    async with FleetClient(fleet.gateway.url, timeout_s=10) as client:
+        job_id = await client.submit("classify", {"features": x}, pipeline=True)
+        statuses = [(await client.job(job_id)).status.value]
+        for _ in range(200):
+            if statuses[-1] != "pending":
+                break
+            await asyncio.sleep(0.05)
+            statuses.append((await client.job(job_id)).status.value)
+        job = await client.job(job_id)
+    assert statuses[-1] == "running" and job.status.value == "running", statuses[-3:]

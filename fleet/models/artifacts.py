@@ -42,6 +42,7 @@ from .checks_frameworks import (
     check_text_specs,
     check_trusted,
     framework_signature,
+    import_factory_here,
     infer_framework,
     is_tabular,
     python_class_signature,
@@ -137,6 +138,8 @@ def build_record(
     else:
         if framework in (Framework.TORCH, Framework.TORCHSCRIPT) and not is_safetensors(path):
             check_torch_archive(path, torchscript=framework is Framework.TORCHSCRIPT)
+        if framework is Framework.TORCH and factory and load:
+            import_factory_here(factory)  # its own one-line refusal, before the model is built from it
         found = framework_signature(framework, path, trusted_types)
         inputs, outputs, why = inputs or found.inputs, outputs or found.outputs, found.why
         if is_tabular(framework):

@@ -262,20 +262,36 @@ def _spec(name: str, value: Any) -> Any:
     return TensorSpec(name, datatype, shape)
 
 
+def import_factory_here(factory: str | None) -> Any:
+    """What ``--factory module:name`` names, imported here as every worker will import it.
+
+    Refused in one line; a module that sits in the current directory, which the ``fleet`` command (a console
+    script, unlike ``python -m``) does not search, is named with the fix.
+    """
+    from workers.runtimes import import_factory
+
+    try:
+        return import_factory(factory)
+    except (ImportError, AttributeError, ValueError) as exc:
+        top = (exc.name or "").partition(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+        here = top and (Path(top, "__init__.py").is_file() or Path(f"{top}.py").is_file())
+        fix = (
+            f"{top} is in the current directory, which the fleet command does not search: run it with "
+            "PYTHONPATH=. (and start the workers where they can import it too)"
+            if here
+            else "it must be importable where you register and on every worker"
+        )
+        raise refuse(f"cannot import --factory {factory!r} ({type(exc).__name__}: {exc}); {fix}") from None
+
+
 def python_class_signature(factory: str | None) -> tuple[Found, bool]:
     """The ``inputs``/``outputs`` spec strings a Python model class declares, and whether it batches.
 
     Refuses a factory that cannot be imported here (registration loads the class as a worker would).
     """
-    from workers.runtimes import batchable, import_factory
+    from workers.runtimes import batchable
 
-    try:
-        cls = import_factory(factory)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise refuse(
-            f"cannot import --factory {factory!r} ({type(exc).__name__}: {exc}); the class must be importable "
-            "where you register and on every worker"
-        ) from None
+    cls = import_factory_here(factory)
     try:
         inputs = tuple(parse_spec(text) for text in getattr(cls, "inputs", ()) or ())
         outputs = tuple(parse_spec(text) for text in getattr(cls, "outputs", ()) or ())

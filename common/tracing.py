@@ -7,7 +7,8 @@ not even wrapped (``traced_http`` returns it as it is). On (:func:`configured` a
 - the gateway continues the W3C ``traceparent`` of an HTTP infer request or a gRPC ModelInfer (metadata), or
   starts a trace, in a SERVER span around the request (:func:`traced_http`, :func:`grpc_span`);
 - the publisher adds that span's context to the request's Kafka record (``traceparent``/``tracestate``
-  headers, :func:`inject`);
+  headers, :func:`inject`); a pipeline request carries the span's ``traceparent`` (:func:`traceparent`) and
+  every later step's record gets it, so each step's worker spans join the same trace;
 - the worker makes, in each request's trace (children of the gateway's span): ``fleet.worker.queued`` (from the
   gateway's acceptance to the model run), ``fleet.worker.model_run`` (the batch's run: size, the request ids of
   the batch, links to the other requests' traces) and ``fleet.worker.deliver`` (from the end of the run until
@@ -209,6 +210,17 @@ def inject(headers: MutableSequence[tuple[str, bytes]]) -> None:
     carrier: dict[str, str] = {}
     tracer.propagator.inject(carrier)
     headers.extend((key, value.encode("latin-1")) for key, value in carrier.items())
+
+
+def traceparent() -> str:
+    """The current span's W3C ``traceparent`` ("" when off or when no span is current): a pipeline request
+    carries it so that every step's record joins the caller's trace (`workers.steps`)."""
+    tracer = _active
+    if tracer is None:
+        return ""
+    carrier: dict[str, str] = {}
+    tracer.propagator.inject(carrier)
+    return carrier.get(HEADER_TRACEPARENT, "")
 
 
 def _model_attributes(span: Any, model: str | None, version: str | None) -> None:

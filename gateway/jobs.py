@@ -30,6 +30,7 @@ from schemas.jobs import (
     OUTBOX_TOPIC,
     SUBMIT_SCRIPT,
 )
+from schemas.pipelines import restart_requests
 
 from .errors import BackendDownError, GatewayError, redis_bounded
 from .publisher import RequestPublisher
@@ -69,6 +70,11 @@ class JobStore:
         self._cancel = redis.register_script(CANCEL_SCRIPT)
         self._expire = redis.register_script(EXPIRE_SCRIPT)
         self._claim = redis.register_script(OUTBOX_CLAIM_SCRIPT)
+
+    @property
+    def names(self) -> Names:
+        """The namespace's key and topic names."""
+        return self._names
 
     async def create(
         self,
@@ -256,7 +262,8 @@ class OutboxSweeper:
                 await self._store.published(job_id)
                 continue
             try:
-                await self._publisher.publish(topic, request)
+                for record_topic, record in _outboxed(self._store.names, topic, request):
+                    await self._publisher.publish(record_topic, record)
             except BackendDownError:
                 raise
             except FleetError as exc:  # e.g. over this gateway's record limit: it can never be published here
@@ -266,3 +273,16 @@ class OutboxSweeper:
             await self._store.published(job_id)
             log.info("job %s published by the outbox sweep", job_id)
         return len(claimed)
+
+
+def _outboxed(names: Names, topic: str, request: InferenceRequest) -> list[tuple[str, InferenceRequest]]:
+    """What an outbox entry publishes: its request, or for a pipeline job every entry step's request (an entry
+    step that ran already drops its new record: `workers.steps`)."""
+    route = request.reply.route
+    if route is None:
+        return [(topic, request)]
+    try:
+        requests = restart_requests(request)
+    except SchemaError:  # stored without the pipeline's inputs (an older gateway): the stored entry step alone
+        return [(topic, request)]
+    return [(names.request_topic(r.model, route.lane), r) for r in requests]

@@ -7,7 +7,11 @@ resolves the pipeline's current version and each step's model version (pinned, e
 the body against the pipeline's inputs, and publishes one request per entry step with the pipeline's route
 (`schemas.PipelineRoute`); the last step's worker answers the caller's reply address with the pipeline
 request's id. ``?async=true`` (or ``Prefer: respond-async``) creates a job (``GET /v2/jobs/{id}``) whose
-result the last step stores; an ``Idempotency-Key`` is not taken on pipelines.
+result the last step stores; it reads ``running`` once a worker takes its first step (`workers.jobs`), and
+an ``Idempotency-Key`` works as on a model's jobs (the same key and body: the same job, nothing published
+again; the same key with another body: 409). The job's outbox entry carries every input of the pipeline, so
+that a sweep publishes every entry step again (`schemas.pipelines.restart_requests`). With tracing on, the
+route runs in a SERVER span and every step's record carries its ``traceparent``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,18 @@ from typing import Any
 
 from aiohttp import web
 
-from schemas import ErrorCode, FleetError, InferenceRequest, Lane, ReplyAddress, ReplyKind, SchemaError, check_inputs
+from common import tracing
+from schemas import (
+    ErrorCode,
+    FleetError,
+    InferenceRequest,
+    JobStatus,
+    Lane,
+    ReplyAddress,
+    ReplyKind,
+    SchemaError,
+    check_inputs,
+)
 from schemas import now_ms as wall_ms
 from schemas.jobs import F_CALLBACK, F_CLIENT_ID, F_CREATED, F_DEADLINE, F_EXPIRES, F_MODEL, F_VERSION
 from schemas.pipeline_plan import PipelinePlan
@@ -29,13 +44,16 @@ from schemas.pipelines import (
     PipelineStore,
     check_pipeline,
     first_requests,
+    outbox_request,
     resolve,
     step_records,
 )
 
+from .auth import API_KEY
 from .errors import (
     WIRE_ID_KEY,
     BackendDownError,
+    ConflictError,
     DeadlineExceededError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -48,7 +66,10 @@ from .job_routes import (
     IDEMPOTENCY_HEADER,
     JOBS_PATH,
     PREFER_HEADER,
+    REPLAYED_HEADER,
     callback_url,
+    check_idempotency_key,
+    fingerprint,
     job_result_ttl_s,
     wants_async,
 )
@@ -94,7 +115,7 @@ class PipelineRoutes:
     def add_to(self, app: web.Application) -> None:
         """Register the routes on ``app``."""
         app.router.add_get(PIPELINE_PATH, self.metadata)
-        app.router.add_post(PIPELINE_PATH + "/infer", self.infer)
+        app.router.add_post(PIPELINE_PATH + "/infer", tracing.traced_http(self.infer))  # as is when tracing is off
 
     async def _plan(self, name: str) -> PipelinePlan:
         """The current version (cached for the registry cache's TTL); 404 when there is none."""
@@ -150,8 +171,11 @@ class PipelineRoutes:
             check_declared_body(request.content_length, settings.max_body_bytes)
             ticket = routes.admission.admit(request.content_length)
             is_async = wants_async(request.query.get(ASYNC_QUERY), request.headers.get(PREFER_HEADER))
-            if request.headers.get(IDEMPOTENCY_HEADER) is not None:
-                raise InvalidRequestError(f"{IDEMPOTENCY_HEADER} is not taken on pipeline requests")
+            key = request.headers.get(IDEMPOTENCY_HEADER)
+            if key is not None:
+                if not is_async:
+                    raise InvalidRequestError(f"{IDEMPOTENCY_HEADER} applies to async requests only")
+                check_idempotency_key(key)
             async with routes.large_bodies.turn(request.content_length):
                 raw = await routes._read_body(request, ticket)
                 resolved = await self._resolve(name)
@@ -170,7 +194,8 @@ class PipelineRoutes:
             if routes.draining:
                 raise BackendDownError("gateway", "the gateway is stopping")
             if is_async:
-                accepted = await self._submit(request, resolved.plan, body, lane, started_ms, timeout_ms)
+                print_ = fingerprint(name, None, request.headers.get(HEADER_LENGTH), raw)
+                accepted = await self._submit(request, resolved.plan, body, lane, started_ms, timeout_ms, print_)
                 code = None
                 return accepted
             wire_id = request[WIRE_ID_KEY]
@@ -211,7 +236,8 @@ class PipelineRoutes:
         listener = self._b.listener
         if not listener.healthy:
             raise BackendDownError("redis", listener.last_error)
-        requests = first_requests(plan, wire_id, inputs, self._reply, lane.value, started_ms + timeout_ms)
+        deadline = started_ms + timeout_ms
+        requests = first_requests(plan, wire_id, inputs, self._reply, lane.value, deadline, tracing.traceparent())
         future = listener.expect(wire_id)  # before publishing: the last step may answer before publish() returns
         try:
             async with asyncio.timeout_at(started + timeout_ms / 1000.0):
@@ -223,13 +249,24 @@ class PipelineRoutes:
             listener.discard(wire_id)
 
     async def _submit(
-        self, request: web.Request, plan: PipelinePlan, body: Any, lane: Lane, created_ms: float, timeout_ms: float
+        self,
+        request: web.Request,
+        plan: PipelinePlan,
+        body: Any,
+        lane: Lane,
+        created_ms: float,
+        timeout_ms: float,
+        print_: str,
     ) -> web.Response:
-        """Create the job, publish the entry steps' requests; 202 with the job id and ``Location``."""
+        """Create the job, publish the entry steps' requests; 202 with the job id and ``Location`` (an
+        idempotent replay: the first job's, nothing published)."""
         settings, names = self._b.settings, self._b.names
         if not self._b.publisher.connected:
             raise BackendDownError("kafka", await self._b.publisher.check() or "not connected")
-        job_id = names.new_job_id()
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        api_key = request.get(API_KEY)
+        owner = "" if api_key is None else api_key.key_id  # keys are scoped to the API key, as on models' jobs
+        job_id = names.new_job_id(key, owner)  # with a key: in its job shard (one hash slot)
         ttl_s = settings.job_ttl_s
         callback = callback_url(
             request.headers.get(CALLBACK_HEADER) or request.query.get(CALLBACK_QUERY), settings.webhooks
@@ -246,23 +283,26 @@ class PipelineRoutes:
             fields[F_CALLBACK] = callback
         expire_at = None if callback is None else created_ms + timeout_ms + settings.webhook_expiry_grace_s * 1000
         caller = ReplyAddress(ReplyKind.RESULT, "", ttl_s=job_result_ttl_s(settings))
-        requests = first_requests(plan, job_id, body.inputs, caller, lane.value, created_ms + timeout_ms)
+        deadline = created_ms + timeout_ms
+        requests = first_requests(plan, job_id, body.inputs, caller, lane.value, deadline, tracing.traceparent())
         first = requests[0]
         republish_at = wall_ms() + republish_after_s(settings.backend_timeout_s) * 1000
-        await self._jobs.create(
+        existing = await self._jobs.create(
             job_id,
             fields,
             ttl_s,
-            None,
+            None if key is None else (key, f"{job_id} {print_}"),
+            owner,
             expire_at_ms=expire_at,
             topic=names.request_topic(first.model, lane),
-            request=first,
+            request=outbox_request(first, body.inputs),  # a sweep publishes every entry step from it
             republish_at_ms=republish_at,
         )
+        if existing is not None:
+            return await self._replayed(key, existing, print_)
         try:
             await self._publish(requests, lane)
         except FleetError as exc:
-            # In the outbox: a sweep publishes the first entry step again (one entry step: the whole pipeline).
             log.warning("pipeline job %s stays in the outbox for a sweep to publish: %s", job_id, exc.message)
         else:
             try:
@@ -271,4 +311,20 @@ class PipelineRoutes:
                 log.warning("pipeline job %s published but still in the outbox: %s", job_id, exc.message)
         return json_response(
             {"job_id": job_id, "status": "pending"}, status=202, headers={"Location": f"{JOBS_PATH}/{job_id}"}
+        )
+
+    async def _replayed(self, key: str | None, existing: str, print_: str) -> web.Response:
+        """202 with the job an ``Idempotency-Key`` was first used for; 409 when that was another request."""
+        other_id, _, other_print = existing.partition(" ")
+        if other_print != print_:
+            raise ConflictError(
+                f"{IDEMPOTENCY_HEADER} {key!r} was used for a different request (job {other_id}); "
+                "use a new key for a new request"
+            )
+        state = await self._jobs.read(other_id)
+        status = JobStatus.PENDING if state is None else state.status(wall_ms())
+        return json_response(
+            {"job_id": other_id, "status": status.value},
+            status=202,
+            headers={"Location": f"{JOBS_PATH}/{other_id}", REPLAYED_HEADER: "true"},
         )

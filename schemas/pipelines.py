@@ -57,8 +57,10 @@ __all__ = [
     "PipelineStore",
     "check_pipeline",
     "first_requests",
+    "outbox_request",
     "parse_pipeline",
     "pipeline_answer",
+    "restart_requests",
     "step_failure",
     "step_request",
 ]
@@ -394,6 +396,34 @@ def first_requests(
     start = PipelineRoute(request_id, "", plan, (), caller, lane, deadline_ms=deadline_ms, trace=trace)
     gathered = gather(inputs, INPUTS)
     return [step_request(start, node, gathered) for node in plan.entry_steps()]
+
+
+def outbox_request(entry: InferenceRequest, inputs: Iterable[Tensor]) -> InferenceRequest:
+    """``entry`` (an entry step's request) with every input of the pipeline in its route: what an async job's
+    outbox keeps, so that a sweep can start every entry step again (:func:`restart_requests`)."""
+    route = entry.reply.route
+    if route is None:
+        raise SchemaError(f"request {entry.id!r} is not a pipeline step's")
+    gathered = {t.name: t for t in route.gathered}
+    for ref, tensor in gather(inputs, INPUTS).items():
+        gathered.setdefault(ref, replace(tensor, name=ref))
+    carried = replace(route, gathered=tuple(gathered.values()))
+    return replace(entry, reply=ReplyAddress(ReplyKind.STEP, route.plan.name, route=carried))
+
+
+def restart_requests(request: InferenceRequest) -> list[InferenceRequest]:
+    """What publishing an outboxed ``request`` means: itself when it is a model's, else the requests of every
+    entry step of its pipeline (from the inputs :func:`outbox_request` put in its route). Entry steps that ran
+    already drop the new records (their first-result markers)."""
+    route = request.reply.route
+    if route is None:
+        return [request]
+    inputs = [
+        replace(t, name=split_ref(t.name)[1]) for t in route.gathered if split_ref(t.name)[0] == INPUTS
+    ]
+    return first_requests(
+        route.plan, route.request_id, inputs, route.caller, route.lane, route.deadline_ms, route.trace
+    )
 
 
 def pipeline_answer(route: PipelineRoute, gathered: Mapping[str, Tensor], last: InferenceResponse) -> InferenceResponse:

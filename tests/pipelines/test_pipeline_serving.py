@@ -29,6 +29,8 @@ from fleet.demo.modelgen import tiny_mlp
 from fleet.models.artifacts import build_record
 from fleet.pipeline.batch import BatchOptions, BatchRun
 from gateway import Gateway, GatewaySettings
+from gateway.jobs import JobStore, OutboxSweeper
+from gateway.publisher import RequestPublisher
 from schemas import (
     DeadLetter,
     FleetSettings,
@@ -44,10 +46,20 @@ from schemas import (
     ReplyKind,
     SchemaError,
     Tensor,
+    now_ms,
     parse_spec,
 )
+from schemas.jobs import F_CLIENT_ID, F_CREATED, F_DEADLINE, F_EXPIRES, F_MODEL, F_VERSION
 from schemas.pipeline_plan import PipelinePlan
-from schemas.pipelines import PipelineStore, check_pipeline, first_requests, parse_pipeline, resolve, step_records
+from schemas.pipelines import (
+    PipelineStore,
+    check_pipeline,
+    first_requests,
+    outbox_request,
+    parse_pipeline,
+    resolve,
+    step_records,
+)
 from schemas.topics import ensure_model_topics
 from tests.pipelinemodels import Add, Softmax, Standardize
 from workers import Worker, WorkerSettings
@@ -342,3 +354,53 @@ async def test_fleet_status_shows_each_pipelines_steps_with_their_lag_and_worker
     at = lines.index(f"  classify v{classify['version']}: pre -> mlp -> post")
     assert lines[at + 1].split() == ["STEP", "MODEL", "LAG", "WORKERS", "DESIRED"]
     assert lines[at + 2].split()[:2] == ["pre", "standardize:1"] and lines[at + 2].split()[3] == "1"
+
+
+async def test_an_idempotency_key_gives_a_pipeline_job_once(stack: Stack) -> None:
+    x, key = features(2, seed=6), f"key-{uuid.uuid4().hex[:8]}"
+    async with FleetClient(stack.url, timeout_s=20) as client:
+        job_id = await client.submit("classify", {"features": x}, pipeline=True, idempotency_key=key)
+        assert await client.submit("classify", {"features": x}, pipeline=True, idempotency_key=key) == job_id
+        with pytest.raises(FleetHTTPError) as caught:
+            await client.submit("classify", {"features": x + 1}, pipeline=True, idempotency_key=key)
+        assert caught.value.status == 409 and job_id in str(caught.value)
+        result = await client.wait(job_id, timeout_s=20)
+    np.testing.assert_allclose(result.outputs["probs"], in_process(stack, x)["probs"], rtol=1e-5, atol=1e-6)
+    answers = [k async for k in stack.redis.scan_iter(match=f"*:step:{job_id}:post")]
+    assert len(answers) == 1  # one job ran
+
+
+async def test_the_outbox_sweep_starts_every_entry_step_of_a_pipeline_job(stack: Stack) -> None:
+    """A job its gateway stored but did not publish: the sweep publishes both entry steps of the join."""
+    names, redis = stack.names, stack.redis
+    plan = resolve(
+        await PipelineStore(redis, names).get("branches"),
+        await step_records(parse_pipeline(JOIN), ModelRegistry(redis, names).get),
+    )
+    assert len(plan.entry_steps()) == 2
+    x = features(3, seed=7)
+    job_id, created = names.new_job_id(), now_ms()
+    caller = ReplyAddress(ReplyKind.RESULT, "", ttl_s=600)
+    inputs = [Tensor.from_numpy("features", x)]
+    first = first_requests(plan, job_id, inputs, caller, "interactive", created + 20_000)[0]
+    fields = {F_MODEL: "branches", F_VERSION: str(plan.version), F_CLIENT_ID: "", F_CREATED: repr(created),
+              F_DEADLINE: repr(created + 20_000), F_EXPIRES: repr(created + 600_000)}  # fmt: skip
+    jobs = JobStore(redis, names, 5.0)
+    topic = names.request_topic(first.model)
+    await jobs.create(job_id, fields, 600, None, topic=topic, request=outbox_request(first, inputs),
+                      republish_at_ms=created)  # fmt: skip
+    publisher = RequestPublisher(stack.settings.kafka, 5.0, names=names)
+    await publisher.start()
+    try:
+        for _ in range(200):
+            if publisher.connected:
+                break
+            await asyncio.sleep(0.02)
+        assert await OutboxSweeper(jobs, publisher, 5.0).sweep() >= 1
+    finally:
+        await publisher.stop()
+    async with FleetClient(stack.url, timeout_s=20) as client:
+        result = await client.wait(job_id, timeout_s=20)
+    (left,) = stack.mlp.run(None, {"x": x})
+    (right,) = stack.mlp.run(None, {"x": Standardize("", "cpu").predict({"features": x})["x"]})
+    np.testing.assert_allclose(result.outputs["sum"], left + right, rtol=1e-5, atol=1e-6)

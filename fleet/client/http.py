@@ -199,7 +199,7 @@ class FleetClient:
     ) -> str:
         """Submit an async job and return its id at once (the gateway answers 202).
 
-        With ``pipeline``, ``model`` names a pipeline (its jobs take no ``idempotency_key``).
+        With ``pipeline``, ``model`` names a pipeline (``POST /v2/pipelines/{p}/infer?async=true``).
 
         ``idempotency_key``: a resubmit with the same key (and the same request) returns the same job
         and never runs it twice; the same key with another request is FleetHTTPError 409 CONFLICT.

@@ -7,7 +7,9 @@ is lag like any request (so a model with no worker is scaled up for its retries 
 Only standard Kafka requests are used, chosen so the numbers are right on Apache Kafka and on the local
 broker alike (see KAFKA_LOCAL.md):
 
-* partitions: Metadata (``list_topics`` first, because describing a missing topic can auto-create it);
+* partitions: Metadata (``list_topics`` first, because describing a missing topic can auto-create it; the list
+  is read again only for topics not asked before, every ``missing_refresh_s`` while some are missing (a bulk
+  topic comes with a model's first bulk request; most never exist), and every ``metadata_refresh_s``);
 * log-end offsets (``LagMethod``, chosen once at start from ``FLEET_KAFKA_BROKER``, with ``auto`` from the
   cluster id the cluster reports): on Kafka, ListOffsets(latest) for every partition in one batched call
   (one request per leader broker; when it fails, one call per topic, so a topic without a leader fails only
@@ -21,13 +23,13 @@ broker alike (see KAFKA_LOCAL.md):
 Lag = log end - max(committed, log start), clamped at 0; a commit beyond the log end is reported as an
 anomaly and counts as no lag (it must never look like a huge backlog).
 
-Cost per round, so that idle models cost almost nothing: one Metadata request (topic partitions are
-described once, and again every ``metadata_refresh_s``), one ListOffsets (or on the embedded broker one Fetch)
-per broker for every partition, and ListOffsets(earliest) and OffsetFetch only for partitions that may have
-moved: one whose log end did not move and that had no lag keeps its committed offset and log start from the
-last round. A partition without a fresh log end within ``probe_timeout_s`` keeps its last known one (a
-warning says how many), and one never answered is left out of its model's load: the round decides on the
-partitions it has data for instead of failing as a whole (it fails only when no partition answered).
+Cost per round, so that idle models cost almost nothing: no Metadata request (topic partitions are
+described once, and again every ``metadata_refresh_s``; the topic list as above), one ListOffsets (or on the
+embedded broker one Fetch) per broker for every partition, and ListOffsets(earliest) and OffsetFetch only for
+partitions that may have moved: one whose log end did not move and that had no lag keeps its committed offset
+and log start from the last round. A partition without a fresh log end within ``probe_timeout_s`` keeps its last
+known one (a warning says how many), and one never answered is left out of its model's load: the round decides
+on the partitions it has data for instead of failing as a whole (it fails only when no partition answered).
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class LagCollector(AsyncService):
         half_life_s: float = 5.0,
         probe_timeout_s: float = 3.0,
         metadata_refresh_s: float = 30.0,
+        missing_refresh_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -123,9 +126,13 @@ class LagCollector(AsyncService):
         self.half_life_s = half_life_s
         self.probe_timeout_s = probe_timeout_s
         self.metadata_refresh_s = metadata_refresh_s
+        self.missing_refresh_s = missing_refresh_s
         self._clock = clock
         self._described: dict[str, list[int]] = {}
         self._described_at = -float("inf")
+        self._existing: frozenset[str] = frozenset()  # the cluster's topics, as last listed
+        self._listed: frozenset[str] = frozenset()  # every topic asked for since then
+        self._listed_at = -float("inf")
         #: What the last `collect` asked the brokers.
         self.last_round = RoundCost()
         self._stale = 0
@@ -249,7 +256,7 @@ class LagCollector(AsyncService):
     async def _partitions(self, admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, list[int]]:
         # Describing a missing topic may auto-create it (with the broker's default partition count):
         # only describe the ones that exist. Known topics are described again every metadata_refresh_s.
-        existing = set(await admin.list_topics())
+        existing = await self._topic_list(admin, topics)
         wanted = [t for t in topics if t in existing]
         if self._clock() - self._described_at >= self.metadata_refresh_s:
             self._described, self._described_at = {}, self._clock()
@@ -260,6 +267,19 @@ class LagCollector(AsyncService):
                 if entry["error_code"] == 0 and entry["topic"] in unknown:
                     self._described[entry["topic"]] = sorted(p["partition"] for p in entry["partitions"])
         return {t: self._described[t] for t in wanted if t in self._described}
+
+    async def _topic_list(self, admin: AIOKafkaAdminClient, topics: list[str]) -> frozenset[str]:
+        """The cluster's topics, listed again only when ``topics`` has one not asked for before, some are missing
+        and the list is ``missing_refresh_s`` old, or it is ``metadata_refresh_s`` old (a Metadata request
+        naming every topic of the cluster: its cost grows with the models)."""
+        now, asked = self._clock(), frozenset(topics)
+        age = now - self._listed_at
+        if not asked <= self._listed or age >= self.metadata_refresh_s or (
+            age >= self.missing_refresh_s and not asked <= self._existing
+        ):
+            self._existing = frozenset(await admin.list_topics())
+            self._listed, self._listed_at = asked, now
+        return self._existing
 
     async def _log_ends(self, probe: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """A fresh log end for every partition (``self.method``); a partition without a fresh answer in

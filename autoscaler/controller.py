@@ -233,7 +233,8 @@ class Autoscaler(AsyncService):
         self.decisions[model] = decision
         self.metrics.observe(load, stats, decision)
         if decision.direction is Direction.NONE:
-            log.debug("%s", decision.why())
+            if log.isEnabledFor(logging.DEBUG):  # why() formats every input: not for each model every round
+                log.debug("%s", decision.why())
             return decision
         log.info("scale %s", decision.why())
         try:

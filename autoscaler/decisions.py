@@ -59,17 +59,22 @@ def _figure(value: object) -> object:
     return 0.0 if abs(value) < NEGLIGIBLE else float(f"{value:.2g}")
 
 
-def _material(fields: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+def _material(decision: Decision) -> tuple[object, ...]:
     """What a change of the decision is: every field but the time and the idle time (idle or not counts), the
-    inputs' figures to two significant digits and the reason's wording without its figures."""
-    inputs = json.loads(fields["inputs"])
-    idle = inputs.pop("idle_for_s", 0)
-    inputs = {k: _figure(v) for k, v in inputs.items()}
-    inputs["idle"] = isinstance(idle, int | float) and idle > 0
-    kept = {k: v for k, v in fields.items() if k not in ("ts_ms", "inputs")}
-    kept["reason"] = _NUMBER.sub("#", kept["reason"])
-    kept["inputs"] = json.dumps(inputs, sort_keys=True)
-    return tuple(sorted(kept.items()))
+    inputs' figures to two significant digits and the reason's wording without its figures (no JSON: this runs
+    for every model every round)."""
+    idle = decision.inputs.get("idle_for_s", 0)
+    inputs = tuple(sorted((k, _figure(v)) for k, v in decision.inputs.items() if k != "idle_for_s"))
+    return (
+        decision.desired,
+        decision.current,
+        decision.direction,
+        decision.capped_by_partitions,
+        decision.pinned,
+        _NUMBER.sub("#", decision.reason),
+        inputs,
+        isinstance(idle, int | float) and idle > 0,
+    )
 
 
 def _aged(record: DecisionRecord, now_ms: float) -> DecisionRecord:
@@ -156,7 +161,7 @@ class DecisionStore:
         self._names = names
         self.ttl_s = ttl_s
         #: What this store last wrote per model (`_material`).
-        self._written: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._written: dict[str, tuple[object, ...]] = {}
 
     async def publish(self, decisions: Sequence[Decision], *, at_ms: float | None = None) -> None:
         """Store the decisions of one round that changed since this store wrote them, and stamp the round,
@@ -164,12 +169,11 @@ class DecisionStore:
         if not decisions:
             return
         ts = time.time() * 1000.0 if at_ms is None else at_ms
-        changed: dict[str, tuple[dict[str, str], tuple[tuple[str, str], ...]]] = {}
+        changed: dict[str, tuple[dict[str, str], tuple[object, ...]]] = {}
         for decision in decisions:
-            fields = DecisionRecord.from_decision(decision, ts).to_fields()
-            material = _material(fields)
+            material = _material(decision)
             if self._written.get(decision.model) != material:
-                changed[decision.model] = (fields, material)
+                changed[decision.model] = (DecisionRecord.from_decision(decision, ts).to_fields(), material)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for model, (fields, _) in changed.items():

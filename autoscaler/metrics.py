@@ -52,6 +52,8 @@ class AutoscalerMetrics:
             ["model", "direction"],
             registry=r,
         )
+        self._gauges: dict[str, tuple[Gauge, ...]] = {}  # per model: its children of the per-model gauges
+        self._counters: dict[tuple[str, str], Counter] = {}  # per (model, direction): its decisions counter
         self.errors = Counter(
             "fleet_autoscaler_errors", "Rounds that failed, by error code.", ["model", "code"], registry=r
         )
@@ -64,17 +66,37 @@ class AutoscalerMetrics:
     def observe(self, load: ModelLoad, stats: ServiceStats, decision: Decision) -> None:
         """Record one round of one model."""
         model = decision.model
-        self.lag.labels(model).set(load.lag)
-        self.arrival_rate.labels(model).set(load.arrival_rate)
-        self.completion_rate.labels(model).set(load.completion_rate)
+        gauges = self._gauges.get(model)
+        if gauges is None:  # looking a labelled child up costs more than setting it: once per model
+            gauges = self._gauges[model] = tuple(
+                g.labels(model)
+                for g in (
+                    self.lag,
+                    self.arrival_rate,
+                    self.completion_rate,
+                    self.per_replica_throughput,
+                    self.partitions,
+                    self.desired,
+                    self.actual,
+                    self.capped,
+                )
+            )
+        lag, arrival, completion, per_replica, partitions, desired, actual, capped = gauges
+        lag.set(load.lag)
+        arrival.set(load.arrival_rate)
+        completion.set(load.completion_rate)
         throughput = decision.inputs.get("per_replica_throughput")
         if isinstance(throughput, int | float):
-            self.per_replica_throughput.labels(model).set(throughput)
-        self.partitions.labels(model).set(load.partition_count)
-        self.desired.labels(model).set(decision.desired)
-        self.actual.labels(model).set(decision.current)
-        self.capped.labels(model).set(1 if decision.capped_by_partitions else 0)
-        self.decisions.labels(model, decision.direction.value).inc()
+            per_replica.set(throughput)
+        partitions.set(load.partition_count)
+        desired.set(decision.desired)
+        actual.set(decision.current)
+        capped.set(1 if decision.capped_by_partitions else 0)
+        key = (model, decision.direction.value)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.decisions.labels(*key)
+        counter.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from autoscaler import AutoscalerService, AutoscalerSettings
 from autoscaler.backends import PlacementBackend
 from fleet.demo.modelgen import tiny_mlp
 from fleet.models.artifacts import build_record
-from schemas import FleetSettings, Lane, ModelRegistry, Names, now_ms
+from schemas import FleetSettings, ModelRegistry, Names, now_ms
 from schemas.residency import WorkerResidency
 from schemas.stats import WorkerReport, publish_worker_stats
+from schemas.topics import ensure_topics_for_models
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +31,12 @@ ROUNDS = 4
 async def _register(
     fleet_settings: FleetSettings, redis: Any, names: Names, artifact: Path, models: list[str]
 ) -> None:
-    """Registry records written directly (one artifact for all) and both lanes' topics in one admin call."""
+    """Registry records written directly (one artifact for all) and their request topics as registration creates
+    them (in batches, with the admin timeout of registration: the session's broker holds many topics by now)."""
     registry = ModelRegistry(redis, names)
     for model in models:
         await registry.register(build_record(model, "1", artifact))
-    admin = AIOKafkaAdminClient(**fleet_settings.kafka.client_kwargs())
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(names.request_topic(m, lane), 1, 1) for m in models for lane in Lane])
-    finally:
-        await admin.close()
+    await ensure_topics_for_models(fleet_settings.kafka, names, {m: 1 for m in models})
 
 
 async def _worker_with_stats(redis: Any, names: Names, models: list[str]) -> None:

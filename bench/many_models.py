@@ -11,7 +11,8 @@ Phases, in this order (``--phase`` picks; the models are always registered, the 
 * ``first``: from the workers' spawn, one sync infer per model through the gateway until every model
   answered or ``--first-timeout`` ran out (how many answered by then); then each worker's RSS and threads
   with the models it holds resident;
-* ``idle``: N models registered, W workers, no traffic for T seconds: CPU % of each process (with its
+* ``idle``: N models registered, W workers, no traffic for T seconds (after ``--settle-s``, so that the
+  window leaves out the start's one-time placement, claims and decisions): CPU % of each process (with its
   children) and of the machine, Redis commands/s (``INFO commandstats`` deltas, split by process through
   ``CLIENT LIST`` addresses matched to sockets in /proc: the services set no client name; commands run inside
   a Lua script count one each, as Redis counts them, and the EVAL/EVALSHA calls are shown apart), each worker's
@@ -624,6 +625,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         if "idle0" in phases:
             sampler.phase = "idle0"
+            await asyncio.sleep(args.settle_s)
             window = Window(fleet, redis)
             await window.open()
             await asyncio.sleep(args.idle_s)
@@ -667,6 +669,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         if "idle" in phases:
             sampler.phase = "idle"
+            await asyncio.sleep(args.settle_s)
             window = Window(fleet, redis)
             await window.open()
             await asyncio.sleep(args.idle_s)
@@ -858,6 +861,9 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=50, help="registered models N (issue targets: 500, 1000)")
     parser.add_argument("--workers", type=int, default=2, help="multi-model workers W")
     parser.add_argument("--idle-s", type=float, default=30.0, help="seconds of each idle phase T")
+    parser.add_argument(
+        "--settle-s", type=float, default=0.0, help="seconds before each idle window opens (the start settles)"
+    )
     parser.add_argument("--skew-s", type=float, default=30.0, help="seconds of skewed load S")
     parser.add_argument("--first-timeout", type=float, default=120.0, help="seconds after worker start to give up")
     parser.add_argument("--first-try-s", type=float, default=5.0, help="timeout of one first-request try")

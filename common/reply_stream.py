@@ -3,10 +3,11 @@
 Workers ``XADD`` each response (field ``r``) to the reply stream its request named: a gateway's
 (``names.reply_stream``) or a producer client's (``names.client_reply_stream``). `ReplyStream` reads that
 stream with ``XREAD BLOCK`` over a dedicated connection (no per-request polling), decodes each entry and
-hands the ``InferenceResponse`` to a callback. After a Redis error it reconnects with backoff and carries
-on from the last id it saw, so no reply written in between is lost; ``healthy``/``last_error`` say
-whether replies can be received now. Entries already read are trimmed from time to time.
-`ReplyWaiters` is such a callback: futures by request id, for callers that wait on one reply each.
+hands the ``InferenceResponse`` to a callback (an entry with field ``rb``, a reply list, hands on each of its
+responses in order: workers write one only to a reader whose requests said it reads them). After a Redis
+error it reconnects with backoff and carries on from the last id it saw, so no reply written in between is
+lost; ``healthy``/``last_error`` say whether replies can be received now. Entries already read are trimmed
+from time to time. `ReplyWaiters` is such a callback: futures by request id, for callers that wait on one reply each.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import InferenceResponse, RedisSettings, SchemaError
+from schemas.envelopes import unpack_responses
 
 from .backoff import Backoff, BackoffPolicy, pause
 from .text import text
@@ -197,9 +199,33 @@ class ReplyStream:
                 if self._on_chunk is not None and isinstance(fields, dict) and b"c" in fields:
                     self._on_chunk(fields[b"c"])
                     continue
+                if isinstance(fields, dict) and b"rb" in fields:
+                    for listed in self._decode_list(fields[b"rb"]):
+                        self._on_reply(listed)
+                    continue
                 response = self._decode(fields.get(b"r") if isinstance(fields, dict) else None)
                 if response is not None:
                     self._on_reply(response)
+
+    def _decode_list(self, raw: Any) -> list[InferenceResponse]:
+        """The responses of a reply list (field ``rb``); undecodable ones are logged and skipped."""
+        try:
+            if not isinstance(raw, bytes):
+                raise SchemaError("field 'rb' must be bytes")
+            responses, errors = unpack_responses(raw)
+        except SchemaError as exc:
+            self._log.warning(
+                "undecodable reply list dropped from %s: %s", self._stream, exc.message, extra={"error": exc.message}
+            )
+            return []
+        for error in errors:
+            self._log.warning(
+                "undecodable reply dropped from a list in %s: %s",
+                self._stream,
+                error.message,
+                extra={"error": error.message},
+            )
+        return responses
 
     def _decode(self, raw: Any) -> InferenceResponse | None:
         if not isinstance(raw, bytes):

@@ -1,8 +1,9 @@
 """The reply listener: one task per gateway reading its Redis reply stream and waking the waiting requests.
 
-Workers ``XADD`` each response (field ``r``) to ``names.reply_stream(gateway_id)``. A
+Workers ``XADD`` each response (field ``r``), or a round's responses to this gateway as one reply list
+(field ``rb``, when the requests said the gateway reads lists), to ``names.reply_stream(gateway_id)``. A
 :class:`common.reply_stream.ReplyStream` reads that stream with ``XREAD BLOCK`` over a dedicated connection
-and resolves the future registered for the response's request id. Ids nobody waits for (late, duplicate,
+and resolves the future registered for each response's request id. Ids nobody waits for (late, duplicate,
 from a previous process) are dropped. After a Redis error the reader reconnects with backoff and continues
 from the last id it saw, so no reply written in between is lost.
 """

@@ -35,6 +35,12 @@ CONTENT_TYPE_MSGPACK = "application/x-msgpack"
 HEADER_MODEL = "fleet-model"
 HEADER_VERSION = "fleet-version"
 HEADER_NOT_BEFORE = "fleet-not-before"
+#: Set on a request record that carries an InferenceRequestBatch (``schemas.envelopes``): its member count.
+HEADER_BATCH = "fleet-batch"
+#: Worker heartbeat field: what the worker reads beyond single request envelopes, comma-separated;
+#: ``CAP_BATCH``: batch records (a gateway coalesces a model's requests only for workers that all read them).
+HEARTBEAT_CAPS = "caps"
+CAP_BATCH = "batch"
 #: W3C trace context of the request's trace, set on a request record when tracing is on (``common.tracing``).
 HEADER_TRACEPARENT = "traceparent"
 HEADER_TRACESTATE = "tracestate"

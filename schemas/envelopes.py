@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -47,6 +48,10 @@ class ReplyAddress:
     ``max(RESULT_TTL_S, ttl_s)`` seconds (an async job asks for its TTL). On the wire: ``[kind, target]``, or
     ``[kind, target, ttl_s]`` when ``ttl_s`` is set; kind ``step`` adds its ``route``:
     ``[kind, target, ttl_s, route]``.
+
+    ``lists``: the reader of a ``stream`` target also reads reply lists (one entry, field ``rb``, carrying
+    several responses: `pack_responses`). It travels as the envelope's ``rl`` field, not in the address's wire
+    form, so readers that predate it ignore it; only a gateway that reads lists sets it.
     """
 
     kind: ReplyKind = ReplyKind.NONE
@@ -54,6 +59,7 @@ class ReplyAddress:
     ttl_s: int = 0
     #: Kind ``step`` only: the pipeline the request is a step of, and where its answer goes in the end.
     route: PipelineRoute | None = field(default=None, compare=False)
+    lists: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind is ReplyKind.TOPIC:
@@ -197,7 +203,9 @@ class InferenceRequest:
         """True unless the request is a retry whose ``not_before_ms`` is still in the future."""
         return self.not_before_ms is None or (now_ms() if at_ms is None else at_ms) >= self.not_before_ms
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, *, reply_lists: bool = False) -> bytes:
+        """The single-request envelope; ``reply_lists`` (or ``reply.lists``) marks the reply address as one
+        that reads reply lists (field ``rl``)."""
         return pack(
             {
                 "v": self.v,
@@ -212,30 +220,144 @@ class InferenceRequest:
                 "created_ms": self.created_ms,
                 **({} if self.attempt == 1 else {"attempt": self.attempt}),
                 **({} if self.not_before_ms is None else {"not_before_ms": self.not_before_ms}),
+                **({"rl": True} if reply_lists or self.reply.lists else {}),
             }
         )
+
+    def member_wire(self) -> dict[str, Any]:
+        """This request as a member of an `InferenceRequestBatch` (what is not the batch's own)."""
+        wire: dict[str, Any] = {
+            "id": self.id,
+            "inputs": [t.to_wire() for t in self.inputs],
+            "deadline_ms": self.deadline_ms,
+            "created_ms": self.created_ms,
+        }
+        if self.outputs:
+            wire["outputs"] = list(self.outputs)
+        if self.parameters:
+            wire["parameters"] = self.parameters
+        if self.attempt != 1:
+            wire["attempt"] = self.attempt
+        if self.not_before_ms is not None:
+            wire["not_before_ms"] = self.not_before_ms
+        return wire
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InferenceRequest:
         """Decode a request; raises SchemaError (or UnsupportedEnvelopeError) on any fault."""
         obj = unpack_envelope(data, "request")
+        if obj.get("kind") == BATCH_KIND:
+            raise SchemaError("request: a batch envelope (InferenceRequestBatch) where one request was expected")
+        read(obj, "id", str)  # the first field checked, as before the batch envelope
+        model, version = read(obj, "model", str), read(obj, "version", str)
+        reply = ReplyAddress.from_wire(obj.get("reply", ["none", ""]))
+        if obj.get("rl") is True and reply.kind is ReplyKind.STREAM:
+            reply = ReplyAddress(reply.kind, reply.target, reply.ttl_s, lists=True)
+        return cls._member(obj, model, version, reply, obj["v"])
+
+    @classmethod
+    def _member(cls, obj: dict[str, Any], model: str, version: str, reply: ReplyAddress, v: int) -> InferenceRequest:
+        """The request in ``obj`` (a single envelope, or a batch member with the batch's model, version, reply)."""
         outputs = obj.get("outputs") or []
         if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             raise SchemaError("field 'outputs' must be a list of strings")
         return cls(
             id=read(obj, "id", str),
-            model=read(obj, "model", str),
-            version=read(obj, "version", str),
+            model=model,
+            version=version,
             inputs=_tensors(obj.get("inputs"), "inputs"),
-            reply=ReplyAddress.from_wire(obj.get("reply", ["none", ""])),
+            reply=reply,
             outputs=tuple(outputs),
             parameters=_parameters(obj.get("parameters")),
             deadline_ms=read(obj, "deadline_ms", float, optional=True),
             created_ms=read(obj, "created_ms", float),
             attempt=_attempt(obj.get("attempt")),
             not_before_ms=read(obj, "not_before_ms", float, optional=True),
-            v=obj["v"],
+            v=v,
         )
+
+
+#: ``kind`` of a batch envelope (a single request's envelope has no ``kind``).
+BATCH_KIND = "batch"
+
+
+@dataclass(frozen=True, slots=True)
+class BadMember:
+    """A member of a batch record that does not decode: why, the member as it came (re-packed as a single
+    envelope, for its dead letter), and when its id is readable a request without inputs that carries its id
+    and the batch's model, version and reply address (so its error can be answered)."""
+
+    error: SchemaError
+    value: bytes
+    stub: InferenceRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequestBatch:
+    """Several requests for one model version with one reply address, as one Kafka record (``fleet-batch``
+    header: the member count). Each member keeps its own id, inputs, outputs, parameters, deadline and
+    created time. On the wire: ``{v, kind: "batch", model, version, reply, rl, requests: [member, ...]}``
+    (a member: `InferenceRequest.member_wire`). Only workers that advertise reading it get one (a gateway
+    sends today's single envelope otherwise), so an older worker never sees it.
+    """
+
+    model: str
+    version: str
+    reply: ReplyAddress
+    requests: tuple[InferenceRequest, ...]
+    v: int = ENVELOPE_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.requests:
+            raise SchemaError("a request batch needs at least one request")
+        for request in self.requests:
+            if (request.model, request.version, request.reply) != (self.model, self.version, self.reply):
+                raise SchemaError(f"request {request.id} of a batch names another model, version or reply address")
+
+    def to_bytes(self, *, reply_lists: bool = False) -> bytes:
+        return pack(
+            {
+                "v": self.v,
+                "kind": BATCH_KIND,
+                "model": self.model,
+                "version": self.version,
+                "reply": self.reply.to_wire(),
+                "rl": reply_lists or self.reply.lists,
+                "requests": [request.member_wire() for request in self.requests],
+            }
+        )
+
+    @staticmethod
+    def members_from_bytes(data: bytes) -> list[InferenceRequest | BadMember]:
+        """The members of a batch envelope, each decoded on its own (a bad one is a `BadMember`); raises
+        SchemaError (or UnsupportedEnvelopeError) when the batch itself does not decode."""
+        obj = unpack_envelope(data, "request batch")
+        if obj.get("kind") != BATCH_KIND:
+            raise SchemaError("request batch: field 'kind' must be 'batch'")
+        model, version = read(obj, "model", str), read(obj, "version", str)
+        reply = ReplyAddress.from_wire(obj.get("reply", ["none", ""]))
+        if obj.get("rl") is True and reply.kind is ReplyKind.STREAM:
+            reply = ReplyAddress(reply.kind, reply.target, reply.ttl_s, lists=True)
+        raw_members = obj.get("requests")
+        if not isinstance(raw_members, list) or not raw_members:
+            raise SchemaError("request batch: field 'requests' must be a non-empty list")
+        members: list[InferenceRequest | BadMember] = []
+        for raw in raw_members:
+            try:
+                if not isinstance(raw, dict):
+                    raise SchemaError("a batch member must be a map")
+                members.append(InferenceRequest._member(raw, model, version, reply, obj["v"]))
+            except SchemaError as exc:
+                if not isinstance(raw, dict):
+                    members.append(BadMember(exc, pack(raw)))
+                    continue
+                single = {**raw, "v": obj["v"], "model": model, "version": version, "reply": reply.to_wire()}
+                request_id = raw.get("id")
+                stub = None
+                if isinstance(request_id, str):
+                    stub = InferenceRequest(request_id, model, version, (), reply, created_ms=now_ms())
+                members.append(BadMember(exc, pack(single), stub))
+        return members
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,24 +389,30 @@ class InferenceResponse:
         return cls(request.id, request.model, request.version, error=ErrorInfo(code, message), worker=worker)
 
     def to_bytes(self) -> bytes:
-        return pack(
-            {
-                "v": self.v,
-                "id": self.id,
-                "model": self.model,
-                "version": self.version,
-                "outputs": [t.to_wire() for t in self.outputs],
-                "error": None if self.error is None else [self.error.code.value, self.error.message],
-                "worker": self.worker,
-                "batch_size": self.batch_size,
-                "queue_ms": self.queue_ms,
-                "compute_ms": self.compute_ms,
-            }
-        )
+        return pack(self.to_wire())
+
+    def to_wire(self) -> dict[str, Any]:
+        """The response's envelope map (``to_bytes`` packs it; a reply list packs several)."""
+        return {
+            "v": self.v,
+            "id": self.id,
+            "model": self.model,
+            "version": self.version,
+            "outputs": [t.to_wire() for t in self.outputs],
+            "error": None if self.error is None else [self.error.code.value, self.error.message],
+            "worker": self.worker,
+            "batch_size": self.batch_size,
+            "queue_ms": self.queue_ms,
+            "compute_ms": self.compute_ms,
+        }
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InferenceResponse:
-        obj = unpack_envelope(data, "response")
+        return cls.from_wire(unpack_envelope(data, "response"))
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> InferenceResponse:
+        """Inverse of `to_wire` (the version already checked); raises SchemaError on anything malformed."""
         raw_error = obj.get("error")
         error: ErrorInfo | None = None
         if raw_error is not None:
@@ -307,6 +435,30 @@ class InferenceResponse:
             compute_ms=read(obj, "compute_ms", float, optional=True) or 0.0,
             v=obj["v"],
         )
+
+
+def pack_responses(responses: Sequence[InferenceResponse]) -> bytes:
+    """A reply list: several responses in one reply stream entry (field ``rb``), ``{v, responses: [...]}``."""
+    return pack({"v": ENVELOPE_VERSION, "responses": [r.to_wire() for r in responses]})
+
+
+def unpack_responses(data: bytes) -> tuple[list[InferenceResponse], list[SchemaError]]:
+    """The responses of a reply list, and why those that do not decode did not; raises SchemaError when the
+    list itself does not decode."""
+    obj = unpack_envelope(data, "reply list")
+    raw = obj.get("responses")
+    if not isinstance(raw, list):
+        raise SchemaError("reply list: field 'responses' must be a list")
+    responses: list[InferenceResponse] = []
+    errors: list[SchemaError] = []
+    for item in raw:
+        try:
+            if not isinstance(item, dict) or not isinstance(item.get("v"), int) or item["v"] > ENVELOPE_VERSION:
+                raise SchemaError("reply list: a response must be a map of a known envelope version")
+            responses.append(InferenceResponse.from_wire(item))
+        except SchemaError as exc:
+            errors.append(exc)
+    return responses, errors
 
 
 @dataclass(frozen=True, slots=True)

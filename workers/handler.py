@@ -42,7 +42,8 @@ from schemas import (
     check_inputs,
     now_ms,
 )
-from schemas.constants import HEADER_REQUEST_ID
+from schemas.constants import HEADER_BATCH, HEADER_REQUEST_ID
+from schemas.envelopes import InferenceRequestBatch
 from schemas.logs import request_context
 
 from .batching import Batch, merge_inputs, plan_batches, split_outputs
@@ -72,19 +73,80 @@ class _Isolation:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A Kafka record and what decoding it gave: a request, or the reason it is not one."""
+    """A Kafka record and what decoding it gave: a request, or the reason it is not one.
+
+    A batch record (``fleet-batch`` header: `InferenceRequestBatch`) gives one per member, in order: ``member``
+    is its index (None for a single-request record), ``last`` is true on the record's last member only, so a
+    commit moves past the record only with its last member (``next_offset``). A member that does not decode
+    keeps itself as it came (``raw``) and, when its id is readable, a request without inputs (``stub``) to
+    answer its error to.
+    """
 
     record: Any  # aiokafka ConsumerRecord
     request: InferenceRequest | None
     error: SchemaError | None = None
+    member: int | None = None
+    last: bool = True
+    raw: bytes | None = None
+    stub: InferenceRequest | None = None
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to commit once this item is answered: past its record, or at it while members of the
+        record are still to come (a round that took only the first members of a batch record)."""
+        return int(self.record.offset) + 1 if self.last else int(self.record.offset)
 
 
-def decode(record: Any) -> Fetched:
-    """Decode one record's value as an InferenceRequest (never raises)."""
+def decode(record: Any) -> list[Fetched]:
+    """Decode one record (never raises): its request, each member of a batch record, or why it is neither."""
+    if _batch_header(record):
+        try:
+            members = InferenceRequestBatch.members_from_bytes(record.value)
+        except SchemaError as exc:
+            return [Fetched(record, None, exc)]
+        last = len(members) - 1
+        return [
+            Fetched(record, m, None, i, i == last)
+            if isinstance(m, InferenceRequest)
+            else Fetched(record, None, m.error, i, i == last, m.value, m.stub)
+            for i, m in enumerate(members)
+        ]
     try:
-        return Fetched(record, InferenceRequest.from_bytes(record.value))
+        return [Fetched(record, InferenceRequest.from_bytes(record.value))]
     except SchemaError as exc:
-        return Fetched(record, None, exc)
+        return [Fetched(record, None, exc)]
+
+
+def _batch_header(record: Any) -> bool:
+    return any(key == HEADER_BATCH for key, _ in record.headers or ())
+
+
+@dataclass(frozen=True, slots=True)
+class _MemberRecord:
+    """A batch member as a record of its own (what its dead letter keeps): the batch record's position, the
+    member alone as a single-request envelope, keyed by its id."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def letter_record(item: Fetched) -> Any:
+    """The record a dead letter of ``item`` keeps: its Kafka record, or for a batch member that member alone
+    (so ``fleet dlq replay`` sends it as a single request)."""
+    if item.member is None:
+        return item.record
+    record = item.record
+    request = item.request or item.stub
+    key = request.id.encode() if request is not None else None
+    value = item.request.to_bytes() if item.request is not None else (item.raw or b"")
+    headers = [(k, bytes(v or b"")) for k, v in record.headers or () if k not in (HEADER_BATCH, HEADER_REQUEST_ID)]
+    if key is not None:
+        headers.insert(0, (HEADER_REQUEST_ID, key))
+    return _MemberRecord(record.topic, record.partition, record.offset, key, value, tuple(headers))
 
 
 @dataclass
@@ -96,16 +158,16 @@ class RoundOutcome:
     #: Requests to re-publish to the lane's retry topic (``attempt`` and ``not_before_ms`` already set).
     retries: list[InferenceRequest] = field(default_factory=list)
     #: Records answered already (``record_key``): a resumed round skips them.
-    settled: set[tuple[str, int, int]] = field(default_factory=set)
+    settled: set[tuple[str, int, int, int]] = field(default_factory=set)
 
     def settle(self, items: Sequence[Fetched]) -> None:
         """Mark ``items`` answered (a reply, a dead letter or a retry is in the outcome, or nothing is due)."""
         self.settled.update(record_key(item) for item in items)
 
 
-def record_key(item: Fetched) -> tuple[str, int, int]:
-    """Where a record sits in Kafka: unique within a round."""
-    return (item.record.topic, item.record.partition, item.record.offset)
+def record_key(item: Fetched) -> tuple[str, int, int, int]:
+    """Where a record (and the member of a batch record) sits in Kafka: unique within a round."""
+    return (item.record.topic, item.record.partition, item.record.offset, item.member or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +251,13 @@ class RequestHandler:
                     extra={"request_id": header_request_id(item.record), "code": error.code.value},
                 )
                 self._metrics.failure.labels(self._model, "", error.code.value).inc()
-                outcome.dead_letters.append(dead_letter(item.record, error.code, error.message, self._worker_id))
+                worker = self._worker_id
+                outcome.dead_letters.append(dead_letter(letter_record(item), error.code, error.message, worker))
+                stub = item.stub
+                if stub is not None and stub.reply.kind is not ReplyKind.NONE:
+                    # A bad member of a batch record whose id is readable: its caller gets the error too.
+                    failure = InferenceResponse.failure(stub, error.code, error.message, worker)
+                    outcome.replies.append((stub.reply, failure))
             elif request.model != self._model:
                 message = f"request for model {request.model!r} on the topic of {self._model!r}"
                 self._refuse(outcome, item, ErrorCode.MODEL_NOT_FOUND, message)
@@ -359,7 +427,7 @@ class RequestHandler:
             return
         reason = f"{decision.why_not}: {message}"
         self._fail(outcome, request, ErrorCode.MODEL_ERROR, reason)
-        outcome.dead_letters.append(dead_letter(item.record, ErrorCode.MODEL_ERROR, reason, self._worker_id))
+        outcome.dead_letters.append(dead_letter(letter_record(item), ErrorCode.MODEL_ERROR, reason, self._worker_id))
 
     def _fail(self, outcome: RoundOutcome, request: InferenceRequest, code: ErrorCode, message: str) -> None:
         log.info(
@@ -375,7 +443,7 @@ class RequestHandler:
         request = _request(item)
         if request.reply.kind is ReplyKind.NONE:
             self._metrics.failure.labels(self._model, request.version, code.value).inc()
-            outcome.dead_letters.append(dead_letter(item.record, code, message, self._worker_id))
+            outcome.dead_letters.append(dead_letter(letter_record(item), code, message, self._worker_id))
         else:
             self._fail(outcome, request, code, message)
 

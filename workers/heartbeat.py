@@ -1,5 +1,6 @@
 """The worker heartbeat: ``HSET names.worker_key(id)`` (state, models, partitions, device, labels, follows,
-pid, host, ts_ms), ``EXPIRE`` 3x the interval, ``ZADD names.workers_key ts_ms id`` (docs/ARCHITECTURE.md).
+pid, host, caps: what it reads beyond single request envelopes, ts_ms), ``EXPIRE`` 3x the interval,
+``ZADD names.workers_key ts_ms id`` (docs/ARCHITECTURE.md).
 
 A beat writes only the fields that changed since the last beat that reached Redis (``ts_ms`` always): a
 pool worker's ``models`` and ``partitions`` run to thousands of entries and rarely change. Every field is
@@ -25,6 +26,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from schemas import Names, now_ms
+from schemas.constants import CAP_BATCH, HEARTBEAT_CAPS
 
 log = logging.getLogger("fleet.workers")
 
@@ -105,6 +107,7 @@ class Heartbeat:
             "follows": self._follows,
             "pid": str(os.getpid()),
             "host": socket.gethostname(),
+            HEARTBEAT_CAPS: CAP_BATCH,  # this worker reads batch records (schemas.envelopes.InferenceRequestBatch)
             "ts_ms": str(ts),
         }
         key = self._names.worker_key(self._worker_id)

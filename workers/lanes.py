@@ -98,7 +98,7 @@ class LaneConsumer:
     @staticmethod
     def sort(data: dict[TopicPartition, Sequence[Any]]) -> list[Fetched]:
         """Decode fetched records, partition by partition in offset order."""
-        return [decode(record) for records in data.values() for record in records]
+        return [item for records in data.values() for record in records for item in decode(record)]
 
     def set_fetch_wait(self, wait_ms: int) -> None:
         """Change the fetch wait of this lane's consumer (see ``ModelConsumer._set_idle``).
@@ -131,7 +131,7 @@ class LaneConsumer:
         offsets: dict[TopicPartition, int] = {}
         for item in fetched:
             tp = TopicPartition(item.record.topic, item.record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), item.record.offset + 1)
+            offsets[tp] = max(offsets.get(tp, 0), item.next_offset)
         consumer = self._consumer
         if consumer is None or not offsets:
             return

@@ -455,7 +455,7 @@ class PoolConsumer:
             model = self.models.get(owned.model) if owned is not None else None
             if owned is None or model is None or not records:
                 continue  # let go meanwhile: its new owner reads it from the committed offset
-            model.queues[lane].extend(QueuedRecord(arrived, decode(record)) for record in records)
+            model.queues[lane].extend(QueuedRecord(arrived, item) for record in records for item in decode(record))
             self._pos[tp] = records[-1].offset + 1
             touched.add(model.name)
         cap = self._settings.pool_queue_records
@@ -599,7 +599,7 @@ class PoolConsumer:
         offsets: dict[TopicPartition, int] = {}
         for item in fetched:
             tp = TopicPartition(item.record.topic, item.record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), item.record.offset + 1)
+            offsets[tp] = max(offsets.get(tp, 0), item.next_offset)
         if not offsets:
             return
         try:

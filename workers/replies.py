@@ -7,7 +7,10 @@ the commit) runs again and its second reply reaches the stream too: the gateway 
 only its first reply and drops any later one (it no longer waits for that id), so the caller never gets
 two answers. A reply kind ``stream`` with ``ttl_s`` (a producer client that may resume: ``fleet batch
 run``) also stores its first result with ``SET result NX EX ttl`` in the same pipeline (another slot,
-so not in the script; the client drops a second reply by id as well).
+so not in the script; the client drops a second reply by id as well). Sync replies of one round to one
+reply stream whose address reads lists (``ReplyAddress.lists``: a gateway that says so in the request) go
+as one entry (``deliver_list``, field ``rb``: ``schemas.envelopes.pack_responses``), one XADD for them all;
+a reader that never asked for lists never gets one.
 
 Kind ``result`` (an async job, or a producer's stored result) goes through the ``deliver`` script on
 the keys of the request's job shard (``names.job_shard``): ``SET result NX EX`` and, only when that
@@ -46,6 +49,7 @@ from schemas.constants import (
     REPLY_STREAM_TTL_S,
     RESULT_TTL_S,
 )
+from schemas.envelopes import pack_responses
 from schemas.jobs import CALLBACK_FIELD, CALLBACK_STREAM_MAXLEN, F_CALLBACK
 
 from .errors import BackendDownError
@@ -72,6 +76,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 DELIVER_STREAM_SHA = hashlib.sha1(DELIVER_STREAM_SCRIPT.encode()).hexdigest()
+#: The same with a reply list (field ``rb``: several responses, ``schemas.envelopes.pack_responses``).
+DELIVER_LIST_SCRIPT = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'rb', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+DELIVER_LIST_SHA = hashlib.sha1(DELIVER_LIST_SCRIPT.encode()).hexdigest()
 #: KEYS[1] result key, KEYS[2] emitted marker; ARGV[1] response bytes, ARGV[2] result TTL s.
 #: 1 when the SET won, 0 when the stored result was produced already, else the stored first result.
 DELIVER_TOPIC_SCRIPT = """
@@ -161,7 +172,7 @@ class ReplyWriter:
         try:
             results = await self._send(items)
             if any(isinstance(r, NoScriptError) for r in results):
-                for script in (DELIVER_SCRIPT, DELIVER_STREAM_SCRIPT, DELIVER_TOPIC_SCRIPT):
+                for script in (DELIVER_SCRIPT, DELIVER_STREAM_SCRIPT, DELIVER_LIST_SCRIPT, DELIVER_TOPIC_SCRIPT):
                     await self._redis.script_load(script)
                 results = await self._send(items)
         except RedisError as exc:
@@ -208,9 +219,22 @@ class ReplyWriter:
         outcomes: list[Any] = []
         slots: list[tuple[int, int]] = []  # per item: its first command's index and its command count
         commands = 0
+        listed = _listed(items)
+        sent_lists: dict[str, tuple[int, int]] = {}  # reply stream -> the slot of its list's XADD
         async with self._redis.pipeline(transaction=False) as pipe:
             for address, response in items:
                 ttl = max(RESULT_TTL_S, address.ttl_s)
+                group = listed.get(address.target) if address.lists else None
+                if group is not None:  # one entry carries every response of the round for this stream
+                    slot = sent_lists.get(address.target)
+                    if slot is None:
+                        value = pack_responses([items[i][1] for i in group])
+                        stream_args = (value, REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S)
+                        pipe.evalsha(DELIVER_LIST_SHA, 1, address.target, *stream_args)
+                        slot = sent_lists[address.target] = (commands, 1)
+                        commands += 1
+                    slots.append(slot)
+                    continue
                 if address.kind is ReplyKind.TOPIC:
                     result_key, emitted = n.result_key(response.id), n.emitted_key(response.id)
                     pipe.evalsha(DELIVER_TOPIC_SHA, 2, result_key, emitted, response.to_bytes(), ttl)
@@ -270,3 +294,13 @@ class ReplyWriter:
         # Retrying cannot fix it (unknown topic, not authorized, record too large): the result stays
         # readable under its result key, and the round goes on.
         log.error("reply of request %s to topic %s not produced (kept in Redis only): %s", request_id, topic, exc)
+
+
+def _listed(items: Sequence[Reply]) -> dict[str, list[int]]:
+    """Reply streams that get a reply list this round, with the indexes of its replies: a sync reply (kind
+    ``stream``, no ``ttl_s``) whose address reads lists (``ReplyAddress.lists``), two or more to one stream."""
+    groups: dict[str, list[int]] = {}
+    for index, (address, _) in enumerate(items):
+        if address.lists and address.kind is ReplyKind.STREAM and address.target and not address.ttl_s:
+            groups.setdefault(address.target, []).append(index)
+    return {target: indexes for target, indexes in groups.items() if len(indexes) > 1}

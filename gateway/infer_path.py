@@ -40,6 +40,7 @@ from .errors import (
 )
 from .limits import check_tensor_elements
 from .protocol import InferBody, check_outputs
+from .publisher import coalescable
 from .routes import Backends, Routes
 
 _UNKNOWN_MODEL = "_unknown"  # metrics label of requests for models that do not resolve
@@ -183,7 +184,7 @@ class InferPath:
         try:
             async with asyncio.timeout_at(deadline):
                 topic = self._b.names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
-                await self._b.publisher.publish(topic, message)
+                await self._b.publisher.publish(topic, message, coalesce=coalescable(record))
                 response = await future
                 answered = True
                 return response

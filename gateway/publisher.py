@@ -31,6 +31,16 @@ finds a partition with a leader (every ``_TOPIC_PROBE_INTERVAL_S``, the first af
 other topic keeps flowing. A hand-over that waits past ``timeout_s`` on a topic whose metadata is there
 waits on this gateway's own producer (its buffer is full): 503 OVERLOADED.
 
+Coalescing (``FLEET_GATEWAY_COALESCE``): sync requests for one topic, version and reply stream published in
+the same event-loop turn go as one batch record (``schemas.envelopes.InferenceRequestBatch``, header
+``fleet-batch``), in parts within the size limit; the first of them waits out the rest of the turn, nothing
+waits longer, and one alone goes as today's envelope. Each caller gets its own outcome (a part over the limit
+is split; a member alone over it gets its 413). With ``auto`` a model's requests are coalesced only while
+every worker serving it says it reads batch records (heartbeat ``caps``, read with the serviceability view);
+not while tracing is on (each request keeps its own trace context on its record). A sync request that may be
+coalesced also tells its worker that this gateway reads reply lists (``rl``): one reply-stream entry for a
+round's replies to it.
+
 The producer is idempotent (``enable_idempotence``: a broker-side retry cannot write a request twice, which
 would run it twice) per ``FLEET_KAFKA_IDEMPOTENCE``: with ``auto``, unless the cluster is the embedded broker,
 which lacks it (``KafkaSettings.idempotent``).
@@ -40,9 +50,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -50,8 +62,10 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from common import Backoff, BackoffPolicy, tracing
-from schemas import ENVELOPE_VERSION, FleetError, InferenceRequest, KafkaSettings, Names
-from schemas.constants import HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
+from schemas import ENVELOPE_VERSION, FleetError, InferenceRequest, KafkaSettings, ModelRecord, Names, ReplyKind
+from schemas.constants import HEADER_BATCH, HEADER_ENVELOPE_VERSION, HEADER_REQUEST_ID
+from schemas.envelopes import InferenceRequestBatch
+from schemas.text_models import TEXT_GENERATION
 from schemas.topics import BulkTopics, cluster_info
 
 from .errors import BackendDownError, OverloadedError, PayloadTooLargeError
@@ -114,6 +128,12 @@ class RequestPublisher:
         self._last_error = "not connected yet"
         self._probe_task: asyncio.Task[None] | None = None  # runs while the broker is believed down
         self._verify_task: asyncio.Task[None] | None = None  # one metadata check after a failed or slow publish
+        #: Coalescing (``configure_coalescing``): the mode, and whether every worker of a model reads batches.
+        self._coalesce = "off"
+        self._reads_batches: Callable[[str], bool] | None = None
+        #: Groups open in this event-loop turn, by (topic, version, reply stream); the routines sending groups.
+        self._groups: dict[tuple[str, str, str], _Group] = {}
+        self._senders: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -134,7 +154,8 @@ class RequestPublisher:
         probes = list(self._topic_probes.values())
         self._topic_probes.clear()
         self._topic_trips.clear()
-        for task in (self._connect_task, self._probe_task, self._verify_task, *probes):
+        senders = list(self._senders)  # their callers get 503 (the gateway is stopping)
+        for task in (self._connect_task, self._probe_task, self._verify_task, *probes, *senders):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -146,8 +167,19 @@ class RequestPublisher:
                 async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
                     await producer.stop()
 
-    async def publish(self, topic: str, request: InferenceRequest) -> None:
+    def configure_coalescing(self, mode: str, reads_batches: Callable[[str], bool]) -> None:
+        """Coalesce per ``mode`` (``FLEET_GATEWAY_COALESCE``: auto, on, off); with auto, for a model only while
+        ``reads_batches(model)`` (every worker serving it reads batch records)."""
+        self._coalesce = mode
+        self._reads_batches = reads_batches
+
+    async def publish(self, topic: str, request: InferenceRequest, *, coalesce: bool = False) -> None:
         """Produce ``request`` keyed by its id and wait until it is delivered.
+
+        ``coalesce``: a sync request (a reply stream read by this gateway) that may travel with others for the
+        same topic, version and reply stream that are published in the same event-loop turn, as one batch
+        record (``InferenceRequestBatch``), when coalescing is on for its model; its worker may then answer it
+        in a reply list (the request says this gateway reads them). Alone, it goes as today's envelope.
 
         PayloadTooLargeError (413) when the record is over the size limit; OverloadedError (503) when the
         hand-over took over ``timeout_s`` (not queued) while the cluster answers and the topic's metadata is
@@ -156,39 +188,143 @@ class RequestPublisher:
         not answer either, or the delivery failed. Bound the call by the request's deadline: cancelled after
         the hand-over, the record may still land.
         """
+        reply = request.reply
+        lists = coalesce and self._coalesce != "off" and reply.kind is ReplyKind.STREAM and not reply.ttl_s
+        if lists and not tracing.enabled() and self._batches_for(request.model):
+            await self._publish_grouped(topic, request)
+        else:
+            await self._publish_one(topic, request, lists)
+
+    def _batches_for(self, model: str) -> bool:
+        if self._coalesce == "on":
+            return True
+        return self._coalesce == "auto" and self._reads_batches is not None and self._reads_batches(model)
+
+    def _check_breakers(self, topic: str) -> AIOKafkaProducer:
+        """The producer, unless the cluster's or ``topic``'s breaker is open (BackendDownError)."""
         producer = self._producer
         if producer is None or self._probe_task is not None:
             raise BackendDownError("kafka", self._last_error)
         tripped = self._topic_trips.get(topic)
         if tripped is not None:
             raise BackendDownError("kafka", f"{tripped} (failing fast until the topic has a leader again)")
+        return producer
+
+    async def _publish_one(self, topic: str, request: InferenceRequest, lists: bool) -> None:
+        """One request as one record (``lists``: its reply address reads reply lists)."""
+        producer = self._check_breakers(topic)
         key = request.id.encode()
-        value = request.to_bytes()
+        value = request.to_bytes(reply_lists=lists)
         headers = [(HEADER_REQUEST_ID, key), _VERSION_HEADER]
         tracing.inject(headers)  # the request's trace context, when tracing is on
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
         check_queued_size(size, self._max_bytes, self._limit_name)
+        await self._produce(producer, topic, key, value, headers)
+
+    async def _publish_grouped(self, topic: str, request: InferenceRequest) -> None:
+        """Join the open group of ``request``'s topic, version and reply stream, or open one: its first request
+        waits out the rest of this event-loop turn (no linger beyond it), then the group is sent."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        key = (topic, request.version, request.reply.target)
+        group = self._groups.get(key)
+        if group is not None:
+            group.add(request, future)
+            await future
+            return
+        group = self._groups[key] = _Group(topic)
+        group.add(request, future)
+        try:
+            await asyncio.sleep(0)  # the requests published in this turn join
+        except asyncio.CancelledError:
+            self._close_group(key, group)
+            if len(group.requests) > 1:  # the others still go, without this one
+                future.cancel()
+                self._spawn(self._send_group(group))
+            raise
+        self._close_group(key, group)
+        if len(group.requests) == 1:  # alone: today's envelope, sent by its own caller
+            await self._publish_one(topic, request, True)
+            return
+        self._spawn(self._send_group(group))
+        await future
+
+    def _close_group(self, key: tuple[str, str, str], group: _Group) -> None:
+        if self._groups.get(key) is group:
+            del self._groups[key]
+
+    def _spawn(self, routine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(routine, name="fleet-gateway-kafka-batch")
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
+
+    async def _send_group(self, group: _Group) -> None:
+        """Send a group's requests (in records within the size limit) and settle each one's future."""
+        try:
+            await asyncio.gather(*(self._send_members(group.topic, part) for part in self._parts(group)))
+        finally:  # cancelled (the publisher stops): nobody may wait forever
+            for future in group.futures:
+                if not future.done():
+                    future.set_exception(BackendDownError("kafka", "the gateway is stopping"))
+
+    def _parts(self, group: _Group) -> list[list[tuple[InferenceRequest, asyncio.Future[None]]]]:
+        """The group in parts whose estimated record size is within the limit (a part of one may be over it:
+        it gets its own 413)."""
+        budget = self._max_bytes * 0.9
+        parts: list[list[tuple[InferenceRequest, asyncio.Future[None]]]] = [[]]
+        used = 0.0
+        for request, future in zip(group.requests, group.futures, strict=True):
+            size = _estimated_size(request)
+            if parts[-1] and used + size > budget:
+                parts.append([])
+                used = 0.0
+            parts[-1].append((request, future))
+            used += size
+        return parts
+
+    async def _send_members(self, topic: str, members: list[tuple[InferenceRequest, asyncio.Future[None]]]) -> None:
+        """Send ``members`` as one batch record (one alone: its own envelope) and settle their futures."""
+        members = [(r, f) for r, f in members if not f.done()]  # its caller stopped waiting: not queued (as alone)
+        if not members:
+            return
+        try:
+            if len(members) == 1:
+                await self._publish_one(topic, members[0][0], True)
+            else:
+                await self._publish_batch(topic, [r for r, _ in members])
+        except PayloadTooLargeError as exc:
+            if len(members) == 1:
+                _settle(members, exc)
+                return
+            half = len(members) // 2  # the batch was over the limit: its halves go apart
+            await asyncio.gather(self._send_members(topic, members[:half]), self._send_members(topic, members[half:]))
+            return
+        except FleetError as exc:
+            _settle(members, exc)
+            return
+        _settle(members, None)
+
+    async def _publish_batch(self, topic: str, requests: list[InferenceRequest]) -> None:
+        """Several requests as one batch record (PayloadTooLargeError when it is over the size limit)."""
+        producer = self._check_breakers(topic)
+        first = requests[0]
+        batch = InferenceRequestBatch(first.model, first.version, first.reply, tuple(requests))
+        key = first.id.encode()
+        value = batch.to_bytes(reply_lists=True)
+        headers = [(HEADER_REQUEST_ID, key), _VERSION_HEADER, (HEADER_BATCH, str(len(requests)).encode())]
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        check_queued_size(size, self._max_bytes, self._limit_name)
+        await self._produce(producer, topic, key, value, headers)
+
+    async def _produce(
+        self, producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """Hand one record to the producer within ``timeout_s`` and wait for its delivery report."""
         if self._bulk_topics is not None:
             await self._ensure_topic(self._bulk_topics, topic)
         loop = asyncio.get_running_loop()
         budget_end = loop.time() + self._timeout_s
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                # The topic's partitions and leaders first (at once when known): a topic without them is a
-                # problem of that topic, a wait after them one of this gateway's producer.
-                await producer.partitions_for(topic)
-        except TimeoutError:
-            if await self._cluster_answers():
-                self._trip_topic(topic, f"no partition of {topic} with a leader within {self._timeout_s:g} s")
-            raise BackendDownError(
-                "kafka",
-                f"publishing to {topic}: no topic metadata within {self._timeout_s:g} s (the request was not queued)",
-            ) from None
-        except KafkaError as exc:
-            await asyncio.shield(self._verify_soon())
-            if self._probe_task is None:
-                self._trip_topic(topic, f"metadata of {topic} failed: {exc}")
-            raise BackendDownError("kafka", f"publishing to {topic} failed: {exc}") from exc
+        if not producer.client.cluster.available_partitions_for_topic(topic):
+            await self._topic_metadata(producer, topic)
         try:
             async with asyncio.timeout(max(0.0, budget_end - loop.time())):
                 delivery = await producer.send(topic, value, key=key, headers=headers)
@@ -212,6 +348,25 @@ class RequestPublisher:
             raise BackendDownError("kafka", f"publishing to {topic} failed: {exc}") from exc
         delivery.add_done_callback(_retrieve)  # also when the caller stops waiting (its deadline passed)
         await self._delivered(topic, delivery)
+
+    async def _topic_metadata(self, producer: AIOKafkaProducer, topic: str) -> None:
+        """Wait (within ``timeout_s``) for ``topic``'s partitions and leaders: a topic without them is a problem
+        of that topic, a wait after them one of this gateway's producer."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await producer.partitions_for(topic)
+        except TimeoutError:
+            if await self._cluster_answers():
+                self._trip_topic(topic, f"no partition of {topic} with a leader within {self._timeout_s:g} s")
+            raise BackendDownError(
+                "kafka",
+                f"publishing to {topic}: no topic metadata within {self._timeout_s:g} s (the request was not queued)",
+            ) from None
+        except KafkaError as exc:
+            await asyncio.shield(self._verify_soon())
+            if self._probe_task is None:
+                self._trip_topic(topic, f"metadata of {topic} failed: {exc}")
+            raise BackendDownError("kafka", f"publishing to {topic} failed: {exc}") from exc
 
     async def _ensure_topic(self, bulk_topics: BulkTopics, topic: str) -> None:
         """Create ``topic`` when it is a missing bulk-lane topic (503 when that fails or takes over ``timeout_s``)."""
@@ -364,6 +519,40 @@ class RequestPublisher:
         if kafka.idempotence != "auto" or kafka.broker != "auto":
             return kafka.idempotent(None)
         return kafka.idempotent((await cluster_info(kafka)).cluster_id)
+
+
+@dataclass(eq=False)
+class _Group:
+    """Requests for one topic, version and reply stream published in one event-loop turn, with their futures."""
+
+    topic: str
+    requests: list[InferenceRequest] = field(default_factory=list)
+    futures: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def add(self, request: InferenceRequest, future: asyncio.Future[None]) -> None:
+        self.requests.append(request)
+        self.futures.append(future)
+
+
+def _estimated_size(request: InferenceRequest) -> int:
+    """About the bytes ``request`` adds to a batch record (tensor data and a margin for the rest)."""
+    return 256 + len(request.id) + sum(64 + len(t.name) + 8 * len(t.shape) + len(t.data) for t in request.inputs)
+
+
+def _settle(members: Sequence[tuple[InferenceRequest, asyncio.Future[None]]], error: FleetError | None) -> None:
+    """Wake the callers still waiting: delivered (``error`` None) or failed (each gets its own copy)."""
+    for _, future in members:
+        if not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(copy.copy(error))
+
+
+def coalescable(record: ModelRecord) -> bool:
+    """Whether a sync request for ``record`` may travel in a batch record: not for a text-generation model (its
+    worker streams each request's tokens on its own)."""
+    return record.task != TEXT_GENERATION
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

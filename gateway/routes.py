@@ -70,7 +70,7 @@ from .protocol import (
     parse_timeout_ms,
     render_infer,
 )
-from .publisher import RequestPublisher
+from .publisher import RequestPublisher, coalescable
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
 from .repository import RepositoryRoutes
@@ -123,6 +123,7 @@ class Routes:
             external_scaler=backends.settings.external_scaler,
             return_grace_s=backends.settings.worker_return_grace_s,
         )
+        backends.publisher.configure_coalescing(backends.settings.coalesce, self.serviceability.reads_batches)
         self.draining = False
         self.admission = Admission(backends.settings.max_in_flight, backends.settings.max_in_flight_bytes)
         settings = backends.settings
@@ -404,7 +405,7 @@ class Routes:
         try:
             async with asyncio.timeout_at(deadline):
                 topic = self._b.names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
-                await self._b.publisher.publish(topic, message)
+                await self._b.publisher.publish(topic, message, coalesce=coalescable(record))
                 response = await future
                 answered = True
                 return response

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from common import text
 from schemas import ErrorCode, ModelRecord, Names, SchemaError, now_ms
+from schemas.constants import CAP_BATCH, HEARTBEAT_CAPS
 from schemas.limits import ModelLimits
 from schemas.load_failures import LoadFailure
 from schemas.residency import WorkerResidency
@@ -90,6 +91,8 @@ class FleetSnapshot:
     resident: frozenset[tuple[str, str]] = frozenset()
     autoscaler_alive: bool = False
     pins: dict[str, int] = field(default_factory=dict)
+    #: Models that every worker serving them reads batch records for (heartbeat ``caps``), at least one.
+    batch_models: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,12 @@ class ServiceabilityView:
         if verdict.state is Serviceability.UNAVAILABLE:
             raise ModelUnavailableError(verdict)
 
+    def reads_batches(self, model: str) -> bool:
+        """Whether every worker serving ``model`` reads batch records, as of the last fleet read (False before
+        one; the read is refreshed with the verdicts)."""
+        fleet = self._fleet
+        return fleet is not None and model in fleet[1].batch_models
+
     def _cached(self, record: ModelRecord, now: float, *, since: float | None = None) -> Verdict | None:
         """The verdict from what is cached: younger than ttl_s, or (``since``) read since then."""
         facts = self._facts.get((record.name, record.version))
@@ -255,18 +264,30 @@ class ServiceabilityView:
         ids = [_text(w) for w in workers]
         announced: set[str] = set()
         resident: set[tuple[str, str]] = set()
+        batch_readers: set[str] = set()
+        plain_readers: set[str] = set()  # models some worker reads without batch records
         if ids:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for worker in ids:
-                    pipe.hmget(n.worker_key(worker), "state", "models")
+                    pipe.hmget(n.worker_key(worker), "state", "models", HEARTBEAT_CAPS)
                     pipe.get(n.residency_key(worker))
                 replies = await pipe.execute()
-            for (state, models), residency in zip(replies[::2], replies[1::2], strict=True):
-                if state is None or _text(state) not in LIVE_STATES:
-                    continue  # expired (dead) or draining/stopped
+            for (state, models, caps), residency in zip(replies[::2], replies[1::2], strict=True):
+                if state is None or _text(state) == "stopped":
+                    continue  # expired (dead) or stopped
+                served = {*_names(models), *(m for m, _ in _resident(residency))}
+                (batch_readers if CAP_BATCH in _names(caps) else plain_readers).update(served)
+                if _text(state) not in LIVE_STATES:
+                    continue  # draining: it may still read its records, but serves nothing new
                 announced.update(_names(models))
                 resident.update(_resident(residency))
-        return FleetSnapshot(frozenset(announced), frozenset(resident), bool(leader) or bool(reports), _pins(raw_pins))
+        return FleetSnapshot(
+            frozenset(announced),
+            frozenset(resident),
+            bool(leader) or bool(reports),
+            _pins(raw_pins),
+            frozenset(batch_readers - plain_readers),
+        )
 
     async def _read_facts(self, model: str, version: str) -> VersionFacts:
         n = self._names

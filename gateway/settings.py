@@ -47,6 +47,12 @@ class GatewaySettings:
     registry_cache_ttl_s: float = doc("Seconds a registry lookup is cached (only default pointers move).", 1.0)
     backend_timeout_s: float = doc("Longest a Kafka publish or Redis call may take before the answer is 503.", 1.0)
     max_in_flight: int = doc("Infer requests handled at once; beyond it the answer is 503 OVERLOADED.", 10_000)
+    coalesce: str = doc(
+        "Sync requests for one model version that arrive in the same event-loop turn travel as one Kafka record, "
+        "and their replies as one reply-stream entry: auto (only while every worker serving the model says it "
+        "reads such records), on (always: every worker runs this release), off (one record per request).",
+        "auto",
+    )
     external_scaler: bool = doc(
         "Workers are started by something outside the fleet (KEDA, an HPA, a process supervisor): a sync "
         "request for a model no live worker serves waits for one instead of failing with 503 MODEL_UNAVAILABLE.",
@@ -148,6 +154,17 @@ class GatewaySettings:
         "Per-model rate limits shared by every key and gateway, requests/s: `model=rate,...` (unlisted: none).",
         "",
     )
+    model_token_limits: str = doc(
+        "Per-model limits in tokens/s on the /v1 generation and embedding routes, shared by every key and gateway: "
+        "`model=tokens,...`; a request takes its prompt's tokens (estimated: 4 bytes of text a token) plus its "
+        "max_tokens (unlisted: none).",
+        "",
+    )
+    key_token_rate: float = doc(
+        "Every API key's limit in tokens/s on the /v1 generation and embedding routes (0: none), counted as for "
+        "FLEET_GATEWAY_MODEL_TOKEN_LIMITS.",
+        0.0,
+    )
     rate_burst_s: float = doc("A token bucket holds this many seconds of its rate (at least 1 request).", 1.0)
     max_tensor_elements: int = doc("Largest element count of one input tensor; more gets 400 INVALID_INPUT.", 16 << 20)
     max_header_line_bytes: int = doc("Longest HTTP request line or header line; longer gets 400.", 8190)
@@ -167,6 +184,8 @@ class GatewaySettings:
                 raise SettingsError(f"{name} must be >= 1")
         if self.decode_inline_bytes < 0:
             raise SettingsError("decode_inline_bytes must be >= 0")
+        if self.coalesce not in ("auto", "on", "off"):
+            raise SettingsError(f"FLEET_GATEWAY_COALESCE must be auto, on or off, not {self.coalesce!r}")
         if self.max_body_bytes > self.fleet.kafka.max_request_bytes:
             raise SettingsError(
                 f"max_body_bytes {self.max_body_bytes} exceeds the Kafka record limit "
@@ -212,25 +231,37 @@ class GatewaySettings:
         if self.max_headers < 1:
             raise SettingsError("max_headers must be >= 1")
         self.model_rates()  # validates the text
+        self.model_token_rates()
+        if self.key_token_rate < 0:
+            raise SettingsError("key_token_rate must be >= 0")
 
     def model_rates(self) -> dict[str, float]:
         """``model_rate_limits`` parsed: model name -> requests per second."""
-        rates: dict[str, float] = {}
-        for item in self.model_rate_limits.split(","):
-            if not item.strip():
-                continue
-            model, sep, rate_text = item.partition("=")
-            try:
-                rate = float(rate_text)
-                check_model_name(model.strip())
-            except (ValueError, FleetError):
-                rate = -1.0
-            if not sep or not 0 < rate < math.inf:
-                raise SettingsError(f"model_rate_limits item {item.strip()!r}: use model=rate with a rate > 0")
-            rates[model.strip()] = rate
-        return rates
+        return _rates(self.model_rate_limits, "model_rate_limits")
+
+    def model_token_rates(self) -> dict[str, float]:
+        """``model_token_limits`` parsed: model name -> tokens per second."""
+        return _rates(self.model_token_limits, "model_token_limits")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
         """Settings from ``FLEET_GATEWAY_*``, ``FLEET_NAMESPACE``, ``FLEET_KAFKA_*`` and ``FLEET_REDIS_*``."""
         return load(cls, env, "FLEET_GATEWAY_")
+
+
+def _rates(text: str, setting: str) -> dict[str, float]:
+    """``model=rate,...`` parsed: model name -> rate."""
+    rates: dict[str, float] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        model, sep, rate_text = item.partition("=")
+        try:
+            rate = float(rate_text)
+            check_model_name(model.strip())
+        except (ValueError, FleetError):
+            rate = -1.0
+        if not sep or not 0 < rate < math.inf:
+            raise SettingsError(f"{setting} item {item.strip()!r}: use model=rate with a rate > 0")
+        rates[model.strip()] = rate
+    return rates

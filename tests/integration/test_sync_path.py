@@ -17,6 +17,7 @@ import pytest
 
 from gateway import Gateway, GatewaySettings
 from schemas import BatchingConfig, FleetSettings, InferenceResponse, ModelRecord, ModelRegistry, Names, TensorSpec
+from schemas.envelopes import unpack_responses
 from schemas.topics import ensure_model_topics
 from workers import Worker, WorkerSettings
 
@@ -167,7 +168,11 @@ async def test_model_exception_becomes_error_reply_and_worker_carries_on(
 
 async def _reply_ids(redis: Any, names: Names, gateway: Gateway) -> Counter[str]:
     entries = await redis.xrange(names.reply_stream(gateway.settings.gateway_id))
-    return Counter(InferenceResponse.from_bytes(fields[b"r"]).id for _, fields in entries)
+    ids: Counter[str] = Counter()
+    for _, fields in entries:  # one reply per entry (field r), or a round's replies in one list (field rb)
+        listed = unpack_responses(fields[b"rb"])[0] if b"rb" in fields else [InferenceResponse.from_bytes(fields[b"r"])]
+        ids.update(response.id for response in listed)
+    return ids
 
 
 async def _load(url: str, count: int, concurrency: int) -> list[tuple[int, Any, np.ndarray]]:

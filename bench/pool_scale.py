@@ -7,7 +7,8 @@ and ``python -m workers`` pool workers it spawns. One CPU-bound model (bench.aut
 capacity makes the autoscaler want a second replica, so the pool grows to two workers and the placement puts
 the model on both. For the worker added, it prints, from the decision (the pool runner's scale call):
 
-* ``spawned``: the process started;
+* ``spawned``: the process started (or the warm standby was activated: ``--standby``, the local runner's
+  FLEET_AUTOSCALER_POOL_STANDBY; the run waits until the standby stands by before it sends load);
 * ``ready``: the worker says ready (its log);
 * ``assigned``: it picked up the model from its assignment (the worker announces itself once subscribed to
   the placement news, the autoscaler places at once and its news names the worker: no poll in between);
@@ -20,7 +21,9 @@ the model on both. For the worker added, it prints, from the decision (the pool 
 Each run is a fresh stack (``--runs``); it prints each run's figures and their medians, against the target
 "consuming within 2 s of the decision". The machine is shared with other work: figures are upper bounds.
 
-    python -m bench.pool_scale [--runs 3] [--load 1.6] [--json bench/results/pool_scale.json]
+``--baseline`` runs the same without a standby first (in the same session, for a ratio).
+
+    python -m bench.pool_scale [--runs 3] [--load 1.6] [--standby 1] [--baseline] [--json FILE]
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class RunResult:
     """One run: the added worker's milestones in seconds after the decision (None: not reached)."""
 
     worker: str | None
+    standby: bool  # the worker added was the activated standby
     spawned_s: float | None
     ready_s: float | None
     assigned_s: float | None
@@ -114,7 +118,7 @@ class RunResult:
     errors: list[str]  # a few of the failures' texts
 
 
-async def one_run(kit: ModelKit, home: Path, load: float, timeout_s: float) -> RunResult:
+async def one_run(kit: ModelKit, home: Path, load: float, timeout_s: float, standby: int) -> RunResult:
     """A fresh stack with one pool worker, the load, and the second worker the autoscaler adds for it."""
     async with contextlib.AsyncExitStack() as exits:
         env = dict(os.environ) | {"FLEET_GATEWAY_ID": f"bench-pool-{home.name}"}
@@ -133,7 +137,14 @@ async def one_run(kit: ModelKit, home: Path, load: float, timeout_s: float) -> R
 
         t0 = time.monotonic()
         runner = RecordingBackend(
-            fleet, log_dir=home / "workers", extra_env=WORKER_ENV, gpu_count=0, t0=t0, drain_timeout_s=30.0, pool=True
+            fleet,
+            log_dir=home / "workers",
+            extra_env=WORKER_ENV,
+            gpu_count=0,
+            t0=t0,
+            drain_timeout_s=30.0,
+            pool=True,
+            standby=standby,
         )
         settings = AutoscalerSettings(
             models=(MODEL,),
@@ -148,6 +159,7 @@ async def one_run(kit: ModelKit, home: Path, load: float, timeout_s: float) -> R
             pool=True,
             pool_min_workers=1,
             pool_max_workers=2,
+            pool_standby=standby,
             fleet=fleet,
         )
         sizer = PoolSizer(1, 2, scale_down_stabilization_s=settings.scale_down_stabilization_s)
@@ -160,6 +172,12 @@ async def one_run(kit: ModelKit, home: Path, load: float, timeout_s: float) -> R
             await asyncio.sleep(0.2)
         first = {w.worker_id for w in runner.workers()}
         print(f"  first pool worker ready after {time.monotonic() - began:.1f}s; load {load:.1f}x capacity")
+        standing_by: set[str] = set()
+        while len(standing_by) < standby:
+            if time.monotonic() - began > timeout_s:
+                raise TimeoutError("the standby did not stand by")
+            await asyncio.sleep(0.2)
+            standing_by = {w.worker_id for w in runner.standbys() if "standing by" in _read(w.log_path)}
 
         generator = await exits.enter_async_context(
             OpenLoop(stack.url, MODEL, kit.inputs, kit.expected, prefix=home.name, timeout_s=60.0)
@@ -173,7 +191,7 @@ async def one_run(kit: ModelKit, home: Path, load: float, timeout_s: float) -> R
                 added = next((e for e in runner.events if e.after > e.before and set(e.spawned) - first), None)
                 await asyncio.sleep(0.2)
             if added is None:
-                return RunResult(None, None, None, None, None, None, generator.answered, generator.failed, [])
+                return RunResult(None, False, None, None, None, None, None, generator.answered, generator.failed, [])
             (worker_id,) = [w for w in added.spawned if w not in first]
             log_path = home / "workers" / f"{worker_id}.log"
             found = Milestones()
@@ -191,6 +209,7 @@ async def one_run(kit: ModelKit, home: Path, load: float, timeout_s: float) -> R
         spawned_at = runner.spawned_at.get(worker_id)
         return RunResult(
             worker_id,
+            worker_id in standing_by,
             since(spawned_at, added.wall),
             since(found.ready, added.wall),
             since(found.assigned, added.wall),
@@ -202,29 +221,49 @@ async def one_run(kit: ModelKit, home: Path, load: float, timeout_s: float) -> R
         )
 
 
-async def run(runs: int, load: float, timeout_s: float) -> dict[str, Any]:
-    """``runs`` fresh runs; their results and the medians."""
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+async def run(runs: int, load: float, timeout_s: float, standby: int, baseline: bool) -> dict[str, Any]:
+    """``runs`` fresh runs with ``standby`` (and, with ``baseline``, as many without one first); their results
+    and the medians."""
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pool-scale-") as tmp:
         kit = build_model(Path(tmp))
         print(f"model {MODEL}: one worker thread completes {kit.capacity:.1f} requests/s")
-        results = []
-        for i in range(runs):
-            print(f"run {i + 1}/{runs}")
-            result = await one_run(kit, Path(tmp) / f"run{i}", load, timeout_s)
-            print(f"  {result}")
-            results.append(result)
-    figures = {
-        name: median([v for r in results if (v := getattr(r, name)) is not None])
-        for name in ("spawned_s", "ready_s", "assigned_s", "consuming_s", "answered_s")
-    }
-    return {"capacity": kit.capacity, "load": load, "runs": [asdict(r) for r in results], "median": figures}
+        result.update(capacity=kit.capacity, load=load, standby=standby)
+        for name, count in (("baseline", 0), ("current", standby)) if baseline else (("current", standby),):
+            results = []
+            for i in range(runs):
+                print(f"{name} (standby {count}): run {i + 1}/{runs}")
+                one = await one_run(kit, Path(tmp) / f"{name}{i}", load, timeout_s, count)
+                print(f"  {one}")
+                results.append(one)
+            figures = {
+                field: median([v for r in results if (v := getattr(r, field)) is not None])
+                for field in ("spawned_s", "ready_s", "assigned_s", "consuming_s", "answered_s")
+            }
+            runs_median = {"runs": [asdict(r) for r in results], "median": figures}
+            if name == "current":
+                result.update(runs_median)
+            else:
+                result["baseline"] = runs_median
+    return result
 
 
 def report(result: dict[str, Any]) -> str:
     """The figures as text, with the target."""
     lines = ["seconds from the autoscaler's decision to add a pool worker (median of runs; upper bounds):"]
+    base = result.get("baseline", {}).get("median")
+    if base is not None:
+        lines.append(f"  {'':<10} {'standby ' + str(result['standby']):>10} {'none':>8}")
     for name, value in result["median"].items():
-        lines.append(f"  {name.removesuffix('_s'):<10} {'-' if value is None else f'{value:.2f}'}")
+        text = "-" if value is None else f"{value:.2f}"
+        if base is not None:
+            other = base.get(name)
+            text = f"{text:>10} {'-' if other is None else f'{other:.2f}':>8}"
+        lines.append(f"  {name.removesuffix('_s'):<10} {text}")
     consuming = [r["consuming_s"] for r in result["runs"]]
     ok = bool(consuming) and all(c is not None and c <= TARGET_S for c in consuming)
     each = ", ".join("-" if c is None else f"{c:.2f}" for c in consuming)
@@ -238,9 +277,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="fresh stacks, one added worker each (default 3)")
     parser.add_argument("--load", type=float, default=1.6, help="offered load x one worker's capacity (1.6)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a run may wait for each step (60)")
+    parser.add_argument("--standby", type=int, default=1, help="standbys the local pool runner keeps (1)")
+    parser.add_argument("--baseline", action="store_true", help="first as many runs without a standby")
     parser.add_argument("--json", type=Path, help="write the runs and medians here")
     args = parser.parse_args()
-    result = asyncio.run(run(args.runs, args.load, args.timeout))
+    result = asyncio.run(run(args.runs, args.load, args.timeout, args.standby, args.baseline))
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

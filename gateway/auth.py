@@ -74,9 +74,9 @@ class RateLimitedError(AuthError):
     code = ErrorCode.RATE_LIMITED
     retriable = True
 
-    def __init__(self, what: str, rate: float, retry_after_s: int) -> None:
+    def __init__(self, what: str, rate: float, retry_after_s: int, unit: str = "requests") -> None:
         super().__init__(
-            f"rate limit of {what} ({rate:g} requests/s) exceeded; retry in {retry_after_s} s",
+            f"rate limit of {what} ({rate:g} {unit}/s) exceeded; retry in {retry_after_s} s",
             {"Retry-After": str(retry_after_s)},
         )
 
@@ -132,6 +132,7 @@ class Guard:
         self._buckets = TokenBuckets(redis)
         self.cache = KeyCache(settings.auth_cache_ttl_s, settings.auth_cache_size)
         self._model_rates = settings.model_rates()
+        self._model_token_rates = settings.model_token_rates()
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -159,7 +160,10 @@ class Guard:
                     "error": exc.message,
                 },
             )
-            response = error_response(exc.http_status, exc.message, exc.code)
+            if request.path.startswith("/v1/"):  # OpenAI's clients read OpenAI's error body
+                response = web.json_response(openai_auth_error(exc), status=exc.http_status)
+            else:
+                response = error_response(exc.http_status, exc.message, exc.code)
             response.headers.update(exc.headers)
             return response
         return await handler(request)
@@ -222,14 +226,45 @@ class Guard:
             found.append(Bucket.for_rate(self._names.model_bucket_key(model), model_rate, burst))
         return found
 
+    def token_buckets(self, key: ApiKey | None, model: str) -> list[Bucket]:
+        """The token buckets (in model tokens) a /v1 request of ``key`` for ``model`` draws from."""
+        burst = self._settings.rate_burst_s
+        found: list[Bucket] = []
+        if key is not None and self._settings.key_token_rate > 0:
+            rate = self._settings.key_token_rate
+            found.append(Bucket.for_rate(self._names.key_bucket_key(key.key_id) + ":tokens", rate, burst))
+        model_rate = self._model_token_rates.get(model)
+        if model_rate is not None:
+            found.append(Bucket.for_rate(self._names.model_bucket_key(model) + ":tokens", model_rate, burst))
+        return found
+
+    async def limit_tokens(self, key: ApiKey | None, model: str, tokens: int) -> None:
+        """Take ``tokens`` from the key's and the model's token buckets; RateLimitedError when one is short.
+        A request over a bucket's capacity waits for a full bucket (it takes all of it)."""
+        await self._take(self.token_buckets(key, model), key, model, tokens, "tokens")
+
     async def _limit(self, key: ApiKey | None, model: str) -> None:
-        buckets = self.buckets(key, model)
+        await self._take(self.buckets(key, model), key, model, 1, "requests")
+
+    async def _take(self, buckets: list[Bucket], key: ApiKey | None, model: str, amount: int, unit: str) -> None:
         if not buckets:
             return
-        verdict = await redis_bounded(self._buckets.take(buckets), self._settings.backend_timeout_s, "rate limit check")
+        verdict = await redis_bounded(
+            self._buckets.take(buckets, amount), self._settings.backend_timeout_s, "rate limit check"
+        )
         if verdict.allowed or verdict.limiting is None:
             return
         limiting = verdict.limiting
-        is_key = key is not None and limiting.key == self._names.key_bucket_key(key.key_id)
+        key_bucket = self._names.key_bucket_key(key.key_id) if key is not None else None
+        is_key = key_bucket is not None and limiting.key in (key_bucket, key_bucket + ":tokens")
         what = f"API key {key.key_id!r}" if key is not None and is_key else f"model {model!r}"
-        raise RateLimitedError(what, limiting.rate, verdict.retry_after_s)
+        raise RateLimitedError(what, limiting.rate, verdict.retry_after_s, unit)
+
+
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def openai_auth_error(exc: AuthError) -> dict[str, Any]:
+    """OpenAI's error body for a refused /v1 request."""
+    kind = _OPENAI_TYPES.get(exc.http_status, "invalid_request_error")
+    return {"error": {"message": exc.message, "type": kind, "param": None, "code": exc.code.value}}

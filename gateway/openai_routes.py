@@ -148,7 +148,8 @@ class GenerationRoutes:
                 prompt = raw
             stream = bool(body.get("stream", False))
             params = sampling(body, stream=stream, chat=chat)
-            await self._guard.authorize(presented_secret(request), model, infer=True)
+            key = await self._guard.authorize(presented_secret(request), model, infer=True)
+            await self._guard.limit_tokens(key, model, estimated_tokens(prompt) + params.max_tokens)
             record = await self._path.record(model)
         except FleetError as exc:
             return _openai_failure(exc)
@@ -210,7 +211,8 @@ class GenerationRoutes:
             encoding = body.get("encoding_format") or "float"
             if encoding not in ("float", "base64"):
                 raise InvalidRequestError("encoding_format must be float or base64")
-            await self._guard.authorize(presented_secret(request), model, infer=True)
+            key = await self._guard.authorize(presented_secret(request), model, infer=True)
+            await self._guard.limit_tokens(key, model, sum(estimated_tokens(t) for t in texts))
             await self._path.record(model, task=FEATURE_EXTRACTION)
             array = np.empty(len(texts), dtype=object)
             array[:] = [t.encode() for t in texts]
@@ -266,9 +268,15 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def estimated_tokens(text: str) -> int:
+    """A text's model tokens as the token rate limits count them: one per 4 bytes of UTF-8, at least 1 (the
+    gateway has no tokenizer; the worker counts the real ones in ``usage``)."""
+    return max(1, -(-len(text.encode()) // 4))
+
+
 def _openai_failure(exc: FleetError) -> web.Response:
     status, body = openai_error(exc)
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=getattr(exc, "headers", None))
 
 
 async def _sse(

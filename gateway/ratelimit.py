@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: KEYS[1]: one bucket. ARGV: rate (tokens/s), capacity (tokens), wanted (whole tokens >= 1), given back
-#: (unused tokens of this gateway's previous block). Returns {granted tokens, ms until one token when none}.
+#: (unused tokens of this gateway's previous block), least (grant nothing unless at least this many: a request's
+#: amount). Returns {granted tokens, ms until ``least`` tokens when none}.
 LEASE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -44,6 +45,7 @@ local rate = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local wanted = tonumber(ARGV[3])
 local back = tonumber(ARGV[4])
+local least = tonumber(ARGV[5] or '1')
 local state = redis.call('HMGET', KEYS[1], 't', 'ts')
 local level = tonumber(state[1])
 local last = tonumber(state[2])
@@ -54,11 +56,12 @@ elseif now > last then
 end
 level = math.min(capacity, level + back)
 local granted = math.min(wanted, math.floor(level))
+if granted < least then granted = 0 end
 level = level - granted
 redis.call('HSET', KEYS[1], 't', tostring(level), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - level) * 1000 / rate) + 1000)
 if granted < 1 then
-  return {0, math.ceil((1 - level) * 1000 / rate)}
+  return {0, math.ceil((least - level) * 1000 / rate)}
 end
 return {granted, 0}
 """
@@ -136,27 +139,32 @@ class TokenBuckets:
         #: Lease calls made (for tests and benchmarks).
         self.lease_calls = 0
 
-    async def take(self, buckets: list[Bucket]) -> Verdict:
-        """Take one token from every bucket, or none when one of them is empty."""
+    async def take(self, buckets: list[Bucket], amount: int = 1) -> Verdict:
+        """Take ``amount`` tokens from every bucket, or none when one of them has fewer (an amount over a bucket's
+        capacity takes the whole bucket: a request bigger than the burst waits for a full bucket, it is not
+        refused for ever)."""
         if not buckets:
             return Verdict(True)
+        amounts = [max(1, min(amount, math.floor(bucket.capacity))) for bucket in buckets]
         blocks = [self._block(bucket) for bucket in buckets]
         now = self._clock()
         for bucket, block in zip(buckets, blocks, strict=True):
             if block.refused_until > now:
                 return Verdict(False, _wait_ms(block, now), bucket)
-        empty = [(b, k) for b, k in zip(buckets, blocks, strict=True) if not self._usable(k, now)]
+        empty = [
+            (b, k, n) for b, k, n in zip(buckets, blocks, amounts, strict=True) if not self._usable(k, now, n)
+        ]
         if empty:
-            refusals = await asyncio.gather(*(self._lease(bucket, block) for bucket, block in empty))
+            refusals = await asyncio.gather(*(self._lease(bucket, block, n) for bucket, block, n in empty))
             refused = [(wait, bucket) for wait, bucket in refusals if wait]
             if refused:
                 wait, bucket = max(refused, key=lambda r: r[0])
                 return Verdict(False, wait, bucket)
-            if not all(block.tokens >= 1 for block in blocks):  # taken meanwhile by concurrent requests
-                return await self.take(buckets)
-        for block in blocks:
-            block.tokens -= 1
-            block.taken += 1
+            if not all(block.tokens >= n for block, n in zip(blocks, amounts, strict=True)):  # taken meanwhile
+                return await self.take(buckets, amount)
+        for block, n in zip(blocks, amounts, strict=True):
+            block.tokens -= n
+            block.taken += n
         return Verdict(True)
 
     def _block(self, bucket: Bucket) -> _Block:
@@ -171,24 +179,25 @@ class TokenBuckets:
         for key in [k for k, b in self._blocks.items() if b.tokens == 0 and now - b.since > 10 * self._lease_s]:
             del self._blocks[key]
 
-    def _usable(self, block: _Block, now: float) -> bool:
-        return block.tokens >= 1 and now - block.leased_at <= self._lease_s
+    def _usable(self, block: _Block, now: float, amount: int = 1) -> bool:
+        return block.tokens >= amount and now - block.leased_at <= self._lease_s
 
-    async def _lease(self, bucket: Bucket, block: _Block) -> tuple[int, Bucket]:
+    async def _lease(self, bucket: Bucket, block: _Block, amount: int = 1) -> tuple[int, Bucket]:
         """Lease a new block of ``bucket`` (giving back an expired one's tokens); (ms to wait, bucket) when
         Redis has no token for it, else (0, bucket)."""
         async with block.lock:
             now = self._clock()
-            if self._usable(block, now):  # a concurrent request leased meanwhile
+            if self._usable(block, now, amount):  # a concurrent request leased meanwhile
                 return 0, bucket
             if block.refused_until > now:
                 return _wait_ms(block, now), bucket
             self._measure(block, now)
             back, block.tokens = block.tokens, 0
-            wanted = self._wanted(bucket, block)
+            wanted = max(amount, self._wanted(bucket, block))
             self.lease_calls += 1
             granted, wait_ms = await self._script(
-                keys=[bucket.key], args=[repr(float(bucket.rate)), repr(float(bucket.capacity)), wanted, back]
+                keys=[bucket.key],
+                args=[repr(float(bucket.rate)), repr(float(bucket.capacity)), wanted, back, amount],
             )
             block.leased_at = self._clock()
             if int(granted) < 1:

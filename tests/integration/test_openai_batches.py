@@ -225,10 +225,9 @@ async def _bulk_records(stack: Stack, model: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.settings.kafka.bootstrap)
     await consumer.start()
     try:
+        await consumer.topics()  # loads the cluster's metadata
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            await consumer.force_metadata_update()  # type: ignore[attr-defined]
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        assert partitions, f"no partitions of {topic}"
         ends = await consumer.end_offsets(partitions)
         return int(sum(ends.values()))
     finally:
@@ -313,20 +312,15 @@ async def test_a_gateway_killed_mid_batch_is_replaced_and_no_line_is_lost_or_dou
     await client.close()
 
 
+@pytest.mark.timeout(240)  # a worker process imports torch and loads the model on a shared machine
 async def test_a_worker_killed_mid_stream_ends_the_stream_with_an_error_event(stack: Stack) -> None:
-    model, tok = stack.llama
-    prompts = [f"user: {p}\nassistant:" for p in genmodels.PROMPTS]
-    # A prompt whose greedy answer runs the whole 200 tokens: the worker is stopped long before its end.
-    long = [p for p in prompts if len(genmodels.greedy(model, tok, p, 200)) == 200]
-    if not long:
-        pytest.skip("every greedy answer of the tiny model ends early")
     worker = WorkerProcess(stack.settings, "gen2", stack.directory, FLEET_WORKER_CACHE_DIR=str(stack.directory / "c2"))
     try:
-        await wait_worker_ready(stack.redis, stack.names, worker, timeout_s=90)
+        await wait_worker_ready(stack.redis, stack.names, worker, timeout_s=150)
         client = _client(stack)
-        content = long[0].removeprefix("user: ").removesuffix("\nassistant:")
+        content = genmodels.PROMPTS[0]  # its greedy answer runs all 120 tokens: no end of text before the kill
         stream = await client.chat.completions.create(
-            model="gen2", messages=[{"role": "user", "content": content}], max_tokens=200, temperature=0, stream=True
+            model="gen2", messages=[{"role": "user", "content": content}], max_tokens=120, temperature=0, stream=True
         )
         pieces: list[str] = []
         with pytest.raises(openai.APIError) as failed:
@@ -336,9 +330,10 @@ async def test_a_worker_killed_mid_stream_ends_the_stream_with_an_error_event(st
                         worker.signal(signal.SIGSTOP)  # frozen at once: no more tokens, then killed
                         worker.signal(signal.SIGKILL)
                     pieces.append(chunk.choices[0].delta.content)
+        # The gateway's stream idle timeout (2 s here) ends it: the worker's answer never comes.
         assert failed.value.body["code"] == "BACKEND_UNAVAILABLE"  # type: ignore[index]
         assert "no token" in failed.value.message
-        assert 0 < len(pieces) < 200
+        assert 0 < len(pieces) < 120
         await client.close()
     finally:
         if worker.process.poll() is None:

@@ -73,10 +73,10 @@ _IDLE_WAIT_CAP_MS = 500
 #: Every this many heartbeats the worker checks that it still holds each lease it consumes (batched MGETs).
 LEASE_CHECK_BEATS = 30
 #: A claim refused (the old owner has not let go yet: it finishes its round in hand first, then releases) is
-#: tried again after these pauses rather than a heartbeat later, for up to a heartbeat interval or
-#: ``CLAIM_RETRY_WINDOW_S`` after the refusal, whichever is shorter; then once a beat as before.
+#: tried again after these pauses rather than a heartbeat later, for up to ``CLAIM_RETRY_WINDOW_S`` after the
+#: refusal (a round in hand can outlast a heartbeat; a try is one small script call); then once a beat.
 CLAIM_RETRY = BackoffPolicy(first_s=0.1, max_s=0.2, factor=1.5)
-CLAIM_RETRY_WINDOW_S = 5.0
+CLAIM_RETRY_WINDOW_S = 10.0
 
 
 class PoolConsumer:
@@ -403,8 +403,7 @@ class PoolConsumer:
 
     def _claim_pause(self) -> float | None:
         """The pause before trying refused claims again, or None when none is due before the next beat."""
-        window = min(self._settings.heartbeat_interval_s, CLAIM_RETRY_WINDOW_S)
-        if not self._unclaimed or time.monotonic() - self._refused_at >= window:
+        if not self._unclaimed or time.monotonic() - self._refused_at >= CLAIM_RETRY_WINDOW_S:
             return None
         return self._claim_retry.next()
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 
-from common import Backoff, BackoffPolicy
+from common import Backoff, BackoffPolicy, tracing
 from schemas import BackendUnavailableError, DeadLetter, InferenceRequest, Lane, now_ms
 
 from .deadletter import DeadLetterWriter
@@ -135,6 +135,7 @@ class RoundRunner:
 
     def observe(self, fetched: Sequence[Fetched], delivered_ms: float, busy_s: float) -> None:
         """Record a committed round: its requests' latencies and ``busy_s``, the time it kept the worker busy."""
+        tracing.delivered(fetched, self.model, delivered_ms)  # nothing when tracing is off
         latencies = [delivered_ms - f.request.created_ms for f in fetched if f.request is not None]
         self._metrics.observe_delivered(
             self.model,

@@ -107,8 +107,9 @@ Layout for namespace ``ns`` (default ``fleet``)::
       [pipelines]:pipeline:{p}:serial  STRING counter: the last version number given to pipeline p
       [pipelines]:pipeline:{p}:v:{n}   msgpack version n of pipeline p (its steps and outputs; immutable)
       [pipelines]:pipeline:{p}:current STRING the version of pipeline p that requests run
-      [jobs.{s}]:step:{rid}:{step}     HASH the first result of one step of pipeline request rid (``r``) and
-                                       whether its outputs were passed on (``e``); EXPIRE past the deadline
+      [jobs.{s}]:step:{rid}:{step}     HASH the first result of one step of pipeline request rid (``r``), the
+                                       token of the step record that stored it and alone passes it on (``o``),
+                                       and whether its outputs were passed on (``e``); EXPIRE past the deadline
       [jobs.{s}]:join:{rid}:{step}     HASH what a join step of pipeline request rid has gathered: one field per
                                        step it waits for (its tensors), ``fired``/``done`` once complete and
                                        passed on; EXPIRE past the deadline (`workers.steps`)

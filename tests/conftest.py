@@ -10,14 +10,13 @@ group and key names never clash.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 
-from fleet.local.servers import LocalBroker, LocalRedis, free_port
+from fleet.local.cluster import LocalCluster
+from fleet.local.servers import LocalBroker, LocalRedis
 from schemas import FleetSettings, KafkaSettings, Names, RedisSettings
 
 
@@ -55,88 +54,6 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
-
-
-class ClusterNode(LocalRedis):
-    """One master of a test Redis Cluster (Valkey with ``--cluster-enabled yes``; keeps nothing on disk)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bus_port = free_port()  # the default (port + 10000) is out of range for a high port
-
-    def command(self) -> list[str]:
-        return [
-            *super().command(),
-            "--cluster-enabled", "yes",
-            "--cluster-port", str(self.bus_port),
-            "--cluster-config-file", f"nodes-{self.port}.conf",
-            "--cluster-node-timeout", "2000",
-        ]  # fmt: skip
-
-
-class LocalCluster:
-    """A Redis Cluster of ``masters`` Valkey masters on this machine, every slot covered (no replicas)."""
-
-    def __init__(self, masters: int = 3) -> None:
-        self.masters = masters
-        self.nodes = self._new_nodes()
-
-    def _new_nodes(self) -> list[ClusterNode]:
-        """Nodes whose client and bus ports are all distinct (``free_port`` may hand out a number twice)."""
-        while True:
-            nodes = [ClusterNode() for _ in range(self.masters)]
-            ports = [p for node in nodes for p in (node.port, node.bus_port)]
-            if len(set(ports)) == len(ports):
-                return nodes
-
-    @property
-    def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
-
-    def start(self, timeout_s: float = 15.0, attempts: int = 3) -> None:
-        """Start the nodes and join them; a node that cannot start (a port taken between its choice and its
-        bind, on a machine busy with other servers) makes a fresh set of nodes try again."""
-        from redis.exceptions import RedisError
-
-        for attempt in range(attempts):
-            try:
-                self._start(timeout_s)
-                return
-            except (RuntimeError, TimeoutError, OSError, RedisError):
-                self.stop()
-                if attempt == attempts - 1:
-                    raise
-                self.nodes = self._new_nodes()
-
-    def _start(self, timeout_s: float) -> None:
-        import redis
-
-        for node in self.nodes:
-            node.start()
-        clients: list[Any] = [redis.Redis(port=node.port) for node in self.nodes]
-        try:
-            per_node = 16384 // len(self.nodes)
-            for i, client in enumerate(clients):
-                last = 16383 if i == len(clients) - 1 else (i + 1) * per_node - 1
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per_node, last)
-            for node in self.nodes[1:]:
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
-            deadline = time.monotonic() + timeout_s
-            while not all(
-                b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
-                and len(c.execute_command("CLUSTER", "SLOTS")) == len(self.nodes)
-                for c in clients
-            ):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the test cluster is not ready after {timeout_s}s")
-                time.sleep(0.05)
-        finally:
-            for client in clients:
-                client.close()
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ not even wrapped (``traced_http`` returns it as it is). On (:func:`configured` a
 - the publisher adds that span's context to the request's Kafka record (``traceparent``/``tracestate``
   headers, :func:`inject`); a pipeline request carries the span's ``traceparent`` (:func:`traceparent`) and
   every later step's record gets it, so each step's worker spans join the same trace;
+- the latency histograms of both services carry, on each observation of a sampled traced request, its trace id
+  as an exemplar (:func:`exemplar`, :func:`exemplars`; shown in the OpenMetrics format of ``/metrics``);
 - the worker makes, in each request's trace (children of the gateway's span): ``fleet.worker.queued`` (from the
   gateway's acceptance to the model run), ``fleet.worker.model_run`` (the batch's run: size, the request ids of
   the batch, links to the other requests' traces) and ``fleet.worker.deliver`` (from the end of the run until
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, MutableSequence, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableSequence, Sequence
 from typing import Any, Protocol, TypeVar
 
 from schemas import InferenceRequest
@@ -223,6 +225,15 @@ def traceparent() -> str:
     return carrier.get(HEADER_TRACEPARENT, "")
 
 
+def exemplar() -> dict[str, str] | None:
+    """The current span's trace id as a metrics exemplar (``{"trace_id": 32 hex digits}``) when the span is
+    sampled; None when tracing is off or no sampled span is current."""
+    tracer = _active
+    if tracer is None:
+        return None
+    return _exemplar(tracer.current_span().get_span_context())
+
+
 def _model_attributes(span: Any, model: str | None, version: str | None) -> None:
     if model:
         span.set_attribute("fleet.model", model)
@@ -298,6 +309,25 @@ def delivered(items: Sequence[Fetched], model: str, delivered_ms: float) -> None
             started_ms = tracer.ran.pop(_key(item.record), delivered_ms)
             attributes = {"fleet.model": model, "messaging.kafka.offset": int(item.record.offset)}
             tracer.span("fleet.worker.deliver", parent, started_ms, delivered_ms, attributes=attributes)
+
+
+def exemplars(records: Iterable[Any]) -> Sequence[dict[str, str] | None]:
+    """The exemplar of each Kafka record (its sampled trace's id, None for a record without one), in order;
+    ``()`` when tracing is off (``records`` is not read then)."""
+    tracer = _active
+    if tracer is None:
+        return ()
+    found: list[dict[str, str] | None] = []
+    for record in records:
+        parent = tracer.parent(record)
+        found.append(None if parent is None else _exemplar(tracer.current_span(parent).get_span_context()))
+    return found
+
+
+def _exemplar(context: Any) -> dict[str, str] | None:
+    if not context.is_valid or not context.trace_flags.sampled:
+        return None
+    return {"trace_id": format(context.trace_id, "032x")}
 
 
 def _key(record: Any) -> tuple[str, int, int]:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import choose_encoder
 
-#: Content type of the ``/metrics`` answer.
+from common import tracing
+
+#: Content type of the ``/metrics`` answer in the Prometheus text format.
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The media type a scraper names in its ``Accept`` header to get the OpenMetrics format (with exemplars).
+OPENMETRICS_TYPE = "application/openmetrics-text"
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -35,7 +40,8 @@ class GatewayMetrics:
     """Request counters and a latency histogram per model and version, and the requests in flight.
 
     ``version`` is the version that answered (the one a traffic split picked for unversioned requests),
-    so a canary can be compared with the version it replaces.
+    so a canary can be compared with the version it replaces. With tracing on, each latency sample of a sampled
+    trace carries its trace id as an exemplar (OpenMetrics format only).
     """
 
     def __init__(self) -> None:
@@ -81,7 +87,8 @@ class GatewayMetrics:
             children[0].inc()
         else:
             self.failure.labels(model, version, code).inc()
-        children[1].observe(seconds)
+        # The request's span is current here (the handler runs in it); None when tracing is off.
+        children[1].observe(seconds, tracing.exemplar())
 
     def refused(self, model: str, code: str) -> None:
         """Count an infer request the gateway refused before handling it (401, 403, 429): a failure
@@ -91,3 +98,11 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """Every metric and its content type for a scrape that sent ``accept``: the OpenMetrics format (which has
+        the exemplars) when the scraper asks for it, the Prometheus text format otherwise."""
+        if OPENMETRICS_TYPE not in accept:
+            return self.render(), METRICS_CONTENT_TYPE
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type

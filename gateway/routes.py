@@ -58,7 +58,7 @@ from .job_routes import (
 )
 from .jobs import JobStore
 from .limits import Admission, Decoder, LargeBodies, Ticket, check_declared_body
-from .metrics import METRICS_CONTENT_TYPE, GatewayMetrics
+from .metrics import GatewayMetrics
 from .protocol import (
     HEADER_LENGTH,
     LANE_HEADER,
@@ -178,8 +178,9 @@ class Routes:
         return json_response({"ready": True})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """``GET /metrics``: Prometheus text format."""
-        return web.Response(body=self._b.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        """``GET /metrics``: Prometheus text format, or OpenMetrics (with exemplars) when the scraper asks for it."""
+        body, content_type = self._b.metrics.exposition(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _redis_problem(self) -> str | None:
         timeout = self._b.settings.backend_timeout_s

@@ -1,7 +1,9 @@
 """Prometheus metrics of a worker, in Triton's vocabulary, in a registry of its own.
 
 ``fleet_worker_inference_count_total / fleet_worker_execution_count_total`` is the mean batch size
-(requests per model execution). The HTTP endpoint runs only when ``metrics_port > 0``.
+(requests per model execution). The HTTP endpoint runs only when ``metrics_port > 0``; it answers the
+OpenMetrics format, where ``fleet_worker_request_duration_seconds`` carries trace ids as exemplars (tracing
+on), when the scraper asks for it in its ``Accept`` header, the Prometheus text format otherwise.
 
 GPU utilization and memory come from NVML at scrape time (``common.gpu``), one series per GPU the
 worker's NVML sees, labelled ``device="cuda:N"``; without NVIDIA GPUs (CPU workers) those families are
@@ -133,10 +135,17 @@ class WorkerMetrics:
         for value in queue_s:
             queue.observe(max(0.0, value))
 
-    def observe_delivered(self, model: str, latencies: Iterable[tuple[str, float]]) -> None:
-        """Record ``(version, seconds)`` from request creation to reply delivery for each answered request."""
-        for version, seconds in latencies:
-            self.request_duration.labels(model, version).observe(max(0.0, seconds))
+    def observe_delivered(
+        self,
+        model: str,
+        latencies: Iterable[tuple[str, float]],
+        exemplars: Sequence[dict[str, str] | None] = (),
+    ) -> None:
+        """Record ``(version, seconds)`` from request creation to reply delivery for each answered request;
+        ``exemplars`` (with tracing on, ``common.tracing.exemplars``) has each request's trace id, in order."""
+        for index, (version, seconds) in enumerate(latencies):
+            exemplar = exemplars[index] if index < len(exemplars) else None
+            self.request_duration.labels(model, version).observe(max(0.0, seconds), exemplar)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Start the /metrics HTTP endpoint on ``port``."""

@@ -140,6 +140,7 @@ class RoundRunner:
         self._metrics.observe_delivered(
             self.model,
             [(f.request.version, (delivered_ms - f.request.created_ms) / 1000) for f in fetched if f.request],
+            tracing.exemplars(f.record for f in fetched if f.request),  # () when tracing is off
         )
         self.stats.observe_round(len(fetched), busy_s, latencies)
 

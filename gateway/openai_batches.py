@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from schemas import ErrorCode, FleetError
 
@@ -60,6 +61,12 @@ def _openai(handler: Handler) -> Handler:
         except (OSError, TimeoutError) as exc:  # Redis or the file store
             status, body = openai_error(BackendDownError("storage", str(exc)))
             return web.json_response(body, status=status)
+        except web.HTTPException as exc:  # aiohttp's own refusals (a body over client_max_size)
+            if exc.status < 400:
+                raise
+            kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+            error = {"message": exc.reason.lower(), "type": kind, "param": None, "code": None}
+            return web.json_response({"error": error}, status=exc.status)
 
     return wrapped
 
@@ -97,20 +104,26 @@ class BatchRoutes:
         """``POST /v1/files``: a multipart upload of ``purpose`` and ``file``."""
         if not request.content_type.startswith("multipart/"):
             raise InvalidRequestError("upload a file as multipart/form-data with the fields purpose and file")
-        reader = await request.multipart()
         purpose: str | None = None
         filename = "upload.jsonl"
         tmp: Path | None = None
         size = 0
         try:
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    continue
-                if part.name == "purpose":
-                    purpose = (await part.text()).strip()
-                elif part.name == "file":
-                    filename = part.filename or filename
-                    tmp, size = await self._spool(part)
+            try:
+                reader = await request.multipart()
+                while (part := await reader.next()) is not None:
+                    if not isinstance(part, BodyPartReader):
+                        continue
+                    if part.name == "purpose":
+                        purpose = (await part.text()).strip()
+                    elif part.name == "file":
+                        filename = part.filename or filename
+                        if tmp is not None:  # the field sent twice: the last one counts
+                            await asyncio.to_thread(tmp.unlink, True)
+                            tmp = None
+                        tmp, size = await self._spool(part)
+            except (ValueError, HttpProcessingError) as exc:  # no boundary, a bad part header, a broken body
+                raise InvalidRequestError(f"the multipart/form-data body is malformed: {exc}") from None
             if purpose != "batch":
                 raise InvalidRequestError(f"purpose must be 'batch' (got {purpose!r})")
             if tmp is None or size == 0:

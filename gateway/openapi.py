@@ -1,5 +1,6 @@
 """The gateway's OpenAPI 3.1 description, served at ``GET /v2/openapi.json`` (hand-written, kept in step
-with ``gateway.routes`` and ``gateway.job_routes``; ``tests/gateway/test_openapi.py`` checks both ways)."""
+with ``gateway.routes``, ``gateway.job_routes``, ``gateway.pipeline_routes`` and ``gateway.openai_batches``;
+``tests/gateway/test_openapi.py`` checks both ways)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from schemas import DATATYPES, HTTP_STATUS, ErrorCode
 
+from .batch_state import ENDPOINTS
 from .openai_routes import openapi_paths as generation_paths
 
 OPENAPI_PATH = "/v2/openapi.json"
@@ -180,6 +182,118 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "PipelineStep": {
+        "type": "object",
+        "required": ["name", "model", "version", "inputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "model": {"type": "string"},
+            "version": {"type": ["string", "null"], "description": "null: the model's default at request time."},
+            "inputs": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+    "PipelineMetadata": {
+        "type": "object",
+        "required": ["name", "versions", "platform", "inputs", "outputs", "steps"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string", "enum": ["pipeline"]},
+            "inputs": {"type": "array", "items": _ref("TensorMetadata")},
+            "outputs": {"type": "array", "items": _ref("TensorMetadata")},
+            "steps": {"type": "array", "items": _ref("PipelineStep")},
+        },
+    },
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "OpenAIFile": {
+        "type": "object",
+        "required": ["id", "object", "bytes", "created_at", "filename", "purpose", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["file"]},
+            "bytes": {"type": "integer", "minimum": 0},
+            "created_at": {"type": "integer"},
+            "filename": {"type": "string"},
+            "purpose": {"type": "string"},
+            "status": {"type": "string"},
+            "status_details": {"type": ["string", "null"]},
+        },
+    },
+    "OpenAIBatch": {
+        "type": "object",
+        "required": ["id", "object", "endpoint", "input_file_id", "completion_window", "status", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["batch"]},
+            "endpoint": {"type": "string"},
+            "errors": {
+                "type": ["object", "null"],
+                "properties": {"object": {"type": "string"}, "data": {"type": "array", "items": {"type": "object"}}},
+            },
+            "input_file_id": {"type": "string"},
+            "completion_window": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": [
+                    "validating",
+                    "failed",
+                    "in_progress",
+                    "finalizing",
+                    "completed",
+                    "expired",
+                    "cancelling",
+                    "cancelled",
+                ],
+            },
+            "output_file_id": {"type": ["string", "null"]},
+            "error_file_id": {"type": ["string", "null"]},
+            "created_at": {"type": "integer"},
+            "in_progress_at": {"type": ["integer", "null"]},
+            "expires_at": {"type": ["integer", "null"]},
+            "finalizing_at": {"type": ["integer", "null"]},
+            "completed_at": {"type": ["integer", "null"]},
+            "failed_at": {"type": ["integer", "null"]},
+            "expired_at": {"type": ["integer", "null"]},
+            "cancelling_at": {"type": ["integer", "null"]},
+            "cancelled_at": {"type": ["integer", "null"]},
+            "request_counts": {
+                "type": "object",
+                "required": ["total", "completed", "failed"],
+                "properties": {
+                    "total": {"type": "integer"},
+                    "completed": {"type": "integer"},
+                    "failed": {"type": "integer"},
+                },
+            },
+            "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+        },
+    },
+    "OpenAIBatchList": {
+        "type": "object",
+        "required": ["object", "data", "first_id", "last_id", "has_more"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": _ref("OpenAIBatch")},
+            "first_id": {"type": ["string", "null"]},
+            "last_id": {"type": ["string", "null"]},
+            "has_more": {"type": "boolean"},
+        },
+    },
 }
 
 _ERROR_TEXT = {
@@ -318,6 +432,165 @@ def _triton_operation(kind: str, versioned: bool | None, summary: str) -> dict[s
                 **_errors(*_AUTH, *_LOOKUP, ErrorCode.VERSION_NOT_FOUND),
             },
         }
+    }
+
+
+def _pipeline_paths() -> dict[str, Any]:
+    """``/v2/pipelines/{model}`` (metadata) and ``.../infer``: a pipeline is called like a model."""
+    pipeline = _path_param("model", "Pipeline name.")
+    infer = _model_operations(False)["infer"]
+    infer["post"]["summary"] = "Run a pipeline (sync; async with ?async=true or Prefer: respond-async)"
+    infer["post"]["operationId"] = "pipelineInfer"
+    infer["post"]["parameters"] = [pipeline, *infer["post"]["parameters"][1:]]
+    return {
+        "/v2/pipelines/{model}": {
+            "get": {
+                "summary": "Pipeline metadata: inputs, outputs and steps (versions resolved now)",
+                "operationId": "pipelineMetadata",
+                "parameters": [pipeline],
+                "responses": {
+                    "200": _json(_ref("PipelineMetadata"), "Name, version, inputs, outputs and steps."),
+                    **_errors(*_AUTH, *_LOOKUP, ErrorCode.MODEL_UNAVAILABLE),
+                },
+            }
+        },
+        "/v2/pipelines/{model}/infer": infer,
+    }
+
+
+_OPENAI_ERROR_TEXT = {
+    400: "Malformed request (invalid_request_error).",
+    401: "Missing, unknown or revoked API key.",
+    404: "No such file or batch, or one another API key created.",
+    408: "The request body did not arrive in time.",
+    413: "File over FLEET_GATEWAY_FILES_MAX_BYTES.",
+    503: "Redis or the file store unavailable.",
+}
+
+
+def _openai_errors(*statuses: int) -> dict[str, Any]:
+    """Error answers of the Files and Batch routes: OpenAI's error body."""
+    responses: dict[str, Any] = {}
+    for status in sorted(statuses):
+        response = _json(_ref("OpenAIError"), _OPENAI_ERROR_TEXT[status])
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        responses[str(status)] = response
+    return responses
+
+
+def _batch_paths() -> dict[str, Any]:
+    """OpenAI's Files and Batch API (``gateway.openai_batches``)."""
+    file_id = _path_param("file_id", "File id (file-...).")
+    batch_id = _path_param("batch_id", "Batch id (batch_...).")
+    lookup = _openai_errors(400, 401, 404, 503)
+    return {
+        "/v1/files": {
+            "post": {
+                "summary": "Upload a JSONL file of batch requests (OpenAI Files API)",
+                "operationId": "openaiUploadFile",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["purpose", "file"],
+                                "properties": {
+                                    "purpose": {"type": "string", "enum": ["batch"]},
+                                    "file": {"type": "string", "format": "binary"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("OpenAIFile"), "The stored file."),
+                    **_openai_errors(400, 401, 408, 413, 503),
+                },
+            }
+        },
+        "/v1/files/{file_id}": {
+            "get": {
+                "summary": "A file object",
+                "operationId": "openaiRetrieveFile",
+                "parameters": [file_id],
+                "responses": {"200": _json(_ref("OpenAIFile"), "The file."), **lookup},
+            }
+        },
+        "/v1/files/{file_id}/content": {
+            "get": {
+                "summary": "A file's bytes (JSONL)",
+                "operationId": "openaiFileContent",
+                "parameters": [file_id],
+                "responses": {
+                    "200": {
+                        "description": "The file's bytes.",
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **lookup,
+                },
+            }
+        },
+        "/v1/batches": {
+            "post": {
+                "summary": "Create a batch from an uploaded file (OpenAI Batch API)",
+                "operationId": "openaiCreateBatch",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["input_file_id", "endpoint", "completion_window"],
+                                "properties": {
+                                    "input_file_id": {"type": "string"},
+                                    "endpoint": {"type": "string", "enum": list(ENDPOINTS)},
+                                    "completion_window": {"type": "string", "enum": ["24h"]},
+                                    "metadata": {
+                                        "type": ["object", "null"],
+                                        "maxProperties": 16,
+                                        "additionalProperties": {"type": "string"},
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("OpenAIBatch"), "The batch (validating)."),
+                    **_openai_errors(400, 401, 404, 408, 413, 503),
+                },
+            },
+            "get": {
+                "summary": "Batches of the caller's key, newest first",
+                "operationId": "openaiListBatches",
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(_ref("OpenAIBatchList"), "A page of batches."),
+                    **_openai_errors(400, 401, 503),
+                },
+            },
+        },
+        "/v1/batches/{batch_id}": {
+            "get": {
+                "summary": "A batch, with its progress (request_counts)",
+                "operationId": "openaiRetrieveBatch",
+                "parameters": [batch_id],
+                "responses": {"200": _json(_ref("OpenAIBatch"), "The batch."), **lookup},
+            }
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": {
+                "summary": "Cancel a batch: lines not started are not run",
+                "operationId": "openaiCancelBatch",
+                "parameters": [batch_id],
+                "responses": {"200": _json(_ref("OpenAIBatch"), "The batch (cancelling, or final)."), **lookup},
+            }
+        },
     }
 
 
@@ -470,13 +743,16 @@ def document(version: str) -> dict[str, Any]:
         paths[prefix + "/stats"] = _triton_operation("stats", versioned, "Model statistics (Triton's extension)")
     paths["/v2/models/stats"] = _triton_operation("stats", None, "Statistics of every model (Triton's extension)")
     paths.update(generation_paths())  # gateway.openai_routes
+    paths.update(_pipeline_paths())
+    paths.update(_batch_paths())
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "inference-fleet gateway",
             "version": version,
             "description": "Open Inference Protocol v2 over an event-driven worker fleet, plus async jobs. "
-            "Every error body is {error, code}.",
+            "Every error body is {error, code}, except on /v1 routes: OpenAI's "
+            "{error: {message, type, param, code}}.",
         },
         "paths": paths,
         "components": {

@@ -352,11 +352,12 @@ class LagCollector(AsyncService):
         since_ms = int(time.time() * 1000)
         deadline = time.monotonic() + self.probe_timeout_s
         wait_ms = max(5, 2 * self.settings.kafka.fetch_max_wait_ms)
-        pending: list[TopicPartition] = []
+        pending = list(tps)
         try:
             while True:
                 await probe.getmany(*tps, timeout_ms=wait_ms, max_records=1)  # records themselves are not used
-                pending = [tp for tp in tps if (probe.last_poll_timestamp(tp) or -1) < since_ms]
+                # Only those still waiting are looked at again (a fresh stamp stays fresh).
+                pending = [tp for tp in pending if (probe.last_poll_timestamp(tp) or -1) < since_ms]
                 if not pending or time.monotonic() > deadline:
                     break
         finally:

@@ -34,6 +34,13 @@ and normal traffic's p99 beside large or slow bodies stays within 2x of its idle
 * ``redis-maxmemory`` Redis refuses writes (maxmemory, noeviction) for 5 s: replies wait and arrive, none lost.
 * ``heavy-bodies``  4 clients sending 15 MiB bad bodies and 200 slow connections beside normal traffic.
 
+The failover drill (``bench/drills/failover.py``) runs the fleet (a gateway, an autoscaler and its pool worker) on
+a local Redis Cluster of 3 masters, each with a replica (node timeout 2 s):
+
+* ``redis-failover`` SIGKILL a master that holds slots and has a replica under sync load and async submissions:
+  503 BACKEND_UNAVAILABLE (nothing else) while its slots are unavailable, the replica promoted within 15 s, 200
+  again within 5 s of that without restarting anything, every accepted (202) job done with the right answer.
+
     .venv/bin/python -m bench.drills [--drill NAME ...] [--out bench/results]
 """
 

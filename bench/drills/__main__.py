@@ -14,10 +14,11 @@ from typing import Any
 
 import bench.drills
 from bench.common import git_commit, machine, write_report
+from bench.drills.failover import FAILOVER_DRILLS
 from bench.drills.faults import FAULT_DRILLS
 from bench.drills.outages import OUTAGE_DRILLS
 
-DRILLS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {**OUTAGE_DRILLS, **FAULT_DRILLS}
+DRILLS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {**OUTAGE_DRILLS, **FAULT_DRILLS, **FAILOVER_DRILLS}
 
 
 async def run(names: list[str]) -> dict[str, Any]:
@@ -45,6 +46,7 @@ def main() -> None:
     )
     parser.add_argument("--drill", action="append", choices=sorted(DRILLS), help="run only these (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--report", default="drills.json", help="file name of the report under --out")
     args = parser.parse_args()
     results = asyncio.run(run(args.drill or list(DRILLS)))
     report = {
@@ -53,7 +55,7 @@ def main() -> None:
         "machine": machine(),
         "drills": results,
     }
-    write_report(args.out / "drills.json", report)
+    write_report(args.out / args.report, report)
     sys.exit(0 if all(r["pass"] for r in results.values()) else 1)
 
 

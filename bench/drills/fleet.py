@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fleet.demo.modelgen import tiny_mlp
+from fleet.local.cluster import LocalCluster
 from fleet.local.heartbeats import read_workers
 from fleet.local.procs import ServiceProcess
 from fleet.local.servers import LocalBroker, LocalRedis, free_port, wait_for_port
@@ -68,9 +69,12 @@ class DrillFleet:
     batching: BatchingConfig = field(default_factory=lambda: BatchingConfig(64, 2))
     #: Extra environment of the gateway process (its limits, for the drills that push them).
     gateway_env: dict[str, str] = field(default_factory=dict)
+    #: A Redis Cluster to run on instead of one Valkey server (started and stopped with the fleet).
+    redis_cluster: LocalCluster | None = None
     broker: LocalBroker = field(init=False)
     redis_server: LocalRedis = field(init=False)
     gateway: ServiceProcess | None = None
+    autoscaler: ServiceProcess | None = None
     worker_procs: list[ServiceProcess] = field(default_factory=list)
     url: str = ""
     gateway_port: int = 0
@@ -95,8 +99,13 @@ class DrillFleet:
                 session_timeout_ms=2000,
                 heartbeat_interval_ms=500,
             ),
-            redis=RedisSettings(url=self.redis_server.url),
+            redis=RedisSettings(url=self.redis_url),
         )
+
+    @property
+    def redis_url(self) -> str:
+        """The URL of the fleet's Redis: the cluster's (``redis+cluster://``) when it runs on one."""
+        return self.redis_cluster.url if self.redis_cluster is not None else self.redis_server.url
 
     @property
     def names(self) -> Names:
@@ -108,14 +117,17 @@ class DrillFleet:
             **KAFKA_ENV,
             "FLEET_NAMESPACE": NAMESPACE,
             "FLEET_KAFKA_BOOTSTRAP": self.broker.bootstrap,
-            "FLEET_REDIS_URL": self.redis_server.url,
+            "FLEET_REDIS_URL": self.redis_url,
             "FLEET_EVENT_LOOP": "asyncio",
             "PYTHONUNBUFFERED": "1",
         }
 
     async def start(self) -> None:
         self.broker.start()
-        self.redis_server.start()
+        if self.redis_cluster is not None:
+            await asyncio.to_thread(self.redis_cluster.start)
+        else:
+            self.redis_server.start()
         path = self.model(self.root / "model.onnx")
         self._expected_outputs(path)
         redis = self.settings.redis.client()
@@ -132,6 +144,18 @@ class DrillFleet:
             self.spawn_worker()
         await self.wait_workers_ready(self.workers)
 
+    def start_autoscaler(self, env: dict[str, str]) -> ServiceProcess:
+        """Start an autoscaler process (local backend: the workers it runs are its children) with ``env`` added."""
+        logs = self.root / "logs"
+        self.autoscaler = ServiceProcess(
+            "autoscaler",
+            [sys.executable, "-m", "autoscaler"],
+            self.env() | {"FLEET_AUTOSCALER_BACKEND": "local", "FLEET_AUTOSCALER_LOG_DIR": str(logs)} | env,
+            logs / "autoscaler.log",
+        )
+        self.autoscaler.start()
+        return self.autoscaler
+
     async def start_gateway(self) -> ServiceProcess:
         """Start the gateway process (again, after a kill) on the fleet's port; wait until it listens."""
         self.gateway = ServiceProcess(
@@ -139,7 +163,9 @@ class DrillFleet:
             [sys.executable, "-m", "gateway"],
             self.env()
             | self.gateway_env
-            | {"FLEET_GATEWAY_PORT": str(self.gateway_port), "FLEET_GATEWAY_ID": "drill-gw"},
+            # a free gRPC port: the default (8001) may be another stack's on a shared machine
+            | {"FLEET_GATEWAY_PORT": str(self.gateway_port), "FLEET_GATEWAY_ID": "drill-gw"}
+            | {"FLEET_GATEWAY_GRPC_PORT": self.gateway_env.get("FLEET_GATEWAY_GRPC_PORT", str(free_port()))},
             self.root / "logs" / "gateway.log",
         )
         self.gateway.start()
@@ -180,9 +206,11 @@ class DrillFleet:
         raise RuntimeError(f"{count} workers not ready after {timeout_s:.0f} s; logs in {self.root / 'logs'}")
 
     async def stop(self) -> None:
-        procs = [p for p in (self.gateway, *self.worker_procs) if p is not None]
+        procs = [p for p in (self.gateway, self.autoscaler, *self.worker_procs) if p is not None]
         await asyncio.gather(*(p.stop(15.0) for p in procs))
         self.redis_server.stop()
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
         self.broker.stop()
 
 

@@ -170,12 +170,15 @@ async def drill_redis_failover(root: Path) -> dict[str, Any]:
     slowest_503 = max((o.latency_s for o in refusals), default=0.0)
     slowest = max((o.latency_s for o in outcomes), default=0.0)
     done = jobs_final.get("done", 0)
+    # Sync requests rarely touch Redis before their reply (their reply stream's writes wait out the failover in
+    # the cluster client); the job submissions show the 503s.
+    jobs_503 = sum(n for reason, n in refused.items() if reason == "503 BACKEND_UNAVAILABLE")
     ok = (
         promoted_s is not None
         and promoted_s <= PROMOTED_MAX_S
         and recovered_s is not None
         and recovered_s <= promoted_s + RECOVERED_AFTER_PROMOTION_MAX_S
-        and len(refusals) > 0
+        and len(refusals) + jobs_503 > 0
         and set(counts["codes"]) <= {"BACKEND_UNAVAILABLE"}
         and set(counts["statuses"]) <= {"200", "503"}
         and slowest_503 <= REFUSAL_MAX_S
@@ -201,11 +204,11 @@ async def drill_redis_failover(root: Path) -> dict[str, Any]:
         **figures,
         **counts,
         "summary": f"master SIGKILLed: replica promoted after {figures['promoted_s']} s, 200 again (for good) "
-        f"{figures['recovered_s']} s after the kill without a restart; {len(refusals)} requests got 503 "
-        f"BACKEND_UNAVAILABLE (slowest {figures['slowest_503_s']} s), other codes "
+        f"{figures['recovered_s']} s after the kill without a restart; {len(refusals)} sync requests and {jobs_503} "
+        f"job submissions got 503 BACKEND_UNAVAILABLE (slowest sync {figures['slowest_503_s']} s), other codes "
         f"{ {k: v for k, v in counts['codes'].items() if k != 'BACKEND_UNAVAILABLE'} or 'none'}, "
         f"{counts['wrong']} wrong, {counts['no_http_answer']} without an HTTP answer; async jobs {done}/"
-        f"{len(accepted)} accepted ones done right ({sum(refused.values())} refused meanwhile)",
+        f"{len(accepted)} accepted ones done right",
     }
 
 

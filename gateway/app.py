@@ -125,7 +125,7 @@ class Gateway(AsyncService):
         GenerationRoutes(generation, path, guard).add_to(app)
         files = FileStore(self.settings.files_dir)
         if self.settings.batches:
-            self._batches = BatchRunner(self._backends, generation, files)
+            self._batches = BatchRunner(self._backends, generation, files, guard)
         store = BatchStore(self._backends.redis, self.names)
         BatchRoutes(files, store, self._batches, self.settings.files_max_bytes).add_to(app)
         self._routes.add_to(app)

@@ -12,6 +12,10 @@ A :class:`BatchDriver` runs one batch as ``fleet batch run`` runs a file, with t
   ``url``; otherwise the batch fails with the lines named in ``errors``. A line whose ``body`` is bad (no model,
   an unknown one, bad messages) is not a validation failure: it is answered in the error file.
 * **in_progress**: each line is one request on its model's **bulk lane** (interactive traffic is served first),
+  on behalf of the API key that created the batch: a line for a model outside the key's allow-list is answered
+  403 ``permission_error`` in the error file (401 once the key is revoked or deleted), and each line takes the
+  key's and the model's request and token budgets (``gateway.auth``) as a ``/v1`` request would, except that it
+  waits for the budget instead of failing with 429 (a batch has its completion window to run in),
   with the request id ``{run}-{line}``; at most ``batch_window`` lines are in flight. Answers come back on the
   batch's own reply stream in any order and are released in line order (a line is written at most once). Every
   ``batch_checkpoint_s`` the released lines are written to the store as new parts of the output and error files,
@@ -53,15 +57,18 @@ from schemas import (
     Tensor,
     now_ms,
 )
+from schemas.apikeys import ApiKey, ApiKeyStore
 from schemas.constants import RESULT_TTL_S
 from schemas.generation import CANCEL_TTL_S, cancel_key
 from schemas.text_models import FEATURE_EXTRACTION
 
+from .auth import ForbiddenError, Guard, UnauthenticatedError
 from .batch_state import FINAL, BatchRecord, BatchStore, Progress
 from .errors import InvalidRequestError
 from .files import FileStore
 from .generation_path import GenerationPath, chat_messages, generated, sampling
-from .openai_routes import completion_body, embedding_body, openai_error
+from .openai_routes import completion_body, embedding_body, estimated_tokens, openai_error
+from .ratelimit import TokenBuckets
 from .routes import Backends
 
 log = logging.getLogger("fleet.gateway")
@@ -168,6 +175,8 @@ class BatchDriver:
         self._read_all = False
         self._seq = len(self._progress.out_parts) + len(self._progress.err_parts)
         self._cancel_checked = -float("inf")
+        self._key: ApiKey | None = None
+        self._key_read = -float("inf")
 
     # the run ----------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -276,38 +285,90 @@ class BatchDriver:
                                 await self._advanced.wait()
                     self._offsets[index] = offset
                     self._sent_end = index + 1
-                    await self._send(index, raw, stream, stored.get(index))
+                    stopped = await self._send(index, raw, stream, stored.get(index))
+                    if stopped is not None:  # while the line waited for its rate budget: it was not started
+                        return stopped
                     index += 1
         finally:
             await asyncio.to_thread(fh.close)
         self._read_all = True
         return None
 
-    async def _send(self, index: int, raw: bytes, stream: str, stored: InferenceResponse | None) -> None:
+    async def _send(self, index: int, raw: bytes, stream: str, stored: InferenceResponse | None) -> str | None:
+        """Send one line (or answer it); the stop reason when the batch stopped while it waited for its budget."""
         obj = json.loads(raw)
         custom_id = obj["custom_id"]
         request_id = f"{self._progress.run}-{index}"
         try:
-            request, generation = await self._request(request_id, obj["body"], stream)
+            request, generation, tokens, key = await self._request(request_id, obj["body"], stream)
+            if stored is None:  # a line a previous run sent took its budget then
+                stopped = await self._take_budget(key, request.model, tokens)
+                if stopped is not None:
+                    return stopped
         except FleetError as exc:
             self._deliver(index, self._error_line(custom_id, request_id, exc))
-            return
+            return None
         self._pending[index] = (custom_id, time.monotonic() + self._r.settings.batch_line_timeout_s, generation)
         if stored is not None:
             self._on_reply(stored)
-            return
+            return None
         topic = self._r.names.request_topic(request.model, Lane.BULK)
         try:
             await self._r.backends.publisher.publish(topic, request)
         except FleetError as exc:
             self._pending.pop(index, None)
             self._deliver(index, self._error_line(custom_id, request_id, exc))
+        return None
 
-    async def _request(self, request_id: str, body: dict[str, Any], stream: str) -> tuple[InferenceRequest, bool]:
+    async def _owner_key(self) -> ApiKey | None:
+        """The record of the key that created the batch (None: created with auth off), read again every
+        ``auth_cache_ttl_s``; UnauthenticatedError once it is revoked or deleted."""
+        owner = self._rec.owner
+        if not owner or self._r.guard is None:
+            return None
+        now = time.monotonic()
+        if now - self._key_read >= self._r.settings.auth_cache_ttl_s:
+            try:
+                self._key = await self._r.keys.get(owner)
+            except FleetError as exc:  # a damaged record, as the middleware treats it
+                raise UnauthenticatedError(exc.message) from None
+            self._key_read = now
+        if self._key is None:
+            raise UnauthenticatedError(f"API key {owner!r}, which created the batch, no longer exists")
+        if self._key.revoked:
+            raise UnauthenticatedError(f"API key {owner!r}, which created the batch, was revoked")
+        return self._key
+
+    async def _take_budget(self, key: ApiKey | None, model: str, tokens: int) -> str | None:
+        """Take one request and ``tokens`` tokens from the key's and the model's buckets, waiting while one is
+        short (never a 429: the batch has its window); the stop reason when the batch stopped meanwhile."""
+        guard = self._r.guard
+        if guard is None:
+            return None
+        for buckets, amount in ((guard.buckets(key, model), 1), (guard.token_buckets(key, model), tokens)):
+            while buckets:
+                verdict = await self._r.buckets.take(buckets, amount)
+                if verdict.allowed or verdict.limiting is None:
+                    break
+                stopped = await self._stop_reason()
+                if stopped is not None:
+                    return stopped
+                wait_s = min(verdict.retry_after_ms / 1000, self._r.settings.batch_checkpoint_s)
+                await asyncio.sleep(max(0.01, wait_s))
+        return None
+
+    async def _request(
+        self, request_id: str, body: dict[str, Any], stream: str
+    ) -> tuple[InferenceRequest, bool, int, ApiKey | None]:
+        """The line's request, whether it generates, its tokens as the token rate limits count them, and the key
+        it runs for (refused as the /v1 routes refuse it: allow-list before the model is looked up)."""
         endpoint = self._doc["endpoint"]
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequestError("model is required")
+        key = await self._owner_key()
+        if key is not None and not key.allows(model):
+            raise ForbiddenError(key, model)
         parameters: dict[str, Any] = {}
         if endpoint == "/v1/embeddings":
             texts = body.get("input")
@@ -320,6 +381,7 @@ class BatchDriver:
             record = await self._r.path.record(model, task=FEATURE_EXTRACTION)
             values = [t.encode() for t in texts]
             generation = False
+            tokens = sum(estimated_tokens(t) for t in texts)
         else:
             chat = endpoint == "/v1/chat/completions"
             raw: Any = chat_messages(body) if chat else body.get("prompt")
@@ -328,10 +390,12 @@ class BatchDriver:
             if not isinstance(raw, str):
                 raise InvalidRequestError("prompt must be a string (one prompt per request)")
             prompt: str = raw
-            parameters = dict(sampling(body, stream=False, chat=chat).to_parameters())
+            params = sampling(body, stream=False, chat=chat)
+            parameters = dict(params.to_parameters())
             record = await self._r.path.record(model)
             values = [prompt.encode()]
             generation = True
+            tokens = estimated_tokens(prompt) + params.max_tokens
         array = np.empty(len(values), dtype=object)
         array[:] = values
         started = now_ms()
@@ -345,7 +409,7 @@ class BatchDriver:
             deadline_ms=started + self._r.settings.batch_line_timeout_s * 1000,
             created_ms=started,
         )
-        return request, generation
+        return request, generation, tokens, key
 
     async def _stored(self, indices: list[int]) -> dict[int, InferenceResponse]:
         names, redis = self._r.names, self._r.backends.redis
@@ -569,8 +633,13 @@ def _read_lines(fh: IO[bytes], count: int) -> list[bytes]:
 class BatchRunner:
     """This gateway's share of the batches: ``start()`` its scan routine, ``stop()`` it (commits, releases)."""
 
-    def __init__(self, backends: Backends, path: GenerationPath, files: FileStore) -> None:
+    def __init__(
+        self, backends: Backends, path: GenerationPath, files: FileStore, guard: Guard | None = None
+    ) -> None:
         self.backends = backends
+        self.guard = guard  # the batch's key's allow-list and the rate limits apply to its lines (None: neither)
+        self.keys = ApiKeyStore(backends.redis, backends.names)
+        self.buckets = TokenBuckets(backends.redis)
         self.settings = backends.settings
         self.names = backends.names
         self.path = path

@@ -28,6 +28,7 @@ import pytest
 from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
 from schemas import FleetSettings, Lane, ModelRegistry, Names
+from schemas.apikeys import ApiKeyStore
 from schemas.topics import ensure_model_topics
 from tests import genmodels, textmodels
 from tests.integration.conftest import WorkerProcess, service_env, wait_worker_ready
@@ -256,6 +257,48 @@ async def test_cancel_stops_the_lines_not_started(stack: Stack, driver: Any) -> 
     assert done.output_file_id is None and done.error_file_id is None
     assert await _bulk_records(stack, "idle") == 4  # only the window was ever sent
     await client.close()
+
+
+async def test_lines_obey_the_creating_keys_allow_list_and_token_budget(stack: Stack) -> None:
+    """A line for a model outside the key's allow-list is a 403 permission_error line; lines take the key's token
+    budget (an interactive request of the key is refused once the lines took it) and a line whose budget is not
+    there waits (never a 429 line) until the batch is cancelled, when it is left unstarted."""
+    _, secret = await ApiKeyStore(stack.redis, stack.names).create("batcher", models=("gen",))
+    # 40 tokens that refill at 0.01/s: three lines of 17 (9 for the 35-byte messages as JSON, 8 new) cannot all run.
+    settings = replace(stack.gateway, auth=True, key_token_rate=0.01, rate_burst_s=4000.0)
+    lines = [_chat_line("g1", "hi", 8), _chat_line("fe", "hi", 8, model="fe"), _chat_line("g2", "hi", 8),
+             _chat_line("g3", "hi", 8)]  # fmt: skip
+    async with Gateway(settings) as gateway:
+        await gateway.wait_ready()
+        client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=secret, max_retries=0, timeout=30)
+        uploaded = await _upload(client, stack, lines, "allowed")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            seen = await client.batches.retrieve(batch.id)
+            counts = seen.request_counts
+            if counts is not None and counts.completed + counts.failed >= 3:
+                break
+            assert seen.status in ("validating", "in_progress") and time.monotonic() < deadline, seen
+            await asyncio.sleep(0.1)
+        assert counts.completed == 2 and counts.failed == 1, counts
+        with pytest.raises(openai.RateLimitError):  # the batch's lines took the key's tokens
+            await client.chat.completions.create(
+                model="gen", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+            )
+        await client.batches.cancel(batch.id)
+        done = await _wait(client, batch.id, FINAL)
+        output, errors = await _lines(client, done.output_file_id), await _lines(client, done.error_file_id)
+        await client.close()
+    assert done.status == "cancelled"
+    assert sorted(line["custom_id"] for line in output) == ["g1", "g2"]
+    assert [line["custom_id"] for line in errors] == ["fe"]  # g3 was never started: no 429 line
+    response = errors[0]["response"]
+    assert response["status_code"] == 403
+    assert response["body"]["error"]["type"] == "permission_error"
+    assert response["body"]["error"]["code"] == "FORBIDDEN"
 
 
 def _spawn_gateway(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -132,7 +132,16 @@ async def run(duration_s: float, concurrency: int, reverse: bool = False) -> dic
             ]
             for label, extra, secret in reversed(configs) if reverse else configs:
                 port = free_port()
-                gateway = _spawn("gateway", _env(broker.bootstrap, server.url, FLEET_GATEWAY_PORT=str(port), **extra))
+                gateway = _spawn(
+                    "gateway",
+                    _env(
+                        broker.bootstrap,
+                        server.url,
+                        FLEET_GATEWAY_PORT=str(port),
+                        FLEET_GATEWAY_GRPC_PORT=str(free_port()),
+                        **extra,
+                    ),
+                )
                 url = f"http://127.0.0.1:{port}"
                 try:
                     await _wait(url + "/v2/health/ready")

@@ -232,7 +232,7 @@ class Sampler:
             busy, total = machine[0] - last_machine[0], machine[1] - last_machine[1]
             groups: dict[str, float] = defaultdict(float)
             for label, seconds in cpu.items():
-                groups["workers" if label.startswith("worker") else label] += (seconds - last_cpu.get(label, seconds))
+                groups["workers" if label.startswith("worker") else label] += seconds - last_cpu.get(label, seconds)
             self.rows.append(
                 {
                     "t_s": round(now - self.began, 2),
@@ -604,7 +604,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         sampler.phase = "start"
         env = fleet.base_env()
-        gateway = fleet.spawn("gateway", "gateway", {**env, "FLEET_GATEWAY_PORT": str(fleet.gateway_port)})
+        gateway = fleet.spawn(
+            "gateway",
+            "gateway",
+            {**env, "FLEET_GATEWAY_PORT": str(fleet.gateway_port), "FLEET_GATEWAY_GRPC_PORT": str(free_port())},
+        )
         async with FleetClient(fleet.url, timeout_s=2.0) as probe:
 
             async def gateway_ready() -> bool:

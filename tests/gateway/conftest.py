@@ -49,7 +49,9 @@ async def registered(
 
 @pytest.fixture
 def gateway_settings(fleet_settings: FleetSettings) -> GatewaySettings:
-    return GatewaySettings(port=0, fleet=fleet_settings, default_timeout_s=5.0, backend_timeout_s=1.0)
+    # coalesce off: the test-side stand-in (`serve_one`) reads one request per record, although its heartbeat (the
+    # workers' own) says it reads batch records; coalescing has its own tests (tests/integration/test_coalescing.py).
+    return GatewaySettings(port=0, fleet=fleet_settings, default_timeout_s=5.0, backend_timeout_s=1.0, coalesce="off")
 
 
 async def wait_ready(session: aiohttp.ClientSession, gw: Gateway, timeout_s: float = 10.0) -> None:

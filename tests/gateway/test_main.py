@@ -33,6 +33,7 @@ async def test_runs_until_sigterm(fleet_settings: FleetSettings) -> None:
     process = await _spawn(
         {
             "FLEET_GATEWAY_PORT": str(port),
+            "FLEET_GATEWAY_GRPC_PORT": str(free_port()),  # not the default 8001: another process may hold it
             "FLEET_GATEWAY_ID": "main-test",
             "FLEET_NAMESPACE": fleet_settings.namespace,
             "FLEET_KAFKA_BOOTSTRAP": fleet_settings.kafka.bootstrap,

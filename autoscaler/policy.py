@@ -16,7 +16,9 @@ Rules, in order:
    with new arrivals.
 3. Extra triggers can only raise it: p95 latency over its target and GPU utilization over its target
    (both proportional, like the HPA: ``ceil(current x measured / target)``), and requests buffered in
-   workers over the per-worker queue-depth target.
+   workers over the per-worker queue-depth target; a text-generation model whose workers run at least
+   ``SEQUENCES_BUSY`` of their sequence cap (``FLEET_WORKER_MAX_SEQUENCES``) while more requests wait in Kafka
+   (lag over the sequences in flight) is busy: one worker more.
 4. Zero: a model at zero wakes (0 -> >=1) as soon as lag reaches ``activation_lag``; below it, it stays
    at zero. A running model goes to zero only after ``idle_to_zero_s`` without arrivals and without lag;
    until then it keeps at least one worker.
@@ -39,6 +41,8 @@ from .signals import ModelLoad, ServiceStats
 
 #: Slack for ``ceil`` so that 2.0000000001 (float noise) does not become 3.
 _EPSILON = 1e-9
+#: Share of the workers' sequence cap in flight from which a text-generation model counts as busy.
+SEQUENCES_BUSY = 0.9
 
 InputValue = float | int | str | bool | None
 
@@ -140,6 +144,8 @@ class ScalingPolicy:
             "p95_latency_ms": stats.p95_latency_ms,
             "gpu_utilization": stats.gpu_utilization,
             "queue_depth": stats.queue_depth,
+            "sequences": stats.sequences,
+            "max_sequences": stats.max_sequences,
             "partitions": partitions,
             "current": current,
             "idle_for_s": round(idle_for, 3),
@@ -159,6 +165,7 @@ class ScalingPolicy:
             f"{throughput:.3g}/s = {raw:.2f} -> {desired}"
         ]
         desired = self._triggers(desired, current, stats, reasons)
+        desired = self._sequences(desired, current, lag, stats, reasons)
         desired, to_zero = self._zero(desired, current, lag, idle_for, reasons)
         desired, capped = self._limits(desired, partitions, reasons, max_replicas)
         final = desired if to_zero and desired == 0 else self._stabilize(state, desired, current, now, reasons)
@@ -183,6 +190,18 @@ class ScalingPolicy:
                 desired = wanted
                 reasons.append(f"{stats.queue_depth} requests queued in workers / {s.queue_depth_target} -> {wanted}")
         return desired
+
+    def _sequences(self, desired: int, current: int, lag: int, stats: ServiceStats, reasons: list[str]) -> int:
+        """A generation model's workers near their sequence cap with requests waiting: one worker more."""
+        if current <= 0 or stats.max_sequences <= 0 or lag <= stats.sequences:
+            return desired
+        if stats.sequences < SEQUENCES_BUSY * stats.max_sequences - _EPSILON or desired > current:
+            return desired
+        reasons.append(
+            f"{stats.sequences}/{stats.max_sequences} sequences in flight and {lag - stats.sequences} waiting "
+            f"-> {current + 1}"
+        )
+        return current + 1
 
     def _zero(self, desired: int, current: int, lag: int, idle_for: float, reasons: list[str]) -> tuple[int, bool]:
         """Activation from zero and idling to zero; returns (desired, goes straight to zero)."""

@@ -128,3 +128,8 @@ class ServiceStats:
     gpu_utilization: float | None = None
     #: Requests fetched but not yet answered, summed over workers.
     queue_depth: int = 0
+    #: Text generation, summed over workers: sequences in flight, the workers' caps on them (0: not a generation
+    #: model) and tokens generated per second.
+    sequences: int = 0
+    max_sequences: int = 0
+    tokens_per_s: float = 0.0

@@ -63,6 +63,9 @@ def aggregate_service_stats(reports: Sequence[WorkerReport]) -> ServiceStats:
         p95_latency_ms=max((r.p95_latency_ms for r in reports), default=0.0),
         gpu_utilization=sum(gpus) / len(gpus) if gpus else None,
         queue_depth=sum(max(0, r.queue_depth) for r in reports),
+        sequences=sum(max(0, r.sequences) for r in reports),
+        max_sequences=sum(max(0, r.max_sequences) for r in reports),
+        tokens_per_s=sum(max(0.0, r.tokens_per_s) for r in reports),
     )
 
 

@@ -19,6 +19,10 @@ Hash fields (all text)::
     queue_total_ms    sum of those requests' queue times (created -> batch started), ms
     compute_total_ms  sum of those requests' compute times (each request counts its batch's run), ms
     last_ms     epoch ms of the last successful execution; 0 = none yet
+    seqs        text generation: sequences in flight (taken from Kafka, not answered yet)
+    max_seqs    text generation: the worker's cap on sequences in flight (FLEET_WORKER_MAX_SEQUENCES); 0 = not a
+                generation model
+    tok_s       text generation: tokens generated per second over a recent window
 
 Readers ignore fields they do not know, so fields can be added without a version bump.
 """
@@ -62,6 +66,9 @@ class WorkerReport:
     queue_total_ms: float = 0.0
     compute_total_ms: float = 0.0
     last_inference_ms: float = 0.0
+    sequences: int = 0
+    max_sequences: int = 0
+    tokens_per_s: float = 0.0
 
     def to_fields(self) -> dict[str, str]:
         """The hash fields (see the module docstring)."""
@@ -78,6 +85,9 @@ class WorkerReport:
             "queue_total_ms": repr(float(self.queue_total_ms)),
             "compute_total_ms": repr(float(self.compute_total_ms)),
             "last_ms": str(int(self.last_inference_ms)),
+            "seqs": str(int(self.sequences)),
+            "max_seqs": str(int(self.max_sequences)),
+            "tok_s": repr(float(self.tokens_per_s)),
         }
 
     @classmethod
@@ -100,6 +110,9 @@ class WorkerReport:
                 queue_total_ms=float(fields.get("queue_total_ms", "0")),
                 compute_total_ms=float(fields.get("compute_total_ms", "0")),
                 last_inference_ms=float(fields.get("last_ms", "0")),
+                sequences=int(fields.get("seqs", "0")),
+                max_sequences=int(fields.get("max_seqs", "0")),
+                tokens_per_s=float(fields.get("tok_s", "0")),
             )
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
@@ -109,6 +122,7 @@ class WorkerReport:
             report.p95_latency_ms,
             report.queue_total_ms,
             report.compute_total_ms,
+            report.tokens_per_s,
         )
         return report if all(math.isfinite(x) for x in numbers) else None
 

@@ -44,7 +44,8 @@ _MAX_SAMPLES = 4096
 STATS_REFRESH_S = 1800.0
 #: GPU utilization changes smaller than this many points do not count as a change of a report.
 GPU_STEP_PCT = 5.0
-_UNCHANGING = ("ts_ms", "gpu_util")  # fields left out when comparing reports (GPU utilization is compared apart)
+#: Fields left out when comparing reports (GPU utilization is compared apart; a cap is not a measurement).
+_UNCHANGING = ("ts_ms", "gpu_util", "max_seqs")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -78,6 +79,10 @@ class ModelStats:
         self._latencies: deque[tuple[float, float]] = deque(maxlen=_MAX_SAMPLES)  # (at, created -> reply ms)
         self._service_s = 0.0
         self._batch = 0.0
+        #: Text generation: sequences in flight now, the worker's cap on them (0: not a generation model).
+        self.sequences = 0
+        self.max_sequences = 0
+        self._tokens: deque[tuple[float, int]] = deque(maxlen=_MAX_SAMPLES)  # (at, tokens generated)
 
     def observe_batch(self, requests: int, compute_s: float = 0.0, queue_ms: float = 0.0) -> None:
         """One successful model execution of ``requests`` requests that took ``compute_s`` seconds, after the
@@ -88,6 +93,11 @@ class ModelStats:
         self.queue_total_ms += max(0.0, queue_ms)
         self.compute_total_ms += max(0.0, compute_s) * 1000.0 * requests
         self.last_inference_ms = now_ms()
+
+    def observe_tokens(self, tokens: int) -> None:
+        """A generated sequence ended with ``tokens`` new tokens."""
+        if tokens > 0:
+            self._tokens.append((self._clock(), tokens))
 
     def observe_round(self, requests: int, busy_s: float, latencies_ms: Iterable[float]) -> None:
         """A finished round: ``requests`` answered in ``busy_s`` seconds, with their end-to-end latencies."""
@@ -100,7 +110,7 @@ class ModelStats:
     def report(self, worker_id: str, gpu_utilization: float | None, ts_ms: float) -> WorkerReport:
         """The report to publish now."""
         cutoff = self._clock() - self.window_s
-        for window in (self._rounds, self._batches, self._latencies):
+        for window in (self._rounds, self._batches, self._latencies, self._tokens):
             while window and window[0][0] < cutoff:
                 window.popleft()
         requests = sum(r for _, r, _ in self._rounds)
@@ -122,6 +132,9 @@ class ModelStats:
             queue_total_ms=self.queue_total_ms,
             compute_total_ms=self.compute_total_ms,
             last_inference_ms=self.last_inference_ms,
+            sequences=self.sequences,
+            max_sequences=self.max_sequences,
+            tokens_per_s=sum(t for _, t in self._tokens) / self.window_s,
         )
 
 

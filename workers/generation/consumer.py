@@ -149,6 +149,7 @@ class GenerationConsumer:
             LoadFailures(redis, names, settings.worker_id),
         )
         self.stats = ModelStats()
+        self.stats.max_sequences = settings.max_sequences
         self._replies = ReplyWriter(redis, names, producer)
         self._dead_letters = DeadLetterWriter(producer, names)
         kafka = settings.fleet.kafka
@@ -299,6 +300,7 @@ class GenerationConsumer:
         try:
             record = await self.cache.record(request.version)
             self._flights[request.id] = _Flight(item, lane, record)
+            self.stats.sequences = len(self._flights)
             prompt, params = _read_request(record, request)
             engine = await self._engine(record)
         except (FleetError, SchemaError) as exc:
@@ -402,7 +404,8 @@ class GenerationConsumer:
         self.stats.observe_round(1, done.compute_ms / 1000.0, [latency])
         if done.error is None:
             self.stats.observe_batch(1, done.compute_ms / 1000.0)
-        self.stats.in_hand = len(self._flights)
+            self.stats.observe_tokens(done.completion_tokens)
+        self.stats.in_hand = self.stats.sequences = len(self._flights)
 
     async def _answered(self, lane: LaneConsumer, item: Fetched) -> None:
         tp = TopicPartition(item.record.topic, item.record.partition)

@@ -24,7 +24,9 @@ A result key is kept ``max(RESULT_TTL_S, reply.ttl_s)`` seconds: async jobs ask 
 A per-command error is permanent only when retrying cannot fix it (``WRONGTYPE``: a reply target of the
 wrong type): it is logged and the round goes on. Server states that pass (``OOM`` under ``maxmemory`` with
 ``noeviction``, ``READONLY`` after a failover, cluster redirects, ``LOADING``, ``BUSY`` ...) fail the
-delivery with BackendDownError, so nothing is committed and the reply is delivered on a later try.
+delivery with BackendDownError, so nothing is committed and the reply is delivered on a later try. So does
+a connection lost or timed out on one node of a Redis Cluster, which the cluster client reports as the result
+of each command sent there (not raised): such a command may or may not have run, so its reply is sent again.
 ``deliver_some`` reports which replies such an error left undelivered, so a retry sends only those.
 """
 
@@ -180,6 +182,12 @@ class ReplyWriter:
         emits: list[tuple[str, str, bytes]] = []
         emitting: set[str] = set()
         for (address, response), result in zip(items, results, strict=True):
+            if isinstance(result, Exception) and not isinstance(result, ResponseError):
+                # The cluster client hands back a node's lost connection (or timeout) as the result of each
+                # command sent to it: the command may or may not have run, so it is not delivered yet.
+                report.pending.append((address, response))
+                report.error = report.error or f"Redis unavailable: {type(result).__name__}: {result}"
+                continue
             if isinstance(result, ResponseError):
                 if is_transient(result):
                     report.pending.append((address, response))

@@ -75,7 +75,9 @@ def test_settings_env_names() -> None:
     env = settings_env(FLEET)
     assert env["FLEET_NAMESPACE"] == "ns1" and env["FLEET_REDIS_URL"] == "redis://r:6380/2"
     assert env["FLEET_KAFKA_SESSION_TIMEOUT_MS"] == "2000" and env["FLEET_REDIS_SOCKET_TIMEOUT_S"] == "1.5"
-    assert all(k.startswith(("FLEET_NAMESPACE", "FLEET_KAFKA_", "FLEET_REDIS_")) for k in env)
+    # The shared settings: namespace, Kafka, Redis and tracing (a worker the autoscaler starts traces as it does).
+    assert all(k.startswith(("FLEET_NAMESPACE", "FLEET_KAFKA_", "FLEET_REDIS_", "FLEET_TRACING_")) for k in env)
+    assert "FLEET_TRACING_OTLP_ENDPOINT" in env
 
 
 def test_inherited_worker_env() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -190,3 +191,42 @@ def cpu_seconds(pid: int) -> float:
         fields = fh.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+class SSEDecoder:
+    """Server-sent events from a byte stream read line by line: ``feed`` each line, get an event's data when a
+    blank line ends it (``data:`` lines joined by newlines; comments and other fields ignored)."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: bytes) -> str | None:
+        """The data of the event ``line`` ends, or None (``line`` may keep its CRLF or LF ending)."""
+        text = line.decode("utf-8").rstrip("\r\n")
+        if not text:
+            if not self._data:
+                return None
+            data, self._data = "\n".join(self._data), []
+            return data
+        if text.startswith("data:"):
+            value = text[5:]
+            self._data.append(value[1:] if value.startswith(" ") else value)
+        return None
+
+    def close(self) -> str | None:
+        """The data of an event the stream ended without a blank line after, if any."""
+        return self.feed(b"")
+
+
+async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """Each event's data (a str) of a server-sent event stream, as an async iterator, until ``[DONE]`` or the end."""
+    decoder = SSEDecoder()
+    async for line in content:
+        data = decoder.feed(line)
+        if data == "[DONE]":
+            return
+        if data is not None:
+            yield data
+    data = decoder.close()
+    if data is not None and data != "[DONE]":
+        yield data

@@ -308,10 +308,26 @@ class RedisSettings:
         0.5,
     )
     ssl_ca_certs: str = doc("CA bundle for rediss:// URLs.", "")
+    replica_acks: int = doc(
+        "Replicas that must hold a worker's replies before it commits their requests (WAIT on each node written, "
+        "once per round; fewer in time: the replies count as undelivered and are sent again). 0: off; set 1 on a "
+        "Redis Cluster whose masters have replicas, so no reply is lost with a master that fails.",
+        0,
+    )
+    replica_ack_timeout_s: float = doc(
+        "Longest a worker waits for FLEET_REDIS_REPLICA_ACKS replicas to acknowledge a round's replies.", 0.5
+    )
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
             raise SettingsError("FLEET_REDIS_MAX_CONNECTIONS must be >= 1")
+        if self.replica_acks < 0:
+            raise SettingsError("FLEET_REDIS_REPLICA_ACKS must be >= 0 (0: do not wait for replicas)")
+        if self.replica_acks and not 0 < self.replica_ack_timeout_s < self.socket_timeout_s:
+            raise SettingsError(
+                "FLEET_REDIS_REPLICA_ACK_TIMEOUT_S must be > 0 and below FLEET_REDIS_SOCKET_TIMEOUT_S "
+                "(a WAIT longer than a command's timeout would look like a dead server)"
+            )
         if self.pool_timeout_s <= 0:
             raise SettingsError("FLEET_REDIS_POOL_TIMEOUT_S must be > 0")
 

@@ -85,7 +85,7 @@ class ModelConsumer:
             residency,
             artifacts,
             JobClaims(redis, names, settings.worker_id),
-            ReplyWriter(redis, names, producer),
+            ReplyWriter.configured(redis, names, producer, settings.fleet.redis),
             DeadLetterWriter(producer, names),
         )
         serving = backends.serve(model, self._executor)

@@ -124,7 +124,7 @@ class PoolConsumer:
             residency,
             artifacts,
             JobClaims(redis, names, self.id),
-            ReplyWriter(redis, names, producer),
+            ReplyWriter.configured(redis, names, producer, settings.fleet.redis),
             DeadLetterWriter(producer, names),
         )
         self.models: dict[str, PoolModel] = {}

@@ -28,6 +28,11 @@ delivery with BackendDownError, so nothing is committed and the reply is deliver
 a connection lost or timed out on one node of a Redis Cluster, which the cluster client reports as the result
 of each command sent there (not raised): such a command may or may not have run, so its reply is sent again.
 ``deliver_some`` reports which replies such an error left undelivered, so a retry sends only those.
+
+Redis replicates asynchronously: a reply a master took but had not yet sent to a replica is gone when that
+replica takes over. With ``replica_acks`` (``FLEET_REDIS_REPLICA_ACKS``) the pipeline ends with one ``WAIT
+replica_acks timeout`` per node written (on the connection that wrote, which is what WAIT waits for); the
+replies of a node where fewer replicas acknowledged in time stay undelivered (sent again, not committed).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from schemas import ENVELOPE_VERSION, InferenceResponse, Names, ReplyAddress, ReplyKind
+from schemas import ENVELOPE_VERSION, InferenceResponse, Names, RedisSettings, ReplyAddress, ReplyKind
 from schemas.constants import (
     HEADER_ENVELOPE_VERSION,
     HEADER_REQUEST_ID,
@@ -131,6 +136,10 @@ def is_transient(error: ResponseError) -> bool:
 Reply = tuple[ReplyAddress, InferenceResponse]
 
 
+class ReplicaAckError(RedisError):
+    """Fewer replicas than asked acknowledged a node's replies in time: they may be lost with that master."""
+
+
 @dataclass
 class DeliveryReport:
     """What one delivery did: first results stored, and the replies a passing Redis error left undelivered."""
@@ -144,10 +153,32 @@ class DeliveryReport:
 class ReplyWriter:
     """Stores responses under their result keys, appends them to reply streams, produces topic replies."""
 
-    def __init__(self, redis: Any, names: Names, producer: Any = None) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        names: Names,
+        producer: Any = None,
+        *,
+        replica_acks: int = 0,
+        replica_ack_timeout_s: float = 0.5,
+    ) -> None:
         self._redis = redis
         self._names = names
         self._producer = producer  # AIOKafkaProducer for reply kind ``topic`` (None: such replies only log)
+        # Replicas that must acknowledge a round's writes (WAIT per node written; 0: none), and for how long.
+        self._replica_acks = replica_acks
+        self._replica_ack_timeout_ms = max(1, int(replica_ack_timeout_s * 1000))
+
+    @classmethod
+    def configured(cls, redis: Any, names: Names, producer: Any, settings: RedisSettings) -> ReplyWriter:
+        """A writer that waits for the replicas ``settings`` asks for (``FLEET_REDIS_REPLICA_ACKS``)."""
+        return cls(
+            redis,
+            names,
+            producer,
+            replica_acks=settings.replica_acks,
+            replica_ack_timeout_s=settings.replica_ack_timeout_s,
+        )
 
     async def deliver(self, items: Sequence[Reply]) -> int:
         """Deliver every response in one Redis round trip (then the topic replies); how many were first results.
@@ -229,6 +260,7 @@ class ReplyWriter:
         commands = 0
         listed = _listed(items)
         sent_lists: dict[str, tuple[int, int]] = {}  # reply stream -> the slot of its list's XADD
+        written: list[tuple[str, ...]] = []  # per item: the keys its commands write
         async with self._redis.pipeline(transaction=False) as pipe:
             for address, response in items:
                 ttl = max(RESULT_TTL_S, address.ttl_s)
@@ -242,33 +274,77 @@ class ReplyWriter:
                         slot = sent_lists[address.target] = (commands, 1)
                         commands += 1
                     slots.append(slot)
+                    written.append((address.target,))
                     continue
                 if address.kind is ReplyKind.TOPIC:
                     result_key, emitted = n.result_key(response.id), n.emitted_key(response.id)
                     pipe.evalsha(DELIVER_TOPIC_SHA, 2, result_key, emitted, response.to_bytes(), ttl)
                     slots.append((commands, 1))
+                    written.append((result_key,))
                 elif address.kind is ReplyKind.RESULT:
                     shard = n.job_shard(response.id)
                     keys = (n.result_key(response.id), n.job_key(response.id), n.callbacks_stream(shard))
                     pipe.evalsha(DELIVER_SHA, 3, *keys, response.to_bytes(), ttl, response.id)
                     slots.append((commands, 1))
+                    written.append((keys[0],))
                 elif address.kind is ReplyKind.STREAM and address.target:
                     value = response.to_bytes()
                     pipe.evalsha(DELIVER_STREAM_SHA, 1, address.target, value, REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S)
                     if address.ttl_s:  # a producer that may resume reads the first result back later
                         pipe.set(n.result_key(response.id), value, nx=True, ex=ttl)
                     slots.append((commands, 2 if address.ttl_s else 1))
+                    written.append((address.target, n.result_key(response.id)) if address.ttl_s else (address.target,))
                 else:  # nobody reads a reply: nothing to store
                     slots.append((commands, 0))
+                    written.append(())
                 commands += slots[-1][1]
+            waits, item_nodes = self._queue_waits(pipe, written) if commands else ({}, [])
             results = list(await pipe.execute(raise_on_error=False)) if commands else []
-        for start, count in slots:
+        acked = {node: self._acked(node, results[commands + i]) for i, node in enumerate(waits)}
+        for index, (start, count) in enumerate(slots):
             if count == 0:
                 outcomes.append(1)
                 continue
             errors = [r for r in results[start : start + count] if isinstance(r, Exception)]
+            if not errors and acked:  # written: it counts once enough replicas hold it too
+                errors = [e for e in (acked[node] for node in item_nodes[index]) if e is not None]
             outcomes.append(errors[0] if errors else results[start])
         return outcomes
+
+    def _queue_waits(
+        self, pipe: Any, written: Sequence[tuple[str, ...]]
+    ) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
+        """Queue one ``WAIT`` per node written, after the writes and on the same connection (WAIT waits for
+        the writes of its own connection). Returns the nodes by name in the order of their WAITs ("" on a
+        single server), and per item the names of the nodes it writes to."""
+        if not self._replica_acks:
+            return {}, []
+        nodes: dict[str, Any] = {}
+        item_nodes: list[tuple[str, ...]] = []
+        cluster = hasattr(self._redis, "get_node_from_key")
+        for keys in written:
+            names = []
+            for key in keys:
+                node = self._redis.get_node_from_key(key) if cluster else None
+                names.append(node.name if node is not None else "")
+                nodes.setdefault(names[-1], node)
+            item_nodes.append(tuple(names))
+        for node in nodes.values():
+            wait = ("WAIT", self._replica_acks, self._replica_ack_timeout_ms)
+            pipe.execute_command(*wait, **({"target_nodes": node} if node is not None else {}))
+        return nodes, item_nodes
+
+    def _acked(self, node: str, result: Any) -> Exception | None:
+        """None when ``WAIT`` on ``node`` saw enough replicas acknowledge, else the error of the node's replies."""
+        if isinstance(result, Exception):
+            return result
+        if isinstance(result, int) and result >= self._replica_acks:
+            return None
+        where = f" on {node}" if node else ""
+        return ReplicaAckError(
+            f"NOREPLICAS {result} of {self._replica_acks} replicas acknowledged the replies{where} "
+            f"within {self._replica_ack_timeout_ms} ms"
+        )
 
     async def _emit(self, emits: Sequence[tuple[str, str, bytes]]) -> None:
         """Produce topic replies and wait for the acks; BackendDownError when Kafka is unreachable."""

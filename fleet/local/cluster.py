@@ -47,6 +47,16 @@ class ClusterNode(LocalRedis):
             os.kill(self.pid, signal.SIGKILL)
         self.stop()
 
+    def pause(self) -> None:
+        """SIGSTOP the node: it answers nothing (a replica acknowledges no replication) until ``resume()``."""
+        if self.pid is not None and self.running:
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a node that ``pause()`` stopped."""
+        if self.pid is not None and self.running:
+            os.kill(self.pid, signal.SIGCONT)
+
 
 class LocalCluster:
     """A Redis Cluster of ``masters`` Valkey masters covering every slot, each with ``replicas`` replicas."""
@@ -155,6 +165,17 @@ class LocalCluster:
                         return by_port[master_port]
             break
         raise RuntimeError("no master of the cluster has a replica")
+
+    def replicas_of(self, port: int) -> list[ClusterNode]:
+        """The running nodes that replicate the master on ``port`` (as the cluster's slot map lists them)."""
+        import redis
+
+        by_port = {node.port: node for node in self.nodes if node.running}
+        with redis.Redis(port=port) as client:
+            for entry in client.execute_command("CLUSTER", "SLOTS"):
+                if int(entry[2][1]) == port:
+                    return [by_port[int(replica[1])] for replica in entry[3:] if int(replica[1]) in by_port]
+        return []
 
     def serving(self, timeout_s: float = 0.5) -> bool:
         """True when every running node says ``cluster_state:ok`` and no slot is served by a stopped node."""

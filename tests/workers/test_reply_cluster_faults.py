@@ -7,13 +7,14 @@ as undelivered (the round commits nothing and sends it again), never as delivere
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from schemas import InferenceResponse, Names, RedisSettings, ReplyAddress, ReplyKind
+from fleet.local.cluster import LocalCluster
+from schemas import InferenceResponse, Names, RedisSettings, ReplyAddress, ReplyKind, SettingsError
 from workers import BackendDownError
 from workers.replies import Reply, ReplyWriter
 
@@ -64,3 +65,50 @@ async def test_deliver_raises_when_a_node_connection_was_lost(cluster_client: An
     _cut_connections(cluster_client, stream)
     with pytest.raises(BackendDownError, match="Redis unavailable"):
         await ReplyWriter(cluster_client, names).deliver([_sync_reply(names, "lost")])
+
+
+@pytest.fixture(scope="module")
+def replicated_cluster() -> Iterator[LocalCluster]:
+    """3 masters, each with a replica."""
+    cluster = LocalCluster(replicas=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_replies_count_once_a_replica_holds_them(replicated_cluster: LocalCluster, names: Names) -> None:
+    """With replica_acks, a reply no replica acknowledged in time is pending (a master failing now would lose
+    it); once the replica is back, the retry is acknowledged and delivered."""
+    client = RedisSettings(url=replicated_cluster.url).client()
+    stream = names.reply_stream("gw")
+    other = names.reply_stream("gw-elsewhere")
+    try:
+        await client.initialize()  # the slot map
+        while client.get_node_from_key(other).name == client.get_node_from_key(stream).name:
+            other += "x"  # a stream on another master, whose replica keeps acknowledging
+        writer = ReplyWriter(client, names, replica_acks=1, replica_ack_timeout_s=0.2)
+        master = client.get_node_from_key(stream)
+        (replica,) = replicated_cluster.replicas_of(master.port)
+        elsewhere = (ReplyAddress(ReplyKind.STREAM, other), InferenceResponse("fine", "m", "1", batch_size=1))
+        replica.pause()
+        try:
+            report = await writer.deliver_some([_sync_reply(names, "unacked"), elsewhere])
+        finally:
+            replica.resume()
+        assert [response.id for _, response in report.pending] == ["unacked"]
+        assert "NOREPLICAS 0 of 1" in report.error and master.name in report.error
+        assert (await writer.deliver_some(report.pending)).pending == []
+        assert await client.xlen(stream) == 2  # written twice (the gateway keeps the first by id), now replicated
+    finally:
+        await client.delete(stream, other)
+        await client.aclose()
+
+
+def test_replica_ack_timeout_must_stay_below_the_socket_timeout() -> None:
+    with pytest.raises(SettingsError, match="FLEET_REDIS_REPLICA_ACK_TIMEOUT_S"):
+        RedisSettings(replica_acks=1, replica_ack_timeout_s=2.0, socket_timeout_s=2.0)
+    with pytest.raises(SettingsError, match="FLEET_REDIS_REPLICA_ACKS"):
+        RedisSettings(replica_acks=-1)
+    assert RedisSettings(replica_ack_timeout_s=5.0).replica_acks == 0  # unused while off

@@ -38,6 +38,8 @@ AUTOSCALER_ENV = {
     "FLEET_AUTOSCALER_MAX_REPLICAS": "1",
     "FLEET_AUTOSCALER_DRAIN_TIMEOUT_S": "10",
     "FLEET_WORKER_DEVICE": "cpu",
+    # Each master has a replica: a reply counts as delivered once the replica holds it too.
+    "FLEET_REDIS_REPLICA_ACKS": "1",
 }
 
 

@@ -150,7 +150,7 @@ class GenerationConsumer:
         )
         self.stats = ModelStats()
         self.stats.max_sequences = settings.max_sequences
-        self._replies = ReplyWriter(redis, names, producer)
+        self._replies = ReplyWriter.configured(redis, names, producer, settings.fleet.redis)
         self._dead_letters = DeadLetterWriter(producer, names)
         kafka = settings.fleet.kafka
         self._interactive = LaneConsumer(model, Lane.INTERACTIVE, names, kafka)

@@ -214,4 +214,5 @@ async def test_the_start_warning_is_best_effort_when_redis_is_down(caplog: pytes
         assert await warn_if_old_layout(client, N, logging.getLogger("test")) is False
     finally:
         await client.aclose()
-    assert not caplog.records
+    # Only what the warning's logger wrote: clients left by other tests of the session (aiokafka) may log meanwhile.
+    assert not [r for r in caplog.records if r.name == "test"]

@@ -44,6 +44,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from common import Backoff, BackoffPolicy
 from common.reply_stream import ReplyStream
 from schemas import (
     ErrorCode,
@@ -72,6 +73,11 @@ from .ratelimit import TokenBuckets
 from .routes import Backends
 
 log = logging.getLogger("fleet.gateway")
+
+#: Errors of a line's publish that pass (the broker or Redis briefly unreachable or busy): the line is sent again
+#: after a pause instead of failing, since a batch has its window to run in.
+RETRIABLE_PUBLISH = frozenset({ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.OVERLOADED})
+PUBLISH_RETRY = BackoffPolicy(first_s=0.2, max_s=5.0, factor=2.0, jitter=0.2)
 
 _READ_LINES = 256
 #: Most validation errors listed in a failed batch's ``errors``.
@@ -313,12 +319,23 @@ class BatchDriver:
             self._on_reply(stored)
             return None
         topic = self._r.names.request_topic(request.model, Lane.BULK)
-        try:
-            await self._r.backends.publisher.publish(topic, request)
-        except FleetError as exc:
-            self._pending.pop(index, None)
-            self._deliver(index, self._error_line(custom_id, request_id, exc))
-        return None
+        backoff = Backoff(PUBLISH_RETRY)
+        while True:
+            try:
+                await self._r.backends.publisher.publish(topic, request)
+                return None
+            except FleetError as exc:
+                if exc.code in RETRIABLE_PUBLISH and time.monotonic() < self._pending[index][1]:
+                    stopped = await self._stop_reason()
+                    if stopped is not None:  # cancelled or expired before the line could start
+                        self._pending.pop(index, None)
+                        return stopped
+                    log.warning("batch line %d not sent yet (%s); trying again", index, exc.message)
+                    await asyncio.sleep(backoff.next())
+                    continue
+                self._pending.pop(index, None)
+                self._deliver(index, self._error_line(custom_id, request_id, exc))
+                return None
 
     async def _owner_key(self) -> ApiKey | None:
         """The record of the key that created the batch (None: created with auth off), read again every

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from fleet.local.servers import LocalBroker
 from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
 from schemas import FleetSettings, Lane, ModelRegistry, Names
@@ -54,7 +55,20 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-async def stack(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+def batch_broker() -> Iterator[str]:
+    """A broker of this module's own: batches create bulk topics on first use, and the session's embedded broker,
+    holding the topics of every earlier test, can take longer to create one than a publish may wait."""
+    broker = LocalBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+async def stack(batch_broker: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    kafka_bootstrap = batch_broker
     names = Names(f"t-obatch-{uuid.uuid4().hex[:8]}")
     settings = _settings(kafka_bootstrap, redis_url, names)
     directory = tmp_path_factory.mktemp("obatch")

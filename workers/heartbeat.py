@@ -113,6 +113,7 @@ class Heartbeat:
         key = self._names.worker_key(self._worker_id)
         written, self._written = self._written, {}  # unknown what the hash holds until this beat succeeds
         changed = {k: v for k, v in fields.items() if written.get(k) != v}
+        changed["ts_ms"] = fields["ts_ms"]  # always sent, even in the millisecond of the last beat: never an empty HSET
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hset(key, mapping=changed)

@@ -16,15 +16,18 @@ round.
 
 Fetched records are sorted into per-model in-memory queues (bounded: a full queue pauses that model's
 partitions of that lane, so the others keep flowing). A scheduler starts rounds: interactive before bulk
-(the oldest waiting record first, across models), at most ``pool_threads`` at once and one per model,
-with one slot kept for interactive work, so an interactive record waits behind at most one bulk round.
-A round is `workers.round.RoundRunner` (handle, deliver, commit); the model's calls run on the shared
-thread pool through its `workers.serial.SerialExecutor` (one at a time per model; no thread per idle
-model). Models load on first use under the LRU residency budget; their requests wait in the queue
-meanwhile (deadlines still apply in the handler). Offsets are committed per round, only after the
-round's replies are stored; on a move the old owner stops fetching, drops what it had not started,
-finishes the round in hand and commits it, then releases the lease, and the new owner starts at the
-committed offset.
+(the oldest waiting record first, across models), on at most ``pool_threads`` models at once, with one
+slot kept for interactive work. Each model's rounds go through its own `workers.round.RoundPipeline`, as
+in the per-model worker (``pipeline_depth``): while a round runs on the model, the next one is collected
+(its batching window kept open while the model is busy, one model batch per round) and the round before
+delivers its replies; a bulk round is collected only while the model is idle, so an interactive record
+waits behind at most one bulk round. The model's calls run on the shared thread pool through its
+`workers.serial.SerialExecutor` (one at a time per model; no thread per idle model). Models load on first
+use under the LRU residency budget; their requests wait in the queue meanwhile (deadlines still apply in
+the handler). Offsets are committed per round, in order, only after the round's replies are stored (and
+every earlier round of the model committed); on a move the old owner stops fetching, drops what it had
+not started, finishes the rounds in hand that hold records of the partitions and commits them, then
+releases the lease, and the new owner starts at the committed offset. A stop drains every round in flight.
 """
 
 from __future__ import annotations
@@ -60,11 +63,11 @@ from .partition_counts import PartitionCounts
 from .pool_state import LANES, OwnedPartition, PoolModel, QueuedRecord
 from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
-from .round import BACKEND_RETRY
+from .round import BACKEND_RETRY, RoundPipeline
 from .serial import SerialExecutor
 from .settings import WorkerSettings
 from .stats import ModelStats
-from .window import fill_window
+from .window import fill_window, one_batch, while_busy
 
 log = logging.getLogger("fleet.workers")
 
@@ -136,7 +139,7 @@ class PoolConsumer:
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._refresh_lock = asyncio.Lock()
-        self._rounds: set[asyncio.Task[None]] = set()
+        self._rounds: set[asyncio.Task[None]] = set()  # the rounds being collected (one per model at most)
         self._tasks: list[asyncio.Task[None]] = []
         self._crash: BaseException | None = None
         self._last_records = {lane: time.monotonic() for lane in LANES}
@@ -199,13 +202,7 @@ class PoolConsumer:
             if task.get_name() != "pool-scheduler":
                 task.cancel()
         await asyncio.gather(*routines, return_exceptions=True)
-        rounds = set(self._rounds)
-        if rounds:
-            _, pending = await asyncio.wait(rounds, timeout=timeout_s)
-            for task in pending:
-                log.warning("pool: %s not finished after %.1fs; cancelling (redelivered)", task.get_name(), timeout_s)
-                task.cancel()
-            await asyncio.gather(*rounds, return_exceptions=True)
+        await self._drain(timeout_s)
         for task in alive:
             task.cancel()
         await asyncio.gather(*alive, return_exceptions=True)
@@ -225,12 +222,44 @@ class PoolConsumer:
         # Off the event loop: a batch still on a thread must not stop the loop.
         await asyncio.to_thread(self._threads.shutdown, wait=True)
 
+    async def _drain(self, timeout_s: float) -> None:
+        """Finish the rounds being collected, then deliver and commit every round in flight, within ``timeout_s``;
+        what is left then is cancelled (its records are redelivered)."""
+        deadline = time.monotonic() + timeout_s
+        collecting = set(self._rounds)
+        if collecting:
+            await asyncio.wait(collecting, timeout=timeout_s)  # the closing flag ends their batching windows
+        pipelines = [m.pipeline for m in self.models.values() if m.pipeline is not None and m.pipeline.in_flight]
+        flights = [asyncio.ensure_future(p.wait_idle()) for p in pipelines]
+        if flights:
+            await asyncio.wait(flights, timeout=max(0.0, deadline - time.monotonic()))
+        late = [t for t in collecting if not t.done()] + [p for p in pipelines if p.in_flight]
+        if late:
+            log.warning("pool: %d round(s) not finished after %.1fs; cancelled (redelivered)", len(late), timeout_s)
+        for task in collecting:
+            task.cancel()
+        await asyncio.gather(*collecting, *(p.cancel() for p in pipelines), return_exceptions=True)
+        for future in flights:
+            future.cancel()
+        await asyncio.gather(*flights, return_exceptions=True)
+
     def _new_model(self, name: str) -> PoolModel:
         executor = SerialExecutor(self._threads)
         serving = self._backends.serve(name, executor)
-        return PoolModel(
+        model = PoolModel(
             name, executor, serving.cache, serving.stats, serving.rounds, BulkPacer(self._settings.bulk_share)
         )
+        model.pipeline = RoundPipeline(
+            serving.rounds, self._settings.pipeline_depth, functools.partial(self._pipeline_changed, model)
+        )
+        return model
+
+    def _pipeline_changed(self, model: PoolModel) -> None:
+        """A round of ``model`` left the model or finished: another may start; a crashed one stops the worker."""
+        failure = model.pipeline.failure if model.pipeline is not None else None
+        if failure is not None and self._crash is None:
+            self._crash = failure
+        self._wake.set()
 
     async def set_models(self, wanted: frozenset[str]) -> frozenset[str]:
         """Serve ``wanted`` from now on (the assignment changed); returns the models served afterwards."""
@@ -341,8 +370,9 @@ class PoolConsumer:
 
     async def _let_go(self, tps: Sequence[TopicPartition], *, release: bool = True) -> None:
         """Stop fetching ``tps``, drop their records not started, let the rounds in hand that took records of
-        them finish and commit, then delete the leases (``release``). A round in hand that holds none of them
-        (only other partitions of the model) is not waited for: the new owner cannot redo any of its records."""
+        them (being collected or in the model's pipeline) finish and commit, then delete the leases
+        (``release``). A round in hand that holds none of them (only other partitions of the model) is not
+        waited for: the new owner cannot redo any of its records."""
         gone = set(tps)
         keys = _keys(gone)
         models = {self._owned[tp].model for tp in gone}
@@ -360,8 +390,13 @@ class PoolConsumer:
                 kept = [q for q in queue if (q.item.record.topic, q.item.record.partition) not in keys]
                 queue.clear()
                 queue.extend(kept)
+            deadline = time.monotonic() + self._settings.drain_timeout_s
             if model.round is not None and model.round_holds(keys):
                 await asyncio.wait({model.round}, timeout=self._settings.drain_timeout_s)
+            # Collected rounds commit in order: those holding the partitions (and so every round before them).
+            holding = model.pipeline.holding(keys) if model.pipeline is not None else []
+            if holding:
+                await asyncio.wait(holding, timeout=max(0.0, deadline - time.monotonic()))
         if release:
             await self._leases.release([(tp.topic, tp.partition) for tp in gone])
 
@@ -524,18 +559,40 @@ class PoolConsumer:
             raise self._crash
 
     def _pick(self) -> tuple[PoolModel, Lane] | None:
-        """The next round: the oldest interactive record's model, else (within the bulk slots) the oldest bulk."""
-        free = [m for m in self.models.values() if m.round is None]
-        waiting = [(head, m) for m in free if (head := m.head(Lane.INTERACTIVE)) is not None]
+        """The next round: the oldest interactive record's model, else (within the bulk slots) the oldest bulk.
+
+        A model holds a slot (of ``pool_threads``) while a round of it is being collected, on the model or waiting
+        for it; a model holding one may collect its next round while the one before runs (its pipeline says when).
+        A bulk round starts only on an idle model and within ``pool_threads - 1`` slots.
+        """
+        active = bulk = 0
+        free: list[tuple[PoolModel, bool]] = []  # (model, whether it holds a slot already: a round on the model)
+        for m in self.models.values():
+            pipeline = m.pipeline
+            assert pipeline is not None
+            on_model = pipeline.before_model()
+            if m.round is not None or on_model:
+                active += 1
+                if m.round_lane is Lane.BULK or pipeline.before_model(Lane.BULK):
+                    bulk += 1
+            if m.round is None and pipeline.may_collect():
+                free.append((m, on_model > 0))
+        threads = self._settings.pool_threads
+        waiting = [
+            (head, m)
+            for m, holds in free
+            if (head := m.head(Lane.INTERACTIVE)) is not None and (holds or active < threads)
+        ]
         if waiting:
             return min(waiting, key=lambda pair: pair[0])[1], Lane.INTERACTIVE
-        bulk_rounds = sum(
-            1 for m in self.models.values() if m.round is not None and m.round.get_name().endswith("bulk")
-        )
-        if bulk_rounds >= max(1, self._settings.pool_threads - 1):
+        if bulk >= max(1, threads - 1) or active >= threads:
             return None  # a slot stays free for interactive work
         now = time.monotonic()
-        waiting = [(head, m) for m in free if (head := m.head(Lane.BULK)) is not None and m.pacer.rest_ms(now) == 0]
+        waiting = [
+            (head, m)
+            for m, holds in free
+            if not holds and (head := m.head(Lane.BULK)) is not None and m.pacer.rest_ms(now) == 0
+        ]
         if waiting:
             return min(waiting, key=lambda pair: pair[0])[1], Lane.BULK
         return None
@@ -543,12 +600,12 @@ class PoolConsumer:
     def _start_rounds(self) -> None:
         if self._leases.fenced:
             return  # another worker may take these partitions over soon: start nothing it would redo
-        while len(self._rounds) < self._settings.pool_threads and not self._closing.is_set():
+        while not self._closing.is_set():
             picked = self._pick()
             if picked is None:
                 return
             model, lane = picked
-            task = asyncio.create_task(self._round(model, lane), name=f"round-{model.name}-{lane.value}")
+            task = asyncio.create_task(self._collect(model, lane), name=f"collect-{model.name}-{lane.value}")
             model.round, model.round_lane = task, lane
             self._rounds.add(task)
             task.add_done_callback(functools.partial(self._round_done, model=model))
@@ -561,8 +618,11 @@ class PoolConsumer:
             self._crash = task.exception()
         self._wake.set()
 
-    async def _round(self, model: PoolModel, lane: Lane) -> None:
+    async def _collect(self, model: PoolModel, lane: Lane) -> None:
+        """Collect a round of ``model``'s queued ``lane`` records and hand it to the model's pipeline."""
         settings = self._settings
+        pipeline = model.pipeline
+        assert pipeline is not None
         limit = (
             settings.max_fetch_records
             if lane is Lane.INTERACTIVE
@@ -583,15 +643,37 @@ class PoolConsumer:
                         await asyncio.wait_for(model.more.wait(), timeout_ms / 1000)
                 return model.take(lane, max_records)
 
-            fetched = await fill_window(
-                fetched, model.cache.batching_hint(version), limit, take, closing=self._closing.is_set, opened=opened
-            )
+            batching = model.cache.batching_hint(version)
+            closing = self._closing.is_set
+            fetched = await fill_window(fetched, batching, limit, take, closing=closing, opened=opened)
+            if pipeline.depth > 1:  # the model is still busy with the round before: records arriving meanwhile join
+                fetched = await while_busy(
+                    fetched, batching, limit, take, pipeline.model_idle, closing=closing, poll_ms=IDLE_POLL_MS
+                )
+            fetched, rest = one_batch(fetched, batching)
+            self._put_back(model, lane, rest, opened)
         self._resume_drained(model, lane)
         retry_topic = self._names.retry_topic(lane)
         group = self._names.worker_group(model.name, lane)
-        spent = await model.rounds.run(fetched, lane, retry_topic, lambda done: self._commit(model.name, group, done))
-        if lane is Lane.BULK:
-            model.pacer.note_bulk_round(spent, time.monotonic())
+        on_done = functools.partial(self._bulk_done, model) if lane is Lane.BULK else None
+        pipeline.submit(fetched, lane, retry_topic, functools.partial(self._commit, model.name, group), on_done)
+
+    def _put_back(self, model: PoolModel, lane: Lane, rest: Sequence[Fetched], arrived: float | None) -> None:
+        """Queue ``rest`` (records past one model batch) first again, those of partitions still owned (a partition
+        let go meanwhile is read again by its new owner from the committed offset)."""
+        owned = self._owned
+        at = time.monotonic() if arrived is None else arrived
+        model.queues[lane].extendleft(
+            QueuedRecord(at, item)
+            for item in reversed(rest)
+            if TopicPartition(item.record.topic, item.record.partition) in owned
+        )
+        if rest:
+            self._wake.set()
+
+    @staticmethod
+    def _bulk_done(model: PoolModel, busy_s: float) -> None:
+        model.pacer.note_bulk_round(busy_s, time.monotonic())
 
     async def _commit(self, model: str, group: str, fetched: Sequence[Fetched]) -> None:
         """Commit the offsets just past ``fetched`` under the model's group; a failed commit only logs."""

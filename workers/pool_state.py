@@ -11,7 +11,7 @@ from schemas import Lane
 from .handler import Fetched
 from .models import ModelCache
 from .pacing import BulkPacer
-from .round import RoundRunner
+from .round import RoundPipeline, RoundRunner
 from .serial import SerialExecutor
 from .stats import ModelStats
 
@@ -37,7 +37,11 @@ class QueuedRecord:
 
 @dataclass
 class PoolModel:
-    """One assigned model: its queues, cache and round runner (no thread and no Kafka client of its own)."""
+    """One assigned model: its queues, cache and round runner (no thread and no Kafka client of its own).
+
+    ``round`` is the round being collected (its batching window open); once collected it goes to ``pipeline``,
+    which runs it on the model, delivers and commits it while the next rounds are collected.
+    """
 
     name: str
     executor: SerialExecutor
@@ -49,6 +53,7 @@ class PoolModel:
     more: asyncio.Event = field(default_factory=asyncio.Event)
     round: asyncio.Task[None] | None = None
     round_lane: Lane | None = None
+    pipeline: RoundPipeline | None = None
     #: The ``(topic, partition)`` of every record taken while ``_taken_for`` was the round in hand.
     _taken: set[tuple[str, int]] = field(default_factory=set)
     _taken_for: asyncio.Task[None] | None = None
@@ -68,7 +73,8 @@ class PoolModel:
         return items
 
     def round_holds(self, partitions: set[tuple[str, int]]) -> bool:
-        """Whether the round in hand (not done) took records of any of ``partitions`` (``(topic, partition)``)."""
+        """Whether the round being collected (not done) took records of any of ``partitions``
+        (``(topic, partition)``); the rounds already collected are ``pipeline.holding(partitions)``."""
         if self.round is None or self.round.done() or self._taken_for is not self.round:
             return False
         return not self._taken.isdisjoint(partitions)

@@ -194,6 +194,7 @@ class _Flight:
 
     fetched: Sequence[Fetched]
     previous: _Flight | None
+    lane: Lane
     on_model: bool = False
     handled: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -210,10 +211,13 @@ class RoundPipeline:
     the model, so while one round runs the next one is fetched, decoded and its batching window filled.
     ``model_idle`` is set while no round is on or waiting for the model (a bulk round is collected only then,
     so an interactive round never waits behind more than one bulk round). Depth 1 is the serial round.
+    ``on_change()`` is called whenever a round leaves the model or finishes (a scheduler that drives many
+    pipelines, the pool worker's, wakes on it instead of awaiting ``ready()``).
     """
 
-    def __init__(self, runner: RoundRunner, depth: int) -> None:
+    def __init__(self, runner: RoundRunner, depth: int, on_change: Callable[[], None] | None = None) -> None:
         self._runner = runner
+        self._on_change = on_change
         self.depth = max(1, depth)
         self._flights: list[_Flight] = []
         self._last: _Flight | None = None
@@ -229,19 +233,42 @@ class RoundPipeline:
         """Rounds submitted and not finished (committed, failed or cancelled)."""
         return len(self._flights)
 
-    def _may_collect(self) -> bool:
+    @property
+    def failure(self) -> BaseException | None:
+        """The failure of a round that crashed (not a cancellation, not `RoundAbandoned`), if any."""
+        return self._failure
+
+    def may_collect(self) -> bool:
+        """Whether the next round may be collected now: a slot is free and no round waits for the model."""
         waiting = sum(1 for f in self._flights if not f.handled.is_set() and not f.on_model)
         return waiting == 0 and len(self._flights) < self.depth
+
+    def before_model(self, lane: Lane | None = None) -> int:
+        """Rounds (of ``lane``, or of any lane) on the model or waiting for it."""
+        return sum(1 for f in self._flights if not f.handled.is_set() and (lane is None or f.lane is lane))
+
+    def holding(self, partitions: set[tuple[str, int]]) -> list[asyncio.Task[None]]:
+        """The rounds in flight that hold records of any of ``partitions`` (``(topic, partition)``)."""
+        return [
+            f.task
+            for f in self._flights
+            if f.task is not None and any((i.record.topic, i.record.partition) in partitions for i in f.fetched)
+        ]
 
     async def ready(self) -> None:
         """Wait until the next round may be collected; raises the failure of a round (the routine's crash)."""
         while True:
             if self._failure is not None:
                 raise self._failure
-            if self._may_collect():
+            if self.may_collect():
                 return
             self._changed.clear()
             await self._changed.wait()
+
+    def _note_change(self) -> None:
+        self._changed.set()
+        if self._on_change is not None:
+            self._on_change()
 
     def submit(
         self,
@@ -252,7 +279,7 @@ class RoundPipeline:
         on_done: Callable[[float], None] | None = None,
     ) -> None:
         """Start a round of ``fetched`` (see `RoundRunner.run`); ``on_done(busy_s)`` once it has committed."""
-        flight = _Flight(fetched, self._last)
+        flight = _Flight(fetched, self._last, lane)
         self._last = flight
         self._flights.append(flight)
         self.model_idle.clear()
@@ -300,7 +327,7 @@ class RoundPipeline:
         flight.handled.set()
         if all(f.handled.is_set() for f in self._flights):
             self.model_idle.set()
-        self._changed.set()
+        self._note_change()
 
     def _finished(self, flight: _Flight, task: asyncio.Task[None]) -> None:
         self._flights.remove(flight)
@@ -312,7 +339,7 @@ class RoundPipeline:
             failure = task.exception()
             if failure is not None and not isinstance(failure, RoundAbandoned) and self._failure is None:
                 self._failure = failure
-        self._changed.set()
+        self._note_change()
 
     async def wait_idle(self) -> None:
         """Wait until every round submitted so far has finished (committed, failed or cancelled)."""

@@ -1,5 +1,6 @@
 """A pipelined worker against real servers: a stop with two rounds in flight delivers and commits both, and a
-crash between delivery and commit redelivers only the rounds not committed (answered once all the same).
+crash between delivery and commit redelivers only the rounds not committed (answered once all the same). Each
+test runs on both worker modes: a consumer per model, and the pool (the same pipeline per model).
 
 Rounds are held in delivery by a Redis of this module's own that refuses writes (out of memory) until the test
 frees it, so the rounds in flight are known when the worker stops or crashes.
@@ -27,6 +28,8 @@ from schemas.topics import ensure_model_topics
 from workers import Worker, WorkerError, WorkerSettings
 from workers.handler import Fetched
 from workers.lanes import LaneConsumer
+from workers.pool import PoolConsumer
+from workers.round import RoundPipeline
 
 from .conftest import make_request, produce, read_replies
 
@@ -50,9 +53,14 @@ async def own_client(own_redis: LocalRedis) -> AsyncIterator[Any]:
     await client.aclose()
 
 
-@pytest.fixture
+@pytest.fixture(params=["models", "pool"])
 async def settings(
-    fleet_settings: FleetSettings, own_redis: LocalRedis, own_client: Any, names: Names, tmp_path: Path
+    request: pytest.FixtureRequest,
+    fleet_settings: FleetSettings,
+    own_redis: LocalRedis,
+    own_client: Any,
+    names: Names,
+    tmp_path: Path,
 ) -> WorkerSettings:
     """A worker of ``tiny`` (registered) on this module's Redis."""
     fleet = dataclasses.replace(fleet_settings, redis=RedisSettings(url=own_redis.url))
@@ -68,7 +76,23 @@ async def settings(
         drain_timeout_s=15,
         pipeline_depth=2,
         cache_dir=str(tmp_path / "artifact-cache"),
+        mode=request.param,
+        measure_footprint=False,
     )
+
+
+def _pipeline(worker: Worker) -> RoundPipeline:
+    """The pipeline of tiny's rounds, in either mode."""
+    if worker.pool is not None:
+        pipeline = worker.pool.models["tiny"].pipeline
+        assert pipeline is not None
+        return pipeline
+    return worker.consumers[0].pipeline
+
+
+def _completed(worker: Worker) -> int:
+    stats = worker.pool.models["tiny"].stats if worker.pool is not None else worker.consumers[0].stats
+    return stats.completed
 
 
 async def _wait_for(predicate: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
@@ -102,7 +126,7 @@ async def _two_rounds_in_flight(
     """Make Redis refuse writes, then put two rounds in delivery: round ``b`` and, after it, round ``c``."""
     await client.config_set("maxmemory-policy", "noeviction")
     await client.config_set("maxmemory", "1")
-    pipeline = worker.consumers[0].pipeline
+    pipeline = _pipeline(worker)
     before = await _refusals(client)
     await produce(producer, names, [make_request(stream, np.ones((1, 16), np.float32), rid="b")])
 
@@ -148,9 +172,9 @@ async def test_a_crash_between_delivery_and_commit_redelivers_only_what_was_not_
     stream: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    commit_soon = LaneConsumer.commit_soon
+    commit_soon, pool_commit = LaneConsumer.commit_soon, PoolConsumer._commit
 
-    async def crash_on_the_commit_of_b(self: LaneConsumer, fetched: Sequence[Fetched]) -> None:
+    async def crash_on_the_commit_of_b(fetched: Sequence[Fetched], commit: Callable[[], Awaitable[None]]) -> None:
         if any(f.request is not None and f.request.id == "b" for f in fetched):
             # Once c, the round after b, is delivered too: were c committed now, b's records would be skipped.
             async def c_delivered() -> bool:
@@ -160,9 +184,16 @@ async def test_a_crash_between_delivery_and_commit_redelivers_only_what_was_not_
             await _wait_for(c_delivered, "round c delivered")
             await asyncio.sleep(0.2)
             raise RuntimeError("the worker died between delivery and commit")
-        await commit_soon(self, fetched)
+        await commit()
 
-    monkeypatch.setattr(LaneConsumer, "commit_soon", crash_on_the_commit_of_b)
+    async def lane_commit(self: LaneConsumer, fetched: Sequence[Fetched]) -> None:
+        await crash_on_the_commit_of_b(fetched, lambda: commit_soon(self, fetched))
+
+    async def pool_commit_(self: PoolConsumer, model: str, group: str, fetched: Sequence[Fetched]) -> None:
+        await crash_on_the_commit_of_b(fetched, lambda: pool_commit(self, model, group, fetched))
+
+    monkeypatch.setattr(LaneConsumer, "commit_soon", lane_commit)
+    monkeypatch.setattr(PoolConsumer, "_commit", pool_commit_)
     async with Worker(settings) as first:
         await first.wait_ready(30)
         await produce(producer, names, [make_request(stream, np.ones((1, 16), np.float32), rid="a")])
@@ -179,6 +210,7 @@ async def test_a_crash_between_delivery_and_commit_redelivers_only_what_was_not_
     assert await _committed(settings, names) == 1  # c, delivered, committed nothing
     assert sorted(r.id for r in await read_replies(own_client, stream, 3)) == ["a", "b", "c"]
     monkeypatch.setattr(LaneConsumer, "commit_soon", commit_soon)
+    monkeypatch.setattr(PoolConsumer, "_commit", pool_commit)
 
     async with Worker(dataclasses.replace(settings, worker_id="second")) as second:
         await second.wait_ready(30)
@@ -187,7 +219,7 @@ async def test_a_crash_between_delivery_and_commit_redelivers_only_what_was_not_
             return await _committed(settings, names) == 3
 
         await _wait_for(all_committed, "b and c committed by the second worker")
-        assert second.consumers[0].stats.completed == 2  # b and c again, not a
+        assert _completed(second) == 2  # b and c again, not a
     replies = await read_replies(own_client, stream, 3)
     # a was committed: never run again, one answer. b ran twice; whether its second answer reaches the reply stream
     # is the reply writer's business (the gateway takes the first answer of a request), not the pipeline's.

@@ -1,19 +1,23 @@
-"""`PoolConsumer._let_go`: the old owner waits for its model's round in hand only when that round took records
-of the partitions being released (real Redis leases; the round is a stand-in task, no Kafka client)."""
+"""`PoolConsumer._let_go`: the old owner waits for its model's rounds in hand (being collected, or collected and
+in the model's pipeline) only when they took records of the partitions being released (real Redis leases; the
+rounds are stand-ins, no Kafka client)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any, cast
 
 from aiokafka import TopicPartition
 
 from schemas import Lane, Names
-from workers.handler import Fetched
+from workers.handler import Fetched, RoundOutcome
 from workers.leases import PartitionLeases
 from workers.pool import PoolConsumer
 from workers.pool_state import OwnedPartition, PoolModel, QueuedRecord
+from workers.round import RoundPipeline, RoundRunner
+from workers.stats import ModelStats
 
 TOPIC = "m-requests"
 LANE = Lane.INTERACTIVE
@@ -77,4 +81,48 @@ async def test_a_round_holding_a_released_partition_is_waited_for(redis_client: 
     finish.set()
     await asyncio.wait_for(letting_go, 10)
     assert model.round is not None and model.round.done()
+    assert await _holders(pool) == ["w1", None]
+
+
+class _DeliveringRunner(RoundRunner):
+    """A round runner whose rounds leave the model at once and are delivered when the test says."""
+
+    def __init__(self, delivered: asyncio.Event) -> None:
+        nothing = cast(Any, None)
+        super().__init__("m", nothing, nothing, nothing, nothing, nothing, ModelStats())
+        self._delivered = delivered
+
+    async def handle(self, fetched: Sequence[Fetched], lane: Lane) -> RoundOutcome:
+        return RoundOutcome()
+
+    async def deliver_outcome(self, outcome: RoundOutcome, retry_topic: str) -> float:
+        await self._delivered.wait()
+        return 0.0
+
+    def observe(self, fetched: Sequence[Fetched], delivered_ms: float, busy_s: float) -> None:
+        pass
+
+
+async def test_a_collected_round_in_delivery_holding_a_released_partition_is_waited_for(
+    redis_client: Any, names: Names
+) -> None:
+    """With pipelined rounds, the round holding the partition may have left the model (no round being collected):
+    the lease is released only once that round in the model's pipeline has committed."""
+    pool, model, finish = await _pool_holding_a_round(redis_client, names, taken=KEPT)
+    finish.set()
+    await asyncio.wait_for(model.round, 10)  # nothing being collected
+    delivered, committed = asyncio.Event(), []
+
+    async def commit(fetched: Sequence[Fetched]) -> None:
+        committed.extend(f.record.partition for f in fetched)
+
+    model.pipeline = RoundPipeline(_DeliveringRunner(delivered), 2)
+    model.pipeline.submit([_record(RELEASED)], LANE, "retry", commit)
+    letting_go = asyncio.create_task(pool._let_go([RELEASED]))
+    done, _ = await asyncio.wait({letting_go}, timeout=0.5)
+    assert not done and committed == []  # the round is still delivering
+    assert await _holders(pool) == ["w1", "w1"]
+    delivered.set()
+    await asyncio.wait_for(letting_go, 10)
+    assert committed == [RELEASED.partition]
     assert await _holders(pool) == ["w1", None]

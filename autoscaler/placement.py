@@ -10,7 +10,15 @@ the current assignment. Rules, in order:
 2. Missing replicas go to distinct workers with the required labels and room, preferring a worker where
    the model is resident already, then the one with the most room left (spreads load), then by id.
    Larger models are placed first (they are the hardest to fit).
-3. A model short of replicas gets a ScheduleFailed status with the reason: no worker with the labels,
+3. Rebalance (``max_moves`` > 0): while the load of the most and the least loaded worker differs by more
+   than a margin (`rebalance_margin`), up to ``max_moves`` replicas a round move from the one to the other
+   (a worker that joined a placed fleet gets its share; the move is the usual handover: the old owner
+   commits and releases, the new one claims). A worker's load is its placed replicas, each weighing
+   1 + the model's measured work per replica (in workers; unknown: 0). It moves first the models that are
+   idle (no measured work), then those not resident on the source, then the least recently used, and only
+   a replica weighing at most half the difference: a move never reverses the order of the two workers, so
+   the sum of squared loads falls with every move and a balanced placement (within the margin) stays put.
+4. A model short of replicas gets a ScheduleFailed status with the reason: no worker with the labels,
    or the room it needs against the largest room left.
 """
 
@@ -23,6 +31,13 @@ from enum import StrEnum
 from schemas.constants import GPU
 
 MB = 1 << 20  # as the workers count (workers.residency.MB)
+
+#: Replicas a placement round moves at most to even the workers' load (the autoscaler's default).
+REBALANCE_MOVES = 25
+#: Loads of two workers are even when they differ by at most this share of the mean load ...
+REBALANCE_MARGIN_SHARE = 0.1
+#: ... or by at most this much (a replica of an idle model weighs 1).
+REBALANCE_MARGIN_MIN = 2.0
 
 
 class PlacementState(StrEnum):
@@ -46,6 +61,7 @@ class ModelDemand:
     requires: frozenset[str] = frozenset()
     gpus: frozenset[int] | None = None  # GPU indices it may use (None = any); CPU workers are not affected
     gpu_size_bytes: int | None = None  # on a GPU worker (None: the same as size_bytes)
+    work: float = 0.0  # measured work, in workers (the autoscaler's raw replicas; 0: idle or unknown)
 
     def size_on(self, slot: WorkerSlot) -> int:
         """Bytes a replica takes on ``slot``: its GPU size on a worker labelled ``gpu``."""
@@ -57,6 +73,11 @@ class ModelDemand:
     def largest_bytes(self) -> int:
         """The larger of its two sizes (placement goes largest first)."""
         return max(self.size_bytes, self.gpu_size_bytes or 0)
+
+    @property
+    def weight(self) -> float:
+        """What one replica adds to a worker's load: 1, plus its share of the model's measured work."""
+        return 1.0 + max(0.0, self.work) / max(1, self.replicas)
 
     def allows(self, slot: WorkerSlot) -> bool:
         """True when ``slot`` has the required labels and, on a GPU, an allowed one."""
@@ -74,6 +95,8 @@ class WorkerSlot:
     assignable_bytes: int | None  # None = unlimited
     labels: frozenset[str] = frozenset()
     resident: frozenset[str] = frozenset()
+    #: When each resident model was last used (ms, the worker's clock); rebalancing moves the coldest first.
+    last_used: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +111,12 @@ class ModelPlacement:
 
 @dataclass(slots=True)
 class Placement:
-    """The outcome: worker -> assigned models, model -> status."""
+    """The outcome: worker -> assigned models, model -> status, and the rebalancing moves made."""
 
     assignments: dict[str, set[str]] = field(default_factory=dict)
     status: dict[str, ModelPlacement] = field(default_factory=dict)
+    #: (model, from worker, to worker) of each replica moved to even the load, in order.
+    moves: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _mb(size: int | None) -> str:
@@ -129,11 +154,13 @@ def place(
     current: Mapping[str, set[str]],
     *,
     growing: bool = False,
+    max_moves: int = 0,
 ) -> Placement:
     """Assign ``demands`` to ``workers``, keeping ``current`` (worker -> models) where it is still fine.
 
     ``growing``: more workers are starting (a pool the autoscaler is growing), so a model short of replicas for
     want of workers or room is PENDING, not a failure; one that no worker's labels allow still fails.
+    ``max_moves``: replicas this round may move to even the workers' load (0: none; rule 3).
     """
     rooms = {w.worker: _Room(w) for w in workers}
     by_model = {d.model: d for d in demands}
@@ -165,7 +192,95 @@ def place(
             holders[demand.model].append(room.slot.worker)
             out.assignments[room.slot.worker].add(demand.model)
         out.status[demand.model] = _status(demand, holders[demand.model], rooms, labelled, growing)
+    # 3. even the load
+    if max_moves > 0:
+        _rebalance(out, by_model, rooms, holders, max_moves)
+        for model in {model for model, _, _ in out.moves}:
+            moved = by_model[model]
+            labelled = [r for r in rooms.values() if moved.allows(r.slot)]
+            out.status[model] = _status(moved, holders[model], rooms, labelled, growing)
     return out
+
+
+def rebalance_margin(loads: Sequence[float]) -> float:
+    """How far two workers' loads may differ before models move: a share of the mean, at least a minimum."""
+    mean = sum(loads) / len(loads) if loads else 0.0
+    return max(REBALANCE_MARGIN_MIN, REBALANCE_MARGIN_SHARE * mean)
+
+
+def worker_loads(assignments: Mapping[str, set[str]], demands: Mapping[str, ModelDemand]) -> dict[str, float]:
+    """Each worker's load: the weights (`ModelDemand.weight`) of the replicas placed on it."""
+    return {
+        worker: sum(demands[m].weight for m in models if m in demands) for worker, models in assignments.items()
+    }
+
+
+def _rebalance(
+    out: Placement,
+    demands: Mapping[str, ModelDemand],
+    rooms: Mapping[str, _Room],
+    holders: dict[str, list[str]],
+    max_moves: int,
+) -> None:
+    """Move up to ``max_moves`` replicas from the most to the least loaded workers (rule 3)."""
+    loads = worker_loads(out.assignments, demands)
+    if len(loads) < 2:
+        return
+    margin = rebalance_margin(list(loads.values()))
+    while len(out.moves) < max_moves:
+        move = _next_move(out, demands, rooms, loads, margin)
+        if move is None:
+            return
+        model, source, target = move
+        demand = demands[model]
+        out.assignments[source].discard(model)
+        out.assignments[target].add(model)
+        rooms[source].used -= demand.size_on(rooms[source].slot)
+        rooms[target].used += demand.size_on(rooms[target].slot)
+        loads[source] -= demand.weight
+        loads[target] += demand.weight
+        holders[model] = [target if w == source else w for w in holders[model]]
+        out.moves.append(move)
+
+
+def _next_move(
+    out: Placement,
+    demands: Mapping[str, ModelDemand],
+    rooms: Mapping[str, _Room],
+    loads: Mapping[str, float],
+    margin: float,
+) -> tuple[str, str, str] | None:
+    """The best replica to move now: from the most loaded worker that has one that fits on a less loaded one
+    (the least loaded first), whose load differs by more than ``margin``; None when the load is even."""
+    order = sorted(loads, key=lambda w: (loads[w], w))
+    for source in reversed(order):
+        slot = rooms[source].slot
+        for target in order:
+            gap = loads[source] - loads[target]
+            if gap <= margin:
+                break  # the targets after this one are loaded more still
+            room = rooms[target]
+            movable = [
+                demands[m]
+                for m in out.assignments[source]
+                if m in demands
+                and m not in out.assignments[target]
+                and demands[m].weight <= gap / 2
+                and demands[m].allows(room.slot)
+                and room.fits(demands[m].size_on(room.slot))
+            ]
+            if movable:
+                best = min(
+                    movable,
+                    key=lambda d: (
+                        d.work > 0,  # idle models first: a hot one is not disturbed while others can go
+                        d.model in slot.resident,  # then those not loaded on the source
+                        slot.last_used.get(d.model, 0.0),  # then the least recently used
+                        d.model,
+                    ),
+                )
+                return best.model, source, target
+    return None
 
 
 def _status(

@@ -18,6 +18,7 @@ A model's size is its default version's plus that of every other version its tra
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,15 @@ from schemas.limits import ModelLimits
 from schemas.registry import RegistryCache
 from schemas.residency import WorkerResidency
 
-from .placement import ModelDemand, ModelPlacement, Placement, PlacementState, WorkerSlot, place
+from .placement import (
+    REBALANCE_MOVES,
+    ModelDemand,
+    ModelPlacement,
+    Placement,
+    PlacementState,
+    WorkerSlot,
+    place,
+)
 
 log = logging.getLogger("fleet.autoscaler")
 
@@ -64,11 +73,12 @@ def demand_of(
     size_factor: float,
     measured: Mapping[str, int] | None = None,
     others: Sequence[SizedVersion] = (),
+    work: float = 0.0,
 ) -> ModelDemand:
     """A model's demand: the bytes a worker would account on a CPU and on a GPU for the default version
     ``record`` plus ``others`` (the other versions its traffic split sends requests to, resident at the
-    same time) and the default's limits (`schemas.limits`: ``requires``, ``max_replicas``, ``gpus``);
-    raises SchemaError on a bad limit label."""
+    same time), the default's limits (`schemas.limits`: ``requires``, ``max_replicas``, ``gpus``) and its
+    measured ``work`` (in workers: what rebalancing weighs it by); raises SchemaError on a bad limit label."""
     sizes = [version_sizes((record, measured or {}), size_factor)]
     sizes += [version_sizes(other, size_factor) for other in others]
     limits = ModelLimits.from_labels(record.labels)
@@ -81,27 +91,41 @@ def demand_of(
         limits.requires,
         limits.gpus,
         gpu_size_bytes=sum(gpu for _, gpu in sizes),
+        work=work,
     )
 
 
 class PlacementRunner:
-    """One placement round per ``run()``; keeps the registry cache and what it wrote between rounds."""
+    """One placement round per ``run()``; keeps the registry cache and what it wrote between rounds.
 
-    def __init__(self, redis: Any, names: Names, *, size_factor: float = 3.0) -> None:
+    ``rebalance_moves``: replicas a round moves at most to even the workers' load (`autoscaler.placement`,
+    rule 3; 0: never move a model that is fine where it is)."""
+
+    def __init__(
+        self, redis: Any, names: Names, *, size_factor: float = 3.0, rebalance_moves: int = REBALANCE_MOVES
+    ) -> None:
         self._redis = redis
         self._names = names
         self._size_factor = size_factor
+        self._rebalance_moves = rebalance_moves
         self._registry = RegistryCache(redis, names)
         #: The placement status this runner last wrote per model (without its time).
         self._written: dict[str, dict[str, str]] = {}
 
     async def run(
-        self, models: Sequence[str], desired: Mapping[str, int], *, expected_workers: int | None = None
+        self,
+        models: Sequence[str],
+        desired: Mapping[str, int],
+        *,
+        expected_workers: int | None = None,
+        work: Mapping[str, float] | None = None,
     ) -> Placement:
         """Place ``models`` (``desired`` replicas each, 1 when absent) and store the result; raises RedisError.
 
         ``expected_workers``: how many workers the pool is meant to have; while fewer are live, a model short of
         room is PENDING (they are starting), not a failure that the gateway would answer 503 for.
+        ``work``: each model's measured work in workers, where known (rebalancing moves idle models first and
+        weighs a worker's load by it).
         """
         workers, gone = await self._workers()
         current = await self._current([w.worker for w in workers])
@@ -121,11 +145,18 @@ class PlacementRunner:
                     for version, share in (split.weights if split is not None else ())
                     if share > 0 and version != record.version
                 ]
-                demands.append(demand_of(record, desired.get(model, 1), self._size_factor, measured, others))
+                load = (work or {}).get(model, 0.0)
+                demands.append(demand_of(record, desired.get(model, 1), self._size_factor, measured, others, load))
             except (FleetError, SchemaError) as exc:
                 unreadable[model] = exc.message
         growing = expected_workers is not None and expected_workers > len(workers)
-        result = place(demands, workers, current, growing=growing)
+        result = place(demands, workers, current, growing=growing, max_moves=self._rebalance_moves)
+        if result.moves:
+            pairs = Counter((source, target) for _, source, target in result.moves)
+            log.info(
+                "placement: rebalancing moves %s",
+                ", ".join(f"{n} model(s) from {s} to {t}" for (s, t), n in sorted(pairs.items())),
+            )
         for model, why in unreadable.items():
             result.status[model] = ModelPlacement(PlacementState.SCHEDULE_FAILED, (), 0, f"unusable record: {why}")
         await self._write(result, current, gone)
@@ -161,6 +192,7 @@ class PlacementRunner:
                     residency.assignable_bytes,
                     label_set(beat.get("labels", "")),
                     frozenset(m.model for m in residency.models),
+                    {m.model: m.last_used_ms for m in residency.models},
                 )
             )
         return slots, gone
@@ -201,7 +233,14 @@ class PlacementRunner:
                 if assigned:
                     pipe.sadd(key, *sorted(assigned))
                 named.add(worker)
-                log.info("placement: worker %s now serves %s", worker, ",".join(sorted(assigned)) or "(nothing)")
+                before = current.get(worker, set())
+                log.info(
+                    "placement: worker %s serves %d model(s): +%s -%s",
+                    worker,
+                    len(assigned),
+                    ",".join(sorted(assigned - before)) or "none",
+                    ",".join(sorted(before - assigned)) or "none",
+                )
             for model, fields in changed.items():
                 key = self._names.placement_key(model)
                 pipe.delete(key)

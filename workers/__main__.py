@@ -76,7 +76,7 @@ async def serve(settings: WorkerSettings, *, standby: bool = False) -> int:
         log.info("worker %s: activated", settings.worker_id)
         with contextlib.suppress(OSError):
             sys.stdin.close()  # nothing more is read from it
-    worker = Worker(settings)
+    worker = Worker(settings, process_title=True)  # this process is the worker: `ps` shows what it serves
     with eventloop.stop_signals(worker.request_stop):
         try:
             await worker.start()

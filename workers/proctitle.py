@@ -3,6 +3,8 @@
 ``fleet-worker pool-3f2a pool: 37 models, 5 resident`` (pool mode: models assigned, models loaded now) or
 ``fleet-worker tiny-9c1e model=tiny`` (one consumer per model). Set once the worker is ready, then checked
 every heartbeat interval and rewritten only when the text changed (one ``prctl``/argv write, no I/O).
+Only ``python -m workers`` sets it (``Worker(process_title=True)``): a worker embedded in another process
+leaves that process's title alone.
 Without the ``setproctitle`` package the title stays ``python -m workers``.
 """
 

@@ -51,11 +51,14 @@ class _Lifecycle(Enum):
 class Worker(AsyncService):
     """Serves ``settings.models`` (or its assignment, when following one) until stopped.
 
-    Use ``async with Worker(settings) as w: await w.wait_ready()``.
+    Use ``async with Worker(settings) as w: await w.wait_ready()``. ``process_title``: keep the process's
+    title on what it serves (`workers.proctitle`); only a process that is the worker (``python -m workers``)
+    asks for it, never one that embeds a worker (an application, the tests).
     """
 
-    def __init__(self, settings: WorkerSettings, *, names: Names | None = None) -> None:
+    def __init__(self, settings: WorkerSettings, *, names: Names | None = None, process_title: bool = False) -> None:
         self.settings = settings
+        self._process_title = process_title
         self.names = names or Names(settings.fleet.namespace)
         self.metrics = WorkerMetrics()
         capacity = worker_capacity(settings.memory_budget_mb, settings.overcommit_pct, settings.device)
@@ -293,7 +296,8 @@ class Worker(AsyncService):
             await self._heartbeat.set_state(WorkerState.READY)
         self._ready.set()
         log.info("worker %s ready", self.id)
-        await proctitle.keep_title(self, self.settings.heartbeat_interval_s)  # `ps` shows what it serves
+        if self._process_title:
+            await proctitle.keep_title(self, self.settings.heartbeat_interval_s)  # `ps` shows what it serves
 
     def _routine_done(self, task: asyncio.Task[None]) -> None:
         retired = task in self._retired

@@ -34,7 +34,6 @@ from .files import FileStore
 from .generation_path import GenerationPath
 from .grpc_server import GrpcServer, ReadinessHealth
 from .grpc_service import GrpcInferenceService
-from .infer_path import InferPath
 from .limits import Decoder
 from .metrics import GatewayMetrics
 from .model_config import ModelConfigRoutes, ModelDescriptions
@@ -117,8 +116,8 @@ class Gateway(AsyncService):
             client_max_size=self.settings.max_body_bytes,
             middlewares=[self._request_middleware, error_middleware, guard.middleware],
         )
-        self._routes = Routes(self._backends)
-        path = InferPath(self._backends, self._routes, self._new_wire_id)
+        self._routes = Routes(self._backends, self._new_wire_id)
+        path = self._routes.path  # the gRPC service and the OpenAI routes serve through the same path
         descriptions = ModelDescriptions(path, self._backends.redis, self.names, self.settings.backend_timeout_s)
         ModelConfigRoutes(descriptions).add_to(app)  # before the model routes: /v2/models/stats names no model
         generation = GenerationPath(self._backends, self._routes, self._new_wire_id)
@@ -178,7 +177,7 @@ class Gateway(AsyncService):
         if self._routes is None or self._state is not _State.STARTED:
             raise RuntimeError("wait_ready() needs a started gateway")
         deadline = time.monotonic() + timeout
-        while problems := await self._routes.readiness_problems():
+        while problems := await self._routes.path.readiness_problems():
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"gateway not ready after {timeout:g} s: " + "; ".join(problems))
             await asyncio.sleep(_READY_POLL_S)
@@ -215,7 +214,7 @@ class Gateway(AsyncService):
     async def _start_grpc(self, service: GrpcInferenceService) -> None:
         assert self._routes is not None
         settings = self.settings
-        health = ReadinessHealth(self._routes.readiness_problems)
+        health = ReadinessHealth(self._routes.path.readiness_problems)
         self._grpc = GrpcServer([service.handler()], health, settings.max_body_bytes)
         # An HTTP port of 0 (tests, embedders) means free ports for both servers.
         self._grpc_port = await self._grpc.start(settings.host, 0 if settings.port == 0 else settings.grpc_port)

@@ -1,9 +1,10 @@
 """The protocol-neutral part of serving a model: registry lookup, routing, checks, publish, wait for the reply.
 
-The gRPC service uses it with a request already decoded into an :class:`~schemas.oip.InferBody`; it shares
-the HTTP routes' state (admission limits, serviceability, deadline-aware shedding, draining) through the
-:class:`~gateway.routes.Routes` object, so a request counts against the same limits whichever protocol
-brought it, and is answered with the same :class:`~schemas.FleetError` codes.
+One :class:`InferPath` per gateway holds what every protocol's requests share: the admission limits,
+serviceability, deadline-aware shedding, coalescing and the draining flag, so a request counts against the same
+limits whichever protocol brought it, and is answered with the same :class:`~schemas.FleetError` codes. The HTTP
+routes (``gateway.routes``) parse the OIP body and map errors to HTTP; the gRPC service (``gateway.grpc_service``)
+calls :meth:`InferPath.infer` with a request already decoded into an :class:`~gateway.protocol.InferBody`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
 
 from schemas import (
     ErrorCode,
@@ -38,12 +43,18 @@ from .errors import (
     VersionNotFoundError,
     WorkerReplyError,
 )
-from .limits import check_tensor_elements
+from .limits import Admission, Ticket, check_tensor_elements
+from .metrics import GatewayMetrics
 from .protocol import InferBody, check_outputs
 from .publisher import coalescable
-from .routes import Backends, Routes
+from .serviceability import ServiceabilityView, Verdict
+from .shedding import ModelQueues
 
-_UNKNOWN_MODEL = "_unknown"  # metrics label of requests for models that do not resolve
+if TYPE_CHECKING:
+    from .routes import Backends
+
+#: Metrics label of requests for models that do not resolve.
+UNKNOWN_MODEL = "_unknown"
 
 
 @dataclass(frozen=True)
@@ -54,28 +65,98 @@ class Served:
     response: InferenceResponse
 
 
-class InferPath:
-    """One gateway's request path, for callers that are not the aiohttp routes."""
+class Attempt:
+    """One infer request while it is served: counted in flight, its admission ticket released and its outcome
+    observed (model and version labels, error code, duration) when the ``with`` block ends."""
 
-    def __init__(self, backends: Backends, routes: Routes, wire_ids: Callable[[], str]) -> None:
+    __slots__ = ("_loop", "_metrics", "label", "started", "started_ms", "ticket", "version_label")
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+        self._loop = asyncio.get_running_loop()
+        self.started = self._loop.time()
+        self.started_ms = now_ms()
+        self.label = self.version_label = UNKNOWN_MODEL
+        self.ticket: Ticket | None = None
+
+    def resolved(self, record: ModelRecord) -> None:
+        """Label the metrics with ``record``'s model and version."""
+        self.label, self.version_label = record.name, record.version
+
+    def __enter__(self) -> Attempt:
+        self._metrics.in_flight.inc()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if error is None:
+            code = None
+        elif isinstance(error, FleetError):
+            code = error.code.value
+        else:
+            code = ErrorCode.INTERNAL.value  # something unexpected (or a cancellation)
+        if self.ticket is not None:
+            self.ticket.release()
+        self._metrics.in_flight.dec()
+        self._metrics.observe(self.label, self._loop.time() - self.started, code, self.version_label)
+
+
+class InferPath:
+    """One gateway's request path, shared by the HTTP routes and the gRPC service."""
+
+    def __init__(self, backends: Backends, wire_ids: Callable[[], str]) -> None:
         self._b = backends
-        self._routes = routes
+        settings = backends.settings
         self._reply = ReplyAddress(ReplyKind.STREAM, backends.listener.stream)
         self.new_wire_id = wire_ids
+        #: Would a request be served (model readiness, and sync requests that nothing can serve fail fast).
+        self.serviceability = ServiceabilityView(
+            backends.redis,
+            backends.names,
+            ttl_s=settings.registry_cache_ttl_s,
+            timeout_s=settings.backend_timeout_s,
+            external_scaler=settings.external_scaler,
+            return_grace_s=settings.worker_return_grace_s,
+        )
+        backends.publisher.configure_coalescing(settings.coalesce, self.serviceability.reads_batches)
+        #: True once the gateway is stopping.
+        self.draining = False
+        self.admission = Admission(settings.max_in_flight, settings.max_in_flight_bytes)
+        #: Sync requests waiting per model and their reply rate (deadline-aware shedding).
+        self.queues = ModelQueues() if settings.shed_late_requests else None
 
     @property
     def registry(self) -> ModelRegistry:
         """The model registry (uncached)."""
         return self._b.cache.registry
 
-    @property
-    def draining(self) -> bool:
-        """True once the gateway is stopping."""
-        return self._routes.draining
-
     async def readiness_problems(self) -> list[str]:
-        """Why the gateway cannot serve now; [] when ready (as ``/v2/health/ready``)."""
-        return await self._routes.readiness_problems()
+        """Why the gateway cannot serve now (a backend unreachable, replies not flowing, stopping); [] when ready."""
+        redis_problem, kafka_problem = await asyncio.gather(self._redis_problem(), self._b.publisher.check())
+        problems = [
+            f"{name}: {problem}" for name, problem in (("redis", redis_problem), ("kafka", kafka_problem)) if problem
+        ]
+        if self.draining:
+            problems.insert(0, "the gateway is stopping")
+        elif not self._b.listener.healthy and not redis_problem:
+            problems.append(f"replies: {self._b.listener.last_error}")
+        return problems
+
+    async def _redis_problem(self) -> str | None:
+        timeout = self._b.settings.backend_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await self._b.redis.ping()
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except (RedisError, OSError) as exc:
+            return str(exc) or type(exc).__name__
+        return None
+
+    def attempt(self) -> Attempt:
+        """Bookkeeping of one infer request, started now: ``with path.attempt() as attempt: ...``."""
+        return Attempt(self._b.metrics)
 
     async def record(self, model: str, version: str | None) -> ModelRecord:
         """The registered record (the default version when ``version`` is empty); 404 errors otherwise."""
@@ -100,11 +181,15 @@ class InferPath:
         except FleetError as exc:
             raise BackendDownError("redis", exc.message) from None
 
-    async def model_ready(self, record: ModelRecord) -> bool:
-        """Whether a live worker serves ``record`` now (503 when requests cannot be queued at all)."""
+    async def verdict(self, record: ModelRecord) -> Verdict:
+        """Whether a live worker serves ``record`` now, and why not (503 when requests cannot be queued at all)."""
         if not (self._b.publisher.connected and self._b.listener.healthy):
             raise BackendDownError("kafka/redis", "requests cannot be queued right now")
-        return (await self._routes.serviceability.verdict(record)).ready
+        return await self.serviceability.verdict(record)
+
+    async def model_ready(self, record: ModelRecord) -> bool:
+        """Whether a live worker serves ``record`` now (503 when requests cannot be queued at all)."""
+        return (await self.verdict(record)).ready
 
     def timeout_ms(self, body: InferBody, deadline_s: float | None) -> float:
         """The request's timeout: the caller's deadline (``deadline_s`` from now) when it set one, else the
@@ -122,48 +207,33 @@ class InferPath:
     ) -> Served:
         """Serve one decoded request of ``size`` bytes (as received): the same admission, checks, routing,
         metrics and errors as an HTTP infer; WorkerReplyError when the worker answered with an error."""
-        loop = asyncio.get_running_loop()
-        started, started_ms = loop.time(), now_ms()
-        label = version_label = _UNKNOWN_MODEL
-        code: str | None = ErrorCode.INTERNAL.value  # stays so when something unexpected is raised
-        metrics = self._b.metrics
-        metrics.in_flight.inc()
-        ticket = None
-        try:
-            ticket = self._routes.admission.admit(size)
+        with self.attempt() as attempt:
+            attempt.ticket = self.admission.admit(size)
             check_tensor_elements(body, self._b.settings.max_tensor_elements)
             record = await self.record(model, version)
-            label = record.name
+            attempt.label = record.name
             if not version:  # unversioned: the model's traffic split picks
                 record = await self._b.cache.routed(record, body.id)
-            version_label = record.version
+            attempt.resolved(record)
             timeout_ms = self.timeout_ms(body, deadline_s)
             check_inputs(record.inputs, body.inputs, batched=record.batched)
             check_outputs((s.name for s in record.outputs), body)
-            response = await self._round_trip(record, body, started, started_ms, timeout_ms)
-            if response.error is not None:
-                raise WorkerReplyError(response.error.code, response.error.message)
-            code = None
+            response = await self.round_trip(self.new_wire_id(), record, body, attempt, timeout_ms)
             return Served(record, response)
-        except FleetError as exc:
-            code = exc.code.value
-            raise
-        finally:
-            if ticket is not None:
-                ticket.release()
-            metrics.in_flight.dec()
-            metrics.observe(label, loop.time() - started, code, version_label)
 
-    async def _round_trip(
-        self, record: ModelRecord, body: InferBody, started: float, started_ms: float, timeout_ms: float
+    async def round_trip(
+        self, wire_id: str, record: ModelRecord, body: InferBody, attempt: Attempt, timeout_ms: float
     ) -> InferenceResponse:
+        """Publish ``body`` as request ``wire_id`` to ``record``'s topic and wait for the worker's successful
+        answer: 503 at once when the gateway is stopping, replies do not flow, nothing can serve the model or
+        the model's queue would not be served in time; 504 past the deadline; WorkerReplyError when the
+        worker answered with an error."""
         listener = self._b.listener
         if self.draining:
             raise BackendDownError("gateway", "the gateway is stopping")
         if not listener.healthy:
             raise BackendDownError("redis", listener.last_error)
-        await self._routes.serviceability.check(record)  # UNAVAILABLE now rather than a deadline later
-        wire_id = self.new_wire_id()
+        await self.serviceability.check(record)  # 503 now rather than 504 later when nothing can serve it
         message = InferenceRequest(
             id=wire_id,
             model=record.name,
@@ -172,25 +242,28 @@ class InferPath:
             reply=self._reply,
             outputs=tuple(o.name for o in body.outputs),
             parameters=body.parameters,
-            deadline_ms=started_ms + timeout_ms,
-            created_ms=started_ms,
+            deadline_ms=attempt.started_ms + timeout_ms,
+            created_ms=attempt.started_ms,
         )
-        deadline = started + timeout_ms / 1000.0
-        queues = self._routes.queues
-        if queues is not None:
+        deadline = attempt.started + timeout_ms / 1000.0
+        queues = self.queues
+        if queues is not None:  # 503 now rather than a 504 after waiting out the timeout
             queues.admit(record.name, deadline - asyncio.get_running_loop().time())
         answered = False
-        future = listener.expect(wire_id)  # before publishing: a fast worker may answer before publish() returns
+        # Register before publishing: a fast worker may answer before publish() returns.
+        future = listener.expect(wire_id)
         try:
             async with asyncio.timeout_at(deadline):
                 topic = self._b.names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
                 await self._b.publisher.publish(topic, message, coalesce=coalescable(record))
                 response = await future
                 answered = True
-                return response
         except TimeoutError:
             raise DeadlineExceededError(record.name, timeout_ms) from None
         finally:
             listener.discard(wire_id)
             if queues is not None:
                 queues.done(record.name, answered)
+        if response.error is not None:
+            raise WorkerReplyError(response.error.code, response.error.message)
+        return response

@@ -5,49 +5,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
-from redis.exceptions import RedisError
 
 from common import tracing
-from schemas import (
-    ErrorCode,
-    FleetError,
-    Framework,
-    InferenceRequest,
-    InferenceResponse,
-    Lane,
-    ModelRecord,
-    Names,
-    ReplyAddress,
-    ReplyKind,
-    SchemaError,
-    TensorSpec,
-    check_inputs,
-    check_model_name,
-    check_version,
-    now_ms,
-)
+from schemas import ErrorCode, Framework, ModelRecord, Names, TensorSpec, check_inputs
 
 from .errors import (
     REQUEST_ID_HEADER,
     WIRE_ID_KEY,
     BackendDownError,
     ClientDisconnectedError,
-    DeadlineExceededError,
     GatewayError,
     InvalidRequestError,
-    ModelNotFoundError,
     PayloadTooLargeError,
     RequestTimeoutError,
-    VersionNotFoundError,
-    WorkerReplyError,
     error_response,
 )
+from .infer_path import UNKNOWN_MODEL, InferPath
 from .job_routes import (
     ASYNC_QUERY,
     IDEMPOTENCY_HEADER,
@@ -57,26 +37,23 @@ from .job_routes import (
     wants_async,
 )
 from .jobs import JobStore
-from .limits import Admission, Decoder, LargeBodies, Ticket, check_declared_body
+from .limits import Decoder, LargeBodies, Ticket, check_declared_body
 from .metrics import GatewayMetrics
 from .protocol import (
     HEADER_LENGTH,
     LANE_HEADER,
     TIMEOUT_HEADER,
-    InferBody,
     check_outputs,
     choose_lane,
     json_response,
     parse_timeout_ms,
     render_infer,
 )
-from .publisher import RequestPublisher, coalescable
+from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
 from .repository import RepositoryRoutes
-from .serviceability import ServiceabilityView
 from .settings import GatewaySettings
-from .shedding import ModelQueues
 
 log = logging.getLogger("fleet.gateway")
 
@@ -88,7 +65,6 @@ PLATFORMS = {
     Framework.TORCHSCRIPT: "pytorch_torchscript",
     Framework.TORCH: "pytorch",
 }
-_UNKNOWN_MODEL = "_unknown"  # metrics label of requests for models that do not resolve
 
 
 @dataclass(frozen=True)
@@ -109,30 +85,28 @@ class Backends:
 class Routes:
     """Request handlers; ``add_to(app)`` registers them."""
 
-    def __init__(self, backends: Backends) -> None:
+    def __init__(self, backends: Backends, wire_ids: Callable[[], str]) -> None:
         self._b = backends
-        self._reply = ReplyAddress(ReplyKind.STREAM, backends.listener.stream)
+        #: The protocol-neutral request path (admission, serviceability, shedding, draining), shared with gRPC.
+        self.path = InferPath(backends, wire_ids)
+        self.serviceability = self.path.serviceability
+        self.admission = self.path.admission
         store = JobStore(backends.redis, backends.names, backends.settings.backend_timeout_s)
         self.jobs = JobRoutes(backends.settings, backends.names, store, backends.publisher)
-        #: Would a request be served (model readiness, and sync requests that nothing can serve fail fast).
-        self.serviceability = ServiceabilityView(
-            backends.redis,
-            backends.names,
-            ttl_s=backends.settings.registry_cache_ttl_s,
-            timeout_s=backends.settings.backend_timeout_s,
-            external_scaler=backends.settings.external_scaler,
-            return_grace_s=backends.settings.worker_return_grace_s,
-        )
-        backends.publisher.configure_coalescing(backends.settings.coalesce, self.serviceability.reads_batches)
-        self.draining = False
-        self.admission = Admission(backends.settings.max_in_flight, backends.settings.max_in_flight_bytes)
         settings = backends.settings
         #: Bodies over the inline size take turns (as many as there are decode processes).
         self.large_bodies = LargeBodies(
             settings.decode_processes, settings.decode_inline_bytes, settings.backend_timeout_s
         )
-        #: Sync requests waiting per model and their reply rate (deadline-aware shedding).
-        self.queues = ModelQueues() if backends.settings.shed_late_requests else None
+
+    @property
+    def draining(self) -> bool:
+        """True once the gateway is stopping (set by the Gateway; every protocol's requests are refused)."""
+        return self.path.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.path.draining = value
 
     def add_to(self, app: web.Application) -> None:
         """Register every route on ``app``."""
@@ -159,21 +133,9 @@ class Routes:
         """``GET /v2/health/live``: the process answers (no backend needed)."""
         return json_response({"live": True})
 
-    async def readiness_problems(self) -> list[str]:
-        """Why the gateway cannot serve now (a backend unreachable, replies not flowing, stopping); [] when ready."""
-        redis_problem, kafka_problem = await asyncio.gather(self._redis_problem(), self._b.publisher.check())
-        problems = [
-            f"{name}: {problem}" for name, problem in (("redis", redis_problem), ("kafka", kafka_problem)) if problem
-        ]
-        if self.draining:
-            problems.insert(0, "the gateway is stopping")
-        elif not self._b.listener.healthy and not redis_problem:
-            problems.append(f"replies: {self._b.listener.last_error}")
-        return problems
-
     async def ready(self, request: web.Request) -> web.Response:
         """``GET /v2/health/ready``: 200 only when Redis and Kafka are reachable and replies flow."""
-        if problems := await self.readiness_problems():
+        if problems := await self.path.readiness_problems():
             return json_response({"error": "not ready: " + "; ".join(problems)}, status=503)
         return json_response({"ready": True})
 
@@ -182,24 +144,13 @@ class Routes:
         body, content_type = self._b.metrics.exposition(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def _redis_problem(self) -> str | None:
-        timeout = self._b.settings.backend_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                await self._b.redis.ping()
-        except TimeoutError:
-            return f"no answer within {timeout:g} s"
-        except (RedisError, OSError) as exc:
-            return str(exc) or type(exc).__name__
-        return None
-
     # models ------------------------------------------------------------------------------------
     async def model_metadata(self, request: web.Request) -> web.Response:
         """``GET /v2/models/{m}[/versions/{v}]``: name, versions, platform, inputs and outputs."""
         version = request.match_info.get("version")
-        record = await self._record(request.match_info["model"], version)
+        record = await self.path.record(request.match_info["model"], version)
         if version is None:
-            versions = await self._versions(record.name)
+            versions = await self.path.versions(record.name)
         else:
             versions = [record.version]
         return json_response(
@@ -215,10 +166,8 @@ class Routes:
     async def model_ready(self, request: web.Request) -> web.Response:
         """``GET .../ready``: 200 ``ready: true`` only when a live worker serves the model (version) now; else
         503 with ``ready: false``, the reason and its code (`gateway.serviceability`), as KServe answers."""
-        record = await self._record(request.match_info["model"], request.match_info.get("version"))
-        if not (self._b.publisher.connected and self._b.listener.healthy):
-            raise BackendDownError("kafka/redis", "requests cannot be queued right now")
-        verdict = await self.serviceability.verdict(record)
+        record = await self.path.record(request.match_info["model"], request.match_info.get("version"))
+        verdict = await self.path.verdict(record)
         body: dict[str, Any] = {"name": record.name, "version": record.version, "ready": verdict.ready}
         if verdict.ready:
             return json_response(body)
@@ -226,43 +175,15 @@ class Routes:
         body.update(state=verdict.state.value, error=verdict.reason, code=code.value)
         return json_response(body, status=503)
 
-    async def _record(self, model: str, version: str | None) -> ModelRecord:
-        try:
-            check_model_name(model)
-        except SchemaError:
-            raise ModelNotFoundError(model) from None
-        if version is not None:
-            try:
-                check_version(version)
-            except SchemaError:
-                raise VersionNotFoundError(model, version) from None
-        return await self._b.cache.get(model, version)
-
-    async def _versions(self, model: str) -> list[str]:
-        try:
-            async with asyncio.timeout(self._b.settings.backend_timeout_s):
-                return await self._b.cache.registry.versions(model)
-        except TimeoutError:
-            raise BackendDownError("redis", "listing versions took too long") from None
-        except FleetError as exc:
-            raise BackendDownError("redis", exc.message) from None
-
     # inference ---------------------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:
         """``POST .../infer``: validate, publish to the model's topic, wait for the worker's reply.
 
         With ``?async=true`` or ``Prefer: respond-async``: create a job and answer 202 at once (``job_routes``).
         """
-        loop = asyncio.get_running_loop()
-        started, started_ms = loop.time(), now_ms()
-        label = version_label = _UNKNOWN_MODEL
-        code: str | None = ErrorCode.INTERNAL.value  # stays so when something unexpected is raised
-        metrics = self._b.metrics
-        metrics.in_flight.inc()
-        ticket: Ticket | None = None
-        try:
+        with self.path.attempt() as attempt:
             check_declared_body(request.content_length, self._b.settings.max_body_bytes)
-            ticket = self.admission.admit(request.content_length)  # before the body is read: shed early
+            ticket = attempt.ticket = self.admission.admit(request.content_length)  # before the body: shed early
             is_async = wants_async(request.query.get(ASYNC_QUERY), request.headers.get(PREFER_HEADER))
             idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
             if idempotency_key is not None:
@@ -272,14 +193,14 @@ class Routes:
             versioned = request.match_info.get("version") is not None
             async with self.large_bodies.turn(request.content_length):
                 raw = await self._read_body(request, ticket)
-                record = await self._record(request.match_info["model"], request.match_info.get("version"))
-                label = record.name
+                record = await self.path.record(request.match_info["model"], request.match_info.get("version"))
+                attempt.label = record.name
                 datatypes = await self._datatypes(record, versioned)
                 body = await self._b.decoder.decode(raw, request.headers.get(HEADER_LENGTH), datatypes)
             body = dataclasses.replace(body, lane=choose_lane(body.lane, request.headers.get(LANE_HEADER)))
             if not versioned:  # unversioned: the model's traffic split picks
                 record = await self._b.cache.routed(record, request.headers.get(REQUEST_ID_HEADER) or body.id)
-            version_label = record.version
+            attempt.resolved(record)
             settings = self._b.settings
             # An async job's deadline defaults to (and is capped at) the job TTL.
             default_s, max_s = (
@@ -293,22 +214,9 @@ class Routes:
             if is_async:
                 if self.draining:
                     raise BackendDownError("gateway", "the gateway is stopping")
-                accepted = await self.jobs.submit(request, record, body, raw, started_ms, timeout_ms)
-                code = None
-                return accepted
-            response = await self._round_trip(request[WIRE_ID_KEY], record, body, started, started_ms, timeout_ms)
-            if response.error is not None:
-                raise WorkerReplyError(response.error.code, response.error.message)
+                return await self.jobs.submit(request, record, body, raw, attempt.started_ms, timeout_ms)
+            response = await self.path.round_trip(request[WIRE_ID_KEY], record, body, attempt, timeout_ms)
             rendered = render_infer(response, body, body.id or request[WIRE_ID_KEY])
-            code = None
-        except FleetError as exc:
-            code = exc.code.value
-            raise
-        finally:
-            if ticket is not None:
-                ticket.release()
-            metrics.in_flight.dec()
-            metrics.observe(label, loop.time() - started, code, version_label)
         headers = {"Content-Type": rendered.content_type}
         if rendered.header_length is not None:
             headers[HEADER_LENGTH] = str(rendered.header_length)
@@ -333,7 +241,7 @@ class Routes:
             self.admission.check(request.content_length)
         except GatewayError as exc:
             log.info("request refused before 100 Continue", extra={"code": exc.code.value, "error": exc.message})
-            self._b.metrics.refused(_UNKNOWN_MODEL, exc.code.value)
+            self._b.metrics.refused(UNKNOWN_MODEL, exc.code.value)
             response = error_response(exc.http_status, exc.message, exc.code)
             response.headers.update(exc.headers)
             response.force_close()
@@ -370,52 +278,6 @@ class Routes:
         except HttpProcessingError as exc:
             raise InvalidRequestError(f"malformed body: {exc.message}") from None
         return b"".join(chunks)
-
-    async def _round_trip(
-        self,
-        wire_id: str,
-        record: ModelRecord,
-        body: InferBody,
-        started: float,
-        started_ms: float,
-        timeout_ms: float,
-    ) -> InferenceResponse:
-        listener = self._b.listener
-        if self.draining:
-            raise BackendDownError("gateway", "the gateway is stopping")
-        if not listener.healthy:
-            raise BackendDownError("redis", listener.last_error)
-        await self.serviceability.check(record)  # 503 now rather than 504 later when nothing can serve it
-        message = InferenceRequest(
-            id=wire_id,
-            model=record.name,
-            version=record.version,
-            inputs=body.inputs,
-            reply=self._reply,
-            outputs=tuple(o.name for o in body.outputs),
-            parameters=body.parameters,
-            deadline_ms=started_ms + timeout_ms,
-            created_ms=started_ms,
-        )
-        deadline = started + timeout_ms / 1000.0
-        if self.queues is not None:  # 503 now rather than a 504 after waiting out the timeout
-            self.queues.admit(record.name, deadline - asyncio.get_running_loop().time())
-        answered = False
-        # Register before publishing: a fast worker may answer before publish() returns.
-        future = listener.expect(wire_id)
-        try:
-            async with asyncio.timeout_at(deadline):
-                topic = self._b.names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
-                await self._b.publisher.publish(topic, message, coalesce=coalescable(record))
-                response = await future
-                answered = True
-                return response
-        except TimeoutError:
-            raise DeadlineExceededError(record.name, timeout_ms) from None
-        finally:
-            listener.discard(wire_id)
-            if self.queues is not None:
-                self.queues.done(record.name, answered)
 
 
 def _spec(spec: TensorSpec) -> dict[str, Any]:

@@ -8,7 +8,8 @@ the current assignment. Rules, in order:
    requires (and, on a GPU, is on one the model may use), the model is still wanted there (no more
    replicas than desired) and everything kept fits.
 2. Missing replicas go to distinct workers with the required labels and room, preferring a worker where
-   the model is resident already, then the one with the most room left (spreads load), then by id.
+   the model is resident already, then the one with the most room left (spreads load), then the least
+   loaded (rule 3's load: with unlimited room, models spread from the first round), then by id.
    Larger models are placed first (they are the hardest to fit).
 3. Rebalance (``max_moves`` > 0): while the load of the most and the least loaded worker differs by more
    than a margin (`rebalance_margin`), up to ``max_moves`` replicas a round move from the one to the other
@@ -134,6 +135,7 @@ class _Room:
     def __init__(self, slot: WorkerSlot) -> None:
         self.slot = slot
         self.used = 0
+        self.load = 0.0  # the weights of the replicas placed on it (rule 3)
 
     def free(self) -> int | None:
         cap = self.slot.assignable_bytes
@@ -177,6 +179,7 @@ def place(
             if not demand.allows(room.slot) or not room.fits(size):
                 continue
             room.used += size
+            room.load += demand.weight
             holders[model].append(worker)
             out.assignments[worker].add(model)
     # 2. place the missing replicas, largest models first
@@ -186,9 +189,12 @@ def place(
         candidates = [
             r for r in labelled if r.slot.worker not in holders[demand.model] and r.fits(demand.size_on(r.slot))
         ]
-        candidates.sort(key=lambda r: (demand.model not in r.slot.resident, -r.free_or_max(), r.slot.worker))
+        candidates.sort(
+            key=lambda r: (demand.model not in r.slot.resident, -r.free_or_max(), r.load, r.slot.worker)
+        )
         for room in candidates[: max(0, missing)]:
             room.used += demand.size_on(room.slot)
+            room.load += demand.weight
             holders[demand.model].append(room.slot.worker)
             out.assignments[room.slot.worker].add(demand.model)
         out.status[demand.model] = _status(demand, holders[demand.model], rooms, labelled, growing)

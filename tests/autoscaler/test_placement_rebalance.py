@@ -74,6 +74,12 @@ def test_a_worker_joining_a_placed_fleet_gets_its_share_a_bounded_number_a_round
     assert last.status[moved].workers == ("w2",) and last.status[moved].state is PlacementState.PLACED
 
 
+def test_new_models_go_to_the_least_loaded_worker_when_room_does_not_decide() -> None:
+    out = place(_models(9), [_w("w1"), _w("w2"), _w("w3")], {"w1": {"m000", "m001", "m002"}}, max_moves=25)
+    assert sorted(len(models) for models in out.assignments.values()) == [3, 3, 3]
+    assert out.moves == [] and out.assignments["w1"] == {"m000", "m001", "m002"}
+
+
 @pytest.mark.parametrize(
     ("split", "why"),
     [

@@ -34,13 +34,13 @@ async def model(fleet_settings: FleetSettings, names: Names, redis_client: Any, 
     return MODEL
 
 
-def _settings(fleet: FleetSettings, tmp_path: Path, worker_id: str) -> WorkerSettings:
+def _settings(fleet: FleetSettings, tmp_path: Path, worker_id: str, heartbeat_s: float = FAR_OFF_S) -> WorkerSettings:
     return WorkerSettings(
         fleet=fleet,
         worker_id=worker_id,
         mode="pool",
         follow_assignment=True,
-        heartbeat_interval_s=FAR_OFF_S,
+        heartbeat_interval_s=heartbeat_s,
         drain_timeout_s=10,
         cache_dir=str(tmp_path / f"cache-{worker_id}"),
         measure_footprint=False,
@@ -67,6 +67,33 @@ async def test_a_refused_claim_is_tried_again_before_the_next_heartbeat(
             assert now_ms() < refused_ms + 10_000, f"pa owns {pool.partitions}"
             await asyncio.sleep(0.02)
         assert now_ms() < refused_ms + FAR_OFF_S * 1000  # before pa's next beat could have claimed it
+
+
+async def test_claims_are_tried_again_quickly_for_the_retry_window_not_just_a_heartbeat(
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path, model: str
+) -> None:
+    """An old owner whose round in hand outlasts a heartbeat lets go more than a beat after the refusal: the
+    quick retries (`CLAIM_RETRY_WINDOW_S`, 10 s) still run then, so the claim comes within a retry pause, well
+    before the beat after the next (with the retries stopped after one beat it came only at a later beat)."""
+    beat_s = 4.0
+    lease = names.lease_key(names.request_topic(model, Lane.INTERACTIVE), 0)
+    await redis_client.set(names.lease_holder_key("old-owner"), "old-owner", px=60_000)
+    await redis_client.set(lease, "old-owner")
+    async with Worker(_settings(fleet_settings, tmp_path, "pa", heartbeat_s=beat_s)) as worker:
+        await worker.wait_ready(30)
+        await PlacementRunner(redis_client, names).run([model], {})  # the model goes to pa alone, pa hears of it
+        await _wait_owners(redis_client, names, model, {"pa", "old-owner"}, timeout_s=10)
+        refused = time.monotonic()  # pa was refused partition 0 by now
+        await asyncio.sleep(beat_s + 1.0)  # a round in hand outlasting a heartbeat
+        await redis_client.delete(lease)  # the old owner lets go
+        released = time.monotonic()
+        # The quick retries take it within a pause (0.1-0.2 s). Had they stopped after one beat, the next try
+        # came a whole beat after the last quick one: at about ``refused + 2 * beat_s``, past this deadline.
+        deadline = released + 1.5
+        assert deadline < refused + 2 * beat_s - 1.0
+        while await redis_client.get(lease) != b"pa":
+            assert time.monotonic() < deadline, "not claimed by a quick retry (only at a later heartbeat?)"
+            await asyncio.sleep(0.02)
 
 
 async def test_a_second_replica_takes_its_share_over_on_news_alone(

@@ -30,6 +30,11 @@ partitions that may have moved: one whose log end did not move and that had no l
 and log start from the last round. A partition without a fresh log end within ``probe_timeout_s`` keeps its last
 known one (a warning says how many), and one never answered is left out of its model's load: the round decides
 on the partitions it has data for instead of failing as a whole (it fails only when no partition answered).
+
+A quiet partition (no lag, its log end where it was, its smoothed rates decayed to zero: below ``RATE_FLOOR``
+they are taken as zero) needs nothing computed: a model whose partitions are all quiet and did not move gets the
+same `ModelLoad` object as last round, so the rest of a round (the policy, the metrics) can tell it apart at no
+cost, and a round's work beyond the log-end probe follows the partitions that moved.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +60,10 @@ from .errors import CollectorError
 from .signals import ModelLoad, PartitionLoad, ewma
 
 log = logging.getLogger("fleet.autoscaler")
+
+#: Records/s below which a smoothed rate of a partition that did not move is taken as zero (it decays
+#: geometrically, never reaching zero by itself).
+RATE_FLOOR = 1e-3
 
 
 class LagMethod(enum.Enum):
@@ -91,6 +101,11 @@ class _Sample:
         """No lag: while the log end stays, the committed offset cannot move either."""
         return self.consumed >= self.log_end
 
+    @property
+    def quiet(self) -> bool:
+        """Settled with both rates known and zero: sampling it again while its log end stays changes nothing."""
+        return self.consumed >= self.log_end and self.arrival == 0.0 and self.completion == 0.0
+
 
 @dataclass(frozen=True)
 class RoundCost:
@@ -106,6 +121,10 @@ class RoundCost:
     stale: int = 0
     #: How the log ends were read.
     method: LagMethod = LagMethod.FETCH_PROBE
+    #: Partitions sampled again (not quiet, or their log end moved); the others kept their last sample.
+    sampled: int = 0
+    #: Models whose load was made again (the others' is last round's object).
+    rebuilt: int = 0
 
 
 class LagCollector(AsyncService):
@@ -140,9 +159,19 @@ class LagCollector(AsyncService):
         self._admin: AIOKafkaAdminClient | None = None
         self._probe: AIOKafkaConsumer | None = None
         self._assigned: frozenset[TopicPartition] = frozenset()
+        self._assigned_from: list[TopicPartition] | None = None  # the list ``_assigned`` was last checked against
         self._known_end: dict[TopicPartition, int] = {}
         self._samples: dict[TopicPartition, _Sample] = {}
         self._anomalies: dict[TopicPartition, str] = {}
+        # What a round over the same models reuses: their topics, partitions and loads.
+        self._models: list[str] = []
+        self._topics: list[str] = []
+        self._topic_model: dict[str, str] = {}
+        self._layout: dict[str, list[int]] | None = None  # the partitions kept (None: work them out again)
+        self._tps_of: dict[str, list[int]] | None = None  # the partitions ``_tps`` and ``_loads`` are of
+        self._tps: list[TopicPartition] = []
+        self._loads: dict[str, ModelLoad] = {}
+        self._collected_at: float | None = None  # when the last round's samples were taken
         #: How log ends are read (decided in ``start``).
         self.method = LagMethod.FETCH_PROBE
 
@@ -193,19 +222,29 @@ class LagCollector(AsyncService):
         admin, probe = self._admin, self._probe
         if admin is None or probe is None or self._state is not _State.STARTED:
             raise RuntimeError("LagCollector is not started")
+        if list(models) != self._models:
+            self._models = list(models)
+            self._topics = [self.names.request_topic(m, lane) for m in models for lane in Lane]
+            self._topic_model = {t: m for m in models for t in (self.names.request_topic(m, lane) for lane in Lane)}
+            self._loads, self._layout = {}, None
         try:
-            topics = [self.names.request_topic(m, lane) for m in models for lane in Lane]
-            partitions = await self._partitions(admin, topics)
-            tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
+            partitions = await self._partitions(admin, self._topics)
+            if partitions is not self._tps_of:
+                self._tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
+                self._tps_of, self._loads = partitions, {}
+            tps = self._tps
             log_ends = await self._log_ends(probe, tps)
+            samples = self._samples
+            # Partitions to sample again: all but the quiet ones whose log end stayed.
+            touched = [
+                tp
+                for tp, end in log_ends.items()
+                if (sample := samples.get(tp)) is None or sample.log_end != end or not sample.quiet
+            ]
             # Partitions that may have moved; the others keep last round's committed offset and log start.
-            moving = [tp for tp in log_ends if not self._unchanged(tp, log_ends[tp])]
-            starts: dict[TopicPartition, int] = {
-                tp: sample.log_start for tp, sample in self._samples.items() if tp in log_ends
-            }
-            committed: dict[TopicPartition, int | None] = {
-                tp: sample.committed for tp, sample in self._samples.items() if tp in log_ends
-            }
+            moving = [tp for tp in touched if not self._unchanged(tp, log_ends[tp])]
+            starts: dict[TopicPartition, int] = {tp: samples[tp].log_start for tp in touched if tp in samples}
+            committed: dict[TopicPartition, int | None] = {tp: samples[tp].committed for tp in touched if tp in samples}
             if moving:
                 starts.update(await probe.beginning_offsets(moving))
             by_topic: dict[str, list[TopicPartition]] = {}
@@ -213,7 +252,7 @@ class LagCollector(AsyncService):
                 by_topic.setdefault(tp.topic, []).append(tp)
             by_lane = {
                 (m, lane): by_topic[self.names.request_topic(m, lane)]
-                for m in models
+                for m in dict.fromkeys(self._topic_model[t] for t in by_topic)
                 for lane in Lane
                 if self.names.request_topic(m, lane) in by_topic
             }
@@ -221,32 +260,57 @@ class LagCollector(AsyncService):
                 *(self._committed(admin, m, lane, wanted) for (m, lane), wanted in by_lane.items())
             ):
                 committed.update(offsets)
-            self.last_round = RoundCost(len(tps), len(moving), len(by_lane), self._stale, self.method)
         except KafkaError as exc:
             raise CollectorError(f"models {list(models)}", exc) from exc
         now = self._clock()
-        loads: dict[str, ModelLoad] = {}
-        for model in models:
-            topic = self.names.request_topic(model)
-            parts, bulk = (
-                tuple(
-                    self._partition_load(tp, log_ends[tp], committed.get(tp), starts.get(tp, 0), now)
-                    for tp in (TopicPartition(lane_topic, p) for p in partitions.get(lane_topic, ()))
-                    if tp in log_ends
-                )
-                for lane_topic in (topic, self.names.bulk_topic(model))
+        rebuild = {self._topic_model[tp.topic] for tp in touched}
+        if len(self._loads) < len(self._models):
+            rebuild.update(m for m in self._models if m not in self._loads)
+        for model in rebuild:
+            self._loads[model] = self._model_load(model, partitions, log_ends, committed, starts, now)
+        self._collected_at = now
+        self.last_round = RoundCost(
+            len(tps), len(moving), len(by_lane), self._stale, self.method, len(touched), len(rebuild)
+        )
+        return dict(self._loads)
+
+    def _model_load(
+        self,
+        model: str,
+        partitions: dict[str, list[int]],
+        log_ends: dict[TopicPartition, int],
+        committed: dict[TopicPartition, int | None],
+        starts: dict[TopicPartition, int],
+        now: float,
+    ) -> ModelLoad:
+        """Sample every partition of ``model`` (a quiet one's committed offset and log start are its sample's)."""
+        samples = self._samples
+
+        def sampled(tp: TopicPartition) -> PartitionLoad:
+            sample = samples.get(tp)
+            if tp not in committed and sample is not None:
+                return self._partition_load(tp, log_ends[tp], sample.committed, sample.log_start, now)
+            return self._partition_load(tp, log_ends[tp], committed.get(tp), starts.get(tp, 0), now)
+
+        topic = self.names.request_topic(model)
+        parts, bulk = (
+            tuple(
+                sampled(tp)
+                for tp in (TopicPartition(lane_topic, p) for p in partitions.get(lane_topic, ()))
+                if tp in log_ends
             )
-            loads[model] = ModelLoad(
-                model=model,
-                topic=topic,
-                group=self.names.worker_group(model),
-                partitions=parts,
-                at=now,
-                rates_known=all(p.rates_known for p in parts + bulk) if parts else False,
-                topic_exists=topic in partitions,
-                bulk_partitions=bulk,
-            )
-        return loads
+            for lane_topic in (topic, self.names.bulk_topic(model))
+        )
+        return ModelLoad(
+            model=model,
+            topic=topic,
+            group=self.names.worker_group(model),
+            partitions=parts,
+            at=now,
+            rates_known=all(p.rates_known for p in parts + bulk) if parts else False,
+            topic_exists=topic in partitions,
+            bulk_partitions=bulk,
+        )
 
     def _unchanged(self, tp: TopicPartition, log_end: int) -> bool:
         """True when ``tp`` had no lag last round and its log end has not moved since."""
@@ -254,19 +318,30 @@ class LagCollector(AsyncService):
         return sample is not None and sample.log_end == log_end and sample.settled
 
     async def _partitions(self, admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, list[int]]:
+        """Partitions of the existing ``topics``: the same object as last time while none was listed, described
+        or asked for anew (``_layout``, kept once every existing topic was described)."""
         # Describing a missing topic may auto-create it (with the broker's default partition count):
         # only describe the ones that exist. Known topics are described again every metadata_refresh_s.
-        existing = await self._topic_list(admin, topics)
-        wanted = [t for t in topics if t in existing]
+        listed_before, existing = self._existing, await self._topic_list(admin, topics)
+        kept = self._layout
         if self._clock() - self._described_at >= self.metadata_refresh_s:
             self._described, self._described_at = {}, self._clock()
+        elif kept is not None and existing is listed_before:
+            return kept
+        wanted = [t for t in topics if t in existing]
         self._described = {t: ps for t, ps in self._described.items() if t in existing}
         unknown = [t for t in wanted if t not in self._described]
         if unknown:
             for entry in await admin.describe_topics(unknown):
                 if entry["error_code"] == 0 and entry["topic"] in unknown:
                     self._described[entry["topic"]] = sorted(p["partition"] for p in entry["partitions"])
-        return {t: self._described[t] for t in wanted if t in self._described}
+        found = {t: self._described[t] for t in wanted if t in self._described}
+        # One left undescribed is described again next round: nothing is kept then.
+        complete = len(found) == len(wanted)
+        if kept is not None and complete and found == kept:
+            return kept
+        self._layout = found if complete else None
+        return found
 
     async def _topic_list(self, admin: AIOKafkaAdminClient, topics: list[str]) -> frozenset[str]:
         """The cluster's topics, listed again only when ``topics`` has one not asked for before, some are missing
@@ -287,7 +362,7 @@ class LagCollector(AsyncService):
         no partition at all answered."""
         if not tps:
             return {}
-        if frozenset(tps) != self._assigned:
+        if tps is not self._assigned_from and frozenset(tps) != self._assigned:
             if self.method is LagMethod.FETCH_PROBE:
                 probe.assign(tps)
             self._assigned = frozenset(tps)
@@ -295,11 +370,12 @@ class LagCollector(AsyncService):
             for table in (self._known_end, self._samples, self._anomalies):
                 for gone in [tp for tp in table if tp not in self._assigned]:
                     del table[gone]
+        self._assigned_from = tps
         if self.method is LagMethod.LIST_OFFSETS:
             fresh = await self._list_offsets(probe, tps)
         else:
             fresh = await self._fetch_highwaters(probe, tps)
-        pending = [tp for tp in tps if tp not in fresh]
+        pending = [tp for tp in tps if tp not in fresh] if len(fresh) < len(tps) else []
         if pending and len(pending) == len(tps):
             raise CollectorError(f"no log end within {self.probe_timeout_s}s for {pending[:5]}")
         self._stale = len(pending)
@@ -313,7 +389,7 @@ class LagCollector(AsyncService):
                 pending[:3],
             )
         self._known_end.update(fresh)
-        return {tp: self._known_end[tp] for tp in tps if tp in self._known_end}
+        return self._known_end  # only assigned partitions are in it (the others were forgotten above)
 
     async def _list_offsets(self, probe: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """ListOffsets(latest) for ``tps`` in one batched call; when that fails or times out, one call per topic
@@ -396,8 +472,11 @@ class LagCollector(AsyncService):
             consumed = log_end
         previous = self._samples.get(tp)
         arrival = completion = None
-        if previous is not None and now > previous.at:
-            dt = now - previous.at
+        # A quiet partition was not sampled again in the rounds since its sample: as of the last round, it was
+        # the same sample (its rates zero) taken then.
+        since = -math.inf if previous is None else max(previous.at, self._collected_at or previous.at)
+        if previous is not None and now > since:
+            dt = now - since
             grown, done = log_end - previous.log_end, consumed - previous.consumed
             if grown < 0:
                 anomalies.append(f"log end went back {previous.log_end} -> {log_end} (topic recreated?)")
@@ -405,6 +484,10 @@ class LagCollector(AsyncService):
                 anomalies.append(f"committed offset went back {previous.consumed} -> {consumed}")
             arrival = ewma(previous.arrival, max(0, grown) / dt, dt, self.half_life_s)
             completion = ewma(previous.completion, max(0, done) / dt, dt, self.half_life_s)
+            if grown == 0 and arrival < RATE_FLOOR:
+                arrival = 0.0
+            if done == 0 and completion < RATE_FLOOR:
+                completion = 0.0
         elif previous is not None:
             arrival, completion = previous.arrival, previous.completion
         self._samples[tp] = _Sample(now, log_end, consumed, arrival, completion, committed, log_start)

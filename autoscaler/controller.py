@@ -3,6 +3,11 @@
 Everything it talks to is a protocol, so tests inject in-memory fakes and deployments plug in a local
 process backend or a Kubernetes one. One round is `Autoscaler.step()`; `start()` runs it every
 ``interval_s`` in a background task owned by the object.
+
+A round decides again only the models whose inputs (load, service stats, workers, pin, cap) changed since their
+last decision, or whose decision was not settled (`ScalingPolicy.settled_until`: lag, a pending change, a held
+scale-down, the end of an idle period): an idle model keeps its decision, its metrics and its stored record
+without any work, so an idle round costs about the same whatever the model count.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from schemas.eventloop import AsyncService
@@ -75,6 +81,23 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
+#: The stats of a model whose workers' stats were not read (none of them can matter this round).
+_NO_STATS = ServiceStats()
+
+#: What a decision was made from: load, service stats, current workers, pin, cap.
+_Inputs = tuple[ModelLoad, ServiceStats, int, int | None, int | None]
+
+
+@dataclass(frozen=True)
+class RoundWork:
+    """What one `Autoscaler.step` did (for tests and logs)."""
+
+    #: Models the round covered.
+    models: int = 0
+    #: Models the policy decided again (the others kept their settled decision: same inputs).
+    decided: int = 0
+
+
 class Autoscaler(AsyncService):
     """Scales the workers of each model with `ScalingPolicy`; ``async with`` runs the loop."""
 
@@ -113,6 +136,12 @@ class Autoscaler(AsyncService):
         self.decisions: dict[str, Decision] = {}
         #: Models whose workers reported stats last round (their stats are read while they do).
         self._reporting: set[str] = set()
+        #: The inputs of each model's latest decision, and when it was last kept without deciding again.
+        self._inputs: dict[str, _Inputs] = {}
+        self._kept_at: dict[str, float] = {}
+        self._last_models: list[str] = []
+        #: What the last round did.
+        self.last_round = RoundWork()
 
     async def _configured_models(self) -> Sequence[str]:
         return self.settings.models
@@ -143,20 +172,44 @@ class Autoscaler(AsyncService):
                 log.warning("autoscaling %s failed this round: %s", model, exc)
                 self.metrics.errors.labels(model, exc.code).inc()
         stats = await self._read_stats([m for m in current if self._needs_stats(m, loads[m], current[m])])
+        if models != self._last_models:
+            self._forget_removed(models)
+        now = self._clock()
         decisions: list[Decision] = []
+        decided = 0
         for model, replicas in current.items():
-            load = loads[model]
+            inputs: _Inputs = (loads[model], stats.get(model, _NO_STATS), replicas, pins.get(model), caps.get(model))
+            previous = self.decisions.get(model)
+            if previous is not None and now < self.policy.settled_until(model) and inputs == self._inputs.get(model):
+                self._kept_at[model] = now
+                decisions.append(previous)
+                continue
+            kept_at = self._kept_at.pop(model, None)
+            if kept_at is not None:
+                self.policy.held(model, kept_at)
+            decided += 1
             try:
-                decision = await self._scale_model(
-                    model, load, stats.get(model, ServiceStats()), replicas, pins.get(model), caps.get(model)
-                )
+                decision = await self._scale_model(model, *inputs)
             except AutoscalerError as exc:
                 log.warning("autoscaling %s failed this round: %s", model, exc)
                 self.metrics.errors.labels(model, exc.code).inc()
+                self._inputs.pop(model, None)
                 continue
+            self._inputs[model] = inputs
             decisions.append(decision)
+        self.last_round = RoundWork(len(models), decided)
         await self._record(decisions)
         return decisions
+
+    def _forget_removed(self, models: Sequence[str]) -> None:
+        """Drop what is kept of models no longer scaled."""
+        present = set(models)
+        for model in [m for m in self.decisions if m not in present]:
+            del self.decisions[model]
+            self.policy.forget(model)
+            self._inputs.pop(model, None)
+            self._kept_at.pop(model, None)
+        self._last_models = list(models)
 
     def _needs_stats(self, model: str, load: ModelLoad, current: int) -> bool:
         """Whether the workers' stats of ``model`` can matter this round: it has workers, work or reporters.

@@ -160,8 +160,10 @@ class DecisionStore:
         self._redis = redis
         self._names = names
         self.ttl_s = ttl_s
-        #: What this store last wrote per model (`_material`).
+        #: What this store last wrote per model (`_material`), and the decision it last saw per model (a decision
+        #: the control loop kept, the same object, is not compared again).
         self._written: dict[str, tuple[object, ...]] = {}
+        self._seen: dict[str, Decision] = {}
 
     async def publish(self, decisions: Sequence[Decision], *, at_ms: float | None = None) -> None:
         """Store the decisions of one round that changed since this store wrote them, and stamp the round,
@@ -170,7 +172,10 @@ class DecisionStore:
             return
         ts = time.time() * 1000.0 if at_ms is None else at_ms
         changed: dict[str, tuple[dict[str, str], tuple[object, ...]]] = {}
+        seen = self._seen
         for decision in decisions:
+            if seen.get(decision.model) is decision and decision.model in self._written:
+                continue
             material = _material(decision)
             if self._written.get(decision.model) != material:
                 changed[decision.model] = (DecisionRecord.from_decision(decision, ts).to_fields(), material)
@@ -186,8 +191,9 @@ class DecisionStore:
             self._written.clear()  # unknown what was stored: write everything next time
             raise StatsError(f"storing decisions failed: {exc}") from exc
         # A model missing from this round (removed, or failed this once) is written again when it comes back.
-        present = {d.model for d in decisions}
-        self._written = {m: w for m, w in self._written.items() if m in present}
+        self._seen = {d.model: d for d in decisions}
+        if len(self._written) > len(self._seen) or not self._written.keys() <= self._seen.keys():
+            self._written = {m: w for m, w in self._written.items() if m in self._seen}
         self._written.update((model, material) for model, (_, material) in changed.items())
 
     async def read(self, models: Sequence[str]) -> dict[str, DecisionRecord]:

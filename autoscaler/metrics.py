@@ -1,4 +1,8 @@
-"""Prometheus metrics of the autoscaler, in its own CollectorRegistry."""
+"""Prometheus metrics of the autoscaler, in its own CollectorRegistry.
+
+A model's gauges are set only when their values changed (the control loop observes only the models it decided
+again, and a decision again with the same figures sets nothing): an idle model costs nothing per round.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class AutoscalerMetrics:
             registry=r,
         )
         self._gauges: dict[str, tuple[Gauge, ...]] = {}  # per model: its children of the per-model gauges
+        self._values: dict[str, tuple[float | None, ...]] = {}  # per model: the values its gauges were last set to
         self._counters: dict[tuple[str, str], Counter] = {}  # per (model, direction): its decisions counter
         self.errors = Counter(
             "fleet_autoscaler_errors", "Rounds that failed, by error code.", ["model", "code"], registry=r
@@ -81,17 +86,23 @@ class AutoscalerMetrics:
                     self.capped,
                 )
             )
-        lag, arrival, completion, per_replica, partitions, desired, actual, capped = gauges
-        lag.set(load.lag)
-        arrival.set(load.arrival_rate)
-        completion.set(load.completion_rate)
         throughput = decision.inputs.get("per_replica_throughput")
-        if isinstance(throughput, int | float):
-            per_replica.set(throughput)
-        partitions.set(load.partition_count)
-        desired.set(decision.desired)
-        actual.set(decision.current)
-        capped.set(1 if decision.capped_by_partitions else 0)
+        values: tuple[float | None, ...] = (
+            float(load.lag),
+            load.arrival_rate,
+            load.completion_rate,
+            float(throughput) if isinstance(throughput, int | float) else None,
+            float(load.partition_count),
+            float(decision.desired),
+            float(decision.current),
+            1.0 if decision.capped_by_partitions else 0.0,
+        )
+        last = self._values.get(model)
+        if values != last:
+            for i, (gauge, value) in enumerate(zip(gauges, values, strict=True)):
+                if value is not None and (last is None or last[i] != value):  # None: not given, it keeps its value
+                    gauge.set(value)
+            self._values[model] = values
         key = (model, decision.direction.value)
         counter = self._counters.get(key)
         if counter is None:

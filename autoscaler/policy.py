@@ -27,6 +27,11 @@ Rules, in order:
 6. Scale up at once (or to the lowest recommendation of ``scale_up_stabilization_s``); scale down only
    to the highest recommendation of the last ``scale_down_stabilization_s`` seconds. Scale to zero after
    the idle period is not delayed further.
+
+Settled decisions: `ScalingPolicy.settled_until` says until when deciding again with the same inputs would
+give the same decision (a model without lag whose workers match its recommendation, until its idle period
+ends), so a control loop may skip such a model while its inputs stay; `ScalingPolicy.held` then records the
+recommendation of the skipped rounds in its windows, as deciding would have.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ class _ModelState:
     recommendations: deque[tuple[float, int]] = field(default_factory=deque)
     last_active: float | None = None
     last_log_end: int | None = None
+    #: Until when the last decision holds while the inputs stay the same (-inf: decide again next round).
+    settled_until: float = -math.inf
 
 
 class ScalingPolicy:
@@ -103,6 +110,23 @@ class ScalingPolicy:
     def forget(self, model: str) -> None:
         """Drop a model's windows (it was removed from the fleet)."""
         self._states.pop(model, None)
+
+    def settled_until(self, model: str) -> float:
+        """Monotonic time until which deciding ``model`` again with the inputs of its last decision would give the
+        same decision (-inf when it must be decided again; inf while its inputs alone can change it)."""
+        state = self._states.get(model)
+        return -math.inf if state is None else state.settled_until
+
+    def held(self, model: str, at: float) -> None:
+        """``model`` was not decided again up to ``at`` because its decision was settled: its recommendation of
+        those rounds (its workers, unchanged) enters the stabilization windows as deciding would have put it
+        (one entry at the last such round is enough: the windows take the lowest or the highest of a span)."""
+        state = self._states.get(model)
+        if state is None or not state.recommendations:
+            return
+        last_at, last = state.recommendations[-1]
+        if at > last_at:
+            state.recommendations.append((at, last))
 
     def decide(
         self,
@@ -127,6 +151,7 @@ class ScalingPolicy:
             # does not scale down before a full stabilization window of its own measurements.
             state = self._states[model] = _ModelState()
             state.recommendations.append((now, current))
+        state.settled_until = -math.inf
         partitions = load.partition_count if partitions is None else partitions
         lag, arrival = load.lag, load.arrival_rate
         active = lag > 0 or (state.last_log_end is not None and load.log_end != state.last_log_end)
@@ -155,6 +180,8 @@ class ScalingPolicy:
             if 0 < partitions < pinned:
                 reason += f" (exceeds {partitions} partitions: {pinned - partitions} worker(s) will sit idle)"
             state.recommendations.clear()
+            if pinned == current:
+                state.settled_until = math.inf
             return Decision(model, current, pinned, reason, inputs, pinned=True)
 
         raw = lag / (throughput * s.target_drain_s) + arrival / throughput
@@ -169,6 +196,10 @@ class ScalingPolicy:
         desired, to_zero = self._zero(desired, current, lag, idle_for, reasons)
         desired, capped = self._limits(desired, partitions, reasons, max_replicas)
         final = desired if to_zero and desired == 0 else self._stabilize(state, desired, current, now, reasons)
+        if final == desired == current and lag == 0:
+            # Settled: with the same inputs only the idle time moves, which matters once the idle period ends.
+            idle_left = s.idle_to_zero_s - idle_for
+            state.settled_until = now + idle_left if current > 0 and idle_left > 0 else math.inf
         return Decision(model, current, final, "; ".join(reasons), inputs, capped_by_partitions=capped)
 
     def _triggers(self, desired: int, current: int, stats: ServiceStats, reasons: list[str]) -> int:

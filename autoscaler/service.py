@@ -140,6 +140,7 @@ class AutoscalerService(AsyncService):
         self._collector: LagCollector | None = None
         self._runner: web.AppRunner | None = None
         self._known_models: list[str] = []
+        self._caps: tuple[int, list[str], dict[str, int]] | None = None  # registry reloads, models, their caps
         self._control_task: asyncio.Task[None] | None = None
         self._placement_task: asyncio.Task[None] | None = None
         self._news_task: asyncio.Task[None] | None = None
@@ -327,6 +328,9 @@ class AutoscalerService(AsyncService):
             except FleetError as exc:
                 log.warning("model registry unreadable, no per-model replica caps this round: %s", exc)
                 return {}
+        kept = self._caps
+        if kept is not None and kept[0] == registry.reloads and kept[1] == models:
+            return dict(kept[2])  # the registry did not move: the caps did not either
         caps: dict[str, int] = {}
         for model in models:
             try:
@@ -336,7 +340,8 @@ class AutoscalerService(AsyncService):
                 continue
             if cap is not None:
                 caps[model] = cap
-        return caps
+        self._caps = (registry.reloads, list(models), caps)
+        return dict(caps)
 
     async def _worker_targets(self, _: web.Request) -> web.Response:
         """Prometheus HTTP service discovery: the /metrics of every live local worker, labelled with its

@@ -8,12 +8,15 @@ score in the model's index ZSET and appends an entry to the namespace's change s
 crashed worker's reports stop counting as they did when every report was rewritten each beat. The reader keeps
 the reports it read and, each read, lists the live workers and takes in the change stream since its last read
 (two commands in one round trip), reading again only the reports that changed: an idle fleet's stats cost the
-same whatever its model count. Reports no longer current are forgotten and pruned from their index.
+same whatever its model count. Reports no longer current are forgotten and pruned from their index. A model's
+aggregate is kept too, and made again only when its reports changed, the live workers changed or one of its
+reports (of a worker no longer live) ages out.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -90,6 +93,10 @@ class ServiceStatsReader:
         self._cursor: str | None = None
         #: Per model read so far: worker id -> its last report (only models in here follow the changes).
         self._known: dict[str, dict[str, WorkerReport]] = {}
+        #: Per model: its aggregate and the cutoff (epoch ms) from which it no longer holds (a report of a worker
+        #: not live ages out); valid while its reports and the live workers (``_live``) stay.
+        self._aggregates: dict[str, tuple[ServiceStats, float]] = {}
+        self._live: set[str] = set()
 
     async def reports(self, model: str) -> list[WorkerReport]:
         """The parsed current reports of the workers of ``model`` (recent, or from a live worker)."""
@@ -105,16 +112,29 @@ class ServiceStatsReader:
         are such models); raises StatsError."""
         if not models:
             return {}
-        return {model: aggregate_service_stats(found) for model, found in (await self._read(models)).items()}
+        stats: dict[str, ServiceStats] = {}
+        await self._read(models, stats)
+        return stats
 
-    async def _read(self, models: Sequence[str]) -> dict[str, list[WorkerReport]]:
+    async def _read(
+        self, models: Sequence[str], aggregates: dict[str, ServiceStats] | None = None
+    ) -> dict[str, list[WorkerReport]]:
+        """The current reports of ``models``; with ``aggregates``, their aggregates go there instead (a kept one
+        where it still holds, and no reports are returned for those)."""
         cutoff = int(self._clock_ms() - self.max_age_s * 1000.0)
         try:
             live = await self._take_changes(cutoff)
+            if live != self._live:
+                self._live, self._aggregates = live, {}
             await self._load([m for m in dict.fromkeys(models) if m not in self._known])
             stale: dict[str, list[str]] = {}
             reports: dict[str, list[WorkerReport]] = {}
             for model in models:
+                if aggregates is not None:
+                    kept = self._aggregates.get(model)
+                    if kept is not None and cutoff <= kept[1]:
+                        aggregates[model] = kept[0]
+                        continue
                 known = self._known[model]
                 reports[model] = [r for r in known.values() if r.ts_ms >= cutoff or r.worker_id in live]
                 gone = [w for w, r in known.items() if not (r.ts_ms >= cutoff or w in live)]
@@ -122,13 +142,18 @@ class ServiceStatsReader:
                     stale[model] = gone
                     for worker_id in gone:
                         del known[worker_id]
+                if aggregates is not None:
+                    aggregates[model] = aggregate_service_stats(reports[model])
+                    ages_out = min((r.ts_ms for r in reports[model] if r.worker_id not in live), default=math.inf)
+                    self._aggregates[model] = (aggregates[model], ages_out)
             if stale:  # a dead worker's old reports: out of the index, as they no longer count
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for model, workers in stale.items():
                         pipe.zrem(self._names.stats_index_key(model), *workers)
                     await pipe.execute()
         except RedisError as exc:
-            self._cursor, self._known = None, {}  # unknown what was missed: read everything again
+            # Unknown what was missed: read everything again.
+            self._cursor, self._known, self._aggregates = None, {}, {}
             what = repr(models[0]) if len(models) == 1 else f"{len(models)} models"
             raise StatsError(f"reading service stats of {what} failed: {exc}") from exc
         return reports
@@ -145,7 +170,7 @@ class ServiceStatsReader:
             live_raw, entries = await pipe.execute()
         live = {text(w) for w in live_raw}
         if self._cursor is None:  # from now on, changes are taken in; what is known so far is read afresh
-            self._cursor, self._known = (text(entries[0][0]) if entries else "0-0"), {}
+            self._cursor, self._known, self._aggregates = (text(entries[0][0]) if entries else "0-0"), {}, {}
             return live
         changed: set[tuple[str, str]] = set()
         while True:
@@ -154,6 +179,7 @@ class ServiceStatsReader:
                     # The last entry taken in is gone (trimmed with others after it, or Redis lost the stream).
                     log.info("service stats: the change stream has a gap; reading every model's reports afresh")
                     self._cursor, self._known = (text(entries[-1][0]) if entries else "0-0"), {}
+                    self._aggregates = {}
                     return live
                 entries = entries[1:]
             for _, fields in entries:
@@ -175,6 +201,7 @@ class ServiceStatsReader:
                     pipe.hgetall(self._names.stats_key(model, worker_id))
                 hashes = await pipe.execute()
             for (model, worker_id), raw in zip(pairs, hashes, strict=True):
+                self._aggregates.pop(model, None)
                 report = WorkerReport.from_hash(worker_id, raw)
                 if report is None:  # withdrawn (or unreadable): it no longer counts
                     self._known[model].pop(worker_id, None)
@@ -199,6 +226,7 @@ class ServiceStatsReader:
                 hashes = await pipe.execute()
         for model in models:
             self._known[model] = {}
+            self._aggregates.pop(model, None)
         for (model, worker_id), raw in zip(wanted, hashes, strict=True):
             report = WorkerReport.from_hash(worker_id, raw)
             if report is not None:

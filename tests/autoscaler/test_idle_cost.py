@@ -58,7 +58,7 @@ async def _commands(redis: Any) -> dict[str, int]:
 
 
 async def _per_round(service: AutoscalerService, redis: Any, models: list[str]) -> dict[str, int]:
-    """Commands of ``ROUNDS`` rounds, by command, after two that take in the registry's change (a new model's
+    """Commands of ``ROUNDS`` rounds, by command, after three that take in the registry's change (a new model's
     decision is written when it is first seen and once more when it turns idle)."""
     assert service.autoscaler is not None
     backend = service.backend
@@ -74,9 +74,15 @@ async def _per_round(service: AutoscalerService, redis: Any, models: list[str]) 
 
     await one_round()
     await one_round()
+    await one_round()  # a new model's partitions are quiet from its second sample, its decision kept from the third
     before = await _commands(redis)
     for _ in range(ROUNDS):
         await one_round()
+        # Nothing moved: no partition sampled again, no load made again, no model decided again.
+        collector = service._collector
+        assert collector is not None and service.autoscaler is not None
+        assert (collector.last_round.sampled, collector.last_round.rebuilt) == (0, 0), collector.last_round
+        assert service.autoscaler.last_round.decided == 0, service.autoscaler.last_round
     after = await _commands(redis)
     return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
 

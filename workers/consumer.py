@@ -15,22 +15,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from common import Backoff
-from schemas import FleetError, Lane, Names, SchemaError
+from schemas import FleetError, Names, SchemaError
 
 from .artifact_cache import ArtifactCache
-from .deadletter import DeadLetterWriter
 from .handler import Fetched
-from .jobs import JobClaims
 from .lane_scheduler import IDLE_AFTER_S, IDLE_POLL_MS, LaneScheduler
 from .lanes import LaneConsumer
 from .metrics import WorkerMetrics
-from .model_serving import WorkerBackends
+from .model_serving import ModelLanes, WorkerBackends, model_thread
 from .pacing import BulkPacer
-from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
 from .round import BACKEND_RETRY, RoundPipeline
 from .settings import WorkerSettings
@@ -38,23 +34,6 @@ from .settings import WorkerSettings
 log = logging.getLogger("fleet.workers")
 
 __all__ = ["IDLE_AFTER_S", "IDLE_POLL_MS", "ModelConsumer"]
-
-#: Longest a rebalance waits for the round in hand to be delivered and committed.
-_REVOKE_WAIT_S = 10.0
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    def __init__(self, owner: ModelConsumer, lane: LaneConsumer) -> None:
-        self._owner = owner
-        self._lane = lane
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self._owner.finish_round(_REVOKE_WAIT_S)
-        self._lane.forget()
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._lane.note_assignment(assigned)
-        self._owner.note_assignment()
 
 
 class ModelConsumer:
@@ -74,20 +53,8 @@ class ModelConsumer:
         self.model = model
         self._settings = settings
         self._names = names
-        # One thread per model: runtimes are not thread-safe, and the event loop never runs a model.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model}")
-        backends = WorkerBackends(
-            settings,
-            names,
-            redis,
-            producer,
-            metrics,
-            residency,
-            artifacts,
-            JobClaims(redis, names, settings.worker_id),
-            ReplyWriter.configured(redis, names, producer, settings.fleet.redis),
-            DeadLetterWriter(producer, names),
-        )
+        self._executor = model_thread(model)
+        backends = WorkerBackends.create(settings, names, redis, producer, metrics, residency, artifacts)
         serving = backends.serve(model, self._executor)
         self.cache = serving.cache
         #: What the worker publishes for the autoscaler (schemas.stats).
@@ -95,14 +62,13 @@ class ModelConsumer:
         self._rounds = serving.rounds
         self._pipeline = RoundPipeline(serving.rounds, settings.pipeline_depth)
         kafka = settings.fleet.kafka
-        self._interactive = LaneConsumer(model, Lane.INTERACTIVE, names, kafka)
-        self._bulk = LaneConsumer(model, Lane.BULK, names, kafka)
-        self._lanes = (self._interactive, self._bulk)
+        self._lanes = ModelLanes(model, names, kafka)
+        self._interactive, self._bulk = self._lanes.interactive, self._lanes.bulk
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._round_lock = asyncio.Lock()
         #: Set once both lanes' groups have given this consumer an assignment (possibly empty).
-        self.assigned = asyncio.Event()
+        self.assigned = self._lanes.assigned
         self._scheduler = LaneScheduler(
             self._interactive,
             self._bulk,
@@ -130,16 +96,7 @@ class ModelConsumer:
 
     async def start(self) -> None:
         """Join the model's worker groups (one per lane) and start the consume routine."""
-        # The lanes join their groups concurrently: a join takes ~1 s on the local broker, and the interactive
-        # lane must not wait for the bulk lane's join before it serves.
-        started = await asyncio.gather(
-            *(lane.start(_Rebalance(self, lane)) for lane in self._lanes), return_exceptions=True
-        )
-        failures = [r for r in started if isinstance(r, BaseException)]
-        if failures:
-            for lane in self._lanes:
-                await lane.stop()
-            raise failures[0]
+        await self._lanes.start(self.finish_round)
         self._task = asyncio.create_task(self._consume_routine(), name=f"consume-{self.model}")
 
     @property
@@ -175,8 +132,7 @@ class ModelConsumer:
                 )
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        for lane in self._lanes:
-            await lane.stop()  # leaves the group: partitions move without waiting for a timeout
+        await self._lanes.stop()
         await self.cache.close()
         # Off the event loop: a batch still on the model thread must not stop every other model's rounds.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
@@ -200,25 +156,14 @@ class ModelConsumer:
         finally:
             self._round_lock.release()
 
-    def note_assignment(self) -> None:
-        """A lane got an assignment; the consumer is assigned once both lanes are."""
-        if all(lane.assigned_once for lane in self._lanes):
-            self.assigned.set()
-
     @property
     def partitions(self) -> list[str]:
         """``topic:partition`` of the current assignment of both lanes."""
-        return [p for lane in self._lanes for p in lane.partitions]
+        return self._lanes.partitions
 
     # the routine ---------------------------------------------------------------
     async def _consume_routine(self) -> None:
-        # Serve nothing before both lanes are assigned: a lane that joins first must not get ahead.
-        waits = {asyncio.ensure_future(self._closing.wait()), asyncio.ensure_future(self.assigned.wait())}
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in waits:
-                future.cancel()
+        await self._lanes.wait_assigned(self._closing)  # serve nothing before both lanes are assigned
         pipeline = self._pipeline
         backoff = Backoff(BACKEND_RETRY)
         try:

@@ -18,12 +18,11 @@ import contextlib
 import json
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
@@ -32,7 +31,6 @@ from schemas import (
     ErrorCode,
     FleetError,
     InferenceResponse,
-    Lane,
     Names,
     ReplyKind,
     SchemaError,
@@ -50,17 +48,14 @@ from schemas.generation import (
     StreamChunk,
     cancel_key,
 )
-from schemas.load_failures import LoadFailures
-from schemas.registry import ModelRecord, ModelRegistry
+from schemas.registry import ModelRecord
 from schemas.tensors import decode_bytes_elements, element_count
 
 from ..artifact_cache import ArtifactCache
-from ..deadletter import DeadLetterWriter
 from ..handler import Fetched
 from ..lanes import LaneConsumer
 from ..metrics import WorkerMetrics
-from ..models import ModelCache
-from ..replies import ReplyWriter
+from ..model_serving import ModelLanes, WorkerBackends, model_thread
 from ..residency_manager import ResidencyManager
 from ..round import retrying
 from ..runtimes.generative import GenerationBackend
@@ -72,7 +67,6 @@ log = logging.getLogger("fleet.workers")
 
 _CANCEL_POLL_S = 0.1
 _FETCH_WAIT_MS = 20
-_REVOKE_WAIT_S = 10.0
 
 
 @dataclass
@@ -106,20 +100,6 @@ class _Offsets:
         return commit
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    def __init__(self, owner: GenerationConsumer, lane: LaneConsumer) -> None:
-        self._owner = owner
-        self._lane = lane
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self._owner.finish_round(_REVOKE_WAIT_S)
-        self._lane.forget()
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._lane.note_assignment(assigned)
-        self._owner.note_assignment()
-
-
 class GenerationConsumer:
     """Serves one text-generation model (the worker uses it where it would use a ``ModelConsumer``)."""
 
@@ -138,25 +118,16 @@ class GenerationConsumer:
         self._settings = settings
         self._names = names
         self._redis = redis
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model}")
-        self.cache = ModelCache(
-            model,
-            ModelRegistry(redis, names),
-            self._executor,
-            settings,
-            residency,
-            artifacts,
-            LoadFailures(redis, names, settings.worker_id),
-        )
+        self._executor = model_thread(model)
+        backends = WorkerBackends.create(settings, names, redis, producer, metrics, residency, artifacts)
+        self.cache = backends.model_cache(model, self._executor)
         self.stats = ModelStats()
         self.stats.max_sequences = settings.max_sequences
-        self._replies = ReplyWriter.configured(redis, names, producer, settings.fleet.redis)
-        self._dead_letters = DeadLetterWriter(producer, names)
-        kafka = settings.fleet.kafka
-        self._interactive = LaneConsumer(model, Lane.INTERACTIVE, names, kafka)
-        self._bulk = LaneConsumer(model, Lane.BULK, names, kafka)
-        self._lanes = (self._interactive, self._bulk)
-        self.assigned = asyncio.Event()
+        self._replies = backends.replies
+        self._dead_letters = backends.dead_letters
+        self._lanes = ModelLanes(model, names, settings.fleet.kafka)
+        self._interactive, self._bulk = self._lanes.interactive, self._lanes.bulk
+        self.assigned = self._lanes.assigned
         self._closing = asyncio.Event()
         self._engines: dict[str, GenerationEngine] = {}
         self._flights: dict[str, _Flight] = {}
@@ -177,17 +148,12 @@ class GenerationConsumer:
     @property
     def partitions(self) -> list[str]:
         """``topic:partition`` of both lanes' assignments."""
-        return [p for lane in self._lanes for p in lane.partitions]
+        return self._lanes.partitions
 
     @property
     def in_flight(self) -> int:
         """Sequences taken from Kafka and not answered yet."""
         return len(self._flights)
-
-    def note_assignment(self) -> None:
-        """A lane got an assignment; assigned once both have."""
-        if all(lane.assigned_once for lane in self._lanes):
-            self.assigned.set()
 
     async def preload(self) -> None:
         """Load the default version now (failures only log)."""
@@ -198,14 +164,7 @@ class GenerationConsumer:
 
     async def start(self) -> None:
         """Join both lanes' groups and start the routines."""
-        started = await asyncio.gather(
-            *(lane.start(_Rebalance(self, lane)) for lane in self._lanes), return_exceptions=True
-        )
-        failures = [r for r in started if isinstance(r, BaseException)]
-        if failures:
-            for lane in self._lanes:
-                await lane.stop()
-            raise failures[0]
+        await self._lanes.start(self.finish_round)
         self._tasks = [
             asyncio.create_task(self._emit_routine(), name=f"generate-emit-{self.model}"),
             asyncio.create_task(self._cancel_routine(), name=f"generate-cancel-{self.model}"),
@@ -234,8 +193,7 @@ class GenerationConsumer:
         engines, self._engines = list(self._engines.values()), {}
         for engine in engines:
             await asyncio.to_thread(engine.stop)
-        for lane in self._lanes:
-            await lane.stop()
+        await self._lanes.stop()
         await self.cache.close()
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
@@ -252,12 +210,7 @@ class GenerationConsumer:
 
     # taking records ------------------------------------------------------------------------------------
     async def _consume_routine(self) -> None:
-        waits = {asyncio.ensure_future(self._closing.wait()), asyncio.ensure_future(self.assigned.wait())}
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in waits:
-                future.cancel()
+        await self._lanes.wait_assigned(self._closing)
         while not self._closing.is_set():
             room = self._settings.max_sequences - len(self._flights)
             if room <= 0:

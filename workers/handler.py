@@ -52,7 +52,7 @@ from .errors import ModelExecutionError, ModelLoadError
 from .jobs import JobClaims
 from .metrics import WorkerMetrics
 from .models import ModelCache
-from .retries import RetryPolicy, is_retriable
+from .retries import Retry, RetryPolicy, is_retriable, trace_headers
 from .runtimes import Runtime, bytes_input_problems
 from .stats import ModelStats
 
@@ -156,7 +156,7 @@ class RoundOutcome:
     replies: list[Reply] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Requests to re-publish to the lane's retry topic (``attempt`` and ``not_before_ms`` already set).
-    retries: list[InferenceRequest] = field(default_factory=list)
+    retries: list[Retry] = field(default_factory=list)
     #: Records answered already (``record_key``): a resumed round skips them.
     settled: set[tuple[str, int, int, int]] = field(default_factory=set)
 
@@ -422,7 +422,7 @@ class RequestHandler:
         decision = self._retry.decide(request, now_ms())
         if decision.retry:
             retry = dataclasses.replace(request, attempt=request.attempt + 1, not_before_ms=decision.not_before_ms)
-            outcome.retries.append(retry)
+            outcome.retries.append(Retry(retry, trace_headers(item.record.headers)))  # its trace goes on
             self._metrics.retries.labels(self._model, request.version).inc()
             return
         reason = f"{decision.why_not}: {message}"

@@ -4,15 +4,16 @@ A batch that fails with a *retriable* error (the model raised a runtime error, n
 does not answer its requests yet: each request is re-published to its lane's shared retry topic
 (``Names.retry_topic(lane)``) with ``attempt + 1`` and ``not_before_ms = now + backoff``, and headers
 (`retry_headers`) that let the gateways' retry relay route it, once due, to the model's request topic
-without decoding it. After ``max_attempts`` tries, or when the next try could not start before the
-request's deadline, the request gets its error reply and a dead letter.
+without decoding it; they carry on the trace context (``traceparent``, ``tracestate``) of the record the
+request came in, so the next try's spans join the request's trace. After ``max_attempts`` tries, or when
+the next try could not start before the request's deadline, the request gets its error reply and a dead letter.
 Everything here is pure (the clock and the random source are arguments), so it is tested with tables.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from common import BackoffPolicy
@@ -22,8 +23,13 @@ from schemas.constants import (
     HEADER_MODEL,
     HEADER_NOT_BEFORE,
     HEADER_REQUEST_ID,
+    HEADER_TRACEPARENT,
+    HEADER_TRACESTATE,
     HEADER_VERSION,
 )
+
+#: Headers of a request's record that its retry records carry on unchanged: its W3C trace context.
+TRACE_HEADERS = (HEADER_TRACEPARENT, HEADER_TRACESTATE)
 
 #: Exception types that say "this input cannot work", whatever the number of tries.
 _PERMANENT_TYPES: tuple[type[BaseException], ...] = (
@@ -100,12 +106,29 @@ class RetryPolicy:
         return RetryDecision(True, not_before_ms=not_before)
 
 
-def retry_headers(model: str, request: InferenceRequest) -> list[tuple[str, bytes]]:
-    """Headers of a retry record: the usual request headers, plus the model, version and due time (epoch ms)."""
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A request's next try (``attempt`` and ``not_before_ms`` set) and the trace headers its record carries."""
+
+    request: InferenceRequest
+    trace: tuple[tuple[str, bytes], ...] = ()
+
+
+def trace_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> tuple[tuple[str, bytes], ...]:
+    """The trace context (``traceparent``, ``tracestate``) among a Kafka record's ``headers``; () when none."""
+    return tuple((key, bytes(value)) for key, value in headers or () if key in TRACE_HEADERS and value)
+
+
+def retry_headers(
+    model: str, request: InferenceRequest, trace: Iterable[tuple[str, bytes]] = ()
+) -> list[tuple[str, bytes]]:
+    """Headers of a retry record: the usual request headers, plus the model, version and due time (epoch ms),
+    and the request's ``trace`` headers (`trace_headers` of its record), so its trace goes on at the next try."""
     return [
         (HEADER_REQUEST_ID, request.id.encode()),
         (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode()),
         (HEADER_MODEL, model.encode()),
         (HEADER_VERSION, request.version.encode()),
         (HEADER_NOT_BEFORE, str(int(request.not_before_ms or 0)).encode()),
+        *trace,
     ]

@@ -21,14 +21,14 @@ from typing import Any, TypeVar
 from aiokafka.errors import KafkaError
 
 from common import Backoff, BackoffPolicy, tracing
-from schemas import BackendUnavailableError, DeadLetter, InferenceRequest, Lane, now_ms
+from schemas import BackendUnavailableError, DeadLetter, Lane, now_ms
 
 from .deadletter import DeadLetterWriter
 from .errors import BackendDownError
 from .handler import Fetched, Reply, RequestHandler, RoundOutcome
 from .metrics import WorkerMetrics
 from .replies import ReplyWriter
-from .retries import retry_headers
+from .retries import Retry, retry_headers
 from .stats import ModelStats
 
 log = logging.getLogger("fleet.workers")
@@ -46,7 +46,7 @@ class Undelivered:
     """What of a round's outcome has not reached Kafka or Redis yet (a retry sends only this)."""
 
     dead_letters: list[DeadLetter]
-    retries: list[InferenceRequest]
+    retries: list[Retry]
     replies: list[Reply]
 
     @classmethod
@@ -161,24 +161,25 @@ class RoundRunner:
         if undelivered:
             raise BackendDownError(f"{undelivered.summary()}{': ' + problem if problem else ''}")
 
-    async def _send_retries(self, topic: str, retries: Sequence[InferenceRequest]) -> list[InferenceRequest]:
+    async def _send_retries(self, topic: str, retries: Sequence[Retry]) -> list[Retry]:
         """Re-publish requests for their next try; returns those Kafka did not take (send them again)."""
-        sent: list[tuple[InferenceRequest, Any]] = []
-        pending: list[InferenceRequest] = []
-        for request in retries:
-            key, headers = request.id.encode(), retry_headers(self.model, request)
+        sent: list[tuple[Retry, Any]] = []
+        pending: list[Retry] = []
+        for retry in retries:
+            request = retry.request
+            key, headers = request.id.encode(), retry_headers(self.model, request, retry.trace)
             try:
-                sent.append((request, await self._producer.send(topic, request.to_bytes(), key=key, headers=headers)))
+                sent.append((retry, await self._producer.send(topic, request.to_bytes(), key=key, headers=headers)))
             except KafkaError as exc:
                 log.warning("model %s: retry of %s not stored yet: %s", self.model, request.id, exc)
-                pending.append(request)
+                pending.append(retry)
         outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
-        for (request, _), outcome in zip(sent, outcomes, strict=True):
+        for (retry, _), outcome in zip(sent, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, KafkaError):
                     raise outcome
-                log.warning("model %s: retry of %s not stored yet: %s", self.model, request.id, outcome)
-                pending.append(request)
+                log.warning("model %s: retry of %s not stored yet: %s", self.model, retry.request.id, outcome)
+                pending.append(retry)
         if len(pending) < len(retries):
             log.info("model %s: %d request(s) to retry on %s", self.model, len(retries) - len(pending), topic)
         return pending

@@ -198,6 +198,34 @@ async def test_transient_failure_is_retried_then_answered(
     assert [InferenceRequest.from_bytes(r.value).attempt for r in relayed] == [1, 2, 3]
 
 
+async def test_a_retry_carries_the_requests_trace_context_to_its_next_try(
+    flaky_model: Any,
+    retry_settings: WorkerSettings,
+    producer: AIOKafkaProducer,
+    fleet_settings: FleetSettings,
+    names: Names,
+    redis_client: Any,
+    stream: str,
+) -> None:
+    """The retry record keeps the ``traceparent``/``tracestate`` the gateway put on the request's record, so the
+    next try (relayed to the request topic unchanged) joins the request's trace instead of starting none."""
+    await flaky_model("1", fails=1)
+    trace = [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("tracestate", b"k=v")]
+    request = _flaky_request(stream, "traced", "1")
+    headers = [(HEADER_REQUEST_ID, request.id.encode()), (HEADER_ENVELOPE_VERSION, b"1"), *trace]
+    async with running_relay(fleet_settings, names, redis_client), Worker(retry_settings) as worker:
+        await worker.wait_ready(30)
+        topic = names.request_topic("flaky")
+        await (await producer.send(topic, request.to_bytes(), key=request.id.encode(), headers=headers))
+        (reply,) = await read_replies(redis_client, stream, 1)
+    assert reply.id == "traced" and reply.error is None  # answered at the second try
+    (retry,) = await read_topic(fleet_settings, names.retry_topic(Lane.INTERACTIVE), 1)
+    assert [h for h in retry.headers if h[0] in ("traceparent", "tracestate")] == trace
+    _, second = await read_topic(fleet_settings, topic, 2)
+    assert InferenceRequest.from_bytes(second.value).attempt == 2
+    assert [h for h in second.headers if h[0] in ("traceparent", "tracestate")] == trace
+
+
 async def test_exhausted_retries_answer_the_error_and_dead_letter(
     flaky_model: Any,
     retry_settings: WorkerSettings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas import InferenceRequest, Tensor
-from workers.retries import RetryPolicy, backoff_ms, is_retriable
+from workers.retries import RetryPolicy, backoff_ms, is_retriable, retry_headers, trace_headers
 
 
 @pytest.mark.parametrize(
@@ -96,3 +96,14 @@ def test_attempt_and_not_before_round_trip_and_default() -> None:
 
 def _fields(request: InferenceRequest) -> dict[str, object]:
     return {name: getattr(request, name) for name in InferenceRequest.__dataclass_fields__}
+
+
+def test_a_retry_record_carries_the_trace_context_of_the_requests_record() -> None:
+    parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    record_headers = [("fleet-request-id", b"r"), ("traceparent", parent), ("tracestate", b"k=v"), ("other", b"x")]
+    trace = trace_headers(record_headers)
+    assert trace == (("traceparent", parent), ("tracestate", b"k=v"))  # only the trace context
+    assert trace_headers(None) == trace_headers([("traceparent", None)]) == ()  # none, or an empty one
+    headers = retry_headers("m", _request(attempt=2), trace)
+    assert headers[-2:] == list(trace) and [k for k, _ in headers].count("traceparent") == 1
+    assert "traceparent" not in dict(retry_headers("m", _request(attempt=2)))  # an untraced request: none

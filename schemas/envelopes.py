@@ -156,7 +156,37 @@ class PipelineRoute:
 def _tensors(raw: Any, key: str) -> tuple[Tensor, ...]:
     if not isinstance(raw, list):
         raise SchemaError(f"field {key!r} must be a list of tensors")
-    return tuple(Tensor.from_wire(t) for t in raw)
+    return tuple([_tensor(t) for t in raw])
+
+
+def _tensor(raw: Any) -> Tensor:
+    """`Tensor.from_wire` with its type checks inlined for the common case (every decoded request and response
+    holds some: the per-request decode cost); anything unusual goes through ``from_wire`` for its error. The
+    tensor's own checks (datatype, shape, data size) still run in its constructor."""
+    if type(raw) is list and len(raw) == 4:
+        name, datatype, shape, data = raw
+        if type(name) is str and type(datatype) is str and type(shape) is list and type(data) is bytes:
+            return Tensor(name, datatype, tuple(shape), data)
+    return Tensor.from_wire(raw)
+
+
+# Typed reads of the fields every envelope has, fast where the value has the expected type (a plain ``type(x) is``
+# test, no call); otherwise ``codec.field`` decides, with its error.
+def _str(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    return value if type(value) is str else read(obj, key, str)
+
+
+def _float(obj: dict[str, Any], key: str) -> float:
+    value = obj.get(key)
+    return value if type(value) is float else read(obj, key, float)
+
+
+def _optional_float(obj: dict[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if value is None or type(value) is float:
+        return value
+    return read(obj, key, float, optional=True)
 
 
 def _parameters(raw: Any) -> dict[str, ParameterValue]:
@@ -262,18 +292,18 @@ class InferenceRequest:
         if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             raise SchemaError("field 'outputs' must be a list of strings")
         return cls(
-            id=read(obj, "id", str),
-            model=model,
-            version=version,
-            inputs=_tensors(obj.get("inputs"), "inputs"),
-            reply=reply,
-            outputs=tuple(outputs),
-            parameters=_parameters(obj.get("parameters")),
-            deadline_ms=read(obj, "deadline_ms", float, optional=True),
-            created_ms=read(obj, "created_ms", float),
-            attempt=_attempt(obj.get("attempt")),
-            not_before_ms=read(obj, "not_before_ms", float, optional=True),
-            v=v,
+            _str(obj, "id"),
+            model,
+            version,
+            _tensors(obj.get("inputs"), "inputs"),
+            reply,
+            tuple(outputs),
+            _parameters(obj.get("parameters")),
+            _optional_float(obj, "deadline_ms"),
+            _float(obj, "created_ms"),
+            _attempt(obj.get("attempt")),
+            _optional_float(obj, "not_before_ms"),
+            v,
         )
 
 
@@ -423,17 +453,19 @@ class InferenceResponse:
             except ValueError:
                 code = ErrorCode.INTERNAL
             error = ErrorInfo(code, raw_error[1])
+        worker = obj.get("worker")
+        batch_size = obj.get("batch_size")
         return cls(
-            id=read(obj, "id", str),
-            model=read(obj, "model", str),
-            version=read(obj, "version", str),
-            outputs=_tensors(obj.get("outputs", []), "outputs"),
-            error=error,
-            worker=read(obj, "worker", str, optional=True) or "",
-            batch_size=read(obj, "batch_size", int, optional=True) or 0,
-            queue_ms=read(obj, "queue_ms", float, optional=True) or 0.0,
-            compute_ms=read(obj, "compute_ms", float, optional=True) or 0.0,
-            v=obj["v"],
+            _str(obj, "id"),
+            _str(obj, "model"),
+            _str(obj, "version"),
+            _tensors(obj.get("outputs", []), "outputs"),
+            error,
+            worker if type(worker) is str else read(obj, "worker", str, optional=True) or "",
+            batch_size if type(batch_size) is int else read(obj, "batch_size", int, optional=True) or 0,
+            _optional_float(obj, "queue_ms") or 0.0,
+            _optional_float(obj, "compute_ms") or 0.0,
+            obj["v"],
         )
 
 

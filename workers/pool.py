@@ -554,7 +554,8 @@ class PoolConsumer:
             self._wake.clear()
             self._start_rounds()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_MS / 1000)
+                async with asyncio.timeout(IDLE_POLL_MS / 1000):  # no task per wait (wait_for makes one)
+                    await self._wake.wait()
         if self._crash is not None:
             raise self._crash
 
@@ -640,7 +641,8 @@ class PoolConsumer:
                 if not model.queues[lane]:
                     model.more.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(model.more.wait(), timeout_ms / 1000)
+                        async with asyncio.timeout(timeout_ms / 1000):
+                            await model.more.wait()
                 return model.take(lane, max_records)
 
             batching = model.cache.batching_hint(version)

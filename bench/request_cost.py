@@ -9,7 +9,7 @@ warms up, then runs closed-loop sync HTTP load and prints, divided by the answer
 - Kafka requests by process and API (Produce, Fetch, ...) and the records the gateway produced;
 - CPU milliseconds by process (each with its children) and for the fleet together.
 
-    .venv/bin/python -m bench.request_cost [--concurrency 64] [--duration 8] [--body json]
+    .venv/bin/python -m bench.request_cost [--concurrency 64] [--duration 8] [--body json] [--worker-mode pool]
                                            [--json bench/results/request_cost.json]
 
 It also runs under ``bench.compare`` against an older commit (it imports the stack the way ``bench.sync_http``
@@ -163,10 +163,14 @@ async def _redis_snapshot(client: aioredis.Redis) -> tuple[dict[str, int], dict[
     return per_command, per_client
 
 
-async def run(concurrency: int, duration_s: float, warmup_s: float, json_bodies: bool) -> dict[str, Any]:
+async def run(
+    concurrency: int, duration_s: float, warmup_s: float, json_bodies: bool, worker_mode: str | None = None
+) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="fleet-cost-"))
     env = dict(os.environ)
     env.setdefault("FLEET_WORKER_INTRA_OP_THREADS", "1")
+    if worker_mode:
+        env["FLEET_WORKER_MODE"] = worker_mode
     if "grpc_port" in {f.name for f in dataclasses.fields(GatewaySettings)}:  # a tree with the gRPC server
         env.setdefault("FLEET_GATEWAY_GRPC_PORT", str(_free_port()))
     proxy_port = _free_port()
@@ -229,6 +233,7 @@ async def run(concurrency: int, duration_s: float, warmup_s: float, json_bodies:
         "commit": git_commit(),
         "machine": machine(),
         "body": "json" if json_bodies else "binary",
+        "worker_mode": env.get("FLEET_WORKER_MODE", "models"),
         "load": result.as_dict(),
         "redis_commands_per_request": {role: per(c) for role, c in sorted(redis_by_role.items())},
         "redis_commands_per_request_total": per(sum(commands.values())),
@@ -268,9 +273,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--body", choices=("binary", "json"), default="json", help="tensors in the body")
     parser.add_argument("--json", default="bench/results/request_cost.json", help="where to write the figures")
+    parser.add_argument(
+        "--worker-mode",
+        choices=("models", "pool"),
+        default=None,
+        help="the worker's FLEET_WORKER_MODE (default: the environment's, else the worker's own default)",
+    )
     args = parser.parse_args()
     began = time.perf_counter()
-    report = asyncio.run(run(args.concurrency, args.duration, args.warmup, args.body == "json"))
+    report = asyncio.run(run(args.concurrency, args.duration, args.warmup, args.body == "json", args.worker_mode))
     report["wall_s"] = round(time.perf_counter() - began, 1)
     write_report(args.json, report)
 

@@ -8,7 +8,7 @@ milliseconds all fleet processes (broker, Redis, gateway, worker and their child
 generator) spent per answered request.
 
     .venv/bin/python -m bench.sync_http [--duration 10] [--concurrency 1,16,64] [--soak 4] [--body json]
-                                        [--json bench/results/sync_http.json]
+                                        [--worker-mode pool] [--json bench/results/sync_http.json]
 
 It also runs against an older commit's fleet (``bench.compare`` puts this bench package in front of that
 commit's tree), so it imports the stack from where the commit has it.
@@ -122,11 +122,14 @@ async def run(
     soak_windows: int,
     models: list[str],
     json_bodies: bool = False,
+    worker_mode: str | None = None,
 ) -> dict[str, Any]:
     """Each (model, concurrency) point runs on a fresh stack: the embedded broker keeps its whole log
     in memory and gets slower as it grows (see ``--soak``), which a real Kafka cluster does not."""
     env = dict(os.environ)
     env.setdefault("FLEET_WORKER_INTRA_OP_THREADS", "1")
+    if worker_mode:
+        env["FLEET_WORKER_MODE"] = worker_mode
     if "grpc_port" in {f.name for f in dataclasses.fields(GatewaySettings)}:  # a tree with the gRPC server
         env.setdefault("FLEET_GATEWAY_GRPC_PORT", str(_free_port()))  # not 8001: other stacks may run
     report: dict[str, Any] = {
@@ -135,6 +138,7 @@ async def run(
         "machine": machine(),
         "duration_s": duration_s,
         "body": "json" if json_bodies else "binary",
+        "worker_mode": env.get("FLEET_WORKER_MODE", "models"),
         "runs": [],
         "soak": [],
         "ceiling_rows_per_s": {},
@@ -175,11 +179,19 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=0, help="extra windows at top concurrency on one stack")
     parser.add_argument("--body", choices=("binary", "json"), default="binary", help="tensors in the body")
     parser.add_argument("--json", default="bench/results/sync_http.json", help="where to write the figures")
+    parser.add_argument(
+        "--worker-mode",
+        choices=("models", "pool"),
+        default=None,
+        help="the worker's FLEET_WORKER_MODE (default: the environment's, else the worker's own default)",
+    )
     args = parser.parse_args()
     began = time.perf_counter()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     models = args.models.split(",")
-    report = asyncio.run(run(args.duration, concurrencies, args.idle, args.soak, models, args.body == "json"))
+    report = asyncio.run(
+        run(args.duration, concurrencies, args.idle, args.soak, models, args.body == "json", args.worker_mode)
+    )
     report["wall_s"] = round(time.perf_counter() - began, 1)
     write_report(args.json, report)
 

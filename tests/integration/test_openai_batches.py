@@ -28,6 +28,8 @@ import pytest
 from fleet.local.servers import LocalBroker
 from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
+from gateway.errors import BackendDownError, OverloadedError
+from gateway.publisher import RequestPublisher
 from schemas import FleetSettings, Lane, ModelRegistry, Names
 from schemas.apikeys import ApiKeyStore
 from schemas.topics import ensure_model_topics
@@ -230,6 +232,44 @@ async def test_embeddings_batch_and_a_batch_that_fails_validation(stack: Stack, 
         assert by_id[f"e{i}"] == pytest.approx(item.embedding, rel=1e-5, abs=1e-6)
     assert failed.status == "failed" and failed.errors is not None and failed.failed_at
     assert {(e.code, e.line) for e in failed.errors.data} == {("duplicate_custom_id", 2), ("mismatched_endpoint", 3)}
+    await client.close()
+
+
+async def test_a_line_whose_publish_fails_for_now_is_sent_again(
+    stack: Stack, driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line whose publish fails because the broker or Redis is briefly unavailable (BACKEND_UNAVAILABLE) or the
+    gateway is busy (OVERLOADED) is sent again after a pause and answered, not written to the error file."""
+    topic = stack.names.request_topic("fe", Lane.BULK)
+    outage = BackendDownError("kafka", "a passing outage")
+    faults = [outage, OverloadedError("a passing peak"), outage]
+    calls: list[str] = []
+    publish = RequestPublisher.publish
+
+    async def failing_first(self: RequestPublisher, to: str, request: Any, **kw: Any) -> None:
+        """The real publish, after the first publishes to the embeddings' bulk topic failed (the fault under test)."""
+        if to == topic:
+            calls.append(request.id)
+            if len(calls) <= len(faults):
+                raise faults[len(calls) - 1]
+        await publish(self, to, request, **kw)
+
+    monkeypatch.setattr(RequestPublisher, "publish", failing_first)
+    client = _client(stack)
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings", "body": {"model": "fe", "input": t}}
+             for i, t in enumerate(["hello world", "the fleet serves models"])]  # fmt: skip
+    batch = await client.batches.create(
+        input_file_id=(await _upload(client, stack, lines, "retried")).id, endpoint="/v1/embeddings",
+        completion_window="24h",
+    )  # fmt: skip
+    async with driver():
+        done = await _wait(client, batch.id, FINAL)
+    assert done.status == "completed" and done.request_counts is not None, done
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)
+    assert len(calls) == len(faults) + 2  # every fault was met, then each line went through once
+    output = await _lines(client, done.output_file_id)
+    assert sorted(line["custom_id"] for line in output) == ["r0", "r1"]
+    assert all(line["response"]["status_code"] == 200 and line["response"]["body"]["data"] for line in output)
     await client.close()
 
 

@@ -269,6 +269,9 @@ class PoolConsumer:
         await self.refresh(wanted)
         for name in sorted(set(self.models) - wanted):
             model = self.models.pop(name)
+            if model.pipeline is not None and model.pipeline.in_flight:
+                # Left after the let-go's wait (its partitions are released): redelivered to the new owner.
+                await model.pipeline.cancel()
             await model.cache.close()
             log.info("worker %s stopped serving %s (unassigned)", self.id, name)
         return frozenset(self.models)

@@ -7,7 +7,10 @@ the registry epoch while nothing changed), an assignment or a placement status i
 changed (one transaction for all the writes, which also bumps ``Names.placement_epoch_key`` when a placement
 status changed, followed by one PUBLISH on ``Names.assignments_channel`` naming the workers concerned, so they
 act at once rather than on their next poll), and ``Names.placement_round_key`` is stamped every round, which
-`read_placement` reports as the status's ``ts_ms`` (that round confirmed it). The workers and their
+`read_placement` reports as the status's ``ts_ms`` (that round confirmed it). A round whose inputs (models,
+desired replicas, measured work, registry epoch, the live workers' room, labels and resident models, their
+assignments) are those of the last one that placed does not run the rules again: its outcome would be the same
+(`PlacementRunner`, ``full_round_s``). The workers and their
 assignments are read back from Redis on each round, so a restarted scheduler keeps the placement it finds
 (the rules are stable). Model labels it reads (`schemas.limits`): ``requires`` (comma list of
 worker labels), ``max_replicas`` (caps the replicas placed), ``gpus`` (GPU indices it may use).
@@ -18,8 +21,10 @@ A model's size is its default version's plus that of every other version its tra
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -95,22 +100,54 @@ def demand_of(
     )
 
 
+@dataclass(frozen=True)
+class _RoundInputs:
+    """Everything a placement round's outcome depends on (with the registry as of ``registry_reloads``)."""
+
+    models: tuple[str, ...]
+    desired: dict[str, int]
+    work: dict[str, float]
+    growing: bool
+    registry_reloads: int
+    workers: tuple[WorkerSlot, ...]  # a slot's equality leaves out its last uses (they only order a rebalance)
+    current: dict[str, set[str]]
+    gone: tuple[str, ...]  # workers whose heartbeat expired (their assignments were deleted)
+
+
 class PlacementRunner:
     """One placement round per ``run()``; keeps the registry cache and what it wrote between rounds.
 
     ``rebalance_moves``: replicas a round moves at most to even the workers' load (`autoscaler.placement`,
-    rule 3; 0: never move a model that is fine where it is)."""
+    rule 3; 0: never move a model that is fine where it is). ``full_round_s``: a round whose inputs (models,
+    desired replicas, measured work, registry epoch, live workers with their room, labels and resident models,
+    their assignments, whether the pool is growing) are those of the last round that placed keeps its outcome
+    without placing again (it still reads those inputs and stamps ``Names.placement_round_key``: the outcome was
+    confirmed), except that one places at least every ``full_round_s`` seconds (0: every round)."""
 
     def __init__(
-        self, redis: Any, names: Names, *, size_factor: float = 3.0, rebalance_moves: int = REBALANCE_MOVES
+        self,
+        redis: Any,
+        names: Names,
+        *,
+        size_factor: float = 3.0,
+        rebalance_moves: int = REBALANCE_MOVES,
+        full_round_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
         self._names = names
         self._size_factor = size_factor
         self._rebalance_moves = rebalance_moves
+        self._full_round_s = full_round_s
+        self._clock = clock
         self._registry = RegistryCache(redis, names)
         #: The placement status this runner last wrote per model (without its time).
         self._written: dict[str, dict[str, str]] = {}
+        #: The inputs and outcome of the last round that placed, and when it ran.
+        self._last: tuple[_RoundInputs, Placement, float] | None = None
+        #: Rounds that placed, and rounds that kept the last outcome (inputs unchanged), for tests and logs.
+        self.placed_rounds = 0
+        self.kept_rounds = 0
 
     async def run(
         self,
@@ -119,13 +156,15 @@ class PlacementRunner:
         *,
         expected_workers: int | None = None,
         work: Mapping[str, float] | None = None,
+        force: bool = False,
     ) -> Placement:
         """Place ``models`` (``desired`` replicas each, 1 when absent) and store the result; raises RedisError.
 
         ``expected_workers``: how many workers the pool is meant to have; while fewer are live, a model short of
         room is PENDING (they are starting), not a failure that the gateway would answer 503 for.
         ``work``: each model's measured work in workers, where known (rebalancing moves idle models first and
-        weighs a worker's load by it).
+        weighs a worker's load by it; counted to two decimals).
+        ``force``: place even when the inputs are those of the last round (a worker joined).
         """
         workers, gone = await self._workers()
         current = await self._current([w.worker for w in workers])
@@ -134,9 +173,40 @@ class PlacementRunner:
             await registry.refresh()
         except FleetError as exc:  # BackendUnavailableError: a RedisError for the caller
             raise RedisError(exc.message) from exc
+        loads = {m: round(w, 2) for m, w in (work or {}).items() if w >= 0.005}
+        inputs = _RoundInputs(
+            tuple(models),
+            {m: desired.get(m, 1) for m in models},
+            {m: loads[m] for m in models if m in loads},
+            expected_workers is not None and expected_workers > len(workers),
+            registry.reloads,
+            tuple(workers),
+            current,
+            tuple(gone),
+        )
+        now = self._clock()
+        last = self._last
+        if not force and last is not None and now - last[2] < self._full_round_s and inputs == last[0]:
+            self.kept_rounds += 1
+            try:
+                await self._redis.set(self._names.placement_round_key, str(int(now_ms())))
+            except RedisError:
+                self._last = None  # place again next round
+                raise
+            return last[1]
+        self._last = None
+        result = self._place(inputs)
+        await self._write(result, current, gone)
+        self._last = (inputs, result, now)
+        self.placed_rounds += 1
+        return result
+
+    def _place(self, inputs: _RoundInputs) -> Placement:
+        """The placement rules over ``inputs`` (a model whose record is unusable gets a SCHEDULE_FAILED status)."""
+        registry = self._registry
         demands: list[ModelDemand] = []
         unreadable: dict[str, str] = {}
-        for model in models:
+        for model in inputs.models:
             try:
                 record, measured = registry.get_sized(model)
                 split = registry.traffic(model)
@@ -145,12 +215,13 @@ class PlacementRunner:
                     for version, share in (split.weights if split is not None else ())
                     if share > 0 and version != record.version
                 ]
-                load = (work or {}).get(model, 0.0)
-                demands.append(demand_of(record, desired.get(model, 1), self._size_factor, measured, others, load))
+                load = inputs.work.get(model, 0.0)
+                demands.append(demand_of(record, inputs.desired[model], self._size_factor, measured, others, load))
             except (FleetError, SchemaError) as exc:
                 unreadable[model] = exc.message
-        growing = expected_workers is not None and expected_workers > len(workers)
-        result = place(demands, workers, current, growing=growing, max_moves=self._rebalance_moves)
+        result = place(
+            demands, inputs.workers, inputs.current, growing=inputs.growing, max_moves=self._rebalance_moves
+        )
         if result.moves:
             pairs = Counter((source, target) for _, source, target in result.moves)
             log.info(
@@ -159,7 +230,6 @@ class PlacementRunner:
             )
         for model, why in unreadable.items():
             result.status[model] = ModelPlacement(PlacementState.SCHEDULE_FAILED, (), 0, f"unusable record: {why}")
-        await self._write(result, current, gone)
         return result
 
     async def _workers(self) -> tuple[list[WorkerSlot], list[str]]:

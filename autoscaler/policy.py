@@ -81,6 +81,19 @@ class Decision:
             return Direction.DOWN
         return Direction.NONE
 
+    @property
+    def work(self) -> float:
+        """The measured work, in workers: the raw recommendation (the backlog to drain plus the arrivals, over one
+        worker's throughput) before rounding, limits and triggers; for a pinned model, its arrivals over that
+        throughput. Placement weighs a model's replicas by it."""
+        raw = self.inputs.get("raw_replicas")
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return max(0.0, float(raw))
+        arrival, throughput = self.inputs.get("arrival_rate"), self.inputs.get("per_replica_throughput")
+        if isinstance(arrival, int | float) and isinstance(throughput, int | float) and throughput > 0:
+            return max(0.0, float(arrival) / float(throughput))
+        return 0.0
+
     def why(self) -> str:
         """One log line: the change, the reason and every input."""
         inputs = " ".join(f"{k}={_fmt(v)}" for k, v in self.inputs.items())

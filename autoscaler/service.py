@@ -87,9 +87,18 @@ def make_backend(settings: AutoscalerSettings, *, worker_env: Mapping[str, str] 
             key = settings.k8s_pool_deployment
         else:
             runner, key = _local_backend(settings, worker_env, pool=True), "pool"
-        return PoolBackend(settings.fleet, runner, sizer, pool_key=key, size_factor=settings.placement_size_factor)
+        return PoolBackend(
+            settings.fleet,
+            runner,
+            sizer,
+            pool_key=key,
+            size_factor=settings.placement_size_factor,
+            full_round_s=settings.placement_full_round_s,
+        )
     if settings.placement:
-        return PlacementBackend(settings.fleet, size_factor=settings.placement_size_factor)
+        return PlacementBackend(
+            settings.fleet, size_factor=settings.placement_size_factor, full_round_s=settings.placement_full_round_s
+        )
     if settings.backend == "kubernetes":
         return KubernetesBackend(settings.k8s_namespace, settings.k8s_deployment_template)
     return _local_backend(settings, worker_env)
@@ -248,22 +257,26 @@ class AutoscalerService(AsyncService):
 
     async def _placement_routine(self, backend: PlacementBackend) -> None:
         """Every interval, and at once when a worker joins: place every model's desired replicas on the workers
-        that follow an assignment (with a pool: size the pool for the latest per-model decisions first)."""
+        that follow an assignment (with a pool: size the pool for the latest per-model decisions first). A round
+        whose inputs did not change keeps the last outcome (`PlacementRunner`); the one a joining worker wakes
+        places in any case."""
+        joined = False
         while not self._closing.is_set():
             try:
                 if self._leads():
                     models = list(await self._models())
+                    decisions = self.autoscaler.decisions if self.autoscaler is not None else {}
                     if isinstance(backend, PoolBackend) and self.autoscaler is not None:
-                        decisions = self.autoscaler.decisions
                         try:
                             await backend.size_pool([decisions[m] for m in models if m in decisions])
                         except BackendError as exc:  # the pool keeps its size; its workers are still placed
                             log.warning("pool sizing skipped: %s", exc)
-                    await backend.place(models)
+                    await backend.place(models, decisions=decisions, force=joined)
             except BackendError as exc:
                 log.warning("placement round skipped: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._place_now.wait(), self.settings.interval_s)
+            joined = self._place_now.is_set()
             self._place_now.clear()
 
     def _leads(self) -> bool:

@@ -70,6 +70,11 @@ class AutoscalerSettings:
     placement_size_factor: float = doc(
         "Placement: size of a model never measured = its artifact size x this (as FLEET_WORKER_SIZE_FACTOR).", 3.0
     )
+    placement_full_round_s: float = doc(
+        "Placement: a round whose inputs (decisions, registry, live workers and their assignments and resident "
+        "models) did not change keeps the last outcome; the rules run at least this often (0: every round).",
+        30.0,
+    )
     pool: bool = doc(
         "Run a pool of multi-model workers (FLEET_WORKER_MODE=pool, following their assignment) through "
         "FLEET_AUTOSCALER_BACKEND, sized from the measured work between POOL_MIN_WORKERS and POOL_MAX_WORKERS, "
@@ -109,7 +114,13 @@ class AutoscalerSettings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
-        for name in ("scale_up_stabilization_s", "scale_down_stabilization_s", "idle_to_zero_s", "stats_max_age_s"):
+        for name in (
+            "scale_up_stabilization_s",
+            "scale_down_stabilization_s",
+            "idle_to_zero_s",
+            "stats_max_age_s",
+            "placement_full_round_s",
+        ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0")
         for name in ("latency_p95_target_ms", "gpu_util_target", "queue_depth_target"):

@@ -63,9 +63,10 @@ class PoolBackend(PlacementBackend):
         *,
         pool_key: str = "pool",
         size_factor: float = 3.0,
+        full_round_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(fleet, size_factor=size_factor)
+        super().__init__(fleet, size_factor=size_factor, full_round_s=full_round_s)
         self.runner = runner
         self.sizer = sizer
         self.pool_key = pool_key

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from autoscaler import AutoscalerService, AutoscalerSettings, DecisionStore, Loc
 from autoscaler.backends import PlacementBackend, settings_env
 from autoscaler.placement import Placement
 from autoscaler.placement_store import read_placement
+from autoscaler.policy import Decision
 from fleet.local.servers import free_port
 from schemas import FleetSettings, ModelRecord, Names, SettingsError
 from workers import Worker, WorkerSettings
@@ -175,11 +176,13 @@ class _FlakyPlacement(PlacementBackend):
         super().__init__(fleet)
         self.rounds = 0
 
-    async def place(self, models: Sequence[str]) -> Placement:
+    async def place(
+        self, models: Sequence[str], *, decisions: Mapping[str, Decision] | None = None, force: bool = False
+    ) -> Placement:
         self.rounds += 1
         if self.rounds == 1:
             raise RuntimeError("placement bug in round 1")
-        return await super().place(models)
+        return await super().place(models, decisions=decisions, force=force)
 
 
 async def test_a_crashed_placement_loop_is_logged_and_started_again(

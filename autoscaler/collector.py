@@ -34,7 +34,12 @@ on the partitions it has data for instead of failing as a whole (it fails only w
 A quiet partition (no lag, its log end where it was, its smoothed rates decayed to zero: below ``RATE_FLOOR``
 they are taken as zero) needs nothing computed: a model whose partitions are all quiet and did not move gets the
 same `ModelLoad` object as last round, so the rest of a round (the policy, the metrics) can tell it apart at no
-cost, and a round's work beyond the log-end probe follows the partitions that moved.
+cost, and a round's work beyond the log-end probe follows the partitions that moved. The probe itself covers a
+quiet partition of a model that has workers (``relax``: they consume it whatever the autoscaler measures) only
+every ``quiet_probe_rounds`` rounds, a share of them each round; every other partition (lag or arrivals, never
+measured, or of a model at zero, whose first request must wake it within a round) is probed every round. A
+record arriving on a partition that is not probed this round is seen up to ``quiet_probe_rounds`` rounds later;
+its arrival rate is reckoned over the time since the partition's last fresh log end.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +143,7 @@ class LagCollector(AsyncService):
         probe_timeout_s: float = 3.0,
         metadata_refresh_s: float = 30.0,
         missing_refresh_s: float = 5.0,
+        quiet_probe_rounds: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -146,6 +152,10 @@ class LagCollector(AsyncService):
         self.probe_timeout_s = probe_timeout_s
         self.metadata_refresh_s = metadata_refresh_s
         self.missing_refresh_s = missing_refresh_s
+        #: A quiet partition of a relaxed model (`relax`) has its log end probed every this many rounds.
+        self.quiet_probe_rounds = max(1, quiet_probe_rounds)
+        self._relaxed: frozenset[str] = frozenset()
+        self._round = 0
         self._clock = clock
         self._described: dict[str, list[int]] = {}
         self._described_at = -float("inf")
@@ -161,6 +171,7 @@ class LagCollector(AsyncService):
         self._assigned: frozenset[TopicPartition] = frozenset()
         self._assigned_from: list[TopicPartition] | None = None  # the list ``_assigned`` was last checked against
         self._known_end: dict[TopicPartition, int] = {}
+        self._fresh_at: dict[TopicPartition, float] = {}  # the last round that had a fresh log end of it
         self._samples: dict[TopicPartition, _Sample] = {}
         self._anomalies: dict[TopicPartition, str] = {}
         # What a round over the same models reuses: their topics, partitions and loads.
@@ -171,7 +182,7 @@ class LagCollector(AsyncService):
         self._tps_of: dict[str, list[int]] | None = None  # the partitions ``_tps`` and ``_loads`` are of
         self._tps: list[TopicPartition] = []
         self._loads: dict[str, ModelLoad] = {}
-        self._collected_at: float | None = None  # when the last round's samples were taken
+        self._fresh: frozenset[TopicPartition] = frozenset()  # the partitions with a fresh log end this round
         #: How log ends are read (decided in ``start``).
         self.method = LagMethod.FETCH_PROBE
 
@@ -213,6 +224,13 @@ class LagCollector(AsyncService):
         if admin is not None:
             await admin.close()
 
+    def relax(self, models: Iterable[str]) -> None:
+        """From the next round on, probe the quiet partitions of ``models`` only every ``quiet_probe_rounds``
+        rounds (each round takes its share of them): models that have workers, which consume their partitions
+        whatever the autoscaler measures. A partition with lag or arrivals, one never measured and every
+        partition of another model (at zero: its first request must wake it) is probed every round."""
+        self._relaxed = frozenset(models)
+
     async def collect_one(self, model: str) -> ModelLoad:
         """The load of one model (see `collect`)."""
         return (await self.collect([model]))[model]
@@ -233,7 +251,8 @@ class LagCollector(AsyncService):
                 self._tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
                 self._tps_of, self._loads = partitions, {}
             tps = self._tps
-            log_ends = await self._log_ends(probe, tps)
+            due = self._due(tps)
+            log_ends = await self._log_ends(probe, tps, due)
             samples = self._samples
             # Partitions to sample again: all but the quiet ones whose log end stayed.
             touched = [
@@ -268,9 +287,11 @@ class LagCollector(AsyncService):
             rebuild.update(m for m in self._models if m not in self._loads)
         for model in rebuild:
             self._loads[model] = self._model_load(model, partitions, log_ends, committed, starts, now)
-        self._collected_at = now
+        for tp in self._fresh:
+            self._fresh_at[tp] = now
+        self._round += 1
         self.last_round = RoundCost(
-            len(tps), len(moving), len(by_lane), self._stale, self.method, len(touched), len(rebuild)
+            len(due), len(moving), len(by_lane), self._stale, self.method, len(touched), len(rebuild)
         )
         return dict(self._loads)
 
@@ -284,10 +305,15 @@ class LagCollector(AsyncService):
         now: float,
     ) -> ModelLoad:
         """Sample every partition of ``model`` (a quiet one's committed offset and log start are its sample's)."""
-        samples = self._samples
+        samples, fresh = self._samples, self._fresh
 
         def sampled(tp: TopicPartition) -> PartitionLoad:
             sample = samples.get(tp)
+            if sample is not None and sample.quiet and tp not in fresh and tp not in committed:
+                # Not probed this round: as of its last probe it was quiet, and its sample stays that of then.
+                return PartitionLoad(
+                    tp.partition, sample.log_end, sample.committed, 0, 0.0, 0.0, True, self._anomalies.get(tp, "")
+                )
             if tp not in committed and sample is not None:
                 return self._partition_load(tp, log_ends[tp], sample.committed, sample.log_start, now)
             return self._partition_load(tp, log_ends[tp], committed.get(tp), starts.get(tp, 0), now)
@@ -311,6 +337,22 @@ class LagCollector(AsyncService):
             topic_exists=topic in partitions,
             bulk_partitions=bulk,
         )
+
+    def _due(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        """The partitions whose log end this round probes: all but the quiet ones of relaxed models that are
+        not in this round's share (index modulo ``quiet_probe_rounds``)."""
+        every, relaxed = self.quiet_probe_rounds, self._relaxed
+        if every <= 1 or not relaxed:
+            return tps
+        phase, samples, owner = self._round % every, self._samples, self._topic_model
+        return [
+            tp
+            for i, tp in enumerate(tps)
+            if i % every == phase
+            or owner[tp.topic] not in relaxed
+            or (sample := samples.get(tp)) is None
+            or not sample.quiet
+        ]
 
     def _unchanged(self, tp: TopicPartition, log_end: int) -> bool:
         """True when ``tp`` had no lag last round and its log end has not moved since."""
@@ -356,10 +398,13 @@ class LagCollector(AsyncService):
             self._listed, self._listed_at = asked, now
         return self._existing
 
-    async def _log_ends(self, probe: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """A fresh log end for every partition (``self.method``); a partition without a fresh answer in
-        ``probe_timeout_s`` gets its last known log end, or is left out when it has none. CollectorError when
-        no partition at all answered."""
+    async def _log_ends(
+        self, probe: AIOKafkaConsumer, tps: list[TopicPartition], due: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """A log end for every partition of ``tps``: fresh (``self.method``) for those ``due``, the last known one
+        for the others; a partition without a fresh answer in ``probe_timeout_s`` gets its last known log end, or
+        is left out when it has none. CollectorError when no partition due at all answered."""
+        self._fresh = frozenset()
         if not tps:
             return {}
         if tps is not self._assigned_from and frozenset(tps) != self._assigned:
@@ -367,16 +412,19 @@ class LagCollector(AsyncService):
                 probe.assign(tps)
             self._assigned = frozenset(tps)
             # Forget partitions no longer measured (deleted topics, removed models).
-            for table in (self._known_end, self._samples, self._anomalies):
+            for table in (self._known_end, self._samples, self._anomalies, self._fresh_at):
                 for gone in [tp for tp in table if tp not in self._assigned]:
                     del table[gone]
         self._assigned_from = tps
+        if not due:
+            self._stale = 0
+            return self._known_end
         if self.method is LagMethod.LIST_OFFSETS:
-            fresh = await self._list_offsets(probe, tps)
+            fresh = await self._list_offsets(probe, due)
         else:
-            fresh = await self._fetch_highwaters(probe, tps)
-        pending = [tp for tp in tps if tp not in fresh] if len(fresh) < len(tps) else []
-        if pending and len(pending) == len(tps):
+            fresh = await self._fetch_highwaters(probe, due)
+        pending = [tp for tp in due if tp not in fresh] if len(fresh) < len(due) else []
+        if pending and len(pending) == len(due):
             raise CollectorError(f"no log end within {self.probe_timeout_s}s for {pending[:5]}")
         self._stale = len(pending)
         if pending:
@@ -385,10 +433,11 @@ class LagCollector(AsyncService):
                 "end is used, those never measured are left out this round",
                 self.probe_timeout_s,
                 len(pending),
-                len(tps),
+                len(due),
                 pending[:3],
             )
         self._known_end.update(fresh)
+        self._fresh = frozenset(fresh)
         return self._known_end  # only assigned partitions are in it (the others were forgotten above)
 
     async def _list_offsets(self, probe: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -472,9 +521,9 @@ class LagCollector(AsyncService):
             consumed = log_end
         previous = self._samples.get(tp)
         arrival = completion = None
-        # A quiet partition was not sampled again in the rounds since its sample: as of the last round, it was
-        # the same sample (its rates zero) taken then.
-        since = -math.inf if previous is None else max(previous.at, self._collected_at or previous.at)
+        # A quiet partition was not sampled again in the rounds since its sample: as of the last round that had a
+        # fresh log end of it, it was the same sample (its rates zero) taken then.
+        since = -math.inf if previous is None else max(previous.at, self._fresh_at.get(tp, previous.at))
         if previous is not None and now > since:
             dt = now - since
             grown, done = log_end - previous.log_end, consumed - previous.consumed

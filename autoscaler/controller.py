@@ -7,7 +7,9 @@ process backend or a Kubernetes one. One round is `Autoscaler.step()`; `start()`
 A round decides again only the models whose inputs (load, service stats, workers, pin, cap) changed since their
 last decision, or whose decision was not settled (`ScalingPolicy.settled_until`: lag, a pending change, a held
 scale-down, the end of an idle period): an idle model keeps its decision, its metrics and its stored record
-without any work, so an idle round costs about the same whatever the model count.
+without any work, so an idle round costs about the same whatever the model count. The models that have workers
+are handed to the collector (``relax``, when it has it) each round: it may probe their quiet partitions less
+often, since their workers consume them anyway; a model at zero is measured every round.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ class Autoscaler(AsyncService):
         self.decisions: dict[str, Decision] = {}
         #: Models whose workers reported stats last round (their stats are read while they do).
         self._reporting: set[str] = set()
+        #: Models that had workers last round (the collector may probe their quiet partitions less often).
+        self._served: frozenset[str] = frozenset()
         #: The inputs of each model's latest decision, and when it was last kept without deciding again.
         self._inputs: dict[str, _Inputs] = {}
         self._kept_at: dict[str, float] = {}
@@ -156,6 +160,9 @@ class Autoscaler(AsyncService):
         models = list(await self._models())
         if not models:
             return []
+        relax = getattr(self._collector, "relax", None)
+        if relax is not None:
+            relax(self._served)
         try:
             loads = await self._collector.collect(models)
         except AutoscalerError as exc:
@@ -171,6 +178,7 @@ class Autoscaler(AsyncService):
             except AutoscalerError as exc:
                 log.warning("autoscaling %s failed this round: %s", model, exc)
                 self.metrics.errors.labels(model, exc.code).inc()
+        self._served = frozenset(m for m, n in current.items() if n > 0)
         stats = await self._read_stats([m for m in current if self._needs_stats(m, loads[m], current[m])])
         if models != self._last_models:
             self._forget_removed(models)

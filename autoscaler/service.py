@@ -176,7 +176,11 @@ class AutoscalerService(AsyncService):
         await warn_if_old_layout(self._redis, self.names, log)
         self._registry = RegistryCache(self._redis, self.names)
         await self.backend.start()
-        self._collector = LagCollector(s.fleet, half_life_s=s.smoothing_half_life_s)
+        self._collector = LagCollector(
+            s.fleet,
+            half_life_s=s.smoothing_half_life_s,
+            quiet_probe_rounds=max(1, round(s.quiet_probe_s / s.interval_s)),
+        )
         await self._collector.start()
         local = local_workers(self.backend)
         allocation = local.gpu_allocation if local is not None else dict

@@ -75,6 +75,12 @@ class AutoscalerSettings:
         "models) did not change keeps the last outcome; the rules run at least this often (0: every round).",
         30.0,
     )
+    quiet_probe_s: float = doc(
+        "Seconds between two log-end probes of a quiet partition (no lag, nothing arriving) of a model that has "
+        "workers (they consume it anyway); a model at zero and any partition with lag or arrivals is probed every "
+        "round. At most interval_s: every round.",
+        5.0,
+    )
     pool: bool = doc(
         "Run a pool of multi-model workers (FLEET_WORKER_MODE=pool, following their assignment) through "
         "FLEET_AUTOSCALER_BACKEND, sized from the measured work between POOL_MIN_WORKERS and POOL_MAX_WORKERS, "
@@ -120,6 +126,7 @@ class AutoscalerSettings:
             "idle_to_zero_s",
             "stats_max_age_s",
             "placement_full_round_s",
+            "quiet_probe_s",
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0")

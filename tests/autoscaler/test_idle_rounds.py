@@ -3,20 +3,29 @@
 * Placement: a round whose inputs did not change keeps the last outcome without running the rules (it still
   stamps the round), and each kind of input change, a forced round (a worker joined) and the safety-net period
   place again; the per-model decisions' measured work reaches the rules through the backend.
+* Lag probe: a quiet partition of a model that has workers is probed every ``quiet_probe_rounds`` rounds, a share
+  of them each round; a model at zero is probed every round, so its first request is seen at once; a record on a
+  partition probed less often is seen within that many rounds and its rate is reckoned since its last probe.
+* The control loop hands the collector the models that had workers last round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from autoscaler import Autoscaler, AutoscalerSettings, LagCollector, ModelLoad, PartitionLoad, ServiceStats
 from autoscaler.backends import PlacementBackend
 from autoscaler.placement import MB
 from autoscaler.placement_store import PlacementRunner
 from autoscaler.policy import Decision
+from autoscaler.signals import ewma
 from fleet.demo.modelgen import tiny_mlp
 from fleet.models.artifacts import build_record
 from schemas import FleetSettings, ModelRegistry, Names, now_ms
@@ -122,3 +131,102 @@ def test_a_decisions_work_is_its_raw_recommendation_or_for_a_pin_its_arrivals() 
     pinned = Decision("m", 2, 2, "", {"arrival_rate": 30.0, "per_replica_throughput": 20.0}, pinned=True)
     assert pinned.work == 1.5
     assert Decision("m", 0, 0, "", {}).work == 0.0
+
+
+@pytest.fixture
+async def two_models(fleet_settings: FleetSettings, names: Names) -> AsyncIterator[dict[str, str]]:
+    """Request topics of ``served`` and ``cold``, 3 partitions each."""
+    topics = {m: names.request_topic(m) for m in ("served", "cold")}
+    admin = AIOKafkaAdminClient(**fleet_settings.kafka.client_kwargs())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, 3, 1) for t in topics.values()])
+        yield topics
+        await admin.delete_topics(list(topics.values()))
+    finally:
+        await admin.close()
+
+
+@pytest.mark.integration
+async def test_quiet_partitions_of_served_models_are_probed_every_kth_round(
+    fleet_settings: FleetSettings, two_models: dict[str, str]
+) -> None:
+    clock, half_life = Clock(), 5.0
+    producer = AIOKafkaProducer(**fleet_settings.kafka.producer_kwargs())
+    await producer.start()
+    models = ["served", "cold"]
+    try:
+        async with LagCollector(fleet_settings, half_life_s=half_life, quiet_probe_rounds=3, clock=clock) as c:
+            c.relax({"served"})
+
+            async def step() -> dict[str, ModelLoad]:
+                clock.t += 1.0
+                return await c.collect(models)
+
+            await step()
+            await step()  # rates known (zero) from the second sample: quiet
+            probed = []
+            for _ in range(3):
+                await step()
+                probed.append(c.last_round.partitions)
+            assert probed == [4, 4, 4]  # cold's 3 every round, one of served's 3 in turn (6 without relax)
+
+            # A first request of the model at zero is seen the next round.
+            await (await producer.send(two_models["cold"], b"x", partition=1))
+            assert (await step())["cold"].lag == 1
+
+            # Records on the served model's quiet partitions: each seen within 3 rounds, its rate reckoned over
+            # the 3 s since that partition's last probe (not over the last round's 1 s).
+            for p in range(3):
+                await (await producer.send(two_models["served"], b"x" * 8, partition=p))
+            rates: dict[int, float] = {}
+            for _ in range(3):
+                load = (await step())["served"]
+                for part in load.partitions:
+                    if part.log_end and part.partition not in rates:
+                        rates[part.partition] = part.arrival_rate
+            assert sorted(rates) == [0, 1, 2]
+            assert all(math.isclose(r, ewma(0.0, 1 / 3.0, 3.0, half_life)) for r in rates.values()), rates
+            await step()
+            assert c.last_round.partitions == 6  # partitions with lag are probed every round
+    finally:
+        await producer.stop()
+
+
+class _Loads:
+    def __init__(self) -> None:
+        self.relaxed: list[frozenset[str]] = []
+
+    def relax(self, models: frozenset[str]) -> None:
+        self.relaxed.append(frozenset(models))
+
+    async def collect(self, models: Sequence[str]) -> dict[str, ModelLoad]:
+        parts = (PartitionLoad(0, 0, 0, 0, rates_known=True),)
+        return {m: ModelLoad(m, f"t.{m}", f"g.{m}", parts, at=0.0, rates_known=True) for m in models}
+
+
+class _Backend:
+    def __init__(self, **counts: int) -> None:
+        self.counts = counts
+
+    async def replicas(self, model: str) -> int:
+        return self.counts.get(model, 0)
+
+    async def scale(self, model: str, replicas: int) -> None:
+        self.counts[model] = replicas
+
+
+class _NoStats:
+    async def read(self, model: str) -> ServiceStats:
+        return ServiceStats()
+
+
+async def test_the_control_loop_relaxes_only_models_that_had_workers() -> None:
+    loads, backend = _Loads(), _Backend(a=1, b=0, c=2)
+    settings = AutoscalerSettings(models=("a", "b", "c"), min_replicas=0, idle_to_zero_s=3600.0)
+    scaler = Autoscaler(settings, backend, loads, _NoStats())
+    await scaler.step()
+    backend.counts["a"] = 0  # a's workers went
+    await scaler.step()
+    await scaler.step()
+    assert loads.relaxed == [frozenset(), frozenset({"a", "c"}), frozenset({"c"})]

@@ -198,6 +198,7 @@ class _Flight:
     lane: Lane
     on_model: bool = False
     handled: asyncio.Event = field(default_factory=asyncio.Event)
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)  # delivered, failed or cancelled
     task: asyncio.Task[None] | None = None
 
 
@@ -205,7 +206,8 @@ class RoundPipeline:
     """Rounds of one model in flight at once (``depth`` at most), so the model never waits for I/O.
 
     Each round runs on the model after the round before it has left the model (``handle``, in submission
-    order); its replies, dead letters and retries are then delivered while the next round runs; it commits
+    order); its replies, dead letters and retries are then delivered (in round order) while the next round
+    runs; it commits
     only after every round submitted before it has committed, so no offset past an undelivered record is
     ever committed (a round whose predecessor failed or was cancelled commits nothing: `RoundAbandoned`).
     The caller collects the next round once ``ready()`` returns: a slot is free and no round is waiting for
@@ -308,7 +310,15 @@ class RoundPipeline:
                 outcome = await runner.handle(flight.fetched, lane)
             finally:
                 self._left_model(flight)
-            delivered_ms = await runner.deliver_outcome(outcome, retry_topic)
+            if previous is not None:
+                # Deliveries in round order: a request redelivered into this round (a client retry, a
+                # redelivery) whose first result the round before stored but has not yet produced to its
+                # reply topic would otherwise be produced a second time.
+                await previous.delivered.wait()
+            try:
+                delivered_ms = await runner.deliver_outcome(outcome, retry_topic)
+            finally:
+                flight.delivered.set()
         finally:
             runner.hold(-len(flight.fetched))
         if previous is not None and previous.task is not None:
@@ -332,6 +342,7 @@ class RoundPipeline:
 
     def _finished(self, flight: _Flight, task: asyncio.Task[None]) -> None:
         self._flights.remove(flight)
+        flight.delivered.set()
         if not flight.handled.is_set():  # cancelled before it reached the model: the next may not wait for it
             self._left_model(flight)
         if self._last is flight:

@@ -55,7 +55,7 @@ async def stack(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.T
         await registry.register(record)
         await ensure_model_topics(kafka, names, record.name)
     _, secret = await ApiKeyStore(redis, names).create("all")
-    worker_settings = WorkerSettings(models=("tiny", "words"), fleet=fleet, heartbeat_interval_s=0.2)
+    worker_settings = WorkerSettings(models=("tiny", "words"), fleet=fleet, heartbeat_interval_s=1.0)
     open_settings = GatewaySettings(fleet=fleet, port=0)  # port 0: gRPC on a free port too
     guarded_settings = GatewaySettings(fleet=fleet, port=0, auth=True)
     async with Worker(worker_settings) as worker, Gateway(open_settings) as gw, Gateway(guarded_settings) as guarded:

@@ -113,6 +113,15 @@ class WorkerSettings:
         "the model's first bulk request) is looked for again; its first bulk requests wait up to this long.",
         10.0,
     )
+    pool_dormant_after_s: float = doc(
+        "Pool mode: a partition with no records for this long is left out of the fetches and swept every "
+        "FLEET_WORKER_POOL_DORMANT_SWEEP_MS (for brokers that pay per partition named in a fetch, as the local "
+        "stack's does; its first request waits up to a sweep longer). 0 = off: right for Kafka.",
+        0.0,
+    )
+    pool_dormant_sweep_ms: int = doc(
+        "Pool mode: milliseconds between two sweeps of the dormant partitions (one fetch naming them).", 500
+    )
     labels: tuple[str, ...] = doc(
         "Comma list of labels published for placement (e.g. gpu,onnx); cpu or gpu and the installed frameworks "
         "(onnx, torch) are added.",
@@ -144,6 +153,10 @@ class WorkerSettings:
             raise SettingsError("pool_threads must be >= 1")
         if self.pool_queue_records < 1:
             raise SettingsError("pool_queue_records must be >= 1")
+        if self.pool_dormant_after_s < 0:
+            raise SettingsError("pool_dormant_after_s must be >= 0")
+        if self.pool_dormant_sweep_ms < 10:
+            raise SettingsError("pool_dormant_sweep_ms must be >= 10")
         if self.pool_missing_topic_recheck_s < 0:
             raise SettingsError("pool_missing_topic_recheck_s must be >= 0")
         if self.max_fetch_records < 1:

@@ -12,8 +12,13 @@ from schemas.topics import ensure_model_topics
 from .config import StackConfig
 from .servers import free_port
 
-#: Consumer-group timings that suit the embedded broker (each join waits max(1 s, session/2)).
-LOCAL_BROKER_ENV = {"FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000", "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
+#: Settings that suit the embedded broker: consumer-group timings (each join waits max(1 s, session/2)), and pool
+#: workers leaving quiet partitions out of their fetches (it pays for every partition a fetch names).
+LOCAL_BROKER_ENV = {
+    "FLEET_KAFKA_SESSION_TIMEOUT_MS": "2000",
+    "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+    "FLEET_WORKER_POOL_DORMANT_AFTER_S": "5",
+}
 
 
 def base_env(config: StackConfig, kafka_bootstrap: str, redis_url: str) -> dict[str, str]:

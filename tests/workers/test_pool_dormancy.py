@@ -1,0 +1,62 @@
+"""A pool worker with dormant partitions on (the local stack's setting) against the real broker and Redis: quiet
+partitions leave the fetches, and a request to a dormant model is still answered, once and right."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from schemas import FleetSettings, Lane, Names
+from workers import Worker
+from workers.pool import PoolConsumer
+
+from .conftest import make_request
+from .test_pool import _expected, _register, _Replies, _send, _settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_quiet_partitions_sleep_and_a_request_to_a_dormant_model_is_answered(
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path, producer: AIOKafkaProducer
+) -> None:
+    models = ["d0", "d1", "d2"]
+    records = await _register(fleet_settings, names, redis_client, tmp_path, models)
+    settings = _settings(
+        fleet_settings, tmp_path, "dorm", models=tuple(models), pool_dormant_after_s=0.5, pool_dormant_sweep_ms=100
+    )
+    stream = names.reply_stream("dormant")
+    x = np.random.default_rng(4).standard_normal((1, 16)).astype(np.float32)
+    replies = _Replies(redis_client, stream)
+    async with Worker(settings) as worker:
+        await worker.wait_ready(30)
+        pool = worker.pool
+        assert isinstance(pool, PoolConsumer)
+        consumer = pool._consumers[Lane.INTERACTIVE]
+        interactive = {tp for tp in consumer.assignment()}
+        assert len(interactive) == 6
+        deadline = time.monotonic() + 20
+        while not interactive <= consumer.paused():  # nothing arrives: every partition falls asleep
+            assert time.monotonic() < deadline, f"awake after 20 s: {interactive - consumer.paused()}"
+            await asyncio.sleep(0.05)
+        for round_ in range(2):  # each model woken from sleep, twice (asleep again in between)
+            await _send(producer, names.request_topic("d1"), [make_request(stream, x, model="d1", rid=f"d1-{round_}")])
+            await _send(producer, names.request_topic("d2"), [make_request(stream, x, model="d2", rid=f"d2-{round_}")])
+            await replies.until(lambda r, n=round_: len(r.ids()) >= 2 * (n + 1), timeout_s=30)
+            if round_ == 0:
+                deadline = time.monotonic() + 20
+                while not interactive <= consumer.paused():
+                    assert time.monotonic() < deadline, f"awake after 20 s: {interactive - consumer.paused()}"
+                    await asyncio.sleep(0.05)
+    assert sorted(Counter(r.id for r in replies.entries).values()) == [1, 1, 1, 1]
+    for reply in replies.entries:
+        assert reply.error is None
+        np.testing.assert_allclose(
+            reply.outputs[0].to_numpy(), _expected(records[reply.model], x), rtol=1e-5, atol=1e-6
+        )

@@ -96,9 +96,7 @@ class Dormancy:
         if now < self._next_tick:
             return
         self._next_tick = now + self._sweep_s
-        quiet = [
-            tp for tp, seen in self._last_seen.items() if tp not in self.dormant and now - seen > self._after_s
-        ]
+        quiet = [tp for tp, seen in self._last_seen.items() if tp not in self.dormant and now - seen > self._after_s]
         sweep = [tp for tp in self.dormant if not self._paused_elsewhere(tp)]
         if quiet:
             self.dormant.update(quiet)

@@ -18,6 +18,27 @@ import pytest
 from fleet.local.cluster import LocalCluster
 from fleet.local.servers import LocalBroker, LocalRedis
 from schemas import FleetSettings, KafkaSettings, Names, RedisSettings
+from tests.kafka_leaks import aiokafka_tasks, close_leaked
+
+#: Per test module that left Kafka clients running: their bootstrap servers (closed at the module's end).
+_KAFKA_LEAKS: dict[str, list[str]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _close_leaked_kafka_clients(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """At the end of each module (its other fixtures torn down), close the Kafka clients it left running: one that
+    outlives its broker reconnects forever, flooding later tests' logs. The summary names the module."""
+    yield
+    leaked = aiokafka_tasks()
+    if leaked:
+        _KAFKA_LEAKS[request.node.nodeid] = await close_leaked(leaked)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _KAFKA_LEAKS:
+        terminalreporter.section("Kafka clients left running by a test module (closed at its end)")
+        for module, clients in _KAFKA_LEAKS.items():
+            terminalreporter.line(f"{module}: {', '.join(clients) or 'a client'}")
 
 
 @pytest.fixture(scope="session")

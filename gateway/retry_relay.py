@@ -99,6 +99,17 @@ def route_of(record: Any) -> RetryRoute | None:
         return None
 
 
+async def _started(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+    """Start ``client``; one whose start fails or is cancelled is stopped: its routines started so far (metadata
+    sync, fetcher, group coordination) would otherwise run on, reconnecting to the cluster for good."""
+    try:
+        await client.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(client.stop())
+        raise
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, relay: RetryRelay) -> None:
         self._relay = relay
@@ -200,13 +211,13 @@ class RetryRelay(AsyncService):
                 await ensure_shared_topics(kafka, self._names)
                 if self._producer is None:
                     producer = AIOKafkaProducer(**kafka.producer_kwargs())
-                    await producer.start()
+                    await _started(producer)
                     self._producer = producer
                 consumer = AIOKafkaConsumer(
                     **{**kafka.consumer_kwargs(self._names.retry_relay_group), "fetch_max_wait_ms": _FETCH_WAIT_MS}
                 )
                 consumer.subscribe(list(self._lanes), listener=_Rebalance(self))
-                await consumer.start()
+                await _started(consumer)
                 self._consumer = consumer
             except (KafkaError, FleetError, OSError) as exc:
                 wait = backoff.next()

@@ -79,6 +79,11 @@ class Dormancy:
                 self.dormant.discard(tp)
                 self._sweeping.discard(tp)
 
+    def poll_timeout_ms(self, default_ms: int) -> int:
+        """How long the caller's next ``getmany`` may wait: briefly while a sweep is under way, so that it ends
+        (and the swept partitions sleep again) right after its fetch came back, not after more fetches."""
+        return min(default_ms, 5) if self._sweeping else default_ms
+
     def may_resume(self, tp: TopicPartition) -> bool:
         """Whether the pool may resume ``tp`` after its own pause (not while it is dormant)."""
         return tp not in self.dormant or tp in self._sweeping

@@ -488,7 +488,10 @@ class PoolConsumer:
                 await asyncio.sleep(IDLE_POLL_MS / 1000)
                 continue
             try:
-                data = await consumer.getmany(timeout_ms=IDLE_POLL_MS, max_records=self._settings.max_fetch_records)
+                data = await consumer.getmany(
+                    timeout_ms=self._dormancy[lane].poll_timeout_ms(IDLE_POLL_MS),
+                    max_records=self._settings.max_fetch_records,
+                )
             except KafkaError as exc:
                 pause = backoff.next()
                 log.warning("pool %s lane: fetch failed (%s); retrying in %.2fs", lane.value, exc, pause)
@@ -566,7 +569,9 @@ class PoolConsumer:
         if idle_wait <= 0:
             return
         busy_wait = self._settings.fleet.kafka.fetch_max_wait_ms
-        scaled = max(busy_wait, idle_wait, min(_IDLE_WAIT_CAP_MS, len(self._assigned[lane]) // 2))
+        # With dormancy the idle lane's fetches name few partitions, and a sweep's fetch should come back at once.
+        named = 0 if self._dormancy[lane].enabled else len(self._assigned[lane])
+        scaled = max(busy_wait, idle_wait, min(_IDLE_WAIT_CAP_MS, named // 2))
         fetcher = getattr(self._consumers[lane], "_fetcher", None)
         if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
             fetcher._fetch_max_wait_ms = scaled if idle else busy_wait

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,18 @@ from fleet.client import FleetClient
 from fleet.client.errors import FleetHTTPError
 from fleet.models.artifacts import build_record
 from fleet.models.verify import verify
-from gateway import Gateway
-from schemas import BatchingConfig, FleetSettings, ModelRecord, ModelRegistry, Names, Tensor, sha256_file
+from gateway import Gateway, GatewaySettings
+from schemas import (
+    BatchingConfig,
+    FleetSettings,
+    KafkaSettings,
+    ModelRecord,
+    ModelRegistry,
+    Names,
+    RedisSettings,
+    Tensor,
+    sha256_file,
+)
 from schemas.topics import ensure_model_topics
 from tests.onnxgraphs import string_model, words
 from workers import Worker, WorkerSettings
@@ -25,27 +36,61 @@ from workers import Worker, WorkerSettings
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def words_model(fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path) -> ModelRecord:
-    """The string model registered as ``words`` version 1, with the example input "abc"."""
+@dataclasses.dataclass
+class Stack:
+    """The module's gateway, the ``words`` record and the worker serving it."""
+
+    gateway: Gateway
+    record: ModelRecord
+    worker: Worker
+
+
+@pytest.fixture(scope="module")
+async def stack(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One gateway and one worker serving the string model ``words`` (version 1, example input "abc") for the
+    module: every test only sends requests, so a stack each (a group join each) proves nothing more."""
+    names = Names(f"t-strings-{uuid.uuid4().hex[:8]}")
+    kafka = KafkaSettings(
+        bootstrap=kafka_bootstrap, fetch_max_wait_ms=10, session_timeout_ms=2000, heartbeat_interval_ms=500,
+        request_timeout_ms=3000, partitions=4,
+    )  # fmt: skip
+    settings = FleetSettings(namespace=names.namespace, kafka=kafka, redis=RedisSettings(url=redis_url))
     example = (Tensor.from_numpy("s", words(b"abc")),)
     record = build_record(
         "words",
         "1",
-        string_model(tmp_path / "words.onnx"),
+        string_model(tmp_path_factory.mktemp("strings") / "words.onnx"),
         batching=BatchingConfig(max_batch_size=8, max_queue_delay_ms=20),
         example=example,
     )
-    await ModelRegistry(redis_client, names).register(record)
-    await ensure_model_topics(fleet_settings.kafka, names, "words")
-    return record
+    redis = settings.redis.client()
+    try:
+        await ModelRegistry(redis, names).register(record)
+        await ensure_model_topics(settings.kafka, names, "words")
+        async with Gateway(GatewaySettings(fleet=settings, port=0, default_timeout_s=20.0)) as gateway:
+            await gateway.wait_ready()
+            async with Worker(WorkerSettings(models=("words",), fleet=settings)) as worker:
+                await worker.wait_ready(30)
+                yield Stack(gateway, record, worker)
+    finally:
+        async for key in redis.scan_iter(match=f"{names.namespace}:*", count=1000):
+            await redis.delete(key)
+        await redis.aclose()
 
 
 @pytest.fixture
-async def words_worker(fleet_settings: FleetSettings, words_model: ModelRecord) -> AsyncIterator[Worker]:
-    async with Worker(WorkerSettings(models=("words",), fleet=fleet_settings)) as w:
-        await w.wait_ready(30)
-        yield w
+def gateway(stack: Stack) -> Gateway:
+    return stack.gateway
+
+
+@pytest.fixture
+def words_model(stack: Stack) -> ModelRecord:
+    return stack.record
+
+
+@pytest.fixture
+def words_worker(stack: Stack) -> Worker:
+    return stack.worker
 
 
 async def test_json_strings_reach_the_model_as_text(gateway: Gateway, words_worker: Worker) -> None:

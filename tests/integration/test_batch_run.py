@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,45 +20,24 @@ from fleet.models.artifacts import build_record
 from fleet.pipeline.batch import BatchOptions, BatchRun
 from fleet.pipeline.outputs import failures_path
 from fleet.pipeline.state import BatchError, Checkpoint
-from schemas import BatchingConfig, FleetSettings, KafkaSettings, ModelRecord, ModelRegistry, Names, RedisSettings
-from schemas.topics import ensure_model_topics
+from schemas import BatchingConfig, FleetSettings, ModelRecord
 from workers import Worker, WorkerSettings
 
-
-@dataclass
-class Served:
-    """The module's namespace settings and the tiny model a worker of the module serves there."""
-
-    settings: FleetSettings
-    record: ModelRecord
+from .module_stack import ModuleStack, module_settings, module_stack
 
 
 @pytest.fixture(scope="module")
 async def served(
     kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Served]:
+) -> AsyncIterator[ModuleStack]:
     """One worker serving ``tiny`` for the tests that run batches against a live worker (each run has its own
-    random run id, so request ids and reply streams never meet): a worker each (a group join each) proved nothing
-    more. A namespace of its own, so the test that resumes with no worker running is not served by this one."""
-    names = Names(f"t-batchrun-{uuid.uuid4().hex[:8]}")
-    kafka = KafkaSettings(
-        bootstrap=kafka_bootstrap, fetch_max_wait_ms=10, session_timeout_ms=2000, heartbeat_interval_ms=500,
-        request_timeout_ms=3000, partitions=4,
-    )  # fmt: skip
-    settings = FleetSettings(namespace=names.namespace, kafka=kafka, redis=RedisSettings(url=redis_url))
+    random run id, so request ids and reply streams never meet). A namespace of its own, so the test that
+    resumes with no worker running is not served by this one."""
     path = tiny_mlp(tmp_path_factory.mktemp("batchrun") / "tiny.onnx")
     record = build_record("tiny", "1", path, batching=BatchingConfig(max_batch_size=32, max_queue_delay_ms=5))
-    redis = settings.redis.client()
-    try:
-        await ModelRegistry(redis, names).register(record)
-        await ensure_model_topics(settings.kafka, names, "tiny")
-        async with Worker(WorkerSettings(models=("tiny",), fleet=settings)) as worker:
-            await worker.wait_ready(30)
-            yield Served(settings, record)
-    finally:
-        async for key in redis.scan_iter(match=f"{names.namespace}:*", count=1000):
-            await redis.delete(key)
-        await redis.aclose()
+    settings = module_settings(kafka_bootstrap, redis_url, "batchrun")
+    async with module_stack(settings, [record], gateway=False) as stack:
+        yield stack
 
 
 def _reference(record: ModelRecord, x: np.ndarray) -> np.ndarray:
@@ -83,8 +60,8 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-async def test_jsonl_outputs_in_input_order_with_failures(served: Served, tmp_path: Path) -> None:
-    fleet_settings, tiny_model = served.settings, served.record
+async def test_jsonl_outputs_in_input_order_with_failures(served: ModuleStack, tmp_path: Path) -> None:
+    fleet_settings, tiny_model = served.settings, served.records["tiny"]
     rows = np.random.default_rng(5).standard_normal((500, 16)).astype(np.float32)
     broken = {
         17: json.dumps({"x": [1.0] * 15}),  # wrong shape: refused at the client
@@ -116,8 +93,8 @@ async def test_jsonl_outputs_in_input_order_with_failures(served: Served, tmp_pa
 
 
 @pytest.mark.parametrize("per_request", [1, 7])
-async def test_npy_outputs_match_the_model(served: Served, tmp_path: Path, per_request: int) -> None:
-    fleet_settings, tiny_model = served.settings, served.record
+async def test_npy_outputs_match_the_model(served: ModuleStack, tmp_path: Path, per_request: int) -> None:
+    fleet_settings, tiny_model = served.settings, served.records["tiny"]
     rows = np.random.default_rng(6).standard_normal((500, 16)).astype(np.float32)
     source, output = tmp_path / "in.npy", tmp_path / "out.npy"
     np.save(source, rows)
@@ -130,7 +107,7 @@ async def test_npy_outputs_match_the_model(served: Served, tmp_path: Path, per_r
     assert failures_path(output).read_text() == ""
 
 
-async def test_npy_input_of_the_wrong_width_fails_every_record(served: Served, tmp_path: Path) -> None:
+async def test_npy_input_of_the_wrong_width_fails_every_record(served: ModuleStack, tmp_path: Path) -> None:
     fleet_settings = served.settings
     source, output = tmp_path / "in.npy", tmp_path / "out.npy"
     np.save(source, np.ones((10, 15), np.float32))
@@ -166,8 +143,8 @@ def _batch_command(settings: FleetSettings, source: Path, output: Path, *extra: 
     ]
 
 
-async def test_resume_after_sigkill_has_no_duplicate_and_no_missing_row(served: Served, tmp_path: Path) -> None:
-    fleet_settings, tiny_model = served.settings, served.record
+async def test_resume_after_sigkill_has_no_duplicate_and_no_missing_row(served: ModuleStack, tmp_path: Path) -> None:
+    fleet_settings, tiny_model = served.settings, served.records["tiny"]
     count = 8_000
     rows = np.random.default_rng(8).standard_normal((count, 16)).astype(np.float32)
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -200,8 +177,8 @@ async def test_resume_after_sigkill_has_no_duplicate_and_no_missing_row(served: 
     assert Checkpoint.load(ckpt_path).complete
 
 
-async def test_parquet_input_gives_jsonl_output(served: Served, tmp_path: Path) -> None:
-    fleet_settings, tiny_model = served.settings, served.record
+async def test_parquet_input_gives_jsonl_output(served: ModuleStack, tmp_path: Path) -> None:
+    fleet_settings, tiny_model = served.settings, served.records["tiny"]
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     rows = np.random.default_rng(9).standard_normal((300, 16)).astype(np.float32)

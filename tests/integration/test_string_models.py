@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,44 +16,22 @@ from fleet.client import FleetClient
 from fleet.client.errors import FleetHTTPError
 from fleet.models.artifacts import build_record
 from fleet.models.verify import verify
-from gateway import Gateway, GatewaySettings
-from schemas import (
-    BatchingConfig,
-    FleetSettings,
-    KafkaSettings,
-    ModelRecord,
-    ModelRegistry,
-    Names,
-    RedisSettings,
-    Tensor,
-    sha256_file,
-)
-from schemas.topics import ensure_model_topics
+from gateway import Gateway
+from schemas import BatchingConfig, ModelRecord, Tensor, sha256_file
 from tests.onnxgraphs import string_model, words
-from workers import Worker, WorkerSettings
+from workers import Worker
+
+from .module_stack import ModuleStack, module_settings, module_stack
 
 pytestmark = pytest.mark.integration
 
 
-@dataclasses.dataclass
-class Stack:
-    """The module's gateway, the ``words`` record and the worker serving it."""
-
-    gateway: Gateway
-    record: ModelRecord
-    worker: Worker
-
-
 @pytest.fixture(scope="module")
-async def stack(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(
+    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ModuleStack]:
     """One gateway and one worker serving the string model ``words`` (version 1, example input "abc") for the
-    module: every test only sends requests, so a stack each (a group join each) proves nothing more."""
-    names = Names(f"t-strings-{uuid.uuid4().hex[:8]}")
-    kafka = KafkaSettings(
-        bootstrap=kafka_bootstrap, fetch_max_wait_ms=10, session_timeout_ms=2000, heartbeat_interval_ms=500,
-        request_timeout_ms=3000, partitions=4,
-    )  # fmt: skip
-    settings = FleetSettings(namespace=names.namespace, kafka=kafka, redis=RedisSettings(url=redis_url))
+    module: its tests only send requests."""
     example = (Tensor.from_numpy("s", words(b"abc")),)
     record = build_record(
         "words",
@@ -63,33 +40,23 @@ async def stack(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.T
         batching=BatchingConfig(max_batch_size=8, max_queue_delay_ms=20),
         example=example,
     )
-    redis = settings.redis.client()
-    try:
-        await ModelRegistry(redis, names).register(record)
-        await ensure_model_topics(settings.kafka, names, "words")
-        async with Gateway(GatewaySettings(fleet=settings, port=0, default_timeout_s=20.0)) as gateway:
-            await gateway.wait_ready()
-            async with Worker(WorkerSettings(models=("words",), fleet=settings)) as worker:
-                await worker.wait_ready(30)
-                yield Stack(gateway, record, worker)
-    finally:
-        async for key in redis.scan_iter(match=f"{names.namespace}:*", count=1000):
-            await redis.delete(key)
-        await redis.aclose()
+    async with module_stack(module_settings(kafka_bootstrap, redis_url, "strings"), [record]) as stack:
+        yield stack
 
 
 @pytest.fixture
-def gateway(stack: Stack) -> Gateway:
+def gateway(stack: ModuleStack) -> Gateway:
+    assert stack.gateway is not None
     return stack.gateway
 
 
 @pytest.fixture
-def words_model(stack: Stack) -> ModelRecord:
-    return stack.record
+def words_model(stack: ModuleStack) -> ModelRecord:
+    return stack.records["words"]
 
 
 @pytest.fixture
-def words_worker(stack: Stack) -> Worker:
+def words_worker(stack: ModuleStack) -> Worker:
     return stack.worker
 
 

@@ -24,9 +24,11 @@ from tests.integration.test_reply_topic import (  # noqa: F401
     test_topic_reply_lands_exactly_once,
 )
 from tests.integration.test_sync_path import (  # noqa: F401
+    sync_stack,
     test_binary_infer_matches_onnxruntime,
     test_json_infer_matches_onnxruntime,
     test_worker_loss_loses_no_request,
 )
 
-redis_url = pytest.fixture(params=["cluster"], name="redis_url")(single_or_cluster)
+# Module-scoped (one kind only), so that the module-scoped stack of the sync-path tests can use it.
+redis_url = pytest.fixture(params=["cluster"], name="redis_url", scope="module")(single_or_cluster)

@@ -7,6 +7,7 @@ import json
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
 from schemas import BatchingConfig, FleetSettings, InferenceResponse, ModelRecord, ModelRegistry, Names, TensorSpec
 from schemas.envelopes import unpack_responses
@@ -22,6 +25,24 @@ from schemas.topics import ensure_model_topics
 from workers import Worker, WorkerSettings
 
 from .conftest import wait_worker_ready
+from .module_stack import ModuleStack, module_settings, module_stack
+
+
+@pytest.fixture(scope="module")
+async def sync_stack(
+    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ModuleStack]:
+    """A gateway and a worker serving ``tiny`` (as the ``tiny_model`` fixture registers it) for the tests that only
+    send requests and read their answers; the tests that start, kill or lack workers have stacks of their own."""
+    path = tiny_mlp(tmp_path_factory.mktemp("syncpath") / "tiny.onnx")
+    record = build_record("tiny", "1", path, batching=BatchingConfig(max_batch_size=32, max_queue_delay_ms=5))
+    async with module_stack(module_settings(kafka_bootstrap, redis_url, "syncpath"), [record]) as stack:
+        yield stack
+
+
+def _served(stack: ModuleStack) -> tuple[Gateway, ModelRecord]:
+    assert stack.gateway is not None
+    return stack.gateway, stack.records["tiny"]
 
 
 def _reference(record: ModelRecord, x: np.ndarray) -> np.ndarray:
@@ -36,7 +57,8 @@ async def _infer_json(session: aiohttp.ClientSession, url: str, x: np.ndarray, *
         return response.status, await response.json()
 
 
-async def test_json_infer_matches_onnxruntime(gateway: Gateway, worker: Worker, tiny_model: ModelRecord) -> None:
+async def test_json_infer_matches_onnxruntime(sync_stack: ModuleStack) -> None:
+    gateway, tiny_model = _served(sync_stack)
     x = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
     async with aiohttp.ClientSession() as session:
         status, body = await _infer_json(session, gateway.url, x, id="my-id")
@@ -47,7 +69,8 @@ async def test_json_infer_matches_onnxruntime(gateway: Gateway, worker: Worker, 
     np.testing.assert_allclose(np.array(out["data"]).reshape(3, 4), _reference(tiny_model, x), rtol=1e-5, atol=1e-6)
 
 
-async def test_binary_infer_matches_onnxruntime(gateway: Gateway, worker: Worker, tiny_model: ModelRecord) -> None:
+async def test_binary_infer_matches_onnxruntime(sync_stack: ModuleStack) -> None:
+    gateway, tiny_model = _served(sync_stack)
     x = np.random.default_rng(2).standard_normal((2, 16)).astype(np.float32)
     raw = x.astype("<f4").tobytes()
     header = json.dumps(
@@ -76,7 +99,8 @@ async def test_binary_infer_matches_onnxruntime(gateway: Gateway, worker: Worker
     np.testing.assert_allclose(y, _reference(tiny_model, x), rtol=1e-5, atol=1e-6)
 
 
-async def test_requests_are_batched_under_concurrency(gateway: Gateway, worker: Worker) -> None:
+async def test_requests_are_batched_under_concurrency(sync_stack: ModuleStack) -> None:
+    gateway, _ = _served(sync_stack)
     x = np.ones((1, 16), dtype=np.float32)
     async with aiohttp.ClientSession() as session:
         results = await asyncio.gather(*(_infer_json(session, gateway.url, x) for _ in range(96)))
@@ -85,7 +109,8 @@ async def test_requests_are_batched_under_concurrency(gateway: Gateway, worker: 
     assert max(sizes) > 1, sizes
 
 
-async def test_error_statuses_through_the_whole_path(gateway: Gateway, worker: Worker) -> None:
+async def test_error_statuses_through_the_whole_path(sync_stack: ModuleStack) -> None:
+    gateway, _ = _served(sync_stack)
     async with aiohttp.ClientSession() as session:
         status, body = await _infer_json(session, gateway.url, np.ones((1, 15), dtype=np.float32))
         assert status == 400 and "shape" in body["error"]

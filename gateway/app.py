@@ -27,6 +27,7 @@ from schemas.key_migrator import warn_if_old_layout
 from schemas.logs import request_context
 
 from .auth import Guard
+from .backends import Backends
 from .batch_runner import BatchRunner
 from .batch_state import BatchStore
 from .errors import REQUEST_ID_HEADER, WIRE_ID_KEY, Handler, error_middleware
@@ -45,7 +46,7 @@ from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
 from .retry_relay import RetryRelay
-from .routes import SERVER_NAME, Backends, Routes
+from .routes import SERVER_NAME, Routes
 from .settings import GatewaySettings
 from .webhooks import WebhookDispatcher
 

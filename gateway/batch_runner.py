@@ -64,13 +64,13 @@ from schemas.generation import CANCEL_TTL_S, cancel_key
 from schemas.text_models import FEATURE_EXTRACTION
 
 from .auth import ForbiddenError, Guard, UnauthenticatedError
+from .backends import Backends
 from .batch_state import FINAL, BatchRecord, BatchStore, Progress
 from .errors import InvalidRequestError
 from .files import FileStore
 from .generation_path import GenerationPath, chat_messages, generated, sampling
 from .openai_routes import completion_body, embedding_body, estimated_tokens, openai_error
 from .ratelimit import TokenBuckets
-from .routes import Backends
 
 log = logging.getLogger("fleet.gateway")
 

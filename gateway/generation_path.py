@@ -44,6 +44,7 @@ from schemas.generation import (
 )
 from schemas.text_models import TEXT_GENERATION
 
+from .backends import Backends
 from .errors import (
     BackendDownError,
     DeadlineExceededError,
@@ -51,7 +52,7 @@ from .errors import (
     ModelNotFoundError,
     WorkerReplyError,
 )
-from .routes import Backends, Routes
+from .routes import Routes
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
@@ -35,6 +34,7 @@ from schemas import (
     now_ms,
 )
 
+from .backends import Backends
 from .errors import (
     BackendDownError,
     DeadlineExceededError,
@@ -49,9 +49,6 @@ from .protocol import InferBody, check_outputs
 from .publisher import coalescable
 from .serviceability import ServiceabilityView, Verdict
 from .shedding import ModelQueues
-
-if TYPE_CHECKING:
-    from .routes import Backends
 
 #: Metrics label of requests for models that do not resolve.
 UNKNOWN_MODEL = "_unknown"

@@ -50,6 +50,7 @@ from schemas.pipelines import (
 )
 
 from .auth import API_KEY
+from .backends import Backends
 from .errors import (
     WIRE_ID_KEY,
     BackendDownError,
@@ -85,7 +86,7 @@ from .protocol import (
     parse_timeout_ms,
     render_infer,
 )
-from .routes import Backends, Routes
+from .routes import Routes
 
 log = logging.getLogger("fleet.gateway")
 

@@ -6,16 +6,15 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from common import tracing
-from schemas import ErrorCode, Framework, ModelRecord, Names, TensorSpec, check_inputs
+from schemas import ErrorCode, Framework, ModelRecord, TensorSpec, check_inputs
 
+from .backends import Backends
 from .errors import (
     REQUEST_ID_HEADER,
     WIRE_ID_KEY,
@@ -37,8 +36,7 @@ from .job_routes import (
     wants_async,
 )
 from .jobs import JobStore
-from .limits import Decoder, LargeBodies, Ticket, check_declared_body
-from .metrics import GatewayMetrics
+from .limits import LargeBodies, Ticket, check_declared_body
 from .protocol import (
     HEADER_LENGTH,
     LANE_HEADER,
@@ -49,11 +47,7 @@ from .protocol import (
     parse_timeout_ms,
     render_infer,
 )
-from .publisher import RequestPublisher
-from .registry_cache import RegistryCache
-from .replies import ReplyListener
 from .repository import RepositoryRoutes
-from .settings import GatewaySettings
 
 log = logging.getLogger("fleet.gateway")
 
@@ -65,21 +59,6 @@ PLATFORMS = {
     Framework.TORCHSCRIPT: "pytorch_torchscript",
     Framework.TORCH: "pytorch",
 }
-
-
-@dataclass(frozen=True)
-class Backends:
-    """What the routes use; created and closed by the Gateway."""
-
-    settings: GatewaySettings
-    names: Names
-    redis: aioredis.Redis  # the registry's and the readiness check's connection pool
-    cache: RegistryCache
-    publisher: RequestPublisher
-    listener: ReplyListener
-    metrics: GatewayMetrics
-    version: str
-    decoder: Decoder
 
 
 class Routes:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from gateway import Gateway, GatewaySettings
 from schemas import FleetSettings, KafkaSettings, ModelRecord, ModelRegistry, Names, RedisSettings
@@ -26,12 +27,18 @@ def module_settings(kafka_bootstrap: str, redis_url: str, label: str) -> FleetSe
 
 @dataclass
 class ModuleStack:
-    """What the module's tests use: the settings, the records by name, the worker and (when started) the gateway."""
+    """What the module's tests use: the settings, the records by name, the worker, (when started) the gateway,
+    and a Redis client."""
 
     settings: FleetSettings
     records: dict[str, ModelRecord]
     worker: Worker
     gateway: Gateway | None
+    redis: Any
+
+    @property
+    def names(self) -> Names:
+        return Names(self.settings.namespace)
 
 
 @asynccontextmanager
@@ -52,11 +59,11 @@ async def module_stack(
                 await gw.wait_ready()
                 async with Worker(worker_settings) as worker:
                     await worker.wait_ready(30)
-                    yield ModuleStack(settings, {r.name: r for r in records}, worker, gw)
+                    yield ModuleStack(settings, {r.name: r for r in records}, worker, gw, redis)
         else:
             async with Worker(worker_settings) as worker:
                 await worker.wait_ready(30)
-                yield ModuleStack(settings, {r.name: r for r in records}, worker, None)
+                yield ModuleStack(settings, {r.name: r for r in records}, worker, None, redis)
     finally:
         async for key in redis.scan_iter(match=f"{settings.namespace}:*", count=1000):
             await redis.delete(key)

@@ -15,11 +15,24 @@ import pytest
 
 from fleet.client import FleetClient, job_sync, submit_sync, wait_sync
 from fleet.client.errors import ClientError, FleetHTTPError, JobFailedError
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from gateway import Gateway, GatewaySettings
-from schemas import ErrorCode, FleetSettings, InferenceRequest, JobStatus, ModelRecord, Names, ReplyAddress, ReplyKind
+from schemas import (
+    BatchingConfig,
+    ErrorCode,
+    FleetSettings,
+    InferenceRequest,
+    JobStatus,
+    ModelRecord,
+    Names,
+    ReplyAddress,
+    ReplyKind,
+)
 from workers import Worker, WorkerSettings
 from workers.jobs import JobClaims
 
+from .module_stack import ModuleStack, module_settings, module_stack
 from .offsets import wait_committed
 
 
@@ -61,6 +74,23 @@ async def _wait_status(
         await asyncio.sleep(0.02)
 
 
+@pytest.fixture(scope="module")
+async def jobs_stack(
+    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ModuleStack]:
+    """A gateway and a worker serving ``tiny`` (as the ``tiny_model`` fixture registers it) for the tests whose jobs
+    a worker answers; the tests that need no worker, or one started later, have stacks of their own."""
+    path = tiny_mlp(tmp_path_factory.mktemp("asyncjobs") / "tiny.onnx")
+    record = build_record("tiny", "1", path, batching=BatchingConfig(max_batch_size=32, max_queue_delay_ms=5))
+    async with module_stack(module_settings(kafka_bootstrap, redis_url, "asyncjobs"), [record]) as stack:
+        yield stack
+
+
+def _served(stack: ModuleStack) -> tuple[Gateway, ModelRecord]:
+    assert stack.gateway is not None
+    return stack.gateway, stack.records["tiny"]
+
+
 @pytest.fixture
 async def short_ttl_gateway(fleet_settings: FleetSettings, tiny_model: ModelRecord) -> AsyncIterator[Gateway]:
     async with Gateway(GatewaySettings(fleet=fleet_settings, port=0, job_ttl_s=1)) as gw:
@@ -68,9 +98,8 @@ async def short_ttl_gateway(fleet_settings: FleetSettings, tiny_model: ModelReco
         yield gw
 
 
-async def test_submit_poll_done_with_the_right_tensor(
-    gateway: Gateway, worker: Worker, tiny_model: ModelRecord
-) -> None:
+async def test_submit_poll_done_with_the_right_tensor(jobs_stack: ModuleStack) -> None:
+    gateway, tiny_model = _served(jobs_stack)
     x = np.random.default_rng(3).standard_normal((2, 16)).astype(np.float32)
     async with aiohttp.ClientSession() as session:
         status, accepted, headers = await _submit(session, gateway.url, x, id="client-7")
@@ -95,7 +124,10 @@ async def test_submit_poll_done_with_the_right_tensor(
     np.testing.assert_allclose(y, _reference(tiny_model, x), rtol=1e-5, atol=1e-6)
 
 
-async def test_idempotency_key_gives_one_job_and_one_execution(gateway: Gateway, worker: Worker) -> None:
+async def test_idempotency_key_gives_one_job_and_one_execution(jobs_stack: ModuleStack) -> None:
+    gateway, _ = _served(jobs_stack)
+    success = jobs_stack.worker.metrics.success.labels("tiny", "1")
+    before = success._value.get()  # the module's worker has answered the module's earlier tests
     x = np.ones((1, 16), dtype=np.float32)
     key = {"Idempotency-Key": "order-42"}
     async with aiohttp.ClientSession() as session:
@@ -118,7 +150,7 @@ async def test_idempotency_key_gives_one_job_and_one_execution(gateway: Gateway,
             assert r.status == 400 and "Idempotency-Key" in (await r.json())["error"]
         status, bad, _ = await _submit(session, gateway.url, x, {"Idempotency-Key": "has space"})
         assert status == 400 and bad["code"] == "INVALID_REQUEST"
-    executed = worker.metrics.success.labels("tiny", "1")._value.get()
+    executed = success._value.get() - before
     assert executed == 1, executed  # five submissions, one execution
 
 
@@ -171,7 +203,8 @@ async def test_cancelled_pending_job_is_skipped_by_a_later_worker(
     assert not await redis_client.hexists(names.job_key(job_id), "worker")
 
 
-async def test_cancel_running_or_done_is_409(gateway: Gateway, worker: Worker, names: Names, redis_client: Any) -> None:
+async def test_cancel_running_or_done_is_409(jobs_stack: ModuleStack) -> None:
+    (gateway, _), names, redis_client = _served(jobs_stack), jobs_stack.names, jobs_stack.redis
     x = np.ones((1, 16), dtype=np.float32)
     async with aiohttp.ClientSession() as session:
         _, accepted, _ = await _submit(session, gateway.url, x)
@@ -256,9 +289,8 @@ async def test_sdk_submit_wait_cancel(gateway: Gateway, fleet_settings: FleetSet
     assert (await asyncio.to_thread(job_sync, gateway.url, job_id)).status is JobStatus.DONE
 
 
-async def test_result_route_answers_what_the_sync_request_would_have(
-    gateway: Gateway, worker: Worker, tiny_model: ModelRecord
-) -> None:
+async def test_result_route_answers_what_the_sync_request_would_have(jobs_stack: ModuleStack) -> None:
+    gateway, tiny_model = _served(jobs_stack)
     x = np.random.default_rng(5).standard_normal((3, 16)).astype(np.float32)
     expected = _reference(tiny_model, x)
     async with aiohttp.ClientSession() as session:

@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import single_or_cluster
 from tests.integration.test_async_jobs import (  # noqa: F401 (collected here again, on the cluster)
+    jobs_stack,
     test_cancelled_pending_job_is_skipped_by_a_later_worker,
     test_idempotency_key_gives_one_job_and_one_execution,
     test_submit_poll_done_with_the_right_tensor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from fleet.client.producer import FleetProducer
+from fleet.demo.modelgen import tiny_mlp
+from fleet.models.artifacts import build_record
 from schemas import (
+    BatchingConfig,
     ErrorCode,
     FleetSettings,
     InferenceResponse,
@@ -28,15 +32,29 @@ from schemas import (
 from schemas.traffic import TrafficSplit
 from workers import Worker
 
+from .module_stack import ModuleStack, module_settings, module_stack
+
+
+@pytest.fixture(scope="module")
+async def producer_stack(
+    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ModuleStack]:
+    """A worker serving ``tiny`` (as the ``tiny_model`` fixture registers it) for the tests whose requests it
+    answers (their request ids differ); the tests that need no worker, or change the registry, have their own."""
+    path = tiny_mlp(tmp_path_factory.mktemp("producer") / "tiny.onnx")
+    record = build_record("tiny", "1", path, batching=BatchingConfig(max_batch_size=32, max_queue_delay_ms=5))
+    settings = module_settings(kafka_bootstrap, redis_url, "producer")
+    async with module_stack(settings, [record], gateway=False) as stack:
+        yield stack
+
 
 def _reference(record: ModelRecord, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(record.artifact, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]  # type: ignore[no-any-return]
 
 
-async def test_infer_and_submit_round_trip_numpy(
-    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker
-) -> None:
+async def test_infer_and_submit_round_trip_numpy(producer_stack: ModuleStack) -> None:
+    fleet_settings, tiny_model = producer_stack.settings, producer_stack.records["tiny"]
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 16)).astype(np.float32)
     async with FleetProducer(fleet_settings, max_in_flight=64) as producer:
@@ -85,9 +103,9 @@ async def test_bad_input_fails_at_the_client(
         assert version.value.code is ErrorCode.VERSION_NOT_FOUND
 
 
-async def test_result_key_delivery_and_stored_results(
-    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, redis_client: Any, names: Names
-) -> None:
+async def test_result_key_delivery_and_stored_results(producer_stack: ModuleStack) -> None:
+    fleet_settings, tiny_model = producer_stack.settings, producer_stack.records["tiny"]
+    redis_client, names = producer_stack.redis, producer_stack.names
     x = np.full((2, 16), 0.5, np.float32)
     async with FleetProducer(fleet_settings, reply=ReplyKind.RESULT) as producer:
         request_id = await producer.submit("tiny", {"x": x}, request_id="job-1")
@@ -106,10 +124,9 @@ async def test_unanswered_request_times_out(fleet_settings: FleetSettings, tiny_
     assert results[0].error is not None and results[0].error.code is ErrorCode.DEADLINE_EXCEEDED
 
 
-async def test_a_resent_request_gets_the_first_answer(
-    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker
-) -> None:
+async def test_a_resent_request_gets_the_first_answer(producer_stack: ModuleStack) -> None:
     """The same id sent twice (a resumed batch run): answered once, and the stored answer is found."""
+    fleet_settings = producer_stack.settings
     x = np.ones((1, 16), np.float32)
     async with FleetProducer(fleet_settings, client_id="resend-test") as producer:
         await producer.submit("tiny", {"x": x}, request_id="r-1")
@@ -119,7 +136,8 @@ async def test_a_resent_request_gets_the_first_answer(
     np.testing.assert_array_equal(stored["r-1"].outputs["y"], first.outputs["y"])
 
 
-async def test_bulk_lane_is_served_too(fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker) -> None:
+async def test_bulk_lane_is_served_too(producer_stack: ModuleStack) -> None:
+    fleet_settings, tiny_model = producer_stack.settings, producer_stack.records["tiny"]
     x = np.ones((1, 16), np.float32)
     async with FleetProducer(fleet_settings, lane="bulk") as producer:
         bulk = await producer.infer("tiny", {"x": x})
@@ -128,10 +146,10 @@ async def test_bulk_lane_is_served_too(fleet_settings: FleetSettings, tiny_model
     np.testing.assert_array_equal(bulk["y"], interactive["y"])
 
 
-async def test_output_topic_delivery(
-    fleet_settings: FleetSettings, tiny_model: ModelRecord, worker: Worker, names: Names
-) -> None:
+async def test_output_topic_delivery(producer_stack: ModuleStack) -> None:
     """reply=TOPIC: the answers land on the Kafka topic the pipeline names (and in the result keys)."""
+    fleet_settings, tiny_model = producer_stack.settings, producer_stack.records["tiny"]
+    names = producer_stack.names
     topic = f"{names.namespace}.predictions"
     admin = AIOKafkaAdminClient(**fleet_settings.kafka.client_kwargs())
     await admin.start()

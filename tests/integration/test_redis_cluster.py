@@ -14,6 +14,7 @@ from tests.integration.test_async_jobs import (  # noqa: F401 (collected here ag
     test_submit_poll_done_with_the_right_tensor,
 )
 from tests.integration.test_producer import (  # noqa: F401
+    producer_stack,
     test_a_resent_request_gets_the_first_answer,
     test_infer_and_submit_round_trip_numpy,
     test_result_key_delivery_and_stored_results,

@@ -48,6 +48,7 @@ from .replies import ReplyListener
 from .retry_relay import RetryRelay
 from .routes import SERVER_NAME, Routes
 from .settings import GatewaySettings
+from .wake import WakeNotes
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("fleet.gateway")
@@ -226,6 +227,7 @@ class Gateway(AsyncService):
     def _make_backends(self) -> Backends:
         settings = self.settings
         redis = settings.fleet.redis.client()  # connects lazily
+        wake = WakeNotes(redis, self.names, settings.wake_interval_s)
         return Backends(
             settings=settings,
             names=self.names,
@@ -234,12 +236,17 @@ class Gateway(AsyncService):
                 ModelRegistry(redis, self.names), settings.registry_cache_ttl_s, settings.backend_timeout_s
             ),
             publisher=RequestPublisher(
-                settings.fleet.kafka, settings.backend_timeout_s, settings.max_body_bytes, names=self.names
+                settings.fleet.kafka,
+                settings.backend_timeout_s,
+                settings.max_body_bytes,
+                names=self.names,
+                on_landed=wake.note if wake.enabled else None,
             ),
             listener=ReplyListener(settings.fleet.redis, self.names.reply_stream(settings.gateway_id)),
             metrics=self.metrics,
             version=_package_version(),
             decoder=Decoder(settings.decode_inline_bytes, settings.decode_processes, settings.max_tensor_elements),
+            wake=wake,
         )
 
     async def _backends_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -256,6 +263,7 @@ class Gateway(AsyncService):
             await warn_if_old_layout(backends.redis, self.names, log)
             await backends.listener.start()
             await backends.publisher.start()
+            backends.wake.start()
             if webhooks is not None:
                 await webhooks.start()
             if relay is not None:
@@ -273,6 +281,7 @@ class Gateway(AsyncService):
                 await webhooks.stop()
             await backends.listener.stop()
             await backends.publisher.stop()
+            await backends.wake.stop()
             await backends.cache.close()
             await backends.redis.aclose()
 

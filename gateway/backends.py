@@ -15,6 +15,7 @@ from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
 from .settings import GatewaySettings
+from .wake import WakeNotes
 
 
 @dataclass(frozen=True)
@@ -30,3 +31,4 @@ class Backends:
     metrics: GatewayMetrics
     version: str
     decoder: Decoder
+    wake: WakeNotes  # names the partitions requests landed on, for pool workers' dormant partitions

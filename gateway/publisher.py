@@ -104,8 +104,11 @@ class RequestPublisher:
         names: Names | None = None,
         *,
         producer_factory: Callable[..., AIOKafkaProducer] = AIOKafkaProducer,
+        on_landed: Callable[[str, int], None] | None = None,
     ) -> None:
         self._kafka = kafka
+        #: Called with the topic and partition of every record that landed (`gateway.wake.WakeNotes.note`).
+        self._on_landed = on_landed
         #: Builds the producer from keyword arguments (a seam for tests).
         self._producer_factory = producer_factory
         #: Whether the producer is idempotent (decided when it connects).
@@ -396,6 +399,8 @@ class RequestPublisher:
             if self._probe_task is None:  # the cluster answers: this topic failed
                 self._trip_topic(topic, f"delivery to {topic} failed: {exc or type(exc).__name__}")
             raise BackendDownError("kafka", f"publishing to {topic} failed: {exc or type(exc).__name__}") from exc
+        if self._on_landed is not None:
+            self._on_landed(topic, delivery.result().partition)
 
     async def _cluster_answers(self) -> bool:
         """After a slow hand-over: does the cluster answer a metadata request within ``timeout_s``? (A failed

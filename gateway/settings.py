@@ -135,6 +135,12 @@ class GatewaySettings:
         "gateway, and the webhook fires with status expired.",
         30.0,
     )
+    wake_interval_s: float = doc(
+        "For pool workers with dormant partitions (FLEET_WORKER_POOL_DORMANT_AFTER_S): after a request lands, "
+        "name its partition on Redis pub/sub, at most once per partition per this many seconds, so a worker "
+        "fetches a dormant one at once instead of at its next sweep. 0 = off (Kafka, where dormancy is off).",
+        0.0,
+    )
     retry_relay: bool = doc(
         "Relay due retries from the namespace's shared retry topics to their models' request topics (every "
         "gateway takes a share of the retry topics' partitions). Turn off only where other gateways relay them.",

@@ -447,6 +447,12 @@ class Names:
         return f"{self.namespace}:assignments"
 
     @property
+    def wake_channel(self) -> str:
+        """Pub/sub channel: ``topic:partition`` a request record just landed on (gateways publish, at most once a
+        second per partition; pool workers fetch a dormant partition at once). A channel needs no hash tag."""
+        return f"{self.namespace}:wake"
+
+    @property
     def workers_key(self) -> str:
         """ZSET of worker ids scored by last heartbeat (epoch ms)."""
         return f"{self.tag('workers')}:workers"

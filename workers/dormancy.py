@@ -47,7 +47,7 @@ class Dormancy:
         self._sweeping: set[TopicPartition] = set()  # dormant, resumed for the sweep under way
         self._sweep_started_ms = 0  # wall clock, as aiokafka stamps a partition's last poll
         self._sweep_started = 0.0
-        self._next_tick = time.monotonic() + sweep_s
+        self._next_tick = time.monotonic() + min(sweep_s, after_s)  # none can be quiet before after_s
 
     @property
     def enabled(self) -> bool:
@@ -83,6 +83,17 @@ class Dormancy:
         """How long the caller's next ``getmany`` may wait: briefly while a sweep is under way, so that it ends
         (and the swept partitions sleep again) right after its fetch came back, not after more fetches."""
         return min(default_ms, 5) if self._sweeping else default_ms
+
+    def wake(self, tp: TopicPartition) -> None:
+        """Records are known to wait on ``tp`` (a gateway's wake note): fetch it from now on, not at a sweep."""
+        if not self.enabled or tp not in self.dormant:
+            return
+        self.dormant.discard(tp)
+        self._last_seen[tp] = time.monotonic()
+        if tp in self._sweeping:
+            self._sweeping.discard(tp)  # resumed already
+        elif not self._paused_elsewhere(tp):
+            self._consumer.resume(tp)
 
     def may_resume(self, tp: TopicPartition) -> bool:
         """Whether the pool may resume ``tp`` after its own pause (not while it is dormant)."""

@@ -45,7 +45,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from common import Backoff, BackoffPolicy
+from common import Backoff, BackoffPolicy, supervise, text
+from common.channel import listen_routine
 from schemas import Lane, Names
 
 from .artifact_cache import ArtifactCache
@@ -200,6 +201,13 @@ class PoolConsumer:
                 name="pool-alive",
             ),
         ]
+        if any(d.enabled for d in self._dormancy.values()):  # gateways name the partitions requests land on
+            listen = functools.partial(
+                listen_routine, self._redis, self._names.wake_channel, self._on_wake_note, log, stop=self._closing
+            )
+            self._tasks.append(
+                asyncio.create_task(supervise("wake notes", listen, log, stop=self._closing), name="pool-wake-notes")
+            )
 
     async def stop(self, timeout_s: float) -> None:
         """Stop fetching, finish (within ``timeout_s``) and commit the rounds in hand, release the leases."""
@@ -550,6 +558,16 @@ class PoolConsumer:
             awake = [tp for tp in tps if self._dormancy[lane].may_resume(tp)]  # a dormant one waits for a sweep
             if awake:
                 self._consumers[lane].resume(*awake)
+
+    def _on_wake_note(self, raw: bytes) -> None:
+        """A gateway says a request landed on ``topic:partition``: fetch it now if this worker let it sleep."""
+        topic, _, partition = text(raw).rpartition(":")
+        if not partition.isdigit():
+            return
+        tp = TopicPartition(topic, int(partition))
+        owned = self._owned.get(tp)
+        if owned is not None:
+            self._dormancy[owned.lane].wake(tp)
 
     def _note_records(self, lane: Lane) -> None:
         self._last_records[lane] = time.monotonic()

@@ -19,6 +19,7 @@ LOCAL_BROKER_ENV = {
     "FLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
     "FLEET_WORKER_POOL_DORMANT_AFTER_S": "5",
     "FLEET_WORKER_POOL_DORMANT_SWEEP_MS": "1000",
+    "FLEET_GATEWAY_WAKE_INTERVAL_S": "1",  # ... and their gateways naming the partitions requests land on
 }
 
 

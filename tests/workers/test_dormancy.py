@@ -140,3 +140,19 @@ def test_off_pauses_nothing() -> None:
     dormancy.assigned([A])
     dormancy.step({})
     assert not dormancy.enabled and consumer.paused == set()
+
+
+def test_a_wake_note_resumes_a_dormant_partition_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, consumer = _Clock(monkeypatch), _Consumer()
+    full: set[TopicPartition] = set()
+    dormancy = _dormancy(consumer, full)
+    clock.now += 6
+    dormancy.step({})
+    full.add(C)
+    dormancy.wake(A)
+    dormancy.wake(C)  # its model's queue is full: awake, but the pool resumes it once the queue drains
+    assert consumer.paused == {B, C} and dormancy.dormant == {B}
+    assert dormancy.may_resume(C)
+    clock.now += 3
+    dormancy.step({})  # A was woken 3 s ago: not quiet yet
+    assert A not in consumer.paused

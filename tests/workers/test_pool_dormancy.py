@@ -60,3 +60,32 @@ async def test_quiet_partitions_sleep_and_a_request_to_a_dormant_model_is_answer
         np.testing.assert_allclose(
             reply.outputs[0].to_numpy(), _expected(records[reply.model], x), rtol=1e-5, atol=1e-6
         )
+
+
+async def test_a_wake_note_has_a_dormant_partition_fetched_before_its_sweep(
+    fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path, producer: AIOKafkaProducer
+) -> None:
+    records = await _register(fleet_settings, names, redis_client, tmp_path, ["w0"])
+    # Sweeps a minute apart: only the gateway's note (published here as a gateway does) can wake the partition.
+    settings = _settings(
+        fleet_settings, tmp_path, "wake", models=("w0",), pool_dormant_after_s=0.3, pool_dormant_sweep_ms=60_000
+    )
+    stream = names.reply_stream("wake")
+    x = np.ones((1, 16), np.float32)
+    replies = _Replies(redis_client, stream)
+    async with Worker(settings) as worker:
+        await worker.wait_ready(30)
+        pool = worker.pool
+        assert isinstance(pool, PoolConsumer)
+        consumer = pool._consumers[Lane.INTERACTIVE]
+        partitions = set(consumer.assignment())
+        deadline = time.monotonic() + 20
+        while not partitions <= consumer.paused():
+            assert time.monotonic() < deadline, "never asleep"
+            await asyncio.sleep(0.1)
+        topic = names.request_topic("w0")
+        landed = await producer.send_and_wait(topic, make_request(stream, x, model="w0", rid="w0-r").to_bytes())
+        await redis_client.publish(names.wake_channel, f"{topic}:{landed.partition}")
+        await replies.until(lambda r: "w0-r" in r.ids(), timeout_s=20)  # long before the next sweep
+    (reply,) = replies.entries
+    np.testing.assert_allclose(reply.outputs[0].to_numpy(), _expected(records["w0"], x), rtol=1e-5, atol=1e-6)

@@ -50,12 +50,10 @@ from common.channel import listen_routine
 from schemas import Lane, Names
 
 from .artifact_cache import ArtifactCache
-from .deadletter import DeadLetterWriter
 from .dormancy import Dormancy
 from .errors import BackendDownError, start_kafka_client
 from .group_offsets import GroupOffsets
 from .handler import Fetched, decode
-from .jobs import JobClaims
 from .lane_scheduler import IDLE_AFTER_S, IDLE_POLL_MS
 from .leases import PartitionLeases, PlacementReplicas, owned_partitions
 from .metrics import WorkerMetrics
@@ -63,7 +61,6 @@ from .model_serving import WorkerBackends
 from .pacing import BulkPacer
 from .partition_counts import PartitionCounts
 from .pool_state import LANES, OwnedPartition, PoolModel, QueuedRecord
-from .replies import ReplyWriter
 from .residency_manager import ResidencyManager
 from .round import BACKEND_RETRY, RoundPipeline
 from .serial import SerialExecutor
@@ -120,18 +117,7 @@ class PoolConsumer:
         self._recheck = asyncio.Event()  # wakes the lease routine: a lapse (see _lapsed) or claims newly refused
         self._lapsed = False  # the liveness lapsed: take ownership again now
         self._threads = ThreadPoolExecutor(settings.pool_threads, thread_name_prefix="models")
-        self._backends = WorkerBackends(
-            settings,
-            names,
-            redis,
-            producer,
-            metrics,
-            residency,
-            artifacts,
-            JobClaims(redis, names, self.id),
-            ReplyWriter.configured(redis, names, producer, settings.fleet.redis),
-            DeadLetterWriter(producer, names),
-        )
+        self._backends = WorkerBackends.create(settings, names, redis, producer, metrics, residency, artifacts)
         self.models: dict[str, PoolModel] = {}
         self._owned: dict[TopicPartition, OwnedPartition] = {}
         self._assigned: dict[Lane, frozenset[TopicPartition]] = {lane: frozenset() for lane in LANES}

@@ -47,7 +47,8 @@ class Dormancy:
         self._sweeping: set[TopicPartition] = set()  # dormant, resumed for the sweep under way
         self._sweep_started_ms = 0  # wall clock, as aiokafka stamps a partition's last poll
         self._sweep_started = 0.0
-        self._next_tick = time.monotonic() + min(sweep_s, after_s)  # none can be quiet before after_s
+        self._next_sweep = time.monotonic() + sweep_s
+        self._next_quiet_check = time.monotonic() + min(sweep_s, after_s)  # none can be quiet before after_s
 
     @property
     def enabled(self) -> bool:
@@ -100,8 +101,9 @@ class Dormancy:
         return tp not in self.dormant or tp in self._sweeping
 
     def step(self, positions: Mapping[TopicPartition, int]) -> None:
-        """Called after every fetch: end a sweep whose fetch came back, or, once per ``sweep_s``, put the quiet
-        partitions to sleep and sweep the dormant ones. ``positions``: the next offset the worker reads."""
+        """Called after every fetch: end a sweep whose fetch came back, or put the partitions quiet for ``after_s``
+        to sleep (checked every ``min(sweep_s, after_s)``) and, once per ``sweep_s``, sweep the dormant ones.
+        ``positions``: the next offset the worker reads."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -109,14 +111,18 @@ class Dormancy:
             if self._swept(now):
                 self._end_sweep(now, positions)
             return
-        if now < self._next_tick:
-            return
-        self._next_tick = now + self._sweep_s
-        quiet = [tp for tp, seen in self._last_seen.items() if tp not in self.dormant and now - seen > self._after_s]
-        sweep = [tp for tp in self.dormant if not self._paused_elsewhere(tp)]
-        if quiet:
-            self.dormant.update(quiet)
-            self._consumer.pause(*quiet)
+        sweep: list[TopicPartition] = []
+        if now >= self._next_sweep:  # the partitions asleep until now (not those put to sleep below)
+            self._next_sweep = now + self._sweep_s
+            sweep = [tp for tp in self.dormant if not self._paused_elsewhere(tp)]
+        if now >= self._next_quiet_check:
+            self._next_quiet_check = now + min(self._sweep_s, self._after_s)
+            quiet = [
+                tp for tp, seen in self._last_seen.items() if tp not in self.dormant and now - seen > self._after_s
+            ]
+            if quiet:
+                self.dormant.update(quiet)
+                self._consumer.pause(*quiet)
         if sweep:
             self._sweeping = set(sweep)
             self._sweep_started = now

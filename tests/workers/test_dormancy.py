@@ -156,3 +156,18 @@ def test_a_wake_note_resumes_a_dormant_partition_at_once(monkeypatch: pytest.Mon
     clock.now += 3
     dormancy.step({})  # A was woken 3 s ago: not quiet yet
     assert A not in consumer.paused
+
+
+def test_quiet_partitions_fall_asleep_after_after_s_however_long_the_sweep_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock, consumer = _Clock(monkeypatch), _Consumer()
+    dormancy = Dormancy(consumer, after_s=0.3, sweep_s=60.0, paused_elsewhere=lambda tp: False)
+    clock.now += 0.2
+    dormancy.assigned([A])  # assigned a moment after the start
+    clock.now += 0.2
+    dormancy.step({})  # the first check: A has been quiet for 0.2 s only
+    assert consumer.paused == set()
+    clock.now += 0.3
+    dormancy.step({})  # the next check comes after 0.3 s, not after the minute of a sweep period
+    assert consumer.paused == {A}

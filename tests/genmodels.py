@@ -41,7 +41,7 @@ def llama(directory: Path, seed: int = 0) -> tuple[Path, Any, Any]:
     tok = tokenizer()
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
     )  # fmt: skip
     torch.manual_seed(seed)

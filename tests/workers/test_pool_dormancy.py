@@ -23,6 +23,20 @@ from .test_pool import _expected, _register, _Replies, _send, _settings
 pytestmark = pytest.mark.integration
 
 
+def _interactive_consumer(worker: Worker) -> Any:
+    pool = worker.pool
+    assert isinstance(pool, PoolConsumer)
+    return pool._consumers[Lane.INTERACTIVE]
+
+
+async def _until_asleep(consumer: Any, partitions: set[Any], timeout_s: float = 20.0) -> None:
+    """Until every one of ``partitions`` is paused (nothing arrives: they fall asleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not partitions <= consumer.paused():
+        assert time.monotonic() < deadline, f"awake after {timeout_s:g} s: {partitions - consumer.paused()}"
+        await asyncio.sleep(0.05)
+
+
 async def test_quiet_partitions_sleep_and_a_request_to_a_dormant_model_is_answered(
     fleet_settings: FleetSettings, names: Names, redis_client: Any, tmp_path: Path, producer: AIOKafkaProducer
 ) -> None:
@@ -36,24 +50,16 @@ async def test_quiet_partitions_sleep_and_a_request_to_a_dormant_model_is_answer
     replies = _Replies(redis_client, stream)
     async with Worker(settings) as worker:
         await worker.wait_ready(30)
-        pool = worker.pool
-        assert isinstance(pool, PoolConsumer)
-        consumer = pool._consumers[Lane.INTERACTIVE]
-        interactive = {tp for tp in consumer.assignment()}
+        consumer = _interactive_consumer(worker)
+        interactive = set(consumer.assignment())
         assert len(interactive) == 6
-        deadline = time.monotonic() + 20
-        while not interactive <= consumer.paused():  # nothing arrives: every partition falls asleep
-            assert time.monotonic() < deadline, f"awake after 20 s: {interactive - consumer.paused()}"
-            await asyncio.sleep(0.05)
+        await _until_asleep(consumer, interactive)
         for round_ in range(2):  # each model woken from sleep, twice (asleep again in between)
             await _send(producer, names.request_topic("d1"), [make_request(stream, x, model="d1", rid=f"d1-{round_}")])
             await _send(producer, names.request_topic("d2"), [make_request(stream, x, model="d2", rid=f"d2-{round_}")])
             await replies.until(lambda r, n=round_: len(r.ids()) >= 2 * (n + 1), timeout_s=30)
             if round_ == 0:
-                deadline = time.monotonic() + 20
-                while not interactive <= consumer.paused():
-                    assert time.monotonic() < deadline, f"awake after 20 s: {interactive - consumer.paused()}"
-                    await asyncio.sleep(0.05)
+                await _until_asleep(consumer, interactive)
     assert sorted(Counter(r.id for r in replies.entries).values()) == [1, 1, 1, 1]
     for reply in replies.entries:
         assert reply.error is None
@@ -75,14 +81,8 @@ async def test_a_wake_note_has_a_dormant_partition_fetched_before_its_sweep(
     replies = _Replies(redis_client, stream)
     async with Worker(settings) as worker:
         await worker.wait_ready(30)
-        pool = worker.pool
-        assert isinstance(pool, PoolConsumer)
-        consumer = pool._consumers[Lane.INTERACTIVE]
-        partitions = set(consumer.assignment())
-        deadline = time.monotonic() + 20
-        while not partitions <= consumer.paused():
-            assert time.monotonic() < deadline, "never asleep"
-            await asyncio.sleep(0.1)
+        consumer = _interactive_consumer(worker)
+        await _until_asleep(consumer, set(consumer.assignment()))
         topic = names.request_topic("w0")
         landed = await producer.send_and_wait(topic, make_request(stream, x, model="w0", rid="w0-r").to_bytes())
         await redis_client.publish(names.wake_channel, f"{topic}:{landed.partition}")

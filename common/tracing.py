@@ -40,7 +40,14 @@ NOOP: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 MAX_BATCH_LINKS = 32
 #: Most records a worker remembers the end of the model run of, waiting for their round's delivery.
 MAX_PENDING = 100_000
-_TRACE_HEADERS = (HEADER_TRACEPARENT, HEADER_TRACESTATE)
+#: Headers of a Kafka record that carry its W3C trace context.
+TRACE_HEADERS = (HEADER_TRACEPARENT, HEADER_TRACESTATE)
+
+
+def trace_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> tuple[tuple[str, bytes], ...]:
+    """The trace context (``traceparent``, ``tracestate``) among a Kafka record's ``headers``; () when none (pure:
+    no OpenTelemetry import)."""
+    return tuple((key, bytes(value)) for key, value in headers or () if key in TRACE_HEADERS and value)
 
 
 class Fetched(Protocol):
@@ -87,8 +94,7 @@ class _Tracer:
 
     def parent(self, record: Any) -> Any:
         """The context a Kafka record's trace headers carry; None when it has none."""
-        headers = record.headers or ()
-        carrier = {key: bytes(value).decode("latin-1") for key, value in headers if key in _TRACE_HEADERS and value}
+        carrier = {key: value.decode("latin-1") for key, value in trace_headers(record.headers)}
         if HEADER_TRACEPARENT not in carrier:
             return None
         context = self.propagator.extract(carrier)

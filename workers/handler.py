@@ -52,7 +52,7 @@ from .errors import ModelExecutionError, ModelLoadError
 from .jobs import JobClaims
 from .metrics import WorkerMetrics
 from .models import ModelCache
-from .retries import Retry, RetryPolicy, is_retriable, trace_headers
+from .retries import Retry, RetryPolicy, is_retriable
 from .runtimes import Runtime, bytes_input_problems
 from .stats import ModelStats
 
@@ -422,7 +422,7 @@ class RequestHandler:
         decision = self._retry.decide(request, now_ms())
         if decision.retry:
             retry = dataclasses.replace(request, attempt=request.attempt + 1, not_before_ms=decision.not_before_ms)
-            outcome.retries.append(Retry(retry, trace_headers(item.record.headers)))  # its trace goes on
+            outcome.retries.append(Retry(retry, tracing.trace_headers(item.record.headers)))  # its trace goes on
             self._metrics.retries.labels(self._model, request.version).inc()
             return
         reason = f"{decision.why_not}: {message}"

@@ -23,13 +23,8 @@ from schemas.constants import (
     HEADER_MODEL,
     HEADER_NOT_BEFORE,
     HEADER_REQUEST_ID,
-    HEADER_TRACEPARENT,
-    HEADER_TRACESTATE,
     HEADER_VERSION,
 )
-
-#: Headers of a request's record that its retry records carry on unchanged: its W3C trace context.
-TRACE_HEADERS = (HEADER_TRACEPARENT, HEADER_TRACESTATE)
 
 #: Exception types that say "this input cannot work", whatever the number of tries.
 _PERMANENT_TYPES: tuple[type[BaseException], ...] = (
@@ -114,16 +109,12 @@ class Retry:
     trace: tuple[tuple[str, bytes], ...] = ()
 
 
-def trace_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> tuple[tuple[str, bytes], ...]:
-    """The trace context (``traceparent``, ``tracestate``) among a Kafka record's ``headers``; () when none."""
-    return tuple((key, bytes(value)) for key, value in headers or () if key in TRACE_HEADERS and value)
-
-
 def retry_headers(
     model: str, request: InferenceRequest, trace: Iterable[tuple[str, bytes]] = ()
 ) -> list[tuple[str, bytes]]:
     """Headers of a retry record: the usual request headers, plus the model, version and due time (epoch ms),
-    and the request's ``trace`` headers (`trace_headers` of its record), so its trace goes on at the next try."""
+    and the request's ``trace`` headers (`common.tracing.trace_headers` of its record), so its trace goes on at
+    the next try."""
     return [
         (HEADER_REQUEST_ID, request.id.encode()),
         (HEADER_ENVELOPE_VERSION, str(ENVELOPE_VERSION).encode()),

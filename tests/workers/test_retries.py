@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from common.tracing import trace_headers
 from schemas import InferenceRequest, Tensor
-from workers.retries import RetryPolicy, backoff_ms, is_retriable, retry_headers, trace_headers
+from workers.retries import RetryPolicy, backoff_ms, is_retriable, retry_headers
 
 
 @pytest.mark.parametrize(

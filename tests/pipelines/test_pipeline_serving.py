@@ -388,16 +388,22 @@ async def test_the_outbox_sweep_starts_every_entry_step_of_a_pipeline_job(stack:
               F_DEADLINE: repr(created + 20_000), F_EXPIRES: repr(created + 600_000)}  # fmt: skip
     jobs = JobStore(redis, names, 5.0)
     topic = names.request_topic(first.model)
-    await jobs.create(job_id, fields, 600, None, topic=topic, request=outbox_request(first, inputs),
-                      republish_at_ms=created)  # fmt: skip
     publisher = RequestPublisher(stack.settings.kafka, 5.0, names=names)
     await publisher.start()
     try:
-        # A sweep publishes nothing while the publisher is not connected yet or its publish times out (a loaded
-        # machine): it is run again, as the gateway's sweeper routine does.
-        sweeper, swept, deadline = OutboxSweeper(jobs, publisher, 5.0), 0, time.monotonic() + 30
+        deadline = time.monotonic() + 30
+        while not publisher.connected:
+            assert time.monotonic() < deadline, "the publisher never connected"
+            await asyncio.sleep(0.05)
+        # Stored only now, and swept at once: the stack's gateway sweeps its outbox too (every second), and a
+        # job stored while the publisher connected was often claimed by that sweep first.
+        await jobs.create(job_id, fields, 600, None, topic=topic, request=outbox_request(first, inputs),
+                          republish_at_ms=created)  # fmt: skip
+        # A sweep publishes nothing while its publish times out (a loaded machine): it is run again, as the
+        # gateway's sweeper routine does.
+        sweeper, swept = OutboxSweeper(jobs, publisher, 5.0), 0
         while not swept and time.monotonic() < deadline:
-            swept = await sweeper.sweep() if publisher.connected else 0
+            swept = await sweeper.sweep()
             if not swept:
                 await asyncio.sleep(0.05)
         assert swept >= 1

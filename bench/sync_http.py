@@ -8,7 +8,8 @@ milliseconds all fleet processes (broker, Redis, gateway, worker and their child
 generator) spent per answered request.
 
     .venv/bin/python -m bench.sync_http [--duration 10] [--concurrency 1,16,64] [--soak 4] [--body json]
-                                        [--worker-mode pool] [--json bench/results/sync_http.json]
+                                        [--worker-mode pool] [--client lean|aiohttp]
+                                        [--json bench/results/sync_http.json]
 
 It also runs against an older commit's fleet (``bench.compare`` puts this bench package in front of that
 commit's tree), so it imports the stack from where the commit has it.
@@ -95,13 +96,15 @@ def _role_cpu(roles: dict[int, str]) -> dict[str, float]:
 
 
 async def _measure(
-    stack: LocalStack, model: str, concurrency: int, duration_s: float, json_bodies: bool
+    stack: LocalStack, model: str, concurrency: int, duration_s: float, json_bodies: bool, http_client: str = "lean"
 ) -> dict[str, Any]:
     features = MODELS[model][1]
     roles = {p.pid: p.role for p in stack.info().processes}
     loadgen = os.getpid()
     before, before_loadgen = _role_cpu(roles), cpu_seconds(loadgen)
-    result = await closed_loop(stack.url, model, "x", features, concurrency, duration_s, json_bodies=json_bodies)
+    result = await closed_loop(
+        stack.url, model, "x", features, concurrency, duration_s, json_bodies=json_bodies, http_client=http_client
+    )
     after = _role_cpu(roles)
     used = {role: after[role] - before[role] for role in after} | {"loadgen": cpu_seconds(loadgen) - before_loadgen}
     cpu = {role: round(100 * seconds / result.seconds) for role, seconds in used.items()}
@@ -123,6 +126,7 @@ async def run(
     models: list[str],
     json_bodies: bool = False,
     worker_mode: str | None = None,
+    http_client: str = "lean",
 ) -> dict[str, Any]:
     """Each (model, concurrency) point runs on a fresh stack: the embedded broker keeps its whole log
     in memory and gets slower as it grows (see ``--soak``), which a real Kafka cluster does not."""
@@ -139,6 +143,7 @@ async def run(
         "duration_s": duration_s,
         "body": "json" if json_bodies else "binary",
         "worker_mode": env.get("FLEET_WORKER_MODE", "models"),
+        "http_client": http_client,
         "runs": [],
         "soak": [],
         "ceiling_rows_per_s": {},
@@ -155,7 +160,7 @@ async def run(
                     idle = round(await _idle_cpu(_worker_pid(stack), idle_s), 2)
                     report["worker_idle_cpu_percent"] = idle
                     print(f"worker idle CPU: {idle:.2f} % of one core over {idle_s:.0f} s", flush=True)
-                report["runs"].append(await _measure(stack, model, concurrency, duration_s, json_bodies))
+                report["runs"].append(await _measure(stack, model, concurrency, duration_s, json_bodies, http_client))
         ceiling = await asyncio.to_thread(ort_ceiling, paths[model], "x", features, max_batch)
         report["ceiling_rows_per_s"][model] = round(ceiling)
         print(f"{model:>8} in-process ONNX Runtime, batch {max_batch}, 1 thread: {ceiling:,.0f} rows/s", flush=True)
@@ -166,7 +171,9 @@ async def run(
             await _register(stack, home)
             await stack.restart_workers(["tiny"])
             for _ in range(soak_windows):
-                report["soak"].append(await _measure(stack, "tiny", max(concurrencies), duration_s, json_bodies))
+                report["soak"].append(
+                    await _measure(stack, "tiny", max(concurrencies), duration_s, json_bodies, http_client)
+                )
     return report
 
 
@@ -185,12 +192,27 @@ def main() -> None:
         default=None,
         help="the worker's FLEET_WORKER_MODE (default: the environment's, else the worker's own default)",
     )
+    parser.add_argument(
+        "--client",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="the load generator's HTTP client (bench.loadgen.closed_loop's http_client)",
+    )
     args = parser.parse_args()
     began = time.perf_counter()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     models = args.models.split(",")
     report = asyncio.run(
-        run(args.duration, concurrencies, args.idle, args.soak, models, args.body == "json", args.worker_mode)
+        run(
+            args.duration,
+            concurrencies,
+            args.idle,
+            args.soak,
+            models,
+            args.body == "json",
+            args.worker_mode,
+            args.client,
+        )
     )
     report["wall_s"] = round(time.perf_counter() - began, 1)
     write_report(args.json, report)

@@ -119,6 +119,7 @@ class Gateway(AsyncService):
             middlewares=[self._request_middleware, error_middleware, guard.middleware],
         )
         self._routes = Routes(self._backends, self._new_wire_id)
+        self._routes.add_infer_to(app)  # first: aiohttp tries a prefix's routes in order, and most requests infer
         path = self._routes.path  # the gRPC service and the OpenAI routes serve through the same path
         descriptions = ModelDescriptions(path, self._backends.redis, self.names, self.settings.backend_timeout_s)
         ModelConfigRoutes(descriptions).add_to(app)  # before the model routes: /v2/models/stats names no model

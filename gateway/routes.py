@@ -59,6 +59,8 @@ PLATFORMS = {
     Framework.TORCHSCRIPT: "pytorch_torchscript",
     Framework.TORCH: "pytorch",
 }
+_MODEL = "/v2/models/{model}"
+_VERSIONED = "/v2/models/{model}/versions/{version}"
 
 
 class Routes:
@@ -87,19 +89,26 @@ class Routes:
     def draining(self, value: bool) -> None:
         self.path.draining = value
 
+    def add_infer_to(self, app: web.Application) -> None:
+        """Register the infer routes on ``app``; call it before any other ``/v2/models/...`` route.
+
+        aiohttp tries the routes under one path prefix in the order they were added, one regular expression
+        each, so the route nearly every request takes goes first (it shadows none: no other route's path
+        ends in ``/infer`` with as many parts).
+        """
+        for prefix in (_MODEL, _VERSIONED):
+            infer = tracing.traced_http(self.infer)  # self.infer itself when tracing is off
+            app.router.add_post(prefix + "/infer", infer, expect_handler=self._expect_continue)
+
     def add_to(self, app: web.Application) -> None:
-        """Register every route on ``app``."""
-        model = "/v2/models/{model}"
-        versioned = "/v2/models/{model}/versions/{version}"
+        """Register every other route on ``app``."""
         app.router.add_get("/v2", self.server_metadata)
         app.router.add_get("/v2/health/live", self.live)
         app.router.add_get("/v2/health/ready", self.ready)
         app.router.add_get("/metrics", self.metrics)
-        for prefix in (model, versioned):
+        for prefix in (_MODEL, _VERSIONED):
             app.router.add_get(prefix, self.model_metadata)
             app.router.add_get(prefix + "/ready", self.model_ready)
-            infer = tracing.traced_http(self.infer)  # self.infer itself when tracing is off
-            app.router.add_post(prefix + "/infer", infer, expect_handler=self._expect_continue)
         self.jobs.add_to(app)
         RepositoryRoutes(self._b.cache.registry, self._b.settings.backend_timeout_s).add_to(app)
 
@@ -176,7 +185,8 @@ class Routes:
                 attempt.label = record.name
                 datatypes = await self._datatypes(record, versioned)
                 body = await self._b.decoder.decode(raw, request.headers.get(HEADER_LENGTH), datatypes)
-            body = dataclasses.replace(body, lane=choose_lane(body.lane, request.headers.get(LANE_HEADER)))
+            if body.lane is None and LANE_HEADER in request.headers:  # no lane: interactive, left as None
+                body = dataclasses.replace(body, lane=choose_lane(None, request.headers[LANE_HEADER]))
             if not versioned:  # unversioned: the model's traffic split picks
                 record = await self._b.cache.routed(record, request.headers.get(REQUEST_ID_HEADER) or body.id)
             attempt.resolved(record)

@@ -17,6 +17,7 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from common.reply_stream import ReplyStream
+from common.wake import WakeNotes
 from schemas import (
     BackendUnavailableError,
     BatchingConfig,
@@ -60,7 +61,9 @@ class FleetProducer(AsyncService):
     after a restart (``fleet batch run --resume``) passes the same id. ``linger_ms`` and ``max_batch_bytes``
     (per partition) let aiokafka fill bigger produce requests: with aiokafka's 16 KiB default a full batch
     makes ``send()`` wait, which caps a one-row-per-record stream well below 10,000 records/s.
-    ``delete_stream`` drops the reply stream on stop.
+    ``delete_stream`` drops the reply stream on stop. ``wake_interval_s``: the partition each request landed on is
+    named on the namespace's wake channel at most once per partition per this many seconds (`common.wake`), so a
+    pool worker that let it sleep fetches it at once; 0 = off.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class FleetProducer(AsyncService):
         max_batch_bytes: int = 256 * 1024,
         delete_stream: bool = True,
         routing_ttl_s: float = 1.0,
+        wake_interval_s: float = 1.0,
     ) -> None:
         if reply is ReplyKind.NONE:
             raise ValueError("reply must be stream, result or topic (somebody has to get the answer)")
@@ -97,8 +101,14 @@ class FleetProducer(AsyncService):
         self._delete_stream = delete_stream
         self._routing_ttl_s = routing_ttl_s
         self._table = PendingTable(max_in_flight, timeout_s)
+        self._wake_interval_s = wake_interval_s
+        self._wake: WakeNotes | None = None
         self._sender = RequestSender(
-            settings.kafka, linger_ms=linger_ms, max_batch_bytes=max_batch_bytes, names=self._names
+            settings.kafka,
+            linger_ms=linger_ms,
+            max_batch_bytes=max_batch_bytes,
+            names=self._names,
+            on_landed=self._landed if wake_interval_s > 0 else None,
         )
         self._reader: ReplyStream | None = None
         if reply is ReplyKind.STREAM:
@@ -122,6 +132,8 @@ class FleetProducer(AsyncService):
             raise RuntimeError("a FleetProducer starts once")
         self._redis = self._settings.redis.client()
         self._routing = RoutingCache(ModelRegistry(self._redis, self._names), self._routing_ttl_s)
+        self._wake = WakeNotes(self._redis, self._names, self._wake_interval_s)
+        self._wake.start()
         try:
             await self._sender.start()
             if self._reader is not None:
@@ -151,9 +163,16 @@ class FleetProducer(AsyncService):
         if self._reader is not None:
             await self._reader.close(delete_stream=delete_stream)
         await self._sender.stop()
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            await wake.stop()
         redis, self._redis = self._redis, None
         if redis is not None:
             await redis.aclose()
+
+    def _landed(self, topic: str, partition: int) -> None:
+        if self._wake is not None:
+            self._wake.note(topic, partition)
 
     # the API -------------------------------------------------------------------
     @property

@@ -6,13 +6,15 @@ over the topic's partitions: the same spread as hashing the key, without aiokafk
 ``linger_ms`` and ``max_batch_bytes`` (per partition) let aiokafka fill bigger produce requests: with
 aiokafka's 16 KiB default a full batch makes ``send()`` wait, which caps a one-row-per-record stream well
 below 10,000 records/s. Kafka errors come out as ``BackendUnavailableError``. The first send to a model's
-bulk-lane topic creates it when it is missing (``schemas.topics.BulkTopics``, given ``names``).
+bulk-lane topic creates it when it is missing (``schemas.topics.BulkTopics``, given ``names``). ``on_landed`` is
+called with the topic and partition of every record Kafka acknowledged (`common.wake.WakeNotes.note`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -35,8 +37,10 @@ class RequestSender:
         linger_ms: int = 5,
         max_batch_bytes: int = 256 * 1024,
         names: Names | None = None,
+        on_landed: Callable[[str, int], None] | None = None,
     ) -> None:
         self._kafka = kafka
+        self._on_landed = on_landed
         self._bulk_topics = BulkTopics(kafka, names) if names is not None else None
         self._options = {"linger_ms": linger_ms, "max_batch_size": max_batch_bytes}
         self._producer: AIOKafkaProducer | None = None
@@ -84,7 +88,14 @@ class RequestSender:
             )
         except KafkaError as exc:
             raise BackendUnavailableError(f"Kafka refused the request: {exc}") from exc
+        if self._on_landed is not None:
+            sent.add_done_callback(self._landed)
         return sent
+
+    def _landed(self, delivery: asyncio.Future[Any]) -> None:
+        if self._on_landed is not None and not delivery.cancelled() and delivery.exception() is None:
+            metadata = delivery.result()
+            self._on_landed(metadata.topic, metadata.partition)
 
     async def flush(self) -> None:
         """Wait until every record sent so far is acknowledged by Kafka."""

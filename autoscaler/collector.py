@@ -147,6 +147,7 @@ class LagCollector(AsyncService):
         missing_refresh_s: float = 5.0,
         quiet_probe_rounds: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        on_waiting: Callable[[str, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.names = Names(settings.namespace)
@@ -157,6 +158,10 @@ class LagCollector(AsyncService):
         #: A quiet partition of a relaxed model (`relax`) has its log end probed every this many rounds.
         self.quiet_probe_rounds = max(1, quiet_probe_rounds)
         self._relaxed: frozenset[str] = frozenset()
+        #: Called with (topic, partition) of each partition whose records arrived since its last sample while its
+        #: committed offset stayed, or first measured with lag (`common.wake.WakeNotes.note`: a pool worker may have
+        #: left it out of its fetches, and records from raw Kafka producers come with no other note).
+        self._on_waiting = on_waiting
         self._round = 0
         self._clock = clock
         self._described: dict[str, list[int]] = {}
@@ -547,6 +552,9 @@ class LagCollector(AsyncService):
         elif previous is not None:
             arrival, completion = previous.arrival, previous.completion
         self._samples[tp] = _Sample(now, log_end, consumed, arrival, completion, committed, log_start)
+        if self._on_waiting is not None and log_end > consumed:
+            if previous is None or (log_end > previous.log_end and consumed == previous.consumed):
+                self._on_waiting(tp.topic, tp.partition)
         anomaly = "; ".join(anomalies)
         if anomaly != self._anomalies.get(tp, ""):
             if anomaly:

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from common import supervise
 from common.channel import listen_routine
+from common.wake import WakeNotes
 from schemas import FleetError, Names, SchemaError
 from schemas.assignment_news import AssignmentNews, NewsKind
 from schemas.eventloop import AsyncService
@@ -147,6 +148,7 @@ class AutoscalerService(AsyncService):
         self._redis: Any = None
         self._registry: RegistryCache | None = None
         self._collector: LagCollector | None = None
+        self._wake: WakeNotes | None = None
         self._runner: web.AppRunner | None = None
         self._known_models: list[str] = []
         self._caps: tuple[int, list[str], dict[str, int]] | None = None  # registry reloads, models, their caps
@@ -176,10 +178,13 @@ class AutoscalerService(AsyncService):
         await warn_if_old_layout(self._redis, self.names, log)
         self._registry = RegistryCache(self._redis, self.names)
         await self.backend.start()
+        self._wake = WakeNotes(self._redis, self.names, s.wake_interval_s)
+        self._wake.start()
         self._collector = LagCollector(
             s.fleet,
             half_life_s=s.smoothing_half_life_s,
             quiet_probe_rounds=max(1, round(s.quiet_probe_s / s.interval_s)),
+            on_waiting=self._wake.note if self._wake.enabled else None,
         )
         await self._collector.start()
         local = local_workers(self.backend)
@@ -312,6 +317,9 @@ class AutoscalerService(AsyncService):
         collector, self._collector = self._collector, None
         if collector is not None:
             await collector.stop()
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            await wake.stop()
         redis, self._redis = self._redis, None
         if redis is not None:
             await redis.aclose()

@@ -81,6 +81,13 @@ class AutoscalerSettings:
         "round. At most interval_s: every round.",
         5.0,
     )
+    wake_interval_s: float = doc(
+        "For pool workers with dormant partitions (FLEET_WORKER_POOL_DORMANT_AFTER_S): name on Redis pub/sub a "
+        "partition whose records arrived while its committed offset stayed (records from raw Kafka producers, "
+        "which send no note), at most once per partition per this many seconds, so a worker fetches it at once. "
+        "Seen within a probe of the partition (FLEET_AUTOSCALER_QUIET_PROBE_S). 0 = off.",
+        0.0,
+    )
     pool: bool = doc(
         "Run a pool of multi-model workers (FLEET_WORKER_MODE=pool, following their assignment) through "
         "FLEET_AUTOSCALER_BACKEND, sized from the measured work between POOL_MIN_WORKERS and POOL_MAX_WORKERS, "

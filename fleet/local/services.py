@@ -20,6 +20,7 @@ LOCAL_BROKER_ENV = {
     "FLEET_WORKER_POOL_DORMANT_AFTER_S": "5",
     "FLEET_WORKER_POOL_DORMANT_SWEEP_MS": "1000",
     "FLEET_GATEWAY_WAKE_INTERVAL_S": "1",  # ... and their gateways naming the partitions requests land on
+    "FLEET_AUTOSCALER_WAKE_INTERVAL_S": "1",  # ... and the autoscaler those raw Kafka producers wrote to
 }
 
 

@@ -52,6 +52,7 @@ from .shedding import ModelQueues
 
 #: Metrics label of requests for models that do not resolve.
 UNKNOWN_MODEL = "_unknown"
+_MAX_TOPICS = 10_000  # request topics remembered (model, lane); all forgotten at once past it
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ class InferPath:
         self.admission = Admission(settings.max_in_flight, settings.max_in_flight_bytes)
         #: Sync requests waiting per model and their reply rate (deadline-aware shedding).
         self.queues = ModelQueues() if settings.shed_late_requests else None
+        #: Request topic per (model, lane): naming one checks the model name, once per model is enough.
+        self._topics: dict[tuple[str, Lane], str] = {}
 
     @property
     def registry(self) -> ModelRegistry:
@@ -251,7 +254,7 @@ class InferPath:
         future = listener.expect(wire_id)
         try:
             async with asyncio.timeout_at(deadline):
-                topic = self._b.names.request_topic(record.name, body.lane or Lane.INTERACTIVE)
+                topic = self._topic(record.name, body.lane or Lane.INTERACTIVE)
                 await self._b.publisher.publish(topic, message, coalesce=coalescable(record))
                 response = await future
                 answered = True
@@ -264,3 +267,11 @@ class InferPath:
         if response.error is not None:
             raise WorkerReplyError(response.error.code, response.error.message)
         return response
+
+    def _topic(self, model: str, lane: Lane) -> str:
+        topic = self._topics.get((model, lane))
+        if topic is None:
+            if len(self._topics) >= _MAX_TOPICS:
+                self._topics.clear()
+            topic = self._topics[model, lane] = self._b.names.request_topic(model, lane)
+        return topic

@@ -6,7 +6,10 @@ else at most ``bulk_max_batch`` bulk records, so an interactive request waits be
 bulk round and bulk fills the idle capacity. While bulk rests (`workers.pacing`), only the interactive
 lane is waited on. With nothing in hand both lanes are waited on at once (blocking, no busy loop);
 interactive wins when both return records (the bulk ones are carried to a later round, never dropped).
-After ``IDLE_AFTER_S`` without records the lanes switch to the longer idle fetch wait.
+After ``IDLE_AFTER_S`` without records the lanes switch to the longer idle fetch wait; the bulk lane alone
+does so after ``IDLE_AFTER_S`` without bulk records, even while interactive records flow (on a broker that does
+not wake a waiting fetch, each lane's fetch loop at the busy wait costs the worker and the broker CPU for
+nothing; a bulk record waits at most the idle wait longer, and any bulk record restores the busy wait).
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ class LaneScheduler:
         self._idle_wait = idle_fetch_wait_ms
         self._last_records = time.monotonic()
         self.idle = False
+        self._bulk_last_records = time.monotonic()
+        #: The bulk lane is on the idle fetch wait (no bulk records for IDLE_AFTER_S), whatever interactive does.
+        self.bulk_idle = False
 
     async def collect(self, model_idle: asyncio.Event | None = None) -> tuple[list[Fetched], Lane]:
         """Records of one round and their lane: interactive first, else a bounded bulk round, else wait.
@@ -80,6 +86,7 @@ class LaneScheduler:
         the model and only an interactive round is collected (kept open while the model is busy, up to a full
         batch); the wait ends empty when the model frees up, so a bulk round is collected only then.
         """
+        self._check_bulk_idle()
         fetched = await self.interactive.take(0, self._limit)
         if fetched:
             return await self._fill(fetched, model_idle), self.interactive
@@ -94,7 +101,7 @@ class LaneScheduler:
                 return await self._fill(fetched), self.interactive
         fetched = await self.bulk.take(0, self._bulk_limit)
         if fetched:
-            self._note_records()
+            self._note_bulk_records()
             return fetched, self.bulk
         fetched, lane = await self._wait_any()
         if not fetched:
@@ -103,7 +110,7 @@ class LaneScheduler:
             return fetched, lane
         if lane is self.interactive:
             return await self._fill(fetched), lane
-        self._note_records()
+        self._note_bulk_records()
         return fetched, lane
 
     async def _interactive_while_busy(self, model_idle: asyncio.Event) -> list[Fetched]:
@@ -194,6 +201,21 @@ class LaneScheduler:
             self.interactive.carried[:0] = rest
         return fetched
 
+    def _note_bulk_records(self) -> None:
+        """Bulk records came: the bulk lane is back on the busy fetch wait."""
+        self._bulk_last_records = time.monotonic()
+        if self.bulk_idle:
+            self.bulk_idle = False
+            self.bulk.set_fetch_wait(self._busy_wait)
+        self._note_records()
+
+    def _check_bulk_idle(self) -> None:
+        """Put a bulk lane without records for ``IDLE_AFTER_S`` on the idle fetch wait."""
+        if self.bulk_idle or self._idle_wait <= 0 or time.monotonic() - self._bulk_last_records <= IDLE_AFTER_S:
+            return
+        self.bulk_idle = True
+        self.bulk.set_fetch_wait(max(self._busy_wait, self._idle_wait))
+
     def _set_idle(self, idle: bool) -> None:
         """Lengthen the fetch wait while idle, restore it when records flow.
 
@@ -205,4 +227,5 @@ class LaneScheduler:
         if self._idle_wait <= 0:
             return
         for lane in (self.interactive, self.bulk):
-            lane.set_fetch_wait(max(self._busy_wait, self._idle_wait) if idle else self._busy_wait)
+            quiet = idle or (lane is self.bulk and self.bulk_idle)
+            lane.set_fetch_wait(max(self._busy_wait, self._idle_wait) if quiet else self._busy_wait)

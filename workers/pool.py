@@ -50,7 +50,7 @@ from common.channel import listen_routine
 from schemas import Lane, Names
 
 from .artifact_cache import ArtifactCache
-from .dormancy import Dormancy
+from .dormancy import Dormancy, consumer_options
 from .errors import BackendDownError, start_kafka_client
 from .group_offsets import GroupOffsets
 from .handler import Fetched, decode
@@ -103,7 +103,7 @@ class PoolConsumer:
         self._artifacts = artifacts
         self.id = settings.worker_id
         kafka = settings.fleet.kafka
-        kwargs = {**kafka.consumer_kwargs(""), "group_id": None}
+        kwargs = {**kafka.consumer_kwargs(""), "group_id": None, **consumer_options(settings.pool_dormant_after_s)}
         self._consumers = {lane: AIOKafkaConsumer(**kwargs) for lane in LANES}
         self._offsets = GroupOffsets(kafka)
         self._leases = PartitionLeases(redis, names, self.id, int(3 * settings.heartbeat_interval_s * 1000))

@@ -62,7 +62,7 @@ class ModelConsumer:
         self._rounds = serving.rounds
         self._pipeline = RoundPipeline(serving.rounds, settings.pipeline_depth)
         kafka = settings.fleet.kafka
-        self._lanes = ModelLanes(model, names, kafka)
+        self._lanes = ModelLanes(model, names, kafka, settings.commit_interval_ms)
         self._interactive, self._bulk = self._lanes.interactive, self._lanes.bulk
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()

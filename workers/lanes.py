@@ -28,7 +28,9 @@ log = logging.getLogger("fleet.workers")
 class LaneConsumer:
     """The consumer of one lane of one model (its request topic, in the lane's group)."""
 
-    def __init__(self, model: str, lane: Lane, names: Names, kafka: KafkaSettings) -> None:
+    def __init__(
+        self, model: str, lane: Lane, names: Names, kafka: KafkaSettings, commit_interval_ms: int = 0
+    ) -> None:
         self.model = model
         self.lane = lane
         self._names = names
@@ -41,8 +43,13 @@ class LaneConsumer:
         self.carried: list[Fetched] = []
         self._partitions: list[str] = []
         self.assigned_once = False
-        #: The commit in flight (at most one per lane, so commits land in order).
+        #: Sends the offsets of the rounds answered so far (one routine per lane, so commits land in order).
         self._commit: asyncio.Task[None] | None = None
+        #: Offsets of rounds answered and not sent yet (next offset per partition), merged into one commit.
+        self._pending: dict[TopicPartition, int] = {}
+        self._commit_interval_s = max(0, commit_interval_ms) / 1000
+        self._last_commit = 0.0  # monotonic time the last commit was sent
+        self._flush_now = asyncio.Event()
 
     async def start(self, listener: ConsumerRebalanceListener) -> None:
         """Join the lane's group; raises BackendDownError when Kafka is unreachable."""
@@ -111,27 +118,55 @@ class LaneConsumer:
             fetcher._fetch_max_wait_ms = wait_ms
 
     async def commit_soon(self, fetched: Sequence[Fetched]) -> None:
-        """Start committing ``fetched`` without waiting for the broker (the next round overlaps the commit).
+        """Queue the offsets just past ``fetched`` (a round whose replies are stored) for the lane's next commit,
+        without waiting for the broker.
 
-        The previous commit of this lane is awaited first, so at most one is in flight and they land in
-        order; ``flush_commits()`` (rebalance, stop) waits for the last one. A commit lost to a crash
-        only means redelivery, which the result markers make harmless.
+        One routine per lane sends them, at most one commit in flight and at most one per ``commit_interval_ms``:
+        the offsets of the rounds answered meanwhile are merged into it (per partition the furthest, and rounds
+        come here in order), so commits land in order and never pass a round not answered. ``flush_commits()``
+        (rebalance, stop) sends what is queued at once and waits for it. A commit lost to a crash only means
+        redelivery, which the result markers make harmless.
         """
-        await self.flush_commits()
-        self._commit = asyncio.create_task(self.commit(fetched), name=f"commit-{self.model}-{self.lane.value}")
+        for tp, offset in _offsets(fetched).items():
+            self._pending[tp] = max(self._pending.get(tp, 0), offset)
+        if self._pending and (self._commit is None or self._commit.done()):
+            if self._commit is not None:
+                await self._commit  # done: re-raises what ended it (a failed commit only logs)
+            self._commit = asyncio.create_task(self._send_pending(), name=f"commit-{self.model}-{self.lane.value}")
+
+    async def _send_pending(self) -> None:
+        """Send the queued offsets, each commit ``commit_interval_ms`` after the one before (or at once on a
+        flush), until nothing is queued."""
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            wait_s = self._last_commit + self._commit_interval_s - loop.time()
+            if wait_s > 0 and not self._flush_now.is_set():
+                try:
+                    await asyncio.wait_for(self._flush_now.wait(), wait_s)
+                except TimeoutError:
+                    pass
+            offsets, self._pending = self._pending, {}
+            self._last_commit = loop.time()
+            await self._send(offsets)
 
     async def flush_commits(self) -> None:
-        """Wait for the commit in flight, if any."""
-        task, self._commit = self._commit, None
-        if task is not None:
+        """Send the queued offsets now and wait until every commit of this lane has landed (or failed)."""
+        task = self._commit
+        if task is None:
+            return
+        self._flush_now.set()
+        try:
             await task
+        finally:
+            self._flush_now.clear()
+            if self._commit is task:
+                self._commit = None
 
     async def commit(self, fetched: Sequence[Fetched]) -> None:
-        """Commit the offsets just past ``fetched`` (records of this lane); a failed commit only logs."""
-        offsets: dict[TopicPartition, int] = {}
-        for item in fetched:
-            tp = TopicPartition(item.record.topic, item.record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), item.next_offset)
+        """Commit the offsets just past ``fetched`` (records of this lane) now; a failed commit only logs."""
+        await self._send(_offsets(fetched))
+
+    async def _send(self, offsets: dict[TopicPartition, int]) -> None:
         consumer = self._consumer
         if consumer is None or not offsets:
             return
@@ -146,3 +181,12 @@ class LaneConsumer:
                 self.lane.value,
                 exc,
             )
+
+
+def _offsets(fetched: Sequence[Fetched]) -> dict[TopicPartition, int]:
+    """The offset to commit per partition once ``fetched`` is answered (just past its furthest record)."""
+    offsets: dict[TopicPartition, int] = {}
+    for item in fetched:
+        tp = TopicPartition(item.record.topic, item.record.partition)
+        offsets[tp] = max(offsets.get(tp, 0), item.next_offset)
+    return offsets

@@ -129,11 +129,12 @@ def model_thread(model: str) -> ThreadPoolExecutor:
 
 class ModelLanes:
     """One model's interactive and bulk lane consumers (``workers.lanes``), each in its own group, joined and
-    left together; ``assigned`` is set once both groups have given an assignment (possibly empty)."""
+    left together; ``assigned`` is set once both groups have given an assignment (possibly empty). Each lane
+    commits at most once per ``commit_interval_ms`` (`LaneConsumer.commit_soon`)."""
 
-    def __init__(self, model: str, names: Names, kafka: KafkaSettings) -> None:
-        self.interactive = LaneConsumer(model, Lane.INTERACTIVE, names, kafka)
-        self.bulk = LaneConsumer(model, Lane.BULK, names, kafka)
+    def __init__(self, model: str, names: Names, kafka: KafkaSettings, commit_interval_ms: int = 0) -> None:
+        self.interactive = LaneConsumer(model, Lane.INTERACTIVE, names, kafka, commit_interval_ms)
+        self.bulk = LaneConsumer(model, Lane.BULK, names, kafka, commit_interval_ms)
         self.assigned = asyncio.Event()
 
     def __iter__(self) -> Iterator[LaneConsumer]:

@@ -57,6 +57,12 @@ class WorkerSettings:
         "replies of the one before are delivered (offsets still committed in order). 1 = one round at a time.",
         2,
     )
+    commit_interval_ms: int = doc(
+        "Least time between two offset commits of a lane (per-model mode): the offsets of the rounds answered "
+        "meanwhile go in one commit (never past a reply not stored; a crash redelivers at most this much more). "
+        "0 = a commit per round.",
+        100,
+    )
     max_sequences: int = doc(
         "Text-generation models: most sequences generated at once (the running batch); more wait in Kafka.", 16
     )
@@ -167,6 +173,8 @@ class WorkerSettings:
             raise SettingsError("bulk_share must be in (0, 1]")
         if self.pipeline_depth < 1:
             raise SettingsError("pipeline_depth must be >= 1")
+        if self.commit_interval_ms < 0:
+            raise SettingsError("commit_interval_ms must be >= 0")
         if self.max_sequences < 1:
             raise SettingsError("max_sequences must be >= 1")
         if self.retry_attempts < 1:

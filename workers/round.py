@@ -310,6 +310,9 @@ class RoundPipeline:
                 outcome = await runner.handle(flight.fetched, lane)
             finally:
                 self._left_model(flight)
+            # The round waiting for the model wakes on `handled`: let it put its batch on the model thread before
+            # this one encodes and sends its replies (the model would otherwise idle meanwhile).
+            await asyncio.sleep(0)
             if previous is not None:
                 # Deliveries in round order: a request redelivered into this round (a client retry, a
                 # redelivery) whose first result the round before stored but has not yet produced to its

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench import procfs
-from bench.many_models import env_arg, quantile, verdicts
+from bench.many_models import TARGETS, env_arg, quantile, verdicts
 
 
 @pytest.fixture
@@ -97,7 +97,11 @@ def test_verdicts_pass_and_fail_at_the_targets() -> None:
         first={"models": 500, "answered": 500, "all_answered_s": 60.0, "timeout_s": 120.0},
         workers_after_start={"shape": {"w1": {"rss_mb": 600.0}}, "resident_models": {"w1": 50}},
         skew={"errors": 0, "answered": 10, "hot_p99_ms": 100.0, "hit_rate": 0.95},
-        change={"before_p99_ms": 10.0, "add": {"added_ms": 250.0, "max_ms": 260.0}},
+        change={
+            "before_p99_ms": 10.0,
+            "add": {"added_ms": 250.0, "max_ms": 260.0},
+            "move": {"added_ms": 250.0, "max_ms": 260.0},
+        },
     )
     rows = {figure: verdict for figure, _, _, verdict in verdicts(passing)}
     assert rows == {
@@ -110,7 +114,7 @@ def test_verdicts_pass_and_fail_at_the_targets() -> None:
         "skew: hot p99": "PASS",
         "skew: hit rate": "PASS",
         "model added under load": "PASS",
-        "model moved under load": "—",
+        "model moved under load": "PASS",
         "worker added under load": "—",
     }
     failing = _report(
@@ -119,10 +123,23 @@ def test_verdicts_pass_and_fail_at_the_targets() -> None:
         first={"models": 500, "answered": 499, "all_answered_s": None, "timeout_s": 120.0},
         workers_after_start={"shape": {"w1": {"rss_mb": 600.1}}, "resident_models": {"w1": 50}},
         skew={"errors": 1, "answered": 10, "hot_p99_ms": 100.1, "hit_rate": 0.949},
-        change={"before_p99_ms": 10.0, "remove": {"added_ms": 250.1, "max_ms": 260.1}},
+        change={
+            "before_p99_ms": 10.0,
+            "move": {"added_ms": 250.1, "max_ms": 260.1},
+            "remove": {"added_ms": 250.1, "max_ms": 260.1},
+        },
     )
     rows = {figure: verdict for figure, _, _, verdict in verdicts(failing)}
-    assert all(v == "FAIL" for k, v in rows.items() if "moved" not in k and "worker added" not in k), rows
-    assert "model removed under load" in rows
+    assert all(v == "FAIL" for k, v in rows.items() if "worker added" not in k), rows
+    assert "model removed under load" in rows and "model moved under load" in rows
+    # A change phase on one worker moves nothing: that row says so.
+    # Each change is shown beside the same figure for a window with no change (noise alone).
+    with_control = _report(
+        change={"before_p99_ms": 10.0, "none": {"added_ms": 5.0}, "move": {"added_ms": 20.0, "max_ms": 30.0}}
+    )
+    shown = {figure: value for figure, value, _, _ in verdicts(with_control)}
+    assert shown["model moved under load"] == "+20.0 ms (max 30.0 vs p99 10.0 before; +5.0 ms with no change)"
+    one_worker = verdicts(_report(change={"before_p99_ms": 10.0, "add": {"added_ms": 1.0, "max_ms": 11.0}}))
+    assert ("model moved under load", "not measured (one worker)", TARGETS["change_under_load_ms"], "—") in one_worker
     # A phase that did not run has no row; the unmeasured targets are listed as such.
     assert [r[0] for r in verdicts(_report())] == ["model added/moved/removed under load", "worker added under load"]

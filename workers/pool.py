@@ -599,12 +599,18 @@ class PoolConsumer:
         A model holds a slot (of ``pool_threads``) while a round of it is being collected, on the model or waiting
         for it; a model holding one may collect its next round while the one before runs (its pipeline says when).
         A bulk round starts only on an idle model and within ``pool_threads - 1`` slots.
+
+        A pick runs on every fetch and every round's end, over every assigned model: one with nothing queued and
+        nothing in hand is passed over at once (`PoolModel.settled`; the full look cost ~1.5 us a model, ~0.4 ms of
+        the event loop per pick at 250 models, most of them idle).
         """
         active = bulk = 0
         free: list[tuple[PoolModel, bool]] = []  # (model, whether it holds a slot already: a round on the model)
         for m in self.models.values():
             pipeline = m.pipeline
             assert pipeline is not None
+            if m.settled():
+                continue  # counts for no slot and has nothing to start
             on_model = pipeline.before_model()
             if m.round is not None or on_model:
                 active += 1

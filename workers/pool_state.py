@@ -54,9 +54,17 @@ class PoolModel:
     round: asyncio.Task[None] | None = None
     round_lane: Lane | None = None
     pipeline: RoundPipeline | None = None
+    _queued: tuple[deque[QueuedRecord], ...] = field(init=False, repr=False)  # the queues' deques, both lanes
     #: The ``(topic, partition)`` of every record taken while ``_taken_for`` was the round in hand.
     _taken: set[tuple[str, int]] = field(default_factory=set)
     _taken_for: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self._queued = tuple(self.queues.values())
+
+    def settled(self) -> bool:
+        """Nothing queued, no round being collected and none in the pipeline: a pick may pass the model over."""
+        return self.round is None and not any(self._queued) and (self.pipeline is None or not self.pipeline.in_flight)
 
     def head(self, lane: Lane) -> float | None:
         """Arrival of the oldest queued record of ``lane`` (None when empty)."""

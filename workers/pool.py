@@ -536,8 +536,8 @@ class PoolConsumer:
             )
 
     def _resume_drained(self, model: PoolModel, lane: Lane) -> None:
-        if len(model.queues[lane]) > self._settings.pool_queue_records // 2:
-            return
+        if not self._full or len(model.queues[lane]) > self._settings.pool_queue_records // 2:
+            return  # (called for every round: the owned partitions are looked through only when some are paused)
         tps = [tp for tp in self._model_partitions(model.name, lane) if tp in self._full]
         if tps:
             self._full.difference_update(tps)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
+
+from aiokafka import TopicPartition
 
 from schemas import Lane
 from workers.handler import Fetched
-from workers.pool_state import PoolModel
+from workers.pool_state import OwnedPartition, PoolModel
 from workers.round import RoundPipeline
 
 from .test_pool_schedule import _pool, _queue
@@ -72,3 +75,34 @@ async def test_a_model_with_a_round_in_its_pipeline_still_holds_its_slot() -> No
     assert pool._pick() == (c, Lane.INTERACTIVE)
     runners["b"].leave.set()
     await b.pipeline.wait_idle()
+
+
+class _Paused:
+    """A lane consumer's pause/resume."""
+
+    def __init__(self) -> None:
+        self.resumed: list[TopicPartition] = []
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.resumed.extend(tps)
+
+
+def test_a_drained_model_resumes_only_its_own_partitions_paused_for_a_full_queue() -> None:
+    pool, _ = _pool(2, "a", "b")
+    a_tp, b_tp = TopicPartition("requests.a", 0), TopicPartition("requests.b", 0)
+    pool._settings = SimpleNamespace(pool_queue_records=4)
+    pool._owned = {tp: OwnedPartition(tp.topic[-1], Lane.INTERACTIVE, "g") for tp in (a_tp, b_tp)}
+    pool._full = set()
+    consumer = _Paused()
+    pool._consumers = {Lane.INTERACTIVE: consumer}
+    pool._dormancy = {Lane.INTERACTIVE: SimpleNamespace(may_resume=lambda tp: True)}
+    pool._resume_drained(pool.models["a"], Lane.INTERACTIVE)
+    assert consumer.resumed == []  # nothing paused
+    pool._full = {a_tp, b_tp}
+    for _ in range(3):
+        _queue(pool.models["a"], Lane.INTERACTIVE, 1.0)
+    pool._resume_drained(pool.models["a"], Lane.INTERACTIVE)
+    assert consumer.resumed == []  # 3 queued: more than half the cap, still paused
+    pool.models["a"].take(Lane.INTERACTIVE, 2)
+    pool._resume_drained(pool.models["a"], Lane.INTERACTIVE)
+    assert consumer.resumed == [a_tp] and pool._full == {b_tp}

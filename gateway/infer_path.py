@@ -35,6 +35,7 @@ from schemas import (
 )
 
 from .backends import Backends
+from .deadlines import Deadlines
 from .errors import (
     BackendDownError,
     DeadlineExceededError,
@@ -123,6 +124,8 @@ class InferPath:
         self.admission = Admission(settings.max_in_flight, settings.max_in_flight_bytes)
         #: Sync requests waiting per model and their reply rate (deadline-aware shedding).
         self.queues = ModelQueues() if settings.shed_late_requests else None
+        #: Sync requests' deadlines, on one shared loop timer.
+        self._deadlines = Deadlines()
         #: Request topic per (model, lane): naming one checks the model name, once per model is enough.
         self._topics: dict[tuple[str, Lane], str] = {}
 
@@ -253,7 +256,7 @@ class InferPath:
         # Register before publishing: a fast worker may answer before publish() returns.
         future = listener.expect(wire_id)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with self._deadlines.at(deadline):
                 topic = self._topic(record.name, body.lane or Lane.INTERACTIVE)
                 await self._b.publisher.publish(topic, message, coalesce=coalescable(record))
                 response = await future

@@ -9,7 +9,8 @@ broker alike (see KAFKA_LOCAL.md):
 
 * partitions: Metadata (``list_topics`` first, because describing a missing topic can auto-create it; the list
   is read again only for topics not asked before, every ``missing_refresh_s`` while some are missing (a bulk
-  topic comes with a model's first bulk request; most never exist), and every ``metadata_refresh_s``);
+  topic comes with a model's first bulk request; most never exist) or as soon as a wake note names a missing
+  one (`topic_written`), and every ``metadata_refresh_s``);
 * log-end offsets (``LagMethod``, chosen once at start from ``FLEET_KAFKA_BROKER``, with ``auto`` from the
   cluster id the cluster reports): on Kafka, ListOffsets(latest) for every partition in one batched call
   (one request per leader broker; when it fails, one call per topic, so a topic without a leader fails only
@@ -169,6 +170,7 @@ class LagCollector(AsyncService):
         self._existing: frozenset[str] = frozenset()  # the cluster's topics, as last listed
         self._listed: frozenset[str] = frozenset()  # every topic asked for since then
         self._listed_at = -float("inf")
+        self._written_missing = False  # a wake note named a topic asked for and not found: list them again
         #: What the last `collect` asked the brokers.
         self.last_round = RoundCost()
         self._stale = 0
@@ -242,6 +244,13 @@ class LagCollector(AsyncService):
         whatever the autoscaler measures. A partition with lag or arrivals, one never measured and every
         partition of another model (at zero: its first request must wake it) is probed every round."""
         self._relaxed = frozenset(models)
+
+    def topic_written(self, topic: str) -> None:
+        """A fleet publisher wrote to ``topic`` (its wake note): when this collector asked for it and did not find
+        it (a bulk-lane topic created by its first request), the next round lists the topics again instead of
+        waiting for ``missing_refresh_s``."""
+        if topic in self._listed and topic not in self._existing:
+            self._written_missing = True
 
     async def collect_one(self, model: str) -> ModelLoad:
         """The load of one model (see `collect`)."""
@@ -403,9 +412,12 @@ class LagCollector(AsyncService):
         naming every topic of the cluster: its cost grows with the models)."""
         now, asked = self._clock(), frozenset(topics)
         age = now - self._listed_at
-        if not asked <= self._listed or age >= self.metadata_refresh_s or (
-            age >= self.missing_refresh_s and not asked <= self._existing
+        if (
+            not asked <= self._listed
+            or age >= self.metadata_refresh_s
+            or (not asked <= self._existing and (self._written_missing or age >= self.missing_refresh_s))
         ):
+            self._written_missing = False
             self._existing = frozenset(await admin.list_topics())
             self._listed, self._listed_at = asked, now
         return self._existing

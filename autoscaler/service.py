@@ -32,7 +32,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from redis.exceptions import RedisError
 
-from common import supervise
+from common import supervise, text
 from common.channel import listen_routine
 from common.wake import WakeNotes
 from schemas import FleetError, Names, SchemaError
@@ -56,6 +56,11 @@ from .settings import AutoscalerSettings
 from .stats import ServiceStatsReader
 
 log = logging.getLogger("fleet.autoscaler")
+
+#: How often the lag collector lists the cluster's topics again while some it measures are missing (bulk-lane
+#: topics come with a model's first bulk request): without wake notes, and with them (a note names a new one).
+MISSING_TOPICS_S = 5.0
+MISSING_TOPICS_WITH_NOTES_S = 30.0
 
 #: Prometheus HTTP service discovery of the local backend's workers, on the metrics port.
 WORKER_SD_PATH = "/sd/workers"
@@ -155,6 +160,7 @@ class AutoscalerService(AsyncService):
         self._control_task: asyncio.Task[None] | None = None
         self._placement_task: asyncio.Task[None] | None = None
         self._news_task: asyncio.Task[None] | None = None
+        self._notes_task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._place_now = asyncio.Event()  # a worker joined (or the service stops): run a placement round now
         self._started = False
@@ -185,6 +191,9 @@ class AutoscalerService(AsyncService):
             half_life_s=s.smoothing_half_life_s,
             quiet_probe_rounds=max(1, round(s.quiet_probe_s / s.interval_s)),
             on_waiting=self._wake.note if self._wake.enabled else None,
+            # With wake notes a missing topic is looked for when a note names it (`_on_wake_note`); listing every
+            # topic of the cluster each 5 s for the bulk topics most models never have cost ~30 ms of CPU a time.
+            missing_refresh_s=MISSING_TOPICS_WITH_NOTES_S if self._wake.enabled else MISSING_TOPICS_S,
         )
         await self._collector.start()
         local = local_workers(self.backend)
@@ -218,6 +227,13 @@ class AutoscalerService(AsyncService):
             supervise("autoscaler control", lambda: self._control_routine(autoscaler), log, stop=self._closing),
             name="autoscaler-control",
         )
+        if self._wake.enabled:
+            notes = functools.partial(
+                listen_routine, self._redis, self.names.wake_channel, self._on_wake_note, log, stop=self._closing
+            )
+            self._notes_task = asyncio.create_task(
+                supervise("wake notes listener", notes, log, stop=self._closing), name="autoscaler-wake-notes"
+            )
         if isinstance(self.backend, PlacementBackend):
             backend = self.backend
             self._placement_task = asyncio.create_task(
@@ -253,6 +269,12 @@ class AutoscalerService(AsyncService):
             # Wait on the closing event rather than sleeping, so stop() is not delayed by the interval.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), pause)
+
+    def _on_wake_note(self, raw: bytes) -> None:
+        """A publisher wrote to ``topic:partition``: a topic the collector found missing may exist now."""
+        topic, _, partition = text(raw).rpartition(":")
+        if self._collector is not None and topic and partition.isdigit():
+            self._collector.topic_written(topic)
 
     def _on_news(self, raw: bytes) -> None:
         """A worker that follows its assignment joined: place now rather than at the end of the interval."""
@@ -295,10 +317,11 @@ class AutoscalerService(AsyncService):
     async def _close(self) -> None:
         self._closing.set()
         self._place_now.set()
-        news, self._news_task = self._news_task, None
-        if news is not None:
-            news.cancel()  # it waits on the channel; nothing of it needs finishing
-            await asyncio.gather(news, return_exceptions=True)
+        listeners = [task for task in (self._news_task, self._notes_task) if task is not None]
+        self._news_task = self._notes_task = None
+        for task in listeners:
+            task.cancel()  # they wait on their channel; nothing of them needs finishing
+        await asyncio.gather(*listeners, return_exceptions=True)
         tasks = [task for task in (self._control_task, self._placement_task) if task is not None]
         self._control_task = self._placement_task = None
         await asyncio.gather(*tasks)  # _supervise never raises an Exception

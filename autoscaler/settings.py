@@ -85,7 +85,9 @@ class AutoscalerSettings:
         "For pool workers with dormant partitions (FLEET_WORKER_POOL_DORMANT_AFTER_S): name on Redis pub/sub a "
         "partition whose records arrived while its committed offset stayed (records from raw Kafka producers, "
         "which send no note), at most once per partition per this many seconds, so a worker fetches it at once. "
-        "Seen within a probe of the partition (FLEET_AUTOSCALER_QUIET_PROBE_S). 0 = off.",
+        "Seen within a probe of the partition (FLEET_AUTOSCALER_QUIET_PROBE_S). While on, a topic not found yet (a "
+        "bulk-lane topic) is looked for when a note names it, else every 30 s (5 s when off): turn it on where the "
+        "gateways send notes too (FLEET_GATEWAY_WAKE_INTERVAL_S). 0 = off.",
         0.0,
     )
     pool: bool = doc(

@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +59,8 @@ from .stats import ModelStats
 log = logging.getLogger("fleet.workers")
 
 Reply = tuple[ReplyAddress, InferenceResponse]
+#: Awaited by a round before it first uses the model thread (`RoundPipeline`: the round before has left it).
+Turn = Callable[[], Awaitable[None]]
 
 #: Extra model runs one permanently failing batch may spend finding its failing request(s) by halving.
 ISOLATION_RUNS = 16
@@ -231,10 +233,15 @@ class RequestHandler:
         self._worker_id = worker_id
         self._metrics = metrics
 
-    async def handle(self, fetched: Sequence[Fetched], outcome: RoundOutcome | None = None) -> RoundOutcome:
+    async def handle(
+        self, fetched: Sequence[Fetched], outcome: RoundOutcome | None = None, turn: Turn | None = None
+    ) -> RoundOutcome:
         """Answer every record of the round not settled in ``outcome`` yet (a new outcome when None).
 
-        Raises BackendUnavailableError (registry down): call again with the same outcome to finish the round.
+        ``turn`` (a pipelined round): awaited before the round first uses the model thread, so what needs no model
+        (decoding, job claims, the registry lookup, validation) is done while the round before still runs on it;
+        deadlines are checked again once it has passed. Raises BackendUnavailableError (registry down): call again
+        with the same outcome to finish the round.
         """
         outcome = RoundOutcome() if outcome is None else outcome
         by_version: dict[str, list[Fetched]] = {}
@@ -279,10 +286,12 @@ class RequestHandler:
                     if (kept := [i for i in items if _request(i).id not in skipped])
                 }
         for version, items in by_version.items():
-            await self._handle_version(outcome, version, items)
+            await self._handle_version(outcome, version, items, turn)
         return outcome
 
-    async def _handle_version(self, outcome: RoundOutcome, version: str, items: list[Fetched]) -> None:
+    async def _handle_version(
+        self, outcome: RoundOutcome, version: str, items: list[Fetched], turn: Turn | None = None
+    ) -> None:
         try:
             record = await self._cache.record(version)
         except RegistryError as exc:
@@ -303,6 +312,9 @@ class RequestHandler:
                 self._fail(outcome, _request(item), ErrorCode.INVALID_INPUT, exc.message)
             else:
                 valid.append(item)
+        if turn is not None and valid:
+            await turn()  # the model thread is this round's from here on
+            valid = self._unexpired(outcome, valid)
         valid = await self._check_bytes_inputs(outcome, record, valid)
         kept = {id(item) for item in valid}
         outcome.settle([item for item in items if id(item) not in kept])
@@ -321,6 +333,19 @@ class RequestHandler:
                 await self._run(outcome, runtime, [valid[i] for i in batch.indices], batch)
         finally:
             self._cache.release(record)
+
+    def _unexpired(self, outcome: RoundOutcome, items: list[Fetched]) -> list[Fetched]:
+        """The items whose deadline has not passed; the others are answered DEADLINE_EXCEEDED."""
+        now = now_ms()
+        kept: list[Fetched] = []
+        for item in items:
+            request = _request(item)
+            if request.expired(now):
+                message = f"deadline passed {now - (request.deadline_ms or now):.0f} ms before the worker got to it"
+                self._fail(outcome, request, ErrorCode.DEADLINE_EXCEEDED, message)
+            else:
+                kept.append(item)
+        return kept
 
     async def _check_bytes_inputs(
         self, outcome: RoundOutcome, record: ModelRecord, items: list[Fetched]

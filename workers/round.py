@@ -25,7 +25,7 @@ from schemas import BackendUnavailableError, DeadLetter, Lane, now_ms
 
 from .deadletter import DeadLetterWriter
 from .errors import BackendDownError
-from .handler import Fetched, Reply, RequestHandler, RoundOutcome
+from .handler import Fetched, Reply, RequestHandler, RoundOutcome, Turn
 from .metrics import WorkerMetrics
 from .replies import ReplyWriter
 from .retries import Retry, retry_headers
@@ -120,11 +120,14 @@ class RoundRunner:
         self.in_hand = max(0, self.in_hand + records)
         self.stats.in_hand = self.in_hand
 
-    async def handle(self, fetched: Sequence[Fetched], lane: Lane) -> RoundOutcome:
-        """Answer every record of ``fetched`` (the model runs here), through registry outages."""
+    async def handle(self, fetched: Sequence[Fetched], lane: Lane, turn: Turn | None = None) -> RoundOutcome:
+        """Answer every record of ``fetched`` (the model runs here), through registry outages; ``turn`` (see
+        `RequestHandler.handle`) is awaited before the model thread is used, and before returning in any case."""
         self._metrics.lane_requests.labels(self.model, lane.value).inc(len(fetched))
         outcome = RoundOutcome()
-        await retrying(self.model, "handle", lambda: self._handler.handle(fetched, outcome))
+        await retrying(self.model, "handle", lambda: self._handler.handle(fetched, outcome, turn))
+        if turn is not None:
+            await turn()  # a round that never needed the model still leaves it in order
         return outcome
 
     async def deliver_outcome(self, outcome: RoundOutcome, retry_topic: str) -> float:
@@ -206,7 +209,8 @@ class RoundPipeline:
     """Rounds of one model in flight at once (``depth`` at most), so the model never waits for I/O.
 
     Each round runs on the model after the round before it has left the model (``handle``, in submission
-    order); its replies, dead letters and retries are then delivered (in round order) while the next round
+    order; what needs no model, the registry lookup and validation, is done before, while the round before runs
+    on it: its ``turn``); its replies, dead letters and retries are then delivered (in round order) while the next round
     runs; it commits
     only after every round submitted before it has committed, so no offset past an undelivered record is
     ever committed (a round whose predecessor failed or was cancelled commits nothing: `RoundAbandoned`).
@@ -301,13 +305,21 @@ class RoundPipeline:
         on_done: Callable[[float], None] | None,
     ) -> None:
         previous, runner = flight.previous, self._runner
-        try:
+        began = time.perf_counter()
+
+        async def turn() -> None:
+            """The model is this round's once the round before has left it (what needs no model runs before)."""
+            nonlocal began
+            if flight.on_model or flight.handled.is_set():
+                return
             if previous is not None:
                 await previous.handled.wait()
             flight.on_model = True
             began = time.perf_counter()
+
+        try:
             try:
-                outcome = await runner.handle(flight.fetched, lane)
+                outcome = await runner.handle(flight.fetched, lane, turn)
             finally:
                 self._left_model(flight)
             # The round waiting for the model wakes on `handled`: let it put its batch on the model thread before

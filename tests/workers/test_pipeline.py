@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from schemas import Lane
-from workers.handler import Fetched, RoundOutcome
+from workers.handler import Fetched, RoundOutcome, Turn
 from workers.round import Commit, RoundPipeline, RoundRunner
 from workers.stats import ModelStats
 
@@ -34,7 +34,9 @@ class _Runner(RoundRunner):
         self.run_gates[name], self.deliver_gates[name] = asyncio.Event(), asyncio.Event()
         return self.run_gates[name], self.deliver_gates[name]
 
-    async def handle(self, fetched: Sequence[Fetched], lane: Lane) -> RoundOutcome:
+    async def handle(self, fetched: Sequence[Fetched], lane: Lane, turn: Turn | None = None) -> RoundOutcome:
+        if turn is not None:
+            await turn()  # on the model from here on
         name = _name(fetched)
         self.on_model += 1
         self.most_on_model = max(self.most_on_model, self.on_model)

@@ -12,7 +12,7 @@ from typing import Any, cast
 from aiokafka import TopicPartition
 
 from schemas import Lane, Names
-from workers.handler import Fetched, RoundOutcome
+from workers.handler import Fetched, RoundOutcome, Turn
 from workers.leases import PartitionLeases
 from workers.pool import PoolConsumer
 from workers.pool_state import OwnedPartition, PoolModel, QueuedRecord
@@ -92,7 +92,9 @@ class _DeliveringRunner(RoundRunner):
         super().__init__("m", nothing, nothing, nothing, nothing, nothing, ModelStats())
         self._delivered = delivered
 
-    async def handle(self, fetched: Sequence[Fetched], lane: Lane) -> RoundOutcome:
+    async def handle(self, fetched: Sequence[Fetched], lane: Lane, turn: Turn | None = None) -> RoundOutcome:
+        if turn is not None:
+            await turn()
         return RoundOutcome()
 
     async def deliver_outcome(self, outcome: RoundOutcome, retry_topic: str) -> float:

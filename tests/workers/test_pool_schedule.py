@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from schemas import Lane
-from workers.handler import Fetched, RoundOutcome
+from workers.handler import Fetched, RoundOutcome, Turn
 from workers.pacing import BulkPacer
 from workers.pool import PoolConsumer
 from workers.pool_state import PoolModel, QueuedRecord
@@ -25,7 +25,9 @@ class _HeldRunner(RoundRunner):
         super().__init__(name, nothing, nothing, nothing, nothing, nothing, ModelStats())
         self.leave = asyncio.Event()
 
-    async def handle(self, fetched: Sequence[Fetched], lane: Lane) -> RoundOutcome:
+    async def handle(self, fetched: Sequence[Fetched], lane: Lane, turn: Turn | None = None) -> RoundOutcome:
+        if turn is not None:
+            await turn()
         await self.leave.wait()
         return RoundOutcome()
 

@@ -5,7 +5,8 @@ compute-heavy MLP, then for each model and concurrency prints req/s, p50/p90/p99
 the mean batch size the worker formed; also the model's in-process ONNX Runtime throughput (the
 ceiling) and the worker's CPU use at idle. Writes everything as JSON. ``cpu_ms_per_request``: CPU
 milliseconds all fleet processes (broker, Redis, gateway, worker and their children; not the load
-generator) spent per answered request.
+generator) spent per answered request; ``gateway_cpu_ms_per_request`` (and one per role, ``loadgen`` included) that
+of one role.
 
     .venv/bin/python -m bench.sync_http [--duration 10] [--concurrency 1,16,64] [--soak 4] [--body json]
                                         [--worker-mode pool] [--client lean|aiohttp]
@@ -115,7 +116,11 @@ async def _measure(
         f"{'':>13}CPU % of one core: " + ", ".join(f"{k} {v}" for k, v in cpu.items()) + f"; fleet {cpu_ms} ms/request",
         flush=True,
     )
-    return result.as_dict() | {"cpu_percent": cpu, "cpu_ms_per_request": cpu_ms}
+    by_role = {
+        f"{role}_cpu_ms_per_request": round(1000 * seconds / result.requests, 3) if result.requests else None
+        for role, seconds in used.items()
+    }
+    return result.as_dict() | {"cpu_percent": cpu, "cpu_ms_per_request": cpu_ms} | by_role
 
 
 async def run(

@@ -13,7 +13,9 @@ Rules, in order:
 
    where ``throughput`` is the measured per-worker completion rate, or the configured default until
    workers publish one. The first term drains the backlog within the target time; the second keeps up
-   with new arrivals.
+   with new arrivals. Lag and arrivals count Kafka records while throughput counts requests: where the
+   workers measure more than one request per record (the gateway coalesces sync requests), the sum is
+   multiplied by that ratio. A model at zero has no measured ratio (a wake is decided as without it).
 3. Extra triggers can only raise it: p95 latency over its target and GPU utilization over its target
    (both proportional, like the HPA: ``ceil(current x measured / target)``), and requests buffered in
    workers over the per-worker queue-depth target; a text-generation model whose workers run at least
@@ -90,8 +92,11 @@ class Decision:
         if isinstance(raw, int | float) and not isinstance(raw, bool):
             return max(0.0, float(raw))
         arrival, throughput = self.inputs.get("arrival_rate"), self.inputs.get("per_replica_throughput")
+        per_record = self.inputs.get("requests_per_record", 1.0)
+        if not isinstance(per_record, int | float) or isinstance(per_record, bool):
+            per_record = 1.0
         if isinstance(arrival, int | float) and isinstance(throughput, int | float) and throughput > 0:
-            return max(0.0, float(arrival) / float(throughput))
+            return max(0.0, float(arrival) * float(per_record) / float(throughput))
         return 0.0
 
     def why(self) -> str:
@@ -188,6 +193,11 @@ class ScalingPolicy:
             "current": current,
             "idle_for_s": round(idle_for, 3),
         }
+        # Lag and arrivals count records, throughput requests: with coalesced records, requests per record. Only a
+        # model with workers has a current ratio; one at zero wakes as it always did.
+        per_record = stats.requests_per_record if current > 0 and stats.requests_per_record > 1.0 else 1.0
+        if per_record > 1.0:
+            inputs["requests_per_record"] = round(per_record, 3)
         if pinned is not None:
             reason = f"pinned to {pinned} by operator override; autoscaling is off for this model"
             if 0 < partitions < pinned:
@@ -198,12 +208,15 @@ class ScalingPolicy:
             return Decision(model, current, pinned, reason, inputs, pinned=True)
 
         raw = lag / (throughput * s.target_drain_s) + arrival / throughput
+        formula = (
+            f"lag {lag} / ({throughput:.3g}/s x {s.target_drain_s:g}s) + arrival {arrival:.3g}/s / {throughput:.3g}/s"
+        )
+        if per_record > 1.0:
+            raw *= per_record
+            formula = f"({formula}) x {per_record:.3g} requests/record"
         desired = max(0, math.ceil(raw - _EPSILON))
         inputs["raw_replicas"] = round(raw, 4)
-        reasons = [
-            f"lag {lag} / ({throughput:.3g}/s x {s.target_drain_s:g}s) + arrival {arrival:.3g}/s / "
-            f"{throughput:.3g}/s = {raw:.2f} -> {desired}"
-        ]
+        reasons = [f"{formula} = {raw:.2f} -> {desired}"]
         desired = self._triggers(desired, current, stats, reasons)
         desired = self._sequences(desired, current, lag, stats, reasons)
         desired, to_zero = self._zero(desired, current, lag, idle_for, reasons)

@@ -133,3 +133,6 @@ class ServiceStats:
     sequences: int = 0
     max_sequences: int = 0
     tokens_per_s: float = 0.0
+    #: Mean requests per Kafka record over the workers that measured it (above 1 where the gateway coalesces sync
+    #: requests into batch records); 0 = not measured (no recent work, or workers that do not report it).
+    requests_per_record: float = 0.0

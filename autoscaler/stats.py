@@ -54,11 +54,13 @@ def aggregate_service_stats(reports: Sequence[WorkerReport]) -> ServiceStats:
 
     Throughput of one replica is 1 / per-request service time, averaged over workers that measured one;
     p95 latency is the worst worker's (the SLO is about the slowest path); GPU utilization is the mean
-    over workers that have a GPU; queue depth is the sum.
+    over workers that have a GPU; queue depth is the sum; requests per record is the mean over workers that
+    measured it.
     """
     rates = [1.0 / r.per_request_service_s for r in reports if r.per_request_service_s > 0]
     batches = [r.mean_batch_size for r in reports if r.mean_batch_size > 0]
     gpus = [r.gpu_utilization for r in reports if r.gpu_utilization is not None]
+    per_record = [r.requests_per_record for r in reports if r.requests_per_record > 0]
     return ServiceStats(
         replicas_reporting=len(reports),
         per_replica_throughput=sum(rates) / len(rates) if rates else 0.0,
@@ -69,6 +71,7 @@ def aggregate_service_stats(reports: Sequence[WorkerReport]) -> ServiceStats:
         sequences=sum(max(0, r.sequences) for r in reports),
         max_sequences=sum(max(0, r.max_sequences) for r in reports),
         tokens_per_s=sum(max(0.0, r.tokens_per_s) for r in reports),
+        requests_per_record=sum(per_record) / len(per_record) if per_record else 0.0,
     )
 
 

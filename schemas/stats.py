@@ -23,6 +23,9 @@ Hash fields (all text)::
     max_seqs    text generation: the worker's cap on sequences in flight (FLEET_WORKER_MAX_SEQUENCES); 0 = not a
                 generation model
     tok_s       text generation: tokens generated per second over a recent window
+    records     Kafka records consumed (answered to their last request) since the worker started
+    rpr         mean requests per Kafka record over a recent window (above 1 where the gateway coalesces sync
+                requests into batch records); 0 = unknown (nothing measured yet, or a worker that predates it)
 
 Readers ignore fields they do not know, so fields can be added without a version bump.
 """
@@ -69,6 +72,8 @@ class WorkerReport:
     sequences: int = 0
     max_sequences: int = 0
     tokens_per_s: float = 0.0
+    records: int = 0
+    requests_per_record: float = 0.0
 
     def to_fields(self) -> dict[str, str]:
         """The hash fields (see the module docstring)."""
@@ -88,6 +93,8 @@ class WorkerReport:
             "seqs": str(int(self.sequences)),
             "max_seqs": str(int(self.max_sequences)),
             "tok_s": repr(float(self.tokens_per_s)),
+            "records": str(int(self.records)),
+            "rpr": repr(float(self.requests_per_record)),
         }
 
     @classmethod
@@ -113,6 +120,8 @@ class WorkerReport:
                 sequences=int(fields.get("seqs", "0")),
                 max_sequences=int(fields.get("max_seqs", "0")),
                 tokens_per_s=float(fields.get("tok_s", "0")),
+                records=int(fields.get("records", "0")),
+                requests_per_record=float(fields.get("rpr", "0")),
             )
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
@@ -123,6 +132,7 @@ class WorkerReport:
             report.queue_total_ms,
             report.compute_total_ms,
             report.tokens_per_s,
+            report.requests_per_record,
         )
         return report if all(math.isfinite(x) for x in numbers) else None
 

@@ -145,7 +145,7 @@ class RoundRunner:
             [(f.request.version, (delivered_ms - f.request.created_ms) / 1000) for f in fetched if f.request],
             tracing.exemplars(f.record for f in fetched if f.request),  # () when tracing is off
         )
-        self.stats.observe_round(len(fetched), busy_s, latencies)
+        self.stats.observe_round(len(fetched), busy_s, latencies, sum(1 for f in fetched if f.last))
 
     async def deliver(self, undelivered: Undelivered, retry_topic: str) -> None:
         """Send what is still undelivered; BackendDownError (retry) while anything is left."""

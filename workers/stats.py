@@ -15,6 +15,9 @@ batches, deliver, commit) divided by the requests it answered, over a recent win
 would leave out the per-round fixed costs (the Redis round trip, the commit), which dominate for small
 models and would make 1 / service time a large overestimate of what a worker completes per second. The
 last measured value is kept while the worker idles, so an idle worker does not fall back to "unknown".
+Requests per record is the same window's answered requests over the Kafka records they came in (a record the
+gateway coalesced carries several; a record counts once, with its last request): the autoscaler's lag and
+rates count records, its throughput requests.
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ class ModelStats:
         self.queue_total_ms = 0.0
         self.compute_total_ms = 0.0
         self.last_inference_ms = 0.0
-        self._rounds: deque[tuple[float, int, float]] = deque(maxlen=_MAX_SAMPLES)  # (at, requests, busy s)
+        #: (at, requests, busy s, records)
+        self._rounds: deque[tuple[float, int, float, int]] = deque(maxlen=_MAX_SAMPLES)
         self._batches: deque[tuple[float, int]] = deque(maxlen=_MAX_SAMPLES)  # (at, requests in the batch)
         self._latencies: deque[tuple[float, float]] = deque(maxlen=_MAX_SAMPLES)  # (at, created -> reply ms)
         self._service_s = 0.0
@@ -83,6 +87,10 @@ class ModelStats:
         self.sequences = 0
         self.max_sequences = 0
         self._tokens: deque[tuple[float, int]] = deque(maxlen=_MAX_SAMPLES)  # (at, tokens generated)
+        #: Kafka records consumed since the worker started (a batch record counts once), and the last measured
+        #: requests per record (0: none measured yet).
+        self.records = 0
+        self._per_record = 0.0
 
     def observe_batch(self, requests: int, compute_s: float = 0.0, queue_ms: float = 0.0) -> None:
         """One successful model execution of ``requests`` requests that took ``compute_s`` seconds, after the
@@ -99,12 +107,17 @@ class ModelStats:
         if tokens > 0:
             self._tokens.append((self._clock(), tokens))
 
-    def observe_round(self, requests: int, busy_s: float, latencies_ms: Iterable[float]) -> None:
-        """A finished round: ``requests`` answered in ``busy_s`` seconds, with their end-to-end latencies."""
+    def observe_round(
+        self, requests: int, busy_s: float, latencies_ms: Iterable[float], records: int | None = None
+    ) -> None:
+        """A finished round: ``requests`` answered in ``busy_s`` seconds, with their end-to-end latencies, from
+        ``records`` Kafka records (those whose last request it answered; default: one record per request)."""
         now = self._clock()
+        records = requests if records is None else max(0, records)
         self.completed += requests
+        self.records += records
         if requests > 0:
-            self._rounds.append((now, requests, max(0.0, busy_s)))
+            self._rounds.append((now, requests, max(0.0, busy_s), records))
         self._latencies.extend((now, max(0.0, ms)) for ms in latencies_ms)
 
     def report(self, worker_id: str, gpu_utilization: float | None, ts_ms: float) -> WorkerReport:
@@ -113,9 +126,12 @@ class ModelStats:
         for window in (self._rounds, self._batches, self._latencies, self._tokens):
             while window and window[0][0] < cutoff:
                 window.popleft()
-        requests = sum(r for _, r, _ in self._rounds)
+        requests = sum(r[1] for r in self._rounds)
         if requests:
-            self._service_s = sum(b for _, _, b in self._rounds) / requests
+            self._service_s = sum(r[2] for r in self._rounds) / requests
+            records = sum(r[3] for r in self._rounds)
+            if records:
+                self._per_record = requests / records
         if self._batches:
             self._batch = sum(b for _, b in self._batches) / len(self._batches)
         return WorkerReport(
@@ -135,6 +151,8 @@ class ModelStats:
             sequences=self.sequences,
             max_sequences=self.max_sequences,
             tokens_per_s=sum(t for _, t in self._tokens) / self.window_s,
+            records=self.records,
+            requests_per_record=self._per_record,
         )
 
 

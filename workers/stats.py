@@ -9,6 +9,9 @@ periods), and the autoscaler counts a report as current while it is recent or it
 live (`autoscaler.stats`). An idle model's last report says what it was doing last: its windowed figures
 (p95, queue) go back to zero as the window drains, and those changes are written too. A model that
 never measured anything has no report (the autoscaler reads a missing one as all zeros, as that report).
+A model that saw nothing since its last report, whose windows had drained by then, is not even looked at
+again (`ModelStats.version`): its report would say the same, so an idle pool worker's beat costs little
+whatever its model count.
 
 Per-request service time is the worker's *busy* time per request: the wall time of a round (handle, run the
 batches, deliver, commit) divided by the requests it answered, over a recent window. Compute time alone
@@ -91,11 +94,23 @@ class ModelStats:
         #: requests per record (0: none measured yet).
         self.records = 0
         self._per_record = 0.0
+        #: Observations so far (any kind), and whether every window was empty at the last `report`.
+        self._observed = 0
+        self._drained = False
+
+    def version(self) -> tuple[int, int, int, int] | None:
+        """A cheap mark of what the next `report` would say: while it stays the same, that report says what the last
+        one did (its time aside); None while a window still holds samples (the figures change as they age out)."""
+        if not self._drained:
+            return None
+        return (self._observed, self.in_hand, self.sequences, self.max_sequences)
 
     def observe_batch(self, requests: int, compute_s: float = 0.0, queue_ms: float = 0.0) -> None:
         """One successful model execution of ``requests`` requests that took ``compute_s`` seconds, after the
         requests waited ``queue_ms`` in total."""
         self._batches.append((self._clock(), requests))
+        self._observed += 1
+        self._drained = False
         self.executions += 1
         self.succeeded += requests
         self.queue_total_ms += max(0.0, queue_ms)
@@ -106,6 +121,8 @@ class ModelStats:
         """A generated sequence ended with ``tokens`` new tokens."""
         if tokens > 0:
             self._tokens.append((self._clock(), tokens))
+            self._observed += 1
+            self._drained = False
 
     def observe_round(
         self, requests: int, busy_s: float, latencies_ms: Iterable[float], records: int | None = None
@@ -116,6 +133,8 @@ class ModelStats:
         records = requests if records is None else max(0, records)
         self.completed += requests
         self.records += records
+        self._observed += 1
+        self._drained = False
         if requests > 0:
             self._rounds.append((now, requests, max(0.0, busy_s), records))
         self._latencies.extend((now, max(0.0, ms)) for ms in latencies_ms)
@@ -123,9 +142,11 @@ class ModelStats:
     def report(self, worker_id: str, gpu_utilization: float | None, ts_ms: float) -> WorkerReport:
         """The report to publish now."""
         cutoff = self._clock() - self.window_s
-        for window in (self._rounds, self._batches, self._latencies, self._tokens):
+        windows = (self._rounds, self._batches, self._latencies, self._tokens)
+        for window in windows:
             while window and window[0][0] < cutoff:
                 window.popleft()
+        self._drained = not any(windows)
         requests = sum(r[1] for r in self._rounds)
         if requests:
             self._service_s = sum(r[2] for r in self._rounds) / requests
@@ -203,6 +224,9 @@ class StatsPublisher:
         self._clock = clock
         #: Per model, the fields of the report last written and when (clock s).
         self._written: dict[str, tuple[dict[str, str], float]] = {}
+        #: Per model, its `ModelStats.version` when its report last matched what is stored (or, never measured,
+        #: needed none): while it stays, the model is passed over without making its report.
+        self._settled: dict[str, tuple[int, int, int, int]] = {}
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -219,18 +243,34 @@ class StatsPublisher:
         # NVML calls block; on the CPU there is nothing to ask.
         gpu = await asyncio.to_thread(_gpu_utilization, devices) if any(d.startswith("cuda") for d in devices) else None
         ts, now = now_ms(), self._clock()
-        reports = {model: s.report(self._worker_id, gpu, ts) for model, s in self._stats().items()}
+        served = self._stats()
         due: dict[str, WorkerReport] = {}
         fields: dict[str, dict[str, str]] = {}
-        for model, report in reports.items():
-            fields[model] = report.to_fields()
+        settled = self._settled
+        made: dict[str, tuple[int, int, int, int]] = {}  # the versions of the due reports when they were made
+        for model, stats in served.items():
             last = self._written.get(model)
-            if last is None and _quiet(fields[model]):
+            mark = settled.get(model)
+            if mark is not None and mark == stats.version() and self._holds(last, gpu, now):
                 continue
-            if last is not None and _same(last[0], fields[model]) and now - last[1] < STATS_REFRESH_S:
+            report = stats.report(self._worker_id, gpu, ts)
+            version = stats.version()
+            fields[model] = report.to_fields()
+            if (last is None and _quiet(fields[model])) or (
+                last is not None and _same(last[0], fields[model]) and now - last[1] < STATS_REFRESH_S
+            ):
+                if version is None:
+                    settled.pop(model, None)
+                else:
+                    settled[model] = version
                 continue
+            settled.pop(model, None)
             due[model] = report
-        gone = [m for m in self._written if m not in reports]
+            if version is not None:
+                made[model] = version
+        gone = [m for m in self._written if m not in served]
+        if not settled.keys() <= served.keys():
+            self._settled = settled = {m: v for m, v in settled.items() if m in served}
         if not due and not gone:
             return True
         try:
@@ -244,7 +284,21 @@ class StatsPublisher:
         for model in gone:
             del self._written[model]
         self._written.update((model, (fields[model], now)) for model in due)
+        settled.update(made)  # written as they were when made: settled while nothing happens to them
         return True
+
+    @staticmethod
+    def _holds(last: tuple[dict[str, str], float] | None, gpu: float | None, now: float) -> bool:
+        """Whether the stored report ``last`` (None: none, the model measured nothing) still holds for an unchanged
+        model: not due for its refresh, and the GPU utilization within ``GPU_STEP_PCT`` of what it says."""
+        if last is None:
+            return True
+        if now - last[1] >= STATS_REFRESH_S:
+            return False
+        stored = float(last[0].get("gpu_util", "-1"))
+        if gpu is None:
+            return stored < 0
+        return stored >= 0 and abs(stored - gpu) < GPU_STEP_PCT
 
     async def stop(self) -> None:
         """End the routine and withdraw this worker's stats (idempotent)."""

@@ -3,11 +3,15 @@ count records, into requests with the requests per record the workers measure (p
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import pytest
 
-from autoscaler import ScalingPolicy, ServiceStats
+from autoscaler import ScalingPolicy, ServiceStats, ServiceStatsReader
 from autoscaler.stats import aggregate_service_stats
-from schemas.stats import WorkerReport
+from schemas import Names
+from schemas.stats import WorkerReport, publish_worker_stats
 
 from .test_policy import make_load, settings
 
@@ -72,3 +76,21 @@ def test_a_report_without_the_record_fields_reads_as_unknown() -> None:
     parsed = WorkerReport.from_hash("w", old)
     assert parsed is not None and (parsed.records, parsed.requests_per_record) == (0, 0.0)
     assert WorkerReport.from_hash("w", {**old, b"rpr": b"nan"}) is None
+
+
+@pytest.mark.integration
+async def test_the_autoscaler_reads_the_ratio_beside_a_worker_of_the_previous_release(
+    redis_client: Any, names: Names
+) -> None:
+    now = time.time() * 1000
+    new = WorkerReport("new", 1 / _THROUGHPUT, 4.0, 40, 0.0, None, 0, now, records=10, requests_per_record=4.0)
+    await publish_worker_stats(redis_client, names, {"m": new})
+    old = {k: v for k, v in new.to_fields().items() if k not in ("records", "rpr")}  # it knows neither field
+    old_key = names.stats_key("m", "old")
+    await redis_client.hset(old_key, mapping=old)
+    await redis_client.zadd(names.stats_index_key("m"), {"old": int(now)})
+
+    stats = await ServiceStatsReader(redis_client, names).read("m")
+    assert (stats.replicas_reporting, stats.requests_per_record) == (2, 4.0)
+    decision = ScalingPolicy(settings()).decide("m", make_load(lag=400, arrival=20.0), stats, current=2, now=0.0)
+    assert decision.desired == 6, decision.why()

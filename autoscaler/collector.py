@@ -58,6 +58,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from common.fetch_wake import guard_fetch_routine
 from schemas import FleetError, FleetSettings, KafkaSettings, Lane, Names
 from schemas.eventloop import AsyncService
 from schemas.topics import cluster_info
@@ -221,6 +222,7 @@ class LagCollector(AsyncService):
                 consumer_timeout_ms=PROBE_IDLE_WAKE_MS,
             )
             await self._probe.start()
+            guard_fetch_routine(self._probe)  # no 30 s sleep on a fetch already answered (see common.fetch_wake)
             cluster_id = (await cluster_info(kafka)).cluster_id if kafka.broker == "auto" else None
         except (KafkaError, FleetError) as exc:
             await self.stop()

@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from common.fetch_wake import guard_fetch_routine
 from schemas import KafkaSettings, Lane, Names
 
 from .errors import BackendDownError, start_kafka_client
@@ -56,6 +57,7 @@ class LaneConsumer:
         consumer = AIOKafkaConsumer(**self._kafka.consumer_kwargs(self._names.worker_group(self.model, self.lane)))
         consumer.subscribe([self.request_topic], listener=listener)
         await start_kafka_client(consumer, self._kafka.bootstrap)
+        guard_fetch_routine(consumer)  # no sleep on a fetch already answered (see common.fetch_wake)
         self._consumer = consumer
 
     async def stop(self) -> None:

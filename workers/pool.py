@@ -47,12 +47,12 @@ from redis.exceptions import RedisError
 
 from common import Backoff, BackoffPolicy, supervise, text
 from common.channel import listen_routine
+from common.fetch_wake import guard_fetch_routine
 from schemas import Lane, Names
 
 from .artifact_cache import ArtifactCache
 from .dormancy import Dormancy, consumer_options
 from .errors import BackendDownError, start_kafka_client
-from .fetch_wake import guard_fetch_routine
 from .group_offsets import GroupOffsets
 from .handler import Fetched, decode
 from .lane_scheduler import IDLE_AFTER_S, IDLE_POLL_MS
@@ -175,7 +175,7 @@ class PoolConsumer:
         await self._offsets.start()
         for consumer in self._consumers.values():
             await start_kafka_client(consumer, self._settings.fleet.kafka.bootstrap)
-            guard_fetch_routine(consumer)  # no sleep on a fetch already answered (see workers.fetch_wake)
+            guard_fetch_routine(consumer)  # no sleep on a fetch already answered (see common.fetch_wake)
         for model in sorted(models):
             self.models[model] = self._new_model(model)
         await self.refresh()

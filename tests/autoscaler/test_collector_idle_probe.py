@@ -40,6 +40,8 @@ async def test_the_probe_consumer_does_not_walk_its_partitions_between_rounds(
     try:
         await admin.create_topics([NewTopic(topic, 2, 1)])
         async with LagCollector(fleet_settings) as collector:
+            # Guarded against sleeping its 30 s timer on a fetch already answered (common.fetch_wake).
+            assert "_get_actions_per_node" in vars(collector._probe._fetcher)  # type: ignore[union-attr]
             load = await collector.collect_one("m1")
             assert len(load.partitions) == 2  # the probe is assigned the partitions and fetched them
             await asyncio.sleep(0.2)  # a fetch still in flight when the round ended comes back

@@ -1,4 +1,4 @@
-"""`workers.fetch_wake` without a broker: an aiokafka lacking the internals it relies on is left as it is (and
+"""`common.fetch_wake` without a broker: an aiokafka lacking the internals it relies on is left as it is (and
 said so); the race itself is tested against the real broker in test_pool_fetch_wake."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from workers.fetch_wake import guard_fetch_routine
+from common.fetch_wake import guard_fetch_routine
 
 
 def test_an_aiokafka_without_the_internals_is_left_unguarded(caplog: pytest.LogCaptureFixture) -> None:

@@ -61,6 +61,9 @@ async def test_rounds_within_the_interval_share_one_commit_and_a_flush_sends_it(
     await _produce(producer, names, 3)
     lane = LaneConsumer("tiny", Lane.INTERACTIVE, names, fleet_settings.kafka, commit_interval_ms=60_000)
     await lane.start(_Rebalance())
+    # The lane's fetch routine is guarded against sleeping on a fetch already answered (common.fetch_wake; the
+    # race itself is reproduced in test_pool_fetch_wake): unguarded, records waited up to 200 ms for its timer.
+    assert "_get_actions_per_node" in vars(lane._consumer._fetcher)  # type: ignore[union-attr]
     try:
         items = await _take(lane, 3)
         record = items[0].record

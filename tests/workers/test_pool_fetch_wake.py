@@ -1,7 +1,7 @@
 """A pool consumer's fetch routine must not sleep through records when a fetch finishes in the same event-loop turn
 as something else wakes it (a resume of a sleeping partition, here): aiokafka then planned its next round with the
 broker still marked "in flight" (the mark is cleared by a done-callback that had not run yet), sent no fetch, waited
-on no resume, and slept until its timer, 30 s for a pool consumer with dormancy on (`workers.fetch_wake`). The
+on no resume, and slept until its timer, 30 s for a pool consumer with dormancy on (`common.fetch_wake`). The
 race is made deterministic by resuming a paused partition one loop turn before a fetch's coroutine returns."""
 
 from __future__ import annotations

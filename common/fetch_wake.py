@@ -6,9 +6,10 @@ fetch, a resume of a paused partition, a consumed buffer, a new assignment, or i
 When something else wakes it (a resume, say) in the same event-loop turn as a fetch finishes, it sees the fetch
 done before that callback has run: it then plans its next round with the broker still marked in flight, so it
 sends no fetch, waits on no resume (it skips every partition of a broker in flight) and sleeps until its timer.
-Records then sit unfetched for up to ``consumer_timeout_ms`` (30 s for a pool consumer with dormancy, 200 ms
-with aiokafka's default). The guard sees that stale mark (more brokers marked than fetches pending) and has
-that round wait no time: the loop runs the callback, and the routine plans again with the mark cleared.
+Records then sit unfetched for up to ``consumer_timeout_ms`` (30 s for a pool consumer with dormancy or the
+autoscaler's lag probe, 200 ms with aiokafka's default). The guard sees that stale mark (more brokers marked than
+fetches pending) and has that round wait no time: the loop runs the callback, and the routine plans again with the
+mark cleared.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-log = logging.getLogger("fleet.workers")
+log = logging.getLogger("fleet.kafka")
 
 
 def _stale_in_flight(fetcher: Any) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -227,6 +227,28 @@ async def closed_loop(
     stop_at = 0.0
     measuring = False
 
+    def record(ok: bool, elapsed: float, payload: bytes, hl: str | None) -> None:
+        if not measuring:
+            return
+        if ok:
+            latencies.append(elapsed)
+            size = _batch_size_of(payload, hl)
+            if size is not None:
+                batch_sizes.append(size)
+        else:
+            errors.append(payload[:200].decode(errors="replace"))
+
+    async def warm_then_measure(clients: Callable[[], Awaitable[Any]]) -> float:
+        """Run the clients through the warm-up, then again through the measured window; its seconds."""
+        nonlocal stop_at, measuring
+        stop_at = time.perf_counter() + warmup_s
+        await clients()
+        measuring = True
+        began = time.perf_counter()
+        stop_at = began + duration_s
+        await clients()
+        return time.perf_counter() - began
+
     async def client(session: aiohttp.ClientSession, index: int) -> None:
         i = index
         while time.perf_counter() < stop_at:
@@ -240,16 +262,7 @@ async def closed_loop(
                     hl = response.headers.get("Inference-Header-Content-Length")
             except aiohttp.ClientError as exc:
                 ok, payload, hl = False, str(exc).encode(), None
-            elapsed = time.perf_counter() - start
-            if not measuring:
-                continue
-            if ok:
-                latencies.append(elapsed)
-                size = _batch_size_of(payload, hl)
-                if size is not None:
-                    batch_sizes.append(size)
-            else:
-                errors.append(payload[:200].decode(errors="replace"))
+            record(ok, time.perf_counter() - start, payload, hl)
 
     target = URL(url)
     host, port = target.host or "127.0.0.1", target.port or 80
@@ -278,39 +291,20 @@ async def closed_loop(
                     if connection is not None:
                         connection.close()
                         connection = None
-                elapsed = time.perf_counter() - start
-                if not measuring:
-                    continue
-                if ok:
-                    latencies.append(elapsed)
-                    size = _batch_size_of(payload, hl)
-                    if size is not None:
-                        batch_sizes.append(size)
-                else:
-                    errors.append(payload[:200].decode(errors="replace"))
+                record(ok, time.perf_counter() - start, payload, hl)
         finally:
             if connection is not None:
                 connection.close()
 
     if http_client == "lean":
-        stop_at = time.perf_counter() + warmup_s
-        await asyncio.gather(*(lean_client(i) for i in range(concurrency)))
-        measuring = True
-        began = time.perf_counter()
-        stop_at = began + duration_s
-        await asyncio.gather(*(lean_client(i) for i in range(concurrency)))
-        seconds = time.perf_counter() - began
+        seconds = await warm_then_measure(lambda: asyncio.gather(*(lean_client(i) for i in range(concurrency))))
     else:
         connector = aiohttp.TCPConnector(limit=concurrency + 4)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
-            stop_at = time.perf_counter() + warmup_s
-            await asyncio.gather(*(client(session, i) for i in range(concurrency)))
-            measuring = True
-            began = time.perf_counter()
-            stop_at = began + duration_s
-            await asyncio.gather(*(client(session, i) for i in range(concurrency)))
-            seconds = time.perf_counter() - began
+            seconds = await warm_then_measure(
+                lambda: asyncio.gather(*(client(session, i) for i in range(concurrency)))
+            )
     ms = np.array(latencies) * 1000.0 if latencies else np.array([float("nan")])
     return LoadResult(
         model=model,

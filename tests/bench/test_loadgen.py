@@ -52,6 +52,13 @@ async def test_the_lean_client_frames_each_response_and_reads_the_batch_size(url
     assert result.mean_batch_size == 3.0
 
 
+async def test_the_aiohttp_client_measures_the_same_way(url: str) -> None:
+    result = await closed_loop(url, "sized", "x", 4, 2, 0.3, warmup_s=0.05, json_bodies=True, http_client="aiohttp")
+    assert result.errors == 0, result.error_samples
+    assert result.requests > 2
+    assert result.mean_batch_size == 3.0
+
+
 async def test_the_lean_client_counts_error_statuses_as_errors(url: str) -> None:
     result = await closed_loop(url, "failing", "x", 4, 2, 0.2, warmup_s=0.0, json_bodies=True)
     assert result.requests == 0

@@ -231,4 +231,6 @@ class TokenBuckets:
 def _wait_ms(block: _Block, now: float) -> int:
     """Milliseconds until a refused ``block`` may ask again: until its bucket holds a token, and at least
     ``lease_s`` after the refusal (never over the ``Retry-After`` answered, which is at least 1 s)."""
-    return max(1, math.ceil((block.refused_until - now) * 1000))
+    # Rounded to the microsecond first: refused_until - leased_at comes back from floats a hair over the wait
+    # Redis gave (7771.123456 + 0.05 - 7771.123456 = 0.0500000000001819), which ceil made 1 ms longer.
+    return max(1, math.ceil(round((block.refused_until - now) * 1000, 3)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.ratelimit import Bucket, TokenBuckets
+from gateway.ratelimit import Bucket, TokenBuckets, _Block, _wait_ms
 from schemas import Names
 
 
@@ -47,3 +47,10 @@ async def test_all_buckets_or_none(redis_client: Any, names: Names) -> None:
     assert 6.9 < level <= 9.1
     calls = buckets.lease_calls
     assert (await buckets.take([roomy])).allowed and buckets.lease_calls == calls
+
+
+def test_the_wait_answered_is_the_wait_redis_gave_whatever_the_clock_reads() -> None:
+    # A monotonic clock at 7771.123456 s: refused_until - leased_at is 0.0500000000001819 in floats.
+    leased_at = 7771.123456
+    block = _Block(leased_at=leased_at, refused_until=leased_at + 50 / 1000)
+    assert _wait_ms(block, leased_at) == 50

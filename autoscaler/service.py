@@ -32,7 +32,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from redis.exceptions import RedisError
 
-from common import supervise, text
+from common import supervise
 from common.channel import listen_routine
 from common.wake import WakeNotes
 from schemas import FleetError, Names, SchemaError
@@ -41,6 +41,7 @@ from schemas.eventloop import AsyncService
 from schemas.key_migrator import warn_if_old_layout
 from schemas.limits import ModelLimits
 from schemas.registry import RegistryCache
+from schemas.wake_notes import read_wake_note
 
 from .backends import KubernetesBackend, LocalProcessBackend, PlacementBackend, PoolBackend
 from .collector import LagCollector
@@ -272,9 +273,9 @@ class AutoscalerService(AsyncService):
 
     def _on_wake_note(self, raw: bytes) -> None:
         """A publisher wrote to ``topic:partition``: a topic the collector found missing may exist now."""
-        topic, _, partition = text(raw).rpartition(":")
-        if self._collector is not None and topic and partition.isdigit():
-            self._collector.topic_written(topic)
+        named = read_wake_note(raw)
+        if self._collector is not None and named is not None:
+            self._collector.topic_written(named[0])
 
     def _on_news(self, raw: bytes) -> None:
         """A worker that follows its assignment joined: place now rather than at the end of the interval."""

@@ -20,15 +20,11 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from schemas import Names
+from schemas.wake_notes import wake_note
 
 from .supervise import supervise
 
 log = logging.getLogger("fleet.wake")
-
-
-def wake_note(topic: str, partition: int) -> str:
-    """The note naming ``topic``'s ``partition``."""
-    return f"{topic}:{partition}"
 
 
 class WakeNotes:

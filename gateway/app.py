@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from common.wake import WakeNotes
 from schemas import ModelRegistry, Names
 from schemas.eventloop import AsyncService
 from schemas.key_migrator import warn_if_old_layout
@@ -48,7 +49,6 @@ from .replies import ReplyListener
 from .retry_relay import RetryRelay
 from .routes import SERVER_NAME, Routes
 from .settings import GatewaySettings
-from .wake import WakeNotes
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("fleet.gateway")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from common.wake import WakeNotes
 from schemas import Names
 
 from .limits import Decoder
@@ -15,7 +16,6 @@ from .publisher import RequestPublisher
 from .registry_cache import RegistryCache
 from .replies import ReplyListener
 from .settings import GatewaySettings
-from .wake import WakeNotes
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ class RequestPublisher:
         on_landed: Callable[[str, int], None] | None = None,
     ) -> None:
         self._kafka = kafka
-        #: Called with the topic and partition of every record that landed (`gateway.wake.WakeNotes.note`).
+        #: Called with the topic and partition of every record that landed (`common.wake.WakeNotes.note`).
         self._on_landed = on_landed
         #: Builds the producer from keyword arguments (a seam for tests).
         self._producer_factory = producer_factory

@@ -448,8 +448,9 @@ class Names:
 
     @property
     def wake_channel(self) -> str:
-        """Pub/sub channel: ``topic:partition`` a request record just landed on (gateways publish, at most once a
-        second per partition; pool workers fetch a dormant partition at once). A channel needs no hash tag."""
+        """Pub/sub channel: ``topic:partition`` a record just landed on (`schemas.wake_notes`; gateways, the direct
+        producer and the autoscaler publish, at most once a second per partition; pool workers fetch a dormant
+        partition at once). A channel needs no hash tag."""
         return f"{self.namespace}:wake"
 
     @property

@@ -45,10 +45,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from common import Backoff, BackoffPolicy, supervise, text
+from common import Backoff, BackoffPolicy, supervise
 from common.channel import listen_routine
 from common.fetch_wake import guard_fetch_routine
 from schemas import Lane, Names
+from schemas.wake_notes import read_wake_note
 
 from .artifact_cache import ArtifactCache
 from .dormancy import Dormancy, consumer_options
@@ -548,11 +549,11 @@ class PoolConsumer:
                 self._consumers[lane].resume(*awake)
 
     def _on_wake_note(self, raw: bytes) -> None:
-        """A gateway says a request landed on ``topic:partition``: fetch it now if this worker let it sleep."""
-        topic, _, partition = text(raw).rpartition(":")
-        if not partition.isdigit():
+        """A publisher says a record landed on ``topic:partition``: fetch it now if this worker let it sleep."""
+        named = read_wake_note(raw)
+        if named is None:
             return
-        tp = TopicPartition(topic, int(partition))
+        tp = TopicPartition(*named)
         owned = self._owned.get(tp)
         if owned is not None:
             self._dormancy[owned.lane].wake(tp)

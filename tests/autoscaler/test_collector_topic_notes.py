@@ -13,8 +13,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from autoscaler import AutoscalerService, AutoscalerSettings, LagCollector
 from autoscaler.backends import PlacementBackend
-from common.wake import wake_note
 from schemas import FleetSettings, Names
+from schemas.wake_notes import wake_note
 
 from .test_collector_topic_list import Clock
 

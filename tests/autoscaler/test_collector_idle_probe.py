@@ -9,14 +9,13 @@ whatever the number of partitions (with 1,000 models, a third of an idle autosca
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.consumer.fetcher import Fetcher
 
 from autoscaler import LagCollector
 from schemas import FleetSettings, Names
+from tests.fetch_walks import count_fetch_walks
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +28,7 @@ async def test_the_probe_consumer_does_not_walk_its_partitions_between_rounds(
     topic = names.request_topic("m1")
     admin = AIOKafkaAdminClient(**fleet_settings.kafka.client_kwargs())
     await admin.start()
-    walks: dict[int, int] = {}
-    original = Fetcher._get_actions_per_node
-
-    def counted(fetcher: Any, assignment: Any) -> Any:
-        walks[id(fetcher)] = walks.get(id(fetcher), 0) + 1
-        return original(fetcher, assignment)
-
-    monkeypatch.setattr(Fetcher, "_get_actions_per_node", counted)
+    walks = count_fetch_walks(monkeypatch)
     try:
         await admin.create_topics([NewTopic(topic, 2, 1)])
         async with LagCollector(fleet_settings) as collector:

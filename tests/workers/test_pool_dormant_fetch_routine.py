@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.consumer.fetcher import Fetcher
 
 from schemas import FleetSettings, Names
+from tests.fetch_walks import count_fetch_walks
 from workers import Worker
 
 from .conftest import make_request
@@ -40,14 +40,7 @@ async def test_sleeping_partitions_leave_the_fetch_routine_asleep(
     settings = _settings(
         fleet_settings, tmp_path, "quiet", models=tuple(models), pool_dormant_after_s=0.3, pool_dormant_sweep_ms=60_000
     )
-    walks: dict[int, int] = {}
-    original = Fetcher._get_actions_per_node
-
-    def counted(fetcher: Any, assignment: Any) -> Any:
-        walks[id(fetcher)] = walks.get(id(fetcher), 0) + 1
-        return original(fetcher, assignment)
-
-    monkeypatch.setattr(Fetcher, "_get_actions_per_node", counted)
+    walks = count_fetch_walks(monkeypatch)
     stream = names.reply_stream("quiet")
     replies = _Replies(redis_client, stream)
     async with Worker(settings) as worker:

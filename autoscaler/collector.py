@@ -58,7 +58,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from common.fetch_wake import guard_fetch_routine
+from common.fetch_wake import SLEEPING_ROUTINE_WAKE_MS, guard_fetch_routine
 from schemas import FleetError, FleetSettings, KafkaSettings, Lane, Names
 from schemas.eventloop import AsyncService
 from schemas.topics import cluster_info
@@ -71,8 +71,6 @@ log = logging.getLogger("fleet.autoscaler")
 #: Records/s below which a smoothed rate of a partition that did not move is taken as zero (it decays
 #: geometrically, never reaching zero by itself).
 RATE_FLOOR = 1e-3
-#: Longest the probe consumer's fetch routine sleeps without an event (a resume, seek or answer wakes it sooner).
-PROBE_IDLE_WAKE_MS = 30_000
 
 
 class LagMethod(enum.Enum):
@@ -215,11 +213,9 @@ class LagCollector(AsyncService):
                 fetch_max_wait_ms=max(1, min(kafka.fetch_max_wait_ms, 50)),
                 fetch_max_bytes=1,
                 max_partition_fetch_bytes=1,
-                # aiokafka's fetch routine walks every assigned partition whenever it wakes, and wakes at least
-                # this often: its partitions sit paused between rounds, and a resume, seek or fetch answer wakes
-                # it anyway, so the default 200 ms only cost a walk over every partition of every model 5 times
-                # a second (a third of an idle autoscaler's CPU with 1,000 models).
-                consumer_timeout_ms=PROBE_IDLE_WAKE_MS,
+                # Its partitions sit paused between rounds: aiokafka's default 200 ms timer walked every partition
+                # of every model 5 times a second (a third of an idle autoscaler's CPU with 1,000 models).
+                consumer_timeout_ms=SLEEPING_ROUTINE_WAKE_MS,
             )
             await self._probe.start()
             guard_fetch_routine(self._probe)  # no 30 s sleep on a fetch already answered (see common.fetch_wake)

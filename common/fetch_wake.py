@@ -19,6 +19,13 @@ from typing import Any
 
 log = logging.getLogger("fleet.kafka")
 
+#: ``consumer_timeout_ms`` for a consumer holding many paused partitions (a pool lane with dormancy, the autoscaler's
+#: lag probe): the longest its fetch routine sleeps with nothing to do. The routine walks every assigned partition
+#: (paused ones too) each time it wakes, and aiokafka's default timer (200 ms) woke it 5 times a second over hundreds
+#: of sleeping partitions; a resume, seek, new assignment or fetch answer wakes it anyway, and the guard below keeps
+#: it from sleeping through a fetch already answered.
+SLEEPING_ROUTINE_WAKE_MS = 30_000
+
 
 def _stale_in_flight(fetcher: Any) -> bool:
     """Whether a broker is marked in flight with no fetch to it pending (each pending task is one broker's)."""

@@ -19,15 +19,12 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-#: Longest aiokafka's fetch routine sleeps with nothing to do, for a consumer with dormancy on. The routine walks every
-#: assigned partition (paused ones too) each time it wakes, and its default timer (200 ms) woke it 5 times a second
-#: over hundreds of sleeping partitions; a resume, seek, new assignment or fetch answer wakes it anyway.
-FETCH_ROUTINE_WAKE_MS = 30_000
+from common.fetch_wake import SLEEPING_ROUTINE_WAKE_MS
 
 
 def consumer_options(after_s: float) -> dict[str, Any]:
     """Extra ``AIOKafkaConsumer`` options for a consumer whose quiet partitions sleep after ``after_s`` (0: off)."""
-    return {"consumer_timeout_ms": FETCH_ROUTINE_WAKE_MS} if after_s > 0 else {}
+    return {"consumer_timeout_ms": SLEEPING_ROUTINE_WAKE_MS} if after_s > 0 else {}
 
 
 class Dormancy:

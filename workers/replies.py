@@ -6,8 +6,12 @@ both keys of the stream's own hash slot. A redelivered request (its worker died 
 the commit) runs again and its second reply reaches the stream too: the gateway hands each request id
 only its first reply and drops any later one (it no longer waits for that id), so the caller never gets
 two answers. A reply kind ``stream`` with ``ttl_s`` (a producer client that may resume: ``fleet batch
-run``) also stores its first result with ``SET result NX EX ttl`` in the same pipeline (another slot,
-so not in the script; the client drops a second reply by id as well). Sync replies of one round to one
+run``) also stores its first result with ``SET result NX EX ttl`` (another slot, so not in the script; the
+client drops a second reply by id as well), and the result is stored before the stream entry is written, so a
+caller that read the entry finds the stored result: on one server the SET goes first in the same pipeline (one
+connection, run in order); on a cluster, where the two keys may lie on nodes written in parallel, the entries
+of such replies go in a second round trip once their results are stored (an entry whose SET failed waits for
+the retry). Sync replies store nothing and keep their one round trip. Sync replies of one round to one
 reply stream whose address reads lists (``ReplyAddress.lists``: a gateway that says so in the request) go
 as one entry (``deliver_list``, field ``rb``: ``schemas.envelopes.pack_responses``), one XADD for them all;
 a reader that never asked for lists never gets one.
@@ -136,6 +140,16 @@ def is_transient(error: ResponseError) -> bool:
 Reply = tuple[ReplyAddress, InferenceResponse]
 
 
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """One command of a delivery: the pipeline method and its arguments, and the keys it writes."""
+
+    method: str
+    args: tuple[Any, ...]
+    keys: tuple[str, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 class ReplicaAckError(RedisError):
     """Fewer replicas than asked acknowledged a node's replies in time: they may be lost with that master."""
 
@@ -252,63 +266,93 @@ class ReplyWriter:
             raise BackendDownError(f"Redis unavailable, topic replies not marked: {exc}") from exc
 
     async def _send(self, items: Sequence[Reply]) -> list[Any]:
-        """One pipelined round trip; per item the outcome: 1 (a first result, or a reply stored nowhere), 0
-        (a result was stored already), the stored first result (kind topic), or the error of a command."""
+        """One pipelined round trip (two on a cluster when a reply is stored too); per item the outcome: 1 (a first
+        result, or a reply stored nowhere), 0 (a result was stored already), the stored first result (kind
+        topic), or the error of a command."""
         n = self._names
-        outcomes: list[Any] = []
-        slots: list[tuple[int, int]] = []  # per item: its first command's index and its command count
-        commands = 0
+        # A reply stored too goes on its stream only once the result is stored: a caller that read the entry
+        # then finds the result. On one server the SET comes first on the one connection; on a cluster the two
+        # keys may lie on different nodes, written in parallel, so the entries wait for a second round trip.
+        cluster = hasattr(self._redis, "get_node_from_key")
+        first: list[_Command] = []
+        after: list[tuple[int, _Command]] = []  # entries sent once the command at that index of ``first`` is done
+        refs: list[tuple[int, ...]] = []  # per item: its commands (the one whose result counts first; -1 - i: after)
         listed = _listed(items)
-        sent_lists: dict[str, tuple[int, int]] = {}  # reply stream -> the slot of its list's XADD
-        written: list[tuple[str, ...]] = []  # per item: the keys its commands write
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for address, response in items:
-                ttl = max(RESULT_TTL_S, address.ttl_s)
-                group = listed.get(address.target) if address.lists else None
-                if group is not None:  # one entry carries every response of the round for this stream
-                    slot = sent_lists.get(address.target)
-                    if slot is None:
-                        value = pack_responses([items[i][1] for i in group])
-                        stream_args = (value, REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S)
-                        pipe.evalsha(DELIVER_LIST_SHA, 1, address.target, *stream_args)
-                        slot = sent_lists[address.target] = (commands, 1)
-                        commands += 1
-                    slots.append(slot)
-                    written.append((address.target,))
+        sent_lists: dict[str, int] = {}  # reply stream -> the index of its list's XADD
+        for address, response in items:
+            ttl = max(RESULT_TTL_S, address.ttl_s)
+            group = listed.get(address.target) if address.lists else None
+            if group is not None:  # one entry carries every response of the round for this stream
+                index = sent_lists.get(address.target)
+                if index is None:
+                    value = pack_responses([items[i][1] for i in group])
+                    args = (DELIVER_LIST_SHA, 1, address.target, value, REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S)
+                    index = sent_lists[address.target] = len(first)
+                    first.append(_Command("evalsha", args, (address.target,)))
+                refs.append((index,))
+            elif address.kind is ReplyKind.TOPIC:
+                result_key, emitted = n.result_key(response.id), n.emitted_key(response.id)
+                args = (DELIVER_TOPIC_SHA, 2, result_key, emitted, response.to_bytes(), ttl)
+                refs.append((len(first),))
+                first.append(_Command("evalsha", args, (result_key,)))
+            elif address.kind is ReplyKind.RESULT:
+                shard = n.job_shard(response.id)
+                keys = (n.result_key(response.id), n.job_key(response.id), n.callbacks_stream(shard))
+                refs.append((len(first),))
+                args = (DELIVER_SHA, 3, *keys, response.to_bytes(), ttl, response.id)
+                first.append(_Command("evalsha", args, keys[:1]))
+            elif address.kind is ReplyKind.STREAM and address.target:
+                value = response.to_bytes()
+                args = (DELIVER_STREAM_SHA, 1, address.target, value, REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S)
+                entry = _Command("evalsha", args, (address.target,))
+                if not address.ttl_s:  # a sync reply: its stream entry only
+                    refs.append((len(first),))
+                    first.append(entry)
                     continue
-                if address.kind is ReplyKind.TOPIC:
-                    result_key, emitted = n.result_key(response.id), n.emitted_key(response.id)
-                    pipe.evalsha(DELIVER_TOPIC_SHA, 2, result_key, emitted, response.to_bytes(), ttl)
-                    slots.append((commands, 1))
-                    written.append((result_key,))
-                elif address.kind is ReplyKind.RESULT:
-                    shard = n.job_shard(response.id)
-                    keys = (n.result_key(response.id), n.job_key(response.id), n.callbacks_stream(shard))
-                    pipe.evalsha(DELIVER_SHA, 3, *keys, response.to_bytes(), ttl, response.id)
-                    slots.append((commands, 1))
-                    written.append((keys[0],))
-                elif address.kind is ReplyKind.STREAM and address.target:
-                    value = response.to_bytes()
-                    pipe.evalsha(DELIVER_STREAM_SHA, 1, address.target, value, REPLY_STREAM_MAXLEN, REPLY_STREAM_TTL_S)
-                    if address.ttl_s:  # a producer that may resume reads the first result back later
-                        pipe.set(n.result_key(response.id), value, nx=True, ex=ttl)
-                    slots.append((commands, 2 if address.ttl_s else 1))
-                    written.append((address.target, n.result_key(response.id)) if address.ttl_s else (address.target,))
-                else:  # nobody reads a reply: nothing to store
-                    slots.append((commands, 0))
-                    written.append(())
-                commands += slots[-1][1]
-            waits, item_nodes = self._queue_waits(pipe, written) if commands else ({}, [])
-            results = list(await pipe.execute(raise_on_error=False)) if commands else []
-        acked = {node: self._acked(node, results[commands + i]) for i, node in enumerate(waits)}
-        for index, (start, count) in enumerate(slots):
-            if count == 0:
-                outcomes.append(1)
-                continue
-            errors = [r for r in results[start : start + count] if isinstance(r, Exception)]
-            if not errors and acked:  # written: it counts once enough replicas hold it too
-                errors = [e for e in (acked[node] for node in item_nodes[index]) if e is not None]
-            outcomes.append(errors[0] if errors else results[start])
+                # A producer that may resume reads the first result back later: stored, then the entry.
+                result_key = n.result_key(response.id)
+                store = len(first)
+                first.append(_Command("set", (result_key, value), (result_key,), {"nx": True, "ex": ttl}))
+                if cluster:
+                    refs.append((-1 - len(after), store))
+                    after.append((store, entry))
+                else:
+                    refs.append((len(first), store))
+                    first.append(entry)
+            else:  # nobody reads a reply: nothing to store
+                refs.append(())
+        results = await self._pipeline(first)
+        later: list[Any] = []
+        if after:
+            # An entry whose result a passing error left unstored waits for the retry (the reply is delivered
+            # again); one whose SET cannot succeed (say WRONGTYPE: logged) is written as on one server.
+            ready = [not _passing(results[store]) for store, _ in after]
+            sent = iter(await self._pipeline([entry for (_, entry), go in zip(after, ready, strict=True) if go]))
+            later = [next(sent) if go else results[store] for (store, _), go in zip(after, ready, strict=True)]
+        outcomes: list[Any] = []
+        for commands in refs:
+            got = [results[i] if i >= 0 else later[-1 - i] for i in commands]
+            errors = [r for r in got if isinstance(r, Exception)]
+            outcomes.append(errors[0] if errors else got[0] if got else 1)
+        return outcomes
+
+    async def _pipeline(self, commands: Sequence[_Command]) -> list[Any]:
+        """Send ``commands`` in one non-transactional pipeline (and the ``WAIT`` for replicas, when asked); per
+        command its result, or its error (the command's, or a node's too few replica acknowledgements)."""
+        if not commands:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                getattr(pipe, command.method)(*command.args, **command.kwargs)
+            waits, command_nodes = self._queue_waits(pipe, [command.keys for command in commands])
+            results = list(await pipe.execute(raise_on_error=False))
+        acked = {node: self._acked(node, results[len(commands) + i]) for i, node in enumerate(waits)}
+        outcomes = results[: len(commands)]
+        if acked:  # written: it counts once enough replicas hold it too
+            for index, result in enumerate(outcomes):
+                errors = [e for e in (acked[node] for node in command_nodes[index]) if e is not None]
+                if errors and not isinstance(result, Exception):
+                    outcomes[index] = errors[0]
         return outcomes
 
     def _queue_waits(
@@ -316,7 +360,7 @@ class ReplyWriter:
     ) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
         """Queue one ``WAIT`` per node written, after the writes and on the same connection (WAIT waits for
         the writes of its own connection). Returns the nodes by name in the order of their WAITs ("" on a
-        single server), and per item the names of the nodes it writes to."""
+        single server), and per command the names of the nodes it writes to."""
         if not self._replica_acks:
             return {}, []
         nodes: dict[str, Any] = {}
@@ -378,6 +422,11 @@ class ReplyWriter:
         # Retrying cannot fix it (unknown topic, not authorized, record too large): the result stays
         # readable under its result key, and the round goes on.
         log.error("reply of request %s to topic %s not produced (kept in Redis only): %s", request_id, topic, exc)
+
+
+def _passing(result: Any) -> bool:
+    """True when a command's outcome is an error that a later try may get past (delivered again then)."""
+    return isinstance(result, Exception) and not (isinstance(result, ResponseError) and not is_transient(result))
 
 
 def _listed(items: Sequence[Reply]) -> dict[str, list[int]]:

@@ -279,6 +279,7 @@ class ReplyWriter:
         refs: list[tuple[int, ...]] = []  # per item: its commands (the one whose result counts first; -1 - i: after)
         listed = _listed(items)
         sent_lists: dict[str, int] = {}  # reply stream -> the index of its list's XADD
+        args: tuple[Any, ...]
         for address, response in items:
             ttl = max(RESULT_TTL_S, address.ttl_s)
             group = listed.get(address.target) if address.lists else None

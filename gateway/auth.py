@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -110,14 +111,19 @@ class KeyCache:
 
 def presented_secret(request: web.BaseRequest) -> str | None:
     """The key in ``Authorization: Bearer`` (wins) or ``X-API-Key``; None when neither is there."""
-    header = request.headers.get(AUTHORIZATION)
+    return secret_in(request.headers)
+
+
+def secret_in(headers: Mapping[str, str]) -> str | None:
+    """``presented_secret`` of a request's ``headers`` (a case-insensitive mapping)."""
+    header = headers.get(AUTHORIZATION)
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        if request.headers.get(API_KEY_HEADER) is None:
+        if headers.get(API_KEY_HEADER) is None:
             raise UnauthenticatedError("the Authorization header must read 'Bearer <key>'")
-    key = request.headers.get(API_KEY_HEADER)
+    key = headers.get(API_KEY_HEADER)
     return key.strip() if key is not None else None
 
 
@@ -148,18 +154,7 @@ class Guard:
             if infer and model is not None:
                 await self._limit(key, model)
         except AuthError as exc:
-            if infer and model is not None:
-                self._metrics.refused(model, exc.code.value)
-            log.info(
-                "request refused",
-                extra={
-                    "request_id": request.get(WIRE_ID_KEY, ""),
-                    "path": request.path,
-                    "code": exc.code.value,
-                    "status": exc.http_status,
-                    "error": exc.message,
-                },
-            )
+            self.refused(exc, model if infer else None, request.get(WIRE_ID_KEY, ""), request.path)
             if request.path.startswith("/v1/"):  # OpenAI's clients read OpenAI's error body
                 response = web.json_response(openai_auth_error(exc), status=exc.http_status)
             else:
@@ -167,6 +162,21 @@ class Guard:
             response.headers.update(exc.headers)
             return response
         return await handler(request)
+
+    def refused(self, exc: AuthError, infer_model: str | None, request_id: str, path: str) -> None:
+        """Count (for an infer request for ``infer_model``) and log a refused request."""
+        if infer_model is not None:
+            self._metrics.refused(infer_model, exc.code.value)
+        log.info(
+            "request refused",
+            extra={
+                "request_id": request_id,
+                "path": path,
+                "code": exc.code.value,
+                "status": exc.http_status,
+                "error": exc.message,
+            },
+        )
 
     async def _authenticate(self, request: web.Request) -> ApiKey | None:
         path = request.path

@@ -194,12 +194,26 @@ class WorkerReplyError(GatewayError):
         super().__init__(message, code=code)
 
 
-def error_response(status: int, message: str, code: ErrorCode | None = None) -> web.Response:
+def error_document(message: str, code: ErrorCode | None = None) -> dict[str, str]:
     """The JSON error body every failure uses: ``{"error": message, "code": CODE}`` (OIP v2 plus our code)."""
     body = {"error": message}
     if code is not None:
         body["code"] = code.value
-    return web.json_response(body, status=status)
+    return body
+
+
+def error_response(status: int, message: str, code: ErrorCode | None = None) -> web.Response:
+    """``error_document`` as an aiohttp response with ``status``."""
+    return web.json_response(error_document(message, code), status=status)
+
+
+def failure_status(exc: FleetError, request_id: str, path: str) -> int:
+    """The HTTP status of a failed request's error, logged the way every failure is (a warning from 500 up)."""
+    status = HTTP_STATUS.get(exc.code, 500)
+    level = logging.WARNING if status >= 500 else logging.INFO
+    extra = {"request_id": request_id, "path": path, "code": exc.code.value, "status": status, "error": exc.message}
+    log.log(level, "request failed", extra=extra)
+    return status
 
 
 @web.middleware
@@ -208,9 +222,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except FleetError as exc:
-        status = HTTP_STATUS.get(exc.code, 500)
-        level = logging.WARNING if status >= 500 else logging.INFO
-        log.log(level, "request failed", extra=_extra(request, code=exc.code.value, status=status, error=exc.message))
+        status = failure_status(exc, request.get(WIRE_ID_KEY, ""), request.path)
         response = error_response(status, exc.message, exc.code)
         if isinstance(exc, GatewayError):
             response.headers.update(exc.headers)

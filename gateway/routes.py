@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from common import tracing
 from schemas import ErrorCode, Framework, ModelRecord, TensorSpec, check_inputs
+from schemas.oip import Rendered
 
 from .backends import Backends
 from .errors import (
@@ -26,7 +27,7 @@ from .errors import (
     RequestTimeoutError,
     error_response,
 )
-from .infer_path import UNKNOWN_MODEL, InferPath
+from .infer_path import UNKNOWN_MODEL, Attempt, InferPath
 from .job_routes import (
     ASYNC_QUERY,
     IDEMPOTENCY_HEADER,
@@ -41,6 +42,7 @@ from .protocol import (
     HEADER_LENGTH,
     LANE_HEADER,
     TIMEOUT_HEADER,
+    InferBody,
     check_outputs,
     choose_lane,
     json_response,
@@ -178,28 +180,11 @@ class Routes:
                 if not is_async:
                     raise InvalidRequestError(f"{IDEMPOTENCY_HEADER} applies to async requests only")
                 check_idempotency_key(idempotency_key)
-            versioned = request.match_info.get("version") is not None
+            version = request.match_info.get("version")
             async with self.large_bodies.turn(request.content_length):
                 raw = await self._read_body(request, ticket)
-                record = await self.path.record(request.match_info["model"], request.match_info.get("version"))
-                attempt.label = record.name
-                datatypes = await self._datatypes(record, versioned)
-                body = await self._b.decoder.decode(raw, request.headers.get(HEADER_LENGTH), datatypes)
-            if body.lane is None and LANE_HEADER in request.headers:  # no lane: interactive, left as None
-                body = dataclasses.replace(body, lane=choose_lane(None, request.headers[LANE_HEADER]))
-            if not versioned:  # unversioned: the model's traffic split picks
-                record = await self._b.cache.routed(record, request.headers.get(REQUEST_ID_HEADER) or body.id)
-            attempt.resolved(record)
-            settings = self._b.settings
-            # An async job's deadline defaults to (and is capped at) the job TTL.
-            default_s, max_s = (
-                (settings.job_ttl_s, settings.job_ttl_s)
-                if is_async
-                else (settings.default_timeout_s, settings.max_timeout_s)
-            )
-            timeout_ms = parse_timeout_ms(body.timeout_ms, request.headers.get(TIMEOUT_HEADER), default_s, max_s)
-            check_inputs(record.inputs, body.inputs, batched=record.batched)
-            check_outputs((s.name for s in record.outputs), body)
+                record, body = await self._decoded(attempt, request.match_info["model"], version, raw, request.headers)
+            record, body, timeout_ms = await self._checked(attempt, record, body, request.headers, version, is_async)
             if is_async:
                 if self.draining:
                     raise BackendDownError("gateway", "the gateway is stopping")
@@ -210,6 +195,56 @@ class Routes:
         if rendered.header_length is not None:
             headers[HEADER_LENGTH] = str(rendered.header_length)
         return web.Response(body=rendered.body, headers=headers)
+
+    async def sync_infer(
+        self, model: str, version: str | None, headers: Mapping[str, str], raw: bytes, wire_id: str
+    ) -> Rendered:
+        """A sync infer request whose whole body is in hand (``gateway.http_front``'s): the checks, metrics and
+        errors of ``infer``, without aiohttp's request."""
+        with self.path.attempt() as attempt:
+            check_declared_body(len(raw), self._b.settings.max_body_bytes)
+            attempt.ticket = self.admission.admit(len(raw))
+            record, body = await self._decoded(attempt, model, version, raw, headers)
+            record, body, timeout_ms = await self._checked(attempt, record, body, headers, version, False)
+            response = await self.path.round_trip(wire_id, record, body, attempt, timeout_ms)
+            return render_infer(response, body, body.id or wire_id)
+
+    async def _decoded(
+        self, attempt: Attempt, model: str, version: str | None, raw: bytes, headers: Mapping[str, str]
+    ) -> tuple[ModelRecord, InferBody]:
+        """The record ``model`` (``version``) resolves to and the decoded body (its datatypes known up front)."""
+        record = await self.path.record(model, version)
+        attempt.label = record.name
+        datatypes = await self._datatypes(record, version is not None)
+        return record, await self._b.decoder.decode(raw, headers.get(HEADER_LENGTH), datatypes)
+
+    async def _checked(
+        self,
+        attempt: Attempt,
+        record: ModelRecord,
+        body: InferBody,
+        headers: Mapping[str, str],
+        version: str | None,
+        is_async: bool,
+    ) -> tuple[ModelRecord, InferBody, float]:
+        """The version that serves ``body`` (a traffic split picks when none was named), the body with its lane
+        and the timeout in ms, once its inputs and outputs fit the record."""
+        if body.lane is None and LANE_HEADER in headers:  # no lane: interactive, left as None
+            body = dataclasses.replace(body, lane=choose_lane(None, headers[LANE_HEADER]))
+        if version is None:  # unversioned: the model's traffic split picks
+            record = await self._b.cache.routed(record, headers.get(REQUEST_ID_HEADER) or body.id)
+        attempt.resolved(record)
+        settings = self._b.settings
+        # An async job's deadline defaults to (and is capped at) the job TTL.
+        default_s, max_s = (
+            (settings.job_ttl_s, settings.job_ttl_s)
+            if is_async
+            else (settings.default_timeout_s, settings.max_timeout_s)
+        )
+        timeout_ms = parse_timeout_ms(body.timeout_ms, headers.get(TIMEOUT_HEADER), default_s, max_s)
+        check_inputs(record.inputs, body.inputs, batched=record.batched)
+        check_outputs((s.name for s in record.outputs), body)
+        return record, body, timeout_ms
 
     async def _datatypes(self, record: ModelRecord, versioned: bool) -> dict[str, str] | None:
         """The input datatypes a request for ``record`` must have, known before its body is decoded; None when

@@ -36,6 +36,7 @@ from .files import FileStore
 from .generation_path import GenerationPath
 from .grpc_server import GrpcServer, ReadinessHealth
 from .grpc_service import GrpcInferenceService
+from .http_front import HttpFront
 from .limits import Decoder
 from .metrics import GatewayMetrics
 from .model_config import ModelConfigRoutes, ModelDescriptions
@@ -89,6 +90,8 @@ class Gateway(AsyncService):
         self._id_prefix = secrets.token_hex(8)
         self._counter = itertools.count(1)
         self._batches: BatchRunner | None = None
+        self._front: HttpFront | None = None
+        self._server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
@@ -150,11 +153,14 @@ class Gateway(AsyncService):
         self._runner = runner
         try:
             await runner.setup()
-            site = web.TCPSite(runner, self.settings.host, self.settings.port)
-            await site.start()
-            addresses = runner.addresses
-            if addresses:
-                self._port = int(addresses[0][1])
+            if self.settings.http_front:
+                await self._start_front(runner, guard)
+            else:
+                site = web.TCPSite(runner, self.settings.host, self.settings.port)
+                await site.start()
+                addresses = runner.addresses
+                if addresses:
+                    self._port = int(addresses[0][1])
             if self.settings.grpc_port:
                 version = self._backends.version
                 await self._start_grpc(GrpcInferenceService(path, descriptions, guard, self.metrics, version))
@@ -196,6 +202,7 @@ class Gateway(AsyncService):
             await self._drain_waiting(self._backends.listener)
         if self._grpc is not None:
             await self._grpc.stop(_GRPC_STOP_GRACE_S)  # the calls still running were just answered
+        await self._stop_front()
         runner, self._runner = self._runner, None
         if runner is not None:
             # Stops the sites, waits for running handlers up to shutdown_timeout, then runs the
@@ -213,6 +220,22 @@ class Gateway(AsyncService):
         failed = listener.fail_waiting("the gateway stopped before the reply arrived; retry the request")
         if failed:
             log.warning("answered requests still waiting with 503", extra={"requests": failed})
+
+    async def _start_front(self, runner: web.AppRunner, guard: Guard) -> None:
+        """Listen with the lean HTTP front, which hands aiohttp (``runner``'s server) what it does not serve."""
+        assert self._routes is not None and runner.server is not None
+        self._front = HttpFront(self.settings, self._routes, guard, runner.server, self._new_wire_id)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._front.protocol, self.settings.host, self.settings.port)
+        self._port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _stop_front(self) -> None:
+        """Stop listening, then close the front's connections once their requests are answered."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        if self._front is not None:
+            await self._front.close(self.settings.shutdown_grace_s)
 
     async def _start_grpc(self, service: GrpcInferenceService) -> None:
         assert self._routes is not None

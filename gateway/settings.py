@@ -73,6 +73,12 @@ class GatewaySettings:
         "the answer is 503 OVERLOADED.",
         256 << 20,
     )
+    http_front: bool = doc(
+        "Answer plain sync infer requests (JSON or binary bodies up to FLEET_GATEWAY_DECODE_INLINE_BYTES, "
+        "HTTP/1.1) on the gateway's lean HTTP path, with the same checks, answers and errors; any other request "
+        "moves its connection to aiohttp. Off: aiohttp answers everything.",
+        True,
+    )
     header_timeout_s: float = doc(
         "Longest wait for a complete request head after a connection opens or its previous response; the "
         "connection is closed after it (also the idle keep-alive timeout).",

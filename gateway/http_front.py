@@ -1,0 +1,351 @@
+"""The gateway's lean HTTP/1.1 front: plain sync infer requests are parsed and answered here, all else by aiohttp.
+
+Every connection starts here. A request that is a plain sync infer call — ``POST /v2/models/{m}/infer`` or
+``POST /v2/models/{m}/versions/{v}/infer`` over HTTP/1.1, an ASCII head within aiohttp's limits, a Content-Length
+body of at most ``decode_inline_bytes``, no query, no transfer or content coding, no ``Expect``, ``Upgrade``,
+``Prefer`` or ``Idempotency-Key``, tracing off — goes through the same checks as aiohttp's route (the guard's keys
+and rate limits, ``Routes.sync_infer``, the error middleware's bodies and logs, ``X-Request-Id``) without
+aiohttp's per-request objects, middleware chain and response machinery, which cost about three times the rest of
+the HTTP handling (``bench.sync_http``'s ``gateway_cpu_ms_per_request``). The first request that is anything
+else hands the connection, with every byte not answered yet, to aiohttp for good, which answers it as it always
+has. Requests on one connection are answered in order, one at a time (pipelined ones wait in the buffer).
+
+As aiohttp does, a connection without a complete request head ``header_timeout_s`` after it opened or after its
+previous response is closed. A request whose body has not fully arrived with its head goes to aiohttp with the
+connection (which admits the declared bytes at once and reads the rest within ``body_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import http
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp.http import SERVER_SOFTWARE
+
+from common import tracing
+from schemas import ErrorCode, FleetError
+from schemas.logs import request_context
+
+from .auth import AuthError, Guard, secret_in
+from .errors import REQUEST_ID_HEADER, GatewayError, error_document, failure_status
+from .job_routes import IDEMPOTENCY_HEADER, PREFER_HEADER
+from .protocol import HEADER_LENGTH
+from .routes import Routes
+from .settings import GatewaySettings
+
+log = logging.getLogger("fleet.gateway")
+
+_INFER_TARGET = re.compile(rb"/v2/models/([^/?#%]+)(?:/versions/([^/?#%]+))?/infer")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Headers that send a request to aiohttp: codings, interim answers, upgrades and the async job API.
+_ELSEWHERE = frozenset(
+    {"transfer-encoding", "content-encoding", "expect", "upgrade", PREFER_HEADER.lower(), IDEMPOTENCY_HEADER.lower()}
+)
+#: Bytes buffered on one connection past which it stops reading until the request in hand is answered.
+_MAX_BUFFERED = 1 << 20
+_REQUEST_ID = REQUEST_ID_HEADER.lower()
+
+
+class Headers(dict[str, str]):
+    """A request's headers by lower-case name (the first of repeated ones); ``get`` and ``in`` ignore case."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict.get(self, name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and dict.__contains__(self, name.lower())
+
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, name.lower())
+
+
+class Head:
+    """A parsed request head the front serves: the model, version, headers and body length."""
+
+    __slots__ = ("body_bytes", "headers", "model", "path", "version")
+
+    def __init__(self, path: str, model: str, version: str | None, headers: Headers, body_bytes: int) -> None:
+        self.path = path
+        self.model = model
+        self.version = version
+        self.headers = headers
+        self.body_bytes = body_bytes
+
+
+def parse_head(head: bytes, max_body_bytes: int, max_field_bytes: int, max_headers: int) -> Head | None:
+    """The head (request line and headers, without the blank line) of a request the front serves, or None when
+    aiohttp must (another route or method, anything unusual, anything malformed: aiohttp answers that as ever)."""
+    if not head.isascii():
+        return None
+    lines = head.split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3 or request_line[0] != b"POST" or request_line[2] != b"HTTP/1.1":
+        return None
+    target = _INFER_TARGET.fullmatch(request_line[1])
+    if target is None or len(lines) > max_headers + 1:
+        return None
+    headers = Headers()
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or len(line) > max_field_bytes or _TOKEN.fullmatch(name) is None:
+            return None  # no colon, a folded line, a space before the colon, an oversized field
+        key = name.decode().lower()
+        if key in headers:
+            if key == "content-length":
+                return None
+            continue
+        headers[key] = value.strip(b" \t").decode()
+    length = headers.get("content-length")
+    if length is None or not length.isdigit() or len(length) > 12 or int(length) > max_body_bytes:
+        return None
+    if not _ELSEWHERE.isdisjoint(headers) or headers.get("connection", "keep-alive").lower() != "keep-alive":
+        return None
+    version = target.group(2)
+    path, model = request_line[1].decode(), target.group(1).decode()
+    return Head(path, model, version.decode() if version is not None else None, headers, int(length))
+
+
+class _Date:
+    """The ``Date`` header's value, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._value = second, email.utils.formatdate(second, usegmt=True)
+        return self._value
+
+
+class HttpFront:
+    """One gateway's front: the protocol factory of its HTTP server (``protocol``) and its connections."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        routes: Routes,
+        guard: Guard,
+        aiohttp_protocol: Callable[[], asyncio.Protocol],
+        wire_ids: Callable[[], str],
+    ) -> None:
+        self._settings = settings
+        self._routes = routes
+        self._guard = guard
+        self._aiohttp_protocol = aiohttp_protocol
+        self._wire_ids = wire_ids
+        self._date = _Date()
+        self._connections: set[_Connection] = set()
+        self._closing = False
+        # The largest head the front reads before leaving the connection to aiohttp (which applies its limits).
+        self._max_head = settings.max_header_line_bytes + settings.max_headers * (settings.max_header_field_bytes + 2)
+
+    def protocol(self) -> asyncio.Protocol:
+        """A new connection's protocol (``loop.create_server``'s factory)."""
+        return _Connection(self)
+
+    async def close(self, grace_s: float) -> None:
+        """Close idle connections now and the others once their request is answered (within ``grace_s``)."""
+        self._closing = True
+        serving = [c.serving for c in self._connections if c.serving is not None]
+        for connection in list(self._connections):
+            if connection.serving is None:
+                connection.close()
+        if serving:
+            await asyncio.wait(serving, timeout=grace_s)
+        for connection in list(self._connections):
+            connection.close()
+        for task in serving:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def serve(self, head: Head, body: bytes) -> tuple[int, list[tuple[str, str]], bytes, bool]:
+        """Answer one request: status, headers, body and whether to close the connection after it."""
+        wire_id = self._wire_ids()
+        client_id = head.headers.get(_REQUEST_ID)
+        headers: list[tuple[str, str]] = []
+        close = False
+        began = time.perf_counter()
+        with request_context(request_id=wire_id):  # every line logged while handling it carries the id
+            try:
+                secret = secret_in(head.headers) if self._settings.auth else None
+                await self._guard.authorize(secret, head.model, infer=True)
+                rendered = await self._routes.sync_infer(head.model, head.version, head.headers, body, wire_id)
+                status, content_type, payload = 200, rendered.content_type, rendered.body
+                if rendered.header_length is not None:
+                    headers.append((HEADER_LENGTH, str(rendered.header_length)))
+            except FleetError as exc:
+                if isinstance(exc, AuthError):
+                    self._guard.refused(exc, head.model, wire_id, head.path)
+                    status = exc.http_status
+                else:
+                    status = failure_status(exc, wire_id, head.path)
+                content_type, payload = "application/json; charset=utf-8", _json(error_document(exc.message, exc.code))
+                if isinstance(exc, GatewayError):
+                    headers.extend(exc.headers.items())
+                    close = exc.close_connection
+            except Exception:
+                log.exception("unexpected error", extra={"request_id": wire_id, "path": head.path})
+                status, content_type = 500, "application/json; charset=utf-8"
+                payload = _json(error_document("internal error", ErrorCode.INTERNAL))
+            if log.isEnabledFor(logging.DEBUG):
+                ms = round((time.perf_counter() - began) * 1000, 3)
+                log.debug("POST %s %d", head.path, status, extra={"client_request_id": client_id, "ms": ms})
+        headers.append(("Content-Type", content_type))
+        headers.append((REQUEST_ID_HEADER, client_id or wire_id))
+        return status, headers, payload, close or self._closing
+
+    def render(self, status: int, headers: list[tuple[str, str]], payload: bytes, close: bool) -> bytes:
+        """The response head of ``status`` with ``headers`` for a body of ``payload``."""
+        phrase = http.HTTPStatus(status).phrase if status in _STATUSES else ""
+        lines = [f"HTTP/1.1 {status} {phrase}"]
+        lines.extend(f"{name}: {value}" for name, value in headers)
+        lines.append(f"Content-Length: {len(payload)}")
+        lines.append(f"Date: {self._date.now()}")
+        lines.append(f"Server: {SERVER_SOFTWARE}")
+        if close:
+            lines.append("Connection: close")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("latin-1")
+
+
+_STATUSES = frozenset(s.value for s in http.HTTPStatus)
+
+
+def _json(document: dict[str, str]) -> bytes:
+    return json.dumps(document).encode()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection while the front serves it."""
+
+    def __init__(self, front: HttpFront) -> None:
+        self._front = front
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        #: The request being answered (one at a time, in order).
+        self.serving: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._eof = False
+        self._gone = False
+
+    # asyncio.Protocol --------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
+        self._front._connections.add(self)
+        self._arm(self._front._settings.header_timeout_s, self.close)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self.serving is None:
+            self._next()
+        elif len(self._buffer) > _MAX_BUFFERED and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return self.serving is not None  # keep the transport open to write the answer in hand
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone = True
+        self._disarm()
+        self._front._connections.discard(self)
+
+    # requests ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection (an idle timeout, the gateway stopping)."""
+        self._disarm()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _next(self) -> None:
+        """Serve the next buffered request, wait for more bytes, or hand the connection to aiohttp."""
+        front = self._front
+        settings = front._settings
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > front._max_head:
+                self._hand_over()
+            elif self._eof:
+                self.close()
+            return
+        head = parse_head(
+            bytes(self._buffer[:end]),
+            min(settings.decode_inline_bytes, settings.max_body_bytes),
+            settings.max_header_field_bytes,
+            settings.max_headers,
+        )
+        if head is None or tracing.enabled():
+            self._hand_over()
+            return
+        start = end + 4
+        if len(self._buffer) - start < head.body_bytes:
+            # aiohttp admits the declared bytes, reads the rest within the body timeout and counts a client gone
+            # meanwhile; a small body nearly always comes with its head.
+            self._hand_over()
+            return
+        self._disarm()
+        body = bytes(self._buffer[start : start + head.body_bytes])
+        del self._buffer[: start + head.body_bytes]
+        self.serving = asyncio.create_task(self._answer(head, body), name="fleet-gateway-http-request")
+
+    async def _answer(self, head: Head, body: bytes) -> None:
+        front = self._front
+        try:
+            status, headers, payload, close = await front.serve(head, body)
+        finally:
+            self.serving = None
+        transport = self._transport
+        if self._gone or transport is None or transport.is_closing():
+            return
+        transport.writelines((front.render(status, headers, payload, close), payload))
+        if close or self._eof and not self._buffer:
+            self.close()
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self._arm(front._settings.header_timeout_s, self.close)
+        if self._buffer:
+            self._next()
+
+    def _hand_over(self) -> None:
+        """Give the connection, with the bytes not answered yet, to aiohttp for good."""
+        self._disarm()
+        transport = self._transport
+        self._front._connections.discard(self)
+        if transport is None or transport.is_closing():
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        protocol = self._front._aiohttp_protocol()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            protocol.data_received(data)
+        if self._eof and isinstance(protocol, asyncio.Protocol):
+            protocol.eof_received()
+
+    # timers ------------------------------------------------------------------------------------
+    def _arm(self, delay_s: float, action: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(delay_s, action)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

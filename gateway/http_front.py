@@ -45,6 +45,8 @@ log = logging.getLogger("fleet.gateway")
 
 _INFER_TARGET = re.compile(rb"/v2/models/([^/?#%]+)(?:/versions/([^/?#%]+))?/infer")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Control characters (a bare CR or LF included) that no header line the front serves may hold.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 #: Headers that send a request to aiohttp: codings, interim answers, upgrades and the async job API.
 _ELSEWHERE = frozenset(
     {"transfer-encoding", "content-encoding", "expect", "upgrade", PREFER_HEADER.lower(), IDEMPOTENCY_HEADER.lower()}
@@ -95,8 +97,8 @@ def parse_head(head: bytes, max_body_bytes: int, max_field_bytes: int, max_heade
     headers = Headers()
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or len(line) > max_field_bytes or _TOKEN.fullmatch(name) is None:
-            return None  # no colon, a folded line, a space before the colon, an oversized field
+        if not colon or len(line) > max_field_bytes or _TOKEN.fullmatch(name) is None or _CONTROL.search(value):
+            return None  # no colon, a folded line, a space before the colon, an oversized field, a bare CR or LF
         key = name.decode().lower()
         if key in headers:
             if key == "content-length":

@@ -56,6 +56,8 @@ def test_a_plain_infer_head_is_served_with_its_model_version_and_headers() -> No
         HEAD + b"\r\n folded",
         HEAD + b"\r\nBad Name: x",
         HEAD + b"\r\nNoColon",
+        HEAD + b"\r\nX-A: b\nTransfer-Encoding: chunked",  # a bare LF: another parser may see two headers
+        HEAD + b"\r\nX-A: b\x00",
         HEAD + b"\r\nX-Big: " + b"x" * 9000,
         HEAD + b"".join(b"\r\nX-%d: y" % i for i in range(100)),
     ],

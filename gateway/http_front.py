@@ -54,6 +54,8 @@ _ELSEWHERE = frozenset(
 #: Bytes buffered on one connection past which it stops reading until the request in hand is answered.
 _MAX_BUFFERED = 1 << 20
 _REQUEST_ID = REQUEST_ID_HEADER.lower()
+#: Content type of error bodies (aiohttp's ``json_response``'s).
+_CONTENT_JSON = "application/json; charset=utf-8"
 
 
 class Headers(dict[str, str]):
@@ -147,6 +149,8 @@ class HttpFront:
         self._wire_ids = wire_ids
         self._date = _Date()
         self._connections: set[_Connection] = set()
+        #: Requests being answered, on connections open or gone (the front owns them until they end).
+        self._requests: set[asyncio.Task[None]] = set()
         self._closing = False
         # The largest head the front reads before leaving the connection to aiohttp (which applies its limits).
         self._max_head = settings.max_header_line_bytes + settings.max_headers * (settings.max_header_field_bytes + 2)
@@ -158,18 +162,25 @@ class HttpFront:
     async def close(self, grace_s: float) -> None:
         """Close idle connections now and the others once their request is answered (within ``grace_s``)."""
         self._closing = True
-        serving = [c.serving for c in self._connections if c.serving is not None]
         for connection in list(self._connections):
             if connection.serving is None:
                 connection.close()
-        if serving:
-            await asyncio.wait(serving, timeout=grace_s)
+        requests = list(self._requests)
+        if requests:
+            await asyncio.wait(requests, timeout=grace_s)
         for connection in list(self._connections):
             connection.close()
-        for task in serving:
+        for task in requests:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def answer(self, connection: _Connection, head: Head, body: bytes) -> asyncio.Task[None]:
+        """Start answering ``connection``'s request (a task the front owns until it ends)."""
+        task = asyncio.create_task(connection.answer(head, body), name="fleet-gateway-http-request")
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+        return task
 
     async def serve(self, head: Head, body: bytes) -> tuple[int, list[tuple[str, str]], bytes, bool]:
         """Answer one request: status, headers, body and whether to close the connection after it."""
@@ -192,13 +203,13 @@ class HttpFront:
                     status = exc.http_status
                 else:
                     status = failure_status(exc, wire_id, head.path)
-                content_type, payload = "application/json; charset=utf-8", _json(error_document(exc.message, exc.code))
+                content_type, payload = _CONTENT_JSON, _json(error_document(exc.message, exc.code))
                 if isinstance(exc, GatewayError):
                     headers.extend(exc.headers.items())
                     close = exc.close_connection
             except Exception:
                 log.exception("unexpected error", extra={"request_id": wire_id, "path": head.path})
-                status, content_type = 500, "application/json; charset=utf-8"
+                status, content_type = 500, _CONTENT_JSON
                 payload = _json(error_document("internal error", ErrorCode.INTERNAL))
             if log.isEnabledFor(logging.DEBUG):
                 ms = round((time.perf_counter() - began) * 1000, 3)
@@ -209,8 +220,7 @@ class HttpFront:
 
     def render(self, status: int, headers: list[tuple[str, str]], payload: bytes, close: bool) -> bytes:
         """The response head of ``status`` with ``headers`` for a body of ``payload``."""
-        phrase = http.HTTPStatus(status).phrase if status in _STATUSES else ""
-        lines = [f"HTTP/1.1 {status} {phrase}"]
+        lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, '')}"]
         lines.extend(f"{name}: {value}" for name, value in headers)
         lines.append(f"Content-Length: {len(payload)}")
         lines.append(f"Date: {self._date.now()}")
@@ -221,7 +231,7 @@ class HttpFront:
         return "\r\n".join(lines).encode("latin-1")
 
 
-_STATUSES = frozenset(s.value for s in http.HTTPStatus)
+_PHRASES = {s.value: s.phrase for s in http.HTTPStatus}
 
 
 def _json(document: dict[str, str]) -> bytes:
@@ -301,9 +311,10 @@ class _Connection(asyncio.Protocol):
         self._disarm()
         body = bytes(self._buffer[start : start + head.body_bytes])
         del self._buffer[: start + head.body_bytes]
-        self.serving = asyncio.create_task(self._answer(head, body), name="fleet-gateway-http-request")
+        self.serving = front.answer(self, head, body)
 
-    async def _answer(self, head: Head, body: bytes) -> None:
+    async def answer(self, head: Head, body: bytes) -> None:
+        """Answer one request and go on with the next one buffered."""
         front = self._front
         try:
             status, headers, payload, close = await front.serve(head, body)

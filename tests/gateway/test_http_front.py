@@ -4,7 +4,9 @@ and answers identical to aiohttp's (against a real broker and Redis; a test-side
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -91,33 +93,46 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], 
     return int(lines[0].split(" ")[1]), headers, body
 
 
-async def _serve(requests_topic: Any, redis_client: Any, names: Names, count: int) -> None:
-    for _ in range(count):
-        await serve_one(requests_topic, redis_client, names)
+async def _open(gw: Gateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = gw.url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+@contextlib.asynccontextmanager
+async def _answered(
+    gw: Gateway, requests_topic: Any, redis_client: Any, names: Names, count: int
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw connection to ``gw`` while a stand-in worker answers ``count`` requests (all of them by the end)."""
+
+    async def serve() -> None:
+        for _ in range(count):
+            await serve_one(requests_topic, redis_client, names)
+
+    serving = asyncio.create_task(serve())
+    reader, writer = await _open(gw)
+    try:
+        yield reader, writer
+        await serving
+    finally:
+        serving.cancel()
+        writer.close()
 
 
 async def test_pipelined_requests_are_answered_in_order_on_their_connection(
     gateway: Gateway, requests_topic: Any, redis_client: Any, names: Names
 ) -> None:
-    serving = asyncio.create_task(_serve(requests_topic, redis_client, names, 3))
-    reader, writer = await asyncio.open_connection(*gateway.url.removeprefix("http://").split(":"))
-    try:
+    async with _answered(gateway, requests_topic, redis_client, names, 3) as (reader, writer):
         writer.write(b"".join(_request(_body(f"r{i}"), b"X-Request-Id: c%d" % i) for i in range(3)))
         for i in range(3):
             status, headers, body = await _response(reader)
             assert status == 200, body
             assert json.loads(body)["id"] == f"r{i}" and headers["x-request-id"] == f"c{i}"
-        await serving
-    finally:
-        writer.close()
 
 
 async def test_a_connection_moves_to_aiohttp_at_its_first_other_request_and_keeps_being_answered(
     gateway: Gateway, requests_topic: Any, redis_client: Any, names: Names
 ) -> None:
-    serving = asyncio.create_task(_serve(requests_topic, redis_client, names, 2))
-    reader, writer = await asyncio.open_connection(*gateway.url.removeprefix("http://").split(":"))
-    try:
+    async with _answered(gateway, requests_topic, redis_client, names, 2) as (reader, writer):
         writer.write(_request(_body("front")))
         assert (await _response(reader))[0] == 200
         writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n" + _request(_body("aiohttp")))
@@ -125,17 +140,12 @@ async def test_a_connection_moves_to_aiohttp_at_its_first_other_request_and_keep
         assert (status, json.loads(body)) == (200, {"live": True})
         status, _, body = await _response(reader)
         assert status == 200 and json.loads(body)["id"] == "aiohttp"
-        await serving
-    finally:
-        writer.close()
 
 
 async def test_a_body_that_follows_its_head_later_is_read(
     gateway: Gateway, requests_topic: Any, redis_client: Any, names: Names
 ) -> None:
-    serving = asyncio.create_task(_serve(requests_topic, redis_client, names, 1))
-    reader, writer = await asyncio.open_connection(*gateway.url.removeprefix("http://").split(":"))
-    try:
+    async with _answered(gateway, requests_topic, redis_client, names, 1) as (reader, writer):
         request = _request(_body("late"))
         split = request.index(b"\r\n\r\n") + 4
         writer.write(request[:split])
@@ -144,16 +154,13 @@ async def test_a_body_that_follows_its_head_later_is_read(
         writer.write(request[split:])
         status, _, body = await _response(reader)
         assert status == 200 and json.loads(body)["id"] == "late"
-        await serving
-    finally:
-        writer.close()
 
 
 async def test_a_connection_without_a_request_head_is_closed_after_the_header_timeout(
     gateway_settings: GatewaySettings, names: Names, registered: ModelRecord, http: aiohttp.ClientSession
 ) -> None:
     async with Gateway(replace(gateway_settings, header_timeout_s=0.2), names=names) as gw:
-        reader, writer = await asyncio.open_connection(*gw.url.removeprefix("http://").split(":"))
+        reader, writer = await _open(gw)
         writer.write(b"POST /v2/models/tiny/infer HTTP/1.1\r\n")  # never completed
         async with asyncio.timeout(5):
             assert await reader.read() == b""
@@ -175,7 +182,7 @@ async def test_the_front_answers_errors_as_aiohttp_does(
         settings = replace(gateway_settings, http_front=front, auth=auth)
         async with Gateway(settings, names=names) as gw:
             await wait_ready(http, gw)
-            reader, writer = await asyncio.open_connection(*gw.url.removeprefix("http://").split(":"))
+            reader, writer = await _open(gw)
             seen = []
             for case in cases:
                 writer.write(case)

@@ -55,10 +55,12 @@ def gateway_settings(fleet_settings: FleetSettings) -> GatewaySettings:
 
 
 async def wait_ready(session: aiohttp.ClientSession, gw: Gateway, timeout_s: float = 10.0) -> None:
-    """Poll readiness until 200 (a condition, not a fixed sleep)."""
+    """Poll readiness until 200 (a condition, not a fixed sleep), each probe on a connection of its own as a
+    probe of an orchestrator would: the session's next infer requests open connections that the gateway's HTTP
+    front serves (a GET on a connection hands it to aiohttp for good)."""
     async with asyncio.timeout(timeout_s):
         while True:
-            async with session.get(gw.url + "/v2/health/ready") as resp:
+            async with session.get(gw.url + "/v2/health/ready", headers={"Connection": "close"}) as resp:
                 if resp.status == 200:
                     return
             await asyncio.sleep(0.02)

@@ -62,6 +62,10 @@ PLATFORMS = {
     Framework.TORCH: "pytorch",
 }
 _MODEL = "/v2/models/{model}"
+#: A read-only route's JSON document and HTTP status.
+Answer = tuple[dict[str, Any], int]
+#: ``GET /v2/health/live``'s answer.
+LIVE: Answer = ({"live": True}, 200)
 _VERSIONED = "/v2/models/{model}/versions/{version}"
 
 
@@ -117,17 +121,15 @@ class Routes:
     # server ------------------------------------------------------------------------------------
     async def server_metadata(self, request: web.Request) -> web.Response:
         """``GET /v2``: name, version and extensions."""
-        return json_response({"name": SERVER_NAME, "version": self._b.version, "extensions": list(EXTENSIONS)})
+        return json_response(*self.server_answer())
 
     async def live(self, request: web.Request) -> web.Response:
         """``GET /v2/health/live``: the process answers (no backend needed)."""
-        return json_response({"live": True})
+        return json_response(*LIVE)
 
     async def ready(self, request: web.Request) -> web.Response:
         """``GET /v2/health/ready``: 200 only when Redis and Kafka are reachable and replies flow."""
-        if problems := await self.path.readiness_problems():
-            return json_response({"error": "not ready: " + "; ".join(problems)}, status=503)
-        return json_response({"ready": True})
+        return json_response(*await self.ready_answer())
 
     async def metrics(self, request: web.Request) -> web.Response:
         """``GET /metrics``: Prometheus text format, or OpenMetrics (with exemplars) when the scraper asks for it."""
@@ -137,33 +139,48 @@ class Routes:
     # models ------------------------------------------------------------------------------------
     async def model_metadata(self, request: web.Request) -> web.Response:
         """``GET /v2/models/{m}[/versions/{v}]``: name, versions, platform, inputs and outputs."""
-        version = request.match_info.get("version")
-        record = await self.path.record(request.match_info["model"], version)
-        if version is None:
-            versions = await self.path.versions(record.name)
-        else:
-            versions = [record.version]
-        return json_response(
-            {
-                "name": record.name,
-                "versions": versions,
-                "platform": PLATFORMS.get(record.framework, record.framework.value),
-                "inputs": [_spec(s) for s in record.inputs],
-                "outputs": [_spec(s) for s in record.outputs],
-            }
-        )
+        return json_response(*await self.model_answer(request.match_info["model"], request.match_info.get("version")))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         """``GET .../ready``: 200 ``ready: true`` only when a live worker serves the model (version) now; else
         503 with ``ready: false``, the reason and its code (`gateway.serviceability`), as KServe answers."""
-        record = await self.path.record(request.match_info["model"], request.match_info.get("version"))
+        model, version = request.match_info["model"], request.match_info.get("version")
+        return json_response(*await self.model_ready_answer(model, version))
+
+    # the read-only routes' answers (also `gateway.http_front`'s) -------------------------------
+    def server_answer(self) -> Answer:
+        """``GET /v2``'s document and status."""
+        return {"name": SERVER_NAME, "version": self._b.version, "extensions": list(EXTENSIONS)}, 200
+
+    async def ready_answer(self) -> Answer:
+        """``GET /v2/health/ready``'s document and status."""
+        if problems := await self.path.readiness_problems():
+            return {"error": "not ready: " + "; ".join(problems)}, 503
+        return {"ready": True}, 200
+
+    async def model_answer(self, model: str, version: str | None) -> Answer:
+        """``GET /v2/models/{m}[/versions/{v}]``'s document and status (404 errors for what is not registered)."""
+        record = await self.path.record(model, version)
+        versions = await self.path.versions(record.name) if version is None else [record.version]
+        document = {
+            "name": record.name,
+            "versions": versions,
+            "platform": PLATFORMS.get(record.framework, record.framework.value),
+            "inputs": [_spec(s) for s in record.inputs],
+            "outputs": [_spec(s) for s in record.outputs],
+        }
+        return document, 200
+
+    async def model_ready_answer(self, model: str, version: str | None) -> Answer:
+        """``GET /v2/models/{m}[/versions/{v}]/ready``'s document and status."""
+        record = await self.path.record(model, version)
         verdict = await self.path.verdict(record)
         body: dict[str, Any] = {"name": record.name, "version": record.version, "ready": verdict.ready}
         if verdict.ready:
-            return json_response(body)
+            return body, 200
         code = verdict.code or ErrorCode.MODEL_UNAVAILABLE
         body.update(state=verdict.state.value, error=verdict.reason, code=code.value)
-        return json_response(body, status=503)
+        return body, 503
 
     # inference ---------------------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:

@@ -1,14 +1,17 @@
-"""The gateway's lean HTTP/1.1 front: plain sync infer requests are parsed and answered here, all else by aiohttp.
+"""The gateway's lean HTTP/1.1 front: plain sync infer requests (and the OIP read-only routes clients call between
+them) are parsed and answered here, everything else by aiohttp.
 
 Every connection starts here. A request that is a plain sync infer call — ``POST /v2/models/{m}/infer`` or
 ``POST /v2/models/{m}/versions/{v}/infer`` over HTTP/1.1, an ASCII head within aiohttp's limits, a Content-Length
 body of at most ``decode_inline_bytes``, no query, no transfer or content coding, no ``Expect``, ``Upgrade``,
 ``Prefer`` or ``Idempotency-Key``, tracing off — goes through the same checks as aiohttp's route (the guard's keys
 and rate limits, ``Routes.sync_infer``, the error middleware's bodies and logs, ``X-Request-Id``) without
-aiohttp's per-request objects, middleware chain and response machinery, which cost about three times the rest of
-the HTTP handling (``bench.sync_http``'s ``gateway_cpu_ms_per_request``). The first request that is anything
-else hands the connection, with every byte not answered yet, to aiohttp for good, which answers it as it always
-has. Requests on one connection are answered in order, one at a time (pipelined ones wait in the buffer).
+aiohttp's per-request objects, middleware chain and response machinery, which cost about a third of the
+gateway's CPU per request at concurrency 64. So does a ``GET`` without a body of ``/v2``, ``/v2/health/live``,
+``/v2/health/ready``, ``/v2/models/{m}[/versions/{v}]`` or ``.../ready`` (clients such as Triton's check readiness
+and metadata on the connections they infer on). The first request that is anything else hands the connection,
+with every byte not answered yet, to aiohttp for good, which answers it as it always has. Requests on one
+connection are answered in order, one at a time (pipelined ones wait in the buffer).
 
 As aiohttp does, a connection without a complete request head ``header_timeout_s`` after it opened or after its
 previous response is closed. A request whose body has not fully arrived with its head goes to aiohttp with the
@@ -33,17 +36,24 @@ from aiohttp.http import SERVER_SOFTWARE
 from common import tracing
 from schemas import ErrorCode, FleetError
 from schemas.logs import request_context
+from schemas.oip.body import dumps
 
-from .auth import AuthError, Guard, secret_in
+from .auth import OPEN_PATHS, AuthError, Guard, secret_in
 from .errors import REQUEST_ID_HEADER, GatewayError, error_document, failure_status
 from .job_routes import IDEMPOTENCY_HEADER, PREFER_HEADER
 from .protocol import HEADER_LENGTH
-from .routes import Routes
+from .routes import LIVE, Routes
 from .settings import GatewaySettings
 
 log = logging.getLogger("fleet.gateway")
 
-_INFER_TARGET = re.compile(rb"/v2/models/([^/?#%]+)(?:/versions/([^/?#%]+))?/infer")
+_MODEL_TARGET = re.compile(rb"/v2/models/([^/?#%]+)(?:/versions/([^/?#%]+))?(/infer|/ready)?")
+#: Read-only routes without a model, by request target.
+_SERVER_ROUTES = {b"/v2": "server", b"/v2/health/live": "live", b"/v2/health/ready": "ready"}
+#: ``Connection`` header values the front serves (any other, an upgrade say, goes to aiohttp).
+_CONNECTION = frozenset({"keep-alive", "close"})
+#: ``GET /v2/models/stats`` is the statistics route, not a model's metadata.
+_NOT_MODELS = frozenset({b"stats"})
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: Control characters (a bare CR or LF included) that no header line the front serves may hold.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -72,16 +82,22 @@ class Headers(dict[str, str]):
 
 
 class Head:
-    """A parsed request head the front serves: the model, version, headers and body length."""
+    """A parsed request head the front serves: its route (``infer``, ``server``, ``live``, ``ready``, ``model``,
+    ``model_ready``), the model and version it names, its headers and body length."""
 
-    __slots__ = ("body_bytes", "headers", "model", "path", "version")
+    __slots__ = ("body_bytes", "close", "headers", "model", "path", "route", "version")
 
-    def __init__(self, path: str, model: str, version: str | None, headers: Headers, body_bytes: int) -> None:
+    def __init__(
+        self, route: str, path: str, model: str | None, version: str | None, headers: Headers, body_bytes: int
+    ) -> None:
+        self.route = route
         self.path = path
         self.model = model
         self.version = version
         self.headers = headers
         self.body_bytes = body_bytes
+        #: The client asked to close the connection after the answer (``Connection: close``).
+        self.close = headers.get("connection", "").lower() == "close"
 
 
 def parse_head(head: bytes, max_body_bytes: int, max_field_bytes: int, max_headers: int) -> Head | None:
@@ -91,11 +107,24 @@ def parse_head(head: bytes, max_body_bytes: int, max_field_bytes: int, max_heade
         return None
     lines = head.split(b"\r\n")
     request_line = lines[0].split(b" ")
-    if len(request_line) != 3 or request_line[0] != b"POST" or request_line[2] != b"HTTP/1.1":
+    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1" or len(lines) > max_headers + 1:
         return None
-    target = _INFER_TARGET.fullmatch(request_line[1])
-    if target is None or len(lines) > max_headers + 1:
-        return None
+    method, target = request_line[0], request_line[1]
+    model = version = None
+    route = _SERVER_ROUTES.get(target) if method == b"GET" else None
+    if route is None:
+        match = _MODEL_TARGET.fullmatch(target)
+        if match is None:
+            return None
+        model, version, suffix = match.groups()
+        if method == b"POST" and suffix == b"/infer":
+            route = "infer"
+        elif method == b"GET" and suffix is None and (version is not None or model not in _NOT_MODELS):
+            route = "model"
+        elif method == b"GET" and suffix == b"/ready":
+            route = "model_ready"
+        else:
+            return None
     headers = Headers()
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
@@ -107,14 +136,19 @@ def parse_head(head: bytes, max_body_bytes: int, max_field_bytes: int, max_heade
                 return None
             continue
         headers[key] = value.strip(b" \t").decode()
-    length = headers.get("content-length")
-    if length is None or not length.isdigit() or len(length) > 12 or int(length) > max_body_bytes:
+    length = headers.get("content-length", "" if route == "infer" else "0")
+    if not length.isdigit() or len(length) > 12 or int(length) > (max_body_bytes if route == "infer" else 0):
+        return None  # an infer body must declare its length; nothing else the front serves has a body
+    if not _ELSEWHERE.isdisjoint(headers) or headers.get("connection", "keep-alive").lower() not in _CONNECTION:
         return None
-    if not _ELSEWHERE.isdisjoint(headers) or headers.get("connection", "keep-alive").lower() != "keep-alive":
-        return None
-    version = target.group(2)
-    path, model = request_line[1].decode(), target.group(1).decode()
-    return Head(path, model, version.decode() if version is not None else None, headers, int(length))
+    return Head(
+        route,
+        target.decode(),
+        model.decode() if model is not None else None,
+        version.decode() if version is not None else None,
+        headers,
+        int(length),
+    )
 
 
 class _Date:
@@ -191,15 +225,10 @@ class HttpFront:
         began = time.perf_counter()
         with request_context(request_id=wire_id):  # every line logged while handling it carries the id
             try:
-                secret = secret_in(head.headers) if self._settings.auth else None
-                await self._guard.authorize(secret, head.model, infer=True)
-                rendered = await self._routes.sync_infer(head.model, head.version, head.headers, body, wire_id)
-                status, content_type, payload = 200, rendered.content_type, rendered.body
-                if rendered.header_length is not None:
-                    headers.append((HEADER_LENGTH, str(rendered.header_length)))
+                status, content_type, payload = await self._route(head, body, wire_id, headers)
             except FleetError as exc:
                 if isinstance(exc, AuthError):
-                    self._guard.refused(exc, head.model, wire_id, head.path)
+                    self._guard.refused(exc, head.model if head.route == "infer" else None, wire_id, head.path)
                     status = exc.http_status
                 else:
                     status = failure_status(exc, wire_id, head.path)
@@ -213,10 +242,39 @@ class HttpFront:
                 payload = _json(error_document("internal error", ErrorCode.INTERNAL))
             if log.isEnabledFor(logging.DEBUG):
                 ms = round((time.perf_counter() - began) * 1000, 3)
-                log.debug("POST %s %d", head.path, status, extra={"client_request_id": client_id, "ms": ms})
+                method = "POST" if head.route == "infer" else "GET"
+                log.debug("%s %s %d", method, head.path, status, extra={"client_request_id": client_id, "ms": ms})
         headers.append(("Content-Type", content_type))
         headers.append((REQUEST_ID_HEADER, client_id or wire_id))
-        return status, headers, payload, close or self._closing
+        return status, headers, payload, close or head.close or self._closing
+
+    async def _route(
+        self, head: Head, body: bytes, wire_id: str, headers: list[tuple[str, str]]
+    ) -> tuple[int, str, bytes]:
+        """The guard's checks and the route's answer: status, content type and body (``headers`` get the route's
+        extra response headers)."""
+        routes, model = self._routes, head.model
+        if head.route == "infer":
+            assert model is not None
+            secret = secret_in(head.headers) if self._settings.auth else None
+            await self._guard.authorize(secret, model, infer=True)
+            rendered = await routes.sync_infer(model, head.version, head.headers, body, wire_id)
+            if rendered.header_length is not None:
+                headers.append((HEADER_LENGTH, str(rendered.header_length)))
+            return 200, rendered.content_type, rendered.body
+        if self._settings.auth and head.path not in OPEN_PATHS:
+            await self._guard.authorize(secret_in(head.headers), model, infer=False)
+        if head.route == "server":
+            document, status = routes.server_answer()
+        elif head.route == "live":
+            document, status = LIVE
+        elif head.route == "ready":
+            document, status = await routes.ready_answer()
+        else:
+            assert model is not None
+            answer = routes.model_answer if head.route == "model" else routes.model_ready_answer
+            document, status = await answer(model, head.version)
+        return status, _CONTENT_JSON, dumps(document)
 
     def render(self, status: int, headers: list[tuple[str, str]], payload: bytes, close: bool) -> bytes:
         """The response head of ``status`` with ``headers`` for a body of ``payload``."""

@@ -75,8 +75,9 @@ class GatewaySettings:
     )
     http_front: bool = doc(
         "Answer plain sync infer requests (JSON or binary bodies up to FLEET_GATEWAY_DECODE_INLINE_BYTES, "
-        "HTTP/1.1) on the gateway's lean HTTP path, with the same checks, answers and errors; any other request "
-        "moves its connection to aiohttp. Off: aiohttp answers everything.",
+        "HTTP/1.1) and the OIP health, readiness and metadata GETs on the gateway's lean HTTP path, with the same "
+        "checks, answers and errors; any other request moves its connection to aiohttp. Off: aiohttp answers "
+        "everything.",
         True,
     )
     header_timeout_s: float = doc(

@@ -37,9 +37,36 @@ def test_a_plain_infer_head_is_served_with_its_model_version_and_headers() -> No
 
 
 @pytest.mark.parametrize(
+    ("line", "route", "model", "version"),
+    [
+        (b"GET /v2 HTTP/1.1", "server", None, None),
+        (b"GET /v2/health/live HTTP/1.1", "live", None, None),
+        (b"GET /v2/health/ready HTTP/1.1", "ready", None, None),
+        (b"GET /v2/models/tiny HTTP/1.1", "model", "tiny", None),
+        (b"GET /v2/models/stats/versions/1 HTTP/1.1", "model", "stats", "1"),
+        (b"GET /v2/models/tiny/versions/2/ready HTTP/1.1", "model_ready", "tiny", "2"),
+    ],
+)
+def test_the_read_only_routes_without_a_body_are_served(
+    line: bytes, route: str, model: str | None, version: str | None
+) -> None:
+    head = _parse(line + b"\r\nHost: x")
+    assert (head.route, head.model, head.version, head.body_bytes) == (route, model, version, 0)
+    assert _parse(line + b"\r\nContent-Length: 0").route == route
+
+
+@pytest.mark.parametrize(
     "head",
     [
         HEAD.replace(b"POST", b"GET"),
+        HEAD.replace(b"POST", b"HEAD"),
+        b"GET /v2/models/stats HTTP/1.1",  # the statistics route
+        b"GET /v2/models/tiny/config HTTP/1.1",
+        b"GET /v2/health/ready?verbose=1 HTTP/1.1",
+        b"GET /v2/ HTTP/1.1",
+        b"GET /v2/models/tiny/ready HTTP/1.1\r\nContent-Length: 2",  # a body
+        b"DELETE /v2/models/tiny HTTP/1.1",
+        b"POST /v2/models/tiny/ready HTTP/1.1\r\nContent-Length: 0",
         HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
         HEAD.replace(b"/infer", b"/infer?async=true"),
         HEAD.replace(b"/tiny/", b"/t%69ny/"),
@@ -52,7 +79,7 @@ def test_a_plain_infer_head_is_served_with_its_model_version_and_headers() -> No
         HEAD + b"\r\nExpect: 100-continue",
         HEAD + b"\r\nPrefer: respond-async",
         HEAD + b"\r\nIdempotency-Key: k",
-        HEAD + b"\r\nConnection: close",
+        HEAD + b"\r\nConnection: upgrade",
         HEAD + b"\r\nUpgrade: h2c",
         HEAD + b"\r\nX-Name: caf\xc3\xa9",  # not ASCII
         HEAD + b"\r\n folded",
@@ -172,10 +199,16 @@ async def test_the_front_answers_errors_as_aiohttp_does(
     gateway_settings: GatewaySettings, names: Names, registered: ModelRecord, http: aiohttp.ClientSession, auth: bool
 ) -> None:
     cases = [
+        *(
+            b"GET %s HTTP/1.1\r\nHost: test\r\n\r\n" % path
+            for path in (b"/v2", b"/v2/health/live", b"/v2/health/ready", b"/v2/models/tiny", b"/v2/models/tiny/ready")
+        ),
+        b"GET /v2/models/nope/versions/1/ready HTTP/1.1\r\nHost: test\r\n\r\n",
         _request(_body("a"), path=b"/v2/models/nope/infer"),
         _request(b"{not json", b"X-Request-Id: mine"),
         _request(_body("b").replace(b"[1, 16]", b"[1, 15]")),
         _request(_body("c"), path=b"/v2/models/tiny/versions/9/infer"),
+        b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",  # last: closes
     ]
     answers = []
     for front in (True, False):
@@ -187,6 +220,9 @@ async def test_the_front_answers_errors_as_aiohttp_does(
             for case in cases:
                 writer.write(case)
                 status, headers, body = await _response(reader)
+                if b"close" in case:
+                    async with asyncio.timeout(5):
+                        assert await reader.read() == b""  # closed after the answer
                 del headers["date"]
                 if b"mine" not in case:
                     del headers["x-request-id"]  # each gateway's own request id
@@ -194,5 +230,7 @@ async def test_the_front_answers_errors_as_aiohttp_does(
             writer.close()
             answers.append(seen)
     assert answers[0] == answers[1]
-    assert [status for status, _, _ in answers[0]] == ([401] * 4 if auth else [404, 400, 400, 404])
-    assert answers[0][1][1]["x-request-id"] == "mine"
+    statuses = [status for status, _, _ in answers[0]]
+    assert statuses == [200, 200, 200] + ([401] * 7 if auth else [200, 200, 404, 404, 400, 400, 404]) + [200]
+    assert answers[0][-1][1]["connection"] == "close"
+    assert answers[0][7][1]["x-request-id"] == "mine"

@@ -6,7 +6,7 @@ Every connection starts here. A request that is a plain sync infer call — ``PO
 body of at most ``decode_inline_bytes``, no query, no transfer or content coding, no ``Expect``, ``Upgrade``,
 ``Prefer`` or ``Idempotency-Key``, tracing off — goes through the same checks as aiohttp's route (the guard's keys
 and rate limits, ``Routes.sync_infer``, the error middleware's bodies and logs, ``X-Request-Id``) without
-aiohttp's per-request objects, middleware chain and response machinery, which cost about a third of the
+aiohttp's per-request objects, middleware chain and response machinery, which cost about a quarter of the
 gateway's CPU per request at concurrency 64. So does a ``GET`` without a body of ``/v2``, ``/v2/health/live``,
 ``/v2/health/ready``, ``/v2/models/{m}[/versions/{v}]`` or ``.../ready`` (clients such as Triton's check readiness
 and metadata on the connections they infer on). The first request that is anything else hands the connection,
@@ -64,7 +64,7 @@ _ELSEWHERE = frozenset(
 #: Bytes buffered on one connection past which it stops reading until the request in hand is answered.
 _MAX_BUFFERED = 1 << 20
 _REQUEST_ID = REQUEST_ID_HEADER.lower()
-#: Content type of error bodies (aiohttp's ``json_response``'s).
+#: Content type of the JSON bodies the front writes itself (aiohttp's ``json_response``'s).
 _CONTENT_JSON = "application/json; charset=utf-8"
 
 

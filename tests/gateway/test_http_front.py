@@ -183,6 +183,24 @@ async def test_a_body_that_follows_its_head_later_is_read(
         assert status == 200 and json.loads(body)["id"] == "late"
 
 
+async def test_a_request_split_anywhere_across_packets_is_answered(
+    gateway: Gateway, requests_topic: Any, redis_client: Any, names: Names
+) -> None:
+    request = _request(_body("split"))
+    head_end = request.index(b"\r\n\r\n")
+    cuts = [1, 20, head_end, head_end + 2, head_end + 4, len(request) - 1]
+    async with _answered(gateway, requests_topic, redis_client, names, len(cuts)):
+        for cut in cuts:  # a connection each: a request that goes to aiohttp takes its connection along
+            reader, writer = await _open(gateway)
+            writer.write(request[:cut])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(request[cut:])
+            status, _, body = await _response(reader)
+            assert status == 200 and json.loads(body)["id"] == "split", (cut, body)
+            writer.close()
+
+
 async def test_a_connection_without_a_request_head_is_closed_after_the_header_timeout(
     gateway_settings: GatewaySettings, names: Names, registered: ModelRecord, http: aiohttp.ClientSession
 ) -> None:

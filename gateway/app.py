@@ -56,6 +56,8 @@ log = logging.getLogger("fleet.gateway")
 
 _READY_POLL_S = 0.02
 _GRPC_STOP_GRACE_S = 1.0
+#: Connections waiting to be accepted (aiohttp's TCPSite's default).
+_BACKLOG = 128
 
 
 class _State(enum.Enum):
@@ -226,7 +228,9 @@ class Gateway(AsyncService):
         assert self._routes is not None and runner.server is not None
         self._front = HttpFront(self.settings, self._routes, guard, runner.server, self._new_wire_id)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._front.protocol, self.settings.host, self.settings.port)
+        self._server = await loop.create_server(
+            self._front.protocol, self.settings.host, self.settings.port, backlog=_BACKLOG
+        )
         self._port = int(self._server.sockets[0].getsockname()[1])
 
     async def _stop_front(self) -> None:

@@ -146,13 +146,9 @@ class Guard:
         model = request.match_info.get("model")
         infer = model is not None and request.method == "POST" and request.path.endswith("/infer")
         try:
-            key = await self._authenticate(request)
+            key = await self.check(request.headers, request.path, model, infer=infer)
             if key is not None:
                 request[API_KEY] = key
-                if model is not None and not key.allows(model):
-                    raise ForbiddenError(key, model)
-            if infer and model is not None:
-                await self._limit(key, model)
         except AuthError as exc:
             self.refused(exc, model if infer else None, request.get(WIRE_ID_KEY, ""), request.path)
             if request.path.startswith("/v1/"):  # OpenAI's clients read OpenAI's error body
@@ -178,13 +174,16 @@ class Guard:
             },
         )
 
-    async def _authenticate(self, request: web.Request) -> ApiKey | None:
-        path = request.path
-        if not self._settings.auth or path in OPEN_PATHS:
-            return None
-        if path == METRICS_PATH and not self._settings.auth_metrics:
-            return None
-        return await self._verify(presented_secret(request))
+    async def check(self, headers: Mapping[str, str], path: str, model: str | None, *, infer: bool) -> ApiKey | None:
+        """The middleware's checks of a request's parts (aiohttp's requests and the HTTP front's): ``authorize`` with
+        the key presented in ``headers``, or with none on a path that needs none (auth off, the health and server
+        routes, ``/metrics`` unless FLEET_GATEWAY_AUTH_METRICS). Raises the AuthError to answer with."""
+        settings = self._settings
+        if settings.auth and path not in OPEN_PATHS and (path != METRICS_PATH or settings.auth_metrics):
+            return await self.authorize(secret_in(headers), model, infer=infer)
+        if infer and model is not None:
+            await self._limit(None, model)
+        return None
 
     async def authorize(self, secret: str | None, model: str | None, *, infer: bool) -> ApiKey | None:
         """The middleware's checks for a caller outside aiohttp (the gRPC service): the key ``secret`` (None:

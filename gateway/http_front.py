@@ -38,7 +38,7 @@ from schemas import ErrorCode, FleetError
 from schemas.logs import request_context
 from schemas.oip.body import dumps
 
-from .auth import OPEN_PATHS, AuthError, Guard, secret_in
+from .auth import AuthError, Guard
 from .errors import REQUEST_ID_HEADER, GatewayError, error_document, failure_status
 from .job_routes import IDEMPOTENCY_HEADER, PREFER_HEADER
 from .protocol import HEADER_LENGTH
@@ -254,16 +254,13 @@ class HttpFront:
         """The guard's checks and the route's answer: status, content type and body (``headers`` get the route's
         extra response headers)."""
         routes, model = self._routes, head.model
+        await self._guard.check(head.headers, head.path, model, infer=head.route == "infer")
         if head.route == "infer":
             assert model is not None
-            secret = secret_in(head.headers) if self._settings.auth else None
-            await self._guard.authorize(secret, model, infer=True)
             rendered = await routes.sync_infer(model, head.version, head.headers, body, wire_id)
             if rendered.header_length is not None:
                 headers.append((HEADER_LENGTH, str(rendered.header_length)))
             return 200, rendered.content_type, rendered.body
-        if self._settings.auth and head.path not in OPEN_PATHS:
-            await self._guard.authorize(secret_in(head.headers), model, infer=False)
         if head.route == "server":
             document, status = routes.server_answer()
         elif head.route == "live":

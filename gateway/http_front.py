@@ -29,14 +29,15 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict
 
 from common import tracing
 from schemas import ErrorCode, FleetError
 from schemas.logs import request_context
-from schemas.oip.body import dumps
+from schemas.oip.body import CONTENT_JSON, dumps
 
 from .auth import AuthError, Guard
 from .errors import REQUEST_ID_HEADER, GatewayError, error_document, failure_status
@@ -65,20 +66,7 @@ _ELSEWHERE = frozenset(
 _MAX_BUFFERED = 1 << 20
 _REQUEST_ID = REQUEST_ID_HEADER.lower()
 #: Content type of the JSON bodies the front writes itself (aiohttp's ``json_response``'s).
-_CONTENT_JSON = "application/json; charset=utf-8"
-
-
-class Headers(dict[str, str]):
-    """A request's headers by lower-case name (the first of repeated ones); ``get`` and ``in`` ignore case."""
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return dict.get(self, name.lower(), default)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and dict.__contains__(self, name.lower())
-
-    def __getitem__(self, name: str) -> str:
-        return dict.__getitem__(self, name.lower())
+_CONTENT_JSON = f"{CONTENT_JSON}; charset=utf-8"
 
 
 class Head:
@@ -88,7 +76,13 @@ class Head:
     __slots__ = ("body_bytes", "close", "headers", "model", "path", "route", "version")
 
     def __init__(
-        self, route: str, path: str, model: str | None, version: str | None, headers: Headers, body_bytes: int
+        self,
+        route: str,
+        path: str,
+        model: str | None,
+        version: str | None,
+        headers: CIMultiDict[str],
+        body_bytes: int,
     ) -> None:
         self.route = route
         self.path = path
@@ -125,21 +119,20 @@ def parse_head(head: bytes, max_body_bytes: int, max_field_bytes: int, max_heade
             route = "model_ready"
         else:
             return None
-    headers = Headers()
+    headers: CIMultiDict[str] = CIMultiDict()  # ``get``: the first of repeated headers, as aiohttp's request's
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or len(line) > max_field_bytes or _TOKEN.fullmatch(name) is None or _CONTROL.search(value):
             return None  # no colon, a folded line, a space before the colon, an oversized field, a bare CR or LF
-        key = name.decode().lower()
-        if key in headers:
-            if key == "content-length":
-                return None
-            continue
-        headers[key] = value.strip(b" \t").decode()
+        headers.add(name.decode(), value.strip(b" \t").decode())
+    if len(headers.getall("content-length", ())) > 1:
+        return None
     length = headers.get("content-length", "" if route == "infer" else "0")
     if not length.isdigit() or len(length) > 12 or int(length) > (max_body_bytes if route == "infer" else 0):
         return None  # an infer body must declare its length; nothing else the front serves has a body
-    if not _ELSEWHERE.isdisjoint(headers) or headers.get("connection", "keep-alive").lower() not in _CONNECTION:
+    if any(name in headers for name in _ELSEWHERE):
+        return None
+    if headers.get("connection", "keep-alive").lower() not in _CONNECTION:
         return None
     return Head(
         route,
